@@ -1,0 +1,320 @@
+//! The data plane: the embedded eBPF object, its programs and its pinned maps.
+//!
+//! [`Dataplane`] is the single owner of the loaded object; everything that touches the programs
+//! or the maps goes through it.
+
+mod stats;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use cpn_common::{maps, programs};
+use serde::Deserialize;
+
+pub use self::stats::{ProtoStats, pinned_proto_stats};
+
+/// The eBPF object built by `cargo xtask build-ebpf` (empty when the agent was built without it).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpn.bpf.o"));
+
+/// One of the XDP programs in the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Program {
+    /// `cpn_steer`: ingress steering.
+    Steer,
+    /// `cpn_endpoint`: local SID processing.
+    Endpoint,
+}
+
+impl Program {
+    pub const ALL: [Self; 2] = [Self::Steer, Self::Endpoint];
+
+    /// The program's name in the object (and in `bpftool prog`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Steer => programs::STEER,
+            Self::Endpoint => programs::ENDPOINT,
+        }
+    }
+
+    /// The map holding this program's per-protocol counters.
+    pub const fn proto_stats_map(self) -> &'static str {
+        match self {
+            Self::Steer => maps::STEER_PROTO_STATS,
+            Self::Endpoint => maps::ENDPOINT_PROTO_STATS,
+        }
+    }
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How an XDP program is attached to an interface (the names `ip link` uses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (`xdpdrv`): fastest; the driver must support XDP (veth does).
+    #[default]
+    Native,
+    /// In the generic network stack (`xdpgeneric`): works on any interface, slower.
+    Generic,
+    /// Offloaded to the NIC (`xdpoffload`): only on NICs that support it.
+    Offload,
+}
+
+impl AttachMode {
+    const fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+            Self::Offload => XdpMode::Hardware,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Offload => "offload",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "this cpn-agent was built without its eBPF object: run `cargo xtask build-ebpf`, then \
+         rebuild cpn-agent"
+    )]
+    NoObject,
+    #[error(
+        "{} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`. Inside \
+         `ip netns exec`, /sys is remounted and the host's bpffs is hidden: start the agent with \
+         `nsenter --net=/run/netns/NAME` instead",
+        path.display()
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("creating the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "loading the eBPF object failed (is the BPF filesystem mounted, and are we root?): {0}"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no map `{0}` although cpn-common lists it")]
+    MissingMap(&'static str),
+    #[error("the eBPF object defines map `{0}`, which cpn-common does not list")]
+    UnlistedMap(String),
+    #[error("the eBPF object has no XDP program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("program {program}: {source}")]
+    Program {
+        program: Program,
+        source: ProgramError,
+    },
+    #[error(
+        "attaching {program} to interface `{interface}` in {} mode failed: {source}{hint}",
+        mode.name()
+    )]
+    Attach {
+        program: Program,
+        interface: String,
+        mode: AttachMode,
+        source: ProgramError,
+        hint: &'static str,
+    },
+    #[error("reading map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Where the maps live: pinned in a bpffs directory (the agent), or only in this process
+/// (fixture tests, which must not disturb a running agent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    Dir(PathBuf),
+    Unpinned,
+}
+
+/// The loaded object and the interfaces its programs are attached to.
+#[derive(Debug)]
+pub struct Dataplane {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+#[derive(Debug)]
+struct Attachment {
+    program: Program,
+    interface: String,
+    link: XdpLinkId,
+}
+
+impl Dataplane {
+    /// Loads the embedded object and verifies every program. With [`Pinning::Dir`], each map is
+    /// pinned there by its name, or the map already pinned there is reused.
+    pub fn load(pinning: &Pinning) -> Result<Self, Error> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        let mut loader = EbpfLoader::new();
+        if let Pinning::Dir(dir) = pinning {
+            ensure_on_bpffs(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+            for name in maps::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        check_maps(&ebpf)?;
+        for program in Program::ALL {
+            xdp_mut(&mut ebpf, program)?
+                .load()
+                .map_err(|source| Error::Program { program, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Attaches `program` to `interface`.
+    pub fn attach(
+        &mut self,
+        program: Program,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<(), Error> {
+        let link = xdp_mut(&mut self.ebpf, program)?
+            .attach(interface, mode.xdp_mode())
+            .map_err(|source| Error::Attach {
+                program,
+                interface: interface.to_owned(),
+                mode,
+                hint: attach_hint(&source, mode),
+                source,
+            })?;
+        self.attachments.push(Attachment {
+            program,
+            interface: interface.to_owned(),
+            link,
+        });
+        Ok(())
+    }
+
+    /// Detaches every program from every interface, in reverse order of attachment.
+    pub fn detach_all(&mut self) -> Result<(), Error> {
+        while let Some(Attachment {
+            program,
+            interface,
+            link,
+        }) = self.attachments.pop()
+        {
+            xdp_mut(&mut self.ebpf, program)?
+                .detach(link)
+                .map_err(|source| Error::Program { program, source })?;
+            tracing::info!(%program, %interface, "detached");
+        }
+        Ok(())
+    }
+
+    /// The loaded program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, program: Program) -> Result<&Xdp, Error> {
+        self.ebpf
+            .program(program.name())
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .ok_or(Error::MissingProgram(program.name()))
+    }
+
+    /// The per-protocol counters of `program`, summed over CPUs.
+    pub fn proto_stats(&self, program: Program) -> Result<ProtoStats, Error> {
+        let name = program.proto_stats_map();
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        ProtoStats::read(map).map_err(|source| Error::Map { map: name, source })
+    }
+}
+
+fn xdp_mut(ebpf: &mut Ebpf, program: Program) -> Result<&mut Xdp, Error> {
+    ebpf.program_mut(program.name())
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(program.name()))
+}
+
+/// The object and cpn-common must agree on the set of maps, or pinning and inspection would
+/// silently miss one.
+fn check_maps(ebpf: &Ebpf) -> Result<(), Error> {
+    for name in maps::ALL {
+        if ebpf.map(name).is_none() {
+            return Err(Error::MissingMap(name));
+        }
+    }
+    match ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .find(|name| !maps::ALL.contains(name))
+    {
+        Some(extra) => Err(Error::UnlistedMap(extra.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// Pins only work on bpffs; anywhere else `create_dir_all` would succeed and the pins fail later
+/// with an obscure error.
+fn ensure_on_bpffs(dir: &Path) -> Result<(), Error> {
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::NotBpffs {
+            path: dir.to_owned(),
+        }
+    })?;
+    // SAFETY: `statfs` writes into the zeroed struct we own; the path is NUL-terminated.
+    let magic = unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        (libc::statfs(c_path.as_ptr(), &raw mut stat) == 0).then_some(stat.f_type)
+    };
+    if magic == Some(BPF_FS_MAGIC) {
+        Ok(())
+    } else {
+        Err(Error::NotBpffs {
+            path: existing.to_owned(),
+        })
+    }
+}
+
+fn attach_hint(error: &ProgramError, mode: AttachMode) -> &'static str {
+    match error {
+        ProgramError::UnknownInterface { .. } => {
+            " (no such interface here: check the name with `ip link`, and the network namespace)"
+        }
+        _ if mode == AttachMode::Native => {
+            " (the driver may lack native XDP, or another XDP program is attached: try \
+             mode = \"generic\", and check `ip link show` for an existing xdp program)"
+        }
+        _ => " (check `ip link show` for an XDP program already attached to it)",
+    }
+}
+
+/// The default pin directory, `/sys/fs/bpf/cpn`.
+pub fn default_pin_dir() -> &'static Path {
+    Path::new(maps::PIN_DIR)
+}

@@ -1,0 +1,91 @@
+//! `cpn-agent`: the daemon that runs on every cpn router and host.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use cpn_agent::{config, dataplane::Dataplane};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "cpn-agent", version, about = "cpn compute-aware SRv6 agent")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Validate a configuration file and exit (status 0 if valid).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the data plane, attach it to the configured interfaces, and run until SIGINT/SIGTERM.
+    Run {
+        /// The agent's TOML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match (cli.check_config, cli.command) {
+        (Some(path), _) => {
+            config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        (None, Some(Command::Run { config })) => run(&config),
+        (None, None) => {
+            anyhow::bail!("nothing to do: use `cpn-agent run --config FILE` (see --help)")
+        }
+    }
+}
+
+fn run(config_path: &std::path::Path) -> Result<()> {
+    let config = config::load(config_path)?;
+    let pinning = config.pinning();
+    let mut dataplane = Dataplane::load(&pinning)?;
+    tracing::info!(node = %config.node.name, ?pinning, "data plane loaded");
+
+    let attached = config.interfaces.iter().try_for_each(|interface| {
+        dataplane.attach(interface.program, interface.name.get_ref(), interface.mode)?;
+        tracing::info!(
+            program = %interface.program,
+            interface = %interface.name.get_ref(),
+            mode = interface.mode.name(),
+            "attached"
+        );
+        anyhow::Ok(())
+    });
+    if let Err(error) = attached {
+        // Leave no interface half-configured.
+        dataplane.detach_all()?;
+        return Err(error);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signal_name = runtime.block_on(wait_for_shutdown())?;
+    tracing::info!(signal = signal_name, "shutting down");
+    dataplane.detach_all()?;
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> Result<&'static str> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    })
+}

@@ -1,0 +1,9 @@
+//! Names of the XDP programs in the cpn eBPF object.
+
+/// Ingress program: catches traffic to service addresses and pushes the SRv6 encapsulation.
+pub const STEER: &str = "cpn_steer";
+/// Compute-node and transit program: processes packets addressed to local SRv6 SIDs.
+pub const ENDPOINT: &str = "cpn_endpoint";
+
+/// Every program in the object, in the order the agent reports them.
+pub const ALL: [&str; 2] = [STEER, ENDPOINT];

@@ -1,0 +1,66 @@
+//! Builds the eBPF object that cpn-agent embeds.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::{cmd, setup};
+
+/// Where the built object is copied; cpn-agent's build script embeds it from here
+/// (or from `$CPN_EBPF_OBJECT`).
+pub fn object_path() -> PathBuf {
+    cmd::workspace_root().join("target/ebpf/cpn.bpf.o")
+}
+
+/// `cargo +nightly <subcommand>` for the eBPF crate and target, with BTF in the object.
+fn ebpf_cargo(subcommand: &str) -> Result<Command> {
+    let root = cmd::workspace_root();
+    let toolchain = setup::ebpf_toolchain()?;
+    let path = format!(
+        "{}:{}",
+        setup::cargo_bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(root.join("cpn-ebpf"))
+        .env("PATH", path)
+        // `cargo xtask` runs under the stable toolchain's proxies; let `+nightly` take over.
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf",
+        )
+        .arg(format!("+{toolchain}"))
+        .args([
+            subcommand,
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(target_dir());
+    Ok(command)
+}
+
+fn target_dir() -> PathBuf {
+    cmd::workspace_root().join("target/ebpf")
+}
+
+/// Lints the eBPF crate with the same toolchain and target that build it.
+pub fn clippy() -> Result<()> {
+    cmd::run(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))
+}
+
+/// Builds `cpn-ebpf` for `bpfel-unknown-none` with BTF and returns the object's path.
+pub fn build() -> Result<PathBuf> {
+    cmd::run(&mut ebpf_cargo("build")?)?;
+    let built = target_dir().join("bpfel-unknown-none/release/cpn");
+    let object = object_path();
+    std::fs::copy(&built, &object)
+        .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    eprintln!("eBPF object: {}", object.display());
+    Ok(object)
+}

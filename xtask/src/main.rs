@@ -1,0 +1,40 @@
+//! cpn's developer commands: `cargo xtask <command>`.
+//!
+//! Every command first runs the part of `setup` it needs, so each one works as the very first
+//! command on a fresh machine and costs a few quick checks afterwards.
+
+mod cmd;
+mod ebpf;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, set up, test and demo cpn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install everything missing: Debian packages, rust-src, bpf-linker, the bpffs mount.
+    Setup,
+    /// Build the eBPF object (with BTF) that cpn-agent embeds.
+    BuildEbpf,
+    /// Run every check: formatting, clippy, unit, fixture and network-namespace tests (root).
+    Test(test::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(setup::Need::Everything),
+        Command::BuildEbpf => {
+            setup::run(setup::Need::Build)?;
+            ebpf::build().map(drop)
+        }
+        Command::Test(args) => test::run(&args),
+    }
+}
