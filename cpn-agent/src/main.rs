@@ -1,6 +1,6 @@
 //! `cpn-agent`: the daemon that runs on every cpn router and host.
 
-use std::path::PathBuf;
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -29,10 +29,22 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run_cli() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the whole cause chain on one line; no backtrace for user errors.
+            eprintln!("cpn-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match (cli.check_config, cli.command) {
@@ -74,6 +86,8 @@ fn run(config_path: &std::path::Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Labs and tests wait for this line (cpn_tests::lab::AGENT_READY).
+    tracing::info!("cpn-agent running; SIGINT or SIGTERM stops it");
     let signal_name = runtime.block_on(wait_for_shutdown())?;
     tracing::info!(signal = signal_name, "shutting down");
     dataplane.detach_all()?;

@@ -1,1 +1,10 @@
+//! Test harnesses for cpn, shared by the integration tests, the scenario suite and the demo:
+//!
+//! - [`fixture`]: runs one packet through an XDP program with `BPF_PROG_TEST_RUN` and compares
+//!   the action and the output bytes with the expected ones;
+//! - [`lab`]: builds network-namespace topologies (nodes, veth links, addresses, processes) that
+//!   are removed when dropped, even after a panic.
 
+pub mod fixture;
+pub mod lab;
+pub mod packet;

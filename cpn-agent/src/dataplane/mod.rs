@@ -103,14 +103,12 @@ pub enum Error {
         path.display()
     )]
     NotBpffs { path: PathBuf },
-    #[error("creating the pin directory {path}: {source}")]
+    #[error("creating the pin directory {}", path.display())]
     PinDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "loading the eBPF object failed (is the BPF filesystem mounted, and are we root?): {0}"
-    )]
+    #[error("loading the eBPF object failed (this needs root and a kernel with BPF)")]
     Load(#[from] aya::EbpfError),
     #[error("the eBPF object has no map `{0}` although cpn-common lists it")]
     MissingMap(&'static str),
@@ -118,23 +116,24 @@ pub enum Error {
     UnlistedMap(String),
     #[error("the eBPF object has no XDP program `{0}`")]
     MissingProgram(&'static str),
-    #[error("program {program}: {source}")]
+    #[error("program {program}")]
     Program {
         program: Program,
         source: ProgramError,
     },
     #[error(
-        "attaching {program} to interface `{interface}` in {} mode failed: {source}{hint}",
+        "attaching {program} to interface `{interface}` in {} mode failed: {error}{hint}",
         mode.name()
     )]
     Attach {
         program: Program,
         interface: String,
         mode: AttachMode,
-        source: ProgramError,
+        // Not a `source`: the message shows it inline, before the hint.
+        error: ProgramError,
         hint: &'static str,
     },
-    #[error("reading map `{map}`: {source}")]
+    #[error("reading map `{map}`")]
     Map {
         map: &'static str,
         source: aya::maps::MapError,
@@ -203,12 +202,12 @@ impl Dataplane {
     ) -> Result<(), Error> {
         let link = xdp_mut(&mut self.ebpf, program)?
             .attach(interface, mode.xdp_mode())
-            .map_err(|source| Error::Attach {
+            .map_err(|error| Error::Attach {
                 program,
                 interface: interface.to_owned(),
                 mode,
-                hint: attach_hint(&source, mode),
-                source,
+                hint: attach_hint(&error, mode),
+                error,
             })?;
         self.attachments.push(Attachment {
             program,

@@ -1,0 +1,206 @@
+//! Fixture runner: one packet through one XDP program via `BPF_PROG_TEST_RUN`.
+//!
+//! The programs are loaded unpinned, so fixtures never touch a running agent's maps; maps are
+//! set up through the agent's own data-plane API ([`Runner::dataplane`]).
+
+use std::fmt::{self, Write as _};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun as _, TestRunOptions};
+use cpn_agent::dataplane::{Dataplane, Pinning, Program, ProtoStats};
+
+/// Room for headers a program may push in front of the packet.
+const OUTPUT_HEADROOM: usize = 512;
+
+/// An XDP verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+    Unknown(u32),
+}
+
+impl From<u32> for XdpAction {
+    fn from(value: u32) -> Self {
+        match value {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// What a program did with a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: XdpAction,
+    pub output: Vec<u8>,
+}
+
+/// One test case: a packet in, the expected verdict and bytes out.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: String,
+    pub program: Program,
+    pub input: Vec<u8>,
+    pub expect: Outcome,
+}
+
+/// Holds a freshly loaded, unpinned data plane.
+#[derive(Debug)]
+pub struct Runner {
+    dataplane: Dataplane,
+}
+
+impl Runner {
+    pub fn new() -> Result<Self> {
+        let dataplane = Dataplane::load(&Pinning::Unpinned).context(
+            "loading the eBPF object for fixtures (root and a BPF-capable kernel needed)",
+        )?;
+        Ok(Self { dataplane })
+    }
+
+    /// The data plane whose maps the fixtures set up.
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    /// The per-protocol counters of `program`.
+    pub fn dataplane_stats(&self, program: Program) -> ProtoStats {
+        self.dataplane
+            .proto_stats(program)
+            .expect("read the protocol counters")
+    }
+
+    /// Runs `input` through `program` once.
+    pub fn run(&self, program: Program, input: &[u8]) -> Result<Outcome> {
+        let xdp = self.dataplane.program(program)?;
+        let mut output = vec![0u8; input.len() + OUTPUT_HEADROOM];
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut output),
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        output.truncate(usize::try_from(result.data_size_out)?);
+        Ok(Outcome {
+            action: result.return_value.into(),
+            output,
+        })
+    }
+
+    /// Runs a fixture and compares; the error shows a hex diff of the bytes.
+    pub fn check(&self, fixture: &Fixture) -> Result<()> {
+        let got = self.run(fixture.program, &fixture.input)?;
+        if got == fixture.expect {
+            return Ok(());
+        }
+        Err(anyhow::anyhow!(Mismatch {
+            fixture: fixture.clone(),
+            got
+        }))
+    }
+}
+
+/// A fixture whose outcome differed from the expected one.
+#[derive(Debug)]
+pub struct Mismatch {
+    fixture: Fixture,
+    got: Outcome,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { fixture, got } = self;
+        writeln!(f, "fixture `{}` ({}):", fixture.name, fixture.program)?;
+        if got.action != fixture.expect.action {
+            writeln!(
+                f,
+                "  action: expected {:?}, got {:?}",
+                fixture.expect.action, got.action
+            )?;
+        }
+        if got.output != fixture.expect.output {
+            f.write_str(&hex_diff(&fixture.expect.output, &got.output))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Side-by-side hex rows of 16 bytes; rows that differ are marked and the differing bytes
+/// underlined with `^^`.
+pub fn hex_diff(expected: &[u8], got: &[u8]) -> String {
+    let mut out = format!(
+        "  bytes: expected {} bytes, got {} bytes\n",
+        expected.len(),
+        got.len()
+    );
+    let rows = expected.len().max(got.len()).div_ceil(16);
+    for row in 0..rows {
+        let range = row * 16..(row + 1) * 16;
+        let exp = expected
+            .get(range.start..range.end.min(expected.len()))
+            .unwrap_or(&[]);
+        let act = got
+            .get(range.start..range.end.min(got.len()))
+            .unwrap_or(&[]);
+        if exp == act {
+            let _ = writeln!(out, "    {:04x}  {}", range.start, hex_row(exp));
+            continue;
+        }
+        let _ = writeln!(out, "  - {:04x}  {}", range.start, hex_row(exp));
+        let _ = writeln!(out, "  + {:04x}  {}", range.start, hex_row(act));
+        let marks: String = (0..16)
+            .map(|i| {
+                if exp.get(i) == act.get(i) {
+                    "   "
+                } else {
+                    "^^ "
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "          {}", marks.trim_end());
+    }
+    out
+}
+
+fn hex_row(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_diff;
+
+    #[test]
+    fn hex_diff_marks_only_differing_bytes() {
+        let expected: Vec<u8> = (0..20).collect();
+        let mut got = expected.clone();
+        got[17] = 0xff;
+        let diff = hex_diff(&expected, &got);
+        assert!(diff.contains("    0000  00 01 02"), "{diff}");
+        assert!(diff.contains("  - 0010  10 11 12 13"), "{diff}");
+        assert!(diff.contains("  + 0010  10 ff 12 13"), "{diff}");
+        assert!(diff.contains("             ^^"), "{diff}");
+    }
+
+    #[test]
+    fn hex_diff_shows_length_difference() {
+        let diff = hex_diff(&[1, 2, 3], &[1, 2]);
+        assert!(diff.contains("expected 3 bytes, got 2 bytes"), "{diff}");
+        assert!(diff.contains("  - 0000  01 02 03"), "{diff}");
+    }
+}
