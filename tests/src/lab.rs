@@ -233,10 +233,10 @@ impl Lab {
             if text.contains(AGENT_READY) {
                 return Ok(Some(()));
             }
-            if let Some((_, child)) = self.processes.iter_mut().find(|(_, c)| c.id() == pid) {
-                if let Some(status) = child.try_wait()? {
-                    bail!("the agent in {node} exited ({status}):\n{text}");
-                }
+            if let Some((_, child)) = self.processes.iter_mut().find(|(_, c)| c.id() == pid)
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("the agent in {node} exited ({status}):\n{text}");
             }
             Ok(None)
         });

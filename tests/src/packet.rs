@@ -26,10 +26,6 @@ impl Frame {
         Self { vlan: Some(id) }
     }
 
-    fn builder(self) -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
-        PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
-    }
-
     /// An IPv6/UDP datagram carrying `payload`.
     pub fn ipv6_udp(
         self,
@@ -39,7 +35,7 @@ impl Frame {
         payload: &[u8],
     ) -> Vec<u8> {
         let mut out = Vec::new();
-        let eth = self.builder();
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC);
         let result = match self.vlan {
             Some(id) => eth
                 .single_vlan(VlanId::try_new(id).expect("VLAN id fits 12 bits"))
@@ -64,7 +60,7 @@ impl Frame {
         payload: &[u8],
     ) -> Vec<u8> {
         let mut out = Vec::new();
-        let eth = self.builder();
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC);
         let result = match self.vlan {
             Some(id) => eth
                 .single_vlan(VlanId::try_new(id).expect("VLAN id fits 12 bits"))

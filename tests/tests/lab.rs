@@ -84,10 +84,10 @@ fn ping_through_an_attached_agent_moves_its_pinned_counters() -> Result<()> {
     );
 
     // SIGTERM: clean exit, program detached, maps stay pinned and readable without the agent.
-    let status = lab.stop(agent.pid)?;
+    let exit = lab.stop(agent.pid)?;
     assert!(
-        status.success(),
-        "agent exit: {status}\n{}",
+        exit.success(),
+        "agent exit: {exit}\n{}",
         fs::read_to_string(&agent.log)?
     );
     let link = String::from_utf8(

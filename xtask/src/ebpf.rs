@@ -64,3 +64,17 @@ pub fn build() -> Result<PathBuf> {
     eprintln!("eBPF object: {}", object.display());
     Ok(object)
 }
+
+/// Builds the eBPF object, then the workspace's binaries embedding it (`cpn-agent`,
+/// `cpn-demo`); returns the directory that holds them.
+pub fn build_binaries() -> Result<PathBuf> {
+    let object = build()?;
+    let root = cmd::workspace_root();
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("CPN_EBPF_OBJECT", &object)
+            .args(["build", "--workspace", "--bins", "--locked"]),
+    )?;
+    Ok(root.join("target/debug"))
+}

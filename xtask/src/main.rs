@@ -4,6 +4,7 @@
 //! command on a fresh machine and costs a few quick checks afterwards.
 
 mod cmd;
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Command {
     BuildEbpf,
     /// Run every check: formatting, clippy, unit, fixture and network-namespace tests (root).
     Test(test::Args),
+    /// Run the network-namespace lab and show the data plane at work (root).
+    Demo(demo::Args),
 }
 
 fn main() -> Result<()> {
@@ -36,5 +39,6 @@ fn main() -> Result<()> {
             ebpf::build().map(drop)
         }
         Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }

@@ -35,13 +35,16 @@ pub fn run(args: &Args) -> Result<()> {
             .args(["fmt", "--", "--check"]),
     )?;
 
-    let object = ebpf::build()?;
+    let binaries = ebpf::build_binaries()?;
+    let object = ebpf::object_path();
     ebpf::clippy()?;
     let cargo = |subcommand: &str| {
         let mut command = Command::new("cargo");
         command
             .current_dir(&root)
             .env("CPN_EBPF_OBJECT", &object)
+            // The namespace tests start this agent.
+            .env("CPN_AGENT_BIN", binaries.join("cpn-agent"))
             .args([subcommand, "--workspace", "--all-targets", "--locked"]);
         command
     };
