@@ -67,6 +67,107 @@ impl Ipv4Hdr {
     }
 }
 
+/// Segment Routing Header, fixed part (RFC 8754 §2); the segment list (16 bytes each) follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SrhHdr {
+    pub next_header: u8,
+    /// Length in 8-octet units, not counting the first 8 octets: 2 × segments (+ TLVs).
+    pub hdr_ext_len: u8,
+    /// 4 for the SRH.
+    pub routing_type: u8,
+    pub segments_left: u8,
+    pub last_entry: u8,
+    pub flags: u8,
+    pub tag: [u8; 2],
+}
+
+impl SrhHdr {
+    /// Offset of the Segments Left field from the start of the SRH (for ICMP pointers).
+    pub const SEGMENTS_LEFT_OFFSET: u32 = 3;
+    pub const ROUTING_TYPE: u8 = 4;
+}
+
+/// The first two bytes of every IPv6 extension header we walk (hop-by-hop, routing,
+/// destination options).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtHdr {
+    pub next_header: u8,
+    pub hdr_ext_len: u8,
+}
+
+/// IPv6 fragment header (RFC 8200 §4.5).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragHdr {
+    pub next_header: u8,
+    pub reserved: u8,
+    /// Fragment offset (13 bits, in 8-octet units), 2 reserved bits, M flag.
+    pub offset_flags: [u8; 2],
+    pub identification: [u8; 4],
+}
+
+impl FragHdr {
+    /// True for the second and later fragments (offset ≠ 0): they carry no L4 header.
+    pub const fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes(self.offset_flags) & 0xfff8 != 0
+    }
+}
+
+/// The first 8 bytes of an ICMP or ICMPv6 message.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub checksum: [u8; 2],
+    /// MTU, pointer, or unused, depending on the type.
+    pub rest: [u8; 4],
+}
+
+/// Source and destination ports: the first 4 bytes of TCP, UDP and SCTP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+}
+
+/// IP protocol / IPv6 next-header numbers.
+pub mod proto {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const ICMPV6: u8 = 58;
+    pub const NO_NEXT_HEADER: u8 = 59;
+    pub const DEST_OPTS: u8 = 60;
+    pub const SCTP: u8 = 132;
+}
+
+/// ICMP and ICMPv6 types and codes the data plane sends or follows.
+pub mod icmp {
+    pub const V4_DEST_UNREACHABLE: u8 = 3;
+    pub const V4_FRAG_NEEDED_CODE: u8 = 4;
+    pub const V4_TIME_EXCEEDED: u8 = 11;
+    pub const V4_PARAMETER_PROBLEM: u8 = 12;
+    pub const V6_DEST_UNREACHABLE: u8 = 1;
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
+    pub const V6_TIME_EXCEEDED: u8 = 3;
+    pub const V6_PARAMETER_PROBLEM: u8 = 4;
+    /// Parameter Problem code 0: erroneous header field.
+    pub const V6_ERRONEOUS_HEADER: u8 = 0;
+    /// Parameter Problem code 4: SR Upper-layer Header Error (RFC 8754 §4.3.1.1).
+    pub const V6_SR_UPPER_LAYER: u8 = 4;
+    /// Minimum IPv6 MTU: an ICMPv6 error quotes as much as fits in it (RFC 4443 §2.4 c).
+    pub const V6_MIN_MTU: usize = 1280;
+}
+
 /// EtherType values, in host order.
 pub mod ether_type {
     pub const IPV4: u16 = 0x0800;
@@ -82,4 +183,7 @@ const _: () = {
     assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
     assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
     assert!(core::mem::align_of::<Ipv6Hdr>() == 1);
+    assert!(core::mem::size_of::<SrhHdr>() == 8);
+    assert!(core::mem::size_of::<FragHdr>() == 8);
+    assert!(core::mem::size_of::<IcmpHdr>() == 8);
 };

@@ -6,6 +6,7 @@
 //! disagree about a byte.
 #![no_std]
 
+pub mod hash;
 pub mod headers;
 pub mod maps;
 pub mod programs;

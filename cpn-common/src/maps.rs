@@ -1,10 +1,15 @@
-//! Names and capacities of the BPF maps, and where they are pinned.
+//! Names, capacities and layouts of the BPF maps, and where they are pinned.
 //!
 //! A map name is limited to 15 bytes by the kernel (`BPF_OBJ_NAME_LEN` minus the NUL), and the
 //! pinned file under [`PIN_DIR`] carries the same name, so `bpftool map dump pinned
 //! /sys/fs/bpf/cpn/<name>` finds it.
+//!
+//! Addresses are stored as 16 bytes in network order; IPv4 addresses are IPv4-mapped IPv6
+//! addresses (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), so one key type serves both families.
+//! The control plane computes, the data plane indexes: segment lists are stored in the order the
+//! SRH carries them, and rings are plain arrays of node ids.
 
-use crate::stats::ProtoCounter;
+use crate::stats::{ProtoCounter, Reason};
 
 /// Directory under the BPF filesystem where every cpn map is pinned.
 pub const PIN_DIR: &str = "/sys/fs/bpf/cpn";
@@ -13,12 +18,250 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/cpn";
 pub const STEER_PROTO_STATS: &str = "steer_proto";
 /// Per-CPU packet/byte counters of `cpn_endpoint`, indexed by [`ProtoCounter`].
 pub const ENDPOINT_PROTO_STATS: &str = "endpoint_proto";
+/// [`ServiceKey`] → [`ServiceEntry`]: the service addresses `cpn_steer` catches.
+pub const SERVICES: &str = "services";
+/// Per service id: the [`RingSelector`] saying which ring half is live and its size.
+pub const RING_SELECTORS: &str = "ring_sel";
+/// Node ids, `RING_CAPACITY` per half, two halves per service id (see [`ring_index`]).
+pub const RINGS: &str = "rings";
+/// Node id → [`NodeEntry`]: where and how to encapsulate towards a compute node.
+pub const NODES: &str = "nodes";
+/// LRU [`FlowKey`] → [`FlowEntry`]: flow affinity.
+pub const FLOWS: &str = "flows";
+/// SID (16 bytes) → [`SidEntry`]: the SIDs `cpn_endpoint` processes.
+pub const LOCAL_SIDS: &str = "local_sids";
+/// Per-CPU [`Counter`](crate::stats::Counter) per service id (packets steered).
+pub const SERVICE_STATS: &str = "service_stats";
+/// Per-CPU counter per node id (packets encapsulated towards it).
+pub const NODE_STATS: &str = "node_stats";
+/// Per-CPU counter per SID stats index (packets processed by that SID).
+pub const SID_STATS: &str = "sid_stats";
+/// Per-CPU counter per [`Reason`] (exceptions and drops).
+pub const REASON_STATS: &str = "reason_stats";
 
 /// Entries of each protocol counter map.
 pub const PROTO_STATS_ENTRIES: u32 = ProtoCounter::COUNT;
+/// Entries of the reason counter map.
+pub const REASON_STATS_ENTRIES: u32 = Reason::COUNT;
+/// Service ids are `0..MAX_SERVICES`.
+pub const MAX_SERVICES: u32 = 64;
+/// Service keys (address, port, protocol) that can map to those ids.
+pub const SERVICE_KEYS: u32 = 1024;
+/// Slots per ring half: the largest ring the agent may build (a prime; the default size).
+pub const RING_CAPACITY: u32 = 65_537;
+/// Entries of the rings map.
+pub const RINGS_ENTRIES: u32 = MAX_SERVICES * 2 * RING_CAPACITY;
+/// Node ids are `0..MAX_NODES`.
+pub const MAX_NODES: u32 = 1024;
+/// Default capacity of the flow affinity table (the agent may load it larger).
+pub const FLOWS_ENTRIES: u32 = 65_536;
+/// Local SIDs, and SID stats indexes `0..MAX_LOCAL_SIDS`.
+pub const MAX_LOCAL_SIDS: u32 = 256;
+/// Most segments in one node's segment list.
+pub const MAX_SIDS: usize = 6;
 
 /// Every map the object defines; the agent pins exactly these.
-pub const ALL: [&str; 2] = [STEER_PROTO_STATS, ENDPOINT_PROTO_STATS];
+pub const ALL: [&str; 12] = [
+    STEER_PROTO_STATS,
+    ENDPOINT_PROTO_STATS,
+    SERVICES,
+    RING_SELECTORS,
+    RINGS,
+    NODES,
+    FLOWS,
+    LOCAL_SIDS,
+    SERVICE_STATS,
+    NODE_STATS,
+    SID_STATS,
+    REASON_STATS,
+];
+
+/// `protocol` value of a service key that matches any protocol (with `port == 0`).
+pub const ANY_PROTOCOL: u8 = 0;
+
+/// Key of the services map: destination address, L4 port and protocol. The data plane looks up
+/// the exact key first, then the address alone (`port == 0`, `protocol == ANY_PROTOCOL`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Network order; 0 = any port.
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Service flag: keep each flow on its node (flow affinity table).
+pub const SERVICE_AFFINITY: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Service id: index of its ring pair, its selector and its counter.
+    pub id: u32,
+    /// `SERVICE_*` flags.
+    pub flags: u32,
+    /// Affinity idle timeout in seconds; 0 keeps entries until the LRU evicts them.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+
+/// Which ring half is live and how many of its slots are used, packed in one `u32` so that
+/// switching rings is a single atomic store: bit 0 is the half, bits 1.. the size.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingSelector(pub u32);
+
+impl RingSelector {
+    pub const fn new(half: u32, size: u32) -> Self {
+        Self(size << 1 | (half & 1))
+    }
+    pub const fn half(self) -> u32 {
+        self.0 & 1
+    }
+    /// Slots in use; 0 = no ring (the service has no usable node).
+    pub const fn size(self) -> u32 {
+        self.0 >> 1
+    }
+}
+
+/// Index in the rings map of `slot` of `half` of service `id`'s ring.
+pub const fn ring_index(id: u32, half: u32, slot: u32) -> u32 {
+    (id * 2 + half) * RING_CAPACITY + slot
+}
+
+/// Node state, as the data plane sees it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeState {
+    /// No node with this id: flows pointing here are re-hashed.
+    #[default]
+    Unused = 0,
+    /// Takes new and existing flows.
+    Active = 1,
+    /// Keeps its existing flows; the control plane gives it no ring slots.
+    Draining = 2,
+    /// Dead: its flows are re-hashed.
+    Down = 3,
+}
+
+impl NodeState {
+    /// Whether existing flows may stay on a node in this state.
+    pub const fn keeps_flows(state: u8) -> bool {
+        state == Self::Active as u8 || state == Self::Draining as u8
+    }
+}
+
+/// Node flag: H.Encaps.Red (RFC 8986 §5.2): the first segment is only in the destination
+/// address; with one segment no SRH is pushed.
+pub const NODE_REDUCED: u8 = 1;
+
+/// Where a compute node is and how to reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The segment list in SRH order: `segments[0]` is the last segment (the node's decap SID),
+    /// `segments[segment_count - 1]` the first, which becomes the outer destination.
+    pub segments: [[u8; 16]; MAX_SIDS],
+    /// Outer source address.
+    pub encap_src: [u8; 16],
+    /// 1..=`MAX_SIDS`; 0 marks an unusable entry.
+    pub segment_count: u8,
+    /// `NODE_*` flags.
+    pub flags: u8,
+    /// A [`NodeState`].
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+impl NodeEntry {
+    pub const EMPTY: Self = Self {
+        segments: [[0; 16]; MAX_SIDS],
+        encap_src: [0; 16],
+        segment_count: 0,
+        flags: 0,
+        state: NodeState::Unused as u8,
+        _pad: [0; 5],
+    };
+}
+
+/// Flow affinity key: the 5-tuple (ports 0 for fragments and port-less protocols).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub node: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the flow's last packet.
+    pub last_seen_ns: u64,
+}
+
+/// SRv6 endpoint behaviours (RFC 8986 §4) that `cpn_endpoint` implements.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    End = 1,
+    EndX = 2,
+    EndDx6 = 3,
+    EndDx4 = 4,
+    EndDt6 = 5,
+    EndDt4 = 6,
+    EndDt46 = 7,
+}
+
+impl Behavior {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        Some(match value {
+            1 => Self::End,
+            2 => Self::EndX,
+            3 => Self::EndDx6,
+            4 => Self::EndDx4,
+            5 => Self::EndDt6,
+            6 => Self::EndDt4,
+            7 => Self::EndDt46,
+            _ => return None,
+        })
+    }
+
+    /// The RFC 8986 name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::End => "End",
+            Self::EndX => "End.X",
+            Self::EndDx6 => "End.DX6",
+            Self::EndDx4 => "End.DX4",
+            Self::EndDt6 => "End.DT6",
+            Self::EndDt4 => "End.DT4",
+            Self::EndDt46 => "End.DT46",
+        }
+    }
+}
+
+/// A local SID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SidEntry {
+    /// A [`Behavior`].
+    pub behavior: u32,
+    /// Index in the SID counter map.
+    pub stats_index: u32,
+    /// End.X / End.DX*: the outgoing interface; End.DT*: the routing table for the inner
+    /// lookup (0 = the interface's own table).
+    pub oif_or_table: u32,
+    pub _pad: u32,
+    /// End.X / End.DX6: IPv6 next hop; End.DX4: IPv4-mapped next hop.
+    pub nexthop: [u8; 16],
+}
 
 const _: () = {
     let mut i = 0;
@@ -26,4 +269,24 @@ const _: () = {
         assert!(ALL[i].len() <= 15, "BPF map names are at most 15 bytes");
         i += 1;
     }
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceEntry>() == 16);
+    assert!(core::mem::size_of::<NodeEntry>() == 16 * MAX_SIDS + 16 + 8);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowEntry>() == 16);
+    assert!(core::mem::size_of::<SidEntry>() == 32);
+    assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): `repr(C)` or `repr(transparent)`, `Copy`, no padding (explicit `_pad`
+    // fields, sizes asserted above), and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::RingSelector {}
+    unsafe impl aya::Pod for super::NodeEntry {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::SidEntry {}
+}

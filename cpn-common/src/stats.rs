@@ -58,6 +58,108 @@ impl ProtoCounter {
     }
 }
 
+/// Why a packet left the fast path: exceptions (passed to the kernel, or answered with ICMP)
+/// and drops. One enum for both programs and for userspace, so counters, logs and `cpnctl`
+/// use the same words.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Passed: the service has no ring, or its slot names a node that is not usable.
+    NoUsableNode = 0,
+    /// Passed: the next hop's MAC is not resolved yet; the kernel forwards and resolves it.
+    FibNoNeighbour = 1,
+    /// Passed: the FIB has no forwarding route (no route, blackhole, unreachable, local).
+    FibNoRoute = 2,
+    /// Answered: ICMPv6 Packet Too Big sent back to the client.
+    PacketTooBig = 3,
+    /// Answered: ICMPv4 Fragmentation Needed sent back to the client.
+    FragmentationNeeded = 4,
+    /// Passed: an IPv4 packet without DF exceeds the MTU once encapsulated.
+    TooBigWithoutDf = 5,
+    /// Passed: more IPv6 extension headers than the parser walks.
+    ExtHeaderChainTooLong = 6,
+    /// Counted: a fragment, steered without ports.
+    Fragment = 7,
+    /// Counted: an ICMP error steered to the node of the flow it quotes.
+    IcmpErrorFollowed = 8,
+    /// Aborted: growing or shrinking the packet failed.
+    NoHeadroom = 9,
+    /// Dropped: the SRH is cut short.
+    SrhTruncated = 10,
+    /// Dropped, ICMPv6 Parameter Problem sent: Last Entry or Segments Left out of range.
+    SrhMalformed = 11,
+    /// Dropped, ICMPv6 Time Exceeded sent: hop limit 0 or 1 at an End SID.
+    HopLimitExceeded = 12,
+    /// Dropped, ICMPv6 Parameter Problem sent: Segments Left is not 0 at a decapsulating SID.
+    SegmentsLeftNotZero = 13,
+    /// Dropped, ICMPv6 Parameter Problem (SR Upper-layer Header Error) sent: the payload after
+    /// the SRH is not one the SID's behaviour accepts.
+    UpperLayerUnsupported = 14,
+    /// Passed: a routing header of a type other than SRH.
+    UnknownRoutingType = 15,
+    /// Passed: the inner packet's TTL/hop limit ran out; the kernel sends Time Exceeded.
+    InnerHopLimitExpired = 16,
+    /// Dropped: a SID entry with an unknown behaviour.
+    UnknownBehavior = 17,
+    /// Passed: a node entry with no segments or too many.
+    BadNodeEntry = 18,
+    /// Passed: a packet to a service address whose headers are cut short.
+    Truncated = 19,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 20;
+
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::NoUsableNode,
+        Self::FibNoNeighbour,
+        Self::FibNoRoute,
+        Self::PacketTooBig,
+        Self::FragmentationNeeded,
+        Self::TooBigWithoutDf,
+        Self::ExtHeaderChainTooLong,
+        Self::Fragment,
+        Self::IcmpErrorFollowed,
+        Self::NoHeadroom,
+        Self::SrhTruncated,
+        Self::SrhMalformed,
+        Self::HopLimitExceeded,
+        Self::SegmentsLeftNotZero,
+        Self::UpperLayerUnsupported,
+        Self::UnknownRoutingType,
+        Self::InnerHopLimitExpired,
+        Self::UnknownBehavior,
+        Self::BadNodeEntry,
+        Self::Truncated,
+    ];
+
+    /// The stable name operators see.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoUsableNode => "no_usable_node",
+            Self::FibNoNeighbour => "fib_no_neighbour",
+            Self::FibNoRoute => "fib_no_route",
+            Self::PacketTooBig => "packet_too_big",
+            Self::FragmentationNeeded => "fragmentation_needed",
+            Self::TooBigWithoutDf => "too_big_without_df",
+            Self::ExtHeaderChainTooLong => "ext_header_chain_too_long",
+            Self::Fragment => "fragment",
+            Self::IcmpErrorFollowed => "icmp_error_followed",
+            Self::NoHeadroom => "no_headroom",
+            Self::SrhTruncated => "srh_truncated",
+            Self::SrhMalformed => "srh_malformed",
+            Self::HopLimitExceeded => "hop_limit_exceeded",
+            Self::SegmentsLeftNotZero => "segments_left_not_zero",
+            Self::UpperLayerUnsupported => "upper_layer_unsupported",
+            Self::UnknownRoutingType => "unknown_routing_type",
+            Self::InnerHopLimitExpired => "inner_hop_limit_expired",
+            Self::UnknownBehavior => "unknown_behavior",
+            Self::BadNodeEntry => "bad_node_entry",
+            Self::Truncated => "truncated",
+        }
+    }
+}
+
 /// One per-CPU counter slot: packets and bytes (frame length as the program saw it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +188,13 @@ unsafe impl aya::Pod for Counter {}
 #[cfg(test)]
 mod tests {
     use super::ProtoCounter;
+
+    #[test]
+    fn reason_indexes_match_discriminants() {
+        for (i, r) in super::Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+    }
 
     #[test]
     fn indexes_match_discriminants() {

@@ -1,45 +1,133 @@
 //! cpn's XDP programs.
 //!
-//! Entry points stay thin: each calls a `try_*` function and turns an internal error into
-//! `XDP_ABORTED` (visible in `xdp:xdp_exception` tracepoints), never into a silent pass.
+//! ```text
+//!   cpn_steer     parse → service → affinity / ring → node → H.Encaps(.Red) → FIB → redirect
+//!   cpn_endpoint  parse → local SID → End / End.X / End.DX* / End.DT* → FIB → redirect | pass
+//! ```
+//! Entry points stay thin: each calls a `try_*` function and turns an internal fault into
+//! `XDP_ABORTED` (visible in the `xdp:xdp_exception` tracepoint), never into a silent pass.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod encap;
+mod endpoint;
+mod fib;
+mod icmp;
 mod maps;
 mod parse;
 mod stats;
+mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use cpn_common::{headers::ether_type, stats::ProtoCounter};
 
-use crate::stats::Fault;
+use crate::{parse::L2, stats::Fault};
 
-/// Ingress: counts what it sees; steering arrives with the SRv6 data plane.
+/// Hop limit of the headers we create (outer IPv6, ICMP errors); a load-time global the agent
+/// may override.
+#[unsafe(no_mangle)]
+static HOP_LIMIT: u8 = 64;
+
+#[inline(always)]
+fn hop_limit() -> u8 {
+    // SAFETY: a read of a global the loader may have patched; volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(&raw const HOP_LIMIT) }
+}
+
 #[xdp]
 pub fn cpn_steer(ctx: XdpContext) -> u32 {
-    match try_count(&ctx, &maps::STEER_PROTO) {
+    match try_steer(&ctx) {
         Ok(action) => action,
         Err(Fault) => xdp_action::XDP_ABORTED,
     }
 }
 
-/// Compute node / transit: counts what it sees; SID processing arrives with the SRv6 data plane.
 #[xdp]
 pub fn cpn_endpoint(ctx: XdpContext) -> u32 {
-    match try_count(&ctx, &maps::ENDPOINT_PROTO) {
+    match try_endpoint(&ctx) {
         Ok(action) => action,
         Err(Fault) => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// The ingress interface, read once at entry: LLVM may otherwise split the context field
+/// access, which the verifier rejects ("dereference of modified ctx ptr").
+#[inline(always)]
+fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).ingress_ifindex) }
+}
+
+#[inline(always)]
+fn try_steer(ctx: &XdpContext) -> Result<u32, Fault> {
+    let ifindex = ingress_ifindex(ctx);
+    let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    Ok(icmp::answer(ctx, l2.l3, steer::run(ctx, &l2, ifindex)))
+}
+
+#[inline(always)]
+fn try_endpoint(ctx: &XdpContext) -> Result<u32, Fault> {
+    let ifindex = ingress_ifindex(ctx);
+    let Some(l2) = count_l2(ctx, &maps::ENDPOINT_PROTO) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // The endpoint only needs the fixed IPv6 header to find its SIDs; count by it.
+    let proto = match l2.ether_type {
+        ether_type::IPV6 => match parse::read::<u8>(ctx, l2.l3 + 39) {
+            // The whole fixed header is there (its last byte is); check the version nibble.
+            Some(_) if parse::read::<u8>(ctx, l2.l3).is_some_and(|v| v >> 4 == 6) => {
+                ProtoCounter::Ipv6
+            }
+            _ => ProtoCounter::Malformed,
+        },
+        ether_type::IPV4 => match parse::ipv4(ctx, l2.l3, &mut { parse::Ip::EMPTY }) {
+            Ok(()) => ProtoCounter::Ipv4,
+            Err(e) => e.counter(),
+        },
+        _ => non_ip(&l2),
+    };
+    count(&maps::ENDPOINT_PROTO, proto, ctx);
+    if proto != ProtoCounter::Ipv6 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    endpoint::endpoint(ctx, &l2, ifindex)
+}
+
+/// Parses the link layer and counts VLAN tags and malformed frames; `None` ends processing.
+#[inline(always)]
+fn count_l2(ctx: &XdpContext, counters: &maps::ProtoStats) -> Option<L2> {
+    match parse::l2(ctx) {
+        Ok(l2) => {
+            if l2.vlan_tagged {
+                count(counters, ProtoCounter::VlanTagged, ctx);
+            }
+            Some(l2)
+        }
+        Err(vlan_tagged) => {
+            if vlan_tagged {
+                count(counters, ProtoCounter::VlanTagged, ctx);
+            }
+            count(counters, ProtoCounter::Malformed, ctx);
+            None
+        }
     }
 }
 
 #[inline(always)]
-fn try_count(ctx: &XdpContext, counters: &maps::ProtoStats) -> Result<u32, Fault> {
-    let frame = parse::classify(ctx);
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    stats::add(counters, frame.proto, len)?;
-    if frame.vlan_tagged {
-        stats::add(counters, cpn_common::stats::ProtoCounter::VlanTagged, len)?;
+fn non_ip(l2: &L2) -> ProtoCounter {
+    if l2.ether_type == ether_type::ARP {
+        ProtoCounter::Arp
+    } else {
+        ProtoCounter::OtherEthertype
     }
-    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn count(counters: &maps::ProtoStats, which: ProtoCounter, ctx: &XdpContext) {
+    stats::add(counters, which as u32, parse::frame_len(ctx) as u64);
 }
 
 #[cfg(not(test))]

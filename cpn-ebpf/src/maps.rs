@@ -2,8 +2,18 @@
 //! Names and capacities come from `cpn_common::maps`; the agent checks that the object it loads
 //! defines exactly the maps listed there.
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
-use cpn_common::{maps::PROTO_STATS_ENTRIES, stats::Counter};
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use cpn_common::{
+    maps::{
+        FLOWS_ENTRIES, FlowEntry, FlowKey, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NodeEntry,
+        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector, SERVICE_KEYS,
+        ServiceEntry, ServiceKey, SidEntry,
+    },
+    stats::Counter,
+};
 
 pub type ProtoStats = PerCpuArray<Counter, { PROTO_STATS_ENTRIES as usize }>;
 
@@ -12,3 +22,34 @@ pub static STEER_PROTO: ProtoStats = ProtoStats::new();
 
 #[btf_map(name = "endpoint_proto")]
 pub static ENDPOINT_PROTO: ProtoStats = ProtoStats::new();
+
+#[btf_map(name = "services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry, { SERVICE_KEYS as usize }> = HashMap::new();
+
+#[btf_map(name = "ring_sel")]
+pub static RING_SELECTORS: Array<RingSelector, { MAX_SERVICES as usize }> = Array::new();
+
+#[btf_map(name = "rings")]
+pub static RINGS: Array<u32, { RINGS_ENTRIES as usize }> = Array::new();
+
+#[btf_map(name = "nodes")]
+pub static NODES: Array<NodeEntry, { MAX_NODES as usize }> = Array::new();
+
+#[btf_map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { FLOWS_ENTRIES as usize }> = LruHashMap::new();
+
+#[btf_map(name = "local_sids")]
+pub static LOCAL_SIDS: HashMap<[u8; 16], SidEntry, { MAX_LOCAL_SIDS as usize }> = HashMap::new();
+
+#[btf_map(name = "service_stats")]
+pub static SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "node_stats")]
+pub static NODE_STATS: PerCpuArray<Counter, { MAX_NODES as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "sid_stats")]
+pub static SID_STATS: PerCpuArray<Counter, { MAX_LOCAL_SIDS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "reason_stats")]
+pub static REASON_STATS: PerCpuArray<Counter, { REASON_STATS_ENTRIES as usize }> =
+    PerCpuArray::new();

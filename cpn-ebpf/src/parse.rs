@@ -4,82 +4,271 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use cpn_common::{
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ether_type},
+    headers::{EthHdr, ExtHdr, FragHdr, Ipv4Hdr, Ipv6Hdr, Ports, VlanHdr, ether_type, proto},
     stats::ProtoCounter,
 };
 
+/// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment, destination
+/// options, in any order).
+pub const MAX_EXT_HEADERS: usize = 4;
+/// Largest header offset we follow; keeps every variable offset provably bounded.
+pub const MAX_HEADER_OFFSET: usize = 512;
+
 /// A pointer to a `T` at byte `offset` of the packet, if the whole `T` lies inside it.
 ///
-/// Every packet read goes through here, so the verifier sees one bounds-check pattern.
+/// Every packet access goes through here or [`ptr_at_mut`], so the verifier sees one
+/// bounds-check pattern. Pointers must be taken again after `bpf_xdp_adjust_*`.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
+    // Check the very pointer we hand out, so the verifier ties the bound to it even when the
+    // offset is a variable.
+    let ptr = ctx.data() + offset;
+    if ptr + size_of::<T>() > ctx.data_end() {
         return None;
     }
-    Some((start + offset) as *const T)
+    Some(ptr as *const T)
 }
 
-/// What the L2/L3 parser found.
-pub struct Frame {
-    pub proto: ProtoCounter,
+/// Mutable variant of [`ptr_at`].
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
+}
+
+/// Reads a `T` (a header of byte arrays, alignment 1) at `offset`.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: `ptr_at` checked the bounds; `T` has alignment 1 (byte-array headers).
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// Writes a `T` at `offset`; false if it does not fit in the packet.
+#[inline(always)]
+pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
+    match ptr_at_mut::<T>(ctx, offset) {
+        // SAFETY: bounds checked by `ptr_at_mut`.
+        Some(p) => {
+            unsafe { p.write_unaligned(value) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Frame length as the program sees it.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// The link layer: where the network header starts and what it is.
+#[derive(Clone, Copy)]
+pub struct L2 {
+    pub l3: usize,
+    pub ether_type: u16,
     pub vlan_tagged: bool,
 }
 
-/// Parses Ethernet, at most one VLAN tag, and the IPv6 or IPv4 header.
+/// Parses Ethernet and at most one VLAN tag. `Err` carries whether a VLAN tag was seen.
 #[inline(always)]
-pub fn classify(ctx: &XdpContext) -> Frame {
-    let mut frame = Frame {
-        proto: ProtoCounter::Malformed,
+pub fn l2(ctx: &XdpContext) -> Result<L2, bool> {
+    let eth: EthHdr = read(ctx, 0).ok_or(false)?;
+    let ether_type = u16::from_be_bytes(eth.ether_type);
+    if ether_type == ether_type::VLAN_8021Q || ether_type == ether_type::VLAN_8021AD {
+        let vlan: VlanHdr = read(ctx, size_of::<EthHdr>()).ok_or(true)?;
+        return Ok(L2 {
+            l3: size_of::<EthHdr>() + size_of::<VlanHdr>(),
+            ether_type: u16::from_be_bytes(vlan.ether_type),
+            vlan_tagged: true,
+        });
+    }
+    Ok(L2 {
+        l3: size_of::<EthHdr>(),
+        ether_type,
         vlan_tagged: false,
-    };
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return frame;
-    };
-    // SAFETY: `ptr_at` checked that the header lies inside the packet.
-    let mut ethertype = u16::from_be_bytes(unsafe { (*eth).ether_type });
-    let mut l3 = size_of::<EthHdr>();
-    if ethertype == ether_type::VLAN_8021Q || ethertype == ether_type::VLAN_8021AD {
-        frame.vlan_tagged = true;
-        let Some(vlan) = ptr_at::<VlanHdr>(ctx, l3) else {
-            return frame;
-        };
-        // SAFETY: bounds checked by `ptr_at`.
-        ethertype = u16::from_be_bytes(unsafe { (*vlan).ether_type });
-        l3 += size_of::<VlanHdr>();
-    }
-    frame.proto = match ethertype {
-        ether_type::IPV6 => classify_ipv6(ctx, l3),
-        ether_type::IPV4 => classify_ipv4(ctx, l3),
-        ether_type::ARP => ProtoCounter::Arp,
-        _ => ProtoCounter::OtherEthertype,
-    };
-    frame
+    })
 }
 
-#[inline(always)]
-fn classify_ipv6(ctx: &XdpContext, l3: usize) -> ProtoCounter {
-    match ptr_at::<Ipv6Hdr>(ctx, l3) {
-        // SAFETY: bounds checked by `ptr_at`.
-        Some(ip6) if unsafe { (*ip6).version() } == 6 => ProtoCounter::Ipv6,
-        _ => ProtoCounter::Malformed,
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    No,
+    /// Offset 0 with more fragments to come: carries the L4 header.
+    First,
+    /// Offset > 0: no L4 header.
+    Later,
+}
+
+/// The network layer of an IPv4 or IPv6 packet.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    /// Offset of the IP header.
+    pub l3: usize,
+    pub v6: bool,
+    /// Offset of the upper-layer header (after IPv6 extension headers / IPv4 options).
+    pub l4: usize,
+    /// The upper-layer protocol.
+    pub protocol: u8,
+    pub fragment: Fragment,
+    /// Addresses as 16 bytes; IPv4 as IPv4-mapped IPv6.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Traffic class (IPv6) or TOS (IPv4): DSCP and ECN.
+    pub tos: u8,
+    /// The IP packet's length according to its header.
+    pub len: usize,
+    /// IPv4 Don't Fragment (always true for IPv6: routers never fragment it).
+    pub dont_fragment: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IpError {
+    /// Cut short, wrong version, bad lengths.
+    Malformed,
+    /// More extension headers than [`MAX_EXT_HEADERS`].
+    ChainTooLong,
+}
+
+impl IpError {
+    pub const fn counter(self) -> ProtoCounter {
+        ProtoCounter::Malformed
     }
 }
 
+/// An IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
 #[inline(always)]
-fn classify_ipv4(ctx: &XdpContext, l3: usize) -> ProtoCounter {
-    let Some(ip4) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
-        return ProtoCounter::Malformed;
+pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+impl Ip {
+    pub const EMPTY: Self = Self {
+        l3: 0,
+        v6: false,
+        l4: 0,
+        protocol: 0,
+        fragment: Fragment::No,
+        src: [0; 16],
+        dst: [0; 16],
+        tos: 0,
+        len: 0,
+        dont_fragment: false,
     };
-    // SAFETY: bounds checked by `ptr_at`.
-    let (version, header_len) = unsafe { ((*ip4).version(), (*ip4).header_len()) };
-    if version != 4 || header_len < size_of::<Ipv4Hdr>() {
-        return ProtoCounter::Malformed;
+}
+
+// The parsers fill an `&mut Ip` in place: returning it by value through `Result`/`Option`
+// layers would put several copies of it on the 512-byte stack.
+
+/// Parses an IPv6 header and walks its extension headers.
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+    let vtc: [u8; 4] = read(ctx, l3).ok_or(IpError::Malformed)?;
+    if vtc[0] >> 4 != 6 {
+        return Err(IpError::Malformed);
     }
-    // Options must be present in full too; check the last byte of the header.
-    if ptr_at::<u8>(ctx, l3 + header_len - 1).is_none() {
-        return ProtoCounter::Malformed;
+    let payload_len: [u8; 2] = read(ctx, l3 + 4).ok_or(IpError::Malformed)?;
+    ip.protocol = read(ctx, l3 + 6).ok_or(IpError::Malformed)?;
+    ip.src = read(ctx, l3 + 8).ok_or(IpError::Malformed)?;
+    ip.dst = read(ctx, l3 + 24).ok_or(IpError::Malformed)?;
+    ip.l3 = l3;
+    ip.v6 = true;
+    ip.l4 = l3 + size_of::<Ipv6Hdr>();
+    ip.fragment = Fragment::No;
+    ip.tos = (u32::from_be_bytes(vtc) >> 20) as u8;
+    ip.len = size_of::<Ipv6Hdr>() + u16::from_be_bytes(payload_len) as usize;
+    ip.dont_fragment = true;
+    for _ in 0..MAX_EXT_HEADERS {
+        match ip.protocol {
+            proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS => {
+                let ext: ExtHdr = read(ctx, ip.l4).ok_or(IpError::Malformed)?;
+                ip.protocol = ext.next_header;
+                ip.l4 += (ext.hdr_ext_len as usize + 1) * 8;
+            }
+            proto::FRAGMENT => {
+                let frag: FragHdr = read(ctx, ip.l4).ok_or(IpError::Malformed)?;
+                ip.protocol = frag.next_header;
+                ip.fragment = if frag.is_later_fragment() {
+                    Fragment::Later
+                } else {
+                    Fragment::First
+                };
+                ip.l4 += size_of::<FragHdr>();
+            }
+            _ => return Ok(()),
+        }
+        if ip.l4 > MAX_HEADER_OFFSET {
+            return Err(IpError::Malformed);
+        }
     }
-    ProtoCounter::Ipv4
+    match ip.protocol {
+        proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS | proto::FRAGMENT => {
+            Err(IpError::ChainTooLong)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses an IPv4 header (options included by IHL).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+    let hdr: Ipv4Hdr = read(ctx, l3).ok_or(IpError::Malformed)?;
+    let header_len = hdr.header_len();
+    if hdr.version() != 4 || header_len < size_of::<Ipv4Hdr>() {
+        return Err(IpError::Malformed);
+    }
+    // The options must be present in full too.
+    read::<u8>(ctx, l3 + header_len - 1).ok_or(IpError::Malformed)?;
+    let frag = u16::from_be_bytes(hdr.frag_off);
+    ip.fragment = match (frag & 0x1fff, frag & 0x2000 != 0) {
+        (0, false) => Fragment::No,
+        (0, true) => Fragment::First,
+        _ => Fragment::Later,
+    };
+    ip.l3 = l3;
+    ip.v6 = false;
+    ip.l4 = l3 + header_len;
+    ip.protocol = hdr.protocol;
+    ip.src = v4_mapped(hdr.src);
+    ip.dst = v4_mapped(hdr.dst);
+    ip.tos = hdr.tos;
+    ip.len = u16::from_be_bytes(hdr.total_len) as usize;
+    ip.dont_fragment = frag & 0x4000 != 0;
+    Ok(())
+}
+
+/// What [`ip`] found after the link layer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L3 {
+    /// IPv4 or IPv6, parsed into the `Ip`.
+    Ip,
+    /// Not IP (the EtherType says so).
+    NotIp,
+    Error(IpError),
+}
+
+/// Parses the network layer after `l2` into `out`, if it is IP.
+#[inline(always)]
+pub fn ip(ctx: &XdpContext, l2: &L2, out: &mut Ip) -> L3 {
+    let parsed = match l2.ether_type {
+        ether_type::IPV6 => ipv6(ctx, l2.l3, out),
+        ether_type::IPV4 => ipv4(ctx, l2.l3, out),
+        _ => return L3::NotIp,
+    };
+    match parsed {
+        Ok(()) => L3::Ip,
+        Err(e) => L3::Error(e),
+    }
+}
+
+/// True for protocols whose first four bytes are source and destination ports.
+#[inline(always)]
+pub const fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, proto::TCP | proto::UDP | proto::SCTP)
+}
+
+/// The L4 ports at `offset`.
+#[inline(always)]
+pub fn ports(ctx: &XdpContext, offset: usize) -> Option<Ports> {
+    read(ctx, offset)
 }

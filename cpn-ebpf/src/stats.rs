@@ -1,20 +1,27 @@
 //! Per-CPU counters. Each CPU owns its slot, so plain adds are race-free.
 
-use cpn_common::stats::ProtoCounter;
+use aya_ebpf::btf_maps::PerCpuArray;
+use cpn_common::stats::{Counter, Reason};
 
-use crate::maps::ProtoStats;
+use crate::maps::REASON_STATS;
 
 /// An internal fault that must never happen on a verified program (e.g. a counter index out of
 /// range); the entry point turns it into `XDP_ABORTED`.
 pub struct Fault;
 
 #[inline(always)]
-pub fn add(counters: &ProtoStats, which: ProtoCounter, bytes: u64) -> Result<(), Fault> {
-    let slot = counters.get_ptr_mut(which as u32).ok_or(Fault)?;
-    // SAFETY: the pointer comes from a successful per-CPU lookup and only this CPU writes it.
-    unsafe {
-        (*slot).packets += 1;
-        (*slot).bytes += bytes;
+pub fn add<const N: usize>(counters: &PerCpuArray<Counter, N>, index: u32, bytes: u64) {
+    if let Some(slot) = counters.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful per-CPU lookup and only this CPU writes it.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += bytes;
+        }
     }
-    Ok(())
+}
+
+/// Counts one packet under `reason`.
+#[inline(always)]
+pub fn reason(reason: Reason, bytes: u64) {
+    add(&REASON_STATS, reason as u32, bytes);
 }

@@ -263,11 +263,12 @@ fn check_maps(ebpf: &Ebpf) -> Result<(), Error> {
             return Err(Error::MissingMap(name));
         }
     }
-    match ebpf
+    // `.rodata` and friends hold the load-time globals; they are not ours to pin.
+    let unlisted = ebpf
         .maps()
         .map(|(name, _)| name)
-        .find(|name| !maps::ALL.contains(name))
-    {
+        .find(|name| !name.starts_with('.') && !maps::ALL.contains(name));
+    match unlisted {
         Some(extra) => Err(Error::UnlistedMap(extra.to_owned())),
         None => Ok(()),
     }

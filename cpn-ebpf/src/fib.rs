@@ -1,0 +1,123 @@
+//! Next-hop resolution through the kernel's FIB (`bpf_fib_lookup`).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// What the FIB says about a destination.
+pub enum Fib {
+    /// Forward out of `ifindex` with these MACs.
+    Forward {
+        ifindex: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    },
+    /// A route exists but the neighbour is not resolved: let the kernel forward (and resolve).
+    NoNeighbour,
+    /// The packet of `tot_len` bytes exceeds the egress MTU.
+    FragNeeded { mtu: u16 },
+    /// No forwarding route (none, blackhole, unreachable, prohibit, local, forwarding off).
+    NoRoute,
+}
+
+/// A lookup and its answer, kept small: the 64-byte helper struct lives only in [`call`]'s
+/// frame, which keeps the callers' stacks within the verifier's 512-byte budget.
+#[repr(C)]
+struct Query {
+    dst: [u8; 16],
+    ifindex: u32,
+    table: u32,
+    tot_len: u16,
+    v6: u8,
+    _pad: u8,
+    // Answer.
+    out_ifindex: u32,
+    mtu: u16,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+}
+
+/// Looks up `dst` (16 bytes, IPv4-mapped for IPv4) for a packet of `tot_len` bytes that came in
+/// on `ifindex`, in `table` (0: the interface's own table).
+#[inline(always)]
+pub fn lookup(
+    ctx: &XdpContext,
+    v6: bool,
+    dst: [u8; 16],
+    ifindex: u32,
+    tot_len: u16,
+    table: u32,
+) -> Fib {
+    let mut query = Query {
+        dst,
+        ifindex,
+        table,
+        tot_len,
+        v6: u8::from(v6),
+        _pad: 0,
+        out_ifindex: 0,
+        mtu: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+    };
+    match call(ctx, &mut query) {
+        BPF_FIB_LKUP_RET_SUCCESS => Fib::Forward {
+            ifindex: query.out_ifindex,
+            src_mac: query.src_mac,
+            dst_mac: query.dst_mac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeighbour,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded { mtu: query.mtu },
+        _ => Fib::NoRoute,
+    }
+}
+
+/// A BPF subprogram of its own; its signature has no Rust enums, whose BTF the kernel rejects.
+#[inline(never)]
+fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.ifindex = query.ifindex;
+    params.__bindgen_anon_1.tot_len = query.tot_len;
+    let d = &query.dst;
+    if query.v6 != 0 {
+        params.family = AF_INET6;
+        let w = |i: usize| u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        params.__bindgen_anon_4.ipv6_dst = [w(0), w(4), w(8), w(12)];
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+    }
+    let mut flags = 0;
+    if query.table != 0 {
+        params.__bindgen_anon_5.tbid = query.table;
+        flags |= BPF_FIB_LOOKUP_TBID;
+    }
+    // SAFETY: `params` is a valid, fully initialised lookup struct of the size we pass.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &raw mut params,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
+    } as u32;
+    query.out_ifindex = params.ifindex;
+    // SAFETY: the kernel writes `mtu_result` into the union on FRAG_NEEDED; otherwise it still
+    // holds `tot_len`, which nobody reads.
+    query.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    query.src_mac = params.smac;
+    query.dst_mac = params.dmac;
+    rc
+}

@@ -1,0 +1,223 @@
+//! ICMP errors built in place from the invoking packet and sent back where it came from
+//! (`XDP_TX`). The error's source is the invoking packet's destination: the service address at
+//! the ingress, the SID at an endpoint.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use cpn_common::{
+    headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
+    stats::Reason,
+};
+
+use crate::{csum, hop_limit, parse};
+
+/// Bytes of the invoking packet an ICMPv6 error quotes at most: the minimum MTU minus the
+/// error's own headers (RFC 4443 §2.4 c), rounded down to a word.
+const V6_QUOTE_MAX: usize = icmp::V6_MIN_MTU - size_of::<Ipv6Hdr>() - size_of::<IcmpHdr>();
+/// ICMPv4 quotes up to 576 bytes in all (RFC 1812 §4.3.2.3).
+const V4_QUOTE_MAX: usize = 576 - size_of::<Ipv4Hdr>() - size_of::<IcmpHdr>();
+
+const ETH: usize = size_of::<EthHdr>();
+
+/// A verdict that asks for an ICMPv6 error instead of an XDP action: subprograms return it
+/// and the entry function sends the error, so that their stack frames never stack on top of
+/// [`v6_error`]'s (the verifier allows 512 bytes for a whole call chain).
+#[inline(always)]
+pub const fn request_v6(kind: u8, code: u8, pointer: u16) -> u32 {
+    1 << 31 | (kind as u32) << 24 | (code as u32) << 16 | pointer as u32
+}
+
+/// A verdict that asks for an ICMPv4 Fragmentation Needed carrying `mtu` (see [`request_v6`]).
+#[inline(always)]
+pub const fn request_v4_frag_needed(mtu: u16) -> u32 {
+    1 << 30 | mtu as u32
+}
+
+/// Carries out a verdict from [`request_v6`] or [`request_v4_frag_needed`], or returns a
+/// plain XDP action unchanged.
+#[inline(always)]
+pub fn answer(ctx: &XdpContext, l3: usize, verdict: u32) -> u32 {
+    if verdict & 1 << 30 != 0 {
+        return v4_frag_needed(ctx, l3, verdict as u16);
+    }
+    if verdict & 1 << 31 == 0 {
+        return verdict;
+    }
+    let kind = (verdict >> 24 & 0x7f) as u8;
+    let code = (verdict >> 16) as u8;
+    v6_error(ctx, l3, kind, code, verdict & 0xffff)
+}
+
+/// Why no error could be sent.
+enum NotSent {
+    /// RFC 4443 §2.4 (e) / RFC 1812: never answer a multicast or unspecified source.
+    Suppressed,
+    /// The packet could not be resized.
+    NoRoom,
+}
+
+/// The verdict: `XDP_TX` with the error, else the invoking packet is discarded either way.
+#[inline(always)]
+fn verdict(sent: Result<(), NotSent>) -> u32 {
+    match sent {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(NotSent::Suppressed) => xdp_action::XDP_DROP,
+        Err(NotSent::NoRoom) => {
+            crate::stats::reason(Reason::NoHeadroom, 0);
+            xdp_action::XDP_ABORTED
+        }
+    }
+}
+
+/// Rewrites the packet (IPv6 at `l3`) into an ICMPv6 error of `kind`/`code` with the 4-byte
+/// field `rest` (MTU or pointer), quoting the invoking packet.
+// A BPF subprogram of its own: its stack frame is not added to every caller's.
+#[inline(never)]
+pub fn v6_error(ctx: &XdpContext, l3: usize, kind: u8, code: u8, rest: u32) -> u32 {
+    verdict(build_v6_error(ctx, l3, kind, code, rest.to_be_bytes()))
+}
+
+#[inline(always)]
+fn build_v6_error(
+    ctx: &XdpContext,
+    l3: usize,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+) -> Result<(), NotSent> {
+    let eth: EthHdr = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
+    let orig_src: [u8; 16] = parse::read(ctx, l3 + 8).ok_or(NotSent::NoRoom)?;
+    let orig_dst: [u8; 16] = parse::read(ctx, l3 + 24).ok_or(NotSent::NoRoom)?;
+    if orig_src[0] == 0xff || orig_src == [0; 16] {
+        return Err(NotSent::Suppressed);
+    }
+    let quote = (parse::frame_len(ctx) - l3).min(V6_QUOTE_MAX) & !3;
+    let header = size_of::<Ipv6Hdr>() + size_of::<IcmpHdr>();
+    resize(ctx, l3, quote, ETH + header)?;
+
+    let payload_len = (size_of::<IcmpHdr>() + quote) as u16;
+    let ip = Ipv6Hdr {
+        vtc_flow: [0x60, 0, 0, 0],
+        payload_len: payload_len.to_be_bytes(),
+        next_header: proto::ICMPV6,
+        hop_limit: hop_limit(),
+        src: orig_dst,
+        dst: orig_src,
+    };
+    let mut message = IcmpHdr {
+        kind,
+        code,
+        checksum: [0; 2],
+        rest,
+    };
+    let mut sum = csum::add_bytes(0, &ip.src);
+    sum = csum::add_bytes(sum, &ip.dst);
+    sum += u32::from(payload_len) + u32::from(proto::ICMPV6);
+    sum = csum::add_bytes(sum, &[kind, code]);
+    sum = csum::add_bytes(sum, &rest);
+    sum = csum::add_packet::<V6_QUOTE_MAX>(ctx, sum, ETH + header, quote).ok_or(NotSent::NoRoom)?;
+    message.checksum = csum::finish(sum);
+
+    let reply = EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        ether_type: ether_type::IPV6.to_be_bytes(),
+    };
+    let written = parse::write(ctx, 0, reply)
+        && parse::write(ctx, ETH, ip)
+        && parse::write(ctx, ETH + size_of::<Ipv6Hdr>(), message);
+    if written {
+        Ok(())
+    } else {
+        Err(NotSent::NoRoom)
+    }
+}
+
+/// Rewrites the packet (IPv4 at `l3`) into an ICMPv4 Fragmentation Needed carrying `mtu`;
+/// returns the verdict.
+#[inline(never)]
+pub fn v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> u32 {
+    verdict(build_v4_frag_needed(ctx, l3, mtu))
+}
+
+#[inline(always)]
+fn build_v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> Result<(), NotSent> {
+    let eth: EthHdr = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
+    let orig: Ipv4Hdr = parse::read(ctx, l3).ok_or(NotSent::NoRoom)?;
+    if orig.src[0] >= 224 || orig.src == [0; 4] {
+        return Err(NotSent::Suppressed);
+    }
+    let quote = (parse::frame_len(ctx) - l3).min(V4_QUOTE_MAX) & !3;
+    let header = size_of::<Ipv4Hdr>() + size_of::<IcmpHdr>();
+    resize(ctx, l3, quote, ETH + header)?;
+
+    let total_len = (header + quote) as u16;
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0xc0, // Internetwork control, as routers mark their ICMP.
+        total_len: total_len.to_be_bytes(),
+        id: [0; 2],
+        frag_off: [0; 2],
+        ttl: hop_limit(),
+        protocol: proto::ICMP,
+        checksum: [0; 2],
+        src: orig.dst,
+        dst: orig.src,
+    };
+    ip.checksum = csum::finish(csum::add_bytes(0, &ipv4_bytes(&ip)));
+    let [hi, lo] = mtu.to_be_bytes();
+    let rest = [0, 0, hi, lo];
+    let mut message = IcmpHdr {
+        kind: icmp::V4_DEST_UNREACHABLE,
+        code: icmp::V4_FRAG_NEEDED_CODE,
+        checksum: [0; 2],
+        rest,
+    };
+    let mut sum = csum::add_bytes(0, &[message.kind, message.code]);
+    sum = csum::add_bytes(sum, &rest);
+    sum = csum::add_packet::<V4_QUOTE_MAX>(ctx, sum, ETH + header, quote).ok_or(NotSent::NoRoom)?;
+    message.checksum = csum::finish(sum);
+
+    let reply = EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        ether_type: ether_type::IPV4.to_be_bytes(),
+    };
+    let written = parse::write(ctx, 0, reply)
+        && parse::write(ctx, ETH, ip)
+        && parse::write(ctx, ETH + size_of::<Ipv4Hdr>(), message);
+    if written {
+        Ok(())
+    } else {
+        Err(NotSent::NoRoom)
+    }
+}
+
+/// Cuts the packet to `l3 + quote` bytes, then makes room for `front` bytes of new headers
+/// before the quoted part (replacing the `l3` bytes of link-layer headers).
+#[inline(always)]
+fn resize(ctx: &XdpContext, l3: usize, quote: usize, front: usize) -> Result<(), NotSent> {
+    let tail = (l3 + quote) as i32 - parse::frame_len(ctx) as i32;
+    // SAFETY: plain helper calls on our own context; pointers are re-derived afterwards.
+    unsafe {
+        if tail != 0 && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), tail) != 0 {
+            return Err(NotSent::NoRoom);
+        }
+        if bpf_xdp_adjust_head(ctx.as_ptr().cast(), l3 as i32 - front as i32) != 0 {
+            return Err(NotSent::NoRoom);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn ipv4_bytes(ip: &Ipv4Hdr) -> [u8; 20] {
+    // SAFETY: `Ipv4Hdr` is 20 bytes of `u8` fields, no padding.
+    unsafe { core::mem::transmute_copy(ip) }
+}
