@@ -1,12 +1,17 @@
 //! The flow hash, shared by the data plane (ring slot, outer flow label) and the agent
 //! (`explain`), so both compute the same value for a flow.
 
+#![expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call these; a BPF-to-BPF call would cost stack and verifier work"
+)]
+
 use crate::maps::FlowKey;
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 
-/// MurmurHash3 (x86, 32-bit) over the 40 bytes of a flow key, read as little-endian words.
+/// `MurmurHash3` (x86, 32-bit) over the 40 bytes of a flow key, read as little-endian words.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     let mut h = seed;
@@ -26,7 +31,7 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
         ]),
     );
     h = mix(h, u32::from(key.protocol));
-    fmix(h ^ 40)
+    fmix(h ^ 0x28) // the key length, 40 bytes
 }
 
 #[inline(always)]

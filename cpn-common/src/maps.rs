@@ -278,15 +278,22 @@ const _: () = {
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 
+// SAFETY (each impl below): `repr(C)` or `repr(transparent)`, `Copy`, no padding (explicit
+// `_pad` fields, sizes asserted above), and every bit pattern is a valid value.
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): `repr(C)` or `repr(transparent)`, `Copy`, no padding (explicit `_pad`
-    // fields, sizes asserted above), and every bit pattern is a valid value.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::ServiceEntry {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RingSelector {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::NodeEntry {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SidEntry {}
 }

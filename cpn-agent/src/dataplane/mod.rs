@@ -4,6 +4,7 @@
 //! or the maps goes through it.
 
 mod stats;
+mod tables;
 
 use std::{
     fmt,
@@ -17,7 +18,11 @@ use aya::{
 use cpn_common::{maps, programs};
 use serde::Deserialize;
 
-pub use self::stats::{ProtoStats, pinned_proto_stats};
+pub use self::{
+    stats::{ProtoStats, pinned_proto_stats},
+    tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},
+};
+pub use cpn_common::maps::NodeState;
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty when the agent was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpn.bpf.o"));
@@ -133,7 +138,18 @@ pub enum Error {
         error: ProgramError,
         hint: &'static str,
     },
-    #[error("reading map `{map}`")]
+    #[error("{what} {value} is out of range (must be below {limit})")]
+    OutOfRange {
+        what: &'static str,
+        value: u32,
+        limit: u32,
+    },
+    #[error(
+        "a node needs 1 to {} segments, got {count}",
+        cpn_common::maps::MAX_SIDS
+    )]
+    Segments { count: usize },
+    #[error("map `{map}`")]
     Map {
         map: &'static str,
         source: aya::maps::MapError,

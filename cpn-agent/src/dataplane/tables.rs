@@ -1,0 +1,326 @@
+//! Writing the data plane's tables: services, nodes, rings and local SIDs.
+//!
+//! This is the only way anything (agent, tests, tools) sets up the maps, so the layouts and the
+//! update order live in one place. A ring switch writes the inactive half first and then flips
+//! the service's selector with one store, so no packet ever sees a half-written ring.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap, MapError, PerCpuArray};
+use cpn_common::{
+    maps::{
+        self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES,
+        MAX_SIDS, NODE_REDUCED, NodeEntry, NodeState, RING_CAPACITY, RingSelector,
+        SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, ring_index,
+    },
+    stats::{Counter, Reason},
+};
+
+use super::{Dataplane, Error};
+
+/// A service address as the data plane matches it: address, and optionally protocol and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceAddr {
+    pub addr: IpAddr,
+    /// `(protocol, port)`, e.g. `(6, 443)`; `None` matches any protocol and port.
+    pub port: Option<(u8, u16)>,
+}
+
+impl ServiceAddr {
+    fn key(&self) -> ServiceKey {
+        let (protocol, port) = self.port.unwrap_or((ANY_PROTOCOL, 0));
+        ServiceKey {
+            addr: addr16(self.addr),
+            port: port.to_be_bytes(),
+            protocol,
+            _pad: 0,
+        }
+    }
+}
+
+/// How a service is steered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Service id: `0..MAX_SERVICES`; names its ring and its counters.
+    pub id: u32,
+    /// Flow affinity: `None` = off; `Some(None)` = on, entries live until the LRU evicts them;
+    /// `Some(Some(t))` = on, an entry idle for `t` is forgotten.
+    pub affinity: Option<Option<Duration>>,
+}
+
+/// A compute node's encapsulation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Segments in travel order: the first is the outer destination, the last the node's
+    /// decapsulating SID. 1..=`MAX_SIDS`.
+    pub segments: Vec<Ipv6Addr>,
+    /// Outer source address.
+    pub encap_src: Ipv6Addr,
+    /// H.Encaps.Red instead of H.Encaps.
+    pub reduced: bool,
+    pub state: NodeState,
+}
+
+/// A local SID's behaviour (RFC 8986 §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidBehavior {
+    End,
+    EndX {
+        nexthop: Ipv6Addr,
+        oif: u32,
+    },
+    EndDx6 {
+        nexthop: Ipv6Addr,
+        oif: u32,
+    },
+    EndDx4 {
+        nexthop: Ipv4Addr,
+        oif: u32,
+    },
+    /// `table` 0: the table of the interface the packet came in on.
+    EndDt6 {
+        table: u32,
+    },
+    EndDt4 {
+        table: u32,
+    },
+    EndDt46 {
+        table: u32,
+    },
+}
+
+impl SidBehavior {
+    fn entry(self, stats_index: u32) -> SidEntry {
+        let (behavior, oif_or_table, nexthop) = match self {
+            Self::End => (Behavior::End, 0, [0; 16]),
+            Self::EndX { nexthop, oif } => (Behavior::EndX, oif, nexthop.octets()),
+            Self::EndDx6 { nexthop, oif } => (Behavior::EndDx6, oif, nexthop.octets()),
+            Self::EndDx4 { nexthop, oif } => {
+                (Behavior::EndDx4, oif, nexthop.to_ipv6_mapped().octets())
+            }
+            Self::EndDt6 { table } => (Behavior::EndDt6, table, [0; 16]),
+            Self::EndDt4 { table } => (Behavior::EndDt4, table, [0; 16]),
+            Self::EndDt46 { table } => (Behavior::EndDt46, table, [0; 16]),
+        };
+        SidEntry {
+            behavior: behavior as u32,
+            stats_index,
+            oif_or_table,
+            _pad: 0,
+            nexthop,
+        }
+    }
+}
+
+/// 16-byte form of an address: IPv4 as IPv4-mapped IPv6.
+pub fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn check(what: &'static str, value: u32, limit: u32) -> Result<(), Error> {
+    if value < limit {
+        Ok(())
+    } else {
+        Err(Error::OutOfRange { what, value, limit })
+    }
+}
+
+impl Dataplane {
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
+        self.ebpf.map(name).ok_or(Error::MissingMap(name))
+    }
+
+    /// Adds or replaces a service address.
+    pub fn set_service(&mut self, addr: &ServiceAddr, config: &ServiceConfig) -> Result<(), Error> {
+        check("service id", config.id, MAX_SERVICES)?;
+        let (flags, timeout) = match config.affinity {
+            None => (0, 0),
+            Some(timeout) => (
+                SERVICE_AFFINITY,
+                timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1)),
+            ),
+        };
+        let entry = ServiceEntry {
+            id: config.id,
+            flags,
+            affinity_timeout_s: timeout,
+            _pad: 0,
+        };
+        let name = maps::SERVICES;
+        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| Error::Map { map: name, source })?;
+        services
+            .insert(addr.key(), entry, 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Removes a service address (its id's ring stays for other addresses that share it).
+    pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), Error> {
+        let name = maps::SERVICES;
+        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| Error::Map { map: name, source })?;
+        services
+            .remove(&addr.key())
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Adds or replaces node `id`.
+    pub fn set_node(&mut self, id: u32, node: &Node) -> Result<(), Error> {
+        check("node id", id, MAX_NODES)?;
+        let count = node.segments.len();
+        if !(1..=MAX_SIDS).contains(&count) {
+            return Err(Error::Segments { count });
+        }
+        let mut entry = NodeEntry::EMPTY;
+        // SRH order: the last segment first.
+        for (slot, sid) in entry.segments.iter_mut().zip(node.segments.iter().rev()) {
+            *slot = sid.octets();
+        }
+        entry.segment_count = u8::try_from(count).map_err(|_| Error::Segments { count })?;
+        entry.encap_src = node.encap_src.octets();
+        entry.flags = if node.reduced { NODE_REDUCED } else { 0 };
+        entry.state = node.state as u8;
+        self.write_node(id, entry)
+    }
+
+    /// Changes a node's state (drain, down, back up) without touching its segments.
+    pub fn set_node_state(&mut self, id: u32, state: NodeState) -> Result<(), Error> {
+        check("node id", id, MAX_NODES)?;
+        let name = maps::NODES;
+        let nodes: Array<_, NodeEntry> =
+            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
+        let mut entry = nodes
+            .get(&id, 0)
+            .map_err(|source| Error::Map { map: name, source })?;
+        entry.state = state as u8;
+        self.write_node(id, entry)
+    }
+
+    /// Removes node `id`: flows that were on it are re-steered by the ring.
+    pub fn remove_node(&mut self, id: u32) -> Result<(), Error> {
+        check("node id", id, MAX_NODES)?;
+        self.write_node(id, NodeEntry::EMPTY)
+    }
+
+    fn write_node(&mut self, id: u32, entry: NodeEntry) -> Result<(), Error> {
+        let name = maps::NODES;
+        let mut nodes: Array<_, NodeEntry> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        nodes
+            .set(id, entry, 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Publishes a new ring (node ids; empty = no usable node) for service `id`: writes the
+    /// inactive half, then flips the selector in one store.
+    pub fn publish_ring(&mut self, id: u32, ring: &[u32]) -> Result<(), Error> {
+        check("service id", id, MAX_SERVICES)?;
+        let size = u32::try_from(ring.len()).unwrap_or(u32::MAX);
+        if size > RING_CAPACITY {
+            return Err(Error::OutOfRange {
+                what: "ring size",
+                value: size,
+                limit: RING_CAPACITY + 1,
+            });
+        }
+        if let Some(&bad) = ring.iter().find(|&&node| node >= MAX_NODES) {
+            return Err(Error::OutOfRange {
+                what: "node id in ring",
+                value: bad,
+                limit: MAX_NODES,
+            });
+        }
+        let selector = self.ring_selector(id)?;
+        let half = selector.half() ^ 1;
+        let name = maps::RINGS;
+        let mut rings: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        for (slot, &node) in (0..).zip(ring) {
+            rings
+                .set(ring_index(id, half, slot), node, 0)
+                .map_err(|source| Error::Map { map: name, source })?;
+        }
+        let name = maps::RING_SELECTORS;
+        let mut selectors: Array<_, RingSelector> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        selectors
+            .set(id, RingSelector::new(half, size), 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// The live ring half and size of service `id`.
+    pub fn ring_selector(&self, id: u32) -> Result<RingSelector, Error> {
+        check("service id", id, MAX_SERVICES)?;
+        let name = maps::RING_SELECTORS;
+        let selectors: Array<_, RingSelector> =
+            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
+        selectors
+            .get(&id, 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Adds or replaces a local SID; `stats_index` (`0..MAX_LOCAL_SIDS`) names its counter.
+    pub fn set_sid(
+        &mut self,
+        sid: Ipv6Addr,
+        behavior: SidBehavior,
+        stats_index: u32,
+    ) -> Result<(), Error> {
+        check("SID stats index", stats_index, MAX_LOCAL_SIDS)?;
+        let name = maps::LOCAL_SIDS;
+        let mut sids: HashMap<_, [u8; 16], SidEntry> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        sids.insert(sid.octets(), behavior.entry(stats_index), 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    pub fn remove_sid(&mut self, sid: Ipv6Addr) -> Result<(), Error> {
+        let name = maps::LOCAL_SIDS;
+        let mut sids: HashMap<_, [u8; 16], SidEntry> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        sids.remove(&sid.octets())
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// The affinity entry of a flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, Error> {
+        let name = maps::FLOWS;
+        let flows: HashMap<_, FlowKey, FlowEntry> = HashMap::try_from(self.map(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        match flows.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(Error::Map { map: name, source }),
+        }
+    }
+
+    /// One slot of a per-CPU counter map, summed over CPUs.
+    pub fn counter(&self, map: &'static str, index: u32) -> Result<Counter, Error> {
+        let counters: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map(map)?).map_err(|source| Error::Map { map, source })?;
+        let per_cpu = counters
+            .get(&index, 0)
+            .map_err(|source| Error::Map { map, source })?;
+        Ok(Counter::sum(per_cpu.iter()))
+    }
+
+    /// Exception and drop counters, by reason.
+    pub fn reason_stats(&self) -> Result<Vec<(Reason, Counter)>, Error> {
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok((r, self.counter(maps::REASON_STATS, r as u32)?)))
+            .collect()
+    }
+}
