@@ -81,6 +81,9 @@ impl Plan {
 /// resized or written.
 #[inline(never)]
 pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool {
+    let Some(macs) = parse::read::<[u8; 12]>(ctx, 0) else {
+        return false;
+    };
     // Drop Ethernet padding after the inner packet so that only the packet is encapsulated.
     let padding = parse::frame_len(ctx) as i32 - (inner.l3 + inner.len) as i32;
     let grow = (ETH + plan.outer_len()) as i32 - inner.l3 as i32;
@@ -97,6 +100,10 @@ pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool
     // from the map value): building them on the stack first costs more than the 512 bytes
     // the verifier allows for the whole call chain.
     let srh_len = plan.srh_len();
+    // The received MACs stay (the kernel forwards on the pass path); `set_macs` replaces them.
+    if !parse::write(ctx, 0, macs) {
+        return false;
+    }
     let Some(eth_type) = parse::ptr_at_mut::<[u8; 2]>(ctx, 12) else {
         return false;
     };

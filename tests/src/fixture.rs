@@ -56,6 +56,8 @@ pub struct Fixture {
 #[derive(Debug)]
 pub struct Runner {
     dataplane: Dataplane,
+    /// The interface packets "arrive" on (in the calling thread's namespace); 0: loopback.
+    ingress_ifindex: u32,
 }
 
 impl Runner {
@@ -63,12 +65,27 @@ impl Runner {
         let dataplane = Dataplane::load(&Pinning::Unpinned).context(
             "loading the eBPF object for fixtures (root and a BPF-capable kernel needed)",
         )?;
-        Ok(Self { dataplane })
+        Ok(Self {
+            dataplane,
+            ingress_ifindex: 0,
+        })
+    }
+
+    /// Packets will arrive on this interface (of the namespace the calling thread is in).
+    #[must_use]
+    pub fn arriving_on(mut self, ifindex: u32) -> Self {
+        self.ingress_ifindex = ifindex;
+        self
     }
 
     /// The data plane whose maps the fixtures set up.
     pub fn dataplane(&mut self) -> &mut Dataplane {
         &mut self.dataplane
+    }
+
+    /// The data plane, read-only.
+    pub fn dataplane_ref(&self) -> &Dataplane {
+        &self.dataplane
     }
 
     /// The per-protocol counters of `program`.
@@ -82,10 +99,29 @@ impl Runner {
     pub fn run(&self, program: Program, input: &[u8]) -> Result<Outcome> {
         let xdp = self.dataplane.program(program)?;
         let mut output = vec![0u8; input.len() + OUTPUT_HEADROOM];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (all u32).
+        let ctx: Vec<u8> = [
+            0,
+            u32::try_from(input.len())?,
+            0,
+            self.ingress_ifindex,
+            0,
+            0,
+        ]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+        let ctx = if self.ingress_ifindex == 0 {
+            None
+        } else {
+            Some(ctx.as_slice())
+        };
         let result = xdp
             .test_run(TestRunOptions {
                 data_in: Some(input),
                 data_out: Some(&mut output),
+                ctx_in: ctx,
                 ..TestRunOptions::default()
             })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;

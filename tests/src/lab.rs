@@ -326,10 +326,55 @@ impl Node {
         self.run(&["sysctl", "-q", "-w", assignment]).map(drop)
     }
 
+    /// Moves the calling thread into this node's network namespace until the guard drops
+    /// (`setns` affects only the calling thread). Use it from a thread of your own, never from
+    /// an async runtime's worker.
+    pub fn enter(&self) -> Result<NetnsGuard> {
+        use std::os::fd::AsRawFd as _;
+        let home = fs::File::open("/proc/thread-self/ns/net").context("opening our netns")?;
+        let target = fs::File::open(Path::new(NETNS_DIR).join(&self.netns))
+            .with_context(|| format!("opening netns {}", self.netns))?;
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns into {}: {}",
+                self.netns,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(NetnsGuard { home })
+    }
+
+    /// The interface index of `interface` in this node.
+    pub fn ifindex(&self, interface: &str) -> Result<u32> {
+        // Not /sys/class/net: under `nsenter --net` it still shows the host's interfaces.
+        let out = self.run(&["ip", "-o", "link", "show", "dev", interface])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(':')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no ifindex in `{text}`"))
+    }
+
     /// Turns IPv4 and IPv6 forwarding on.
     pub fn enable_forwarding(&self) -> Result<()> {
         self.sysctl("net.ipv4.ip_forward=1")?;
         self.sysctl("net.ipv6.conf.all.forwarding=1")
+    }
+}
+
+/// Returns the thread to the network namespace it was in before [`Node::enter`].
+#[derive(Debug)]
+pub struct NetnsGuard {
+    home: fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns back to the namespace fd we opened before leaving it.
+        let rc = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "could not return to our network namespace");
     }
 }
 

@@ -1,0 +1,606 @@
+//! Fixture table for `cpn_steer`: one packet in, the exact verdict and bytes out, each output
+//! also decoded by etherparse. Maps are set up through the agent's data-plane API; FIB lookups
+//! run in the deterministic `Dut` namespace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use cpn_agent::dataplane::{Node, NodeState, Program, ServiceAddr, ServiceConfig};
+use cpn_common::{
+    hash::flow_hash,
+    maps::{FlowKey, MAX_SIDS},
+    stats::{ProtoCounter, Reason},
+};
+use cpn_tests::{
+    dut::{CLIENT4, CLIENT6, CORE_MAC, Dut, SMALL_MTU},
+    fixture::{Fixture, Outcome, Runner, XdpAction},
+    packet::{self, CLIENT_MAC, Encap, Frame, ROUTER_MAC},
+};
+
+const ENCAP_SRC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+const NEXT_HOP_MAC: [u8; 6] = cpn_tests::dut::NEXT_HOP_MAC;
+
+fn sid(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn svc6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, last)
+}
+
+fn svc4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, last)
+}
+
+/// Node id → (segments in travel order, reduced).
+fn nodes() -> Vec<(u32, Vec<Ipv6Addr>, bool)> {
+    let six: Vec<Ipv6Addr> = (1..=MAX_SIDS as u16)
+        .map(|i| Ipv6Addr::new(0xfc00, 3, 0, 0, 0, 0, 0, i))
+        .collect();
+    vec![
+        (1, vec![sid("fc00:1::d6")], false),
+        (2, vec![sid("fc00:2::1"), sid("fc00:2::d6")], false),
+        (3, six, false),
+        (4, vec![sid("fc00:4::d6")], true),
+        (
+            5,
+            vec![sid("fc00:5::1"), sid("fc00:5::2"), sid("fc00:5::d6")],
+            true,
+        ),
+        (6, vec![sid("fc00:1300::d6")], false),
+        (7, vec![sid("fc00:dead::d6")], false),
+        (8, vec![sid("fd99::d6")], false),
+        (9, vec![sid("fc00:9::d6")], false),
+    ]
+}
+
+/// Service address → (id, ring).
+fn services() -> Vec<(ServiceAddr, u32, Vec<u32>)> {
+    let any = |addr: IpAddr| ServiceAddr { addr, port: None };
+    vec![
+        (any(svc6(1).into()), 0, vec![1]),
+        (any(svc6(2).into()), 1, vec![2]),
+        (any(svc6(3).into()), 2, vec![3]),
+        (any(svc6(4).into()), 3, vec![4]),
+        (any(svc6(5).into()), 4, vec![5]),
+        (any(svc6(6).into()), 5, vec![6]),
+        (any(svc6(7).into()), 6, vec![7]),
+        (any(svc6(8).into()), 7, vec![8]),
+        (any(svc4(1).into()), 8, vec![1]),
+        (any(svc4(2).into()), 9, vec![3]),
+        (any(svc4(3).into()), 10, vec![4]),
+        (any(svc4(6).into()), 11, vec![6]),
+        (
+            ServiceAddr {
+                addr: svc6(0x100).into(),
+                port: Some((6, 443)),
+            },
+            12,
+            vec![2],
+        ),
+        (any(svc6(0x100).into()), 13, vec![1]),
+        (any(svc6(9).into()), 14, vec![]),
+        (any(svc6(10).into()), 15, vec![9]),
+    ]
+}
+
+struct Bench {
+    // Field order is drop order: leave the namespace before the lab goes away.
+    runner: Runner,
+    _inside: cpn_tests::lab::NetnsGuard,
+    _dut: Dut,
+}
+
+fn bench() -> Bench {
+    let dut = Dut::new().expect("build the dut namespace");
+    let inside = dut.enter().expect("enter the dut namespace");
+    let mut runner = Runner::new()
+        .expect("load the data plane")
+        .arriving_on(dut.eth0);
+    let dp = runner.dataplane();
+    for (id, segments, reduced) in nodes() {
+        let state = if id == 9 {
+            NodeState::Down
+        } else {
+            NodeState::Active
+        };
+        dp.set_node(
+            id,
+            &Node {
+                segments,
+                encap_src: ENCAP_SRC,
+                reduced,
+                state,
+            },
+        )
+        .unwrap();
+    }
+    for (addr, id, ring) in services() {
+        dp.set_service(&addr, &ServiceConfig { id, affinity: None })
+            .unwrap();
+        dp.publish_ring(id, &ring).unwrap();
+    }
+    Bench {
+        runner,
+        _inside: inside,
+        _dut: dut,
+    }
+}
+
+/// The flow label cpn derives from a flow (the shared hash; ports 0 for fragments).
+fn flow_label(src: IpAddr, dst: IpAddr, protocol: u8, ports: (u16, u16)) -> u32 {
+    let key = FlowKey {
+        src: cpn_agent::dataplane::addr16(src),
+        dst: cpn_agent::dataplane::addr16(dst),
+        src_port: ports.0.to_be_bytes(),
+        dst_port: ports.1.to_be_bytes(),
+        protocol,
+        _pad: [0; 3],
+    };
+    flow_hash(&key, 0) & 0xf_ffff
+}
+
+fn node_segments(id: u32) -> (Vec<Ipv6Addr>, bool) {
+    let (_, segments, reduced) = nodes().into_iter().find(|(n, _, _)| *n == id).unwrap();
+    (segments, reduced)
+}
+
+/// Input frame `input` (Ethernet, maybe VLAN) encapsulated towards node `id`.
+fn encapsulated(input: &[u8], node: u32, label: u32, macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+    let l3 = if input[12..14] == [0x81, 0x00] {
+        &input[18..]
+    } else {
+        &input[14..]
+    };
+    let v6 = l3[0] >> 4 == 6;
+    let traffic_class = if v6 {
+        (u16::from_be_bytes([l3[0], l3[1]]) >> 4) as u8
+    } else {
+        l3[1]
+    };
+    let (segments, reduced) = node_segments(node);
+    packet::srv6_encap(
+        macs.0,
+        macs.1,
+        &Encap {
+            src: ENCAP_SRC,
+            segments: &segments,
+            reduced,
+            traffic_class,
+            flow_label: label,
+            hop_limit: 64,
+        },
+        l3,
+    )
+}
+
+const FORWARD: ([u8; 6], [u8; 6]) = (NEXT_HOP_MAC, CORE_MAC);
+/// The MACs of the received frame, kept when the kernel forwards.
+const RECEIVED: ([u8; 6], [u8; 6]) = (ROUTER_MAC, CLIENT_MAC);
+
+fn udp6(dst: Ipv6Addr, payload_len: usize) -> Vec<u8> {
+    Frame::ethernet().ipv6_udp(CLIENT6, dst, (40000, 443), &vec![0xab; payload_len])
+}
+
+fn udp4(dst: Ipv4Addr, payload_len: usize) -> Vec<u8> {
+    Frame::ethernet().ipv4_udp(CLIENT4, dst, (40000, 443), &vec![0xcd; payload_len])
+}
+
+fn label6(dst: Ipv6Addr) -> u32 {
+    flow_label(CLIENT6.into(), dst.into(), 17, (40000, 443))
+}
+
+fn label4(dst: Ipv4Addr) -> u32 {
+    flow_label(CLIENT4.into(), dst.into(), 17, (40000, 443))
+}
+
+fn fixture(name: &str, input: Vec<u8>, action: XdpAction, output: Vec<u8>) -> Fixture {
+    Fixture {
+        name: name.into(),
+        program: Program::Steer,
+        input,
+        expect: Outcome { action, output },
+    }
+}
+
+fn redirect(name: &str, input: Vec<u8>, node: u32, label: u32) -> Fixture {
+    let output = encapsulated(&input, node, label, FORWARD);
+    fixture(name, input, XdpAction::Redirect, output)
+}
+
+fn untouched(name: &str, input: Vec<u8>) -> Fixture {
+    fixture(name, input.clone(), XdpAction::Pass, input)
+}
+
+/// Runs the fixtures; checks every output with etherparse too.
+fn run_all(bench: &Bench, fixtures: &[Fixture]) {
+    let mut failures = Vec::new();
+    for f in fixtures {
+        if let Err(e) = bench.runner.check(f) {
+            failures.push(format!("{e:#}"));
+            continue;
+        }
+        if f.expect.action != XdpAction::Pass || f.expect.output != f.input {
+            if let Err(e) = packet::verify(&f.expect.output) {
+                failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn encapsulation_table() {
+    let bench = bench();
+    let mut tc = udp6(svc6(1), 10);
+    tc[14] = 0x6b; // traffic class 0xb9: DSCP 46 (EF) with ECN 01
+    tc[15] = 0x90 | (tc[15] & 0x0f);
+    let mut tos4 = udp4(svc4(1), 10);
+    tos4[15] = 0xb9;
+    tos4[24..26].fill(0);
+    let csum = etherparse::Ipv4HeaderSlice::from_slice(&tos4[14..34])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    tos4[24..26].copy_from_slice(&csum.to_be_bytes());
+    let fixtures = vec![
+        redirect("ipv6 udp, 1 segment", udp6(svc6(1), 10), 1, label6(svc6(1))),
+        redirect(
+            "ipv6 udp, 2 segments",
+            udp6(svc6(2), 10),
+            2,
+            label6(svc6(2)),
+        ),
+        redirect(
+            "ipv6 udp, MAX_SIDS segments",
+            udp6(svc6(3), 10),
+            3,
+            label6(svc6(3)),
+        ),
+        redirect(
+            "ipv6 udp, reduced, 1 segment: no SRH",
+            udp6(svc6(4), 10),
+            4,
+            label6(svc6(4)),
+        ),
+        redirect(
+            "ipv6 udp, reduced, 3 segments",
+            udp6(svc6(5), 10),
+            5,
+            label6(svc6(5)),
+        ),
+        redirect(
+            "ipv6 empty udp payload",
+            udp6(svc6(1), 0),
+            1,
+            label6(svc6(1)),
+        ),
+        redirect(
+            "ipv6 1000-byte payload",
+            udp6(svc6(2), 1000),
+            2,
+            label6(svc6(2)),
+        ),
+        redirect(
+            "ipv6 tcp",
+            Frame::ethernet().ipv6_tcp(CLIENT6, svc6(1), (40001, 80), b"GET /"),
+            1,
+            flow_label(CLIENT6.into(), svc6(1).into(), 6, (40001, 80)),
+        ),
+        redirect(
+            "ipv6 echo request (no ports)",
+            Frame::ethernet().ipv6_echo(CLIENT6, svc6(2)),
+            2,
+            flow_label(CLIENT6.into(), svc6(2).into(), 58, (0, 0)),
+        ),
+        redirect("ipv6 traffic class copied", tc, 1, label6(svc6(1))),
+        redirect("ipv4 udp, 1 segment", udp4(svc4(1), 10), 1, label4(svc4(1))),
+        redirect(
+            "ipv4 udp, MAX_SIDS segments",
+            udp4(svc4(2), 10),
+            3,
+            label4(svc4(2)),
+        ),
+        redirect("ipv4 udp, reduced", udp4(svc4(3), 10), 4, label4(svc4(3))),
+        redirect("ipv4 tos copied", tos4, 1, label4(svc4(1))),
+        redirect(
+            "vlan ipv6 leaves untagged",
+            Frame::ethernet()
+                .vlan(100)
+                .ipv6_udp(CLIENT6, svc6(1), (40000, 443), &[0xab; 10]),
+            1,
+            label6(svc6(1)),
+        ),
+        redirect(
+            "vlan ipv4 leaves untagged",
+            Frame::ethernet()
+                .vlan(4000)
+                .ipv4_udp(CLIENT4, svc4(1), (40000, 443), &[0xcd; 10]),
+            1,
+            label4(svc4(1)),
+        ),
+        redirect(
+            "service with port: tcp/443 matches exactly",
+            Frame::ethernet().ipv6_tcp(CLIENT6, svc6(0x100), (40002, 443), b"x"),
+            2,
+            flow_label(CLIENT6.into(), svc6(0x100).into(), 6, (40002, 443)),
+        ),
+        redirect(
+            "service with port: udp/53 falls back to the address",
+            Frame::ethernet().ipv6_udp(CLIENT6, svc6(0x100), (40003, 53), b"x"),
+            1,
+            flow_label(CLIENT6.into(), svc6(0x100).into(), 17, (40003, 53)),
+        ),
+        fixture(
+            "neighbour unresolved: encapsulated, passed to the kernel",
+            udp6(svc6(7), 10),
+            XdpAction::Pass,
+            encapsulated(&udp6(svc6(7), 10), 7, label6(svc6(7)), RECEIVED),
+        ),
+        untouched("no route to the first segment", udp6(svc6(8), 10)),
+        untouched("service without nodes", udp6(svc6(9), 10)),
+        untouched("ring names a node that is down", udp6(svc6(10), 10)),
+        untouched("not a service (ipv6)", udp6(sid("2001:db8:6::1"), 10)),
+        untouched(
+            "not a service (ipv4)",
+            udp4(Ipv4Addr::new(203, 0, 113, 9), 10),
+        ),
+        untouched("arp", Frame::ethernet().arp_request(CLIENT4, svc4(1))),
+    ];
+    run_all(&bench, &fixtures);
+    let dp = bench.runner.dataplane_ref();
+    assert_eq!(
+        dp.counter(cpn_common::maps::NODE_STATS, 3).unwrap().packets,
+        2
+    );
+    let reasons = dp.reason_stats().unwrap();
+    let count = |r: Reason| reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets;
+    assert_eq!(count(Reason::FibNoNeighbour), 1);
+    assert_eq!(count(Reason::FibNoRoute), 1);
+    assert_eq!(count(Reason::NoUsableNode), 2);
+}
+
+#[test]
+fn mtu_table() {
+    let bench = bench();
+    // Node 6 has one segment: 40 + 8 + 16 = 64 bytes of overhead on a 1300-byte route.
+    let inner_mtu = SMALL_MTU - 64;
+    let fits6 = udp6(svc6(6), usize::from(inner_mtu) - 48);
+    let too_big6 = udp6(svc6(6), usize::from(inner_mtu) - 47);
+    let fits4 = udp4(svc4(6), usize::from(inner_mtu) - 28);
+    let mut too_big4 = udp4(svc4(6), usize::from(inner_mtu) - 27);
+    let mut no_df = too_big4.clone();
+    // etherparse sets DF by default? Make both explicit.
+    set_df(&mut too_big4, true);
+    set_df(&mut no_df, false);
+    let fixtures = vec![
+        redirect("ipv6 exactly at the MTU", fits6, 6, label6(svc6(6))),
+        fixture(
+            "ipv6 one byte over: Packet Too Big with MTU minus overhead",
+            too_big6.clone(),
+            XdpAction::Tx,
+            packet::icmp6_error(
+                CLIENT_MAC,
+                ROUTER_MAC,
+                svc6(6),
+                CLIENT6,
+                etherparse::Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(inner_mtu),
+                },
+                &too_big6[14..],
+            ),
+        ),
+        redirect("ipv4 exactly at the MTU", fits4, 6, label4(svc4(6))),
+        fixture(
+            "ipv4 DF one byte over: Fragmentation Needed",
+            too_big4.clone(),
+            XdpAction::Tx,
+            packet::icmp4_frag_needed(
+                CLIENT_MAC,
+                ROUTER_MAC,
+                svc4(6),
+                CLIENT4,
+                inner_mtu,
+                &too_big4[14..],
+            ),
+        ),
+        untouched("ipv4 without DF over the MTU goes to the kernel", no_df),
+    ];
+    run_all(&bench, &fixtures);
+}
+
+fn set_df(frame: &mut [u8], df: bool) {
+    if df {
+        frame[20] |= 0x40;
+    } else {
+        frame[20] &= !0x40;
+    }
+    frame[24..26].fill(0);
+    let csum = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..34])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let bench = bench();
+    let udp = [0x9c, 0x40, 0x01, 0xbb, 0, 24, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let label = flow_label(CLIENT6.into(), svc6(2).into(), 17, (0, 0));
+    let label_v4 = flow_label(CLIENT4.into(), svc4(1).into(), 17, (0, 0));
+    let fixtures = vec![
+        redirect(
+            "ipv6 first fragment: no ports",
+            packet::ipv6_fragment(CLIENT6, svc6(2), 0, true, &udp),
+            2,
+            label,
+        ),
+        redirect(
+            "ipv6 later fragment: same flow",
+            packet::ipv6_fragment(CLIENT6, svc6(2), 16, false, &[9; 8]),
+            2,
+            label,
+        ),
+        redirect(
+            "ipv4 first fragment",
+            packet::ipv4_fragment(CLIENT4, svc4(1), 0, true, &udp),
+            1,
+            label_v4,
+        ),
+        redirect(
+            "ipv4 later fragment",
+            packet::ipv4_fragment(CLIENT4, svc4(1), 16, false, &[9; 8]),
+            1,
+            label_v4,
+        ),
+    ];
+    run_all(&bench, &fixtures);
+    let reasons = bench.runner.dataplane_ref().reason_stats().unwrap();
+    assert_eq!(
+        reasons
+            .iter()
+            .find(|(r, _)| *r == Reason::Fragment)
+            .unwrap()
+            .1
+            .packets,
+        4
+    );
+}
+
+#[test]
+fn every_truncation_passes_untouched() {
+    let bench = bench();
+    let v6 = udp6(svc6(1), 10);
+    let v4 = udp4(svc4(1), 10);
+    let mut fixtures = Vec::new();
+    for cut in 0..40 {
+        fixtures.push(untouched(
+            &format!("ipv6 header cut at {cut}"),
+            v6[..14 + cut].to_vec(),
+        ));
+    }
+    for cut in 0..20 {
+        fixtures.push(untouched(
+            &format!("ipv4 header cut at {cut}"),
+            v4[..14 + cut].to_vec(),
+        ));
+    }
+    for cut in 0..4 {
+        fixtures.push(untouched(
+            &format!("udp ports to a service cut at {cut}"),
+            v6[..14 + 40 + cut].to_vec(),
+        ));
+    }
+    fixtures.push(untouched(
+        "vlan tag cut short",
+        Frame::ethernet()
+            .vlan(5)
+            .ipv6_udp(CLIENT6, svc6(1), (1, 2), b"x")[..16]
+            .to_vec(),
+    ));
+    run_all(&bench, &fixtures);
+    let dp = bench.runner.dataplane_ref();
+    assert_eq!(
+        dp.proto_stats(Program::Steer)
+            .unwrap()
+            .get(ProtoCounter::Malformed)
+            .packets,
+        40 + 20 + 1
+    );
+    let reasons = dp.reason_stats().unwrap();
+    assert_eq!(
+        reasons
+            .iter()
+            .find(|(r, _)| *r == Reason::Truncated)
+            .unwrap()
+            .1
+            .packets,
+        4
+    );
+}
+
+#[test]
+fn affinity_keeps_flows_and_icmp_errors_follow_them() {
+    let mut bench = bench();
+    let service = svc6(0x200);
+    {
+        let dp = bench.runner.dataplane();
+        dp.set_service(
+            &ServiceAddr {
+                addr: service.into(),
+                port: None,
+            },
+            &ServiceConfig {
+                id: 20,
+                affinity: Some(None),
+            },
+        )
+        .unwrap();
+        dp.publish_ring(20, &[2]).unwrap();
+    }
+    let flow = udp6(service, 10);
+    let label = label6(service);
+    // Miss: the ring picks node 2 and the flow is remembered.
+    run_all(
+        &bench,
+        &[redirect("affinity miss: ring", flow.clone(), 2, label)],
+    );
+    // The ring now says node 1; the flow stays on node 2, and so does an ICMP error about it.
+    bench.runner.dataplane().publish_ring(20, &[1]).unwrap();
+    let quoted = Frame::ethernet().ipv6_udp(service, CLIENT6, (443, 40000), &[1; 16]);
+    let mut error = packet::icmp6_error(
+        ROUTER_MAC,
+        CLIENT_MAC,
+        sid("2001:db8:77::1"),
+        service,
+        etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port,
+        ),
+        &quoted[14..],
+    );
+    error[14 + 7] = 60; // arrives after a few hops
+    let error_label = flow_label(CLIENT6.into(), service.into(), 17, (40000, 443));
+    run_all(
+        &bench,
+        &[
+            redirect("affinity hit: stays on its node", flow.clone(), 2, label),
+            redirect("icmp error follows its flow", error.clone(), 2, error_label),
+            redirect(
+                "new flow takes the new ring",
+                udp6_from(service, 40009),
+                1,
+                flow_label(CLIENT6.into(), service.into(), 17, (40009, 443)),
+            ),
+        ],
+    );
+    // Node 2 dies: its flows re-hash onto the ring.
+    bench
+        .runner
+        .dataplane()
+        .set_node_state(2, NodeState::Down)
+        .unwrap();
+    run_all(
+        &bench,
+        &[redirect("dead node: flow re-hashed", flow, 1, label)],
+    );
+    let reasons = bench.runner.dataplane_ref().reason_stats().unwrap();
+    assert_eq!(
+        reasons
+            .iter()
+            .find(|(r, _)| *r == Reason::IcmpErrorFollowed)
+            .unwrap()
+            .1
+            .packets,
+        1
+    );
+}
+
+fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {
+    Frame::ethernet().ipv6_udp(CLIENT6, dst, (port, 443), &[0xab; 10])
+}
