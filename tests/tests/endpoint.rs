@@ -1,0 +1,538 @@
+//! Fixture table for `cpn_endpoint`: the SRv6 endpoint behaviours and the RFC 8754 §4.3.1.1
+//! error handling, exact bytes out, each output also decoded by etherparse.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use cpn_agent::dataplane::{Program, SidBehavior};
+use cpn_common::stats::Reason;
+use cpn_tests::{
+    dut::{
+        CLIENT4, CLIENT6, CORE_MAC, Dut, LOCAL_SERVICE4, LOCAL_SERVICE6, NEXT_HOP_MAC, NEXT_HOP6,
+    },
+    fixture::{Fixture, Outcome, Runner, XdpAction},
+    packet::{self, CLIENT_MAC, Encap, ROUTER_MAC},
+};
+use etherparse::{
+    Icmpv6Type, PacketBuilder,
+    icmpv6::{ParameterProblemCode, ParameterProblemHeader, TimeExceededCode},
+};
+
+const INGRESS: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 9);
+
+fn a(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+const END: &str = "fc00:e::1";
+const END_X: &str = "fc00:e::2";
+const DT6: &str = "fc00:e::d6";
+const DT4: &str = "fc00:e::d4";
+const DT46: &str = "fc00:e::46";
+const DX6: &str = "fc00:e::a6";
+const DX4: &str = "fc00:e::a4";
+
+struct Bench {
+    runner: Runner,
+    _inside: cpn_tests::lab::NetnsGuard,
+    _dut: Dut,
+}
+
+fn bench() -> Bench {
+    let dut = Dut::new().expect("build the dut namespace");
+    let inside = dut.enter().expect("enter the dut namespace");
+    let mut runner = Runner::new()
+        .expect("load the data plane")
+        .arriving_on(dut.eth1);
+    let dp = runner.dataplane();
+    let sids = [
+        (END, SidBehavior::End),
+        (
+            END_X,
+            SidBehavior::EndX {
+                nexthop: NEXT_HOP6,
+                oif: dut.eth1,
+            },
+        ),
+        (DT6, SidBehavior::EndDt6 { table: 0 }),
+        (DT4, SidBehavior::EndDt4 { table: 0 }),
+        (DT46, SidBehavior::EndDt46 { table: 0 }),
+        (
+            DX6,
+            SidBehavior::EndDx6 {
+                nexthop: CLIENT6,
+                oif: dut.eth0,
+            },
+        ),
+        (
+            DX4,
+            SidBehavior::EndDx4 {
+                nexthop: CLIENT4,
+                oif: dut.eth0,
+            },
+        ),
+    ];
+    for (index, (sid, behavior)) in (0..).zip(sids) {
+        dp.set_sid(a(sid), behavior, index).unwrap();
+    }
+    Bench {
+        runner,
+        _inside: inside,
+        _dut: dut,
+    }
+}
+
+/// An inner IPv6/UDP packet (no link layer).
+fn inner6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv6(src.octets(), dst.octets(), hop_limit)
+        .udp(443, 40000)
+        .write(&mut out, b"reply")
+        .unwrap();
+    out
+}
+
+fn inner4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src.octets(), dst.octets(), ttl)
+        .udp(443, 40000)
+        .write(&mut out, b"reply")
+        .unwrap();
+    out
+}
+
+/// An SRv6 packet as it arrives from the core: segments in travel order, `left` = Segments Left.
+fn srv6(segments: &[&str], reduced: bool, inner: &[u8]) -> Vec<u8> {
+    let segments: Vec<Ipv6Addr> = segments.iter().map(|s| a(s)).collect();
+    let encap = Encap {
+        src: INGRESS,
+        segments: &segments,
+        reduced,
+        traffic_class: 0,
+        flow_label: 0x12345,
+        hop_limit: 61,
+    };
+    packet::srv6_encap(CORE_MAC, NEXT_HOP_MAC, &encap, inner)
+}
+
+/// `input` after End: next segment in the destination, Segments Left - 1, hop limit - 1,
+/// new MACs for the core next hop.
+fn after_end(input: &[u8], next: &str) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&NEXT_HOP_MAC);
+    out[6..12].copy_from_slice(&CORE_MAC);
+    out[14 + 7] -= 1;
+    out[14 + 24..14 + 40].copy_from_slice(&a(next).octets());
+    out[14 + 40 + 3] -= 1;
+    out
+}
+
+fn with_eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, l3: &[u8]) -> Vec<u8> {
+    let mut out = [dst, src].concat();
+    out.extend_from_slice(&ether_type.to_be_bytes());
+    out.extend_from_slice(l3);
+    out
+}
+
+/// `inner` forwarded to the client: hop limit / TTL - 1 (with the IPv4 checksum redone by
+/// etherparse).
+fn forwarded_to_client(inner: &[u8]) -> Vec<u8> {
+    let mut l3 = inner.to_vec();
+    if l3[0] >> 4 == 6 {
+        l3[7] -= 1;
+        return with_eth(CLIENT_MAC, ROUTER_MAC, 0x86dd, &l3);
+    }
+    l3[8] -= 1;
+    l3[10..12].fill(0);
+    let csum = etherparse::Ipv4HeaderSlice::from_slice(&l3[..20])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    l3[10..12].copy_from_slice(&csum.to_be_bytes());
+    with_eth(CLIENT_MAC, ROUTER_MAC, 0x0800, &l3)
+}
+
+/// The ICMPv6 error an endpoint sends back to the packet's source, from the SID.
+fn error_back(input: &[u8], kind: Icmpv6Type) -> Vec<u8> {
+    let sid = Ipv6Addr::from(<[u8; 16]>::try_from(&input[14 + 24..14 + 40]).unwrap());
+    packet::icmp6_error(NEXT_HOP_MAC, CORE_MAC, sid, INGRESS, kind, &input[14..])
+}
+
+fn parameter_problem(code: ParameterProblemCode, pointer: u32) -> Icmpv6Type {
+    Icmpv6Type::ParameterProblem(ParameterProblemHeader { code, pointer })
+}
+
+fn fixture(name: &str, input: Vec<u8>, action: XdpAction, output: Vec<u8>) -> Fixture {
+    Fixture {
+        name: name.into(),
+        program: Program::Endpoint,
+        input,
+        expect: Outcome { action, output },
+    }
+}
+
+fn run_all(bench: &Bench, fixtures: &[Fixture]) {
+    let mut failures = Vec::new();
+    for f in fixtures {
+        if let Err(e) = bench.runner.check(f) {
+            failures.push(format!("{e:#}"));
+        } else if f.expect.output != f.input && f.expect.action != XdpAction::Drop {
+            if let Err(e) = packet::verify(&f.expect.output) {
+                failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
+}
+
+fn reason(bench: &Bench, which: Reason) -> u64 {
+    bench
+        .runner
+        .dataplane_ref()
+        .reason_stats()
+        .unwrap()
+        .iter()
+        .find(|(r, _)| *r == which)
+        .unwrap()
+        .1
+        .packets
+}
+
+#[test]
+fn behaviours() {
+    let bench = bench();
+    let to_client6 = inner6(a("2001:db8:5::1"), CLIENT6, 64);
+    let to_client4 = inner4(Ipv4Addr::new(198, 18, 0, 1), CLIENT4, 64);
+    let to_local6 = inner6(CLIENT6, LOCAL_SERVICE6, 64);
+    let to_local4 = inner4(CLIENT4, LOCAL_SERVICE4, 64);
+    let end2 = srv6(&[END, "fc00:2::d6"], false, &to_client6);
+    let end3 = srv6(&[END, "fc00:3::1", "fc00:3::d6"], false, &to_client4);
+    let end_x = srv6(&[END_X, "fc00:2::d6"], false, &to_client6);
+    let fixtures = vec![
+        fixture(
+            "End, 2 segments",
+            end2.clone(),
+            XdpAction::Redirect,
+            after_end(&end2, "fc00:2::d6"),
+        ),
+        fixture(
+            "End, 3 segments, IPv4 inside",
+            end3.clone(),
+            XdpAction::Redirect,
+            after_end(&end3, "fc00:3::1"),
+        ),
+        fixture(
+            "End.X to its neighbour",
+            end_x.clone(),
+            XdpAction::Redirect,
+            after_end(&end_x, "fc00:2::d6"),
+        ),
+        fixture(
+            "End.DT6 forwards the inner packet",
+            srv6(&[DT6], false, &to_client6),
+            XdpAction::Redirect,
+            forwarded_to_client(&to_client6),
+        ),
+        fixture(
+            "End.DT6 without SRH (reduced)",
+            srv6(&[DT6], true, &to_client6),
+            XdpAction::Redirect,
+            forwarded_to_client(&to_client6),
+        ),
+        fixture(
+            "End.DT6 delivers locally",
+            srv6(&[DT6], false, &to_local6),
+            XdpAction::Pass,
+            with_eth(CORE_MAC, NEXT_HOP_MAC, 0x86dd, &to_local6),
+        ),
+        fixture(
+            "End.DT4 forwards",
+            srv6(&[DT4], false, &to_client4),
+            XdpAction::Redirect,
+            forwarded_to_client(&to_client4),
+        ),
+        fixture(
+            "End.DT4 delivers locally",
+            srv6(&[DT4], true, &to_local4),
+            XdpAction::Pass,
+            with_eth(CORE_MAC, NEXT_HOP_MAC, 0x0800, &to_local4),
+        ),
+        fixture(
+            "End.DT46, IPv6 inside",
+            srv6(&[DT46], false, &to_client6),
+            XdpAction::Redirect,
+            forwarded_to_client(&to_client6),
+        ),
+        fixture(
+            "End.DT46, IPv4 inside",
+            srv6(&[DT46], false, &to_client4),
+            XdpAction::Redirect,
+            forwarded_to_client(&to_client4),
+        ),
+        fixture(
+            "End.DX6 cross-connects to its next hop",
+            srv6(
+                &["fc00:9::1", DX6],
+                false,
+                &inner6(a("2001:db8:5::1"), a("2001:db8:77::5"), 64),
+            )
+            .into_iter()
+            .collect::<Vec<u8>>()
+            .pipe(|p| at_last_segment(&p)),
+            XdpAction::Redirect,
+            forwarded_to_client(&inner6(a("2001:db8:5::1"), a("2001:db8:77::5"), 64)),
+        ),
+        fixture(
+            "End.DX4 cross-connects to its next hop",
+            srv6(
+                &[DX4],
+                true,
+                &inner4(
+                    Ipv4Addr::new(198, 18, 0, 1),
+                    Ipv4Addr::new(203, 0, 113, 7),
+                    64,
+                ),
+            ),
+            XdpAction::Redirect,
+            forwarded_to_client(&inner4(
+                Ipv4Addr::new(198, 18, 0, 1),
+                Ipv4Addr::new(203, 0, 113, 7),
+                64,
+            )),
+        ),
+    ];
+    run_all(&bench, &fixtures);
+    let dp = bench.runner.dataplane_ref();
+    // SID counters: End (index 0) saw two packets.
+    assert_eq!(
+        dp.counter(cpn_common::maps::SID_STATS, 0).unwrap().packets,
+        2
+    );
+}
+
+/// A packet whose SRH has been walked to its last segment (Segments Left 0, destination the
+/// last segment), as it arrives at the final SID.
+fn at_last_segment(packet: &[u8]) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    let list = 14 + 40 + 8;
+    let last: [u8; 16] = out[list..list + 16].try_into().unwrap();
+    out[14 + 24..14 + 40].copy_from_slice(&last);
+    out[14 + 40 + 3] = 0;
+    out
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+#[test]
+fn errors_follow_rfc_8754() {
+    let bench = bench();
+    let udp = inner6(a("2001:db8:5::1"), CLIENT6, 64);
+    let end2 = srv6(&[END, "fc00:2::d6"], false, &udp);
+    let mut hop1 = end2.clone();
+    hop1[14 + 7] = 1;
+    let mut hop0 = end2.clone();
+    hop0[14 + 7] = 0;
+    let mut sl_too_big = end2.clone();
+    sl_too_big[14 + 40 + 3] = 3; // Last Entry 1: SL may be at most 2
+    let mut le_too_big = end2.clone();
+    le_too_big[14 + 40 + 4] = 5; // Hdr Ext Len 4 holds 2 segments: Last Entry at most 1
+    // An End SID as the final segment, carrying UDP: SR Upper-layer Header Error.
+    let end_final = at_last_segment(&srv6(&["fc00:9::1", END], false, &udp));
+    let mut end_final_udp = end_final.clone();
+    end_final_udp[14 + 40] = 17; // the SRH's next header says UDP
+    let end_final_udp_l3 = 40 + 8 + 32;
+    let dt6_with_v4 = srv6(&[DT6], false, &inner4(CLIENT4, LOCAL_SERVICE4, 64));
+    let dt6_sl_1 = srv6(&[DT6, "fc00:2::d6"], false, &udp);
+    let echo = {
+        let mut out = Vec::new();
+        PacketBuilder::ipv6(INGRESS.octets(), a(END).octets(), 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut out, b"hi")
+            .unwrap();
+        with_eth(CORE_MAC, NEXT_HOP_MAC, 0x86dd, &out)
+    };
+    let mut fixtures = vec![
+        fixture(
+            "End, hop limit 1: Time Exceeded",
+            hop1.clone(),
+            XdpAction::Tx,
+            error_back(
+                &hop1,
+                Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            ),
+        ),
+        fixture(
+            "End, hop limit 0: Time Exceeded",
+            hop0.clone(),
+            XdpAction::Tx,
+            error_back(
+                &hop0,
+                Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+            ),
+        ),
+        fixture(
+            "Segments Left > Last Entry + 1: Parameter Problem at Segments Left",
+            sl_too_big.clone(),
+            XdpAction::Tx,
+            error_back(
+                &sl_too_big,
+                parameter_problem(ParameterProblemCode::ErroneousHeaderField, 43),
+            ),
+        ),
+        fixture(
+            "Last Entry beyond the header: Parameter Problem",
+            le_too_big.clone(),
+            XdpAction::Tx,
+            error_back(
+                &le_too_big,
+                parameter_problem(ParameterProblemCode::ErroneousHeaderField, 43),
+            ),
+        ),
+        fixture(
+            "End as final segment with UDP: SR Upper-layer Header Error",
+            end_final_udp.clone(),
+            XdpAction::Tx,
+            error_back(
+                &end_final_udp,
+                parameter_problem(
+                    ParameterProblemCode::SrUpperLayerHeaderError,
+                    end_final_udp_l3,
+                ),
+            ),
+        ),
+        fixture(
+            "End.DT6 with IPv4 inside: SR Upper-layer Header Error",
+            dt6_with_v4.clone(),
+            XdpAction::Tx,
+            error_back(
+                &dt6_with_v4,
+                parameter_problem(ParameterProblemCode::SrUpperLayerHeaderError, 40 + 24),
+            ),
+        ),
+        fixture(
+            "End.DT6 with Segments Left 1: Parameter Problem",
+            dt6_sl_1.clone(),
+            XdpAction::Tx,
+            error_back(
+                &dt6_sl_1,
+                parameter_problem(ParameterProblemCode::ErroneousHeaderField, 43),
+            ),
+        ),
+        fixture(
+            "ping to an End SID goes to the kernel",
+            echo.clone(),
+            XdpAction::Pass,
+            echo,
+        ),
+        fixture(
+            "not a local SID",
+            srv6(&["fc00:2::d6"], false, &udp),
+            XdpAction::Pass,
+            srv6(&["fc00:2::d6"], false, &udp),
+        ),
+        fixture(
+            "ipv4 is not ours",
+            with_eth(
+                CORE_MAC,
+                NEXT_HOP_MAC,
+                0x0800,
+                &inner4(CLIENT4, LOCAL_SERVICE4, 64),
+            ),
+            XdpAction::Pass,
+            with_eth(
+                CORE_MAC,
+                NEXT_HOP_MAC,
+                0x0800,
+                &inner4(CLIENT4, LOCAL_SERVICE4, 64),
+            ),
+        ),
+    ];
+    let mut routing_type_0 = end2.clone();
+    routing_type_0[14 + 40 + 2] = 0;
+    fixtures.push(fixture(
+        "routing header type 0 goes to the kernel",
+        routing_type_0.clone(),
+        XdpAction::Pass,
+        routing_type_0,
+    ));
+    let mut ttl_1 = srv6(
+        &[DT4],
+        false,
+        &inner4(Ipv4Addr::new(198, 18, 0, 1), CLIENT4, 1),
+    );
+    fixtures.push(fixture(
+        "End.DT4, inner TTL 1: decapsulated, the kernel answers",
+        ttl_1.clone(),
+        XdpAction::Pass,
+        with_eth(
+            CORE_MAC,
+            NEXT_HOP_MAC,
+            0x0800,
+            &ttl_1.split_off(14 + 40 + 24),
+        ),
+    ));
+    run_all(&bench, &fixtures);
+    assert_eq!(reason(&bench, Reason::HopLimitExceeded), 2);
+    assert_eq!(reason(&bench, Reason::SrhMalformed), 2);
+    assert_eq!(reason(&bench, Reason::UpperLayerUnsupported), 2);
+    assert_eq!(reason(&bench, Reason::SegmentsLeftNotZero), 1);
+    assert_eq!(reason(&bench, Reason::UnknownRoutingType), 1);
+    assert_eq!(reason(&bench, Reason::InnerHopLimitExpired), 1);
+}
+
+#[test]
+fn every_truncation_of_the_srh_is_dropped() {
+    let bench = bench();
+    let packet = srv6(
+        &[END, "fc00:2::1", "fc00:2::d6"],
+        false,
+        &inner6(CLIENT6, LOCAL_SERVICE6, 64),
+    );
+    let srh_end = 14 + 40 + 8 + 3 * 16;
+    let fixtures: Vec<Fixture> = (14 + 40..srh_end)
+        .map(|cut| {
+            fixture(
+                &format!("SRH cut at byte {}", cut - 54),
+                packet[..cut].to_vec(),
+                XdpAction::Drop,
+                packet[..cut].to_vec(),
+            )
+        })
+        .collect();
+    run_all(&bench, &fixtures);
+    assert_eq!(
+        reason(&bench, Reason::SrhTruncated),
+        u64::try_from(srh_end - 54).unwrap()
+    );
+}
+
+#[test]
+fn truncated_ipv6_headers_pass_untouched() {
+    let bench = bench();
+    let packet = srv6(
+        &[END, "fc00:2::d6"],
+        false,
+        &inner6(CLIENT6, LOCAL_SERVICE6, 64),
+    );
+    let fixtures: Vec<Fixture> = (14..14 + 40)
+        .map(|cut| {
+            fixture(
+                &format!("IPv6 header cut at {}", cut - 14),
+                packet[..cut].to_vec(),
+                XdpAction::Pass,
+                packet[..cut].to_vec(),
+            )
+        })
+        .collect();
+    run_all(&bench, &fixtures);
+}
