@@ -276,14 +276,11 @@ fn behaviours() {
         ),
         fixture(
             "End.DX6 cross-connects to its next hop",
-            srv6(
+            at_last_segment(&srv6(
                 &["fc00:9::1", DX6],
                 false,
                 &inner6(a("2001:db8:5::1"), a("2001:db8:77::5"), 64),
-            )
-            .into_iter()
-            .collect::<Vec<u8>>()
-            .pipe(|p| at_last_segment(&p)),
+            )),
             XdpAction::Redirect,
             forwarded_to_client(&inner6(a("2001:db8:5::1"), a("2001:db8:77::5"), 64)),
         ),
@@ -325,13 +322,6 @@ fn at_last_segment(packet: &[u8]) -> Vec<u8> {
     out[14 + 40 + 3] = 0;
     out
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 #[test]
 fn errors_follow_rfc_8754() {
