@@ -356,6 +356,15 @@ impl Node {
             .with_context(|| format!("no ifindex in `{text}`"))
     }
 
+    /// Makes the kernel fill in TCP/UDP checksums before packets leave `interface`. A veth
+    /// normally leaves them to "offload" (`CHECKSUM_PARTIAL`), which only the kernel's own
+    /// forwarding path completes; a packet that XDP encapsulates and redirects would arrive
+    /// with a bad checksum. Physical NICs deliver complete checksums, so this is a lab concern.
+    pub fn checksum_in_software(&self, interface: &str) -> Result<()> {
+        self.run(&["ethtool", "-K", interface, "tx", "off"])
+            .map(drop)
+    }
+
     /// Turns IPv4 and IPv6 forwarding on.
     pub fn enable_forwarding(&self) -> Result<()> {
         self.sysctl("net.ipv4.ip_forward=1")?;

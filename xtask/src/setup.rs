@@ -18,7 +18,15 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
 ];
 /// Debian packages the agent, the tests and the demo use at run time.
-const RUNTIME_PACKAGES: &[&str] = &["bpftool", "iproute2", "iputils-ping", "tcpdump", "procps"];
+const RUNTIME_PACKAGES: &[&str] = &[
+    "bpftool",
+    "ethtool",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "python3",
+    "tcpdump",
+];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
