@@ -130,7 +130,7 @@ impl Frame {
     }
 }
 
-/// The outer headers cpn_steer is expected to push (built here from RFC 8754/8986, not by the
+/// The outer headers `cpn_steer` is expected to push (built here from RFC 8754/8986, not by the
 /// data plane's code).
 #[derive(Clone, Debug)]
 pub struct Encap<'a> {
@@ -247,114 +247,117 @@ pub fn icmp4_frag_needed(
 }
 
 /// Decodes an output frame with etherparse, independently of cpn: Ethernet, IPv6 with its
-/// extension headers (an SRH checked for consistent lengths, Segments Left and Last Entry),
-/// the inner packet, and ICMP checksums. Returns a one-line summary.
+/// SRH (lengths, Segments Left and Last Entry consistent), the inner packet, IPv4 header and
+/// ICMP checksums. Returns a one-line summary.
 pub fn verify(frame: &[u8]) -> Result<String, String> {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use etherparse::{NetSlice, SlicedPacket};
     let packet = SlicedPacket::from_ethernet(frame).map_err(|e| format!("ethernet: {e}"))?;
-    let mut summary = String::new();
     match &packet.net {
-        Some(NetSlice::Ipv6(ip6)) => {
-            let header = ip6.header();
-            summary += &format!(
-                "ipv6 {} > {}",
-                header.source_addr(),
-                header.destination_addr()
+        Some(NetSlice::Ipv6(ip6)) => verify_ipv6(frame, &packet, ip6),
+        Some(NetSlice::Ipv4(ip4)) => verify_ipv4(&packet, ip4),
+        other => Ok(format!("{other:?}")),
+    }
+}
+
+fn verify_ipv6(
+    frame: &[u8],
+    packet: &etherparse::SlicedPacket<'_>,
+    ip6: &etherparse::Ipv6Slice<'_>,
+) -> Result<String, String> {
+    use std::fmt::Write as _;
+
+    use etherparse::{SlicedPacket, TransportSlice};
+    let header = ip6.header();
+    let mut summary = format!(
+        "ipv6 {} > {}",
+        header.source_addr(),
+        header.destination_addr()
+    );
+    if usize::from(header.payload_length()) != frame.len() - 54 {
+        return Err(format!(
+            "payload length {} but {} bytes follow",
+            header.payload_length(),
+            frame.len() - 54
+        ));
+    }
+    let mut next = header.next_header().0;
+    let mut rest = &frame[54..];
+    if next == 43 {
+        let srh = rest;
+        let len = srh
+            .get(1)
+            .map(|l| (usize::from(*l) + 1) * 8)
+            .ok_or("SRH cut short")?;
+        let (segments_left, last_entry) = (srh[3], srh[4]);
+        let consistent = srh[2] == 4
+            && len <= srh.len()
+            && usize::from(last_entry) + 1 == usize::from(srh[1]) / 2
+            && segments_left <= last_entry + 1;
+        if !consistent {
+            return Err(format!(
+                "bad SRH: type {} len {len} SL {segments_left} LE {last_entry}",
+                srh[2]
+            ));
+        }
+        let _ = write!(summary, " srh sl={segments_left} le={last_entry}");
+        next = srh[0];
+        rest = &srh[len..];
+    }
+    match next {
+        41 | 4 => {
+            let inner = SlicedPacket::from_ip(rest).map_err(|e| format!("inner packet: {e}"))?;
+            let _ = write!(
+                summary,
+                " | inner {:?}",
+                inner.net.map(|n| n.ip_payload_ref().map(|p| p.ip_number))
             );
-            let payload = ip6.payload();
-            if u16::from(header.payload_length()) as usize != frame.len() - 14 - 40 {
+        }
+        58 => {
+            let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
+                return Err("ICMPv6 not decodable".into());
+            };
+            let (src, dst) = (
+                header.source_addr().octets(),
+                header.destination_addr().octets(),
+            );
+            let expected = icmp
+                .icmp_type()
+                .calc_checksum(src, dst, icmp.payload())
+                .map_err(|e| e.to_string())?;
+            if expected != icmp.checksum() {
                 return Err(format!(
-                    "IPv6 payload length {} but {} bytes follow",
-                    header.payload_length(),
-                    frame.len() - 54
+                    "ICMPv6 checksum {:#06x}, should be {expected:#06x}",
+                    icmp.checksum()
                 ));
             }
-            let mut next = header.next_header().0;
-            let mut rest = &frame[54..];
-            if next == 43 {
-                let srh = rest;
-                if srh.len() < 8 {
-                    return Err("SRH cut short".into());
-                }
-                let len = (usize::from(srh[1]) + 1) * 8;
-                let (segments_left, last_entry) = (srh[3], srh[4]);
-                if srh[2] != 4
-                    || len > srh.len()
-                    || usize::from(last_entry) + 1 != usize::from(srh[1]) / 2
-                    || segments_left > last_entry + 1
-                {
-                    return Err(format!(
-                        "bad SRH: type {} len {len} SL {segments_left} LE {last_entry}",
-                        srh[2]
-                    ));
-                }
-                summary += &format!(" srh sl={segments_left} le={last_entry}");
-                next = srh[0];
-                rest = &srh[len..];
-            }
-            match next {
-                41 | 4 => {
-                    let inner =
-                        SlicedPacket::from_ip(rest).map_err(|e| format!("inner packet: {e}"))?;
-                    summary += &format!(
-                        " | inner {:?}",
-                        inner.net.map(|n| match n {
-                            NetSlice::Ipv4(v4) => format!(
-                                "ipv4 {} > {}",
-                                v4.header().source_addr(),
-                                v4.header().destination_addr()
-                            ),
-                            NetSlice::Ipv6(v6) => format!(
-                                "ipv6 {} > {}",
-                                v6.header().source_addr(),
-                                v6.header().destination_addr()
-                            ),
-                            NetSlice::Arp(_) => "arp".into(),
-                        })
-                    );
-                }
-                58 => {
-                    let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
-                        return Err("ICMPv6 not decodable".into());
-                    };
-                    let expected = icmp
-                        .icmp_type()
-                        .calc_checksum(
-                            header.source_addr().octets(),
-                            header.destination_addr().octets(),
-                            icmp.payload(),
-                        )
-                        .map_err(|e| e.to_string())?;
-                    if expected != icmp.checksum() {
-                        return Err(format!(
-                            "ICMPv6 checksum {:#06x}, should be {expected:#06x}",
-                            icmp.checksum()
-                        ));
-                    }
-                    summary += &format!(" icmpv6 {:?}", icmp.icmp_type());
-                }
-                _ => {}
-            }
-            let _ = payload;
+            let _ = write!(summary, " icmpv6 {:?}", icmp.icmp_type());
         }
-        Some(NetSlice::Ipv4(ip4)) => {
-            let header = ip4.header();
-            if header.header_checksum() != header.to_header().calc_header_checksum() {
-                return Err("IPv4 header checksum".into());
-            }
-            summary += &format!(
-                "ipv4 {} > {}",
-                header.source_addr(),
-                header.destination_addr()
-            );
-            if let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport {
-                if icmp.icmp_type().calc_checksum(icmp.payload()) != icmp.checksum() {
-                    return Err("ICMPv4 checksum".into());
-                }
-                summary += &format!(" icmpv4 {:?}", icmp.icmp_type());
-            }
+        _ => {}
+    }
+    Ok(summary)
+}
+
+fn verify_ipv4(
+    packet: &etherparse::SlicedPacket<'_>,
+    ip4: &etherparse::Ipv4Slice<'_>,
+) -> Result<String, String> {
+    use std::fmt::Write as _;
+
+    use etherparse::TransportSlice;
+    let header = ip4.header();
+    if header.header_checksum() != header.to_header().calc_header_checksum() {
+        return Err("IPv4 header checksum".into());
+    }
+    let mut summary = format!(
+        "ipv4 {} > {}",
+        header.source_addr(),
+        header.destination_addr()
+    );
+    if let Some(TransportSlice::Icmpv4(icmp)) = &packet.transport {
+        if icmp.icmp_type().calc_checksum(icmp.payload()) != icmp.checksum() {
+            return Err("ICMPv4 checksum".into());
         }
-        other => summary += &format!("{other:?}"),
+        let _ = write!(summary, " icmpv4 {:?}", icmp.icmp_type());
     }
     Ok(summary)
 }

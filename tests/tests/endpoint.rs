@@ -1,5 +1,9 @@
 //! Fixture table for `cpn_endpoint`: the SRv6 endpoint behaviours and the RFC 8754 §4.3.1.1
 //! error handling, exact bytes out, each output also decoded by etherparse.
+#![expect(
+    clippy::too_many_lines,
+    reason = "fixture tables are long lists of cases"
+)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -175,10 +179,11 @@ fn run_all(bench: &Bench, fixtures: &[Fixture]) {
     for f in fixtures {
         if let Err(e) = bench.runner.check(f) {
             failures.push(format!("{e:#}"));
-        } else if f.expect.output != f.input && f.expect.action != XdpAction::Drop {
-            if let Err(e) = packet::verify(&f.expect.output) {
-                failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
-            }
+        } else if f.expect.output != f.input
+            && f.expect.action != XdpAction::Drop
+            && let Err(e) = packet::verify(&f.expect.output)
+        {
+            failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
         }
     }
     assert!(
@@ -317,8 +322,8 @@ fn behaviours() {
 fn at_last_segment(packet: &[u8]) -> Vec<u8> {
     let mut out = packet.to_vec();
     let list = 14 + 40 + 8;
-    let last: [u8; 16] = out[list..list + 16].try_into().unwrap();
-    out[14 + 24..14 + 40].copy_from_slice(&last);
+    let final_segment: [u8; 16] = out[list..list + 16].try_into().unwrap();
+    out[14 + 24..14 + 40].copy_from_slice(&final_segment);
     out[14 + 40 + 3] = 0;
     out
 }

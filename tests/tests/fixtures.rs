@@ -183,3 +183,25 @@ fn a_wrong_expectation_fails_with_a_hex_diff() {
     assert!(text.contains("  - 0010"), "{text}");
     assert!(text.contains("^^"), "{text}");
 }
+
+/// Both programs pass the verifier on this kernel; prints their size (run with
+/// `--nocapture` to see it; the README records it).
+#[test]
+fn programs_load_and_report_their_verified_size() {
+    let runner = Runner::new().expect("load the data plane");
+    for program in Program::ALL {
+        let (size, verified) = runner
+            .dataplane_ref()
+            .verified_size(program)
+            .expect("program info");
+        let (size, verified) = (
+            size.expect("size reported"),
+            verified.expect("verified_insns reported"),
+        );
+        eprintln!("{program}: {size} instructions; the verifier processed {verified}");
+        assert!(
+            size > 100 && verified >= size,
+            "{program}: {size} / {verified}"
+        );
+    }
+}

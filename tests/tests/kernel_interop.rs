@@ -98,7 +98,7 @@ fn attach(lab: &Lab, node: &str, program: Program, interface: &str) -> Result<Da
     Ok(dataplane)
 }
 
-/// cpn_steer on ingress:eth0, steering both VIPs to one node with `segments`. XDP_REDIRECT
+/// `cpn_steer` on ingress:eth0, steering both VIPs to one node with `segments`. `XDP_REDIRECT`
 /// into a veth is only delivered when the peer runs XDP too, so transit:eth0 gets our endpoint
 /// program with no SIDs (it passes everything to the kernel); keep both values alive.
 fn steer(lab: &Lab, segments: &[&str], reduced: bool) -> Result<(Dataplane, Dataplane)> {
@@ -133,23 +133,22 @@ fn steer(lab: &Lab, segments: &[&str], reduced: bool) -> Result<(Dataplane, Data
     Ok((dp, receiver))
 }
 
+/// Pings `target` from the client until replies come (the first packets may wait for
+/// neighbour discovery along the path).
 fn ping(lab: &Lab, target: &str) -> Result<()> {
-    let out = lab
-        .node("client")?
-        .output(&["ping", "-c", "3", "-i", "0.1", "-W", "2", target])?;
-    ensure!(
-        out.status.success(),
-        "ping {target} failed:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(())
+    wait_for(&format!("ping {target}"), Duration::from_secs(15), || {
+        let out = lab
+            .node("client")?
+            .output(&["ping", "-c", "3", "-i", "0.1", "-W", "2", target])?;
+        Ok(out.status.success().then_some(()))
+    })
 }
 
 /// A TCP exchange from the client to `vip`, served on `node` (listening on `listen`).
 fn tcp_exchange(lab: &mut Lab, node: &str, listen: &str, vip: &str, port: u16) -> Result<()> {
     let port = port.to_string();
     lab.spawn(node, &["python3", "-c", ECHO_SERVER, listen, &port], None)?;
-    let reply = wait_for("the TCP echo", Duration::from_secs(10), || {
+    let reply = wait_for("the TCP echo", Duration::from_secs(15), || {
         let out = lab
             .node("client")?
             .output(&["python3", "-c", ECHO_CLIENT, vip, &port])?;
@@ -280,7 +279,7 @@ fn ipv4_client_through_our_encap_to_linux_end_dx4() -> Result<()> {
     Ok(())
 }
 
-/// Linux encapsulates IPv4 (`encap seg6` on an IPv4 route); cpn_endpoint decapsulates with
+/// Linux encapsulates IPv4 (`encap seg6` on an IPv4 route); `cpn_endpoint` decapsulates with
 /// End.DT4.
 #[test]
 fn ipv4_linux_encap_to_our_end_dt4() -> Result<()> {
@@ -348,7 +347,7 @@ fn three_segments_through_linux_end_sids() -> Result<()> {
     Ok(())
 }
 
-/// Linux encapsulates (`encap seg6`, both modes); cpn_endpoint decapsulates with End.DT6.
+/// Linux encapsulates (`encap seg6`, both modes); `cpn_endpoint` decapsulates with End.DT6.
 fn linux_encap_then_our_decap(mode: &str, port: u16) -> Result<()> {
     let mut lab = topology(&format!("from-{mode}"))?;
     lab.node("ingress")?.run(&[

@@ -1,6 +1,10 @@
 //! Fixture table for `cpn_steer`: one packet in, the exact verdict and bytes out, each output
 //! also decoded by etherparse. Maps are set up through the agent's data-plane API; FIB lookups
 //! run in the deterministic `Dut` namespace.
+#![expect(
+    clippy::too_many_lines,
+    reason = "fixture tables are long lists of cases"
+)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -33,7 +37,7 @@ fn svc4(last: u8) -> Ipv4Addr {
 
 /// Node id → (segments in travel order, reduced).
 fn nodes() -> Vec<(u32, Vec<Ipv6Addr>, bool)> {
-    let six: Vec<Ipv6Addr> = (1..=MAX_SIDS as u16)
+    let six: Vec<Ipv6Addr> = (1..=u16::try_from(MAX_SIDS).unwrap())
         .map(|i| Ipv6Addr::new(0xfc00, 3, 0, 0, 0, 0, 0, i))
         .collect();
     vec![
@@ -153,7 +157,7 @@ fn encapsulated(input: &[u8], node: u32, label: u32, macs: ([u8; 6], [u8; 6])) -
     };
     let v6 = l3[0] >> 4 == 6;
     let traffic_class = if v6 {
-        (u16::from_be_bytes([l3[0], l3[1]]) >> 4) as u8
+        (u16::from_be_bytes([l3[0], l3[1]]) >> 4).to_be_bytes()[1]
     } else {
         l3[1]
     };
@@ -219,10 +223,10 @@ fn run_all(bench: &Bench, fixtures: &[Fixture]) {
             failures.push(format!("{e:#}"));
             continue;
         }
-        if f.expect.action != XdpAction::Pass || f.expect.output != f.input {
-            if let Err(e) = packet::verify(&f.expect.output) {
-                failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
-            }
+        if (f.expect.action != XdpAction::Pass || f.expect.output != f.input)
+            && let Err(e) = packet::verify(&f.expect.output)
+        {
+            failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
         }
     }
     assert!(

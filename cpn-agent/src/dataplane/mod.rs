@@ -257,6 +257,19 @@ impl Dataplane {
             .ok_or(Error::MissingProgram(program.name()))
     }
 
+    /// `program`'s size as loaded (BPF instructions, subprograms included) and the number of
+    /// instructions the verifier processed to accept it (its `verified_insns`).
+    pub fn verified_size(&self, program: Program) -> Result<(Option<u32>, Option<u32>), Error> {
+        let info = self
+            .program(program)?
+            .info()
+            .map_err(|source| Error::Program { program, source })?;
+        Ok((
+            info.size_translated().map(|bytes| bytes / 8),
+            info.verified_instruction_count(),
+        ))
+    }
+
     /// The per-protocol counters of `program`, summed over CPUs.
     pub fn proto_stats(&self, program: Program) -> Result<ProtoStats, Error> {
         let name = program.proto_stats_map();
