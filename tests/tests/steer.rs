@@ -473,7 +473,7 @@ fn fragments_follow_their_first_fragment() {
             .unwrap()
             .1
             .packets,
-        4
+        4 + 6
     );
 }
 
@@ -501,21 +501,33 @@ fn every_truncation_passes_untouched() {
             v6[..14 + 40 + cut].to_vec(),
         ));
     }
-    fixtures.push(untouched(
-        "vlan tag cut short",
-        Frame::ethernet()
-            .vlan(5)
-            .ipv6_udp(CLIENT6, svc6(1), (1, 2), b"x")[..16]
-            .to_vec(),
-    ));
+    let tagged = Frame::ethernet()
+        .vlan(5)
+        .ipv6_udp(CLIENT6, svc6(1), (1, 2), b"x");
+    for cut in 0..4 {
+        fixtures.push(untouched(
+            &format!("vlan tag cut at {cut}"),
+            tagged[..14 + cut].to_vec(),
+        ));
+    }
+    let hop_by_hop = with_hop_by_hop(&v6);
+    for cut in 0..8 {
+        fixtures.push(untouched(
+            &format!("hop-by-hop header cut at {cut}"),
+            hop_by_hop[..14 + 40 + cut].to_vec(),
+        ));
+    }
     run_all(&bench, &fixtures);
     let dp = bench.runner.dataplane_ref();
+    // Headers cut before the parser has what it needs count as malformed: every IPv6 and
+    // IPv4 cut, every VLAN cut, and hop-by-hop cuts before its length byte. Cuts after that
+    // leave the ports missing: the packet was for a service, so it counts as truncated.
     assert_eq!(
         dp.proto_stats(Program::Steer)
             .unwrap()
             .get(ProtoCounter::Malformed)
             .packets,
-        40 + 20 + 1
+        40 + 20 + 4 + 2
     );
     let reasons = dp.reason_stats().unwrap();
     assert_eq!(
@@ -525,7 +537,7 @@ fn every_truncation_passes_untouched() {
             .unwrap()
             .1
             .packets,
-        4
+        4 + 6
     );
 }
 
@@ -607,4 +619,44 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
 
 fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {
     Frame::ethernet().ipv6_udp(CLIENT6, dst, (port, 443), &[0xab; 10])
+}
+
+/// `frame` (Ethernet + IPv6) with an 8-byte hop-by-hop options header (PadN) before its payload.
+fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..14 + 40].to_vec();
+    let next = out[14 + 6];
+    out[14 + 6] = 0;
+    let payload_len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame[14 + 40..]);
+    out
+}
+
+#[test]
+fn extension_headers_and_ipv4_icmp_errors() {
+    let bench = bench();
+    let hop_by_hop = with_hop_by_hop(&udp6(svc6(2), 10));
+    // An ICMPv4 Port Unreachable about a reply from the service: steered like the flow.
+    let quoted = Frame::ethernet().ipv4_udp(svc4(1), CLIENT4, (443, 40000), &[1; 16]);
+    let mut error = Vec::new();
+    etherparse::PacketBuilder::ipv4([203, 0, 113, 50], svc4(1).octets(), 60)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut error, &quoted[14..])
+        .unwrap();
+    let error = packet::ethernet(&error, 0x0800);
+    run_all(
+        &bench,
+        &[
+            redirect(
+                "ports found after a hop-by-hop header",
+                hop_by_hop,
+                2,
+                label6(svc6(2)),
+            ),
+            redirect("icmpv4 error follows its flow", error, 1, label4(svc4(1))),
+        ],
+    );
 }
