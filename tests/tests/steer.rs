@@ -473,7 +473,7 @@ fn fragments_follow_their_first_fragment() {
             .unwrap()
             .1
             .packets,
-        4 + 6
+        4
     );
 }
 
@@ -621,7 +621,8 @@ fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {
     Frame::ethernet().ipv6_udp(CLIENT6, dst, (port, 443), &[0xab; 10])
 }
 
-/// `frame` (Ethernet + IPv6) with an 8-byte hop-by-hop options header (PadN) before its payload.
+/// `frame` (Ethernet + IPv6) with an 8-byte hop-by-hop options header (`PadN`) before its
+/// payload.
 fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
     let mut out = frame[..14 + 40].to_vec();
     let next = out[14 + 6];
