@@ -20,7 +20,7 @@ use crate::{
     icmp as icmp_error,
     maps::{LOCAL_SIDS, SID_STATS},
     parse::{self, Ip, L2, MAX_EXT_HEADERS, MAX_HEADER_OFFSET},
-    stats::{self, Fault},
+    stats,
 };
 
 const ETH: usize = size_of::<EthHdr>();
@@ -55,19 +55,19 @@ enum ChainError {
 }
 
 #[inline(always)]
-pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> Result<u32, Fault> {
+pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
     if l2.ether_type != ether_type::IPV6 {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     }
     let (Some(dst), Some(next_header)) = (
         parse::read::<[u8; 16]>(ctx, l2.l3 + 24),
         parse::read::<u8>(ctx, l2.l3 + 6),
     ) else {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     };
     // SAFETY: a shared lookup whose value we copy out at once.
     let Some(sid) = (unsafe { LOCAL_SIDS.get(dst) }).copied() else {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     };
     let len = parse::frame_len(ctx) as u64;
     stats::add(&SID_STATS, sid.stats_index, len);
@@ -75,22 +75,22 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> Result<u32, 
         Ok(chain) => chain,
         Err(ChainError::Truncated) => {
             stats::reason(Reason::Truncated, len);
-            return Ok(xdp_action::XDP_PASS);
+            return xdp_action::XDP_PASS;
         }
         Err(ChainError::SrhTruncated) => {
             stats::reason(Reason::SrhTruncated, len);
-            return Ok(xdp_action::XDP_DROP);
+            return xdp_action::XDP_DROP;
         }
         Err(ChainError::NotOurs(reason)) => {
             if let Some(reason) = reason {
                 stats::reason(reason, len);
             }
-            return Ok(xdp_action::XDP_PASS);
+            return xdp_action::XDP_PASS;
         }
     };
     let Some(behavior) = Behavior::from_u32(sid.behavior) else {
         stats::reason(Reason::UnknownBehavior, len);
-        return Ok(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     };
     let packet = Packet {
         ctx,
@@ -102,7 +102,7 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> Result<u32, 
         Behavior::End | Behavior::EndX => transit(&packet, &chain, &sid, behavior),
         _ => decapsulate(&packet, &chain, &sid, behavior),
     };
-    Ok(icmp_error::answer(ctx, l2.l3, verdict))
+    icmp_error::answer(ctx, l2.l3, verdict)
 }
 
 /// Walks the extension headers up to the upper layer, remembering the SRH.

@@ -4,8 +4,9 @@
 //!   cpn_steer     parse → service → affinity / ring → node → H.Encaps(.Red) → FIB → redirect
 //!   cpn_endpoint  parse → local SID → End / End.X / End.DX* / End.DT* → FIB → redirect | pass
 //! ```
-//! Entry points stay thin: each calls a `try_*` function and turns an internal fault into
-//! `XDP_ABORTED` (visible in the `xdp:xdp_exception` tracepoint), never into a silent pass.
+//! Entry points stay thin. Where something that cannot fail on a verified program fails anyway
+//! (a resize, a bounds check after one), the code returns `XDP_ABORTED` on the spot (visible in
+//! the `xdp:xdp_exception` tracepoint), never a silent pass.
 #![no_std]
 #![no_main]
 
@@ -22,7 +23,7 @@ mod steer;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use cpn_common::{headers::ether_type, stats::ProtoCounter};
 
-use crate::{parse::L2, stats::Fault};
+use crate::parse::L2;
 
 /// Hop limit of the headers we create (outer IPv6, ICMP errors); a load-time global the agent
 /// may override.
@@ -37,18 +38,12 @@ fn hop_limit() -> u8 {
 
 #[xdp]
 pub fn cpn_steer(ctx: XdpContext) -> u32 {
-    match try_steer(&ctx) {
-        Ok(action) => action,
-        Err(Fault) => xdp_action::XDP_ABORTED,
-    }
+    steer_entry(&ctx)
 }
 
 #[xdp]
 pub fn cpn_endpoint(ctx: XdpContext) -> u32 {
-    match try_endpoint(&ctx) {
-        Ok(action) => action,
-        Err(Fault) => xdp_action::XDP_ABORTED,
-    }
+    endpoint_entry(&ctx)
 }
 
 /// The ingress interface, read once at entry: LLVM may otherwise split the context field
@@ -60,19 +55,19 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_steer(ctx: &XdpContext) -> Result<u32, Fault> {
+fn steer_entry(ctx: &XdpContext) -> u32 {
     let ifindex = ingress_ifindex(ctx);
     let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     };
-    Ok(icmp::answer(ctx, l2.l3, steer::run(ctx, &l2, ifindex)))
+    icmp::answer(ctx, l2.l3, steer::run(ctx, &l2, ifindex))
 }
 
 #[inline(always)]
-fn try_endpoint(ctx: &XdpContext) -> Result<u32, Fault> {
+fn endpoint_entry(ctx: &XdpContext) -> u32 {
     let ifindex = ingress_ifindex(ctx);
     let Some(l2) = count_l2(ctx, &maps::ENDPOINT_PROTO) else {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     };
     // The endpoint only needs the fixed IPv6 header to find its SIDs; count by it.
     let proto = match l2.ether_type {
@@ -91,7 +86,7 @@ fn try_endpoint(ctx: &XdpContext) -> Result<u32, Fault> {
     };
     count(&maps::ENDPOINT_PROTO, proto, ctx);
     if proto != ProtoCounter::Ipv6 {
-        return Ok(xdp_action::XDP_PASS);
+        return xdp_action::XDP_PASS;
     }
     endpoint::endpoint(ctx, &l2, ifindex)
 }

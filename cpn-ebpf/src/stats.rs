@@ -5,10 +5,6 @@ use cpn_common::stats::{Counter, Reason};
 
 use crate::maps::REASON_STATS;
 
-/// An internal fault that must never happen on a verified program (e.g. a counter index out of
-/// range); the entry point turns it into `XDP_ABORTED`.
-pub struct Fault;
-
 #[inline(always)]
 pub fn add<const N: usize>(counters: &PerCpuArray<Counter, N>, index: u32, bytes: u64) {
     if let Some(slot) = counters.get_ptr_mut(index) {

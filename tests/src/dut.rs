@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::Result;
 
 use crate::{
+    fixture::Runner,
     lab::{Lab, NetnsGuard},
     packet::{CLIENT_MAC, ROUTER_MAC},
 };
@@ -129,5 +130,27 @@ impl Dut {
     /// Enters the dut's namespace on this thread (FIB lookups of test runs happen there).
     pub fn enter(&self) -> Result<NetnsGuard> {
         self.lab.node("dut")?.enter()
+    }
+}
+
+/// A fresh `Dut`, this thread inside it, and a data plane whose test packets arrive on the
+/// interface `arriving_on` picks. Fields drop in order: leave the namespace, then remove it.
+#[derive(Debug)]
+pub struct DutRunner {
+    pub runner: Runner,
+    _inside: NetnsGuard,
+    pub dut: Dut,
+}
+
+impl DutRunner {
+    pub fn new(arriving_on: impl FnOnce(&Dut) -> u32) -> Result<Self> {
+        let dut = Dut::new()?;
+        let inside = dut.enter()?;
+        let runner = Runner::new()?.arriving_on(arriving_on(&dut));
+        Ok(Self {
+            runner,
+            _inside: inside,
+            dut,
+        })
     }
 }

@@ -8,6 +8,7 @@ use std::fmt::{self, Write as _};
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions};
 use cpn_agent::dataplane::{Dataplane, Pinning, Program, ProtoStats};
+use cpn_common::stats::Reason;
 
 /// Room for headers a program may push in front of the packet.
 const OUTPUT_HEADROOM: usize = 512;
@@ -130,6 +131,37 @@ impl Runner {
             action: result.return_value.into(),
             output,
         })
+    }
+
+    /// Runs a table of fixtures and panics with every failure at once. Outputs that differ from
+    /// their input are also decoded by etherparse ([`crate::packet::verify`]), so a fixture
+    /// cannot pass by agreeing with a wrong expectation of ours.
+    pub fn check_table(&self, fixtures: &[Fixture]) {
+        let mut failures = Vec::new();
+        for f in fixtures {
+            if let Err(e) = self.check(f) {
+                failures.push(format!("{e:#}"));
+            } else if f.expect.output != f.input
+                && let Err(e) = crate::packet::verify(&f.expect.output)
+            {
+                failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} fixtures failed:\n{}",
+            failures.len(),
+            fixtures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// Packets counted under `reason` so far.
+    pub fn reason_packets(&self, reason: Reason) -> u64 {
+        self.dataplane
+            .counter(cpn_common::maps::REASON_STATS, reason as u32)
+            .expect("reason counter")
+            .packets
     }
 
     /// Runs a fixture and compares; the error shows a hex diff of the bytes.

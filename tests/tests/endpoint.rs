@@ -11,9 +11,10 @@ use cpn_agent::dataplane::{Program, SidBehavior};
 use cpn_common::stats::Reason;
 use cpn_tests::{
     dut::{
-        CLIENT4, CLIENT6, CORE_MAC, Dut, LOCAL_SERVICE4, LOCAL_SERVICE6, NEXT_HOP_MAC, NEXT_HOP6,
+        CLIENT4, CLIENT6, CORE_MAC, DutRunner, LOCAL_SERVICE4, LOCAL_SERVICE6, NEXT_HOP_MAC,
+        NEXT_HOP6,
     },
-    fixture::{Fixture, Outcome, Runner, XdpAction},
+    fixture::{Fixture, Outcome, XdpAction},
     packet::{self, CLIENT_MAC, Encap, ROUTER_MAC},
 };
 use etherparse::{
@@ -35,26 +36,17 @@ const DT46: &str = "fc00:e::46";
 const DX6: &str = "fc00:e::a6";
 const DX4: &str = "fc00:e::a4";
 
-struct Bench {
-    runner: Runner,
-    _inside: cpn_tests::lab::NetnsGuard,
-    _dut: Dut,
-}
-
-fn bench() -> Bench {
-    let dut = Dut::new().expect("build the dut namespace");
-    let inside = dut.enter().expect("enter the dut namespace");
-    let mut runner = Runner::new()
-        .expect("load the data plane")
-        .arriving_on(dut.eth1);
-    let dp = runner.dataplane();
+fn bench() -> DutRunner {
+    let mut bench = DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane");
+    let (eth0, eth1) = (bench.dut.eth0, bench.dut.eth1);
+    let dp = bench.runner.dataplane();
     let sids = [
         (END, SidBehavior::End),
         (
             END_X,
             SidBehavior::EndX {
                 nexthop: NEXT_HOP6,
-                oif: dut.eth1,
+                oif: eth1,
             },
         ),
         (DT6, SidBehavior::EndDt6 { table: 0 }),
@@ -64,25 +56,21 @@ fn bench() -> Bench {
             DX6,
             SidBehavior::EndDx6 {
                 nexthop: CLIENT6,
-                oif: dut.eth0,
+                oif: eth0,
             },
         ),
         (
             DX4,
             SidBehavior::EndDx4 {
                 nexthop: CLIENT4,
-                oif: dut.eth0,
+                oif: eth0,
             },
         ),
     ];
     for (index, (sid, behavior)) in (0..).zip(sids) {
         dp.set_sid(a(sid), behavior, index).unwrap();
     }
-    Bench {
-        runner,
-        _inside: inside,
-        _dut: dut,
-    }
+    bench
 }
 
 /// An inner IPv6/UDP packet (no link layer).
@@ -172,40 +160,6 @@ fn fixture(name: &str, input: Vec<u8>, action: XdpAction, output: Vec<u8>) -> Fi
         input,
         expect: Outcome { action, output },
     }
-}
-
-fn run_all(bench: &Bench, fixtures: &[Fixture]) {
-    let mut failures = Vec::new();
-    for f in fixtures {
-        if let Err(e) = bench.runner.check(f) {
-            failures.push(format!("{e:#}"));
-        } else if f.expect.output != f.input
-            && f.expect.action != XdpAction::Drop
-            && let Err(e) = packet::verify(&f.expect.output)
-        {
-            failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        fixtures.len(),
-        failures.join("\n")
-    );
-}
-
-fn reason(bench: &Bench, which: Reason) -> u64 {
-    bench
-        .runner
-        .dataplane_ref()
-        .reason_stats()
-        .unwrap()
-        .iter()
-        .find(|(r, _)| *r == which)
-        .unwrap()
-        .1
-        .packets
 }
 
 #[test]
@@ -308,7 +262,7 @@ fn behaviours() {
             )),
         ),
     ];
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
     let dp = bench.runner.dataplane_ref();
     // SID counters: End (index 0) saw two packets.
     assert_eq!(
@@ -476,13 +430,16 @@ fn errors_follow_rfc_8754() {
             &ttl_1.split_off(14 + 40 + 24),
         ),
     ));
-    run_all(&bench, &fixtures);
-    assert_eq!(reason(&bench, Reason::HopLimitExceeded), 2);
-    assert_eq!(reason(&bench, Reason::SrhMalformed), 2);
-    assert_eq!(reason(&bench, Reason::UpperLayerUnsupported), 2);
-    assert_eq!(reason(&bench, Reason::SegmentsLeftNotZero), 1);
-    assert_eq!(reason(&bench, Reason::UnknownRoutingType), 1);
-    assert_eq!(reason(&bench, Reason::InnerHopLimitExpired), 1);
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::HopLimitExceeded), 2);
+    assert_eq!(bench.runner.reason_packets(Reason::SrhMalformed), 2);
+    assert_eq!(
+        bench.runner.reason_packets(Reason::UpperLayerUnsupported),
+        2
+    );
+    assert_eq!(bench.runner.reason_packets(Reason::SegmentsLeftNotZero), 1);
+    assert_eq!(bench.runner.reason_packets(Reason::UnknownRoutingType), 1);
+    assert_eq!(bench.runner.reason_packets(Reason::InnerHopLimitExpired), 1);
 }
 
 #[test]
@@ -504,9 +461,9 @@ fn every_truncation_of_the_srh_is_dropped() {
             )
         })
         .collect();
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
     assert_eq!(
-        reason(&bench, Reason::SrhTruncated),
+        bench.runner.reason_packets(Reason::SrhTruncated),
         u64::try_from(srh_end - 54).unwrap()
     );
 }
@@ -529,5 +486,5 @@ fn truncated_ipv6_headers_pass_untouched() {
             )
         })
         .collect();
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
 }

@@ -161,6 +161,27 @@ fn tcp_exchange(lab: &mut Lab, node: &str, listen: &str, vip: &str, port: u16) -
     Ok(())
 }
 
+/// Steers both VIPs with our encapsulation towards `segments`, then pings `vip` and runs a
+/// TCP exchange with it (served on `serving`), all through `cpn_steer`.
+fn through_our_encap(
+    lab: &mut Lab,
+    segments: &[&str],
+    reduced: bool,
+    vip: &str,
+    serving: &str,
+    port: u16,
+) -> Result<()> {
+    let (dp, _receiver) = steer(lab, segments, reduced)?;
+    ping(lab, vip)?;
+    tcp_exchange(lab, serving, vip, vip, port)?;
+    let steered = packets(&dp, maps::NODE_STATS, 1)?;
+    ensure!(
+        steered >= 6,
+        "only {steered} packets went through cpn_steer"
+    );
+    Ok(())
+}
+
 fn packets(dp: &Dataplane, map: &'static str, index: u32) -> Result<u64> {
     Ok(dp.counter(map, index)?.packets)
 }
@@ -183,14 +204,7 @@ fn our_encap_to_linux_end_dt6() -> Result<()> {
         "dev",
         "eth0",
     ])?;
-    let (dp, _receiver) = steer(&lab, &["fc00:c::d6"], false)?;
-    ping(&lab, VIP6)?;
-    tcp_exchange(&mut lab, "compute", VIP6, VIP6, 8061)?;
-    ensure!(
-        packets(&dp, maps::NODE_STATS, 1)? >= 3 + 3,
-        "the pings and the TCP segments went through cpn_steer"
-    );
-    Ok(())
+    through_our_encap(&mut lab, &["fc00:c::d6"], false, VIP6, "compute", 8061)
 }
 
 #[test]
@@ -211,11 +225,7 @@ fn our_reduced_encap_to_linux_end_dt6() -> Result<()> {
         "dev",
         "eth0",
     ])?;
-    let (dp, _receiver) = steer(&lab, &["fc00:c::d6"], true)?;
-    ping(&lab, VIP6)?;
-    tcp_exchange(&mut lab, "compute", VIP6, VIP6, 8062)?;
-    ensure!(packets(&dp, maps::NODE_STATS, 1)? >= 6);
-    Ok(())
+    through_our_encap(&mut lab, &["fc00:c::d6"], true, VIP6, "compute", 8062)
 }
 
 #[test]
@@ -241,11 +251,7 @@ fn our_encap_to_linux_end_dx6() -> Result<()> {
         "dev",
         "eth1",
     ])?;
-    let (dp, _receiver) = steer(&lab, &["fc00:c::a6"], false)?;
-    ping(&lab, VIP6)?;
-    tcp_exchange(&mut lab, "server", VIP6, VIP6, 8063)?;
-    ensure!(packets(&dp, maps::NODE_STATS, 1)? >= 6);
-    Ok(())
+    through_our_encap(&mut lab, &["fc00:c::a6"], false, VIP6, "server", 8063)
 }
 
 /// Linux's End.DT4 needs a VRF, which this kernel lacks (`CONFIG_NET_VRF`), so the IPv4 test
@@ -272,11 +278,7 @@ fn ipv4_client_through_our_encap_to_linux_end_dx4() -> Result<()> {
         "dev",
         "eth1",
     ])?;
-    let (dp, _receiver) = steer(&lab, &["fc00:c::a4"], false)?;
-    ping(&lab, VIP4)?;
-    tcp_exchange(&mut lab, "server", VIP4, VIP4, 8064)?;
-    ensure!(packets(&dp, maps::NODE_STATS, 1)? >= 6);
-    Ok(())
+    through_our_encap(&mut lab, &["fc00:c::a4"], false, VIP4, "server", 8064)
 }
 
 /// Linux encapsulates IPv4 (`encap seg6` on an IPv4 route); `cpn_endpoint` decapsulates with
@@ -340,11 +342,14 @@ fn three_segments_through_linux_end_sids() -> Result<()> {
         "dev",
         "eth0",
     ])?;
-    let (dp, _receiver) = steer(&lab, &["fc00:7::1", "fc00:7::2", "fc00:c::d6"], false)?;
-    ping(&lab, VIP6)?;
-    tcp_exchange(&mut lab, "compute", VIP6, VIP6, 8065)?;
-    ensure!(packets(&dp, maps::NODE_STATS, 1)? >= 6);
-    Ok(())
+    through_our_encap(
+        &mut lab,
+        &["fc00:7::1", "fc00:7::2", "fc00:c::d6"],
+        false,
+        VIP6,
+        "compute",
+        8065,
+    )
 }
 
 /// Linux encapsulates (`encap seg6`, both modes); `cpn_endpoint` decapsulates with End.DT6.

@@ -15,8 +15,8 @@ use cpn_common::{
     stats::{ProtoCounter, Reason},
 };
 use cpn_tests::{
-    dut::{CLIENT4, CLIENT6, CORE_MAC, Dut, SMALL_MTU},
-    fixture::{Fixture, Outcome, Runner, XdpAction},
+    dut::{CLIENT4, CLIENT6, CORE_MAC, DutRunner, SMALL_MTU},
+    fixture::{Fixture, Outcome, XdpAction},
     packet::{self, CLIENT_MAC, Encap, Frame, ROUTER_MAC},
 };
 
@@ -87,20 +87,9 @@ fn services() -> Vec<(ServiceAddr, u32, Vec<u32>)> {
     ]
 }
 
-struct Bench {
-    // Field order is drop order: leave the namespace before the lab goes away.
-    runner: Runner,
-    _inside: cpn_tests::lab::NetnsGuard,
-    _dut: Dut,
-}
-
-fn bench() -> Bench {
-    let dut = Dut::new().expect("build the dut namespace");
-    let inside = dut.enter().expect("enter the dut namespace");
-    let mut runner = Runner::new()
-        .expect("load the data plane")
-        .arriving_on(dut.eth0);
-    let dp = runner.dataplane();
+fn bench() -> DutRunner {
+    let mut bench = DutRunner::new(|dut| dut.eth0).expect("a fixture namespace and data plane");
+    let dp = bench.runner.dataplane();
     for (id, segments, reduced) in nodes() {
         let state = if id == 9 {
             NodeState::Down
@@ -123,11 +112,7 @@ fn bench() -> Bench {
             .unwrap();
         dp.publish_ring(id, &ring).unwrap();
     }
-    Bench {
-        runner,
-        _inside: inside,
-        _dut: dut,
-    }
+    bench
 }
 
 /// The flow label cpn derives from a flow (the shared hash; ports 0 for fragments).
@@ -216,28 +201,6 @@ fn untouched(name: &str, input: Vec<u8>) -> Fixture {
 }
 
 /// Runs the fixtures; checks every output with etherparse too.
-fn run_all(bench: &Bench, fixtures: &[Fixture]) {
-    let mut failures = Vec::new();
-    for f in fixtures {
-        if let Err(e) = bench.runner.check(f) {
-            failures.push(format!("{e:#}"));
-            continue;
-        }
-        if (f.expect.action != XdpAction::Pass || f.expect.output != f.input)
-            && let Err(e) = packet::verify(&f.expect.output)
-        {
-            failures.push(format!("fixture `{}`: output does not decode: {e}", f.name));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        fixtures.len(),
-        failures.join("\n")
-    );
-}
-
 #[test]
 fn encapsulation_table() {
     let bench = bench();
@@ -356,14 +319,13 @@ fn encapsulation_table() {
         ),
         untouched("arp", Frame::ethernet().arp_request(CLIENT4, svc4(1))),
     ];
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
     let dp = bench.runner.dataplane_ref();
     assert_eq!(
         dp.counter(cpn_common::maps::NODE_STATS, 3).unwrap().packets,
         2
     );
-    let reasons = dp.reason_stats().unwrap();
-    let count = |r: Reason| reasons.iter().find(|(x, _)| *x == r).unwrap().1.packets;
+    let count = |r| bench.runner.reason_packets(r);
     assert_eq!(count(Reason::FibNoNeighbour), 1);
     assert_eq!(count(Reason::FibNoRoute), 1);
     assert_eq!(count(Reason::NoUsableNode), 2);
@@ -415,7 +377,7 @@ fn mtu_table() {
         ),
         untouched("ipv4 without DF over the MTU goes to the kernel", no_df),
     ];
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
 }
 
 fn set_df(frame: &mut [u8], df: bool) {
@@ -464,17 +426,8 @@ fn fragments_follow_their_first_fragment() {
             label_v4,
         ),
     ];
-    run_all(&bench, &fixtures);
-    let reasons = bench.runner.dataplane_ref().reason_stats().unwrap();
-    assert_eq!(
-        reasons
-            .iter()
-            .find(|(r, _)| *r == Reason::Fragment)
-            .unwrap()
-            .1
-            .packets,
-        4
-    );
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::Fragment), 4);
 }
 
 #[test]
@@ -517,7 +470,7 @@ fn every_truncation_passes_untouched() {
             hop_by_hop[..14 + 40 + cut].to_vec(),
         ));
     }
-    run_all(&bench, &fixtures);
+    bench.runner.check_table(&fixtures);
     let dp = bench.runner.dataplane_ref();
     // Headers cut before the parser has what it needs count as malformed: every IPv6 and
     // IPv4 cut, every VLAN cut, and hop-by-hop cuts before its length byte. Cuts after that
@@ -529,16 +482,7 @@ fn every_truncation_passes_untouched() {
             .packets,
         40 + 20 + 4 + 2
     );
-    let reasons = dp.reason_stats().unwrap();
-    assert_eq!(
-        reasons
-            .iter()
-            .find(|(r, _)| *r == Reason::Truncated)
-            .unwrap()
-            .1
-            .packets,
-        4 + 6
-    );
+    assert_eq!(bench.runner.reason_packets(Reason::Truncated), 4 + 6);
 }
 
 #[test]
@@ -563,10 +507,9 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
     let flow = udp6(service, 10);
     let label = label6(service);
     // Miss: the ring picks node 2 and the flow is remembered.
-    run_all(
-        &bench,
-        &[redirect("affinity miss: ring", flow.clone(), 2, label)],
-    );
+    bench
+        .runner
+        .check_table(&[redirect("affinity miss: ring", flow.clone(), 2, label)]);
     // The ring now says node 1; the flow stays on node 2, and so does an ICMP error about it.
     bench.runner.dataplane().publish_ring(20, &[1]).unwrap();
     let quoted = Frame::ethernet().ipv6_udp(service, CLIENT6, (443, 40000), &[1; 16]);
@@ -582,39 +525,26 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
     );
     error[14 + 7] = 60; // arrives after a few hops
     let error_label = flow_label(CLIENT6.into(), service.into(), 17, (40000, 443));
-    run_all(
-        &bench,
-        &[
-            redirect("affinity hit: stays on its node", flow.clone(), 2, label),
-            redirect("icmp error follows its flow", error.clone(), 2, error_label),
-            redirect(
-                "new flow takes the new ring",
-                udp6_from(service, 40009),
-                1,
-                flow_label(CLIENT6.into(), service.into(), 17, (40009, 443)),
-            ),
-        ],
-    );
+    bench.runner.check_table(&[
+        redirect("affinity hit: stays on its node", flow.clone(), 2, label),
+        redirect("icmp error follows its flow", error.clone(), 2, error_label),
+        redirect(
+            "new flow takes the new ring",
+            udp6_from(service, 40009),
+            1,
+            flow_label(CLIENT6.into(), service.into(), 17, (40009, 443)),
+        ),
+    ]);
     // Node 2 dies: its flows re-hash onto the ring.
     bench
         .runner
         .dataplane()
         .set_node_state(2, NodeState::Down)
         .unwrap();
-    run_all(
-        &bench,
-        &[redirect("dead node: flow re-hashed", flow, 1, label)],
-    );
-    let reasons = bench.runner.dataplane_ref().reason_stats().unwrap();
-    assert_eq!(
-        reasons
-            .iter()
-            .find(|(r, _)| *r == Reason::IcmpErrorFollowed)
-            .unwrap()
-            .1
-            .packets,
-        1
-    );
+    bench
+        .runner
+        .check_table(&[redirect("dead node: flow re-hashed", flow, 1, label)]);
+    assert_eq!(bench.runner.reason_packets(Reason::IcmpErrorFollowed), 1);
 }
 
 fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {
@@ -648,16 +578,13 @@ fn extension_headers_and_ipv4_icmp_errors() {
         .write(&mut error, &quoted[14..])
         .unwrap();
     let error = packet::ethernet(&error, 0x0800);
-    run_all(
-        &bench,
-        &[
-            redirect(
-                "ports found after a hop-by-hop header",
-                hop_by_hop,
-                2,
-                label6(svc6(2)),
-            ),
-            redirect("icmpv4 error follows its flow", error, 1, label4(svc4(1))),
-        ],
-    );
+    bench.runner.check_table(&[
+        redirect(
+            "ports found after a hop-by-hop header",
+            hop_by_hop,
+            2,
+            label6(svc6(2)),
+        ),
+        redirect("icmpv4 error follows its flow", error, 1, label4(svc4(1))),
+    ]);
 }
