@@ -299,6 +299,15 @@ impl Node {
             .with_context(|| format!("running {argv:?} in node {}", self.name))
     }
 
+    /// Runs `ip` with whitespace-separated `args`, e.g.
+    /// `node.ip("-6 route add fc00::d6/128 encap seg6local action End.DT6 table 255 dev eth0")`.
+    pub fn ip(&self, args: &str) -> Result<Output> {
+        let command: Vec<&str> = std::iter::once("ip")
+            .chain(args.split_whitespace())
+            .collect();
+        self.run(&command)
+    }
+
     /// Adds an address (`2001:db8::1/64` or `10.0.0.1/24`) to an interface. IPv6 addresses skip
     /// duplicate address detection so they are usable at once.
     pub fn add_address(&self, interface: &str, address: &str) -> Result<()> {

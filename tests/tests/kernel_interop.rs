@@ -189,42 +189,16 @@ fn packets(dp: &Dataplane, map: &'static str, index: u32) -> Result<u64> {
 #[test]
 fn our_encap_to_linux_end_dt6() -> Result<()> {
     let mut lab = topology("to-dt6")?;
-    lab.node("compute")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "fc00:c::d6/128",
-        "encap",
-        "seg6local",
-        "action",
-        "End.DT6",
-        "table",
-        "255",
-        "dev",
-        "eth0",
-    ])?;
+    lab.node("compute")?
+        .ip("-6 route add fc00:c::d6/128 encap seg6local action End.DT6 table 255 dev eth0")?;
     through_our_encap(&mut lab, &["fc00:c::d6"], false, VIP6, "compute", 8061)
 }
 
 #[test]
 fn our_reduced_encap_to_linux_end_dt6() -> Result<()> {
     let mut lab = topology("to-dt6-red")?;
-    lab.node("compute")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "fc00:c::d6/128",
-        "encap",
-        "seg6local",
-        "action",
-        "End.DT6",
-        "table",
-        "255",
-        "dev",
-        "eth0",
-    ])?;
+    lab.node("compute")?
+        .ip("-6 route add fc00:c::d6/128 encap seg6local action End.DT6 table 255 dev eth0")?;
     through_our_encap(&mut lab, &["fc00:c::d6"], true, VIP6, "compute", 8062)
 }
 
@@ -233,24 +207,12 @@ fn our_encap_to_linux_end_dx6() -> Result<()> {
     let mut lab = topology("to-dx6")?;
     // End.DX6 hands the inner packet to a next hop: here the VIP lives on the server.
     lab.node("compute")?
-        .run(&["ip", "addr", "del", &format!("{VIP6}/128"), "dev", "lo"])?;
+        .ip(&format!("addr del {VIP6}/128 dev lo"))?;
     lab.node("server")?
         .add_address("lo", &format!("{VIP6}/128"))?;
-    lab.node("compute")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "fc00:c::a6/128",
-        "encap",
-        "seg6local",
-        "action",
-        "End.DX6",
-        "nh6",
-        "2001:db8:4::2",
-        "dev",
-        "eth1",
-    ])?;
+    lab.node("compute")?.ip(
+        "-6 route add fc00:c::a6/128 encap seg6local action End.DX6 nh6 2001:db8:4::2 dev eth1",
+    )?;
     through_our_encap(&mut lab, &["fc00:c::a6"], false, VIP6, "server", 8063)
 }
 
@@ -260,24 +222,11 @@ fn our_encap_to_linux_end_dx6() -> Result<()> {
 fn ipv4_client_through_our_encap_to_linux_end_dx4() -> Result<()> {
     let mut lab = topology("to-dx4")?;
     lab.node("compute")?
-        .run(&["ip", "addr", "del", &format!("{VIP4}/32"), "dev", "lo"])?;
+        .ip(&format!("addr del {VIP4}/32 dev lo"))?;
     lab.node("server")?
         .add_address("lo", &format!("{VIP4}/32"))?;
-    lab.node("compute")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "fc00:c::a4/128",
-        "encap",
-        "seg6local",
-        "action",
-        "End.DX4",
-        "nh4",
-        "10.0.4.2",
-        "dev",
-        "eth1",
-    ])?;
+    lab.node("compute")?
+        .ip("-6 route add fc00:c::a4/128 encap seg6local action End.DX4 nh4 10.0.4.2 dev eth1")?;
     through_our_encap(&mut lab, &["fc00:c::a4"], false, VIP4, "server", 8064)
 }
 
@@ -286,20 +235,9 @@ fn ipv4_client_through_our_encap_to_linux_end_dx4() -> Result<()> {
 #[test]
 fn ipv4_linux_encap_to_our_end_dt4() -> Result<()> {
     let mut lab = topology("from-encap-v4")?;
-    lab.node("ingress")?.run(&[
-        "ip",
-        "route",
-        "add",
-        &format!("{VIP4}/32"),
-        "encap",
-        "seg6",
-        "mode",
-        "encap",
-        "segs",
-        "fc00:c::d4",
-        "dev",
-        "eth1",
-    ])?;
+    lab.node("ingress")?.ip(&format!(
+        "route add {VIP4}/32 encap seg6 mode encap segs fc00:c::d4 dev eth1"
+    ))?;
     let mut endpoint = attach(&lab, "compute", Program::Endpoint, "eth0")?;
     endpoint.set_sid("fc00:c::d4".parse()?, SidBehavior::EndDt4 { table: 0 }, 4)?;
     ping(&lab, VIP4)?;
@@ -313,35 +251,12 @@ fn three_segments_through_linux_end_sids() -> Result<()> {
     let mut lab = topology("three-segments")?;
     let transit = lab.node("transit")?;
     for sid in ["fc00:7::1/128", "fc00:7::2/128"] {
-        transit.run(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            sid,
-            "encap",
-            "seg6local",
-            "action",
-            "End",
-            "dev",
-            "eth0",
-        ])?;
+        transit.ip(&format!(
+            "-6 route add {sid} encap seg6local action End dev eth0"
+        ))?;
     }
-    lab.node("compute")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "fc00:c::d6/128",
-        "encap",
-        "seg6local",
-        "action",
-        "End.DT6",
-        "table",
-        "255",
-        "dev",
-        "eth0",
-    ])?;
+    lab.node("compute")?
+        .ip("-6 route add fc00:c::d6/128 encap seg6local action End.DT6 table 255 dev eth0")?;
     through_our_encap(
         &mut lab,
         &["fc00:7::1", "fc00:7::2", "fc00:c::d6"],
@@ -355,21 +270,9 @@ fn three_segments_through_linux_end_sids() -> Result<()> {
 /// Linux encapsulates (`encap seg6`, both modes); `cpn_endpoint` decapsulates with End.DT6.
 fn linux_encap_then_our_decap(mode: &str, port: u16) -> Result<()> {
     let mut lab = topology(&format!("from-{mode}"))?;
-    lab.node("ingress")?.run(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        &format!("{VIP6}/128"),
-        "encap",
-        "seg6",
-        "mode",
-        mode,
-        "segs",
-        "fc00:c::d6",
-        "dev",
-        "eth1",
-    ])?;
+    lab.node("ingress")?.ip(&format!(
+        "-6 route add {VIP6}/128 encap seg6 mode {mode} segs fc00:c::d6 dev eth1"
+    ))?;
     let mut endpoint = attach(&lab, "compute", Program::Endpoint, "eth0")?;
     endpoint.set_sid("fc00:c::d6".parse()?, SidBehavior::EndDt6 { table: 0 }, 7)?;
     ping(&lab, VIP6)?;
