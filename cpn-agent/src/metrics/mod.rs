@@ -1,0 +1,149 @@
+//! Compute metrics (the CATS C-SMA): L0 samples as the host and its services report them, each
+//! with its unit, source, statistic and timestamp so that a receiver can judge them.
+
+pub mod host;
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// The three kinds of compute (CPN survey): logical (CPU, TOPS), parallel (GPU, FLOPS), neural
+/// (NPU/TPU, FLOPS). Capacities are stored in operations per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeKind {
+    Cpu,
+    Gpu,
+    Npu,
+}
+
+impl ComputeKind {
+    pub const ALL: [Self; 3] = [Self::Cpu, Self::Gpu, Self::Npu];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::Npu => "npu",
+        }
+    }
+}
+
+/// How a value was obtained (CATS metric draft, "Source").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Nominal,
+    Measured,
+    Estimated,
+    Aggregated,
+}
+
+/// The statistic a value is (CATS metric draft, "Statistics").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistic {
+    Cur,
+    Mean,
+    Max,
+    Min,
+}
+
+/// Units of the L0 metrics cpn knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Operations per second (TOPS and FLOPS scaled to 1).
+    OpsPerSecond,
+    /// A fraction in 0..=1 (utilisation, loss).
+    Ratio,
+    /// Run-queue length (load average).
+    Tasks,
+    Bytes,
+    /// Requests in flight or queued.
+    Requests,
+    Watts,
+    /// Price per hour of compute, in the operator's currency.
+    PricePerHour,
+    Milliseconds,
+}
+
+/// One L0 value.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub value: f64,
+    pub unit: Unit,
+    pub source: Source,
+    pub statistic: Statistic,
+    /// When it was measured or last confirmed.
+    pub at: SystemTime,
+}
+
+impl Sample {
+    pub fn nominal(value: f64, unit: Unit, at: SystemTime) -> Self {
+        Self {
+            value,
+            unit,
+            source: Source::Nominal,
+            statistic: Statistic::Cur,
+            at,
+        }
+    }
+
+    pub fn measured(value: f64, unit: Unit, at: SystemTime) -> Self {
+        Self {
+            value,
+            unit,
+            source: Source::Measured,
+            statistic: Statistic::Cur,
+            at,
+        }
+    }
+}
+
+/// Capacity of one compute kind: what the node has, and what is free now.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub total: Sample,
+    pub free: Sample,
+}
+
+/// Everything a node reports about its compute, for one service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// Per kind; kinds the node lacks are absent.
+    pub capacity: Vec<(ComputeKind, Capacity)>,
+    pub cpu_utilisation: Option<Sample>,
+    pub load_average: Option<Sample>,
+    pub memory_available: Option<Sample>,
+    /// Requests the service has in flight or queued, and how many it takes at most.
+    pub in_flight: Option<Sample>,
+    pub max_in_flight: Option<f64>,
+    pub power: Option<Sample>,
+    pub price: Option<Sample>,
+}
+
+impl NodeMetrics {
+    pub fn capacity(&self, kind: ComputeKind) -> Option<&Capacity> {
+        self.capacity
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| c)
+    }
+
+    /// The oldest timestamp among the samples that selection uses: the metrics are as fresh
+    /// as their stalest part.
+    pub fn oldest(&self) -> Option<SystemTime> {
+        let samples = self
+            .capacity
+            .iter()
+            .flat_map(|(_, c)| [c.total.at, c.free.at])
+            .chain(
+                [&self.cpu_utilisation, &self.in_flight]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.at),
+            );
+        samples.min()
+    }
+}
