@@ -5,13 +5,18 @@
 use std::{
     collections::HashMap,
     fmt,
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dataplane::{AttachMode, Pinning, Program, default_pin_dir};
+use crate::{
+    dataplane::{AttachMode, Pinning, Program, default_pin_dir},
+    metrics::ComputeKind,
+    selection::Objective,
+};
 
 /// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
@@ -25,6 +30,21 @@ pub struct Config {
     /// `[[interface]]` tables: which program runs on which interface.
     #[serde(rename = "interface", default)]
     pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub srv6: Srv6,
+    /// `[[service]]`: services this node serves (compute role).
+    #[serde(rename = "service", default)]
+    pub services: Vec<ServedService>,
+    /// `[[policy]]`: how this node steers a service (ingress role).
+    #[serde(rename = "policy", default)]
+    pub policies: Vec<PolicyConfig>,
+    /// `[[remote]]`: compute nodes known statically (no protocol needed).
+    #[serde(rename = "remote", default)]
+    pub remotes: Vec<RemoteNode>,
+    #[serde(default)]
+    pub selection: SelectionConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +52,18 @@ pub struct Config {
 pub struct Node {
     /// This node's name, as operators and other agents see it.
     pub name: String,
+    /// What this node does; informational for now, checked against what is configured.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Ingress,
+    Compute,
+    Transit,
+    Reflector,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +83,203 @@ pub struct Interface {
     /// `native` (default), `generic` or `offload`.
     #[serde(default)]
     pub mode: AttachMode,
+}
+
+/// `[srv6]`: this node's locator, encapsulation source and local SIDs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Srv6 {
+    /// The locator prefix this node's SIDs come from, e.g. `fc00:1::/48` (informational here;
+    /// BGP advertises it).
+    pub locator: Option<String>,
+    /// Outer source address of the packets this node encapsulates (ingress role).
+    pub source: Option<Ipv6Addr>,
+    #[serde(rename = "sid", default)]
+    pub sids: Vec<SidConfig>,
+}
+
+/// `[[srv6.sid]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidConfig {
+    pub sid: Ipv6Addr,
+    /// `End`, `End.X`, `End.DT6`, `End.DT4`, `End.DT46`, `End.DX6` or `End.DX4`.
+    pub behavior: Spanned<String>,
+    /// End.DT*: routing table of the inner lookup (default: the interface's).
+    pub table: Option<u32>,
+    /// End.X / End.DX*: the next hop.
+    pub nexthop: Option<Spanned<IpAddr>>,
+    /// End.X / End.DX*: the interface towards the next hop.
+    pub interface: Option<String>,
+}
+
+/// A transport protocol for service keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+}
+
+/// Capacity per compute kind, in operations per second (e.g. `2e12` for 2 TOPS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    #[serde(default)]
+    pub cpu: f64,
+    #[serde(default)]
+    pub gpu: f64,
+    #[serde(default)]
+    pub npu: f64,
+}
+
+impl CapacityConfig {
+    pub fn get(&self, kind: ComputeKind) -> f64 {
+        match kind {
+            ComputeKind::Cpu => self.cpu,
+            ComputeKind::Gpu => self.gpu,
+            ComputeKind::Npu => self.npu,
+        }
+    }
+}
+
+/// `[[service]]`: a service this node serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServedService {
+    /// The anycast address (also configure it on `lo`).
+    pub address: IpAddr,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+    /// The local SID that decapsulates its traffic (one of `[[srv6.sid]]`).
+    pub sid: Spanned<Ipv6Addr>,
+    pub capacity: CapacityConfig,
+    /// A file the service keeps rewriting with its number of requests in flight.
+    pub in_flight_file: Option<PathBuf>,
+    pub max_in_flight: Option<f64>,
+    pub power_watts: Option<f64>,
+    pub price_per_hour: Option<f64>,
+}
+
+/// `[[policy]]`: how the ingress steers one service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub service: IpAddr,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+    /// `cpu`, `gpu` or `npu`.
+    pub kind: ComputeKind,
+    /// 1 (over 1 PFLOPS) to 4 (anything); default 4.
+    #[serde(default = "default_grade")]
+    pub min_grade: Spanned<u8>,
+    pub max_latency_ms: Option<f64>,
+    /// Fraction 0..=1.
+    pub max_loss: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub objective: Objective,
+    /// Keep each flow on its node (default true).
+    #[serde(default = "yes")]
+    pub affinity: bool,
+    /// Forget a flow idle this long (default: when the table evicts it).
+    pub idle_timeout_s: Option<u64>,
+    /// Metrics older than this exclude a node (default 10 s).
+    pub max_metric_age_ms: Option<u64>,
+}
+
+fn default_grade() -> Spanned<u8> {
+    Spanned::new(0..0, 4)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[[remote]]`: a compute node known statically.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteNode {
+    pub name: String,
+    /// Segment list in travel order; the last is the node's decapsulating SID.
+    pub segments: Spanned<Vec<Ipv6Addr>>,
+    /// Use H.Encaps.Red.
+    #[serde(default)]
+    pub reduced: bool,
+    /// Path latency and loss as configured (probes measure them in a later version).
+    #[serde(default)]
+    pub latency_ms: f64,
+    #[serde(default)]
+    pub loss: f64,
+    /// Where its current metrics are published (the file a compute agent writes with
+    /// `[metrics] publish_file`); without it the node counts as idle at its nominal capacity.
+    pub metrics_file: Option<PathBuf>,
+    #[serde(rename = "service", default)]
+    pub services: Vec<RemoteService>,
+}
+
+/// `[[remote.service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteService {
+    pub address: IpAddr,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+    pub capacity: CapacityConfig,
+}
+
+/// `[selection]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectionConfig {
+    /// Maglev ring size: a prime, at most 65537.
+    pub ring_size: Spanned<u32>,
+    /// Share change of any node (0..1) below which the ring is not rewritten.
+    pub threshold: f64,
+    pub min_dwell_ms: u64,
+    /// Share of ring slots that may move per rewrite (0..=1).
+    pub max_churn: f64,
+    pub interval_ms: u64,
+}
+
+impl Default for SelectionConfig {
+    fn default() -> Self {
+        Self {
+            ring_size: Spanned::new(0..0, crate::selection::maglev::DEFAULT_RING_SIZE),
+            threshold: 0.05,
+            min_dwell_ms: 2000,
+            max_churn: 0.25,
+            interval_ms: 500,
+        }
+    }
+}
+
+/// `[metrics]`: how this node samples itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub interval_ms: u64,
+    /// Write this node's metrics (JSON) here after each sample, for static peers to read.
+    pub publish_file: Option<PathBuf>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 500,
+            publish_file: None,
+        }
+    }
 }
 
 impl Config {
@@ -138,7 +367,242 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             ));
         }
     }
+    validate(&config, &error)?;
     Ok(config)
+}
+
+/// The SRv6 behaviour a `[[srv6.sid]]` asks for, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SidSpec {
+    End,
+    EndX {
+        nexthop: Ipv6Addr,
+        interface: String,
+    },
+    EndDx6 {
+        nexthop: Ipv6Addr,
+        interface: String,
+    },
+    EndDx4 {
+        nexthop: std::net::Ipv4Addr,
+        interface: String,
+    },
+    EndDt6 {
+        table: u32,
+    },
+    EndDt4 {
+        table: u32,
+    },
+    EndDt46 {
+        table: u32,
+    },
+}
+
+const BEHAVIORS: &str = "End, End.X, End.DT6, End.DT4, End.DT46, End.DX6, End.DX4";
+
+impl SidConfig {
+    /// The checked behaviour, or what is wrong with it.
+    pub fn spec(&self) -> Result<SidSpec, String> {
+        let name = self.behavior.get_ref().as_str();
+        let table = self.table.unwrap_or(0);
+        let nexthop = self.nexthop.as_ref().map(|n| *n.get_ref());
+        let interface = || {
+            self.interface
+                .clone()
+                .ok_or_else(|| format!("{name} needs `interface` (towards its next hop)"))
+        };
+        let cross_connect = matches!(name, "End.X" | "End.DX6" | "End.DX4");
+        if !cross_connect && (nexthop.is_some() || self.interface.is_some()) {
+            return Err(format!(
+                "{name} takes no `nexthop` or `interface`; only End.X and End.DX* do"
+            ));
+        }
+        if !name.starts_with("End.DT") && self.table.is_some() {
+            return Err(format!("{name} takes no `table`; only End.DT4/6/46 do"));
+        }
+        Ok(match (name, nexthop) {
+            ("End", _) => SidSpec::End,
+            ("End.DT6", _) => SidSpec::EndDt6 { table },
+            ("End.DT4", _) => SidSpec::EndDt4 { table },
+            ("End.DT46", _) => SidSpec::EndDt46 { table },
+            ("End.X", Some(IpAddr::V6(nexthop))) => SidSpec::EndX {
+                nexthop,
+                interface: interface()?,
+            },
+            ("End.DX6", Some(IpAddr::V6(nexthop))) => SidSpec::EndDx6 {
+                nexthop,
+                interface: interface()?,
+            },
+            ("End.DX4", Some(IpAddr::V4(nexthop))) => SidSpec::EndDx4 {
+                nexthop,
+                interface: interface()?,
+            },
+            ("End.X" | "End.DX6", _) => return Err(format!("{name} needs an IPv6 `nexthop`")),
+            ("End.DX4", _) => return Err("End.DX4 needs an IPv4 `nexthop`".into()),
+            _ => return Err(format!("unknown behavior {name:?}: use one of {BEHAVIORS}")),
+        })
+    }
+}
+
+fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) -> Result<(), Error> {
+    validate_compute(config, error)?;
+    validate_ingress(config, error)?;
+    validate_selection(config, error)
+}
+
+/// `[[srv6.sid]]` and `[[service]]`.
+fn validate_compute(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    for sid in &config.srv6.sids {
+        sid.spec().map_err(|m| {
+            error(
+                Some(sid.behavior.span().start),
+                format!("[[srv6.sid]] {}: {m}", sid.sid),
+            )
+        })?;
+    }
+    for service in &config.services {
+        if !config
+            .srv6
+            .sids
+            .iter()
+            .any(|s| s.sid == *service.sid.get_ref())
+        {
+            return Err(error(
+                Some(service.sid.span().start),
+                format!(
+                    "[[service]] sid = \"{}\": not one of this node's [[srv6.sid]]; add it there \
+                     (e.g. behavior = \"End.DT6\") or use one of them",
+                    service.sid.get_ref()
+                ),
+            ));
+        }
+        let c = service.capacity;
+        if [c.cpu, c.gpu, c.npu]
+            .iter()
+            .any(|v| !v.is_finite() || *v < 0.0)
+            || c.cpu + c.gpu + c.npu <= 0.0
+        {
+            return Err(error(
+                Some(service.sid.span().start),
+                format!(
+                    "[[service]] {}: capacity needs at least one of cpu, gpu, npu > 0 (operations per second)",
+                    service.address
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[[policy]]` and `[[remote]]`.
+fn validate_ingress(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    let mut keys = std::collections::HashSet::new();
+    for policy in &config.policies {
+        let grade = *policy.min_grade.get_ref();
+        if !(1..=4).contains(&grade) {
+            return Err(error(
+                Some(policy.min_grade.span().start),
+                format!(
+                    "[[policy]] min_grade = {grade}: use 1 (over 1 PFLOPS), 2 (10 TFLOPS-1 PFLOPS), 3 (500 GFLOPS-10 TFLOPS) or 4 (any)"
+                ),
+            ));
+        }
+        if let Some(loss) = &policy.max_loss
+            && !(0.0..=1.0).contains(loss.get_ref())
+        {
+            return Err(error(
+                Some(loss.span().start),
+                format!(
+                    "[[policy]] max_loss = {}: a fraction between 0 and 1",
+                    loss.get_ref()
+                ),
+            ));
+        }
+        let key = (policy.service, policy.protocol, policy.port);
+        if !keys.insert(key) {
+            return Err(error(
+                None,
+                format!(
+                    "[[policy]] service = \"{}\" (protocol {:?}, port {:?}) is configured twice",
+                    policy.service, policy.protocol, policy.port
+                ),
+            ));
+        }
+        if policy.port.is_some() != policy.protocol.is_some() {
+            return Err(error(
+                None,
+                format!(
+                    "[[policy]] service = \"{}\": give `protocol` and `port` together, or neither",
+                    policy.service
+                ),
+            ));
+        }
+    }
+    if config.policies.len() > cpn_common::maps::MAX_SERVICES as usize {
+        return Err(error(
+            None,
+            format!(
+                "{} [[policy]] tables: at most {} services",
+                config.policies.len(),
+                cpn_common::maps::MAX_SERVICES
+            ),
+        ));
+    }
+    if !config.policies.is_empty() && config.srv6.source.is_none() {
+        return Err(error(None, "[srv6] source: an ingress (with [[policy]]) needs the outer source address of its encapsulation".into()));
+    }
+    let mut names = std::collections::HashSet::new();
+    for remote in &config.remotes {
+        let count = remote.segments.get_ref().len();
+        if !(1..=cpn_common::maps::MAX_SIDS).contains(&count) {
+            return Err(error(
+                Some(remote.segments.span().start),
+                format!(
+                    "[[remote]] {}: segments: 1 to {} SIDs, the last being the node's decapsulating SID",
+                    remote.name,
+                    cpn_common::maps::MAX_SIDS
+                ),
+            ));
+        }
+        if !names.insert(remote.name.clone()) {
+            return Err(error(
+                Some(remote.segments.span().start),
+                format!("[[remote]] name = {:?} is used twice", remote.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_selection(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    use crate::selection::maglev::is_prime;
+    let ring = *config.selection.ring_size.get_ref();
+    if !is_prime(ring) || ring > cpn_common::maps::RING_CAPACITY {
+        return Err(error(
+            Some(config.selection.ring_size.span().start),
+            format!(
+                "[selection] ring_size = {ring}: must be a prime no larger than {} (e.g. 65537, 4093, 251)",
+                cpn_common::maps::RING_CAPACITY
+            ),
+        ));
+    }
+    let s = &config.selection;
+    if !(0.0..1.0).contains(&s.threshold) || s.max_churn <= 0.0 || s.max_churn > 1.0 {
+        return Err(error(
+            None,
+            "[selection] threshold must be in 0..1 and max_churn in (0, 1]".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -214,6 +678,80 @@ mode = "generic"
     fn overlong_interface_name_is_rejected() {
         let err = parse_str(&GOOD.replace("\"eth1\"", "\"a-very-long-interface\"")).unwrap_err();
         assert!(err.starts_with("agent.toml:13: "), "{err}");
+    }
+
+    #[test]
+    fn documented_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        for role in ["ingress", "compute", "transit"] {
+            let path = dir.join(format!("{role}.toml"));
+            let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.node.roles.len(), 1, "{role}");
+        }
+    }
+
+    fn with(extra: &str) -> Result<Config, String> {
+        parse_str(&format!("{GOOD}\n{extra}"))
+    }
+
+    #[test]
+    fn sid_behaviors_are_checked() {
+        let err =
+            with("[srv6]\n[[srv6.sid]]\nsid = \"fc00::1\"\nbehavior = \"End.DT5\"\n").unwrap_err();
+        assert!(
+            err.contains("unknown behavior") && err.contains("End.DT46"),
+            "{err}"
+        );
+        assert!(err.starts_with("agent.toml:20: "), "{err}");
+        let err =
+            with("[srv6]\n[[srv6.sid]]\nsid = \"fc00::1\"\nbehavior = \"End.X\"\n").unwrap_err();
+        assert!(err.contains("IPv6 `nexthop`"), "{err}");
+        let err = with("[srv6]\n[[srv6.sid]]\nsid = \"fc00::1\"\nbehavior = \"End.DX4\"\nnexthop = \"10.0.0.1\"\n").unwrap_err();
+        assert!(err.contains("needs `interface`"), "{err}");
+        let err = with("[srv6]\n[[srv6.sid]]\nsid = \"fc00::1\"\nbehavior = \"End\"\ntable = 5\n")
+            .unwrap_err();
+        assert!(err.contains("takes no `table`"), "{err}");
+    }
+
+    #[test]
+    fn a_service_names_one_of_our_sids() {
+        let err = with("[[service]]\naddress = \"2001:db8::1\"\nsid = \"fc00::9\"\ncapacity = { cpu = 1e12 }\n").unwrap_err();
+        assert!(err.contains("not one of this node's [[srv6.sid]]"), "{err}");
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        let base = "[srv6]\nsource = \"2001:db8::1\"\n[[policy]]\nservice = \"2001:db8::5\"\nkind = \"gpu\"\n";
+        assert!(with(base).is_ok());
+        let err = with(&format!("{base}min_grade = 7\n")).unwrap_err();
+        assert!(
+            err.contains("min_grade = 7") && err.contains("500 GFLOPS"),
+            "{err}"
+        );
+        let err = with(&format!("{base}max_loss = 3.0\n")).unwrap_err();
+        assert!(err.contains("between 0 and 1"), "{err}");
+        let err = with(&format!("{base}kind = \"tpu\"\n")).unwrap_err();
+        assert!(
+            err.contains("duplicate key") || err.contains("cpu"),
+            "{err}"
+        );
+        let err = with("[[policy]]\nservice = \"2001:db8::5\"\nkind = \"gpu\"\n").unwrap_err();
+        assert!(err.contains("[srv6] source"), "{err}");
+    }
+
+    #[test]
+    fn ring_size_must_be_prime() {
+        let err = with("[selection]\nring_size = 65536\n").unwrap_err();
+        assert!(
+            err.contains("must be a prime") && err.starts_with("agent.toml:18: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn remote_segments_are_bounded() {
+        let err = with("[[remote]]\nname = \"a\"\nsegments = []\n").unwrap_err();
+        assert!(err.contains("1 to 6 SIDs"), "{err}");
     }
 
     #[test]
