@@ -216,6 +216,9 @@ pub struct RemoteNode {
     /// Use H.Encaps.Red.
     #[serde(default)]
     pub reduced: bool,
+    /// Drained: no new flows; its flows stay (reload with SIGHUP to apply).
+    #[serde(default)]
+    pub drained: bool,
     /// Path latency and loss as configured (probes measure them in a later version).
     #[serde(default)]
     pub latency_ms: f64,
@@ -269,6 +272,8 @@ impl Default for SelectionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub interval_ms: u64,
+    /// Sample this host's CPU from /proc (off in labs where all nodes share one host).
+    pub sample_host: bool,
     /// Write this node's metrics (JSON) here after each sample, for static peers to read.
     pub publish_file: Option<PathBuf>,
 }
@@ -277,6 +282,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             interval_ms: 500,
+            sample_host: true,
             publish_file: None,
         }
     }

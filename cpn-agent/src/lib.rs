@@ -1,6 +1,7 @@
 //! The cpn agent: loads and owns the SRv6 data plane, and (in later stages) advertises compute
 //! load and steers flows. `cpn-agent` (the daemon) is a thin layer over this library.
 
+pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;

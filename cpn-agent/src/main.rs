@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use cpn_agent::{config, dataplane::Dataplane};
+use cpn_agent::{agent::Agent, config, dataplane::Dataplane};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -86,20 +86,39 @@ fn run(config_path: &std::path::Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Labs and tests wait for this line (cpn_tests::lab::AGENT_READY).
-    tracing::info!("cpn-agent running; SIGINT or SIGTERM stops it");
-    let signal_name = runtime.block_on(wait_for_shutdown())?;
-    tracing::info!(signal = signal_name, "shutting down");
+    let mut dataplane = runtime.block_on(serve(dataplane, &config, config_path))?;
     dataplane.detach_all()?;
     Ok(())
 }
 
-async fn wait_for_shutdown() -> Result<&'static str> {
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the configuration (a bad one is
+/// reported and the running one kept).
+async fn serve(
+    dataplane: Dataplane,
+    config: &config::Config,
+    path: &std::path::Path,
+) -> Result<Dataplane> {
+    let mut agent = Agent::start(dataplane, config).await?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    })
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Labs and tests wait for this line (cpn_tests::lab::AGENT_READY).
+    tracing::info!(
+        "cpn-agent running; SIGINT or SIGTERM stops it, SIGHUP reloads its configuration"
+    );
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break tracing::info!(signal = "SIGINT", "shutting down"),
+            _ = terminate.recv() => break tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = hangup.recv() => match config::load(path) {
+                Ok(new) => match agent.reconcile(&new).await {
+                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                    Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed"),
+                },
+                Err(error) => tracing::error!(%error, "new configuration rejected; keeping the running one"),
+            },
+        }
+    }
+    agent.stop().await
 }

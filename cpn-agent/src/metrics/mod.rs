@@ -147,3 +147,19 @@ impl NodeMetrics {
         samples.min()
     }
 }
+
+/// What a compute agent publishes about itself for static peers (`[metrics] publish_file`,
+/// read through `[[remote]] metrics_file`). BGP carries the same content in a later version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub node: String,
+    pub services: Vec<PublishedService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublishedService {
+    pub address: std::net::IpAddr,
+    pub protocol: Option<u8>,
+    pub port: Option<u16>,
+    pub metrics: NodeMetrics,
+}

@@ -1,0 +1,289 @@
+//! The running agent: who talks to whom.
+//!
+//! ```text
+//!   /proc, in-flight files ──▶ reporting ──▶ publish_file (JSON)        (compute role)
+//!
+//!   [[remote]] + their metrics files ──▶ steering ──┐                    (ingress role)
+//!                                                   │ Command (mpsc, in order)
+//!   config at start / on SIGHUP ──▶ reconcile ──────┼──▶ owner ──▶ pinned BPF maps
+//! ```
+//! The owner task is the only one that touches the maps.
+
+mod owner;
+mod reporting;
+mod steering;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::{mpsc, watch};
+
+pub use self::owner::Command;
+use crate::{
+    config::{Config, Protocol, SidSpec},
+    dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
+};
+
+/// Stable small ids for named things (services, nodes), kept across reloads so that a flow's
+/// node id means the same node before and after.
+#[derive(Debug, Default)]
+struct Ids<K: Ord> {
+    ids: BTreeMap<K, u32>,
+    first: u32,
+}
+
+impl<K: Ord + Clone> Ids<K> {
+    fn starting_at(first: u32) -> Self {
+        Self {
+            ids: BTreeMap::new(),
+            first,
+        }
+    }
+
+    fn get(&mut self, key: &K) -> u32 {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let used: std::collections::BTreeSet<u32> = self.ids.values().copied().collect();
+        let mut id = self.first;
+        while used.contains(&id) {
+            id += 1;
+        }
+        self.ids.insert(key.clone(), id);
+        id
+    }
+
+    fn forget_except(&mut self, keep: &[K]) -> Vec<u32> {
+        let gone: Vec<K> = self
+            .ids
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        gone.iter().filter_map(|k| self.ids.remove(k)).collect()
+    }
+}
+
+type ServiceKey = (IpAddr, Option<u8>, Option<u16>);
+
+/// The agent's long-lived state.
+#[derive(Debug)]
+pub struct Agent {
+    commands: mpsc::Sender<Command>,
+    owner: tokio::task::JoinHandle<Dataplane>,
+    service_ids: Ids<ServiceKey>,
+    node_ids: Ids<String>,
+    /// What was applied from the last configuration (to remove what a reload drops).
+    applied: Applied,
+    steering: watch::Sender<steering::Plan>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Applied {
+    sids: Vec<Ipv6Addr>,
+    services: Vec<ServiceAddr>,
+}
+
+impl Agent {
+    /// Takes ownership of the loaded data plane and applies `config`. Call inside a tokio
+    /// runtime.
+    pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
+        let (commands, receiver) = mpsc::channel(1024);
+        let owner = tokio::spawn(owner::run(dataplane, receiver));
+        let (steering, plans) = watch::channel(steering::Plan::default());
+        let mut agent = Self {
+            commands,
+            owner,
+            service_ids: Ids::starting_at(0),
+            // Node 0 stays unused: a zeroed ring slot then never names a real node.
+            node_ids: Ids::starting_at(1),
+            applied: Applied::default(),
+            steering,
+            tasks: Vec::new(),
+        };
+        agent.reconcile(config).await?;
+        agent
+            .tasks
+            .push(tokio::spawn(steering::run(plans, agent.commands.clone())));
+        if let Some(task) = reporting::spawn(config) {
+            agent.tasks.push(task);
+        }
+        Ok(agent)
+    }
+
+    /// Brings the data plane to what `config` describes (at start and on SIGHUP).
+    pub async fn reconcile(&mut self, config: &Config) -> Result<()> {
+        let mut commands = Vec::new();
+        let sids = sid_commands(config)?;
+        let sid_addrs: Vec<Ipv6Addr> = sids.iter().map(|(sid, _)| *sid).collect();
+        for (stats_index, (sid, behavior)) in (0..).zip(sids) {
+            commands.push(Command::SetSid {
+                sid,
+                behavior,
+                stats_index,
+            });
+        }
+        for gone in self.applied.sids.iter().filter(|s| !sid_addrs.contains(s)) {
+            commands.push(Command::RemoveSid(*gone));
+        }
+        // Nodes before the services and rings that name them.
+        commands.extend(self.node_commands(config));
+        let (service_commands, services, plan) = self.services(config);
+        commands.extend(service_commands);
+        // Removed nodes last; steering drops them from the rings at its next step (at once:
+        // a membership change skips the dwell time), and their flows re-hash meanwhile.
+        let names: Vec<String> = config.remotes.iter().map(|r| r.name.clone()).collect();
+        commands.extend(
+            self.node_ids
+                .forget_except(&names)
+                .into_iter()
+                .map(Command::RemoveNode),
+        );
+        for command in commands {
+            self.commands
+                .send(command)
+                .await
+                .context("the data-plane owner stopped")?;
+        }
+        self.applied = Applied {
+            sids: sid_addrs,
+            services,
+        };
+        self.steering.send_replace(plan);
+        Ok(())
+    }
+
+    fn node_commands(&mut self, config: &Config) -> Vec<Command> {
+        let source = config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED);
+        config
+            .remotes
+            .iter()
+            .map(|remote| Command::SetNode {
+                id: self.node_ids.get(&remote.name),
+                node: Node {
+                    segments: remote.segments.get_ref().clone(),
+                    encap_src: source,
+                    reduced: remote.reduced,
+                    state: if remote.drained {
+                        NodeState::Draining
+                    } else {
+                        NodeState::Active
+                    },
+                },
+            })
+            .collect()
+    }
+
+    /// The service commands, the services now configured, and the steering plan.
+    fn services(&mut self, config: &Config) -> (Vec<Command>, Vec<ServiceAddr>, steering::Plan) {
+        let mut plan = steering::Plan {
+            ring_size: *config.selection.ring_size.get_ref(),
+            hysteresis: crate::selection::hysteresis::Settings {
+                threshold: config.selection.threshold,
+                min_dwell: Duration::from_millis(config.selection.min_dwell_ms),
+                max_churn: config.selection.max_churn,
+            },
+            interval: Duration::from_millis(config.selection.interval_ms.max(10)),
+            services: Vec::new(),
+        };
+        let mut commands = Vec::new();
+        let mut services = Vec::new();
+        let mut keys = Vec::new();
+        for policy in &config.policies {
+            let protocol = policy.protocol.map(Protocol::number);
+            let key: ServiceKey = (policy.service, protocol, policy.port);
+            let id = self.service_ids.get(&key);
+            keys.push(key);
+            let addr = ServiceAddr {
+                addr: policy.service,
+                port: protocol.map(|p| (p, policy.port.unwrap_or(0))),
+            };
+            let affinity = policy
+                .affinity
+                .then(|| policy.idle_timeout_s.map(Duration::from_secs));
+            commands.push(Command::SetService {
+                addr,
+                config: ServiceConfig { id, affinity },
+            });
+            services.push(addr);
+            plan.services.push(steering::planned_service(
+                id,
+                policy,
+                config,
+                &mut self.node_ids,
+            ));
+        }
+        for gone in self
+            .applied
+            .services
+            .iter()
+            .filter(|s| !services.contains(s))
+        {
+            commands.push(Command::RemoveService(*gone));
+        }
+        for id in self.service_ids.forget_except(&keys) {
+            commands.push(Command::PublishRing {
+                service: id,
+                ring: Vec::new(),
+            });
+        }
+        (commands, services, plan)
+    }
+
+    /// Stops the tasks and returns the data plane (for the caller to detach or keep).
+    pub async fn stop(self) -> Result<Dataplane> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        drop(self.commands);
+        drop(self.steering);
+        self.owner.await.context("the data-plane owner panicked")
+    }
+}
+
+/// The SIDs of `config` with interfaces resolved to indexes.
+fn sid_commands(config: &Config) -> Result<Vec<(Ipv6Addr, SidBehavior)>> {
+    config
+        .srv6
+        .sids
+        .iter()
+        .map(|sid| {
+            let spec = sid.spec().map_err(anyhow::Error::msg)?;
+            let behavior = match spec {
+                SidSpec::End => SidBehavior::End,
+                SidSpec::EndDt6 { table } => SidBehavior::EndDt6 { table },
+                SidSpec::EndDt4 { table } => SidBehavior::EndDt4 { table },
+                SidSpec::EndDt46 { table } => SidBehavior::EndDt46 { table },
+                SidSpec::EndX { nexthop, interface } => SidBehavior::EndX {
+                    nexthop,
+                    oif: ifindex(&interface)?,
+                },
+                SidSpec::EndDx6 { nexthop, interface } => SidBehavior::EndDx6 {
+                    nexthop,
+                    oif: ifindex(&interface)?,
+                },
+                SidSpec::EndDx4 { nexthop, interface } => SidBehavior::EndDx4 {
+                    nexthop,
+                    oif: ifindex(&interface)?,
+                },
+            };
+            Ok((sid.sid, behavior))
+        })
+        .collect()
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(
+        index != 0,
+        "no interface `{name}` here (check `ip link` in this namespace)"
+    );
+    Ok(index)
+}

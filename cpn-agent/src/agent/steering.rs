@@ -1,0 +1,233 @@
+//! The ingress's steering loop: every interval, for every service, evaluate the candidates,
+//! pass the weights through hysteresis, and move the ring towards the new target with bounded
+//! churn.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Command, Ids};
+use crate::{
+    config::{CapacityConfig, Config, PolicyConfig, Protocol},
+    metrics::{Capacity, ComputeKind, NodeMetrics, Published, Sample, Unit},
+    selection::{
+        self, Admin, Candidate, Grade, Path, Policy,
+        hysteresis::{Hysteresis, Settings, Verdict},
+        maglev,
+    },
+};
+
+/// What to steer, derived from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub ring_size: u32,
+    pub hysteresis: Settings,
+    pub interval: Duration,
+    pub services: Vec<PlannedService>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedService {
+    pub id: u32,
+    pub policy: Policy,
+    pub candidates: Vec<StaticCandidate>,
+}
+
+/// A `[[remote]]` that serves the service.
+#[derive(Clone, Debug)]
+pub struct StaticCandidate {
+    pub node: u32,
+    pub name: String,
+    pub capacity: CapacityConfig,
+    pub path: Path,
+    pub metrics_file: Option<PathBuf>,
+    pub drained: bool,
+    pub service: (IpAddr, Option<u8>, Option<u16>),
+}
+
+pub fn planned_service(
+    id: u32,
+    policy: &PolicyConfig,
+    config: &Config,
+    node_ids: &mut Ids<String>,
+) -> PlannedService {
+    let protocol = policy.protocol.map(Protocol::number);
+    let candidates = config
+        .remotes
+        .iter()
+        .filter_map(|remote| {
+            let served = remote.services.iter().find(|s| {
+                s.address == policy.service
+                    && s.protocol.map(Protocol::number) == protocol
+                    && s.port == policy.port
+            })?;
+            Some(StaticCandidate {
+                node: node_ids.get(&remote.name),
+                name: remote.name.clone(),
+                capacity: served.capacity,
+                path: Path {
+                    latency: Duration::from_secs_f64(remote.latency_ms.max(0.0) / 1000.0),
+                    loss: remote.loss,
+                },
+                metrics_file: remote.metrics_file.clone(),
+                drained: remote.drained,
+                service: (policy.service, protocol, policy.port),
+            })
+        })
+        .collect();
+    let policy = Policy {
+        kind: policy.kind,
+        min_grade: Grade::from_number(*policy.min_grade.get_ref()).unwrap_or(Grade::G4),
+        max_latency: policy
+            .max_latency_ms
+            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+        max_loss: policy.max_loss.as_ref().map(|l| *l.get_ref()),
+        objective: policy.objective,
+        max_metric_age: Duration::from_millis(policy.max_metric_age_ms.unwrap_or(10_000)),
+    };
+    PlannedService {
+        id,
+        policy,
+        candidates,
+    }
+}
+
+impl StaticCandidate {
+    /// The candidate with its current metrics: from its published file if it has one (a node
+    /// whose file is missing has no fresh metrics and is excluded as stale), else idle at its
+    /// configured capacity.
+    fn resolve(&self, now: SystemTime) -> Candidate {
+        let metrics = match &self.metrics_file {
+            Some(path) => read_published(path, self.service).unwrap_or_default(),
+            None => NodeMetrics {
+                capacity: ComputeKind::ALL
+                    .iter()
+                    .filter(|k| self.capacity.get(**k) > 0.0)
+                    .map(|k| {
+                        let total = Sample::nominal(self.capacity.get(*k), Unit::OpsPerSecond, now);
+                        (*k, Capacity { total, free: total })
+                    })
+                    .collect(),
+                ..NodeMetrics::default()
+            },
+        };
+        Candidate {
+            node: self.node,
+            name: self.name.clone(),
+            metrics,
+            path: self.path,
+            admin: if self.drained {
+                Admin::Drained
+            } else {
+                Admin::Up
+            },
+        }
+    }
+}
+
+fn read_published(
+    path: &std::path::Path,
+    service: (IpAddr, Option<u8>, Option<u16>),
+) -> Option<NodeMetrics> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let published: Published = serde_json::from_str(&text)
+        .inspect_err(
+            |e| tracing::warn!(path = %path.display(), error = %e, "unreadable metrics file"),
+        )
+        .ok()?;
+    published
+        .services
+        .into_iter()
+        .find(|s| (s.address, s.protocol, s.port) == service)
+        .map(|s| s.metrics)
+}
+
+#[derive(Debug, Default)]
+struct ServiceState {
+    hysteresis: Hysteresis,
+    current: Vec<u32>,
+    target: Vec<u32>,
+    last_move: Option<Instant>,
+}
+
+pub async fn run(mut plans: watch::Receiver<Plan>, commands: mpsc::Sender<Command>) {
+    let mut states: HashMap<u32, ServiceState> = HashMap::new();
+    loop {
+        let plan = plans.borrow_and_update().clone();
+        states.retain(|id, _| plan.services.iter().any(|s| s.id == *id));
+        for service in &plan.services {
+            let state = states.entry(service.id).or_default();
+            if let Some(ring) = step(&plan, service, state)
+                && commands
+                    .send(Command::PublishRing {
+                        service: service.id,
+                        ring,
+                    })
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
+            changed = plans.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// One steering step for one service; the ring to publish, if any.
+fn step(plan: &Plan, service: &PlannedService, state: &mut ServiceState) -> Option<Vec<u32>> {
+    let now = SystemTime::now();
+    let candidates: Vec<Candidate> = service.candidates.iter().map(|c| c.resolve(now)).collect();
+    let decision = selection::select(&service.policy, &candidates, now);
+    let weighted = decision.weighted();
+    let instant = Instant::now();
+    let verdict = state
+        .hysteresis
+        .decide(&plan.hysteresis, &weighted, instant);
+    if verdict.publishes() {
+        state.target = maglev::build(plan.ring_size, &weighted);
+        let shares: Vec<String> = decision
+            .evaluations
+            .iter()
+            .map(|e| match &e.excluded {
+                Some(why) => format!("{}=excluded({why:?})", e.name),
+                None => format!("{}={:.3}", e.name, e.weight),
+            })
+            .collect();
+        tracing::info!(service = service.id, ?verdict, weights = %shares.join(" "), "new target ring");
+    }
+    if state.current == state.target {
+        return None;
+    }
+    let urgent =
+        matches!(verdict, Verdict::First | Verdict::Membership) || state.current.is_empty();
+    let rested = state
+        .last_move
+        .is_none_or(|at| instant.duration_since(at) >= plan.hysteresis.min_dwell);
+    if !urgent && !rested {
+        return None;
+    }
+    let next = if state.current.is_empty() || state.target.is_empty() {
+        state.target.clone()
+    } else {
+        let budget = (plan.hysteresis.max_churn * f64::from(plan.ring_size)).ceil();
+        // Lossless: the budget is at most the ring size, far below 2^52.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "see above"
+        )]
+        let budget = budget as usize;
+        maglev::limit_churn(&state.current, &state.target, budget).0
+    };
+    state.current.clone_from(&next);
+    state.last_move = Some(instant);
+    Some(next)
+}
