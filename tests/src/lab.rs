@@ -211,15 +211,8 @@ impl Lab {
     /// lab adds one with a pin directory of its own) and waits until it has attached everything.
     pub fn start_agent(&mut self, node: &str, config: &str) -> Result<Agent> {
         let pin_dir = self.pin_dir(node)?;
-        let config_path = self.workdir.join(format!("{node}.toml"));
+        let config_path = self.write_agent_config(node, &pin_dir, config)?;
         let log = self.workdir.join(format!("{node}.log"));
-        fs::write(
-            &config_path,
-            format!(
-                "[dataplane]\npin_dir = {:?}\n\n{config}",
-                pin_dir.display().to_string()
-            ),
-        )?;
         let binary = agent_binary()?;
         let argv = [
             binary.to_str().context("agent path is not UTF-8")?,
@@ -242,6 +235,18 @@ impl Lab {
         });
         started.with_context(|| format!("starting the agent in {node}"))?;
         Ok(Agent { pid, pin_dir, log })
+    }
+
+    /// Writes (or rewrites, before a SIGHUP) the configuration of `node`'s agent: `config`
+    /// under a `[dataplane]` table naming its pin directory.
+    pub fn write_agent_config(&self, node: &str, pin_dir: &Path, config: &str) -> Result<PathBuf> {
+        let path = self.workdir.join(format!("{node}.toml"));
+        let pin_dir = pin_dir.display().to_string();
+        fs::write(
+            &path,
+            format!("[dataplane]\npin_dir = {pin_dir:?}\n\n{config}"),
+        )?;
+        Ok(path)
     }
 
     /// Deletes everything; called by `Drop`, callable earlier to see errors.

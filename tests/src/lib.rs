@@ -9,3 +9,4 @@ pub mod dut;
 pub mod fixture;
 pub mod lab;
 pub mod packet;
+pub mod steering_lab;

@@ -49,8 +49,10 @@ impl Grade {
     }
 }
 
-/// Relative importance of the objectives (normalised when used).
+/// Relative importance of the objectives (normalised when used). Omitted ones take their
+/// defaults: latency 1, load 1, energy 0, price 0.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Objective {
     pub latency: f64,
     pub load: f64,

@@ -1,0 +1,309 @@
+//! A lab with cpn agents steering real TCP traffic with their static configuration:
+//!
+//! ```text
+//!                      ┌─ eth1 ── compute1 (cpu 1e12)
+//!   client ── ingress ─┼─ eth2 ── compute2 (cpu 2e12)     VIP 2001:db8:cafe::1 on every lo,
+//!                      └─ eth3 ── compute3 (cpu 3e12)     answering with its node name
+//! ```
+//! The ingress steers with `cpn_steer` (policy, static `[[remote]]`s reading the compute
+//! agents' published metrics); each compute node decapsulates with `cpn_endpoint` (End.DT6).
+
+use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::lab::{Agent, Lab, wait_for};
+
+pub const VIP: &str = "2001:db8:cafe::1";
+pub const PORT: u16 = 7000;
+/// Compute nodes and their CPU capacity (operations per second).
+pub const COMPUTES: [(&str, f64); 3] = [("compute1", 1e12), ("compute2", 2e12), ("compute3", 3e12)];
+
+/// A TCP service that answers every line with the node's name.
+const NAME_SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1].encode() + b"\n"
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[2], int(sys.argv[3]))); s.listen(512)
+def serve(c):
+    f = c.makefile("rb")
+    try:
+        for line in f:
+            c.sendall(name)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// `count` new connections, one line each; prints {"node": connections}.
+const SPLIT_CLIENT: &str = r#"
+import json, socket, sys
+vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = {}
+for _ in range(count):
+    c = socket.create_connection((vip, port), timeout=5)
+    c.sendall(b"hi\n")
+    name = c.makefile("rb").readline().decode().strip()
+    seen[name] = seen.get(name, 0) + 1
+    c.close()
+print(json.dumps(seen))
+"#;
+
+/// Opens `count` connections and keeps sending a line on each every 0.2 s, checking that the
+/// same node answers, until the file `stop` exists; prints {"nodes": {...}, "broken": n,
+/// "moved": n, "rounds": n}.
+const HOLD_CLIENT: &str = r#"
+import json, os, socket, sys, time
+vip, port, count, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+conns = []
+for _ in range(count):
+    c = socket.create_connection((vip, port), timeout=5)
+    c.sendall(b"hi\n")
+    f = c.makefile("rb")
+    conns.append([c, f, f.readline().decode().strip(), True])
+nodes = {}
+for _, _, n, _ in conns:
+    nodes[n] = nodes.get(n, 0) + 1
+print(json.dumps({"ready": nodes}), flush=True)
+broken = moved = rounds = 0
+while not os.path.exists(stop):
+    rounds += 1
+    for conn in conns:
+        c, f, first, ok = conn
+        if not ok:
+            continue
+        try:
+            c.sendall(b"again\n")
+            name = f.readline().decode().strip()
+            if name != first:
+                moved += 1; conn[3] = False
+        except OSError:
+            broken += 1; conn[3] = False
+    time.sleep(0.2)
+print(json.dumps({"nodes": nodes, "broken": broken, "moved": moved, "rounds": rounds}), flush=True)
+"#;
+
+/// The running lab.
+#[derive(Debug)]
+pub struct SteeringLab {
+    pub lab: Lab,
+    pub ingress: Agent,
+    pub computes: Vec<Agent>,
+    /// Each compute node's in-flight file (what its service reports).
+    pub in_flight: BTreeMap<String, PathBuf>,
+}
+
+impl SteeringLab {
+    pub fn start(name: &str) -> Result<Self> {
+        let mut builder = Lab::builder(name)
+            .node("client")
+            .node("ingress")
+            .link(("client", "eth0"), ("ingress", "eth0"));
+        for (i, (compute, _)) in COMPUTES.iter().enumerate() {
+            builder = builder
+                .node(compute)
+                .link(("ingress", &format!("eth{}", i + 1)), (compute, "eth0"));
+        }
+        let mut lab = builder.build()?;
+        let client = lab.node("client")?;
+        client.add_address("eth0", "2001:db8:1::1/64")?;
+        client.add_route(&["default", "via", "2001:db8:1::2"])?;
+        client.checksum_in_software("eth0")?;
+        let ingress = lab.node("ingress")?;
+        ingress.add_address("eth0", "2001:db8:1::2/64")?;
+        ingress.enable_forwarding()?;
+        for (i, (compute, _)) in COMPUTES.iter().enumerate() {
+            let n = i + 1;
+            ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
+            ingress.add_route(&[
+                &format!("fc00:{n}::/32"),
+                "via",
+                &format!("2001:db8:1{n}::2"),
+            ])?;
+            let node = lab.node(compute)?;
+            node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
+            node.add_address("lo", &format!("{VIP}/128"))?;
+            node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
+        }
+
+        let work = lab.workdir().to_path_buf();
+        let mut computes = Vec::new();
+        let mut in_flight = BTreeMap::new();
+        for (i, (compute, capacity)) in COMPUTES.iter().enumerate() {
+            let n = i + 1;
+            let inflight = work.join(format!("{compute}.inflight"));
+            fs::write(&inflight, "0\n")?;
+            in_flight.insert((*compute).to_owned(), inflight.clone());
+            let config = format!(
+                "[node]\nname = \"{compute}\"\nroles = [\"compute\"]\n\n\
+                 [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
+                 [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
+                 [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
+                 in_flight_file = \"{}\"\nmax_in_flight = 100\n\n\
+                 [metrics]\ninterval_ms = 200\nsample_host = false\npublish_file = \"{}\"\n",
+                inflight.display(),
+                work.join(format!("{compute}.json")).display(),
+            );
+            computes.push(lab.start_agent(compute, &config)?);
+            let name = (*compute).to_owned();
+            lab.spawn(
+                compute,
+                &["python3", "-c", NAME_SERVER, &name, VIP, &PORT.to_string()],
+                None,
+            )?;
+        }
+        let ingress = lab.start_agent("ingress", &ingress_config_text(&work, &[]))?;
+        let lab = Self {
+            lab,
+            ingress,
+            computes,
+            in_flight,
+        };
+        lab.wait_until_serving()?;
+        Ok(lab)
+    }
+
+    /// New connections reach the service (the ingress has a ring and the computes answer).
+    fn wait_until_serving(&self) -> Result<()> {
+        wait_for(
+            "the service through the ingress",
+            Duration::from_secs(20),
+            || {
+                Ok(self
+                    .split(3)
+                    .ok()
+                    .filter(|s| s.values().sum::<u32>() == 3)
+                    .map(drop))
+            },
+        )
+    }
+
+    /// Opens `count` new connections from the client; connections per node.
+    pub fn split(&self, count: u32) -> Result<BTreeMap<String, u32>> {
+        let out = self.lab.node("client")?.output(&[
+            "python3",
+            "-c",
+            SPLIT_CLIENT,
+            VIP,
+            &PORT.to_string(),
+            &count.to_string(),
+        ])?;
+        ensure!(
+            out.status.success(),
+            "split client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout).context("split client output")?)
+    }
+
+    /// Reports `value` requests in flight (of 100) for `compute`'s service.
+    pub fn set_in_flight(&self, compute: &str, value: u32) -> Result<()> {
+        let path = self
+            .in_flight
+            .get(compute)
+            .context("no such compute node")?;
+        fs::write(path, format!("{value}\n"))?;
+        Ok(())
+    }
+
+    /// Rewrites the ingress configuration with `drained` / removed nodes and sends SIGHUP.
+    pub fn reconfigure_ingress(&mut self, changes: &[(&str, RemoteChange)]) -> Result<()> {
+        let text = ingress_config_text(self.lab.workdir(), changes);
+        self.lab
+            .write_agent_config("ingress", &self.ingress.pin_dir, &text)?;
+        // SAFETY: a signal to the agent process we started.
+        let rc = unsafe { libc::kill(libc::pid_t::try_from(self.ingress.pid)?, libc::SIGHUP) };
+        ensure!(rc == 0, "SIGHUP to the ingress agent failed");
+        Ok(())
+    }
+}
+
+/// How a test changes a `[[remote]]` of the ingress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteChange {
+    Drained,
+    Removed,
+}
+
+fn ingress_config_text(work: &std::path::Path, changes: &[(&str, RemoteChange)]) -> String {
+    let mut text = format!(
+        "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
+         [srv6]\nsource = \"2001:db8:1::2\"\n\n\
+         [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\naffinity = true\n\
+         max_metric_age_ms = 3000\n\n\
+         [selection]\nthreshold = 0.05\nmin_dwell_ms = 500\nmax_churn = 1.0\ninterval_ms = 200\n"
+    );
+    for (i, (compute, capacity)) in COMPUTES.iter().enumerate() {
+        let change = changes
+            .iter()
+            .find(|(c, _)| c == compute)
+            .map(|(_, ch)| *ch);
+        if change == Some(RemoteChange::Removed) {
+            continue;
+        }
+        let n = i + 1;
+        text += &format!(
+            "\n[[remote]]\nname = \"{compute}\"\nsegments = [\"fc00:{n}::d6\"]\ndrained = {}\nmetrics_file = \"{}\"\n\n\
+             [[remote.service]]\naddress = \"{VIP}\"\ncapacity = {{ cpu = {capacity:e} }}\n",
+            change == Some(RemoteChange::Drained),
+            work.join(format!("{compute}.json")).display(),
+        );
+    }
+    text
+}
+
+/// A background client holding connections open and checking them (see [`HOLD_CLIENT`]).
+#[derive(Debug)]
+pub struct Holder {
+    pid: u32,
+    output: PathBuf,
+    stop: PathBuf,
+}
+
+impl SteeringLab {
+    /// Opens `count` connections and keeps checking them until [`SteeringLab::finish_hold`].
+    pub fn hold(&mut self, count: u32) -> Result<(Holder, BTreeMap<String, u32>)> {
+        let output = self.lab.workdir().join("hold.out");
+        let stop = self.lab.workdir().join("hold.stop");
+        let argv = [
+            "python3",
+            "-c",
+            HOLD_CLIENT,
+            VIP,
+            &PORT.to_string(),
+            &count.to_string(),
+            stop.to_str().context("path")?,
+        ];
+        let pid = self.lab.spawn("client", &argv, Some(&output))?;
+        let ready: serde_json::Value =
+            wait_for("the held connections", Duration::from_secs(30), || {
+                let text = fs::read_to_string(&output).unwrap_or_default();
+                Ok(text
+                    .lines()
+                    .next()
+                    .and_then(|l| serde_json::from_str(l).ok()))
+            })?;
+        let nodes = serde_json::from_value(ready["ready"].clone())?;
+        Ok((Holder { pid, output, stop }, nodes))
+    }
+
+    /// Stops the holder; returns (broken, moved, rounds).
+    pub fn finish_hold(&mut self, holder: Holder) -> Result<(u64, u64, u64)> {
+        fs::write(&holder.stop, "")?;
+        let summary: serde_json::Value =
+            wait_for("the holder's summary", Duration::from_secs(30), || {
+                let text = fs::read_to_string(&holder.output).unwrap_or_default();
+                Ok(text
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| serde_json::from_str(l).ok()))
+            })?;
+        let _ = self.lab.stop(holder.pid);
+        let get = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
+        Ok((get("broken"), get("moved"), get("rounds")))
+    }
+}
