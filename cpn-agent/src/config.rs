@@ -72,6 +72,11 @@ pub struct DataplaneConfig {
     /// bpffs directory for the pinned maps (default `/sys/fs/bpf/cpn`). Several agents on one
     /// host (e.g. one per network namespace in a lab) need one directory each.
     pub pin_dir: Option<PathBuf>,
+    /// On SIGINT/SIGTERM, leave the programs attached (through links pinned in
+    /// `<pin_dir>/links`) so traffic keeps flowing while the agent restarts; the next agent
+    /// takes them over. Default false: exit detaches.
+    #[serde(default)]
+    pub keep_attached_on_exit: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,7 +76,12 @@ fn run(config_path: &std::path::Path) -> Result<()> {
         );
         anyhow::Ok(())
     });
-    if let Err(error) = attached {
+    let configured: Vec<_> = config
+        .interfaces
+        .iter()
+        .map(|i| (i.program, i.name.get_ref().as_str()))
+        .collect();
+    if let Err(error) = attached.and_then(|()| Ok(dataplane.detach_unconfigured(&configured)?)) {
         // Leave no interface half-configured.
         dataplane.detach_all()?;
         return Err(error);
@@ -87,7 +92,11 @@ fn run(config_path: &std::path::Path) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let mut dataplane = runtime.block_on(serve(dataplane, &config, config_path))?;
-    dataplane.detach_all()?;
+    if config.dataplane.keep_attached_on_exit {
+        dataplane.leave_attached();
+    } else {
+        dataplane.detach_all()?;
+    }
     Ok(())
 }
 

@@ -211,6 +211,18 @@ impl Lab {
     /// lab adds one with a pin directory of its own) and waits until it has attached everything.
     pub fn start_agent(&mut self, node: &str, config: &str) -> Result<Agent> {
         let pin_dir = self.pin_dir(node)?;
+        self.start_agent_pinned_at(node, &pin_dir, config)
+    }
+
+    /// Like [`Lab::start_agent`], with maps and links pinned at `pin_dir`: starting a second
+    /// agent on the pin directory of a first one is a restart that takes over its data plane.
+    pub fn start_agent_pinned_at(
+        &mut self,
+        node: &str,
+        pin_dir: &Path,
+        config: &str,
+    ) -> Result<Agent> {
+        let pin_dir = pin_dir.to_path_buf();
         let config_path = self.write_agent_config(node, &pin_dir, config)?;
         let log = self.workdir.join(format!("{node}.log"));
         let binary = agent_binary()?;
@@ -238,14 +250,16 @@ impl Lab {
     }
 
     /// Writes (or rewrites, before a SIGHUP) the configuration of `node`'s agent: `config`
-    /// under a `[dataplane]` table naming its pin directory.
+    /// with its `[dataplane]` table (added if missing) naming the pin directory.
     pub fn write_agent_config(&self, node: &str, pin_dir: &Path, config: &str) -> Result<PathBuf> {
         let path = self.workdir.join(format!("{node}.toml"));
-        let pin_dir = pin_dir.display().to_string();
-        fs::write(
-            &path,
-            format!("[dataplane]\npin_dir = {pin_dir:?}\n\n{config}"),
-        )?;
+        let pin = format!("pin_dir = {:?}", pin_dir.display().to_string());
+        let text = if config.contains("[dataplane]\n") {
+            config.replacen("[dataplane]\n", &format!("[dataplane]\n{pin}\n"), 1)
+        } else {
+            format!("[dataplane]\n{pin}\n\n{config}")
+        };
+        fs::write(&path, text)?;
         Ok(path)
     }
 

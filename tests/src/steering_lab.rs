@@ -8,7 +8,7 @@
 //! The ingress steers with `cpn_steer` (policy, static `[[remote]]`s reading the compute
 //! agents' published metrics); each compute node decapsulates with `cpn_endpoint` (End.DT6).
 
-use std::{collections::BTreeMap, fs, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -38,13 +38,15 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// `count` new connections, one line each; prints {"node": connections}.
+/// `count` new connections, one line each; prints {"node": connections}. The timeout is long
+/// because a loaded CI machine can delay a SYN retransmission or two; the test fails on a real
+/// loss anyway, since every connection must complete.
 const SPLIT_CLIENT: &str = r#"
 import json, socket, sys
 vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seen = {}
 for _ in range(count):
-    c = socket.create_connection((vip, port), timeout=5)
+    c = socket.create_connection((vip, port), timeout=15)
     c.sendall(b"hi\n")
     name = c.makefile("rb").readline().decode().strip()
     seen[name] = seen.get(name, 0) + 1
@@ -60,7 +62,7 @@ import json, os, socket, sys, time
 vip, port, count, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 conns = []
 for _ in range(count):
-    c = socket.create_connection((vip, port), timeout=5)
+    c = socket.create_connection((vip, port), timeout=15)
     c.sendall(b"hi\n")
     f = c.makefile("rb")
     conns.append([c, f, f.readline().decode().strip(), True])
@@ -134,9 +136,9 @@ impl SteeringLab {
         let mut in_flight = BTreeMap::new();
         for (i, (compute, capacity)) in COMPUTES.iter().enumerate() {
             let n = i + 1;
-            let inflight = work.join(format!("{compute}.inflight"));
-            fs::write(&inflight, "0\n")?;
-            in_flight.insert((*compute).to_owned(), inflight.clone());
+            let requests_file = work.join(format!("{compute}.inflight"));
+            fs::write(&requests_file, "0\n")?;
+            in_flight.insert((*compute).to_owned(), requests_file.clone());
             let config = format!(
                 "[node]\nname = \"{compute}\"\nroles = [\"compute\"]\n\n\
                  [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
@@ -144,7 +146,7 @@ impl SteeringLab {
                  [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
                  in_flight_file = \"{}\"\nmax_in_flight = 100\n\n\
                  [metrics]\ninterval_ms = 200\nsample_host = false\npublish_file = \"{}\"\n",
-                inflight.display(),
+                requests_file.display(),
                 work.join(format!("{compute}.json")).display(),
             );
             computes.push(lab.start_agent(compute, &config)?);
@@ -196,7 +198,7 @@ impl SteeringLab {
             "split client failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Ok(serde_json::from_slice(&out.stdout).context("split client output")?)
+        serde_json::from_slice(&out.stdout).context("split client output")
     }
 
     /// Reports `value` requests in flight (of 100) for `compute`'s service.
@@ -221,6 +223,43 @@ impl SteeringLab {
     }
 }
 
+impl SteeringLab {
+    /// Stops the ingress agent (its programs stay attached) and starts a new one on the same
+    /// pinned data plane; returns how long no agent was running.
+    pub fn restart_ingress(&mut self) -> Result<Duration> {
+        let status = self.lab.stop(self.ingress.pid)?;
+        ensure!(status.success(), "the ingress agent exited with {status}");
+        let stopped = std::time::Instant::now();
+        let pin_dir = self.ingress.pin_dir.clone();
+        let config = ingress_config_text(self.lab.workdir(), &[]);
+        self.ingress = self
+            .lab
+            .start_agent_pinned_at("ingress", &pin_dir, &config)?;
+        Ok(stopped.elapsed())
+    }
+
+    /// Pings the VIP from the client in the background (`count` pings, 20 ms apart); the
+    /// summary line lands in the returned file.
+    pub fn ping_in_background(&mut self, count: u32) -> Result<PathBuf> {
+        let out = self.lab.workdir().join("ping.out");
+        self.lab.spawn(
+            "client",
+            &[
+                "ping",
+                "-i",
+                "0.02",
+                "-c",
+                &count.to_string(),
+                "-W",
+                "1",
+                VIP,
+            ],
+            Some(&out),
+        )?;
+        Ok(out)
+    }
+}
+
 /// How a test changes a `[[remote]]` of the ingress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoteChange {
@@ -231,6 +270,7 @@ pub enum RemoteChange {
 fn ingress_config_text(work: &std::path::Path, changes: &[(&str, RemoteChange)]) -> String {
     let mut text = format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
+         [dataplane]\nkeep_attached_on_exit = true\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
          [srv6]\nsource = \"2001:db8:1::2\"\n\n\
          [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\naffinity = true\n\
@@ -246,7 +286,8 @@ fn ingress_config_text(work: &std::path::Path, changes: &[(&str, RemoteChange)])
             continue;
         }
         let n = i + 1;
-        text += &format!(
+        let _ = write!(
+            text,
             "\n[[remote]]\nname = \"{compute}\"\nsegments = [\"fc00:{n}::d6\"]\ndrained = {}\nmetrics_file = \"{}\"\n\n\
              [[remote.service]]\naddress = \"{VIP}\"\ncapacity = {{ cpu = {capacity:e} }}\n",
             change == Some(RemoteChange::Drained),
@@ -293,16 +334,17 @@ impl SteeringLab {
 
     /// Stops the holder; returns (broken, moved, rounds).
     pub fn finish_hold(&mut self, holder: Holder) -> Result<(u64, u64, u64)> {
-        fs::write(&holder.stop, "")?;
+        let Holder { pid, output, stop } = holder;
+        fs::write(&stop, "")?;
         let summary: serde_json::Value =
             wait_for("the holder's summary", Duration::from_secs(30), || {
-                let text = fs::read_to_string(&holder.output).unwrap_or_default();
+                let text = fs::read_to_string(&output).unwrap_or_default();
                 Ok(text
                     .lines()
                     .nth(1)
                     .and_then(|l| serde_json::from_str(l).ok()))
             })?;
-        let _ = self.lab.stop(holder.pid);
+        let _ = self.lab.stop(pid);
         let get = |k: &str| summary[k].as_u64().unwrap_or(u64::MAX);
         Ok((get("broken"), get("moved"), get("rounds")))
     }

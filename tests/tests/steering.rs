@@ -105,3 +105,33 @@ fn drain_keeps_flows_and_removal_resteers_them() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn agent_restart_under_live_traffic_loses_nothing() -> Result<()> {
+    let mut lab = SteeringLab::start("restart")?;
+    let (holder, _) = lab.hold(100)?;
+    let pings = 300; // 6 s at 20 ms
+    let out = lab.ping_in_background(pings)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let gap = lab.restart_ingress()?;
+    eprintln!("no ingress agent ran for {gap:?}");
+    let summary = cpn_tests::lab::wait_for("ping to finish", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        Ok(text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .map(str::to_owned))
+    })?;
+    eprintln!("{summary}");
+    ensure!(
+        summary.starts_with(&format!("{pings} packets transmitted, {pings} received")),
+        "pings lost: {summary}"
+    );
+    let (broken, moved, rounds) = lab.finish_hold(holder)?;
+    ensure!(rounds >= 2, "held connections checked {rounds} times");
+    ensure!(
+        broken == 0 && moved == 0,
+        "restart broke {broken} and moved {moved} connections"
+    );
+    Ok(())
+}

@@ -13,7 +13,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use cpn_common::{maps, programs};
 use serde::Deserialize;
@@ -138,6 +142,8 @@ pub enum Error {
         error: ProgramError,
         hint: &'static str,
     },
+    #[error("pinned link {}: {error}", path.display())]
+    Link { path: PathBuf, error: String },
     #[error("{what} {value} is out of range (must be below {limit})")]
     OutOfRange {
         what: &'static str,
@@ -168,6 +174,9 @@ pub enum Pinning {
 #[derive(Debug)]
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// `<pin dir>/links` when pinned: one pinned `bpf_link` per attachment, so the programs stay
+    /// attached while the agent restarts.
+    links_dir: Option<PathBuf>,
     attachments: Vec<Attachment>,
 }
 
@@ -175,7 +184,8 @@ pub struct Dataplane {
 struct Attachment {
     program: Program,
     interface: String,
-    link: XdpLinkId,
+    link: FdLink,
+    pin: Option<PathBuf>,
 }
 
 impl Dataplane {
@@ -203,33 +213,115 @@ impl Dataplane {
                 .load()
                 .map_err(|source| Error::Program { program, source })?;
         }
+        let links_dir = match pinning {
+            Pinning::Dir(dir) => {
+                let links = dir.join("links");
+                std::fs::create_dir_all(&links).map_err(|source| Error::PinDir {
+                    path: links.clone(),
+                    source,
+                })?;
+                Some(links)
+            }
+            Pinning::Unpinned => None,
+        };
         Ok(Self {
             ebpf,
+            links_dir,
             attachments: Vec::new(),
         })
     }
 
-    /// Attaches `program` to `interface`.
+    /// Attaches `program` to `interface`. If a previous agent left a pinned link there, the
+    /// new program replaces the old one atomically through it (no packet sees no program);
+    /// otherwise a new link is made (and pinned, when the maps are).
     pub fn attach(
         &mut self,
         program: Program,
         interface: &str,
         mode: AttachMode,
     ) -> Result<(), Error> {
-        let link = xdp_mut(&mut self.ebpf, program)?
-            .attach(interface, mode.xdp_mode())
-            .map_err(|error| Error::Attach {
+        let pin = self
+            .links_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}-{interface}", program.name())));
+        let attach_error = |error| Error::Attach {
+            program,
+            interface: interface.to_owned(),
+            mode,
+            hint: attach_hint(&error, mode),
+            error,
+        };
+        let xdp = xdp_mut(&mut self.ebpf, program)?;
+        let link = if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let link_error = |e: &dyn std::fmt::Display| Error::Link {
+                path: path.clone(),
+                error: e.to_string(),
+            };
+            let pinned = PinnedLink::from_pin(path).map_err(|e| link_error(&e))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_error(&e))?;
+            let id = xdp.attach_to_link(link).map_err(attach_error)?;
+            tracing::info!(%program, %interface, "took over the pinned link: program replaced in place");
+            xdp.take_link(id)
+                .map_err(|source| Error::Program { program, source })?
+        } else {
+            let id = xdp
+                .attach(interface, mode.xdp_mode())
+                .map_err(attach_error)?;
+            xdp.take_link(id)
+                .map_err(|source| Error::Program { program, source })?
+        };
+        let link = FdLink::try_from(link).map_err(|e| Error::Link {
+            path: pin.clone().unwrap_or_default(),
+            error: format!("XDP needs bpf_link support (Linux 5.9 or later): {e}"),
+        })?;
+        if let Some(path) = &pin
+            && !path.exists()
+        {
+            // Pinning consumes the link and hands back the same fd, now also held by bpffs.
+            let pinned = link.pin(path).map_err(|e| Error::Link {
+                path: path.clone(),
+                error: e.to_string(),
+            })?;
+            self.attachments.push(Attachment {
                 program,
                 interface: interface.to_owned(),
-                mode,
-                hint: attach_hint(&error, mode),
-                error,
-            })?;
+                link: pinned.into(),
+                pin,
+            });
+            return Ok(());
+        }
         self.attachments.push(Attachment {
             program,
             interface: interface.to_owned(),
             link,
+            pin,
         });
+        Ok(())
+    }
+
+    /// Detaches links a previous agent pinned for interfaces that are no longer configured.
+    pub fn detach_unconfigured(&mut self, configured: &[(Program, &str)]) -> Result<(), Error> {
+        let Some(dir) = &self.links_dir else {
+            return Ok(());
+        };
+        let keep: Vec<String> = configured
+            .iter()
+            .map(|(p, i)| format!("{}-{i}", p.name()))
+            .collect();
+        let entries = std::fs::read_dir(dir).map_err(|source| Error::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(|source| Error::PinDir {
+                    path: entry.path(),
+                    source,
+                })?;
+                tracing::info!(link = %name, "detached a link no longer configured");
+            }
+        }
         Ok(())
     }
 
@@ -239,14 +331,36 @@ impl Dataplane {
             program,
             interface,
             link,
+            pin,
         }) = self.attachments.pop()
         {
-            xdp_mut(&mut self.ebpf, program)?
-                .detach(link)
-                .map_err(|source| Error::Program { program, source })?;
+            if let Some(path) = pin {
+                std::fs::remove_file(&path).map_err(|source| Error::PinDir { path, source })?;
+            }
+            // Closing the last reference to the link detaches the program.
+            drop(link);
             tracing::info!(%program, %interface, "detached");
         }
         Ok(())
+    }
+
+    /// Exits leaving the programs attached through their pinned links (and the maps pinned),
+    /// for the next agent to take over. Unpinned attachments are detached.
+    pub fn leave_attached(mut self) {
+        for Attachment {
+            program,
+            interface,
+            pin,
+            ..
+        } in self.attachments.drain(..)
+        {
+            let what = if pin.is_some() {
+                "left attached"
+            } else {
+                "detached"
+            };
+            tracing::info!(%program, %interface, "{what}");
+        }
     }
 
     /// The loaded program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
