@@ -114,8 +114,23 @@ pub struct SidConfig {
     pub table: Option<u32>,
     /// End.X / End.DX*: the next hop.
     pub nexthop: Option<Spanned<IpAddr>>,
-    /// End.X / End.DX*: the interface towards the next hop.
+    /// End.X / End.DX*: the interface towards the next hop. With `decap = "kernel"` also the
+    /// device of the `seg6local` route for the other behaviours (default: the first
+    /// `[[interface]]`).
     pub interface: Option<String>,
+    /// Who processes the SID: `xdp` (default, `cpn_endpoint`) or `kernel` (a `seg6local`
+    /// route the agent installs; End, End.X, End.DT6, End.DX6, End.DX4).
+    #[serde(default)]
+    pub decap: Decap,
+}
+
+/// Who processes a local SID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decap {
+    #[default]
+    Xdp,
+    Kernel,
 }
 
 /// A transport protocol for service keys.
@@ -224,6 +239,10 @@ pub struct RemoteNode {
     /// Drained: no new flows; its flows stay (reload with SIGHUP to apply).
     #[serde(default)]
     pub drained: bool,
+    /// The node's SRv6 locator (e.g. `fc00:1::/48`); with `via`, the agent installs a route
+    /// to it (BGP learns locators in a later version).
+    pub locator: Option<Spanned<String>>,
+    pub via: Option<Ipv6Addr>,
     /// Path latency and loss as configured (probes measure them in a later version).
     #[serde(default)]
     pub latency_ms: f64,
@@ -578,6 +597,19 @@ fn validate_ingress(
                     "[[remote]] {}: segments: 1 to {} SIDs, the last being the node's decapsulating SID",
                     remote.name,
                     cpn_common::maps::MAX_SIDS
+                ),
+            ));
+        }
+        if let Some(locator) = &remote.locator
+            && (crate::kernel::parse_prefix(locator.get_ref()).is_none() || remote.via.is_none())
+        {
+            return Err(error(
+                Some(locator.span().start),
+                format!(
+                    "[[remote]] {}: locator = {:?}: give an IPv6 prefix (e.g. \"fc00:1::/48\") and `via`, \
+                     the next hop towards it",
+                    remote.name,
+                    locator.get_ref()
                 ),
             ));
         }

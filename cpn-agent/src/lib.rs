@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod kernel;
 pub mod metrics;
 pub mod selection;

@@ -129,5 +129,5 @@ async fn serve(
             },
         }
     }
-    agent.stop().await
+    agent.stop(!config.dataplane.keep_attached_on_exit).await
 }

@@ -6,7 +6,9 @@
 //!                      └─ eth3 ── compute3 (cpu 3e12)     answering with its node name
 //! ```
 //! The ingress steers with `cpn_steer` (policy, static `[[remote]]`s reading the compute
-//! agents' published metrics); each compute node decapsulates with `cpn_endpoint` (End.DT6).
+//! agents' published metrics, locator routes installed by the agent); compute1 and compute2
+//! decapsulate with `cpn_endpoint` (End.DT6), compute3 with a kernel `seg6local` route its agent
+//! installs.
 
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Duration};
 
@@ -120,11 +122,6 @@ impl SteeringLab {
         for (i, (compute, _)) in COMPUTES.iter().enumerate() {
             let n = i + 1;
             ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-            ingress.add_route(&[
-                &format!("fc00:{n}::/32"),
-                "via",
-                &format!("2001:db8:1{n}::2"),
-            ])?;
             let node = lab.node(compute)?;
             node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
             node.add_address("lo", &format!("{VIP}/128"))?;
@@ -139,10 +136,16 @@ impl SteeringLab {
             let requests_file = work.join(format!("{compute}.inflight"));
             fs::write(&requests_file, "0\n")?;
             in_flight.insert((*compute).to_owned(), requests_file.clone());
+            // compute3 lets the kernel decapsulate (a seg6local route the agent installs).
+            let decap = if n == 3 {
+                "decap = \"kernel\"\ntable = 255\n"
+            } else {
+                ""
+            };
             let config = format!(
                 "[node]\nname = \"{compute}\"\nroles = [\"compute\"]\n\n\
                  [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-                 [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
+                 [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n{decap}\n\
                  [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
                  in_flight_file = \"{}\"\nmax_in_flight = 100\n\n\
                  [metrics]\ninterval_ms = 200\nsample_host = false\npublish_file = \"{}\"\n",
@@ -288,7 +291,8 @@ fn ingress_config_text(work: &std::path::Path, changes: &[(&str, RemoteChange)])
         let n = i + 1;
         let _ = write!(
             text,
-            "\n[[remote]]\nname = \"{compute}\"\nsegments = [\"fc00:{n}::d6\"]\ndrained = {}\nmetrics_file = \"{}\"\n\n\
+            "\n[[remote]]\nname = \"{compute}\"\nsegments = [\"fc00:{n}::d6\"]\ndrained = {}\nmetrics_file = \"{}\"\n\
+             locator = \"fc00:{n}::/32\"\nvia = \"2001:db8:1{n}::2\"\n\n\
              [[remote.service]]\naddress = \"{VIP}\"\ncapacity = {{ cpu = {capacity:e} }}\n",
             change == Some(RemoteChange::Drained),
             work.join(format!("{compute}.json")).display(),

@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, watch};
 
 pub use self::owner::Command;
 use crate::{
-    config::{Config, Protocol, SidSpec},
+    config::{Config, Decap, Protocol, SidSpec},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
+    kernel::{KernelRoutes, KernelSid},
 };
 
 /// Stable small ids for named things (services, nodes), kept across reloads so that a flow's
@@ -81,12 +82,16 @@ pub struct Agent {
     applied: Applied,
     steering: watch::Sender<steering::Plan>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Opened on first use: nodes without kernel routes need no netlink socket.
+    kernel: Option<KernelRoutes>,
 }
 
 #[derive(Debug, Default)]
 struct Applied {
     sids: Vec<Ipv6Addr>,
     services: Vec<ServiceAddr>,
+    /// Kernel routes installed (seg6local SIDs, remote locators), as prefix and length.
+    kernel_routes: Vec<(Ipv6Addr, u8)>,
 }
 
 impl Agent {
@@ -105,6 +110,7 @@ impl Agent {
             applied: Applied::default(),
             steering,
             tasks: Vec::new(),
+            kernel: None,
         };
         agent.reconcile(config).await?;
         agent
@@ -150,9 +156,11 @@ impl Agent {
                 .await
                 .context("the data-plane owner stopped")?;
         }
+        let kernel_routes = self.reconcile_kernel_routes(config).await?;
         self.applied = Applied {
             sids: sid_addrs,
             services,
+            kernel_routes,
         };
         self.steering.send_replace(plan);
         Ok(())
@@ -235,10 +243,58 @@ impl Agent {
         (commands, services, plan)
     }
 
-    /// Stops the tasks and returns the data plane (for the caller to detach or keep).
-    pub async fn stop(self) -> Result<Dataplane> {
+    /// Installs the kernel routes `config` asks for (seg6local SIDs, remote locators) and
+    /// removes those a previous configuration installed and this one drops.
+    async fn reconcile_kernel_routes(&mut self, config: &Config) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let wanted = kernel_routes(config)?;
+        if wanted.is_empty() && self.applied.kernel_routes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kernel = match &self.kernel {
+            Some(kernel) => kernel.clone(),
+            None => self.kernel.insert(KernelRoutes::connect()?).clone(),
+        };
+        if wanted.iter().any(|r| matches!(r, KernelRoute::Sid { .. })) {
+            enable_seg6(config);
+        }
+        let mut installed = Vec::new();
+        for route in &wanted {
+            match *route {
+                KernelRoute::Sid { sid, what, dev } => {
+                    kernel.set_seg6local(sid, what, dev).await?;
+                    installed.push((sid, 128));
+                }
+                KernelRoute::Locator { prefix, len, via } => {
+                    kernel.set_route_via(prefix, len, via).await?;
+                    installed.push((prefix, len));
+                }
+            }
+        }
+        for (prefix, len) in self
+            .applied
+            .kernel_routes
+            .iter()
+            .filter(|r| !installed.contains(r))
+        {
+            if let Err(error) = kernel.remove(*prefix, *len).await {
+                tracing::warn!(error = %format!("{error:#}"), "removing a route no longer configured");
+            }
+        }
+        Ok(installed)
+    }
+
+    /// Stops the tasks and returns the data plane (for the caller to detach or keep). With
+    /// `remove_kernel_routes`, the kernel routes the agent installed go too.
+    pub async fn stop(self, remove_kernel_routes: bool) -> Result<Dataplane> {
         for task in &self.tasks {
             task.abort();
+        }
+        if remove_kernel_routes && let Some(kernel) = &self.kernel {
+            for (prefix, len) in &self.applied.kernel_routes {
+                if let Err(error) = kernel.remove(*prefix, *len).await {
+                    tracing::warn!(error = %format!("{error:#}"), "removing a kernel route");
+                }
+            }
         }
         drop(self.commands);
         drop(self.steering);
@@ -246,12 +302,83 @@ impl Agent {
     }
 }
 
-/// The SIDs of `config` with interfaces resolved to indexes.
+/// The kernel processes SRH packets only on interfaces with `seg6_enabled`: turn it on for
+/// `all` and the configured interfaces when the kernel decapsulates some of our SIDs.
+fn enable_seg6(config: &Config) {
+    let names =
+        std::iter::once("all").chain(config.interfaces.iter().map(|i| i.name.get_ref().as_str()));
+    for name in names {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/seg6_enabled");
+        if let Err(error) = std::fs::write(&path, "1") {
+            tracing::warn!(%path, %error, "could not enable SRv6 processing in the kernel");
+        }
+    }
+}
+
+/// A kernel route the agent owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelRoute {
+    Sid {
+        sid: Ipv6Addr,
+        what: KernelSid,
+        dev: u32,
+    },
+    Locator {
+        prefix: Ipv6Addr,
+        len: u8,
+        via: Ipv6Addr,
+    },
+}
+
+/// The kernel routes `config` asks for, with interfaces resolved.
+fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
+    let mut routes = Vec::new();
+    for sid in config.srv6.sids.iter().filter(|s| s.decap == Decap::Kernel) {
+        let spec = sid.spec().map_err(anyhow::Error::msg)?;
+        let default_dev = || {
+            sid.interface
+                .clone()
+                .or_else(|| config.interfaces.first().map(|i| i.name.get_ref().clone()))
+                .context("a kernel SID needs `interface` (or an [[interface]] to default to)")
+        };
+        let (what, dev) = match spec {
+            SidSpec::End => (KernelSid::End, default_dev()?),
+            SidSpec::EndDt6 { table } => (
+                KernelSid::EndDt6 {
+                    table: if table == 0 { 254 } else { table },
+                },
+                default_dev()?,
+            ),
+            SidSpec::EndX { nexthop, interface } => (KernelSid::EndX { nexthop }, interface),
+            SidSpec::EndDx6 { nexthop, interface } => (KernelSid::EndDx6 { nexthop }, interface),
+            SidSpec::EndDx4 { nexthop, interface } => (KernelSid::EndDx4 { nexthop }, interface),
+            SidSpec::EndDt4 { .. } | SidSpec::EndDt46 { .. } => {
+                anyhow::bail!("{}: End.DT4/End.DT46 need decap = \"xdp\"", sid.sid)
+            }
+        };
+        routes.push(KernelRoute::Sid {
+            sid: sid.sid,
+            what,
+            dev: ifindex(&dev)?,
+        });
+    }
+    for remote in &config.remotes {
+        if let (Some(locator), Some(via)) = (&remote.locator, remote.via)
+            && let Some((prefix, len)) = crate::kernel::parse_prefix(locator.get_ref())
+        {
+            routes.push(KernelRoute::Locator { prefix, len, via });
+        }
+    }
+    Ok(routes)
+}
+
+/// The XDP-processed SIDs of `config` with interfaces resolved to indexes.
 fn sid_commands(config: &Config) -> Result<Vec<(Ipv6Addr, SidBehavior)>> {
     config
         .srv6
         .sids
         .iter()
+        .filter(|sid| sid.decap == Decap::Xdp)
         .map(|sid| {
             let spec = sid.spec().map_err(anyhow::Error::msg)?;
             let behavior = match spec {
