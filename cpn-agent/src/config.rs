@@ -277,6 +277,9 @@ pub struct SelectionConfig {
     /// Share of ring slots that may move per rewrite (0..=1).
     pub max_churn: f64,
     pub interval_ms: u64,
+    /// Write every service's latest decision here (JSON): candidates, metrics, ages, scores,
+    /// weights, exclusions and the hysteresis state; what `cpnctl explain` will show.
+    pub explain_file: Option<PathBuf>,
 }
 
 impl Default for SelectionConfig {
@@ -287,6 +290,7 @@ impl Default for SelectionConfig {
             min_dwell_ms: 2000,
             max_churn: 0.25,
             interval_ms: 500,
+            explain_file: None,
         }
     }
 }

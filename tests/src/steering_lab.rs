@@ -278,7 +278,9 @@ fn ingress_config_text(work: &std::path::Path, changes: &[(&str, RemoteChange)])
          [srv6]\nsource = \"2001:db8:1::2\"\n\n\
          [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\naffinity = true\n\
          max_metric_age_ms = 3000\n\n\
-         [selection]\nthreshold = 0.05\nmin_dwell_ms = 500\nmax_churn = 1.0\ninterval_ms = 200\n"
+         [selection]\nthreshold = 0.05\nmin_dwell_ms = 500\nmax_churn = 1.0\ninterval_ms = 200\n\
+         explain_file = \"{}\"\n",
+        work.join("explain.json").display()
     );
     for (i, (compute, capacity)) in COMPUTES.iter().enumerate() {
         let change = changes

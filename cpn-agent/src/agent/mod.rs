@@ -198,6 +198,7 @@ impl Agent {
             },
             interval: Duration::from_millis(config.selection.interval_ms.max(10)),
             services: Vec::new(),
+            explain_file: config.selection.explain_file.clone(),
         };
         let mut commands = Vec::new();
         let mut services = Vec::new();

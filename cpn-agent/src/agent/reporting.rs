@@ -85,17 +85,10 @@ pub fn spawn(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
                     })
                     .collect(),
             };
-            if let Err(e) = write_atomically(&file, &published) {
+            if let Err(e) = super::steering::write_json(&file, &published) {
                 tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
             }
             tokio::time::sleep(interval).await;
         }
     }))
-}
-
-/// Readers never see half a file: write a sibling, then rename over.
-fn write_atomically(path: &std::path::Path, published: &Published) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(published)?)?;
-    std::fs::rename(tmp, path)
 }

@@ -29,6 +29,7 @@ pub struct Plan {
     pub hysteresis: Settings,
     pub interval: Duration,
     pub services: Vec<PlannedService>,
+    pub explain_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +154,23 @@ struct ServiceState {
     current: Vec<u32>,
     target: Vec<u32>,
     last_move: Option<Instant>,
+    explanation: Option<Explanation>,
+}
+
+/// Why a service's flows go where they go: the latest decision and the hysteresis state.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Explanation {
+    pub service: u32,
+    pub address: IpAddr,
+    pub protocol: Option<u8>,
+    pub port: Option<u16>,
+    pub decision: selection::Decision,
+    /// What hysteresis made of the latest weights.
+    pub verdict: Verdict,
+    /// The weights the current target ring was built from.
+    pub published: Option<std::collections::BTreeMap<u32, f64>>,
+    /// Ring slots still to move towards the target (churn limit).
+    pub pending_slots: usize,
 }
 
 pub async fn run(mut plans: watch::Receiver<Plan>, commands: mpsc::Sender<Command>) {
@@ -172,6 +190,16 @@ pub async fn run(mut plans: watch::Receiver<Plan>, commands: mpsc::Sender<Comman
                     .is_err()
             {
                 return;
+            }
+        }
+        if let Some(path) = &plan.explain_file {
+            let explanations: Vec<&Explanation> = plan
+                .services
+                .iter()
+                .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.as_ref()))
+                .collect();
+            if let Err(error) = write_json(path, &explanations) {
+                tracing::warn!(path = %path.display(), %error, "writing the explanation");
             }
         }
         tokio::select! {
@@ -203,6 +231,27 @@ fn step(plan: &Plan, service: &PlannedService, state: &mut ServiceState) -> Opti
             .collect();
         tracing::info!(service = service.id, ?verdict, weights = %shares.join(" "), "new target ring");
     }
+    let pending_slots = state
+        .current
+        .iter()
+        .zip(&state.target)
+        .filter(|(a, b)| a != b)
+        .count()
+        + state.current.len().abs_diff(state.target.len());
+    let (address, protocol, port) = service
+        .candidates
+        .first()
+        .map_or((IpAddr::from([0u8; 16]), None, None), |c| c.service);
+    state.explanation = Some(Explanation {
+        service: service.id,
+        address,
+        protocol,
+        port,
+        decision,
+        verdict,
+        published: state.hysteresis.published().cloned(),
+        pending_slots,
+    });
     if state.current == state.target {
         return None;
     }
@@ -230,4 +279,11 @@ fn step(plan: &Plan, service: &PlannedService, state: &mut ServiceState) -> Opti
     state.current.clone_from(&next);
     state.last_move = Some(instant);
     Some(next)
+}
+
+/// Readers never see half a file: write a sibling, then rename over.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(tmp, path)
 }

@@ -147,6 +147,9 @@ pub enum Exclusion {
 pub struct Evaluation {
     pub node: u32,
     pub name: String,
+    /// The L0 metrics it was judged on, and the path to it.
+    pub metrics: NodeMetrics,
+    pub path: Path,
     pub metric_age: Option<Duration>,
     pub scores: Option<score::Scores>,
     /// Share of new flows it should get (0..=1); 0 when excluded.
@@ -207,6 +210,8 @@ fn evaluate(
     let mut evaluation = Evaluation {
         node: candidate.node,
         name: candidate.name.clone(),
+        metrics: candidate.metrics.clone(),
+        path: candidate.path,
         metric_age,
         scores: None,
         weight: 0.0,
