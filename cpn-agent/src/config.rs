@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    dataplane::{AttachMode, Pinning, Program, default_pin_dir},
+    dataplane::{AttachMode, Pinning, Program, SidBehavior, default_pin_dir},
     metrics::ComputeKind,
     selection::Objective,
 };
@@ -405,38 +405,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     Ok(config)
 }
 
-/// The SRv6 behaviour a `[[srv6.sid]]` asks for, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SidSpec {
-    End,
-    EndX {
-        nexthop: Ipv6Addr,
-        interface: String,
-    },
-    EndDx6 {
-        nexthop: Ipv6Addr,
-        interface: String,
-    },
-    EndDx4 {
-        nexthop: std::net::Ipv4Addr,
-        interface: String,
-    },
-    EndDt6 {
-        table: u32,
-    },
-    EndDt4 {
-        table: u32,
-    },
-    EndDt46 {
-        table: u32,
-    },
-}
-
 const BEHAVIORS: &str = "End, End.X, End.DT6, End.DT4, End.DT46, End.DX6, End.DX4";
 
 impl SidConfig {
-    /// The checked behaviour, or what is wrong with it.
-    pub fn spec(&self) -> Result<SidSpec, String> {
+    /// The checked behaviour (interfaces by name), or what is wrong with it.
+    pub fn spec(&self) -> Result<SidBehavior<String>, String> {
         let name = self.behavior.get_ref().as_str();
         let table = self.table.unwrap_or(0);
         let nexthop = self.nexthop.as_ref().map(|n| *n.get_ref());
@@ -455,21 +428,21 @@ impl SidConfig {
             return Err(format!("{name} takes no `table`; only End.DT4/6/46 do"));
         }
         Ok(match (name, nexthop) {
-            ("End", _) => SidSpec::End,
-            ("End.DT6", _) => SidSpec::EndDt6 { table },
-            ("End.DT4", _) => SidSpec::EndDt4 { table },
-            ("End.DT46", _) => SidSpec::EndDt46 { table },
-            ("End.X", Some(IpAddr::V6(nexthop))) => SidSpec::EndX {
+            ("End", _) => SidBehavior::End,
+            ("End.DT6", _) => SidBehavior::EndDt6 { table },
+            ("End.DT4", _) => SidBehavior::EndDt4 { table },
+            ("End.DT46", _) => SidBehavior::EndDt46 { table },
+            ("End.X", Some(IpAddr::V6(nexthop))) => SidBehavior::EndX {
                 nexthop,
-                interface: interface()?,
+                oif: interface()?,
             },
-            ("End.DX6", Some(IpAddr::V6(nexthop))) => SidSpec::EndDx6 {
+            ("End.DX6", Some(IpAddr::V6(nexthop))) => SidBehavior::EndDx6 {
                 nexthop,
-                interface: interface()?,
+                oif: interface()?,
             },
-            ("End.DX4", Some(IpAddr::V4(nexthop))) => SidSpec::EndDx4 {
+            ("End.DX4", Some(IpAddr::V4(nexthop))) => SidBehavior::EndDx4 {
                 nexthop,
-                interface: interface()?,
+                oif: interface()?,
             },
             ("End.X" | "End.DX6", _) => return Err(format!("{name} needs an IPv6 `nexthop`")),
             ("End.DX4", _) => return Err("End.DX4 needs an IPv4 `nexthop`".into()),

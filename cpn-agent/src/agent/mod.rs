@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use self::owner::Command;
 use crate::{
-    config::{Config, Decap, Protocol, SidSpec},
+    config::{Config, Decap, Protocol},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
     kernel::{KernelRoutes, KernelSid},
 };
@@ -343,17 +343,17 @@ fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
                 .context("a kernel SID needs `interface` (or an [[interface]] to default to)")
         };
         let (what, dev) = match spec {
-            SidSpec::End => (KernelSid::End, default_dev()?),
-            SidSpec::EndDt6 { table } => (
+            SidBehavior::End => (KernelSid::End, default_dev()?),
+            SidBehavior::EndDt6 { table } => (
                 KernelSid::EndDt6 {
                     table: if table == 0 { 254 } else { table },
                 },
                 default_dev()?,
             ),
-            SidSpec::EndX { nexthop, interface } => (KernelSid::EndX { nexthop }, interface),
-            SidSpec::EndDx6 { nexthop, interface } => (KernelSid::EndDx6 { nexthop }, interface),
-            SidSpec::EndDx4 { nexthop, interface } => (KernelSid::EndDx4 { nexthop }, interface),
-            SidSpec::EndDt4 { .. } | SidSpec::EndDt46 { .. } => {
+            SidBehavior::EndX { nexthop, oif } => (KernelSid::EndX { nexthop }, oif),
+            SidBehavior::EndDx6 { nexthop, oif } => (KernelSid::EndDx6 { nexthop }, oif),
+            SidBehavior::EndDx4 { nexthop, oif } => (KernelSid::EndDx4 { nexthop }, oif),
+            SidBehavior::EndDt4 { .. } | SidBehavior::EndDt46 { .. } => {
                 anyhow::bail!("{}: End.DT4/End.DT46 need decap = \"xdp\"", sid.sid)
             }
         };
@@ -381,26 +381,8 @@ fn sid_commands(config: &Config) -> Result<Vec<(Ipv6Addr, SidBehavior)>> {
         .iter()
         .filter(|sid| sid.decap == Decap::Xdp)
         .map(|sid| {
-            let spec = sid.spec().map_err(anyhow::Error::msg)?;
-            let behavior = match spec {
-                SidSpec::End => SidBehavior::End,
-                SidSpec::EndDt6 { table } => SidBehavior::EndDt6 { table },
-                SidSpec::EndDt4 { table } => SidBehavior::EndDt4 { table },
-                SidSpec::EndDt46 { table } => SidBehavior::EndDt46 { table },
-                SidSpec::EndX { nexthop, interface } => SidBehavior::EndX {
-                    nexthop,
-                    oif: ifindex(&interface)?,
-                },
-                SidSpec::EndDx6 { nexthop, interface } => SidBehavior::EndDx6 {
-                    nexthop,
-                    oif: ifindex(&interface)?,
-                },
-                SidSpec::EndDx4 { nexthop, interface } => SidBehavior::EndDx4 {
-                    nexthop,
-                    oif: ifindex(&interface)?,
-                },
-            };
-            Ok((sid.sid, behavior))
+            let behavior = sid.spec().map_err(anyhow::Error::msg)?;
+            Ok((sid.sid, behavior.map_interface(|name| ifindex(&name))?))
         })
         .collect()
 }

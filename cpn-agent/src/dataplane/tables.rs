@@ -64,21 +64,22 @@ pub struct Node {
     pub state: NodeState,
 }
 
-/// A local SID's behaviour (RFC 8986 §4).
+/// A local SID's behaviour (RFC 8986 §4). `Interface` is how the outgoing interface of End.X
+/// and End.DX* is named: an index for the data plane, a name in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SidBehavior {
+pub enum SidBehavior<Interface = u32> {
     End,
     EndX {
         nexthop: Ipv6Addr,
-        oif: u32,
+        oif: Interface,
     },
     EndDx6 {
         nexthop: Ipv6Addr,
-        oif: u32,
+        oif: Interface,
     },
     EndDx4 {
         nexthop: Ipv4Addr,
-        oif: u32,
+        oif: Interface,
     },
     /// `table` 0: the table of the interface the packet came in on.
     EndDt6 {
@@ -90,6 +91,33 @@ pub enum SidBehavior {
     EndDt46 {
         table: u32,
     },
+}
+
+impl<I> SidBehavior<I> {
+    /// The same behaviour with its interface named another way (e.g. name → index).
+    pub fn map_interface<J, E>(
+        self,
+        f: impl FnOnce(I) -> Result<J, E>,
+    ) -> Result<SidBehavior<J>, E> {
+        Ok(match self {
+            Self::End => SidBehavior::End,
+            Self::EndX { nexthop, oif } => SidBehavior::EndX {
+                nexthop,
+                oif: f(oif)?,
+            },
+            Self::EndDx6 { nexthop, oif } => SidBehavior::EndDx6 {
+                nexthop,
+                oif: f(oif)?,
+            },
+            Self::EndDx4 { nexthop, oif } => SidBehavior::EndDx4 {
+                nexthop,
+                oif: f(oif)?,
+            },
+            Self::EndDt6 { table } => SidBehavior::EndDt6 { table },
+            Self::EndDt4 { table } => SidBehavior::EndDt4 { table },
+            Self::EndDt46 { table } => SidBehavior::EndDt46 { table },
+        })
+    }
 }
 
 impl SidBehavior {
