@@ -2,6 +2,7 @@
 //! load and steers flows. `cpn-agent` (the daemon) is a thin layer over this library.
 
 pub mod agent;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod kernel;

@@ -1,0 +1,3 @@
+//! BGP: the agents' advertisements of compute load (DESIGN.md "Announcement").
+
+pub mod metric_attr;
