@@ -1,3 +1,4 @@
 //! BGP: the agents' advertisements of compute load (DESIGN.md "Announcement").
 
 pub mod metric_attr;
+pub mod route;

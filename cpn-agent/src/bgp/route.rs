@@ -1,0 +1,508 @@
+//! Service routes in BGP UPDATE messages (netgauze-bgp-pkt does the wire format).
+//!
+//! One route is one site of an anycast service: the prefix (/128 or /32) as MP-BGP NLRI with an
+//! ADD-PATH path identifier (RFC 7911; an ingress needs every site, not a best path), the site's
+//! decapsulating SID in the BGP Prefix-SID attribute's SRv6 L3 Service TLV (RFC 9252), the
+//! accumulated path latency in AIGP (RFC 7311, microseconds), the compute metrics in the CPN
+//! metric attribute, and the free capacity as a Link Bandwidth extended community (so a plain
+//! router can weigh ECMP by it).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use netgauze_bgp_pkt::{
+    BgpMessage,
+    community::{ExtendedCommunity, NonTransitiveTwoOctetExtendedCommunity},
+    nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress},
+    path_attribute::{
+        Aigp, As4PathSegment, AsPath, AsPathSegmentType, BgpSidAttribute, ClusterId, ClusterList,
+        ExtendedCommunities, MpReach, MpUnreach, Origin, Originator, PathAttribute,
+        PathAttributeValue, PrefixSegmentIdentifier, SRv6ServiceSubTlv, UnknownAttribute,
+    },
+    update::BgpUpdateMessage,
+};
+
+use super::metric_attr::{self, CpnMetrics};
+
+/// RFC 8986 §10.2 endpoint behaviour codes for the SIDs we advertise.
+pub mod behavior {
+    pub const END_DX6: u16 = 16;
+    pub const END_DX4: u16 = 17;
+    pub const END_DT6: u16 = 18;
+    pub const END_DT4: u16 = 19;
+    pub const END_DT46: u16 = 20;
+}
+
+/// A service site as BGP carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceRoute {
+    /// The anycast address (advertised as /128 or /32).
+    pub prefix: IpAddr,
+    /// ADD-PATH path identifier: one per site.
+    pub path_id: u32,
+    pub next_hop: Ipv6Addr,
+    /// The site's decapsulating SID and its RFC 8986 behaviour code.
+    pub sid: Ipv6Addr,
+    pub behavior: u16,
+    /// Accumulated path latency, microseconds.
+    pub aigp: Option<u64>,
+    pub metrics: Option<CpnMetrics>,
+    /// Free capacity, as the Link Bandwidth community's float (operations per second).
+    pub link_bandwidth: Option<f32>,
+    pub as_path: Vec<u32>,
+    /// Route reflection (RFC 4456).
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+}
+
+/// A withdrawn site: prefix and path identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Withdrawn {
+    pub prefix: IpAddr,
+    pub path_id: u32,
+}
+
+/// What an UPDATE said about service routes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub announced: Vec<ServiceRoute>,
+    pub withdrawn: Vec<Withdrawn>,
+    /// Attributes dropped as malformed (RFC 7606 attribute discard), for counters and logs.
+    pub discarded: Vec<String>,
+}
+
+fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> PathAttribute {
+    PathAttribute::from(optional, transitive, false, true, value)
+        .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
+}
+
+/// The UPDATE announcing `route`; `metric_code` is the CPN attribute's type code.
+pub fn announce(route: &ServiceRoute, metric_code: u8) -> BgpMessage {
+    let reach = match route.prefix {
+        IpAddr::V6(v6) => MpReach::Ipv6Unicast {
+            next_hop_global: route.next_hop,
+            next_hop_local: None,
+            nlri: vec![v6_nlri(v6, route.path_id)].into(),
+        },
+        IpAddr::V4(v4) => MpReach::Ipv4Unicast {
+            next_hop: IpAddr::V6(route.next_hop),
+            next_hop_local: None,
+            nlri: vec![v4_nlri(v4, route.path_id)].into(),
+        },
+    };
+    let segments = vec![As4PathSegment::new(
+        AsPathSegmentType::AsSequence,
+        route.as_path.clone(),
+    )];
+    let mut attrs = vec![
+        attribute(false, true, PathAttributeValue::Origin(Origin::IGP)),
+        attribute(
+            false,
+            true,
+            PathAttributeValue::AsPath(AsPath::As4PathSegments(segments.into())),
+        ),
+        attribute(true, false, PathAttributeValue::MpReach(reach)),
+        attribute(
+            true,
+            true,
+            PathAttributeValue::PrefixSegmentIdentifier(PrefixSegmentIdentifier::new(vec![
+                BgpSidAttribute::SRv6ServiceL3 {
+                    reserved: 0,
+                    subtlvs: vec![SRv6ServiceSubTlv::SRv6SIDInformation {
+                        reserved1: 0,
+                        sid: route.sid,
+                        service_sid_flags: 0,
+                        endpoint_behaviour: route.behavior,
+                        reserved2: 0,
+                        subsubtlvs: vec![].into(),
+                    }]
+                    .into(),
+                },
+            ])),
+        ),
+    ];
+    if let Some(aigp) = route.aigp {
+        attrs.push(attribute(
+            true,
+            false,
+            PathAttributeValue::Aigp(Aigp::AccumulatedIgpMetric(aigp)),
+        ));
+    }
+    if let Some(bandwidth) = route.link_bandwidth {
+        let community = ExtendedCommunity::NonTransitiveTwoOctet(
+            NonTransitiveTwoOctetExtendedCommunity::LinkBandwidth {
+                global_admin: u16::try_from(route.as_path.first().copied().unwrap_or(0))
+                    .unwrap_or(0),
+                local_admin: bandwidth.to_bits(),
+            },
+        );
+        attrs.push(attribute(
+            true,
+            true,
+            PathAttributeValue::ExtendedCommunities(ExtendedCommunities::new(vec![community])),
+        ));
+    }
+    if let Some(originator) = route.originator_id {
+        attrs.push(attribute(
+            true,
+            false,
+            PathAttributeValue::Originator(Originator::new(originator)),
+        ));
+    }
+    if !route.cluster_list.is_empty() {
+        let ids: Vec<ClusterId> = route
+            .cluster_list
+            .iter()
+            .map(|id| ClusterId::new(*id))
+            .collect();
+        attrs.push(attribute(
+            true,
+            false,
+            PathAttributeValue::ClusterList(ClusterList::new(ids)),
+        ));
+    }
+    if let Some(metrics) = &route.metrics {
+        let value = UnknownAttribute::new(metric_code, metric_attr::encode(metrics));
+        attrs.push(attribute(
+            true,
+            true,
+            PathAttributeValue::UnknownAttribute(value),
+        ));
+    }
+    BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+}
+
+/// The UPDATE withdrawing sites.
+pub fn withdraw(withdrawn: &[Withdrawn]) -> BgpMessage {
+    let v6: Vec<Ipv6UnicastAddress> = withdrawn
+        .iter()
+        .filter_map(|w| match w.prefix {
+            IpAddr::V6(p) => Some(v6_nlri(p, w.path_id)),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    let v4: Vec<Ipv4UnicastAddress> = withdrawn
+        .iter()
+        .filter_map(|w| match w.prefix {
+            IpAddr::V4(p) => Some(v4_nlri(p, w.path_id)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut attrs = Vec::new();
+    if !v6.is_empty() {
+        attrs.push(attribute(
+            true,
+            false,
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: v6.into() }),
+        ));
+    }
+    if !v4.is_empty() {
+        attrs.push(attribute(
+            true,
+            false,
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri: v4.into() }),
+        ));
+    }
+    BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+}
+
+fn v6_nlri(prefix: Ipv6Addr, path_id: u32) -> Ipv6UnicastAddress {
+    let net = Ipv6Unicast::from_net(Ipv6Net::new(prefix, 128).expect("/128 is valid"))
+        .expect("a unicast service address");
+    Ipv6UnicastAddress::new(Some(path_id), net)
+}
+
+fn v4_nlri(prefix: Ipv4Addr, path_id: u32) -> Ipv4UnicastAddress {
+    let net = Ipv4Unicast::from_net(Ipv4Net::new(prefix, 32).expect("/32 is valid"))
+        .expect("a unicast service address");
+    Ipv4UnicastAddress::new(Some(path_id), net)
+}
+
+/// The SID and behaviour of the SRv6 L3 Service TLV (RFC 9252).
+fn srv6_service_sid(psid: &PrefixSegmentIdentifier) -> Option<(Ipv6Addr, u16)> {
+    psid.tlvs().iter().find_map(|tlv| match tlv {
+        BgpSidAttribute::SRv6ServiceL3 { subtlvs, .. } => {
+            subtlvs.iter().find_map(|sub| match sub {
+                SRv6ServiceSubTlv::SRv6SIDInformation {
+                    sid,
+                    endpoint_behaviour,
+                    ..
+                } => Some((*sid, *endpoint_behaviour)),
+                SRv6ServiceSubTlv::Unknown { .. } => None,
+            })
+        }
+        _ => None,
+    })
+}
+
+fn link_bandwidth(communities: &ExtendedCommunities) -> Option<f32> {
+    communities.communities().iter().find_map(|c| match c {
+        ExtendedCommunity::NonTransitiveTwoOctet(
+            NonTransitiveTwoOctetExtendedCommunity::LinkBandwidth { local_admin, .. },
+        ) => Some(f32::from_bits(*local_admin)),
+        _ => None,
+    })
+}
+
+/// Reads the service routes of an UPDATE. Routes without an SRv6 L3 Service SID are not service
+/// routes and are skipped; a malformed CPN attribute is discarded (the route stays, without
+/// metrics, and selection then treats it as stale).
+pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut nlri: Vec<(IpAddr, u32)> = Vec::new();
+    let mut next_hop = None;
+    let mut sid = None;
+    let mut template = ServiceRoute {
+        prefix: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        path_id: 0,
+        next_hop: Ipv6Addr::UNSPECIFIED,
+        sid: Ipv6Addr::UNSPECIFIED,
+        behavior: 0,
+        aigp: None,
+        metrics: None,
+        link_bandwidth: None,
+        as_path: Vec::new(),
+        originator_id: None,
+        cluster_list: Vec::new(),
+    };
+    for attr in update.path_attributes() {
+        match attr.value() {
+            PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
+                next_hop_global,
+                nlri: n,
+                ..
+            }) => {
+                next_hop = Some(*next_hop_global);
+                nlri.extend(n.iter().map(|a| {
+                    (
+                        IpAddr::V6(a.network().address().addr()),
+                        a.path_id().unwrap_or(0),
+                    )
+                }));
+            }
+            PathAttributeValue::MpReach(MpReach::Ipv4Unicast {
+                next_hop: IpAddr::V6(nh),
+                nlri: n,
+                ..
+            }) => {
+                next_hop = Some(*nh);
+                nlri.extend(n.iter().map(|a| {
+                    (
+                        IpAddr::V4(a.network().address().addr()),
+                        a.path_id().unwrap_or(0),
+                    )
+                }));
+            }
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: n }) => {
+                parsed.withdrawn.extend(n.iter().map(|a| Withdrawn {
+                    prefix: IpAddr::V6(a.network().address().addr()),
+                    path_id: a.path_id().unwrap_or(0),
+                }));
+            }
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri: n }) => {
+                parsed.withdrawn.extend(n.iter().map(|a| Withdrawn {
+                    prefix: IpAddr::V4(a.network().address().addr()),
+                    path_id: a.path_id().unwrap_or(0),
+                }));
+            }
+            PathAttributeValue::AsPath(AsPath::As4PathSegments(segments)) => {
+                template.as_path = segments
+                    .iter()
+                    .flat_map(|s| s.as_numbers().iter().copied())
+                    .collect();
+            }
+            PathAttributeValue::PrefixSegmentIdentifier(psid) => sid = srv6_service_sid(psid),
+            PathAttributeValue::Aigp(Aigp::AccumulatedIgpMetric(v)) => template.aigp = Some(*v),
+            PathAttributeValue::ExtendedCommunities(c) => {
+                template.link_bandwidth = link_bandwidth(c);
+            }
+            PathAttributeValue::Originator(o) => template.originator_id = Some(o.id()),
+            PathAttributeValue::ClusterList(list) => {
+                template.cluster_list = list.cluster_list().iter().map(ClusterId::id).collect();
+            }
+            PathAttributeValue::UnknownAttribute(u) if u.code() == metric_code => {
+                match metric_attr::decode(u.value()) {
+                    Ok(metrics) => template.metrics = Some(metrics),
+                    Err(e) => parsed.discarded.push(format!("CPN metric attribute: {e}")),
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some(next_hop), Some((sid, behavior))) = (next_hop, sid) else {
+        return parsed;
+    };
+    parsed.announced = nlri
+        .into_iter()
+        .map(|(prefix, path_id)| ServiceRoute {
+            prefix,
+            path_id,
+            next_hop,
+            sid,
+            behavior,
+            ..template.clone()
+        })
+        .collect();
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, time::UNIX_EPOCH};
+
+    use bytes::BytesMut;
+    use netgauze_bgp_pkt::{codec::BgpCodec, wire::deserializer::BgpParsingContext};
+    use netgauze_iana::address_family::AddressType;
+    use tokio_util::codec::{Decoder as _, Encoder as _};
+
+    use super::*;
+    use crate::metrics::{Capacity, ComputeKind, NodeMetrics, Sample, Unit};
+
+    fn codec() -> BgpCodec {
+        let add_path = HashMap::from([
+            (AddressType::Ipv6Unicast, true),
+            (AddressType::Ipv4Unicast, true),
+        ]);
+        BgpCodec::new_from_ctx(
+            true,
+            BgpParsingContext::new(true, HashMap::new(), add_path, false, false, false, false),
+        )
+    }
+
+    fn route(prefix: IpAddr) -> ServiceRoute {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let total = Sample::nominal(2e12, Unit::OpsPerSecond, t);
+        ServiceRoute {
+            prefix,
+            path_id: 7,
+            next_hop: "2001:db8:3::2".parse().unwrap(),
+            sid: "fc00:1::d6".parse().unwrap(),
+            behavior: behavior::END_DT6,
+            aigp: Some(2500),
+            metrics: Some(CpnMetrics {
+                node: "edge1".into(),
+                normalisation: "cpn-norm-v1".into(),
+                metrics: NodeMetrics {
+                    capacity: vec![(ComputeKind::Cpu, Capacity { total, free: total })],
+                    ..NodeMetrics::default()
+                },
+            }),
+            link_bandwidth: Some(2e12),
+            as_path: vec![4_200_000_001],
+            originator_id: Some("10.0.0.1".parse().unwrap()),
+            cluster_list: vec!["10.0.0.9".parse().unwrap()],
+        }
+    }
+
+    fn wire(message: BgpMessage) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        codec().encode(message, &mut buf).expect("encodes");
+        buf.to_vec()
+    }
+
+    fn unwire(bytes: &[u8]) -> BgpMessage {
+        let mut buf = BytesMut::from(bytes);
+        codec()
+            .decode(&mut buf)
+            .expect("decodes")
+            .expect("a whole message")
+            .0
+    }
+
+    #[test]
+    fn announcements_round_trip_through_the_wire() {
+        for prefix in ["2001:db8:cafe::1", "198.18.0.1"] {
+            let r = route(prefix.parse().unwrap());
+            let bytes = wire(announce(&r, 255));
+            let BgpMessage::Update(update) = unwire(&bytes) else {
+                panic!("not an UPDATE")
+            };
+            let parsed = parse(&update, 255);
+            assert_eq!(parsed.announced, vec![r], "{prefix}");
+            assert!(parsed.withdrawn.is_empty() && parsed.discarded.is_empty());
+        }
+    }
+
+    /// The attributes we add carry the bytes their RFCs define.
+    #[test]
+    fn attribute_bytes() {
+        let bytes = wire(announce(&route("2001:db8:cafe::1".parse().unwrap()), 255));
+        let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        // AIGP (type 26): optional, extended length, TLV type 1, length 11, value 2500.
+        let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
+        aigp.extend_from_slice(&2500u64.to_be_bytes());
+        assert!(find(&aigp), "AIGP");
+        // Prefix-SID (type 40): SRv6 L3 Service TLV (5) → SID Information sub-TLV (1): SID, flags,
+        // behaviour 18 (End.DT6).
+        let mut sid = vec![1, 0, 21, 0];
+        sid.extend_from_slice(&"fc00:1::d6".parse::<Ipv6Addr>().unwrap().octets());
+        sid.extend_from_slice(&[0, 0, 18, 0]);
+        assert!(find(&sid), "SRv6 SID Information sub-TLV");
+        assert!(
+            find(&[0xd0, 40]),
+            "Prefix-SID attribute, optional transitive"
+        );
+        // CPN metric attribute: optional transitive, type 255, version 1, name TLV.
+        assert!(
+            find(&[0xd0, 255]) && find(&[1, 1, 0, 5, b'e', b'd', b'g', b'e', b'1']),
+            "CPN metric attribute"
+        );
+        // Link Bandwidth: non-transitive two-octet (0x40), subtype 4, global admin 0 (a 4-byte
+        // ASN does not fit), IEEE float bits.
+        let mut lb = vec![0x40, 0x04, 0, 0];
+        lb.extend_from_slice(&2e12f32.to_bits().to_be_bytes());
+        assert!(find(&lb), "Link Bandwidth community");
+        // NLRI with ADD-PATH: path id 7, /128.
+        let mut nlri = 7u32.to_be_bytes().to_vec();
+        nlri.push(128);
+        nlri.extend_from_slice(&"2001:db8:cafe::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(find(&nlri), "NLRI");
+    }
+
+    #[test]
+    fn withdrawals_round_trip() {
+        let w = vec![
+            Withdrawn {
+                prefix: "2001:db8:cafe::1".parse().unwrap(),
+                path_id: 7,
+            },
+            Withdrawn {
+                prefix: "198.18.0.1".parse().unwrap(),
+                path_id: 3,
+            },
+        ];
+        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w))) else {
+            panic!("not an UPDATE")
+        };
+        let parsed = parse(&update, 255);
+        assert_eq!(parsed.withdrawn, w);
+        assert!(parsed.announced.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_metric_attribute_is_discarded_not_the_route() {
+        let mut r = route("2001:db8:cafe::1".parse().unwrap());
+        let BgpMessage::Update(update) = announce(&r, 255) else {
+            unreachable!()
+        };
+        let attrs: Vec<PathAttribute> = update
+            .path_attributes()
+            .iter()
+            .map(|a| match a.value() {
+                PathAttributeValue::UnknownAttribute(u) if u.code() == 255 => attribute(
+                    true,
+                    true,
+                    PathAttributeValue::UnknownAttribute(UnknownAttribute::new(
+                        255,
+                        vec![1, 3, 0, 1, 0],
+                    )),
+                ),
+                _ => a.clone(),
+            })
+            .collect();
+        let parsed = parse(&BgpUpdateMessage::new(vec![], attrs, vec![]), 255);
+        r.metrics = None;
+        assert_eq!(parsed.announced, vec![r]);
+        assert_eq!(parsed.discarded.len(), 1, "{:?}", parsed.discarded);
+    }
+}
