@@ -21,19 +21,42 @@ pub const PORT: u16 = 7000;
 /// Compute nodes and their CPU capacity (operations per second).
 pub const COMPUTES: [(&str, f64); 3] = [("compute1", 1e12), ("compute2", 2e12), ("compute3", 3e12)];
 
-/// A TCP service that answers every line with the node's name.
+/// Requests a service can have in flight (its `max_in_flight`).
+pub const MAX_IN_FLIGHT: u32 = 10_000;
+
+/// A TCP service that answers every line with the node's name, and, like a real service,
+/// keeps rewriting its in-flight count (every 0.2 s): its open connections plus the extra load
+/// a test puts in the knob file.
 const NAME_SERVER: &str = r#"
-import socket, sys, threading
-name = sys.argv[1].encode() + b"\n"
+import os, socket, sys, threading, time
+name, vip, port, inflight, knob = sys.argv[1].encode() + b"\n", sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+active = 0
+lock = threading.Lock()
+def report():
+    while True:
+        try:
+            extra = int(open(knob).read().strip() or 0)
+        except (OSError, ValueError):
+            extra = 0
+        with open(inflight + ".tmp", "w") as f:
+            f.write(f"{active + extra}\n")
+        os.replace(inflight + ".tmp", inflight)
+        time.sleep(0.2)
+threading.Thread(target=report, daemon=True).start()
 s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[2], int(sys.argv[3]))); s.listen(512)
+s.bind((vip, port)); s.listen(512)
 def serve(c):
+    global active
+    with lock:
+        active += 1
     f = c.makefile("rb")
     try:
         for line in f:
             c.sendall(name)
     except OSError:
         pass
+    with lock:
+        active -= 1
     c.close()
 while True:
     c, _ = s.accept()
@@ -96,8 +119,8 @@ pub struct SteeringLab {
     pub lab: Lab,
     pub ingress: Agent,
     pub computes: Vec<Agent>,
-    /// Each compute node's in-flight file (what its service reports).
-    pub in_flight: BTreeMap<String, PathBuf>,
+    /// Each compute node's load knob: extra requests its service reports in flight.
+    pub load_knobs: BTreeMap<String, PathBuf>,
 }
 
 impl SteeringLab {
@@ -130,12 +153,13 @@ impl SteeringLab {
 
         let work = lab.workdir().to_path_buf();
         let mut computes = Vec::new();
-        let mut in_flight = BTreeMap::new();
+        let mut load_knobs = BTreeMap::new();
         for (i, (compute, capacity)) in COMPUTES.iter().enumerate() {
             let n = i + 1;
             let requests_file = work.join(format!("{compute}.inflight"));
-            fs::write(&requests_file, "0\n")?;
-            in_flight.insert((*compute).to_owned(), requests_file.clone());
+            let knob = work.join(format!("{compute}.load"));
+            fs::write(&knob, "0\n")?;
+            load_knobs.insert((*compute).to_owned(), knob.clone());
             // compute3 lets the kernel decapsulate (a seg6local route the agent installs).
             let decap = if n == 3 {
                 "decap = \"kernel\"\ntable = 255\n"
@@ -147,7 +171,7 @@ impl SteeringLab {
                  [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
                  [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n{decap}\n\
                  [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
-                 in_flight_file = \"{}\"\nmax_in_flight = 100\n\n\
+                 in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\n\
                  [metrics]\ninterval_ms = 200\nsample_host = false\npublish_file = \"{}\"\n",
                 requests_file.display(),
                 work.join(format!("{compute}.json")).display(),
@@ -156,7 +180,16 @@ impl SteeringLab {
             let name = (*compute).to_owned();
             lab.spawn(
                 compute,
-                &["python3", "-c", NAME_SERVER, &name, VIP, &PORT.to_string()],
+                &[
+                    "python3",
+                    "-c",
+                    NAME_SERVER,
+                    &name,
+                    VIP,
+                    &PORT.to_string(),
+                    requests_file.to_str().context("path")?,
+                    knob.to_str().context("path")?,
+                ],
                 None,
             )?;
         }
@@ -165,7 +198,7 @@ impl SteeringLab {
             lab,
             ingress,
             computes,
-            in_flight,
+            load_knobs,
         };
         lab.wait_until_serving()?;
         Ok(lab)
@@ -204,13 +237,13 @@ impl SteeringLab {
         serde_json::from_slice(&out.stdout).context("split client output")
     }
 
-    /// Reports `value` requests in flight (of 100) for `compute`'s service.
-    pub fn set_in_flight(&self, compute: &str, value: u32) -> Result<()> {
-        let path = self
-            .in_flight
+    /// Makes `compute`'s service report `percent` % of its capacity in extra requests.
+    pub fn set_load(&self, compute: &str, percent: u32) -> Result<()> {
+        let knob = self
+            .load_knobs
             .get(compute)
             .context("no such compute node")?;
-        fs::write(path, format!("{value}\n"))?;
+        fs::write(knob, format!("{}\n", MAX_IN_FLIGHT / 100 * percent))?;
         Ok(())
     }
 

@@ -13,6 +13,9 @@ const SPLIT_TOLERANCE: f64 = 0.06;
 #[test]
 fn new_flows_split_by_capacity() -> Result<()> {
     let lab = SteeringLab::start("split")?;
+    // Longer than the policy's metric age (3 s): the services keep reporting, so the nodes
+    // stay fresh and in the ring.
+    std::thread::sleep(Duration::from_secs(4));
     let total = 600;
     let split = lab.split(total)?;
     eprintln!("split of {total} new connections: {split:?}");
@@ -33,8 +36,8 @@ fn load_shifts_new_flows_and_keeps_open_ones() -> Result<()> {
     let mut lab = SteeringLab::start("shift")?;
     let (holder, held) = lab.hold(200)?;
     eprintln!("200 held connections: {held:?}");
-    // compute3 (the biggest) reports 95 of 100 requests in flight.
-    lab.set_in_flight("compute3", 95)?;
+    // compute3 (the biggest) reports 95 % of its requests in flight.
+    lab.set_load("compute3", 95)?;
     let start = Instant::now();
     let shifted = loop {
         let split = lab.split(60)?;
