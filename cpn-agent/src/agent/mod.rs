@@ -81,6 +81,9 @@ pub struct Agent {
     /// What was applied from the last configuration (to remove what a reload drops).
     applied: Applied,
     steering: watch::Sender<steering::Plan>,
+    /// The last plan generation steering has published rings for.
+    settled: watch::Receiver<u64>,
+    generation: u64,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Opened on first use: nodes without kernel routes need no netlink socket.
     kernel: Option<KernelRoutes>,
@@ -101,6 +104,7 @@ impl Agent {
         let (commands, receiver) = mpsc::channel(1024);
         let owner = tokio::spawn(owner::run(dataplane, receiver));
         let (steering, plans) = watch::channel(steering::Plan::default());
+        let (settle, settled) = watch::channel(0);
         let mut agent = Self {
             commands,
             owner,
@@ -109,13 +113,17 @@ impl Agent {
             node_ids: Ids::starting_at(1),
             applied: Applied::default(),
             steering,
+            settled,
+            generation: 0,
             tasks: Vec::new(),
             kernel: None,
         };
+        agent.tasks.push(tokio::spawn(steering::run(
+            plans,
+            agent.commands.clone(),
+            settle,
+        )));
         agent.reconcile(config).await?;
-        agent
-            .tasks
-            .push(tokio::spawn(steering::run(plans, agent.commands.clone())));
         if let Some(task) = reporting::spawn(config) {
             agent.tasks.push(task);
         }
@@ -141,18 +149,20 @@ impl Agent {
         commands.extend(self.node_commands(config));
         let (service_commands, services, plan) = self.services(config);
         commands.extend(service_commands);
-        // Removed nodes last; steering drops them from the rings at its next step (at once:
-        // a membership change skips the dwell time), and their flows re-hash meanwhile.
-        let names: Vec<String> = config.remotes.iter().map(|r| r.name.clone()).collect();
-        commands.extend(
-            self.node_ids
-                .forget_except(&names)
-                .into_iter()
-                .map(Command::RemoveNode),
-        );
         for command in commands {
             self.commands
                 .send(command)
+                .await
+                .context("the data-plane owner stopped")?;
+        }
+        // Removed nodes go only once steering has published rings without them (a membership
+        // change skips the dwell time): until then their slots still lead somewhere that works.
+        let names: Vec<String> = config.remotes.iter().map(|r| r.name.clone()).collect();
+        let removed = self.node_ids.forget_except(&names);
+        self.steer(plan).await;
+        for id in removed {
+            self.commands
+                .send(Command::RemoveNode(id))
                 .await
                 .context("the data-plane owner stopped")?;
         }
@@ -162,8 +172,21 @@ impl Agent {
             services,
             kernel_routes,
         };
-        self.steering.send_replace(plan);
         Ok(())
+    }
+
+    /// Hands steering a new plan and waits (up to 2 s) until it has published rings for it.
+    async fn steer(&mut self, mut plan: steering::Plan) {
+        self.generation += 1;
+        plan.generation = self.generation;
+        self.steering.send_replace(plan);
+        let settled = self.settled.wait_for(|g| *g >= self.generation);
+        if tokio::time::timeout(Duration::from_secs(2), settled)
+            .await
+            .is_err()
+        {
+            tracing::warn!("steering took over 2 s to apply the new configuration");
+        }
     }
 
     fn node_commands(&mut self, config: &Config) -> Vec<Command> {
@@ -199,6 +222,7 @@ impl Agent {
             interval: Duration::from_millis(config.selection.interval_ms.max(10)),
             services: Vec::new(),
             explain_file: config.selection.explain_file.clone(),
+            generation: 0, // set by `steer`
         };
         let mut commands = Vec::new();
         let mut services = Vec::new();

@@ -30,6 +30,8 @@ pub struct Plan {
     pub interval: Duration,
     pub services: Vec<PlannedService>,
     pub explain_file: Option<PathBuf>,
+    /// Increases with every new plan; `run` reports the last one it has published rings for.
+    pub generation: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -173,7 +175,11 @@ pub struct Explanation {
     pub pending_slots: usize,
 }
 
-pub async fn run(mut plans: watch::Receiver<Plan>, commands: mpsc::Sender<Command>) {
+pub async fn run(
+    mut plans: watch::Receiver<Plan>,
+    commands: mpsc::Sender<Command>,
+    settled: watch::Sender<u64>,
+) {
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
     loop {
         let plan = plans.borrow_and_update().clone();
@@ -192,6 +198,7 @@ pub async fn run(mut plans: watch::Receiver<Plan>, commands: mpsc::Sender<Comman
                 return;
             }
         }
+        settled.send_replace(plan.generation);
         if let Some(path) = &plan.explain_file {
             let explanations: Vec<&Explanation> = plan
                 .services
