@@ -1,4 +1,5 @@
 //! BGP: the agents' advertisements of compute load (DESIGN.md "Announcement").
 
+pub mod fsm;
 pub mod metric_attr;
 pub mod route;

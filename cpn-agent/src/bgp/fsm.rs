@@ -1,0 +1,580 @@
+//! The BGP session FSM (RFC 4271 §8), sans-I/O: events in, actions out, time injected. The
+//! tokio edges turn sockets and timers into [`Event`]s and carry out [`Action`]s, so this can be
+//! tested deterministically without sleeping.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use netgauze_bgp_pkt::{
+    BgpMessage,
+    capabilities::{
+        AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
+        MultiProtocolExtensionsCapability,
+    },
+    notification::{
+        BgpNotificationMessage, CeaseError, FiniteStateMachineError, HoldTimerExpiredError,
+        OpenMessageError,
+    },
+    open::{BgpOpenMessage, BgpOpenMessageParameter},
+    update::BgpUpdateMessage,
+};
+use netgauze_iana::address_family::AddressType;
+
+/// RFC 4271 §8.2.2 states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+/// What the edges tell the FSM.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    ManualStart,
+    ManualStop,
+    /// A TCP connection to or from the peer is up.
+    TcpConnected,
+    /// The TCP connection failed or closed.
+    TcpFailed,
+    Message(BgpMessage),
+}
+
+/// What the FSM asks the edges to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Open a TCP connection to the peer.
+    Connect,
+    /// Close the TCP connection.
+    Disconnect,
+    Send(BgpMessage),
+    /// The session is up with these parameters.
+    Up(Negotiated),
+    /// The session went down.
+    Down(String),
+    /// An UPDATE to process (Established only).
+    Update(BgpUpdateMessage),
+}
+
+/// What both sides agreed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub peer_asn: u32,
+    pub peer_router_id: Ipv4Addr,
+    pub hold_time: Duration,
+    /// ADD-PATH in both directions for IPv6 and IPv4 unicast.
+    pub add_path: bool,
+}
+
+/// A session's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub local_asn: u32,
+    pub router_id: Ipv4Addr,
+    pub peer_asn: u32,
+    pub hold_time: Duration,
+    pub connect_retry: Duration,
+    /// Wait for the peer to connect instead of connecting.
+    pub passive: bool,
+}
+
+/// Hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
+const LARGE_HOLD: Duration = Duration::from_mins(4);
+/// `AS_TRANS` (RFC 6793), sent in the 2-byte field when the ASN needs 4 bytes.
+const AS_TRANS: u16 = 23456;
+
+#[derive(Debug)]
+pub struct Fsm {
+    config: PeerConfig,
+    state: State,
+    negotiated: Option<Negotiated>,
+    connect_retry_at: Option<Instant>,
+    hold_at: Option<Instant>,
+    keepalive_at: Option<Instant>,
+    /// Restart automatically after a failure (RFC 4271 `AutomaticStart`), at this time.
+    restart_at: Option<Instant>,
+    stopped: bool,
+}
+
+impl Fsm {
+    pub fn new(config: PeerConfig) -> Self {
+        Self {
+            config,
+            state: State::Idle,
+            negotiated: None,
+            connect_retry_at: None,
+            hold_at: None,
+            keepalive_at: None,
+            restart_at: None,
+            stopped: true,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.negotiated
+    }
+
+    /// The earliest time [`Fsm::poll`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.connect_retry_at,
+            self.hold_at,
+            self.keepalive_at,
+            self.restart_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Handles one event at `now`.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match (self.state, event) {
+            (State::Idle, Event::ManualStart) => self.start(now),
+            (_, Event::ManualStop) => {
+                self.stopped = true;
+                let mut actions = Vec::new();
+                if matches!(
+                    self.state,
+                    State::OpenSent | State::OpenConfirm | State::Established
+                ) {
+                    actions.push(notification(BgpNotificationMessage::CeaseError(
+                        CeaseError::AdministrativeShutdown { value: empty() },
+                    )));
+                }
+                actions.extend(self.reset(now, "stopped by the operator"));
+                actions
+            }
+            (State::Connect | State::Active, Event::TcpConnected) => {
+                self.connect_retry_at = None;
+                self.hold_at = Some(now + LARGE_HOLD);
+                self.state = State::OpenSent;
+                vec![Action::Send(self.open())]
+            }
+            // No-ops: the edges offer a connection only in Connect or Active (they resolve
+            // collisions, RFC 4271 §6.8, before a second one gets here); a start while running;
+            // a failure while idle; a route refresh (we send everything on every change anyway).
+            (_, Event::TcpConnected | Event::ManualStart)
+            | (State::Idle, Event::TcpFailed)
+            | (State::Established, Event::Message(BgpMessage::RouteRefresh(_))) => vec![],
+            (State::Connect | State::Active, Event::TcpFailed) => {
+                self.state = State::Active;
+                self.connect_retry_at = Some(now + self.config.connect_retry);
+                vec![]
+            }
+            (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
+            (State::OpenSent, Event::Message(BgpMessage::Open(open))) => {
+                self.open_received(now, &open)
+            }
+            (State::OpenConfirm, Event::Message(BgpMessage::KeepAlive)) => {
+                self.state = State::Established;
+                self.hold_at = self.hold_deadline(now);
+                vec![Action::Up(self.negotiated.expect("negotiated in OpenSent"))]
+            }
+            (State::Established, Event::Message(BgpMessage::KeepAlive)) => {
+                self.hold_at = self.hold_deadline(now);
+                vec![]
+            }
+            (State::Established, Event::Message(BgpMessage::Update(update))) => {
+                self.hold_at = self.hold_deadline(now);
+                vec![Action::Update(update)]
+            }
+            (_, Event::Message(BgpMessage::Notification(n))) => {
+                self.reset(now, &format!("the peer sent {n:?}"))
+            }
+            (state, Event::Message(m)) => {
+                let error = match state {
+                    State::OpenSent => {
+                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState {
+                            value: vec![m.get_type() as u8].into(),
+                        }
+                    }
+                    State::OpenConfirm => {
+                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState {
+                            value: vec![m.get_type() as u8].into(),
+                        }
+                    }
+                    State::Established => {
+                        FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState {
+                            value: vec![m.get_type() as u8].into(),
+                        }
+                    }
+                    _ => return vec![Action::Disconnect],
+                };
+                let mut actions = vec![notification(
+                    BgpNotificationMessage::FiniteStateMachineError(error),
+                )];
+                actions.extend(
+                    self.reset(now, &format!("unexpected {:?} in {state:?}", m.get_type())),
+                );
+                actions
+            }
+        }
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let due = |at: Option<Instant>| at.is_some_and(|t| t <= now);
+        if due(self.restart_at) {
+            self.restart_at = None;
+            return self.start(now);
+        }
+        if due(self.hold_at) {
+            let mut actions = vec![notification(BgpNotificationMessage::HoldTimerExpiredError(
+                HoldTimerExpiredError::Unspecific {
+                    sub_code: 0,
+                    value: empty(),
+                },
+            ))];
+            actions.extend(self.reset(now, "hold timer expired"));
+            return actions;
+        }
+        if due(self.keepalive_at) {
+            self.keepalive_at = self
+                .negotiated
+                .map(|n| now + keepalive_interval(n.hold_time))
+                .filter(|_| !self.negotiated.is_some_and(|n| n.hold_time.is_zero()));
+            return vec![Action::Send(BgpMessage::KeepAlive)];
+        }
+        if due(self.connect_retry_at) {
+            self.connect_retry_at = Some(now + self.config.connect_retry);
+            if self.config.passive {
+                return vec![];
+            }
+            self.state = State::Connect;
+            return vec![Action::Connect];
+        }
+        vec![]
+    }
+
+    fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.stopped = false;
+        self.connect_retry_at = Some(now + self.config.connect_retry);
+        if self.config.passive {
+            self.state = State::Active;
+            vec![]
+        } else {
+            self.state = State::Connect;
+            vec![Action::Connect]
+        }
+    }
+
+    fn open_received(&mut self, now: Instant, open: &BgpOpenMessage) -> Vec<Action> {
+        let peer_asn = open.my_asn4();
+        let hold = Duration::from_secs(u64::from(open.hold_time()));
+        let refuse = |error: OpenMessageError, why: String| (error, why);
+        let problem = if peer_asn != self.config.peer_asn {
+            Some(refuse(
+                OpenMessageError::BadPeerAs { value: empty() },
+                format!("peer AS {peer_asn}, expected {}", self.config.peer_asn),
+            ))
+        } else if !hold.is_zero() && hold < Duration::from_secs(3) {
+            Some(refuse(
+                OpenMessageError::UnacceptableHoldTime { value: empty() },
+                format!("hold time {hold:?} below 3 s"),
+            ))
+        } else if open.bgp_id().is_unspecified() || open.bgp_id() == self.config.router_id {
+            Some(refuse(
+                OpenMessageError::BadBgpIdentifier { value: empty() },
+                format!("BGP identifier {}", open.bgp_id()),
+            ))
+        } else {
+            None
+        };
+        if let Some((error, why)) = problem {
+            let mut actions = vec![notification(BgpNotificationMessage::OpenMessageError(
+                error,
+            ))];
+            actions.extend(self.reset(now, &why));
+            return actions;
+        }
+        let add_path = open.capabilities().iter().any(|c| matches!(c, BgpCapability::AddPath(a) if a.address_families().iter().any(|f| f.send() && f.receive())));
+        let hold_time = hold.min(self.config.hold_time);
+        self.negotiated = Some(Negotiated {
+            peer_asn,
+            peer_router_id: open.bgp_id(),
+            hold_time,
+            add_path,
+        });
+        self.state = State::OpenConfirm;
+        self.hold_at = self.hold_deadline(now);
+        self.keepalive_at = (!hold_time.is_zero()).then(|| now + keepalive_interval(hold_time));
+        vec![Action::Send(BgpMessage::KeepAlive)]
+    }
+
+    fn hold_deadline(&self, now: Instant) -> Option<Instant> {
+        self.negotiated
+            .map(|n| n.hold_time)
+            .filter(|h| !h.is_zero())
+            .map(|h| now + h)
+    }
+
+    /// Back to Idle; restarts automatically after the connect-retry time unless stopped.
+    fn reset(&mut self, now: Instant, why: &str) -> Vec<Action> {
+        let was_up = self.state == State::Established;
+        self.state = State::Idle;
+        self.negotiated = None;
+        self.hold_at = None;
+        self.keepalive_at = None;
+        self.connect_retry_at = None;
+        self.restart_at = (!self.stopped).then(|| now + self.config.connect_retry);
+        let mut actions = vec![Action::Disconnect];
+        if was_up || why.contains("operator") {
+            actions.push(Action::Down(why.to_owned()));
+        } else {
+            actions.push(Action::Down(format!("session not established: {why}")));
+        }
+        actions
+    }
+
+    /// Our OPEN: MP-BGP IPv6 and IPv4 unicast, 4-byte ASN, ADD-PATH send/receive, route refresh.
+    pub fn open(&self) -> BgpMessage {
+        let my_as = u16::try_from(self.config.local_asn).unwrap_or(AS_TRANS);
+        let hold = u16::try_from(self.config.hold_time.as_secs()).unwrap_or(u16::MAX);
+        let capabilities = vec![
+            BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+                AddressType::Ipv6Unicast,
+            )),
+            BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+                AddressType::Ipv4Unicast,
+            )),
+            BgpCapability::FourOctetAs(FourOctetAsCapability::new(self.config.local_asn)),
+            BgpCapability::AddPath(AddPathCapability::new(vec![
+                AddPathAddressFamily::new(AddressType::Ipv6Unicast, true, true),
+                AddPathAddressFamily::new(AddressType::Ipv4Unicast, true, true),
+            ])),
+            BgpCapability::RouteRefresh,
+        ];
+        BgpMessage::Open(BgpOpenMessage::new(
+            my_as,
+            hold,
+            self.config.router_id,
+            vec![BgpOpenMessageParameter::new_capabilities(capabilities)],
+        ))
+    }
+}
+
+/// RFC 4271 §10: keepalives at a third of the hold time.
+fn keepalive_interval(hold: Duration) -> Duration {
+    hold / 3
+}
+
+fn notification(n: BgpNotificationMessage) -> Action {
+    Action::Send(BgpMessage::Notification(n))
+}
+
+fn empty() -> Box<[u8]> {
+    Box::new([])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(asn: u32, peer: u32, id: [u8; 4], passive: bool) -> PeerConfig {
+        PeerConfig {
+            local_asn: asn,
+            router_id: Ipv4Addr::from(id),
+            peer_asn: peer,
+            hold_time: Duration::from_secs(9),
+            connect_retry: Duration::from_secs(5),
+            passive,
+        }
+    }
+
+    /// Splits actions into messages to send and the rest.
+    fn split(actions: Vec<Action>) -> (Vec<BgpMessage>, Vec<Action>) {
+        let mut sends = Vec::new();
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send(m) => sends.push(m),
+                other => rest.push(other),
+            }
+        }
+        (sends, rest)
+    }
+
+    /// Two speakers over one "connection": delivers each side's messages to the other until
+    /// both are quiet; returns the non-message actions of each.
+    fn pump(
+        a: &mut Fsm,
+        b: &mut Fsm,
+        now: Instant,
+        mut to_b: Vec<BgpMessage>,
+        mut to_a: Vec<BgpMessage>,
+    ) -> (Vec<Action>, Vec<Action>) {
+        let (mut events_a, mut events_b) = (Vec::new(), Vec::new());
+        while !(to_a.is_empty() && to_b.is_empty()) {
+            for m in std::mem::take(&mut to_b) {
+                let (sends, rest) = split(b.handle(now, Event::Message(m)));
+                to_a.extend(sends);
+                events_b.extend(rest);
+            }
+            for m in std::mem::take(&mut to_a) {
+                let (sends, rest) = split(a.handle(now, Event::Message(m)));
+                to_b.extend(sends);
+                events_a.extend(rest);
+            }
+        }
+        (events_a, events_b)
+    }
+
+    fn established() -> (Fsm, Fsm, Instant) {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(4_200_000_001, 4_200_000_002, [10, 0, 0, 1], false));
+        let mut b = Fsm::new(config(4_200_000_002, 4_200_000_001, [10, 0, 0, 2], true));
+        assert_eq!(a.handle(now, Event::ManualStart), vec![Action::Connect]);
+        assert_eq!(b.handle(now, Event::ManualStart), vec![]);
+        assert_eq!(b.state(), State::Active);
+        let (a_open, _) = split(a.handle(now, Event::TcpConnected));
+        let (b_open, _) = split(b.handle(now, Event::TcpConnected));
+        let (ea, eb) = pump(&mut a, &mut b, now, a_open, b_open);
+        assert!(ea.iter().any(|x| matches!(x, Action::Up(_))), "{ea:?}");
+        assert!(eb.iter().any(|x| matches!(x, Action::Up(_))), "{eb:?}");
+        (a, b, now)
+    }
+
+    #[test]
+    fn two_speakers_establish_with_add_path_and_4_byte_asns() {
+        let (a, b, _) = established();
+        assert_eq!(a.state(), State::Established);
+        assert_eq!(b.state(), State::Established);
+        let n = a.negotiated().unwrap();
+        assert_eq!(n.peer_asn, 4_200_000_002);
+        assert!(n.add_path);
+        assert_eq!(n.hold_time, Duration::from_secs(9));
+        let BgpMessage::Open(open) = a.open() else {
+            unreachable!()
+        };
+        assert_eq!(
+            open.my_as(),
+            AS_TRANS,
+            "4-byte ASNs send AS_TRANS in the 2-byte field"
+        );
+    }
+
+    #[test]
+    fn keepalives_at_a_third_of_the_hold_time() {
+        let (mut a, _, now) = established();
+        assert!(a.poll(now + Duration::from_secs(2)).is_empty());
+        assert_eq!(
+            a.poll(now + Duration::from_secs(3)),
+            vec![Action::Send(BgpMessage::KeepAlive)]
+        );
+    }
+
+    #[test]
+    fn hold_timer_expiry_tears_down_and_restarts() {
+        let (mut a, _, now) = established();
+        // Keepalives go out, but nothing comes back.
+        let mut t = now;
+        let mut down = Vec::new();
+        while a.state() == State::Established {
+            t += Duration::from_secs(1);
+            down = a.poll(t);
+        }
+        assert_eq!(
+            t - now,
+            Duration::from_secs(9),
+            "torn down exactly at the hold time"
+        );
+        assert!(
+            matches!(
+                &down[0],
+                Action::Send(BgpMessage::Notification(
+                    BgpNotificationMessage::HoldTimerExpiredError(_)
+                ))
+            ),
+            "{down:?}"
+        );
+        assert!(down.contains(&Action::Disconnect));
+        assert!(
+            down.iter()
+                .any(|x| matches!(x, Action::Down(why) if why.contains("hold timer")))
+        );
+        assert_eq!(a.state(), State::Idle);
+        assert_eq!(
+            a.next_deadline(),
+            Some(t + Duration::from_secs(5)),
+            "automatic restart after connect-retry"
+        );
+        assert_eq!(a.poll(t + Duration::from_secs(5)), vec![Action::Connect]);
+        assert_eq!(a.state(), State::Connect);
+    }
+
+    #[test]
+    fn wrong_peer_as_is_refused_with_open_error() {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(65001, 65099, [10, 0, 0, 1], false));
+        let b = Fsm::new(config(65002, 65001, [10, 0, 0, 2], false));
+        a.handle(now, Event::ManualStart);
+        a.handle(now, Event::TcpConnected);
+        let actions = a.handle(now, Event::Message(b.open()));
+        assert!(
+            matches!(
+                &actions[0],
+                Action::Send(BgpMessage::Notification(
+                    BgpNotificationMessage::OpenMessageError(OpenMessageError::BadPeerAs { .. })
+                ))
+            ),
+            "{actions:?}"
+        );
+        assert_eq!(a.state(), State::Idle);
+    }
+
+    #[test]
+    fn unexpected_messages_are_fsm_errors() {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(65001, 65002, [10, 0, 0, 1], false));
+        a.handle(now, Event::ManualStart);
+        a.handle(now, Event::TcpConnected);
+        let actions = a.handle(now, Event::Message(BgpMessage::KeepAlive));
+        assert!(
+            matches!(
+                &actions[0],
+                Action::Send(BgpMessage::Notification(
+                    BgpNotificationMessage::FiniteStateMachineError(_)
+                ))
+            ),
+            "{actions:?}"
+        );
+        assert_eq!(a.state(), State::Idle);
+    }
+
+    #[test]
+    fn stop_sends_cease_and_stays_down() {
+        let (mut a, _, now) = established();
+        let actions = a.handle(now, Event::ManualStop);
+        assert!(matches!(
+            &actions[0],
+            Action::Send(BgpMessage::Notification(
+                BgpNotificationMessage::CeaseError(CeaseError::AdministrativeShutdown { .. })
+            ))
+        ));
+        assert_eq!(
+            a.next_deadline(),
+            None,
+            "no automatic restart after a manual stop"
+        );
+    }
+
+    #[test]
+    fn failed_connections_are_retried() {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(65001, 65002, [10, 0, 0, 1], false));
+        a.handle(now, Event::ManualStart);
+        assert!(a.handle(now, Event::TcpFailed).is_empty());
+        assert_eq!(a.state(), State::Active);
+        assert_eq!(a.poll(now + Duration::from_secs(5)), vec![Action::Connect]);
+    }
+}
