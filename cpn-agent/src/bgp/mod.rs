@@ -3,3 +3,4 @@
 pub mod fsm;
 pub mod metric_attr;
 pub mod route;
+pub mod speaker;

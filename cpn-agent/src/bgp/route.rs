@@ -76,18 +76,20 @@ fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> Pat
         .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
 }
 
-/// The UPDATE announcing `route`; `metric_code` is the CPN attribute's type code.
-pub fn announce(route: &ServiceRoute, metric_code: u8) -> BgpMessage {
+/// The UPDATE announcing `route`; `metric_code` is the CPN attribute's type code; the path
+/// identifier goes out only to a peer that negotiated ADD-PATH.
+pub fn announce(route: &ServiceRoute, metric_code: u8, add_path: bool) -> BgpMessage {
+    let path_id = add_path.then_some(route.path_id);
     let reach = match route.prefix {
         IpAddr::V6(v6) => MpReach::Ipv6Unicast {
             next_hop_global: route.next_hop,
             next_hop_local: None,
-            nlri: vec![v6_nlri(v6, route.path_id)].into(),
+            nlri: vec![v6_nlri(v6, path_id)].into(),
         },
         IpAddr::V4(v4) => MpReach::Ipv4Unicast {
             next_hop: IpAddr::V6(route.next_hop),
             next_hop_local: None,
-            nlri: vec![v4_nlri(v4, route.path_id)].into(),
+            nlri: vec![v4_nlri(v4, path_id)].into(),
         },
     };
     let segments = vec![As4PathSegment::new(
@@ -173,18 +175,18 @@ pub fn announce(route: &ServiceRoute, metric_code: u8) -> BgpMessage {
 }
 
 /// The UPDATE withdrawing sites.
-pub fn withdraw(withdrawn: &[Withdrawn]) -> BgpMessage {
+pub fn withdraw(withdrawn: &[Withdrawn], add_path: bool) -> BgpMessage {
     let v6: Vec<Ipv6UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpAddr::V6(p) => Some(v6_nlri(p, w.path_id)),
+            IpAddr::V6(p) => Some(v6_nlri(p, add_path.then_some(w.path_id))),
             IpAddr::V4(_) => None,
         })
         .collect();
     let v4: Vec<Ipv4UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpAddr::V4(p) => Some(v4_nlri(p, w.path_id)),
+            IpAddr::V4(p) => Some(v4_nlri(p, add_path.then_some(w.path_id))),
             IpAddr::V6(_) => None,
         })
         .collect();
@@ -206,16 +208,16 @@ pub fn withdraw(withdrawn: &[Withdrawn]) -> BgpMessage {
     BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
 }
 
-fn v6_nlri(prefix: Ipv6Addr, path_id: u32) -> Ipv6UnicastAddress {
+fn v6_nlri(prefix: Ipv6Addr, path_id: Option<u32>) -> Ipv6UnicastAddress {
     let net = Ipv6Unicast::from_net(Ipv6Net::new(prefix, 128).expect("/128 is valid"))
         .expect("a unicast service address");
-    Ipv6UnicastAddress::new(Some(path_id), net)
+    Ipv6UnicastAddress::new(path_id, net)
 }
 
-fn v4_nlri(prefix: Ipv4Addr, path_id: u32) -> Ipv4UnicastAddress {
+fn v4_nlri(prefix: Ipv4Addr, path_id: Option<u32>) -> Ipv4UnicastAddress {
     let net = Ipv4Unicast::from_net(Ipv4Net::new(prefix, 32).expect("/32 is valid"))
         .expect("a unicast service address");
-    Ipv4UnicastAddress::new(Some(path_id), net)
+    Ipv4UnicastAddress::new(path_id, net)
 }
 
 /// The SID and behaviour of the SRv6 L3 Service TLV (RFC 9252).
@@ -413,7 +415,7 @@ mod tests {
     fn announcements_round_trip_through_the_wire() {
         for prefix in ["2001:db8:cafe::1", "198.18.0.1"] {
             let r = route(prefix.parse().unwrap());
-            let bytes = wire(announce(&r, 255));
+            let bytes = wire(announce(&r, 255, true));
             let BgpMessage::Update(update) = unwire(&bytes) else {
                 panic!("not an UPDATE")
             };
@@ -426,7 +428,11 @@ mod tests {
     /// The attributes we add carry the bytes their RFCs define.
     #[test]
     fn attribute_bytes() {
-        let bytes = wire(announce(&route("2001:db8:cafe::1".parse().unwrap()), 255));
+        let bytes = wire(announce(
+            &route("2001:db8:cafe::1".parse().unwrap()),
+            255,
+            true,
+        ));
         let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         // AIGP (type 26): optional, extended length, TLV type 1, length 11, value 2500.
         let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
@@ -471,7 +477,7 @@ mod tests {
                 path_id: 3,
             },
         ];
-        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w))) else {
+        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w, true))) else {
             panic!("not an UPDATE")
         };
         let parsed = parse(&update, 255);
@@ -482,7 +488,7 @@ mod tests {
     #[test]
     fn a_malformed_metric_attribute_is_discarded_not_the_route() {
         let mut r = route("2001:db8:cafe::1".parse().unwrap());
-        let BgpMessage::Update(update) = announce(&r, 255) else {
+        let BgpMessage::Update(update) = announce(&r, 255, true) else {
             unreachable!()
         };
         let attrs: Vec<PathAttribute> = update

@@ -1,0 +1,336 @@
+//! The BGP speaker's I/O edges: a listener, one task per neighbor driving its [`Fsm`] over a
+//! framed TCP connection, and the Adj-RIB-In they fill.
+//!
+//! ```text
+//!   listener ──accepted stream──▶ session(neighbor) ◀──▶ TCP ◀──▶ peer
+//!   local routes (watch) ───────▶ session: announce / withdraw on change
+//!   session ──UPDATEs──▶ Adj-RIB-In (shared) ──▶ steering (candidates)
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use netgauze_bgp_pkt::{BgpMessage, codec::BgpCodec, wire::deserializer::BgpParsingContext};
+use netgauze_iana::address_family::AddressType;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch},
+};
+use tokio_util::codec::Framed;
+
+use super::{
+    fsm::{Action, Event, Fsm, PeerConfig, State},
+    route::{self, ServiceRoute, Withdrawn},
+};
+
+/// The speaker's configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpeakerConfig {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub listen: SocketAddr,
+    pub hold_time: Duration,
+    pub connect_retry: Duration,
+    pub metric_code: u8,
+    pub neighbors: Vec<NeighborConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighborConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    pub asn: u32,
+    pub passive: bool,
+}
+
+/// A route learned from a neighbor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Learned {
+    pub neighbor: IpAddr,
+    pub route: ServiceRoute,
+}
+
+/// Adj-RIB-In: every path from every neighbor (ADD-PATH keeps all sites of a prefix).
+#[derive(Debug, Default)]
+pub struct RibIn {
+    routes: BTreeMap<(IpAddr, IpAddr, u32), ServiceRoute>,
+    /// Session states, for operators.
+    pub sessions: BTreeMap<IpAddr, State>,
+}
+
+impl RibIn {
+    pub fn routes(&self) -> impl Iterator<Item = Learned> + '_ {
+        self.routes.iter().map(|((neighbor, _, _), route)| Learned {
+            neighbor: *neighbor,
+            route: route.clone(),
+        })
+    }
+}
+
+pub type SharedRib = Arc<Mutex<RibIn>>;
+
+/// Starts the listener and the sessions. `local` holds the routes this node originates.
+pub async fn spawn(
+    config: SpeakerConfig,
+    local: watch::Receiver<Vec<ServiceRoute>>,
+) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
+    let rib = SharedRib::default();
+    let listener = TcpListener::bind(config.listen).await?;
+    let mut inboxes = HashMap::new();
+    let mut tasks = Vec::new();
+    for neighbor in &config.neighbors {
+        let (tx, rx) = mpsc::channel(4);
+        inboxes.insert(neighbor.address, tx);
+        let peer = PeerConfig {
+            local_asn: config.asn,
+            router_id: config.router_id,
+            peer_asn: neighbor.asn,
+            hold_time: config.hold_time,
+            connect_retry: config.connect_retry,
+            passive: neighbor.passive,
+        };
+        let session = Session {
+            neighbor: neighbor.clone(),
+            fsm: Fsm::new(peer),
+            metric_code: config.metric_code,
+            rib: rib.clone(),
+            local: local.clone(),
+            conn: None,
+            add_path: false,
+            advertised: Vec::new(),
+        };
+        tasks.push(tokio::spawn(session.run(rx)));
+    }
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let Ok((stream, from)) = listener.accept().await else {
+                continue;
+            };
+            if let Some(inbox) = inboxes.get(&canonical(from.ip())) {
+                let _ = inbox.send(stream).await;
+            } else {
+                tracing::warn!(%from, "BGP connection from an unconfigured address refused");
+            }
+        }
+    }));
+    Ok((rib, tasks))
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+struct Session {
+    neighbor: NeighborConfig,
+    fsm: Fsm,
+    metric_code: u8,
+    rib: SharedRib,
+    local: watch::Receiver<Vec<ServiceRoute>>,
+    conn: Option<Framed<TcpStream, BgpCodec>>,
+    add_path: bool,
+    /// What this session has announced to the peer.
+    advertised: Vec<ServiceRoute>,
+}
+
+impl Session {
+    async fn run(mut self, mut accepted: mpsc::Receiver<TcpStream>) {
+        let (connected_tx, mut connected) = mpsc::channel::<std::io::Result<TcpStream>>(1);
+        let mut actions = self.fsm.handle(Instant::now(), Event::ManualStart);
+        loop {
+            for action in std::mem::take(&mut actions) {
+                actions.extend(self.act(action, &connected_tx).await);
+            }
+            self.rib
+                .lock()
+                .expect("rib lock")
+                .sessions
+                .insert(self.neighbor.address, self.fsm.state());
+            let deadline = self.fsm.next_deadline().map(tokio::time::Instant::from_std);
+            let event = tokio::select! {
+                message = next_message(&mut self.conn) => message.map_or_else(
+                    || {
+                        self.conn = None;
+                        Event::TcpFailed
+                    },
+                    Event::Message,
+                ),
+                Some(stream) = accepted.recv() => self.offer(stream),
+                Some(result) = connected.recv() => match result {
+                    Ok(stream) => self.offer(stream),
+                    Err(error) => {
+                        tracing::debug!(neighbor = %self.neighbor.address, %error, "connect failed");
+                        Event::TcpFailed
+                    }
+                },
+                () = sleep_until(deadline) => {
+                    actions = self.fsm.poll(Instant::now());
+                    continue;
+                }
+                changed = self.local.changed(), if self.fsm.state() == State::Established => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    actions = self.advertise().await;
+                    continue;
+                }
+            };
+            actions = self.fsm.handle(Instant::now(), event);
+        }
+    }
+
+    /// A new connection: taken if the FSM is waiting for one, else dropped (the existing
+    /// session wins the collision).
+    fn offer(&mut self, stream: TcpStream) -> Event {
+        if matches!(self.fsm.state(), State::Connect | State::Active) && self.conn.is_none() {
+            let _ = stream.set_nodelay(true);
+            self.conn = Some(Framed::new(stream, codec(false)));
+            Event::TcpConnected
+        } else {
+            Event::ManualStart // a no-op in every state but Idle, where we are not waiting anyway
+        }
+    }
+
+    async fn act(
+        &mut self,
+        action: Action,
+        connected: &mpsc::Sender<std::io::Result<TcpStream>>,
+    ) -> Vec<Action> {
+        match action {
+            Action::Connect => {
+                let target = SocketAddr::new(self.neighbor.address, self.neighbor.port);
+                let tx = connected.clone();
+                tokio::spawn(async move {
+                    let result =
+                        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                            });
+                    let _ = tx.send(result).await;
+                });
+                vec![]
+            }
+            Action::Disconnect => {
+                self.conn = None;
+                vec![]
+            }
+            Action::Send(message) => self.send(message).await,
+            Action::Up(negotiated) => {
+                tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path = negotiated.add_path, "BGP session established");
+                self.add_path = negotiated.add_path;
+                if let Some(conn) = &mut self.conn {
+                    *conn.codec_mut() = codec(negotiated.add_path);
+                }
+                self.advertised.clear();
+                self.advertise().await
+            }
+            Action::Down(why) => {
+                tracing::info!(neighbor = %self.neighbor.address, reason = %why, "BGP session down");
+                self.rib
+                    .lock()
+                    .expect("rib lock")
+                    .routes
+                    .retain(|(n, _, _), _| *n != self.neighbor.address);
+                self.advertised.clear();
+                vec![]
+            }
+            Action::Update(update) => {
+                let parsed = route::parse(&update, self.metric_code);
+                for discarded in &parsed.discarded {
+                    tracing::warn!(neighbor = %self.neighbor.address, %discarded, "attribute discarded (RFC 7606)");
+                }
+                let mut rib = self.rib.lock().expect("rib lock");
+                for w in parsed.withdrawn {
+                    rib.routes
+                        .remove(&(self.neighbor.address, w.prefix, w.path_id));
+                }
+                for r in parsed.announced {
+                    rib.routes
+                        .insert((self.neighbor.address, r.prefix, r.path_id), r);
+                }
+                vec![]
+            }
+        }
+    }
+
+    async fn send(&mut self, message: BgpMessage) -> Vec<Action> {
+        if let Some(conn) = &mut self.conn
+            && let Err(error) = conn.send(message).await
+        {
+            tracing::debug!(neighbor = %self.neighbor.address, %error, "send failed");
+            self.conn = None;
+            return self.fsm.handle(Instant::now(), Event::TcpFailed);
+        }
+        vec![]
+    }
+
+    /// Sends what changed in our local routes since the last advertisement.
+    async fn advertise(&mut self) -> Vec<Action> {
+        let current = self.local.borrow_and_update().clone();
+        let key = |r: &ServiceRoute| (r.prefix, r.path_id);
+        let withdrawn: Vec<Withdrawn> = self
+            .advertised
+            .iter()
+            .filter(|old| !current.iter().any(|r| key(r) == key(old)))
+            .map(|r| Withdrawn {
+                prefix: r.prefix,
+                path_id: r.path_id,
+            })
+            .collect();
+        let mut messages = Vec::new();
+        if !withdrawn.is_empty() {
+            messages.push(route::withdraw(&withdrawn, self.add_path));
+        }
+        for r in current.iter().filter(|r| !self.advertised.contains(r)) {
+            messages.push(route::announce(r, self.metric_code, self.add_path));
+        }
+        self.advertised = current;
+        let mut actions = Vec::new();
+        for message in messages {
+            actions.extend(self.send(message).await);
+        }
+        actions
+    }
+}
+
+async fn next_message(conn: &mut Option<Framed<TcpStream, BgpCodec>>) -> Option<BgpMessage> {
+    match conn {
+        Some(conn) => match conn.next().await {
+            Some(Ok((message, _ignored))) => Some(message),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "undecodable BGP message");
+                None
+            }
+            None => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A codec for one session; path identifiers are read once ADD-PATH is negotiated.
+fn codec(add_path: bool) -> BgpCodec {
+    let families = HashMap::from([
+        (AddressType::Ipv6Unicast, add_path),
+        (AddressType::Ipv4Unicast, add_path),
+    ]);
+    BgpCodec::new_from_ctx(
+        true,
+        BgpParsingContext::new(true, HashMap::new(), families, false, false, false, false),
+    )
+}
