@@ -45,6 +45,75 @@ pub struct Config {
     pub selection: SelectionConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[bgp]`: advertise this node's services and learn the others' (instead of, or besides,
+    /// static `[[remote]]`s).
+    pub bgp: Option<BgpConfig>,
+}
+
+/// `[bgp]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    /// This node's AS (RFC 7938 style: one private 4-byte ASN per node).
+    pub asn: u32,
+    pub router_id: std::net::Ipv4Addr,
+    /// TCP port to listen on and to connect to (default 179).
+    #[serde(default = "bgp_port")]
+    pub port: u16,
+    #[serde(default = "default_hold_time")]
+    pub hold_time_s: u64,
+    #[serde(default = "default_connect_retry")]
+    pub connect_retry_s: u64,
+    /// Type code of the CPN metric attribute (default 255, RFC 2042 "development").
+    #[serde(default = "default_metric_code")]
+    pub metric_attribute_type: u8,
+    /// Next hop of the routes we originate (default: `[srv6] source`).
+    pub next_hop: Option<Ipv6Addr>,
+    /// Re-send our metrics when a value moves by more than this share (default 0.05) ...
+    #[serde(default = "default_metric_threshold")]
+    pub metric_threshold: f64,
+    /// ... and at least this often, so peers see them fresh (default 3 s).
+    #[serde(default = "default_refresh")]
+    pub refresh_s: u64,
+    #[serde(rename = "neighbor", default)]
+    pub neighbors: Vec<NeighborConfig>,
+}
+
+/// `[[bgp.neighbor]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborConfig {
+    pub address: IpAddr,
+    pub asn: u32,
+    #[serde(default = "bgp_port")]
+    pub port: u16,
+    /// Wait for the neighbor to connect.
+    #[serde(default)]
+    pub passive: bool,
+}
+
+fn bgp_port() -> u16 {
+    179
+}
+
+fn default_hold_time() -> u64 {
+    9
+}
+
+fn default_connect_retry() -> u64 {
+    2
+}
+
+fn default_metric_code() -> u8 {
+    crate::bgp::metric_attr::DEFAULT_TYPE_CODE
+}
+
+fn default_metric_threshold() -> f64 {
+    0.05
+}
+
+fn default_refresh() -> u64 {
+    3
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,7 +27,7 @@ pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// A TCP service that answers every line with the node's name, and, like a real service,
 /// keeps rewriting its in-flight count (every 0.2 s): its open connections plus the extra load
 /// a test puts in the knob file.
-const NAME_SERVER: &str = r#"
+pub const NAME_SERVER: &str = r#"
 import os, socket, sys, threading, time
 name, vip, port, inflight, knob = sys.argv[1].encode() + b"\n", sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 active = 0
@@ -66,7 +66,7 @@ while True:
 /// `count` new connections, one line each; prints {"node": connections}. The timeout is long
 /// because a loaded CI machine can delay a SYN retransmission or two; the test fails on a real
 /// loss anyway, since every connection must complete.
-const SPLIT_CLIENT: &str = r#"
+pub const SPLIT_CLIENT: &str = r#"
 import json, socket, sys
 vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seen = {}

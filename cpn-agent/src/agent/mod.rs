@@ -16,6 +16,7 @@ mod steering;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -58,6 +59,10 @@ impl<K: Ord + Clone> Ids<K> {
         id
     }
 
+    fn forget(&mut self, id: u32) {
+        self.ids.retain(|_, v| *v != id);
+    }
+
     fn forget_except(&mut self, keep: &[K]) -> Vec<u32> {
         let gone: Vec<K> = self
             .ids
@@ -77,7 +82,10 @@ pub struct Agent {
     commands: mpsc::Sender<Command>,
     owner: tokio::task::JoinHandle<Dataplane>,
     service_ids: Ids<ServiceKey>,
-    node_ids: Ids<String>,
+    /// Shared with steering, which names BGP-learned nodes too.
+    node_ids: Arc<Mutex<Ids<String>>>,
+    /// BGP-learned candidates, when `[bgp]` is configured.
+    learning: Option<steering::Learning>,
     /// What was applied from the last configuration (to remove what a reload drops).
     applied: Applied,
     steering: watch::Sender<steering::Plan>,
@@ -110,7 +118,8 @@ impl Agent {
             owner,
             service_ids: Ids::starting_at(0),
             // Node 0 stays unused: a zeroed ring slot then never names a real node.
-            node_ids: Ids::starting_at(1),
+            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
+            learning: None,
             applied: Applied::default(),
             steering,
             settled,
@@ -118,13 +127,27 @@ impl Agent {
             tasks: Vec::new(),
             kernel: None,
         };
+        let mut local_routes = None;
+        if let Some(bgp) = &config.bgp {
+            let (local, routes) = watch::channel(Vec::new());
+            let (rib, tasks) = crate::bgp::speaker::spawn(speaker_config(bgp), routes)
+                .await
+                .with_context(|| format!("starting BGP on port {}", bgp.port))?;
+            agent.tasks.extend(tasks);
+            agent.learning = Some(steering::Learning {
+                rib,
+                node_ids: agent.node_ids.clone(),
+                encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
+            });
+            local_routes = Some(local);
+        }
         agent.tasks.push(tokio::spawn(steering::run(
             plans,
             agent.commands.clone(),
             settle,
         )));
         agent.reconcile(config).await?;
-        if let Some(task) = reporting::spawn(config) {
+        if let Some(task) = reporting::spawn(config, local_routes) {
             agent.tasks.push(task);
         }
         Ok(agent)
@@ -158,7 +181,11 @@ impl Agent {
         // Removed nodes go only once steering has published rings without them (a membership
         // change skips the dwell time): until then their slots still lead somewhere that works.
         let names: Vec<String> = config.remotes.iter().map(|r| r.name.clone()).collect();
-        let removed = self.node_ids.forget_except(&names);
+        let removed = self
+            .node_ids
+            .lock()
+            .expect("ids lock")
+            .forget_except(&names);
         self.steer(plan).await;
         for id in removed {
             self.commands
@@ -195,7 +222,7 @@ impl Agent {
             .remotes
             .iter()
             .map(|remote| Command::SetNode {
-                id: self.node_ids.get(&remote.name),
+                id: self.node_ids.lock().expect("ids lock").get(&remote.name),
                 node: Node {
                     segments: remote.segments.get_ref().clone(),
                     encap_src: source,
@@ -223,6 +250,7 @@ impl Agent {
             services: Vec::new(),
             explain_file: config.selection.explain_file.clone(),
             generation: 0, // set by `steer`
+            learned: self.learning.clone(),
         };
         let mut commands = Vec::new();
         let mut services = Vec::new();
@@ -248,7 +276,7 @@ impl Agent {
                 id,
                 policy,
                 config,
-                &mut self.node_ids,
+                &self.node_ids,
             ));
         }
         for gone in self
@@ -324,6 +352,27 @@ impl Agent {
         drop(self.commands);
         drop(self.steering);
         self.owner.await.context("the data-plane owner panicked")
+    }
+}
+
+fn speaker_config(bgp: &crate::config::BgpConfig) -> crate::bgp::speaker::SpeakerConfig {
+    crate::bgp::speaker::SpeakerConfig {
+        asn: bgp.asn,
+        router_id: bgp.router_id,
+        listen: std::net::SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
+        hold_time: Duration::from_secs(bgp.hold_time_s),
+        connect_retry: Duration::from_secs(bgp.connect_retry_s),
+        metric_code: bgp.metric_attribute_type,
+        neighbors: bgp
+            .neighbors
+            .iter()
+            .map(|n| crate::bgp::speaker::NeighborConfig {
+                address: n.address,
+                port: n.port,
+                asn: n.asn,
+                passive: n.passive,
+            })
+            .collect(),
     }
 }
 

@@ -1,42 +1,103 @@
-//! The compute node's reporting loop: sample the host and each service, and publish the result
-//! for static peers (BGP will carry the same in a later version).
+//! The compute node's reporting loop: sample the host and each service; publish the result to
+//! a file for static peers and, with `[bgp]`, as this node's service routes (re-advertised when
+//! a value moves by more than the threshold, and at least every refresh interval).
 
-use std::time::{Duration, SystemTime};
-
-use crate::{
-    config::{Config, Protocol},
-    metrics::{
-        Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Unit, host,
-    },
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
 };
 
-/// Starts the loop if this node serves anything and has somewhere to publish.
-pub fn spawn(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
-    let file = config.metrics.publish_file.clone()?;
-    if config.services.is_empty() {
+use tokio::sync::watch;
+
+use crate::{
+    bgp::{
+        metric_attr::CpnMetrics,
+        route::{ServiceRoute, behavior},
+    },
+    config::{CapacityConfig, Config, Protocol},
+    metrics::{
+        Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Source, Unit, host,
+    },
+    selection::score::NORMALISATION,
+};
+
+/// One `[[service]]`, as the loop needs it.
+#[derive(Clone, Debug)]
+struct Served {
+    address: IpAddr,
+    protocol: Option<u8>,
+    port: Option<u16>,
+    sid: Ipv6Addr,
+    behavior: u16,
+    capacity: CapacityConfig,
+    in_flight_file: Option<PathBuf>,
+    max_in_flight: Option<f64>,
+    power: Option<f64>,
+    price: Option<f64>,
+}
+
+/// How this node advertises itself in BGP.
+#[derive(Clone, Debug)]
+struct Origin {
+    asn: u32,
+    path_id: u32,
+    next_hop: Ipv6Addr,
+    threshold: f64,
+    refresh: Duration,
+    routes: watch::Sender<Vec<ServiceRoute>>,
+}
+
+/// Starts the loop if this node serves anything and has somewhere to report it.
+pub fn spawn(
+    config: &Config,
+    routes: Option<watch::Sender<Vec<ServiceRoute>>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let file = config.metrics.publish_file.clone();
+    if config.services.is_empty() || (file.is_none() && routes.is_none()) {
         return None;
     }
+    let origin = match (&config.bgp, routes) {
+        (Some(bgp), Some(routes)) => Some(Origin {
+            asn: bgp.asn,
+            path_id: u32::from(bgp.router_id),
+            next_hop: bgp
+                .next_hop
+                .or(config.srv6.source)
+                .unwrap_or(Ipv6Addr::UNSPECIFIED),
+            threshold: bgp.metric_threshold,
+            refresh: Duration::from_secs(bgp.refresh_s.max(1)),
+            routes,
+        }),
+        _ => None,
+    };
+    let services: Vec<Served> = config
+        .services
+        .iter()
+        .map(|s| Served {
+            address: s.address,
+            protocol: s.protocol.map(Protocol::number),
+            port: s.port,
+            sid: *s.sid.get_ref(),
+            behavior: config
+                .srv6
+                .sids
+                .iter()
+                .find(|c| c.sid == *s.sid.get_ref())
+                .map_or(behavior::END_DT6, |c| behavior_code(c.behavior.get_ref())),
+            capacity: s.capacity,
+            in_flight_file: s.in_flight_file.clone(),
+            max_in_flight: s.max_in_flight,
+            power: s.power_watts,
+            price: s.price_per_hour,
+        })
+        .collect();
     let node = config.node.name.clone();
     let interval = Duration::from_millis(config.metrics.interval_ms.max(10));
     let sample_host = config.metrics.sample_host;
-    let services: Vec<_> = config
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.address,
-                s.protocol.map(Protocol::number),
-                s.port,
-                s.capacity,
-                s.in_flight_file.clone(),
-                s.max_in_flight,
-                s.power_watts,
-                s.price_per_hour,
-            )
-        })
-        .collect();
     Some(tokio::spawn(async move {
         let mut sampler = host::HostSampler::new();
+        let mut last_sent: Option<(Vec<NodeMetrics>, Instant)> = None;
         loop {
             let now = SystemTime::now();
             let host = if sample_host {
@@ -44,51 +105,126 @@ pub fn spawn(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
             } else {
                 host::HostSamples::default()
             };
-            let busy = host.cpu_utilisation.map_or(0.0, |u| u.value);
-            let published = Published {
-                node: node.clone(),
-                services: services
-                    .iter()
-                    .map(|(address, protocol, port, capacity, in_flight_file, max_in_flight, power, price)| {
-                        let capacity = ComputeKind::ALL
+            let metrics: Vec<NodeMetrics> =
+                services.iter().map(|s| sample(s, &host, now)).collect();
+            if let Some(file) = &file {
+                let published = Published {
+                    node: node.clone(),
+                    services: services
+                        .iter()
+                        .zip(&metrics)
+                        .map(|(s, m)| PublishedService {
+                            address: s.address,
+                            protocol: s.protocol,
+                            port: s.port,
+                            metrics: m.clone(),
+                        })
+                        .collect(),
+                };
+                if let Err(e) = super::steering::write_json(file, &published) {
+                    tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
+                }
+            }
+            if let Some(origin) = &origin {
+                let due = last_sent.as_ref().is_none_or(|(sent, at)| {
+                    at.elapsed() >= origin.refresh
+                        || sent
                             .iter()
-                            .filter(|k| capacity.get(**k) > 0.0)
-                            .map(|k| {
-                                let total = capacity.get(*k);
-                                let free = Sample {
-                                    source: crate::metrics::Source::Estimated,
-                                    ..Sample::measured(total * (1.0 - busy), Unit::OpsPerSecond, now)
-                                };
-                                (*k, Capacity { total: Sample::nominal(total, Unit::OpsPerSecond, now), free })
-                            })
-                            .collect();
-                        let in_flight = in_flight_file.as_deref().and_then(|path| {
-                            host::read_in_flight(path)
-                                .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "in-flight source"))
-                                .ok()
-                        });
-                        PublishedService {
-                            address: *address,
-                            protocol: *protocol,
-                            port: *port,
-                            metrics: NodeMetrics {
-                                capacity,
-                                cpu_utilisation: host.cpu_utilisation,
-                                load_average: host.load_average,
-                                memory_available: host.memory_available,
-                                in_flight,
-                                max_in_flight: *max_in_flight,
-                                power: power.map(|w| Sample::nominal(w, Unit::Watts, now)),
-                                price: price.map(|p| Sample::nominal(p, Unit::PricePerHour, now)),
-                            },
-                        }
-                    })
-                    .collect(),
-            };
-            if let Err(e) = super::steering::write_json(&file, &published) {
-                tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
+                            .zip(&metrics)
+                            .any(|(a, b)| moved(a, b, origin.threshold))
+                });
+                if due {
+                    let routes = services
+                        .iter()
+                        .zip(&metrics)
+                        .map(|(s, m)| route(origin, &node, s, m.clone()))
+                        .collect();
+                    origin.routes.send_replace(routes);
+                    last_sent = Some((metrics.clone(), Instant::now()));
+                }
             }
             tokio::time::sleep(interval).await;
         }
     }))
+}
+
+/// One service's L0 metrics now. Free capacity is estimated from the host's CPU utilisation.
+fn sample(s: &Served, host: &host::HostSamples, now: SystemTime) -> NodeMetrics {
+    let busy = host.cpu_utilisation.map_or(0.0, |u| u.value);
+    let capacity = ComputeKind::ALL
+        .iter()
+        .filter(|k| s.capacity.get(**k) > 0.0)
+        .map(|k| {
+            let total = s.capacity.get(*k);
+            let free = Sample {
+                source: Source::Estimated,
+                ..Sample::measured(total * (1.0 - busy), Unit::OpsPerSecond, now)
+            };
+            (
+                *k,
+                Capacity {
+                    total: Sample::nominal(total, Unit::OpsPerSecond, now),
+                    free,
+                },
+            )
+        })
+        .collect();
+    let in_flight = s.in_flight_file.as_deref().and_then(|path| {
+        host::read_in_flight(path)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "in-flight source"))
+            .ok()
+    });
+    NodeMetrics {
+        capacity,
+        cpu_utilisation: host.cpu_utilisation,
+        load_average: host.load_average,
+        memory_available: host.memory_available,
+        in_flight,
+        max_in_flight: s.max_in_flight,
+        power: s.power.map(|w| Sample::nominal(w, Unit::Watts, now)),
+        price: s.price.map(|p| Sample::nominal(p, Unit::PricePerHour, now)),
+    }
+}
+
+/// Whether any value that selection uses moved by more than `threshold` (relative).
+fn moved(a: &NodeMetrics, b: &NodeMetrics, threshold: f64) -> bool {
+    let differs = |x: f64, y: f64| (x - y).abs() > threshold * x.abs().max(y.abs()).max(1e-9);
+    let free = |m: &NodeMetrics| m.capacity.iter().map(|(_, c)| c.free.value).sum::<f64>();
+    let value = |s: Option<Sample>| s.map_or(0.0, |s| s.value);
+    differs(free(a), free(b))
+        || differs(value(a.in_flight), value(b.in_flight))
+        || differs(value(a.cpu_utilisation), value(b.cpu_utilisation))
+}
+
+fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> ServiceRoute {
+    let free: f64 = metrics.capacity.iter().map(|(_, c)| c.free.value).sum();
+    ServiceRoute {
+        prefix: s.address,
+        path_id: origin.path_id,
+        next_hop: origin.next_hop,
+        sid: s.sid,
+        behavior: s.behavior,
+        aigp: Some(0),
+        // Lossy by design: Link Bandwidth is a 32-bit float.
+        #[expect(clippy::cast_possible_truncation, reason = "see above")]
+        link_bandwidth: Some(free as f32),
+        metrics: Some(CpnMetrics {
+            node: node.to_owned(),
+            normalisation: NORMALISATION.to_owned(),
+            metrics,
+        }),
+        as_path: vec![origin.asn],
+        originator_id: None,
+        cluster_list: Vec::new(),
+    }
+}
+
+fn behavior_code(name: &str) -> u16 {
+    match name {
+        "End.DX6" => behavior::END_DX6,
+        "End.DX4" => behavior::END_DX4,
+        "End.DT4" => behavior::END_DT4,
+        "End.DT46" => behavior::END_DT46,
+        _ => behavior::END_DT6,
+    }
 }

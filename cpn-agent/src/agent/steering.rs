@@ -3,9 +3,10 @@
 //! churn.
 
 use std::{
-    collections::HashMap,
-    net::IpAddr,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv6Addr},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -13,7 +14,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Command, Ids};
 use crate::{
+    bgp::speaker::{Learned, SharedRib},
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
+    dataplane::{Node, NodeState},
     metrics::{Capacity, ComputeKind, NodeMetrics, Published, Sample, Unit},
     selection::{
         self, Admin, Candidate, Grade, Path, Policy,
@@ -32,11 +35,24 @@ pub struct Plan {
     pub explain_file: Option<PathBuf>,
     /// Increases with every new plan; `run` reports the last one it has published rings for.
     pub generation: u64,
+    /// Nodes learned over BGP, when the node speaks it.
+    pub learned: Option<Learning>,
+}
+
+/// Where BGP-learned candidates come from, and how to program their nodes.
+#[derive(Clone, Debug)]
+pub struct Learning {
+    pub rib: SharedRib,
+    pub node_ids: Arc<Mutex<Ids<String>>>,
+    /// Outer source address for their encapsulation.
+    pub encap_src: Ipv6Addr,
 }
 
 #[derive(Clone, Debug)]
 pub struct PlannedService {
     pub id: u32,
+    /// The service address (BGP routes are per address).
+    pub address: IpAddr,
     pub policy: Policy,
     pub candidates: Vec<StaticCandidate>,
 }
@@ -57,8 +73,9 @@ pub fn planned_service(
     id: u32,
     policy: &PolicyConfig,
     config: &Config,
-    node_ids: &mut Ids<String>,
+    node_ids: &Mutex<Ids<String>>,
 ) -> PlannedService {
+    let address = policy.service;
     let protocol = policy.protocol.map(Protocol::number);
     let candidates = config
         .remotes
@@ -70,7 +87,7 @@ pub fn planned_service(
                     && s.port == policy.port
             })?;
             Some(StaticCandidate {
-                node: node_ids.get(&remote.name),
+                node: node_ids.lock().expect("ids lock").get(&remote.name),
                 name: remote.name.clone(),
                 capacity: served.capacity,
                 path: Path {
@@ -95,6 +112,7 @@ pub fn planned_service(
     };
     PlannedService {
         id,
+        address,
         policy,
         candidates,
     }
@@ -181,12 +199,39 @@ pub async fn run(
     settled: watch::Sender<u64>,
 ) {
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
+    // BGP-learned nodes programmed into the data plane, by id.
+    let mut programmed: BTreeMap<u32, Node> = BTreeMap::new();
     loop {
         let plan = plans.borrow_and_update().clone();
         states.retain(|id, _| plan.services.iter().any(|s| s.id == *id));
+        let learned = match &plan.learned {
+            Some(learning) => learned_candidates(learning),
+            None => Vec::new(),
+        };
+        // New or changed nodes first: rings may name them from this step on.
+        for (id, node, _) in &learned {
+            if programmed.get(id) != Some(node) {
+                programmed.insert(*id, node.clone());
+                if commands
+                    .send(Command::SetNode {
+                        id: *id,
+                        node: node.clone(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
         for service in &plan.services {
             let state = states.entry(service.id).or_default();
-            if let Some(ring) = step(&plan, service, state)
+            let extra: Vec<Candidate> = learned
+                .iter()
+                .filter(|(_, _, c)| c.0 == service.address)
+                .map(|(_, _, c)| c.1.clone())
+                .collect();
+            if let Some(ring) = step(&plan, service, &extra, state)
                 && commands
                     .send(Command::PublishRing {
                         service: service.id,
@@ -195,6 +240,21 @@ pub async fn run(
                     .await
                     .is_err()
             {
+                return;
+            }
+        }
+        // Nodes no longer learned go once the rings above no longer name them.
+        let gone: Vec<u32> = programmed
+            .keys()
+            .copied()
+            .filter(|id| !learned.iter().any(|(l, _, _)| l == id))
+            .collect();
+        for id in gone {
+            programmed.remove(&id);
+            if let Some(learning) = &plan.learned {
+                learning.node_ids.lock().expect("ids lock").forget(id);
+            }
+            if commands.send(Command::RemoveNode(id)).await.is_err() {
                 return;
             }
         }
@@ -216,10 +276,50 @@ pub async fn run(
     }
 }
 
-/// One steering step for one service; the ring to publish, if any.
-fn step(plan: &Plan, service: &PlannedService, state: &mut ServiceState) -> Option<Vec<u32>> {
+/// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
+/// A node is named by the name in its CPN metric attribute, else by its SID.
+fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
+    let routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
+    let mut ids = learning.node_ids.lock().expect("ids lock");
+    routes
+        .into_iter()
+        .map(|Learned { route, .. }| {
+            let (name, metrics) = match route.metrics {
+                Some(m) => (m.node, m.metrics),
+                None => (route.sid.to_string(), NodeMetrics::default()),
+            };
+            let id = ids.get(&name);
+            let node = Node {
+                segments: vec![route.sid],
+                encap_src: learning.encap_src,
+                reduced: false,
+                state: NodeState::Active,
+            };
+            let latency = Duration::from_micros(route.aigp.unwrap_or(0));
+            let candidate = Candidate {
+                node: id,
+                name,
+                metrics,
+                path: Path { latency, loss: 0.0 },
+                admin: Admin::Up,
+            };
+            (id, node, (route.prefix, candidate))
+        })
+        .collect()
+}
+
+/// One steering step for one service (its static candidates plus `learned` ones); the ring to
+/// publish, if any.
+fn step(
+    plan: &Plan,
+    service: &PlannedService,
+    learned: &[Candidate],
+    state: &mut ServiceState,
+) -> Option<Vec<u32>> {
     let now = SystemTime::now();
-    let candidates: Vec<Candidate> = service.candidates.iter().map(|c| c.resolve(now)).collect();
+    let mut candidates: Vec<Candidate> =
+        service.candidates.iter().map(|c| c.resolve(now)).collect();
+    candidates.extend(learned.iter().cloned());
     let decision = selection::select(&service.policy, &candidates, now);
     let weighted = decision.weighted();
     let instant = Instant::now();

@@ -145,6 +145,7 @@ impl Session {
     async fn run(mut self, mut accepted: mpsc::Receiver<TcpStream>) {
         let (connected_tx, mut connected) = mpsc::channel::<std::io::Result<TcpStream>>(1);
         let mut actions = self.fsm.handle(Instant::now(), Event::ManualStart);
+        let mut local_done = false;
         loop {
             for action in std::mem::take(&mut actions) {
                 actions.extend(self.act(action, &connected_tx).await);
@@ -175,11 +176,13 @@ impl Session {
                     actions = self.fsm.poll(Instant::now());
                     continue;
                 }
-                changed = self.local.changed(), if self.fsm.state() == State::Established => {
+                changed = self.local.changed(), if self.fsm.state() == State::Established && !local_done => {
+                    // A node that originates nothing drops its sender: nothing more to announce.
                     if changed.is_err() {
-                        return;
+                        local_done = true;
+                    } else {
+                        actions = self.advertise().await;
                     }
-                    actions = self.advertise().await;
                     continue;
                 }
             };

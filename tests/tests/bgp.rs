@@ -1,0 +1,176 @@
+//! Agents advertising compute load to each other over BGP, and a real BGP peer (GoBGP) reading
+//! our routes.
+//!
+//! ```text
+//!   client ── ingress ─┬─ eth1 ── compute1 (cpu 1e12)     eBGP: ingress AS 4200000100,
+//!                      └─ eth2 ── compute2 (cpu 2e12)           computeN AS 420000000N
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use cpn_tests::{
+    lab::{Lab, wait_for},
+    steering_lab::{NAME_SERVER, SPLIT_CLIENT},
+};
+
+const VIP: &str = "2001:db8:cafe::1";
+const PORT: &str = "7000";
+
+fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path) -> String {
+    format!(
+        "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
+         [srv6]\nsource = \"2001:db8:1{n}::2\"\n\n\
+         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
+         [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
+         in_flight_file = \"{}\"\nmax_in_flight = 10000\n\n\
+         [metrics]\ninterval_ms = 200\nsample_host = false\n\n\
+         [bgp]\nasn = 420000000{n}\nrouter_id = \"10.0.0.{n}\"\nhold_time_s = 3\n\n\
+         [[bgp.neighbor]]\naddress = \"2001:db8:1{n}::1\"\nasn = 4200000100\n",
+        inflight.display()
+    )
+}
+
+const INGRESS_CONFIG: &str = "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
+    [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
+    [srv6]\nsource = \"2001:db8:1::2\"\n\n\
+    [[policy]]\nservice = \"2001:db8:cafe::1\"\nkind = \"cpu\"\nobjective = { latency = 0, load = 1 }\n\n\
+    [selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\n\n\
+    [bgp]\nasn = 4200000100\nrouter_id = \"10.0.0.100\"\nhold_time_s = 3\n\n\
+    [[bgp.neighbor]]\naddress = \"2001:db8:11::2\"\nasn = 4200000001\npassive = true\n\n\
+    [[bgp.neighbor]]\naddress = \"2001:db8:12::2\"\nasn = 4200000002\npassive = true\n";
+
+struct BgpLab {
+    lab: Lab,
+    computes: Vec<cpn_tests::lab::Agent>,
+}
+
+fn start(name: &str) -> Result<BgpLab> {
+    let mut lab = Lab::builder(name)
+        .node("client")
+        .node("ingress")
+        .node("compute1")
+        .node("compute2")
+        .link(("client", "eth0"), ("ingress", "eth0"))
+        .link(("ingress", "eth1"), ("compute1", "eth0"))
+        .link(("ingress", "eth2"), ("compute2", "eth0"))
+        .build()?;
+    let client = lab.node("client")?;
+    client.add_address("eth0", "2001:db8:1::1/64")?;
+    client.add_route(&["default", "via", "2001:db8:1::2"])?;
+    client.checksum_in_software("eth0")?;
+    let ingress = lab.node("ingress")?;
+    ingress.add_address("eth0", "2001:db8:1::2/64")?;
+    ingress.enable_forwarding()?;
+    for n in 1..=2 {
+        ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
+        ingress.add_route(&[
+            &format!("fc00:{n}::/32"),
+            "via",
+            &format!("2001:db8:1{n}::2"),
+        ])?;
+        let node = lab.node(&format!("compute{n}"))?;
+        node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
+        node.add_address("lo", &format!("{VIP}/128"))?;
+        node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
+    }
+    lab.start_agent("ingress", INGRESS_CONFIG)?;
+    let mut computes = Vec::new();
+    for (n, capacity) in [(1, 1e12), (2, 2e12)] {
+        let work = lab.workdir().to_path_buf();
+        let inflight = work.join(format!("compute{n}.inflight"));
+        let knob = work.join(format!("compute{n}.load"));
+        fs::write(&knob, "0\n")?;
+        let compute = format!("compute{n}");
+        computes.push(lab.start_agent(&compute, &compute_config(n, capacity, &inflight))?);
+        lab.spawn(
+            &compute,
+            &[
+                "python3",
+                "-c",
+                NAME_SERVER,
+                &compute,
+                VIP,
+                PORT,
+                inflight.to_str().context("path")?,
+                knob.to_str().context("path")?,
+            ],
+            None,
+        )?;
+    }
+    Ok(BgpLab { lab, computes })
+}
+
+/// The agents' logs, for failure messages.
+fn logs(lab: &Lab) -> String {
+    ["ingress", "compute1", "compute2"]
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {n}\n{}",
+                fs::read_to_string(lab.workdir().join(format!("{n}.log"))).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
+    let out = lab.node("client")?.output(&[
+        "python3",
+        "-c",
+        SPLIT_CLIENT,
+        VIP,
+        PORT,
+        &count.to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "split client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()> {
+    let mut bgp = start("bgp-agents")?;
+    // Both compute nodes' routes arrive and the ring follows their capacities (1:2).
+    let split_ok = wait_for(
+        "flows on both compute nodes",
+        Duration::from_secs(30),
+        || {
+            let s = split(&bgp.lab, 60).unwrap_or_default();
+            Ok((s.len() == 2).then_some(s))
+        },
+    )
+    .with_context(|| logs(&bgp.lab))?;
+    eprintln!("first split: {split_ok:?}");
+    let total = 300;
+    let s = split(&bgp.lab, total)?;
+    let share = f64::from(s.get("compute2").copied().unwrap_or(0)) / f64::from(total);
+    eprintln!("split of {total}: {s:?}");
+    ensure!(
+        (share - 2.0 / 3.0).abs() < 0.1,
+        "compute2 should take about 2/3 of new flows: {s:?}"
+    );
+
+    // compute2's agent stops: its session closes, its routes go, new flows avoid it.
+    let compute2 = bgp.computes.pop().context("compute2")?;
+    bgp.lab.stop(compute2.pid)?;
+    let stopped = Instant::now();
+    wait_for(
+        "new flows to leave compute2",
+        Duration::from_secs(15),
+        || {
+            let s = split(&bgp.lab, 20).unwrap_or_default();
+            Ok((s.keys().all(|k| k == "compute1") && !s.is_empty()).then_some(()))
+        },
+    )?;
+    eprintln!("withdrawn within {:?}", stopped.elapsed());
+    Ok(())
+}
