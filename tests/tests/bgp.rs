@@ -108,15 +108,13 @@ fn start(name: &str) -> Result<BgpLab> {
 
 /// The agents' logs, for failure messages.
 fn logs(lab: &Lab) -> String {
-    ["ingress", "compute1", "compute2"]
-        .iter()
-        .map(|n| {
-            format!(
-                "--- {n}\n{}",
-                fs::read_to_string(lab.workdir().join(format!("{n}.log"))).unwrap_or_default()
-            )
-        })
-        .collect()
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for n in ["ingress", "compute1", "compute2"] {
+        let log = fs::read_to_string(lab.workdir().join(format!("{n}.log"))).unwrap_or_default();
+        let _ = write!(out, "--- {n}\n{log}");
+    }
+    out
 }
 
 fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
