@@ -172,3 +172,76 @@ fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()>
     eprintln!("withdrawn within {:?}", stopped.elapsed());
     Ok(())
 }
+
+/// GoBGP (a real, independent BGP implementation) peers with a compute agent and shows our
+/// service route with the SID (Prefix-SID, RFC 9252), AIGP, Link Bandwidth and the CPN metric
+/// attribute, read from `gobgp ... -j`.
+#[test]
+fn gobgp_reads_our_service_routes() -> Result<()> {
+    let mut lab = Lab::builder("gobgp")
+        .node("compute1")
+        .node("gobgp")
+        .link(("compute1", "eth0"), ("gobgp", "eth0"))
+        .build()?;
+    lab.node("compute1")?
+        .add_address("eth0", "2001:db8:11::2/64")?;
+    lab.node("gobgp")?
+        .add_address("eth0", "2001:db8:11::1/64")?;
+    let work = lab.workdir().to_path_buf();
+    let inflight = work.join("compute1.inflight");
+    fs::write(&inflight, "3\n")?;
+    let config = compute_config(1, 1e12, &inflight).replace("asn = 4200000100", "asn = 4200000200");
+    lab.start_agent("compute1", &config)?;
+    let gobgp_config = work.join("gobgpd.toml");
+    fs::write(
+        &gobgp_config,
+        "[global.config]\nas = 4200000200\nrouter-id = \"10.0.0.200\"\n\n\
+         [[neighbors]]\n[neighbors.config]\nneighbor-address = \"2001:db8:11::2\"\npeer-as = 4200000001\n\
+         [[neighbors.afi-safis]]\n[neighbors.afi-safis.config]\nafi-safi-name = \"ipv6-unicast\"\n\
+         [neighbors.afi-safis.add-paths.config]\nreceive = true\nsend-max = 8\n",
+    )?;
+    let gobgp_log = work.join("gobgpd.log");
+    lab.spawn(
+        "gobgp",
+        &[
+            "gobgpd",
+            "-f",
+            gobgp_config.to_str().context("path")?,
+            "-l",
+            "info",
+        ],
+        Some(&gobgp_log),
+    )?;
+    let node = lab.node("gobgp")?;
+    let rib: serde_json::Value =
+        wait_for("our route in GoBGP's RIB", Duration::from_secs(30), || {
+            let out = node.output(&["gobgp", "global", "rib", "-a", "ipv6", "-j"])?;
+            let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(value
+                .to_string()
+                .contains("2001:db8:cafe::1")
+                .then_some(value))
+        })
+        .with_context(|| fs::read_to_string(&gobgp_log).unwrap_or_default())?;
+    let text = rib.to_string();
+    eprintln!("{}", serde_json::to_string_pretty(&rib)?);
+    // GoBGP prints the SID's 16 octets in base64: this is fc00:1::d6.
+    ensure!(
+        text.contains("\"sid\":\"/AAAAQAAAAAAAAAAAAAA1g==\""),
+        "the SRv6 SID fc00:1::d6 in the Prefix-SID attribute: {text}"
+    );
+    ensure!(
+        text.contains("\"endpoint_behavior\":18"),
+        "End.DT6 (18) as the SID's behavior: {text}"
+    );
+    ensure!(text.contains("\"type\":26"), "AIGP: {text}");
+    ensure!(
+        text.contains("\"type\":255"),
+        "the CPN metric attribute: {text}"
+    );
+    ensure!(
+        text.contains("\"type\":40"),
+        "the Prefix-SID attribute: {text}"
+    );
+    Ok(())
+}
