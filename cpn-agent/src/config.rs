@@ -67,8 +67,10 @@ pub struct BgpConfig {
     /// Type code of the CPN metric attribute (default 255, RFC 2042 "development").
     #[serde(default = "default_metric_code")]
     pub metric_attribute_type: u8,
-    /// Next hop of the routes we originate (default: `[srv6] source`).
+    /// Next hop of the routes we originate or pass on over eBGP (default: `[srv6] source`).
     pub next_hop: Option<Ipv6Addr>,
+    /// RFC 4456 cluster id when this node reflects routes (default: `router_id`).
+    pub cluster_id: Option<std::net::Ipv4Addr>,
     /// Re-send our metrics when a value moves by more than this share (default 0.05) ...
     #[serde(default = "default_metric_threshold")]
     pub metric_threshold: f64,
@@ -90,6 +92,10 @@ pub struct NeighborConfig {
     /// Wait for the neighbor to connect.
     #[serde(default)]
     pub passive: bool,
+    /// This iBGP neighbor is a client of ours: we reflect its routes and reflect others' to
+    /// it (RFC 4456). Any client makes this node a route reflector.
+    #[serde(default)]
+    pub route_reflector_client: bool,
 }
 
 fn bgp_port() -> u16 {
@@ -386,6 +392,15 @@ impl Default for MetricsConfig {
 }
 
 impl Config {
+    /// The BGP next hop of our routes: `[bgp] next_hop`, else `[srv6] source`.
+    pub fn bgp_next_hop(&self) -> Ipv6Addr {
+        self.bgp
+            .as_ref()
+            .and_then(|b| b.next_hop)
+            .or(self.srv6.source)
+            .unwrap_or(Ipv6Addr::UNSPECIFIED)
+    }
+
     /// Where the maps are pinned.
     pub fn pinning(&self) -> Pinning {
         Pinning::Dir(

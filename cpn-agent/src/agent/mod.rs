@@ -130,7 +130,7 @@ impl Agent {
         let mut local_routes = None;
         if let Some(bgp) = &config.bgp {
             let (local, routes) = watch::channel(Vec::new());
-            let (rib, tasks) = crate::bgp::speaker::spawn(speaker_config(bgp), routes)
+            let (rib, tasks) = crate::bgp::speaker::spawn(speaker_config(config, bgp), routes)
                 .await
                 .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(tasks);
@@ -355,10 +355,15 @@ impl Agent {
     }
 }
 
-fn speaker_config(bgp: &crate::config::BgpConfig) -> crate::bgp::speaker::SpeakerConfig {
+fn speaker_config(
+    config: &Config,
+    bgp: &crate::config::BgpConfig,
+) -> crate::bgp::speaker::SpeakerConfig {
     crate::bgp::speaker::SpeakerConfig {
         asn: bgp.asn,
         router_id: bgp.router_id,
+        cluster_id: bgp.cluster_id,
+        next_hop: config.bgp_next_hop(),
         listen: std::net::SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
         hold_time: Duration::from_secs(bgp.hold_time_s),
         connect_retry: Duration::from_secs(bgp.connect_retry_s),
@@ -371,6 +376,7 @@ fn speaker_config(bgp: &crate::config::BgpConfig) -> crate::bgp::speaker::Speake
                 port: n.port,
                 asn: n.asn,
                 passive: n.passive,
+                rr_client: n.route_reflector_client,
             })
             .collect(),
     }

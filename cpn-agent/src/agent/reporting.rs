@@ -40,7 +40,6 @@ struct Served {
 /// How this node advertises itself in BGP.
 #[derive(Clone, Debug)]
 struct Origin {
-    asn: u32,
     path_id: u32,
     next_hop: Ipv6Addr,
     threshold: f64,
@@ -59,12 +58,8 @@ pub fn spawn(
     }
     let origin = match (&config.bgp, routes) {
         (Some(bgp), Some(routes)) => Some(Origin {
-            asn: bgp.asn,
             path_id: u32::from(bgp.router_id),
-            next_hop: bgp
-                .next_hop
-                .or(config.srv6.source)
-                .unwrap_or(Ipv6Addr::UNSPECIFIED),
+            next_hop: config.bgp_next_hop(),
             threshold: bgp.metric_threshold,
             refresh: Duration::from_secs(bgp.refresh_s.max(1)),
             routes,
@@ -213,7 +208,7 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Servi
             normalisation: NORMALISATION.to_owned(),
             metrics,
         }),
-        as_path: vec![origin.asn],
+        as_path: Vec::new(), // our AS is prepended per eBGP peer (policy.rs)
         originator_id: None,
         cluster_list: Vec::new(),
     }

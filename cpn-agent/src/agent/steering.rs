@@ -277,9 +277,18 @@ pub async fn run(
 }
 
 /// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
-/// A node is named by the name in its CPN metric attribute, else by its SID.
+/// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
+/// several paths is one candidate, with its lowest path latency (AIGP).
 fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
-    let routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
+    let mut routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
+    routes.sort_by_key(|l| {
+        (
+            l.route.prefix,
+            l.route.sid,
+            l.route.aigp.unwrap_or(u64::MAX),
+        )
+    });
+    routes.dedup_by_key(|l| (l.route.prefix, l.route.sid));
     let mut ids = learning.node_ids.lock().expect("ids lock");
     routes
         .into_iter()

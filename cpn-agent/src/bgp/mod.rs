@@ -2,5 +2,6 @@
 
 pub mod fsm;
 pub mod metric_attr;
+pub mod policy;
 pub mod route;
 pub mod speaker;

@@ -16,8 +16,9 @@ use netgauze_bgp_pkt::{
     nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress},
     path_attribute::{
         Aigp, As4PathSegment, AsPath, AsPathSegmentType, BgpSidAttribute, ClusterId, ClusterList,
-        ExtendedCommunities, MpReach, MpUnreach, Origin, Originator, PathAttribute,
-        PathAttributeValue, PrefixSegmentIdentifier, SRv6ServiceSubTlv, UnknownAttribute,
+        ExtendedCommunities, LocalPreference, MpReach, MpUnreach, Origin, Originator,
+        PathAttribute, PathAttributeValue, PrefixSegmentIdentifier, SRv6ServiceSubTlv,
+        UnknownAttribute,
     },
     update::BgpUpdateMessage,
 };
@@ -71,15 +72,28 @@ pub struct Parsed {
     pub discarded: Vec<String>,
 }
 
+/// `LOCAL_PREF` on iBGP: the usual default, so that operators' policies can rank against it.
+const DEFAULT_LOCAL_PREF: u32 = 100;
+
 fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> PathAttribute {
     PathAttribute::from(optional, transitive, false, true, value)
         .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
 }
 
-/// The UPDATE announcing `route`; `metric_code` is the CPN attribute's type code; the path
-/// identifier goes out only to a peer that negotiated ADD-PATH.
-pub fn announce(route: &ServiceRoute, metric_code: u8, add_path: bool) -> BgpMessage {
-    let path_id = add_path.then_some(route.path_id);
+/// How one session encodes the routes it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    /// The CPN metric attribute's type code.
+    pub metric_code: u8,
+    /// Path identifiers go out only to a peer that negotiated ADD-PATH.
+    pub add_path: bool,
+    /// An iBGP peer: `LOCAL_PREF` is sent (RFC 4271 §5.1.5).
+    pub internal: bool,
+}
+
+/// The UPDATE announcing `route`.
+pub fn announce(route: &ServiceRoute, encoding: Encoding) -> BgpMessage {
+    let path_id = encoding.add_path.then_some(route.path_id);
     let reach = match route.prefix {
         IpAddr::V6(v6) => MpReach::Ipv6Unicast {
             next_hop_global: route.next_hop,
@@ -123,6 +137,13 @@ pub fn announce(route: &ServiceRoute, metric_code: u8, add_path: bool) -> BgpMes
             ])),
         ),
     ];
+    if encoding.internal {
+        attrs.push(attribute(
+            false,
+            true,
+            PathAttributeValue::LocalPreference(LocalPreference::new(DEFAULT_LOCAL_PREF)),
+        ));
+    }
     if let Some(aigp) = route.aigp {
         attrs.push(attribute(
             true,
@@ -164,7 +185,7 @@ pub fn announce(route: &ServiceRoute, metric_code: u8, add_path: bool) -> BgpMes
         ));
     }
     if let Some(metrics) = &route.metrics {
-        let value = UnknownAttribute::new(metric_code, metric_attr::encode(metrics));
+        let value = UnknownAttribute::new(encoding.metric_code, metric_attr::encode(metrics));
         attrs.push(attribute(
             true,
             true,
@@ -411,11 +432,17 @@ mod tests {
             .0
     }
 
+    const EBGP: Encoding = Encoding {
+        metric_code: 255,
+        add_path: true,
+        internal: false,
+    };
+
     #[test]
     fn announcements_round_trip_through_the_wire() {
         for prefix in ["2001:db8:cafe::1", "198.18.0.1"] {
             let r = route(prefix.parse().unwrap());
-            let bytes = wire(announce(&r, 255, true));
+            let bytes = wire(announce(&r, EBGP));
             let BgpMessage::Update(update) = unwire(&bytes) else {
                 panic!("not an UPDATE")
             };
@@ -430,14 +457,19 @@ mod tests {
     fn attribute_bytes() {
         let bytes = wire(announce(
             &route("2001:db8:cafe::1".parse().unwrap()),
-            255,
-            true,
+            Encoding {
+                internal: true,
+                ..EBGP
+            },
         ));
         let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         // AIGP (type 26): optional, extended length, TLV type 1, length 11, value 2500.
         let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
         aigp.extend_from_slice(&2500u64.to_be_bytes());
         assert!(find(&aigp), "AIGP");
+        // LOCAL_PREF (type 5) on iBGP: well-known transitive, 100 (netgauze writes every
+        // attribute with the extended-length flag, which RFC 4271 §4.3 allows).
+        assert!(find(&[0x50, 5, 0, 4, 0, 0, 0, 100]), "LOCAL_PREF");
         // Prefix-SID (type 40): SRv6 L3 Service TLV (5) → SID Information sub-TLV (1): SID, flags,
         // behaviour 18 (End.DT6).
         let mut sid = vec![1, 0, 21, 0];
@@ -488,7 +520,7 @@ mod tests {
     #[test]
     fn a_malformed_metric_attribute_is_discarded_not_the_route() {
         let mut r = route("2001:db8:cafe::1".parse().unwrap());
-        let BgpMessage::Update(update) = announce(&r, 255, true) else {
+        let BgpMessage::Update(update) = announce(&r, EBGP) else {
             unreachable!()
         };
         let attrs: Vec<PathAttribute> = update

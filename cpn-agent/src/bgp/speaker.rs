@@ -5,6 +5,7 @@
 //!   listener ──accepted stream──▶ session(neighbor) ◀──▶ TCP ◀──▶ peer
 //!   local routes (watch) ───────▶ session: announce / withdraw on change
 //!   session ──UPDATEs──▶ Adj-RIB-In (shared) ──▶ steering (candidates)
+//!                              └──(changed)──▶ every session: export (policy.rs) to its peer
 //! ```
 
 use std::{
@@ -25,6 +26,7 @@ use tokio_util::codec::Framed;
 
 use super::{
     fsm::{Action, Event, Fsm, PeerConfig, State},
+    policy::{self, Local, PathIds, Peer, Received},
     route::{self, ServiceRoute, Withdrawn},
 };
 
@@ -33,6 +35,10 @@ use super::{
 pub struct SpeakerConfig {
     pub asn: u32,
     pub router_id: Ipv4Addr,
+    /// RFC 4456 cluster id when we reflect routes (default: the router id).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Next hop for routes we pass on over eBGP.
+    pub next_hop: std::net::Ipv6Addr,
     pub listen: SocketAddr,
     pub hold_time: Duration,
     pub connect_retry: Duration,
@@ -46,6 +52,8 @@ pub struct NeighborConfig {
     pub port: u16,
     pub asn: u32,
     pub passive: bool,
+    /// An iBGP neighbor whose routes we reflect (we are its route reflector).
+    pub rr_client: bool,
 }
 
 /// A route learned from a neighbor.
@@ -56,19 +64,35 @@ pub struct Learned {
 }
 
 /// Adj-RIB-In: every path from every neighbor (ADD-PATH keeps all sites of a prefix).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RibIn {
-    routes: BTreeMap<(IpAddr, IpAddr, u32), ServiceRoute>,
+    routes: BTreeMap<(IpAddr, IpAddr, u32), Received>,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
+    /// Bumped on every change, so that each session re-exports to its peer.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for RibIn {
+    fn default() -> Self {
+        Self {
+            routes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            changed: watch::Sender::new(0),
+        }
+    }
 }
 
 impl RibIn {
     pub fn routes(&self) -> impl Iterator<Item = Learned> + '_ {
-        self.routes.iter().map(|((neighbor, _, _), route)| Learned {
-            neighbor: *neighbor,
-            route: route.clone(),
+        self.routes.values().map(|r| Learned {
+            neighbor: r.from.address,
+            route: r.route.clone(),
         })
+    }
+
+    fn touch(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 }
 
@@ -80,6 +104,13 @@ pub async fn spawn(
     local: watch::Receiver<Vec<ServiceRoute>>,
 ) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
     let rib = SharedRib::default();
+    let rib_changed = rib.lock().expect("rib lock").changed.subscribe();
+    let local_speaker = Local {
+        asn: config.asn,
+        router_id: config.router_id,
+        cluster_id: config.cluster_id.unwrap_or(config.router_id),
+        next_hop: config.next_hop,
+    };
     let listener = TcpListener::bind(config.listen).await?;
     let mut inboxes = HashMap::new();
     let mut tasks = Vec::new();
@@ -98,10 +129,19 @@ pub async fn spawn(
             neighbor: neighbor.clone(),
             fsm: Fsm::new(peer),
             metric_code: config.metric_code,
+            me: local_speaker,
+            peer: Peer {
+                address: neighbor.address,
+                asn: neighbor.asn,
+                rr_client: neighbor.rr_client,
+                add_path: false,
+            },
+            peer_id: Ipv4Addr::UNSPECIFIED,
             rib: rib.clone(),
+            rib_changed: rib_changed.clone(),
             local: local.clone(),
             conn: None,
-            add_path: false,
+            path_ids: PathIds::default(),
             advertised: Vec::new(),
         };
         tasks.push(tokio::spawn(session.run(rx)));
@@ -133,10 +173,17 @@ struct Session {
     neighbor: NeighborConfig,
     fsm: Fsm,
     metric_code: u8,
+    me: Local,
+    /// The neighbor as policy sees it (ADD-PATH once negotiated).
+    peer: Peer,
+    /// The neighbor's BGP identifier, once the session is up.
+    peer_id: Ipv4Addr,
     rib: SharedRib,
+    rib_changed: watch::Receiver<u64>,
+    /// The routes this node originates.
     local: watch::Receiver<Vec<ServiceRoute>>,
     conn: Option<Framed<TcpStream, BgpCodec>>,
-    add_path: bool,
+    path_ids: PathIds,
     /// What this session has announced to the peer.
     advertised: Vec<ServiceRoute>,
 }
@@ -185,6 +232,12 @@ impl Session {
                     }
                     continue;
                 }
+                changed = self.rib_changed.changed(), if self.fsm.state() == State::Established => {
+                    if changed.is_ok() {
+                        actions = self.advertise().await;
+                    }
+                    continue;
+                }
             };
             actions = self.fsm.handle(Instant::now(), event);
         }
@@ -229,7 +282,8 @@ impl Session {
             Action::Send(message) => self.send(message).await,
             Action::Up(negotiated) => {
                 tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path = negotiated.add_path, "BGP session established");
-                self.add_path = negotiated.add_path;
+                self.peer.add_path = negotiated.add_path;
+                self.peer_id = negotiated.peer_router_id;
                 if let Some(conn) = &mut self.conn {
                     *conn.codec_mut() = codec(negotiated.add_path);
                 }
@@ -238,11 +292,11 @@ impl Session {
             }
             Action::Down(why) => {
                 tracing::info!(neighbor = %self.neighbor.address, reason = %why, "BGP session down");
-                self.rib
-                    .lock()
-                    .expect("rib lock")
-                    .routes
+                let mut rib = self.rib.lock().expect("rib lock");
+                rib.routes
                     .retain(|(n, _, _), _| *n != self.neighbor.address);
+                rib.touch();
+                drop(rib);
                 self.advertised.clear();
                 vec![]
             }
@@ -257,9 +311,21 @@ impl Session {
                         .remove(&(self.neighbor.address, w.prefix, w.path_id));
                 }
                 for r in parsed.announced {
-                    rib.routes
-                        .insert((self.neighbor.address, r.prefix, r.path_id), r);
+                    let key = (self.neighbor.address, r.prefix, r.path_id);
+                    if let Err(looped) = policy::accept(&self.me, &r) {
+                        // Treated as withdrawn: an earlier copy of the path goes too.
+                        tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
+                        rib.routes.remove(&key);
+                        continue;
+                    }
+                    let received = Received {
+                        from: self.peer,
+                        from_id: self.peer_id,
+                        route: r,
+                    };
+                    rib.routes.insert(key, received);
                 }
+                rib.touch();
                 vec![]
             }
         }
@@ -276,9 +342,22 @@ impl Session {
         vec![]
     }
 
-    /// Sends what changed in our local routes since the last advertisement.
+    /// Sends what changed in what we export to this peer (our routes and those we pass on)
+    /// since the last advertisement.
     async fn advertise(&mut self) -> Vec<Action> {
-        let current = self.local.borrow_and_update().clone();
+        let originated = self.local.borrow_and_update().clone();
+        let received: Vec<Received> = {
+            let rib = self.rib.lock().expect("rib lock");
+            self.rib_changed.mark_unchanged();
+            rib.routes.values().cloned().collect()
+        };
+        let current = policy::export(
+            &self.me,
+            &originated,
+            &received,
+            &self.peer,
+            &mut self.path_ids,
+        );
         let key = |r: &ServiceRoute| (r.prefix, r.path_id);
         let withdrawn: Vec<Withdrawn> = self
             .advertised
@@ -291,10 +370,15 @@ impl Session {
             .collect();
         let mut messages = Vec::new();
         if !withdrawn.is_empty() {
-            messages.push(route::withdraw(&withdrawn, self.add_path));
+            messages.push(route::withdraw(&withdrawn, self.peer.add_path));
         }
         for r in current.iter().filter(|r| !self.advertised.contains(r)) {
-            messages.push(route::announce(r, self.metric_code, self.add_path));
+            let encoding = route::Encoding {
+                metric_code: self.metric_code,
+                add_path: self.peer.add_path,
+                internal: self.peer.asn == self.me.asn,
+            };
+            messages.push(route::announce(r, encoding));
         }
         self.advertised = current;
         let mut actions = Vec::new();

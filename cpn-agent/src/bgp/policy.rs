@@ -1,0 +1,360 @@
+//! Which routes we accept and which we send to each neighbor: hop-by-hop propagation with
+//! `AS_PATH` loop prevention (RFC 4271 §9) for the distributed mode, and route reflection
+//! (RFC 4456) for the centralized mode. Pure functions over routes, so the rules are tested
+//! without sockets.
+//!
+//! A route keeps its SID, AIGP and CPN metric attribute unchanged on the way: the ingress
+//! steers by what the compute node said, not by what a router in between thought of it.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use super::route::ServiceRoute;
+
+/// This speaker, as the rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    /// RFC 4456 cluster identifier (the router id unless configured).
+    pub cluster_id: Ipv4Addr,
+    /// Next hop we put on routes sent over eBGP (next-hop-self).
+    pub next_hop: Ipv6Addr,
+}
+
+/// A neighbor, as the rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// We reflect routes to and from this iBGP neighbor (we are its route reflector).
+    pub rr_client: bool,
+    /// ADD-PATH negotiated: every path, else only the best per prefix.
+    pub add_path: bool,
+}
+
+impl Peer {
+    fn internal(&self, local: &Local) -> bool {
+        self.asn == local.asn
+    }
+}
+
+/// A route in the Adj-RIB-In and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    pub from: Peer,
+    /// The sending neighbor's BGP identifier (becomes `ORIGINATOR_ID` when we reflect).
+    pub from_id: Ipv4Addr,
+    pub route: ServiceRoute,
+}
+
+/// Why a received route is not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Loop {
+    #[error("our AS {0} is in the AS_PATH")]
+    OwnAs(u32),
+    #[error("ORIGINATOR_ID is our router id")]
+    OwnOriginator,
+    #[error("our cluster id is in the CLUSTER_LIST")]
+    OwnCluster,
+}
+
+/// Loop prevention on receipt: RFC 4271 §9.1.2 (`AS_PATH`) and RFC 4456 §8 (`ORIGINATOR_ID`,
+/// `CLUSTER_LIST`). A looped route is treated as withdrawn.
+pub fn accept(local: &Local, route: &ServiceRoute) -> Result<(), Loop> {
+    if route.as_path.contains(&local.asn) {
+        return Err(Loop::OwnAs(local.asn));
+    }
+    if route.originator_id == Some(local.router_id) {
+        return Err(Loop::OwnOriginator);
+    }
+    if route.cluster_list.contains(&local.cluster_id) {
+        return Err(Loop::OwnCluster);
+    }
+    Ok(())
+}
+
+/// Path identifiers we send: one per (source, prefix, path id it came with), stable while the
+/// path exists, so a metric refresh replaces the path instead of adding one, and never reused.
+#[derive(Debug, Default)]
+pub struct PathIds {
+    ids: HashMap<(Option<IpAddr>, IpAddr, u32), u32>,
+    last: u32,
+}
+
+impl PathIds {
+    /// Identifiers for `paths`; those of paths no longer present are forgotten.
+    fn assign(&mut self, paths: Vec<(Option<IpAddr>, ServiceRoute)>) -> Vec<ServiceRoute> {
+        let mut previous = std::mem::take(&mut self.ids);
+        paths
+            .into_iter()
+            .map(|(source, mut r)| {
+                let key = (source, r.prefix, r.path_id);
+                let id = previous.remove(&key).unwrap_or_else(|| {
+                    self.last = self.last.wrapping_add(1);
+                    self.last
+                });
+                self.ids.insert(key, id);
+                r.path_id = id;
+                r
+            })
+            .collect()
+    }
+}
+
+/// The routes to send to `to`: ours, and those learned from other neighbors that RFC 4271 and
+/// RFC 4456 let us pass on, rewritten for the hop (`AS_PATH` prepend and next-hop-self over eBGP,
+/// `ORIGINATOR_ID` and `CLUSTER_LIST` when reflecting).
+pub fn export(
+    local: &Local,
+    originated: &[ServiceRoute],
+    received: &[Received],
+    to: &Peer,
+    ids: &mut PathIds,
+) -> Vec<ServiceRoute> {
+    let ebgp = !to.internal(local);
+    let mut out: Vec<(Option<IpAddr>, ServiceRoute)> = originated
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if ebgp {
+                r.as_path.insert(0, local.asn);
+            }
+            (None, r)
+        })
+        .collect();
+    for rx in received {
+        if rx.from.address == to.address {
+            continue;
+        }
+        let reflect = rx.from.internal(local) && !ebgp;
+        if reflect && !(rx.from.rr_client || to.rr_client) {
+            // RFC 4271 §9.1.1: iBGP routes go to iBGP peers only through a reflector.
+            continue;
+        }
+        let mut r = rx.route.clone();
+        if ebgp {
+            if r.as_path.contains(&to.asn) {
+                continue; // the peer would drop it as a loop
+            }
+            r.as_path.insert(0, local.asn);
+            r.next_hop = local.next_hop;
+            r.originator_id = None;
+            r.cluster_list.clear();
+        } else if reflect {
+            r.originator_id.get_or_insert(rx.from_id);
+            r.cluster_list.insert(0, local.cluster_id);
+        }
+        out.push((Some(rx.from.address), r));
+    }
+    if to.add_path {
+        ids.assign(out)
+    } else {
+        best_per_prefix(out)
+    }
+}
+
+/// Without ADD-PATH one path per prefix: ours first, then the lowest AIGP, then the shortest
+/// `AS_PATH` (RFC 7311 §3.4 puts AIGP before `AS_PATH` length).
+fn best_per_prefix(paths: Vec<(Option<IpAddr>, ServiceRoute)>) -> Vec<ServiceRoute> {
+    let rank = |(source, r): &(Option<IpAddr>, ServiceRoute)| {
+        (
+            source.is_some(),
+            r.aigp.unwrap_or(u64::MAX),
+            r.as_path.len(),
+        )
+    };
+    let mut best: Vec<(Option<IpAddr>, ServiceRoute)> = Vec::new();
+    for path in paths {
+        match best.iter_mut().find(|(_, b)| b.prefix == path.1.prefix) {
+            Some(current) if rank(&path) < rank(current) => *current = path,
+            Some(_) => {}
+            None => best.push(path),
+        }
+    }
+    best.into_iter()
+        .map(|(_, mut r)| {
+            r.path_id = 0;
+            r
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: Local = Local {
+        asn: 65000,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        cluster_id: Ipv4Addr::new(10, 0, 0, 1),
+        next_hop: Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 1),
+    };
+
+    fn peer(last: u8, asn: u32, rr_client: bool) -> Peer {
+        Peer {
+            address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last.into())),
+            asn,
+            rr_client,
+            add_path: true,
+        }
+    }
+
+    fn route(path_id: u32, as_path: Vec<u32>) -> ServiceRoute {
+        ServiceRoute {
+            prefix: "2001:db8:cafe::1".parse().unwrap(),
+            path_id,
+            next_hop: "fc00:9::1".parse().unwrap(),
+            sid: "fc00:9::d6".parse().unwrap(),
+            behavior: super::super::route::behavior::END_DT6,
+            aigp: Some(500),
+            metrics: None,
+            link_bandwidth: Some(1e12),
+            as_path,
+            originator_id: None,
+            cluster_list: Vec::new(),
+        }
+    }
+
+    fn received(from: Peer, route: ServiceRoute) -> Received {
+        Received {
+            from,
+            from_id: Ipv4Addr::new(10, 0, 0, 9),
+            route,
+        }
+    }
+
+    #[test]
+    fn a_route_with_our_as_our_id_or_our_cluster_is_a_loop() {
+        assert_eq!(accept(&ME, &route(1, vec![65001, 65002])), Ok(()));
+        assert_eq!(
+            accept(&ME, &route(1, vec![65001, 65000])),
+            Err(Loop::OwnAs(65000))
+        );
+        let mut r = route(1, vec![]);
+        r.originator_id = Some(ME.router_id);
+        assert_eq!(accept(&ME, &r), Err(Loop::OwnOriginator));
+        let mut r = route(1, vec![]);
+        r.cluster_list = vec![Ipv4Addr::new(10, 9, 9, 9), ME.cluster_id];
+        assert_eq!(accept(&ME, &r), Err(Loop::OwnCluster));
+    }
+
+    #[test]
+    fn ebgp_hop_prepends_our_as_sets_next_hop_self_and_keeps_sid_aigp_metrics() {
+        let a = peer(1, 65001, false);
+        let b = peer(2, 65002, false);
+        let learned = [received(a, route(7, vec![65001]))];
+        let mut ids = PathIds::default();
+        let out = export(&ME, &[], &learned, &b, &mut ids);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_path, vec![65000, 65001]);
+        assert_eq!(out[0].next_hop, ME.next_hop);
+        assert_eq!(out[0].sid, learned[0].route.sid);
+        assert_eq!(out[0].aigp, Some(500));
+        // Never back to where it came from, nor to an AS already on the path.
+        assert!(export(&ME, &[], &learned, &a, &mut ids).is_empty());
+        let c = peer(3, 65001, false);
+        assert!(export(&ME, &[], &learned, &c, &mut ids).is_empty());
+    }
+
+    #[test]
+    fn originated_routes_get_our_as_only_over_ebgp() {
+        let mut ids = PathIds::default();
+        let ours = [route(1, vec![])];
+        let ebgp = export(&ME, &ours, &[], &peer(1, 65001, false), &mut ids);
+        assert_eq!(ebgp[0].as_path, vec![65000]);
+        let ibgp = export(&ME, &ours, &[], &peer(2, 65000, false), &mut ids);
+        assert!(ibgp[0].as_path.is_empty());
+        assert_eq!(ibgp[0].next_hop, ours[0].next_hop);
+    }
+
+    #[test]
+    fn ibgp_routes_reach_other_ibgp_peers_only_through_a_reflector() {
+        let client_a = peer(1, 65000, true);
+        let client_b = peer(2, 65000, true);
+        let plain_c = peer(3, 65000, false);
+        let plain_d = peer(4, 65000, false);
+        let mut ids = PathIds::default();
+        let from_client = [received(client_a, route(1, vec![]))];
+        // Client to client and client to non-client: reflected with ORIGINATOR_ID and our cluster.
+        for to in [client_b, plain_c] {
+            let out = export(&ME, &[], &from_client, &to, &mut ids);
+            assert_eq!(out.len(), 1, "{to:?}");
+            assert_eq!(out[0].originator_id, Some(Ipv4Addr::new(10, 0, 0, 9)));
+            assert_eq!(out[0].cluster_list, vec![ME.cluster_id]);
+            assert_eq!(out[0].next_hop, from_client[0].route.next_hop);
+            assert!(out[0].as_path.is_empty());
+        }
+        // Non-client to client: reflected; non-client to non-client: not (RFC 4456 §6).
+        let from_plain = [received(plain_c, route(1, vec![]))];
+        assert_eq!(export(&ME, &[], &from_plain, &client_a, &mut ids).len(), 1);
+        assert!(export(&ME, &[], &from_plain, &plain_d, &mut ids).is_empty());
+        // An ORIGINATOR_ID already set is kept; the cluster list grows at the front.
+        let mut r = route(1, vec![]);
+        r.originator_id = Some(Ipv4Addr::new(10, 0, 0, 42));
+        r.cluster_list = vec![Ipv4Addr::new(10, 0, 0, 77)];
+        let out = export(&ME, &[], &[received(client_a, r)], &client_b, &mut ids);
+        assert_eq!(out[0].originator_id, Some(Ipv4Addr::new(10, 0, 0, 42)));
+        assert_eq!(
+            out[0].cluster_list,
+            vec![ME.cluster_id, Ipv4Addr::new(10, 0, 0, 77)]
+        );
+    }
+
+    #[test]
+    fn add_path_ids_are_unique_per_source_and_stable_across_refreshes() {
+        let a = peer(1, 65001, false);
+        let b = peer(2, 65002, false);
+        let to = peer(3, 65003, false);
+        // Both neighbors use path id 1 for their own site: we must tell them apart.
+        let learned = [
+            received(a, route(1, vec![65001])),
+            received(b, route(1, vec![65002])),
+        ];
+        let mut ids = PathIds::default();
+        let first = export(&ME, &[route(1, vec![])], &learned, &to, &mut ids);
+        let mut sent: Vec<u32> = first.iter().map(|r| r.path_id).collect();
+        sent.sort_unstable();
+        sent.dedup();
+        assert_eq!(sent.len(), 3);
+        let again = export(&ME, &[route(1, vec![])], &learned, &to, &mut ids);
+        assert_eq!(
+            first.iter().map(|r| r.path_id).collect::<Vec<_>>(),
+            again.iter().map(|r| r.path_id).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn without_add_path_only_the_best_path_per_prefix_goes_out() {
+        let a = peer(1, 65001, false);
+        let b = peer(2, 65002, false);
+        let mut far = route(1, vec![65001]);
+        far.aigp = Some(900);
+        let mut near = route(1, vec![65002, 65005]);
+        near.aigp = Some(100);
+        let learned = [received(a, far), received(b, near)];
+        let to = Peer {
+            add_path: false,
+            ..peer(3, 65003, false)
+        };
+        let out = export(&ME, &[], &learned, &to, &mut PathIds::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].aigp,
+            Some(100),
+            "lowest AIGP wins over a shorter AS_PATH"
+        );
+        assert_eq!(out[0].path_id, 0);
+        let out = export(
+            &ME,
+            &[route(9, vec![])],
+            &learned,
+            &to,
+            &mut PathIds::default(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_path, vec![65000], "our own site is preferred");
+    }
+}
