@@ -454,11 +454,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     if config.node.name.trim().is_empty() {
         return Err(error(None, "[node] name: must not be empty".into()));
     }
-    if config.interfaces.is_empty() {
+    let reflector_only = config.node.roles == [Role::Reflector];
+    if config.interfaces.is_empty() && !reflector_only {
         return Err(error(
             None,
             "no [[interface]] given: add one per interface with `name` and `program` \
-             (\"steer\" or \"endpoint\")"
+             (\"steer\" or \"endpoint\"); only a node whose roles are [\"reflector\"] runs \
+             without a data plane"
+                .into(),
+        ));
+    }
+    let has_clients = config
+        .bgp
+        .as_ref()
+        .is_some_and(|b| b.neighbors.iter().any(|n| n.route_reflector_client));
+    if config.node.roles.contains(&Role::Reflector) && !has_clients {
+        return Err(error(
+            None,
+            "[node] roles: a reflector needs at least one [[bgp.neighbor]] with \
+             route_reflector_client = true"
                 .into(),
         ));
     }
@@ -787,11 +801,24 @@ mode = "generic"
     #[test]
     fn documented_examples_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
-        for role in ["ingress", "compute", "transit"] {
+        for role in ["ingress", "compute", "transit", "reflector"] {
             let path = dir.join(format!("{role}.toml"));
             let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(config.node.roles.len(), 1, "{role}");
         }
+    }
+
+    #[test]
+    fn only_a_pure_reflector_runs_without_interfaces() {
+        let bgp = "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n\n[[bgp.neighbor]]\n\
+                   address = \"2001:db8::2\"\nasn = 65000\n";
+        let reflector = format!("[node]\nname = \"rr\"\nroles = [\"reflector\"]\n{bgp}");
+        let err = parse_str(&reflector).unwrap_err();
+        assert!(err.contains("route_reflector_client = true"), "{err}");
+        parse_str(&format!("{reflector}route_reflector_client = true\n")).unwrap();
+        let transit = reflector.replace("reflector", "transit");
+        let err = parse_str(&format!("{transit}route_reflector_client = true\n")).unwrap_err();
+        assert!(err.contains("no [[interface]] given"), "{err}");
     }
 
     fn with(extra: &str) -> Result<Config, String> {

@@ -1,13 +1,16 @@
-//! Agents advertising compute load to each other over BGP, and a real BGP peer (GoBGP) reading
-//! our routes.
+//! Agents advertising compute load to each other over BGP, and real BGP peers (GoBGP) reading
+//! and reflecting our routes.
 //!
 //! ```text
-//!   client ── ingress ─┬─ eth1 ── compute1 (cpu 1e12)     eBGP: ingress AS 4200000100,
-//!                      └─ eth2 ── compute2 (cpu 2e12)           computeN AS 420000000N
+//!   client ── ingress ─┬─ eth1 ── compute1 (cpu 1e12)   direct: eBGP, ingress AS 4200000100,
+//!                      ├─ eth2 ── compute2 (cpu 2e12)           computeN AS 420000000N
+//!                      └─ eth3 ── rr                    reflector: iBGP in AS 4200000100, every
+//!                                                       agent a client of rr (GoBGP or an agent)
 //! ```
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     fs,
     time::{Duration, Instant},
 };
@@ -20,8 +23,39 @@ use cpn_tests::{
 
 const VIP: &str = "2001:db8:cafe::1";
 const PORT: &str = "7000";
+/// The ingress's AS; in the reflector labs, everyone's.
+const CORE_AS: u32 = 4_200_000_100;
+/// The reflector node's address (on the ingress's eth3).
+const REFLECTOR: &str = "2001:db8:13::2";
 
-fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path) -> String {
+/// How the ingress hears of the compute nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ControlPlane {
+    /// Distributed mode: an eBGP session from each compute node (its own AS) to the ingress.
+    Direct,
+    /// Centralized mode: everyone in one AS, iBGP to a route reflector on its own node.
+    Reflector(Reflector),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reflector {
+    GoBgp,
+    Agent,
+}
+
+/// A `[bgp]` section; `neighbors` are (address, AS, extra lines).
+fn bgp_section(asn: u32, router_id: &str, neighbors: &[(&str, u32, &str)]) -> String {
+    let mut text = format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n");
+    for (address, asn, extra) in neighbors {
+        let _ = write!(
+            text,
+            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{extra}"
+        );
+    }
+    text
+}
+
+fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path, bgp: &str) -> String {
     format!(
         "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
@@ -29,37 +63,111 @@ fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path) -> String {
          [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
          [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
          in_flight_file = \"{}\"\nmax_in_flight = 10000\n\n\
-         [metrics]\ninterval_ms = 200\nsample_host = false\n\n\
-         [bgp]\nasn = 420000000{n}\nrouter_id = \"10.0.0.{n}\"\nhold_time_s = 3\n\n\
-         [[bgp.neighbor]]\naddress = \"2001:db8:1{n}::1\"\nasn = 4200000100\n",
+         [metrics]\ninterval_ms = 200\nsample_host = false\n\n{bgp}",
         inflight.display()
     )
 }
 
-const INGRESS_CONFIG: &str = "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
-    [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
-    [srv6]\nsource = \"2001:db8:1::2\"\n\n\
-    [[policy]]\nservice = \"2001:db8:cafe::1\"\nkind = \"cpu\"\nobjective = { latency = 0, load = 1 }\n\n\
-    [selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\n\n\
-    [bgp]\nasn = 4200000100\nrouter_id = \"10.0.0.100\"\nhold_time_s = 3\n\n\
-    [[bgp.neighbor]]\naddress = \"2001:db8:11::2\"\nasn = 4200000001\npassive = true\n\n\
-    [[bgp.neighbor]]\naddress = \"2001:db8:12::2\"\nasn = 4200000002\npassive = true\n";
+fn compute_bgp(n: u32, control: ControlPlane) -> String {
+    let router_id = format!("10.0.0.{n}");
+    match control {
+        ControlPlane::Direct => bgp_section(
+            4_200_000_000 + n,
+            &router_id,
+            &[(&format!("2001:db8:1{n}::1"), CORE_AS, "")],
+        ),
+        ControlPlane::Reflector(_) => bgp_section(CORE_AS, &router_id, &[(REFLECTOR, CORE_AS, "")]),
+    }
+}
+
+fn ingress_config(control: ControlPlane) -> String {
+    let bgp = match control {
+        ControlPlane::Direct => bgp_section(
+            CORE_AS,
+            "10.0.0.100",
+            &[
+                ("2001:db8:11::2", 4_200_000_001, "passive = true\n"),
+                ("2001:db8:12::2", 4_200_000_002, "passive = true\n"),
+            ],
+        ),
+        ControlPlane::Reflector(_) => {
+            bgp_section(CORE_AS, "10.0.0.100", &[(REFLECTOR, CORE_AS, "")])
+        }
+    };
+    format!(
+        "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
+         [srv6]\nsource = \"2001:db8:1::2\"\n\n\
+         [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\n\n\
+         [selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\n\n{bgp}"
+    )
+}
+
+/// The reflector's clients: the ingress and both compute nodes, all waiting for them to connect.
+const CLIENTS: [&str; 3] = ["2001:db8:13::1", "2001:db8:11::2", "2001:db8:12::2"];
+
+fn start_reflector(lab: &mut Lab, kind: Reflector) -> Result<()> {
+    match kind {
+        Reflector::Agent => {
+            let clients: Vec<(&str, u32, &str)> = CLIENTS
+                .iter()
+                .map(|c| {
+                    (
+                        *c,
+                        CORE_AS,
+                        "passive = true\nroute_reflector_client = true\n",
+                    )
+                })
+                .collect();
+            let config = format!(
+                "[node]\nname = \"rr\"\nroles = [\"reflector\"]\n\n{}",
+                bgp_section(CORE_AS, "10.0.0.200", &clients)
+            );
+            lab.start_agent("rr", &config)?;
+        }
+        Reflector::GoBgp => {
+            let mut config =
+                format!("[global.config]\nas = {CORE_AS}\nrouter-id = \"10.0.0.200\"\n");
+            for client in CLIENTS {
+                let _ = write!(
+                    config,
+                    "\n[[neighbors]]\n[neighbors.config]\nneighbor-address = \"{client}\"\n\
+                     peer-as = {CORE_AS}\n\
+                     [neighbors.transport.config]\npassive-mode = true\n\
+                     [neighbors.route-reflector.config]\nroute-reflector-client = true\n\
+                     route-reflector-cluster-id = \"10.0.0.200\"\n\
+                     [[neighbors.afi-safis]]\n[neighbors.afi-safis.config]\nafi-safi-name = \"ipv6-unicast\"\n\
+                     [neighbors.afi-safis.add-paths.config]\nreceive = true\nsend-max = 8\n"
+                );
+            }
+            let path = lab.workdir().join("gobgpd.toml");
+            fs::write(&path, config)?;
+            let log = lab.workdir().join("rr.log");
+            let path = path.to_str().context("path")?.to_owned();
+            lab.spawn("rr", &["gobgpd", "-f", &path, "-l", "info"], Some(&log))?;
+        }
+    }
+    Ok(())
+}
 
 struct BgpLab {
     lab: Lab,
     computes: Vec<cpn_tests::lab::Agent>,
 }
 
-fn start(name: &str) -> Result<BgpLab> {
-    let mut lab = Lab::builder(name)
+fn start(name: &str, control: ControlPlane) -> Result<BgpLab> {
+    let mut builder = Lab::builder(name)
         .node("client")
         .node("ingress")
         .node("compute1")
         .node("compute2")
         .link(("client", "eth0"), ("ingress", "eth0"))
         .link(("ingress", "eth1"), ("compute1", "eth0"))
-        .link(("ingress", "eth2"), ("compute2", "eth0"))
-        .build()?;
+        .link(("ingress", "eth2"), ("compute2", "eth0"));
+    if matches!(control, ControlPlane::Reflector(_)) {
+        builder = builder.node("rr").link(("ingress", "eth3"), ("rr", "eth0"));
+    }
+    let mut lab = builder.build()?;
     let client = lab.node("client")?;
     client.add_address("eth0", "2001:db8:1::1/64")?;
     client.add_route(&["default", "via", "2001:db8:1::2"])?;
@@ -79,7 +187,14 @@ fn start(name: &str) -> Result<BgpLab> {
         node.add_address("lo", &format!("{VIP}/128"))?;
         node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
     }
-    lab.start_agent("ingress", INGRESS_CONFIG)?;
+    if let ControlPlane::Reflector(kind) = control {
+        ingress.add_address("eth3", "2001:db8:13::1/64")?;
+        let rr = lab.node("rr")?;
+        rr.add_address("eth0", &format!("{REFLECTOR}/64"))?;
+        rr.add_route(&["default", "via", "2001:db8:13::1"])?;
+        start_reflector(&mut lab, kind)?;
+    }
+    lab.start_agent("ingress", &ingress_config(control))?;
     let mut computes = Vec::new();
     for (n, capacity) in [(1, 1e12), (2, 2e12)] {
         let work = lab.workdir().to_path_buf();
@@ -87,7 +202,8 @@ fn start(name: &str) -> Result<BgpLab> {
         let knob = work.join(format!("compute{n}.load"));
         fs::write(&knob, "0\n")?;
         let compute = format!("compute{n}");
-        computes.push(lab.start_agent(&compute, &compute_config(n, capacity, &inflight))?);
+        let config = compute_config(n, capacity, &inflight, &compute_bgp(n, control));
+        computes.push(lab.start_agent(&compute, &config)?);
         lab.spawn(
             &compute,
             &[
@@ -108,9 +224,8 @@ fn start(name: &str) -> Result<BgpLab> {
 
 /// The agents' logs, for failure messages.
 fn logs(lab: &Lab) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
-    for n in ["ingress", "compute1", "compute2"] {
+    for n in ["ingress", "compute1", "compute2", "rr"] {
         let log = fs::read_to_string(lab.workdir().join(format!("{n}.log"))).unwrap_or_default();
         let _ = write!(out, "--- {n}\n{log}");
     }
@@ -134,28 +249,34 @@ fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-#[test]
-fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()> {
-    let mut bgp = start("bgp-agents")?;
-    // Both compute nodes' routes arrive and the ring follows their capacities (1:2).
-    let split_ok = wait_for(
+/// Both compute nodes' routes reach the ingress and the ring follows their capacities (1:2),
+/// which only the CPN metric attribute carries.
+fn steers_by_capacity(lab: &Lab) -> Result<()> {
+    let first = wait_for(
         "flows on both compute nodes",
         Duration::from_secs(30),
         || {
-            let s = split(&bgp.lab, 60).unwrap_or_default();
+            let s = split(lab, 60).unwrap_or_default();
             Ok((s.len() == 2).then_some(s))
         },
     )
-    .with_context(|| logs(&bgp.lab))?;
-    eprintln!("first split: {split_ok:?}");
+    .with_context(|| logs(lab))?;
+    eprintln!("first split: {first:?}");
     let total = 300;
-    let s = split(&bgp.lab, total)?;
+    let s = split(lab, total)?;
     let share = f64::from(s.get("compute2").copied().unwrap_or(0)) / f64::from(total);
     eprintln!("split of {total}: {s:?}");
     ensure!(
         (share - 2.0 / 3.0).abs() < 0.1,
         "compute2 should take about 2/3 of new flows: {s:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()> {
+    let mut bgp = start("bgp-agents", ControlPlane::Direct)?;
+    steers_by_capacity(&bgp.lab)?;
 
     // compute2's agent stops: its session closes, its routes go, new flows avoid it.
     let compute2 = bgp.computes.pop().context("compute2")?;
@@ -190,7 +311,12 @@ fn gobgp_reads_our_service_routes() -> Result<()> {
     let work = lab.workdir().to_path_buf();
     let inflight = work.join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
-    let config = compute_config(1, 1e12, &inflight).replace("asn = 4200000100", "asn = 4200000200");
+    let bgp = bgp_section(
+        4_200_000_001,
+        "10.0.0.1",
+        &[("2001:db8:11::1", 4_200_000_200, "")],
+    );
+    let config = compute_config(1, 1e12, &inflight, &bgp);
     lab.start_agent("compute1", &config)?;
     let gobgp_config = work.join("gobgpd.toml");
     fs::write(
@@ -244,4 +370,19 @@ fn gobgp_reads_our_service_routes() -> Result<()> {
         "the Prefix-SID attribute: {text}"
     );
     Ok(())
+}
+
+/// Centralized mode through GoBGP as the route reflector: SIDs and metrics cross it unchanged,
+/// so the ingress steers by the compute nodes' capacities.
+#[test]
+fn a_gobgp_route_reflector_carries_sids_and_metrics_between_agents() -> Result<()> {
+    let bgp = start("bgp-gobgp-rr", ControlPlane::Reflector(Reflector::GoBgp))?;
+    steers_by_capacity(&bgp.lab)
+}
+
+/// The same with one of our agents (`roles = ["reflector"]`, no data plane) as the reflector.
+#[test]
+fn an_agent_reflects_routes_between_agents() -> Result<()> {
+    let bgp = start("bgp-agent-rr", ControlPlane::Reflector(Reflector::Agent))?;
+    steers_by_capacity(&bgp.lab)
 }

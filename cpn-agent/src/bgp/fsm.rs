@@ -59,6 +59,8 @@ pub enum Action {
     Down(String),
     /// An UPDATE to process (Established only).
     Update(BgpUpdateMessage),
+    /// The peer asked for our routes again (ROUTE-REFRESH, RFC 2918).
+    ResendAll,
 }
 
 /// What both sides agreed on.
@@ -162,10 +164,10 @@ impl Fsm {
             }
             // No-ops: the edges offer a connection only in Connect or Active (they resolve
             // collisions, RFC 4271 §6.8, before a second one gets here); a start while running;
-            // a failure while idle; a route refresh (we send everything on every change anyway).
-            (_, Event::TcpConnected | Event::ManualStart)
-            | (State::Idle, Event::TcpFailed)
-            | (State::Established, Event::Message(BgpMessage::RouteRefresh(_))) => vec![],
+            // a failure while idle.
+            (_, Event::TcpConnected | Event::ManualStart) | (State::Idle, Event::TcpFailed) => {
+                vec![]
+            }
             (State::Connect | State::Active, Event::TcpFailed) => {
                 self.state = State::Active;
                 self.connect_retry_at = Some(now + self.config.connect_retry);
@@ -187,6 +189,10 @@ impl Fsm {
             (State::Established, Event::Message(BgpMessage::Update(update))) => {
                 self.hold_at = self.hold_deadline(now);
                 vec![Action::Update(update)]
+            }
+            (State::Established, Event::Message(BgpMessage::RouteRefresh(_))) => {
+                self.hold_at = self.hold_deadline(now);
+                vec![Action::ResendAll]
             }
             (_, Event::Message(BgpMessage::Notification(n))) => {
                 self.reset(now, &format!("the peer sent {n:?}"))
@@ -378,6 +384,8 @@ fn empty() -> Box<[u8]> {
 
 #[cfg(test)]
 mod tests {
+    use netgauze_bgp_pkt::{iana::RouteRefreshSubcode, route_refresh::BgpRouteRefreshMessage};
+
     use super::*;
 
     fn config(asn: u32, peer: u32, id: [u8; 4], passive: bool) -> PeerConfig {
@@ -461,6 +469,31 @@ mod tests {
             AS_TRANS,
             "4-byte ASNs send AS_TRANS in the 2-byte field"
         );
+    }
+
+    #[test]
+    fn a_route_refresh_asks_for_everything_again_and_keeps_the_session_alive() {
+        let (mut a, _, now) = established();
+        let refresh = BgpMessage::RouteRefresh(BgpRouteRefreshMessage::new(
+            AddressType::Ipv6Unicast,
+            RouteRefreshSubcode::NormalRequest,
+        ));
+        let later = now + Duration::from_secs(8);
+        assert_eq!(
+            a.handle(later, Event::Message(refresh)),
+            vec![Action::ResendAll]
+        );
+        // The hold timer restarted at the refresh: still up past the original 9 s.
+        for s in 9..=16 {
+            let actions = a.poll(now + Duration::from_secs(s));
+            assert!(
+                actions
+                    .iter()
+                    .all(|x| matches!(x, Action::Send(BgpMessage::KeepAlive))),
+                "{s}: {actions:?}"
+            );
+        }
+        assert_eq!(a.state(), State::Established);
     }
 
     #[test]

@@ -106,10 +106,16 @@ pub fn announce(route: &ServiceRoute, encoding: Encoding) -> BgpMessage {
             nlri: vec![v4_nlri(v4, path_id)].into(),
         },
     };
-    let segments = vec![As4PathSegment::new(
-        AsPathSegmentType::AsSequence,
-        route.as_path.clone(),
-    )];
+    // An empty AS_PATH (iBGP, our own routes) has no segment at all: an empty AS_SEQUENCE is
+    // malformed (RFC 4271 §4.3; GoBGP treats the UPDATE as a withdraw).
+    let segments: Vec<As4PathSegment> = if route.as_path.is_empty() {
+        Vec::new()
+    } else {
+        vec![As4PathSegment::new(
+            AsPathSegmentType::AsSequence,
+            route.as_path.clone(),
+        )]
+    };
     let mut attrs = vec![
         attribute(false, true, PathAttributeValue::Origin(Origin::IGP)),
         attribute(
@@ -118,24 +124,7 @@ pub fn announce(route: &ServiceRoute, encoding: Encoding) -> BgpMessage {
             PathAttributeValue::AsPath(AsPath::As4PathSegments(segments.into())),
         ),
         attribute(true, false, PathAttributeValue::MpReach(reach)),
-        attribute(
-            true,
-            true,
-            PathAttributeValue::PrefixSegmentIdentifier(PrefixSegmentIdentifier::new(vec![
-                BgpSidAttribute::SRv6ServiceL3 {
-                    reserved: 0,
-                    subtlvs: vec![SRv6ServiceSubTlv::SRv6SIDInformation {
-                        reserved1: 0,
-                        sid: route.sid,
-                        service_sid_flags: 0,
-                        endpoint_behaviour: route.behavior,
-                        reserved2: 0,
-                        subsubtlvs: vec![].into(),
-                    }]
-                    .into(),
-                },
-            ])),
-        ),
+        attribute(true, true, srv6_service(route.sid, route.behavior)),
     ];
     if encoding.internal {
         attrs.push(attribute(
@@ -227,6 +216,24 @@ pub fn withdraw(withdrawn: &[Withdrawn], add_path: bool) -> BgpMessage {
         ));
     }
     BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+}
+
+/// The BGP Prefix-SID attribute with the SRv6 L3 Service TLV for one SID (RFC 9252 §3.1).
+fn srv6_service(sid: Ipv6Addr, behavior: u16) -> PathAttributeValue {
+    PathAttributeValue::PrefixSegmentIdentifier(PrefixSegmentIdentifier::new(vec![
+        BgpSidAttribute::SRv6ServiceL3 {
+            reserved: 0,
+            subtlvs: vec![SRv6ServiceSubTlv::SRv6SIDInformation {
+                reserved1: 0,
+                sid,
+                service_sid_flags: 0,
+                endpoint_behaviour: behavior,
+                reserved2: 0,
+                subsubtlvs: vec![].into(),
+            }]
+            .into(),
+        },
+    ]))
 }
 
 fn v6_nlri(prefix: Ipv6Addr, path_id: Option<u32>) -> Ipv6UnicastAddress {
@@ -467,6 +474,20 @@ mod tests {
         let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
         aigp.extend_from_slice(&2500u64.to_be_bytes());
         assert!(find(&aigp), "AIGP");
+        // AS_PATH (type 2): one AS_SEQUENCE of one 4-byte AS.
+        assert!(
+            find(&[0x50, 2, 0, 6, 2, 1, 0xfa, 0x56, 0xea, 0x01]),
+            "AS_PATH"
+        );
+        let ours = ServiceRoute {
+            as_path: Vec::new(),
+            ..route("2001:db8:cafe::1".parse().unwrap())
+        };
+        let empty = wire(announce(&ours, EBGP));
+        assert!(
+            empty.windows(4).any(|w| w == [0x50, 2, 0, 0]),
+            "an empty AS_PATH is an empty attribute"
+        );
         // LOCAL_PREF (type 5) on iBGP: well-known transitive, 100 (netgauze writes every
         // attribute with the extended-length flag, which RFC 4271 §4.3 allows).
         assert!(find(&[0x50, 5, 0, 4, 0, 0, 0, 100]), "LOCAL_PREF");

@@ -300,6 +300,10 @@ impl Session {
                 self.advertised.clear();
                 vec![]
             }
+            Action::ResendAll => {
+                self.advertised.clear();
+                self.advertise().await
+            }
             Action::Update(update) => {
                 let parsed = route::parse(&update, self.metric_code);
                 for discarded in &parsed.discarded {
