@@ -21,6 +21,7 @@ const BUILD_PACKAGES: &[&str] = &[
 const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
+    "frr",
     "gobgpd",
     "iproute2",
     "iputils-ping",
