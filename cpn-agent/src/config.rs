@@ -71,6 +71,14 @@ pub struct BgpConfig {
     pub next_hop: Option<Ipv6Addr>,
     /// RFC 4456 cluster id when this node reflects routes (default: `router_id`).
     pub cluster_id: Option<std::net::Ipv4Addr>,
+    /// Link sensing (UDP echo between neighbors): port, interval, and how many intervals
+    /// without a reply make a neighbor dead (defaults 4179, 100 ms, 3).
+    #[serde(default = "default_probe_port")]
+    pub probe_port: u16,
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+    #[serde(default = "default_probe_multiplier")]
+    pub probe_multiplier: u32,
     /// Re-send our metrics when a value moves by more than this share (default 0.05) ...
     #[serde(default = "default_metric_threshold")]
     pub metric_threshold: f64,
@@ -100,6 +108,18 @@ pub struct NeighborConfig {
 
 fn bgp_port() -> u16 {
     179
+}
+
+fn default_probe_port() -> u16 {
+    4179
+}
+
+fn default_probe_interval() -> u64 {
+    100
+}
+
+fn default_probe_multiplier() -> u32 {
+    3
 }
 
 fn default_hold_time() -> u64 {

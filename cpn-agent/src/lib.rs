@@ -7,4 +7,5 @@ pub mod config;
 pub mod dataplane;
 pub mod kernel;
 pub mod metrics;
+pub mod probe;
 pub mod selection;

@@ -150,12 +150,17 @@ fn start_reflector(lab: &mut Lab, kind: Reflector) -> Result<()> {
     Ok(())
 }
 
+fn with_hold_time(config: &str, seconds: u32) -> String {
+    config.replace("hold_time_s = 3\n", &format!("hold_time_s = {seconds}\n"))
+}
+
 struct BgpLab {
     lab: Lab,
     computes: Vec<cpn_tests::lab::Agent>,
 }
 
-fn start(name: &str, control: ControlPlane) -> Result<BgpLab> {
+/// The lab; `hold_time_s` for every agent's sessions.
+fn start(name: &str, control: ControlPlane, hold_time_s: u32) -> Result<BgpLab> {
     let mut builder = Lab::builder(name)
         .node("client")
         .node("ingress")
@@ -194,7 +199,10 @@ fn start(name: &str, control: ControlPlane) -> Result<BgpLab> {
         rr.add_route(&["default", "via", "2001:db8:13::1"])?;
         start_reflector(&mut lab, kind)?;
     }
-    lab.start_agent("ingress", &ingress_config(control))?;
+    lab.start_agent(
+        "ingress",
+        &with_hold_time(&ingress_config(control), hold_time_s),
+    )?;
     let mut computes = Vec::new();
     for (n, capacity) in [(1, 1e12), (2, 2e12)] {
         let work = lab.workdir().to_path_buf();
@@ -202,7 +210,8 @@ fn start(name: &str, control: ControlPlane) -> Result<BgpLab> {
         let knob = work.join(format!("compute{n}.load"));
         fs::write(&knob, "0\n")?;
         let compute = format!("compute{n}");
-        let config = compute_config(n, capacity, &inflight, &compute_bgp(n, control));
+        let bgp = with_hold_time(&compute_bgp(n, control), hold_time_s);
+        let config = compute_config(n, capacity, &inflight, &bgp);
         computes.push(lab.start_agent(&compute, &config)?);
         lab.spawn(
             &compute,
@@ -275,7 +284,7 @@ fn steers_by_capacity(lab: &Lab) -> Result<()> {
 
 #[test]
 fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()> {
-    let mut bgp = start("bgp-agents", ControlPlane::Direct)?;
+    let mut bgp = start("bgp-agents", ControlPlane::Direct, 3)?;
     steers_by_capacity(&bgp.lab)?;
 
     // compute2's agent stops: its session closes, its routes go, new flows avoid it.
@@ -376,13 +385,43 @@ fn gobgp_reads_our_service_routes() -> Result<()> {
 /// so the ingress steers by the compute nodes' capacities.
 #[test]
 fn a_gobgp_route_reflector_carries_sids_and_metrics_between_agents() -> Result<()> {
-    let bgp = start("bgp-gobgp-rr", ControlPlane::Reflector(Reflector::GoBgp))?;
+    let bgp = start("bgp-gobgp-rr", ControlPlane::Reflector(Reflector::GoBgp), 3)?;
     steers_by_capacity(&bgp.lab)
 }
 
 /// The same with one of our agents (`roles = ["reflector"]`, no data plane) as the reflector.
 #[test]
 fn an_agent_reflects_routes_between_agents() -> Result<()> {
-    let bgp = start("bgp-agent-rr", ControlPlane::Reflector(Reflector::Agent))?;
+    let bgp = start("bgp-agent-rr", ControlPlane::Reflector(Reflector::Agent), 3)?;
     steers_by_capacity(&bgp.lab)
+}
+
+/// Link sensing: compute2's host stops answering the ingress (its packets to the ingress are
+/// blackholed), which the BGP session would notice only at the hold timer (30 s here). The
+/// link probes notice within 3 × 100 ms, the session is torn down, compute2's routes are
+/// withdrawn and new flows leave it.
+#[test]
+fn a_silent_neighbor_is_found_by_link_probes_long_before_the_hold_timer() -> Result<()> {
+    let bgp = start("bgp-probe", ControlPlane::Direct, 30)?;
+    steers_by_capacity(&bgp.lab)?;
+    bgp.lab
+        .node("compute2")?
+        .add_route(&["blackhole", "2001:db8:12::1/128"])?;
+    let cut = Instant::now();
+    wait_for(
+        "new flows to leave compute2",
+        Duration::from_secs(10),
+        || {
+            let s = split(&bgp.lab, 20).unwrap_or_default();
+            Ok((s.keys().all(|k| k == "compute1") && !s.is_empty()).then_some(()))
+        },
+    )
+    .with_context(|| logs(&bgp.lab))?;
+    eprintln!("silent neighbor withdrawn within {:?}", cut.elapsed());
+    let log = fs::read_to_string(bgp.lab.workdir().join("ingress.log"))?;
+    ensure!(
+        log.contains("link probe: neighbor lost"),
+        "the probes, not the hold timer, ended the session: {log}"
+    );
+    Ok(())
 }

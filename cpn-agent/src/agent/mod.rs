@@ -130,12 +130,28 @@ impl Agent {
         let mut local_routes = None;
         if let Some(bgp) = &config.bgp {
             let (local, routes) = watch::channel(Vec::new());
-            let (rib, tasks) = crate::bgp::speaker::spawn(speaker_config(config, bgp), routes)
-                .await
-                .with_context(|| format!("starting BGP on port {}", bgp.port))?;
+            let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
+            let (links, liveness, prober) = crate::probe::spawn(
+                bgp.probe_port,
+                &neighbors,
+                Duration::from_millis(bgp.probe_interval_ms.max(1)),
+                bgp.probe_multiplier.max(1),
+            )
+            .await
+            .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
+            agent.tasks.push(prober);
+            let (rib, tasks) = crate::bgp::speaker::spawn(
+                speaker_config(config, bgp),
+                routes,
+                liveness,
+                links.clone(),
+            )
+            .await
+            .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(tasks);
             agent.learning = Some(steering::Learning {
                 rib,
+                links,
                 node_ids: agent.node_ids.clone(),
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
             });

@@ -43,6 +43,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 pub struct Learning {
     pub rib: SharedRib,
+    /// Link statistics per neighbor: the last hop of each learned path.
+    pub links: crate::probe::SharedLinks,
     pub node_ids: Arc<Mutex<Ids<String>>>,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
@@ -280,19 +282,13 @@ pub async fn run(
 /// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
 /// several paths is one candidate, with its lowest path latency (AIGP).
 fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
-    let mut routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
-    routes.sort_by_key(|l| {
-        (
-            l.route.prefix,
-            l.route.sid,
-            l.route.aigp.unwrap_or(u64::MAX),
-        )
-    });
-    routes.dedup_by_key(|l| (l.route.prefix, l.route.sid));
+    let routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
+    let links = learning.links.lock().expect("links lock").clone();
     let mut ids = learning.node_ids.lock().expect("ids lock");
-    routes
+    let mut candidates: Vec<_> = routes
         .into_iter()
-        .map(|Learned { route, .. }| {
+        .map(|Learned { neighbor, route }| {
+            let link = links.get(&neighbor).copied().unwrap_or_default();
             let (name, metrics) = match route.metrics {
                 Some(m) => (m.node, m.metrics),
                 None => (route.sid.to_string(), NodeMetrics::default()),
@@ -304,17 +300,25 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
                 reduced: false,
                 state: NodeState::Active,
             };
-            let latency = Duration::from_micros(route.aigp.unwrap_or(0));
+            // The path: AIGP up to the neighbor, plus the link to it.
+            let latency =
+                Duration::from_micros(route.aigp.unwrap_or(0).saturating_add(link.one_way_us()));
             let candidate = Candidate {
                 node: id,
                 name,
                 metrics,
-                path: Path { latency, loss: 0.0 },
+                path: Path {
+                    latency,
+                    loss: link.loss,
+                },
                 admin: Admin::Up,
             };
             (id, node, (route.prefix, candidate))
         })
-        .collect()
+        .collect();
+    candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, c.path.latency));
+    candidates.dedup_by_key(|(id, _, (prefix, _))| (*prefix, *id));
+    candidates
 }
 
 /// One steering step for one service (its static candidates plus `learned` ones); the ring to

@@ -43,6 +43,9 @@ pub enum Event {
     /// The TCP connection failed or closed.
     TcpFailed,
     Message(BgpMessage),
+    /// Link sensing (probe.rs) lost the neighbor: tear the session down now, as BGP does on a
+    /// BFD down (RFC 5882 §4.1), instead of waiting for the hold timer.
+    PeerDead,
 }
 
 /// What the FSM asks the edges to do.
@@ -174,6 +177,15 @@ impl Fsm {
                 vec![]
             }
             (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
+            (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
+            (_, Event::PeerDead) => {
+                // Cease / BFD Down (RFC 9384), in case the TCP path still works.
+                let mut actions = vec![notification(BgpNotificationMessage::CeaseError(
+                    CeaseError::BfdDown { value: empty() },
+                ))];
+                actions.extend(self.reset(now, "link probe: the neighbor stopped answering"));
+                actions
+            }
             (State::OpenSent, Event::Message(BgpMessage::Open(open))) => {
                 self.open_received(now, &open)
             }
@@ -494,6 +506,26 @@ mod tests {
             );
         }
         assert_eq!(a.state(), State::Established);
+    }
+
+    #[test]
+    fn a_dead_link_tears_the_session_down_at_once() {
+        let (mut a, _, now) = established();
+        let actions = a.handle(now + Duration::from_millis(300), Event::PeerDead);
+        assert!(
+            matches!(
+                &actions[0],
+                Action::Send(BgpMessage::Notification(
+                    BgpNotificationMessage::CeaseError(CeaseError::BfdDown { .. })
+                ))
+            ),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&Action::Disconnect));
+        assert!(actions.iter().any(|x| matches!(x, Action::Down(_))));
+        assert_eq!(a.state(), State::Idle);
+        // Not connected: nothing to tear down.
+        assert!(a.handle(now, Event::PeerDead).is_empty());
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Received {
     /// The sending neighbor's BGP identifier (becomes `ORIGINATOR_ID` when we reflect).
     pub from_id: Ipv4Addr,
     pub route: ServiceRoute,
+    /// One-way latency of the link it came over, microseconds (probe.rs): added to AIGP when
+    /// we pass the route on with ourselves as next hop (RFC 7311 §3.4).
+    pub link_us: u64,
 }
 
 /// Why a received route is not taken.
@@ -141,6 +144,7 @@ pub fn export(
             }
             r.as_path.insert(0, local.asn);
             r.next_hop = local.next_hop;
+            r.aigp = r.aigp.map(|aigp| aigp.saturating_add(rx.link_us));
             r.originator_id = None;
             r.cluster_list.clear();
         } else if reflect {
@@ -223,6 +227,7 @@ mod tests {
             from,
             from_id: Ipv4Addr::new(10, 0, 0, 9),
             route,
+            link_us: 0,
         }
     }
 
@@ -245,14 +250,17 @@ mod tests {
     fn ebgp_hop_prepends_our_as_sets_next_hop_self_and_keeps_sid_aigp_metrics() {
         let a = peer(1, 65001, false);
         let b = peer(2, 65002, false);
-        let learned = [received(a, route(7, vec![65001]))];
+        let learned = [Received {
+            link_us: 120,
+            ..received(a, route(7, vec![65001]))
+        }];
         let mut ids = PathIds::default();
         let out = export(&ME, &[], &learned, &b, &mut ids);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].as_path, vec![65000, 65001]);
         assert_eq!(out[0].next_hop, ME.next_hop);
         assert_eq!(out[0].sid, learned[0].route.sid);
-        assert_eq!(out[0].aigp, Some(500));
+        assert_eq!(out[0].aigp, Some(620), "AIGP grows by the link's latency");
         // Never back to where it came from, nor to an AS already on the path.
         assert!(export(&ME, &[], &learned, &a, &mut ids).is_empty());
         let c = peer(3, 65001, false);

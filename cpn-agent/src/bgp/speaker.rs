@@ -29,6 +29,7 @@ use super::{
     policy::{self, Local, PathIds, Peer, Received},
     route::{self, ServiceRoute, Withdrawn},
 };
+use crate::probe::{Liveness, SharedLinks};
 
 /// The speaker's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,10 +99,13 @@ impl RibIn {
 
 pub type SharedRib = Arc<Mutex<RibIn>>;
 
-/// Starts the listener and the sessions. `local` holds the routes this node originates.
+/// Starts the listener and the sessions. `local` holds the routes this node originates;
+/// `liveness` and `links` come from link sensing (probe.rs).
 pub async fn spawn(
     config: SpeakerConfig,
     local: watch::Receiver<Vec<ServiceRoute>>,
+    mut liveness: Liveness,
+    links: SharedLinks,
 ) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
     let rib = SharedRib::default();
     let rib_changed = rib.lock().expect("rib lock").changed.subscribe();
@@ -143,6 +147,8 @@ pub async fn spawn(
             conn: None,
             path_ids: PathIds::default(),
             advertised: Vec::new(),
+            alive: liveness.remove(&neighbor.address),
+            links: links.clone(),
         };
         tasks.push(tokio::spawn(session.run(rx)));
     }
@@ -186,6 +192,9 @@ struct Session {
     path_ids: PathIds,
     /// What this session has announced to the peer.
     advertised: Vec<ServiceRoute>,
+    /// The neighbor's link liveness, when it is probed.
+    alive: Option<watch::Receiver<bool>>,
+    links: SharedLinks,
 }
 
 impl Session {
@@ -231,6 +240,14 @@ impl Session {
                         actions = self.advertise().await;
                     }
                     continue;
+                }
+                dead = link_died(&mut self.alive) => {
+                    if !dead {
+                        continue;
+                    }
+                    tracing::warn!(neighbor = %self.neighbor.address, "link probe: neighbor lost, closing the session");
+                    self.conn = None;
+                    Event::PeerDead
                 }
                 changed = self.rib_changed.changed(), if self.fsm.state() == State::Established => {
                     if changed.is_ok() {
@@ -326,6 +343,7 @@ impl Session {
                         from: self.peer,
                         from_id: self.peer_id,
                         route: r,
+                        link_us: 0, // filled in when exported
                     };
                     rib.routes.insert(key, received);
                 }
@@ -350,11 +368,19 @@ impl Session {
     /// since the last advertisement.
     async fn advertise(&mut self) -> Vec<Action> {
         let originated = self.local.borrow_and_update().clone();
-        let received: Vec<Received> = {
+        let mut received: Vec<Received> = {
             let rib = self.rib.lock().expect("rib lock");
             self.rib_changed.mark_unchanged();
             rib.routes.values().cloned().collect()
         };
+        {
+            let links = self.links.lock().expect("links lock");
+            for r in &mut received {
+                r.link_us = links
+                    .get(&r.from.address)
+                    .map_or(0, crate::probe::LinkStats::one_way_us);
+            }
+        }
         let current = policy::export(
             &self.me,
             &originated,
@@ -405,6 +431,17 @@ async fn next_message(conn: &mut Option<Framed<TcpStream, BgpCodec>>) -> Option<
         },
         None => std::future::pending().await,
     }
+}
+
+/// Resolves with `true` when the probed link dies (`false` when it comes back).
+async fn link_died(alive: &mut Option<watch::Receiver<bool>>) -> bool {
+    let Some(rx) = alive else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    !*rx.borrow_and_update()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -1,0 +1,353 @@
+//! Link sensing between BGP neighbors: a light UDP echo every `interval` measures round-trip
+//! time, jitter and loss, and declares a neighbor dead after `multiplier` intervals without a
+//! reply, far sooner than a BGP hold timer (the role BFD plays for routers, RFC 5880/5882).
+//!
+//! ```text
+//!   probe (20 bytes): "CPNP" | version 1 | kind (1 request, 2 reply) | reserved (2)
+//!                     | sequence (4) | sender's timestamp, ns (8)
+//! ```
+//! A reply echoes the request's sequence and timestamp, so only the sender's clock matters.
+//! Neighbors that never answer (a router without cpn) are never declared dead: like BFD, a
+//! link is watched only once it has come up.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{net::UdpSocket, sync::watch};
+
+const MAGIC: &[u8; 4] = b"CPNP";
+const VERSION: u8 = 1;
+const REQUEST: u8 = 1;
+const REPLY: u8 = 2;
+const LEN: usize = 20;
+/// Loss is the share of the last this many probes left unanswered.
+const LOSS_WINDOW: usize = 50;
+
+/// A probe on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub reply: bool,
+    pub sequence: u32,
+    pub sent_ns: u64,
+}
+
+impl Probe {
+    pub fn encode(&self) -> [u8; LEN] {
+        let mut out = [0; LEN];
+        out[..4].copy_from_slice(MAGIC);
+        out[4] = VERSION;
+        out[5] = if self.reply { REPLY } else { REQUEST };
+        out[8..12].copy_from_slice(&self.sequence.to_be_bytes());
+        out[12..20].copy_from_slice(&self.sent_ns.to_be_bytes());
+        out
+    }
+
+    /// `None` for anything that is not a version-1 probe.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; LEN] = bytes.try_into().ok()?;
+        if &bytes[..4] != MAGIC || bytes[4] != VERSION {
+            return None;
+        }
+        let reply = match bytes[5] {
+            REQUEST => false,
+            REPLY => true,
+            _ => return None,
+        };
+        Some(Self {
+            reply,
+            sequence: u32::from_be_bytes(bytes[8..12].try_into().ok()?),
+            sent_ns: u64::from_be_bytes(bytes[12..20].try_into().ok()?),
+        })
+    }
+}
+
+/// What the probes say about one neighbor.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkStats {
+    /// Smoothed round-trip time (RFC 6298 weights).
+    pub rtt: Duration,
+    /// Mean deviation of successive round-trip times (RFC 3550 §6.4.1 style).
+    pub jitter: Duration,
+    /// Share of recent probes without a reply, 0..=1.
+    pub loss: f64,
+    pub alive: bool,
+}
+
+impl LinkStats {
+    /// One-way latency estimate for path metrics (AIGP), microseconds.
+    pub fn one_way_us(&self) -> u64 {
+        u64::try_from(self.rtt.as_micros() / 2).unwrap_or(u64::MAX)
+    }
+}
+
+/// The probe state of one neighbor, driven with injected time.
+#[derive(Debug)]
+pub struct Link {
+    interval: Duration,
+    dead_after: Duration,
+    next_sequence: u32,
+    /// Sent and not yet answered or counted: (sequence, sent at).
+    outstanding: VecDeque<(u32, Instant)>,
+    /// Recent outcomes, true = answered.
+    outcomes: VecDeque<bool>,
+    last_reply: Option<Instant>,
+    last_rtt: Option<Duration>,
+    stats: LinkStats,
+}
+
+impl Link {
+    pub fn new(interval: Duration, multiplier: u32) -> Self {
+        Self {
+            interval,
+            dead_after: interval * multiplier,
+            next_sequence: 0,
+            outstanding: VecDeque::new(),
+            outcomes: VecDeque::new(),
+            last_reply: None,
+            last_rtt: None,
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// The next request to send at `now`; `epoch` anchors the timestamps.
+    pub fn request(&mut self, now: Instant, epoch: Instant) -> Probe {
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        self.outstanding.push_back((sequence, now));
+        Probe {
+            reply: false,
+            sequence,
+            sent_ns: u64::try_from(now.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A reply arrived at `now`.
+    pub fn reply(&mut self, probe: &Probe, now: Instant) {
+        let Some(at) = self
+            .outstanding
+            .iter()
+            .position(|(s, _)| *s == probe.sequence)
+        else {
+            return; // late (already counted lost) or not ours
+        };
+        let (_, sent) = self.outstanding.remove(at).expect("found above");
+        let rtt = now.duration_since(sent);
+        self.record(true);
+        self.stats.rtt = match self.last_reply {
+            None => rtt,
+            Some(_) => (self.stats.rtt * 7 + rtt) / 8,
+        };
+        if let Some(previous) = self.last_rtt {
+            let delta = rtt.abs_diff(previous);
+            self.stats.jitter = (self.stats.jitter * 15 + delta) / 16;
+        }
+        self.last_rtt = Some(rtt);
+        self.last_reply = Some(now);
+        self.stats.alive = true;
+    }
+
+    /// Ages probes out as lost and decides liveness at `now`; true when the link just died.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        while let Some((_, sent)) = self.outstanding.front() {
+            if now.duration_since(*sent) < self.dead_after {
+                break;
+            }
+            self.outstanding.pop_front();
+            self.record(false);
+        }
+        let silent = self
+            .last_reply
+            .is_some_and(|at| now.duration_since(at) >= self.dead_after);
+        if self.stats.alive && silent {
+            self.stats.alive = false;
+            return true;
+        }
+        false
+    }
+
+    fn record(&mut self, answered: bool) {
+        self.outcomes.push_back(answered);
+        if self.outcomes.len() > LOSS_WINDOW {
+            self.outcomes.pop_front();
+        }
+        let unanswered = self.outcomes.iter().filter(|a| !**a).count();
+        #[expect(clippy::cast_precision_loss, reason = "at most LOSS_WINDOW")]
+        let share = unanswered as f64 / self.outcomes.len() as f64;
+        self.stats.loss = share;
+    }
+
+    pub const fn interval(&self) -> Duration {
+        self.interval
+    }
+}
+
+/// Every neighbor's link statistics, for path metrics and operators.
+pub type SharedLinks = Arc<Mutex<HashMap<IpAddr, LinkStats>>>;
+
+/// Liveness per neighbor: becomes `false` when a live link dies.
+pub type Liveness = HashMap<IpAddr, watch::Receiver<bool>>;
+
+/// Binds `port` and probes `neighbors` every `interval`; answers their probes too.
+pub async fn spawn(
+    port: u16,
+    neighbors: &[IpAddr],
+    interval: Duration,
+    multiplier: u32,
+) -> std::io::Result<(SharedLinks, Liveness, tokio::task::JoinHandle<()>)> {
+    let socket = UdpSocket::bind(SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        port,
+    ))
+    .await?;
+    let links = SharedLinks::default();
+    let mut liveness = Liveness::new();
+    let mut watched = HashMap::new();
+    for &neighbor in neighbors {
+        let (tx, rx) = watch::channel(true);
+        liveness.insert(neighbor, rx);
+        watched.insert(neighbor, (Link::new(interval, multiplier), tx));
+    }
+    let task = tokio::spawn(run(socket, port, watched, links.clone(), interval));
+    Ok((links, liveness, task))
+}
+
+async fn run(
+    socket: UdpSocket,
+    port: u16,
+    mut watched: HashMap<IpAddr, (Link, watch::Sender<bool>)>,
+    links: SharedLinks,
+    interval: Duration,
+) {
+    let epoch = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for (neighbor, (link, alive)) in &mut watched {
+                    if link.poll(now) {
+                        tracing::warn!(%neighbor, "link probe: neighbor stopped answering");
+                        alive.send_replace(false);
+                    }
+                    let probe = link.request(now, epoch);
+                    // A send error (no route yet) is just a lost probe.
+                    let _ = socket.send_to(&probe.encode(), SocketAddr::new(*neighbor, port)).await;
+                    links.lock().expect("links lock").insert(*neighbor, link.stats());
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, from)) = received else { continue };
+                let from_ip = canonical(from.ip());
+                let (Some(probe), Some((link, alive))) =
+                    (Probe::decode(&buf[..len]), watched.get_mut(&from_ip))
+                else {
+                    continue; // not a probe, or not from a neighbor: no answer, no reflection
+                };
+                if probe.reply {
+                    let was_alive = link.stats().alive;
+                    link.reply(&probe, Instant::now());
+                    if !was_alive {
+                        tracing::info!(neighbor = %from_ip, "link probe: neighbor answering");
+                        alive.send_replace(true);
+                    }
+                } else {
+                    let answer = Probe { reply: true, ..probe };
+                    let _ = socket.send_to(&answer.encode(), from).await;
+                }
+            }
+        }
+    }
+}
+
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn probe_bytes_both_ways() {
+        let probe = Probe {
+            reply: true,
+            sequence: 0x0102_0304,
+            sent_ns: 0x1122_3344_5566_7788,
+        };
+        let bytes = probe.encode();
+        assert_eq!(
+            bytes,
+            [
+                b'C', b'P', b'N', b'P', 1, 2, 0, 0, 1, 2, 3, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66,
+                0x77, 0x88
+            ]
+        );
+        assert_eq!(Probe::decode(&bytes), Some(probe));
+        assert_eq!(Probe::decode(&bytes[..19]), None, "truncated");
+        let mut other = bytes;
+        other[4] = 2;
+        assert_eq!(Probe::decode(&other), None, "unknown version");
+        other = bytes;
+        other[5] = 3;
+        assert_eq!(Probe::decode(&other), None, "unknown kind");
+    }
+
+    #[test]
+    fn rtt_jitter_and_loss() {
+        let t0 = Instant::now();
+        let mut link = Link::new(100 * MS, 3);
+        // Replies after 10 ms and 14 ms, then two probes unanswered.
+        let p = link.request(t0, t0);
+        link.reply(&Probe { reply: true, ..p }, t0 + 10 * MS);
+        let p = link.request(t0 + 100 * MS, t0);
+        link.reply(&Probe { reply: true, ..p }, t0 + 114 * MS);
+        let stats = link.stats();
+        assert!(stats.alive);
+        assert_eq!(stats.rtt, (10 * MS * 7 + 14 * MS) / 8);
+        assert_eq!(stats.jitter, 4 * MS / 16);
+        assert_eq!(u128::from(stats.one_way_us()), stats.rtt.as_micros() / 2);
+        link.request(t0 + 200 * MS, t0);
+        link.request(t0 + 300 * MS, t0);
+        link.poll(t0 + 600 * MS);
+        assert!((link.stats().loss - 0.5).abs() < 1e-9, "{:?}", link.stats());
+    }
+
+    #[test]
+    fn dead_after_multiplier_intervals_of_silence_and_only_once_up() {
+        let t0 = Instant::now();
+        let mut link = Link::new(100 * MS, 3);
+        // Never answered: never declared dead (a neighbor without cpn).
+        for i in 0..10 {
+            link.request(t0 + i * 100 * MS, t0);
+            assert!(!link.poll(t0 + i * 100 * MS));
+        }
+        let p = link.request(t0 + MS * 1000, t0);
+        link.reply(&Probe { reply: true, ..p }, t0 + MS * 1001);
+        assert!(link.stats().alive);
+        assert!(!link.poll(t0 + MS * 1300), "299 ms of silence: still alive");
+        assert!(link.poll(t0 + MS * 1301), "300 ms: dead");
+        assert!(!link.stats().alive);
+        assert!(!link.poll(t0 + MS * 1500), "reported once");
+        // A duplicate reply is ignored; a fresh one revives the link.
+        link.reply(&Probe { reply: true, ..p }, t0 + MS * 1502);
+        assert!(!link.stats().alive);
+        let p = link.request(t0 + MS * 1600, t0);
+        link.reply(&Probe { reply: true, ..p }, t0 + MS * 1601);
+        assert!(link.stats().alive);
+    }
+}
