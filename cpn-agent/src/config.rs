@@ -104,6 +104,9 @@ pub struct NeighborConfig {
     /// it (RFC 4456). Any client makes this node a route reflector.
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// Close the session (NOTIFICATION Cease, maximum number of prefixes reached) when the
+    /// neighbor sends more paths than this. Default: no limit.
+    pub max_prefixes: Option<usize>,
 }
 
 fn bgp_port() -> u16 {

@@ -393,6 +393,7 @@ fn speaker_config(
                 asn: n.asn,
                 passive: n.passive,
                 rr_client: n.route_reflector_client,
+                max_prefixes: n.max_prefixes,
             })
             .collect(),
     }

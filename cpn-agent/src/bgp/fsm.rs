@@ -46,6 +46,8 @@ pub enum Event {
     /// Link sensing (probe.rs) lost the neighbor: tear the session down now, as BGP does on a
     /// BFD down (RFC 5882 §4.1), instead of waiting for the hold timer.
     PeerDead,
+    /// The neighbor sent more prefixes than its configured maximum (RFC 4486 §4).
+    TooManyPrefixes(usize),
 }
 
 /// What the FSM asks the edges to do.
@@ -177,7 +179,20 @@ impl Fsm {
                 vec![]
             }
             (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
-            (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
+            (State::Established, Event::TooManyPrefixes(limit)) => {
+                // Cease / Maximum Number of Prefixes Reached: AFI (2), SAFI (1), limit (4).
+                let mut value = vec![0, 2, 1];
+                value.extend_from_slice(&u32::try_from(limit).unwrap_or(u32::MAX).to_be_bytes());
+                let mut actions = vec![notification(BgpNotificationMessage::CeaseError(
+                    CeaseError::MaximumNumberOfPrefixesReached {
+                        value: value.into_boxed_slice(),
+                    },
+                ))];
+                actions.extend(self.reset(now, &format!("more than {limit} prefixes received")));
+                actions
+            }
+            (_, Event::TooManyPrefixes(_))
+            | (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
             (_, Event::PeerDead) => {
                 // Cease / BFD Down (RFC 9384), in case the TCP path still works.
                 let mut actions = vec![notification(BgpNotificationMessage::CeaseError(
@@ -526,6 +541,20 @@ mod tests {
         assert_eq!(a.state(), State::Idle);
         // Not connected: nothing to tear down.
         assert!(a.handle(now, Event::PeerDead).is_empty());
+    }
+
+    #[test]
+    fn too_many_prefixes_end_the_session_with_the_limit_in_the_notification() {
+        let (mut a, _, now) = established();
+        let actions = a.handle(now, Event::TooManyPrefixes(100));
+        let Action::Send(BgpMessage::Notification(BgpNotificationMessage::CeaseError(
+            CeaseError::MaximumNumberOfPrefixesReached { value },
+        ))) = &actions[0]
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(&value[..], &[0, 2, 1, 0, 0, 0, 100]);
+        assert_eq!(a.state(), State::Idle);
     }
 
     #[test]

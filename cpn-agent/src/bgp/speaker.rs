@@ -55,6 +55,8 @@ pub struct NeighborConfig {
     pub passive: bool,
     /// An iBGP neighbor whose routes we reflect (we are its route reflector).
     pub rr_client: bool,
+    /// More paths than this from the neighbor end the session (RFC 4486 Cease subcode 1).
+    pub max_prefixes: Option<usize>,
 }
 
 /// A route learned from a neighbor.
@@ -347,8 +349,21 @@ impl Session {
                     };
                     rib.routes.insert(key, received);
                 }
+                let received = rib
+                    .routes
+                    .keys()
+                    .filter(|(n, _, _)| *n == self.neighbor.address)
+                    .count();
                 rib.touch();
-                vec![]
+                drop(rib);
+                match self.neighbor.max_prefixes {
+                    Some(limit) if received > limit => {
+                        tracing::warn!(neighbor = %self.neighbor.address, received, limit, "maximum prefixes exceeded, closing the session");
+                        self.fsm
+                            .handle(Instant::now(), Event::TooManyPrefixes(limit))
+                    }
+                    _ => vec![],
+                }
             }
         }
     }
