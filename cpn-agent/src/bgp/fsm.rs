@@ -180,27 +180,22 @@ impl Fsm {
             }
             (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
             (State::Established, Event::TooManyPrefixes(limit)) => {
-                // Cease / Maximum Number of Prefixes Reached: AFI (2), SAFI (1), limit (4).
+                // Data: AFI (2), SAFI (1), the limit (4).
                 let mut value = vec![0, 2, 1];
                 value.extend_from_slice(&u32::try_from(limit).unwrap_or(u32::MAX).to_be_bytes());
-                let mut actions = vec![notification(BgpNotificationMessage::CeaseError(
-                    CeaseError::MaximumNumberOfPrefixesReached {
-                        value: value.into_boxed_slice(),
-                    },
-                ))];
-                actions.extend(self.reset(now, &format!("more than {limit} prefixes received")));
-                actions
+                let error = CeaseError::MaximumNumberOfPrefixesReached {
+                    value: value.into_boxed_slice(),
+                };
+                self.cease(now, error, &format!("more than {limit} prefixes received"))
             }
             (_, Event::TooManyPrefixes(_))
             | (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
-            (_, Event::PeerDead) => {
-                // Cease / BFD Down (RFC 9384), in case the TCP path still works.
-                let mut actions = vec![notification(BgpNotificationMessage::CeaseError(
-                    CeaseError::BfdDown { value: empty() },
-                ))];
-                actions.extend(self.reset(now, "link probe: the neighbor stopped answering"));
-                actions
-            }
+            // BFD Down (RFC 9384), in case the TCP path still works.
+            (_, Event::PeerDead) => self.cease(
+                now,
+                CeaseError::BfdDown { value: empty() },
+                "link probe: the neighbor stopped answering",
+            ),
             (State::OpenSent, Event::Message(BgpMessage::Open(open))) => {
                 self.open_received(now, &open)
             }
@@ -352,6 +347,13 @@ impl Fsm {
     }
 
     /// Back to Idle; restarts automatically after the connect-retry time unless stopped.
+    /// Ends the session with a Cease NOTIFICATION.
+    fn cease(&mut self, now: Instant, error: CeaseError, why: &str) -> Vec<Action> {
+        let mut actions = vec![notification(BgpNotificationMessage::CeaseError(error))];
+        actions.extend(self.reset(now, why));
+        actions
+    }
+
     fn reset(&mut self, now: Instant, why: &str) -> Vec<Action> {
         let was_up = self.state == State::Established;
         self.state = State::Idle;
