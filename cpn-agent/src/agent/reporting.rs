@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::{
     bgp::{
         metric_attr::CpnMetrics,
-        route::{ServiceRoute, behavior},
+        route::{Route, ServiceSid, behavior},
     },
     config::{CapacityConfig, Config, Protocol},
     metrics::{
@@ -44,13 +44,13 @@ struct Origin {
     next_hop: Ipv6Addr,
     threshold: f64,
     refresh: Duration,
-    routes: watch::Sender<Vec<ServiceRoute>>,
+    routes: watch::Sender<Vec<Route>>,
 }
 
 /// Starts the loop if this node serves anything and has somewhere to report it.
 pub fn spawn(
     config: &Config,
-    routes: Option<watch::Sender<Vec<ServiceRoute>>>,
+    routes: Option<watch::Sender<Vec<Route>>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let file = config.metrics.publish_file.clone();
     if config.services.is_empty() || (file.is_none() && routes.is_none()) {
@@ -191,14 +191,16 @@ fn moved(a: &NodeMetrics, b: &NodeMetrics, threshold: f64) -> bool {
         || differs(value(a.cpu_utilisation), value(b.cpu_utilisation))
 }
 
-fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> ServiceRoute {
+fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route {
     let free: f64 = metrics.capacity.iter().map(|(_, c)| c.free.value).sum();
-    ServiceRoute {
-        prefix: s.address,
+    Route {
+        prefix: s.address.into(),
         path_id: origin.path_id,
         next_hop: origin.next_hop,
-        sid: s.sid,
-        behavior: s.behavior,
+        service: Some(ServiceSid {
+            sid: s.sid,
+            behavior: s.behavior,
+        }),
         aigp: Some(0),
         // Lossy by design: Link Bandwidth is a 32-bit float.
         #[expect(clippy::cast_possible_truncation, reason = "see above")]

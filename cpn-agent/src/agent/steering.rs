@@ -282,20 +282,27 @@ pub async fn run(
 /// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
 /// several paths is one candidate, with its lowest path latency (AIGP).
 fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
-    let routes: Vec<Learned> = learning.rib.lock().expect("rib lock").routes().collect();
+    let routes: Vec<Learned> = learning
+        .rib
+        .lock()
+        .expect("rib lock")
+        .routes()
+        .filter(|l| l.route.is_service())
+        .collect();
     let links = learning.links.lock().expect("links lock").clone();
     let mut ids = learning.node_ids.lock().expect("ids lock");
     let mut candidates: Vec<_> = routes
         .into_iter()
-        .map(|Learned { neighbor, route }| {
+        .filter_map(|Learned { neighbor, route }| {
+            let sid = route.service?.sid;
             let link = links.get(&neighbor).copied().unwrap_or_default();
             let (name, metrics) = match route.metrics {
                 Some(m) => (m.node, m.metrics),
-                None => (route.sid.to_string(), NodeMetrics::default()),
+                None => (sid.to_string(), NodeMetrics::default()),
             };
             let id = ids.get(&name);
             let node = Node {
-                segments: vec![route.sid],
+                segments: vec![sid],
                 encap_src: learning.encap_src,
                 reduced: false,
                 state: NodeState::Active,
@@ -313,7 +320,7 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
                 },
                 admin: Admin::Up,
             };
-            (id, node, (route.prefix, candidate))
+            Some((id, node, (route.prefix.addr(), candidate)))
         })
         .collect();
     candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, c.path.latency));

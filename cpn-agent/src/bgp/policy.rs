@@ -11,7 +11,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::route::ServiceRoute;
+use ipnet::IpNet;
+
+use super::route::Route;
 
 /// This speaker, as the rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +49,7 @@ pub struct Received {
     pub from: Peer,
     /// The sending neighbor's BGP identifier (becomes `ORIGINATOR_ID` when we reflect).
     pub from_id: Ipv4Addr,
-    pub route: ServiceRoute,
+    pub route: Route,
     /// One-way latency of the link it came over, microseconds (probe.rs): added to AIGP when
     /// we pass the route on with ourselves as next hop (RFC 7311 §3.4).
     pub link_us: u64,
@@ -66,7 +68,7 @@ pub enum Loop {
 
 /// Loop prevention on receipt: RFC 4271 §9.1.2 (`AS_PATH`) and RFC 4456 §8 (`ORIGINATOR_ID`,
 /// `CLUSTER_LIST`). A looped route is treated as withdrawn.
-pub fn accept(local: &Local, route: &ServiceRoute) -> Result<(), Loop> {
+pub fn accept(local: &Local, route: &Route) -> Result<(), Loop> {
     if route.as_path.contains(&local.asn) {
         return Err(Loop::OwnAs(local.asn));
     }
@@ -83,13 +85,13 @@ pub fn accept(local: &Local, route: &ServiceRoute) -> Result<(), Loop> {
 /// path exists, so a metric refresh replaces the path instead of adding one, and never reused.
 #[derive(Debug, Default)]
 pub struct PathIds {
-    ids: HashMap<(Option<IpAddr>, IpAddr, u32), u32>,
+    ids: HashMap<(Option<IpAddr>, IpNet, u32), u32>,
     last: u32,
 }
 
 impl PathIds {
     /// Identifiers for `paths`; those of paths no longer present are forgotten.
-    fn assign(&mut self, paths: Vec<(Option<IpAddr>, ServiceRoute)>) -> Vec<ServiceRoute> {
+    fn assign(&mut self, paths: Vec<(Option<IpAddr>, Route)>) -> Vec<Route> {
         let mut previous = std::mem::take(&mut self.ids);
         paths
             .into_iter()
@@ -112,13 +114,13 @@ impl PathIds {
 /// `ORIGINATOR_ID` and `CLUSTER_LIST` when reflecting).
 pub fn export(
     local: &Local,
-    originated: &[ServiceRoute],
+    originated: &[Route],
     received: &[Received],
     to: &Peer,
     ids: &mut PathIds,
-) -> Vec<ServiceRoute> {
+) -> Vec<Route> {
     let ebgp = !to.internal(local);
-    let mut out: Vec<(Option<IpAddr>, ServiceRoute)> = originated
+    let mut out: Vec<(Option<IpAddr>, Route)> = originated
         .iter()
         .map(|r| {
             let mut r = r.clone();
@@ -162,15 +164,15 @@ pub fn export(
 
 /// Without ADD-PATH one path per prefix: ours first, then the lowest AIGP, then the shortest
 /// `AS_PATH` (RFC 7311 §3.4 puts AIGP before `AS_PATH` length).
-fn best_per_prefix(paths: Vec<(Option<IpAddr>, ServiceRoute)>) -> Vec<ServiceRoute> {
-    let rank = |(source, r): &(Option<IpAddr>, ServiceRoute)| {
+fn best_per_prefix(paths: Vec<(Option<IpAddr>, Route)>) -> Vec<Route> {
+    let rank = |(source, r): &(Option<IpAddr>, Route)| {
         (
             source.is_some(),
             r.aigp.unwrap_or(u64::MAX),
             r.as_path.len(),
         )
     };
-    let mut best: Vec<(Option<IpAddr>, ServiceRoute)> = Vec::new();
+    let mut best: Vec<(Option<IpAddr>, Route)> = Vec::new();
     for path in paths {
         match best.iter_mut().find(|(_, b)| b.prefix == path.1.prefix) {
             Some(current) if rank(&path) < rank(current) => *current = path,
@@ -188,7 +190,7 @@ fn best_per_prefix(paths: Vec<(Option<IpAddr>, ServiceRoute)>) -> Vec<ServiceRou
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::route::ServiceSid, *};
 
     const ME: Local = Local {
         asn: 65000,
@@ -206,13 +208,15 @@ mod tests {
         }
     }
 
-    fn route(path_id: u32, as_path: Vec<u32>) -> ServiceRoute {
-        ServiceRoute {
-            prefix: "2001:db8:cafe::1".parse().unwrap(),
+    fn route(path_id: u32, as_path: Vec<u32>) -> Route {
+        Route {
+            prefix: "2001:db8:cafe::1/128".parse().unwrap(),
             path_id,
             next_hop: "fc00:9::1".parse().unwrap(),
-            sid: "fc00:9::d6".parse().unwrap(),
-            behavior: super::super::route::behavior::END_DT6,
+            service: Some(ServiceSid {
+                sid: "fc00:9::d6".parse().unwrap(),
+                behavior: super::super::route::behavior::END_DT6,
+            }),
             aigp: Some(500),
             metrics: None,
             link_bandwidth: Some(1e12),
@@ -222,7 +226,7 @@ mod tests {
         }
     }
 
-    fn received(from: Peer, route: ServiceRoute) -> Received {
+    fn received(from: Peer, route: Route) -> Received {
         Received {
             from,
             from_id: Ipv4Addr::new(10, 0, 0, 9),
@@ -259,7 +263,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].as_path, vec![65000, 65001]);
         assert_eq!(out[0].next_hop, ME.next_hop);
-        assert_eq!(out[0].sid, learned[0].route.sid);
+        assert_eq!(out[0].service, learned[0].route.service);
         assert_eq!(out[0].aigp, Some(620), "AIGP grows by the link's latency");
         // Never back to where it came from, nor to an AS already on the path.
         assert!(export(&ME, &[], &learned, &a, &mut ids).is_empty());

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::{
     BgpMessage,
     community::{ExtendedCommunity, NonTransitiveTwoOctetExtendedCommunity},
@@ -34,17 +34,16 @@ pub mod behavior {
     pub const END_DT46: u16 = 20;
 }
 
-/// A service site as BGP carries it.
+/// A route as we send and learn it: a service site (its anycast address as /128 or /32, with
+/// a service SID) or a node's SRv6 locator (a plain prefix, no SID).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ServiceRoute {
-    /// The anycast address (advertised as /128 or /32).
-    pub prefix: IpAddr,
+pub struct Route {
+    pub prefix: IpNet,
     /// ADD-PATH path identifier: one per site.
     pub path_id: u32,
     pub next_hop: Ipv6Addr,
-    /// The site's decapsulating SID and its RFC 8986 behaviour code.
-    pub sid: Ipv6Addr,
-    pub behavior: u16,
+    /// The site's decapsulating SID; `None` for a locator.
+    pub service: Option<ServiceSid>,
     /// Accumulated path latency, microseconds.
     pub aigp: Option<u64>,
     pub metrics: Option<CpnMetrics>,
@@ -56,17 +55,31 @@ pub struct ServiceRoute {
     pub cluster_list: Vec<Ipv4Addr>,
 }
 
-/// A withdrawn site: prefix and path identifier.
+/// An SRv6 service SID and its RFC 8986 behaviour code (RFC 9252 SRv6 L3 Service TLV).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSid {
+    pub sid: Ipv6Addr,
+    pub behavior: u16,
+}
+
+impl Route {
+    /// A service site: its SID, and its address as a host prefix.
+    pub fn is_service(&self) -> bool {
+        self.service.is_some() && self.prefix.prefix_len() == self.prefix.max_prefix_len()
+    }
+}
+
+/// A withdrawn route: prefix and path identifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Withdrawn {
-    pub prefix: IpAddr,
+    pub prefix: IpNet,
     pub path_id: u32,
 }
 
 /// What an UPDATE said about service routes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Parsed {
-    pub announced: Vec<ServiceRoute>,
+    pub announced: Vec<Route>,
     pub withdrawn: Vec<Withdrawn>,
     /// Attributes dropped as malformed (RFC 7606 attribute discard), for counters and logs.
     pub discarded: Vec<String>,
@@ -92,15 +105,15 @@ pub struct Encoding {
 }
 
 /// The UPDATE announcing `route`.
-pub fn announce(route: &ServiceRoute, encoding: Encoding) -> BgpMessage {
+pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
     let path_id = encoding.add_path.then_some(route.path_id);
     let reach = match route.prefix {
-        IpAddr::V6(v6) => MpReach::Ipv6Unicast {
+        IpNet::V6(v6) => MpReach::Ipv6Unicast {
             next_hop_global: route.next_hop,
             next_hop_local: None,
             nlri: vec![v6_nlri(v6, path_id)].into(),
         },
-        IpAddr::V4(v4) => MpReach::Ipv4Unicast {
+        IpNet::V4(v4) => MpReach::Ipv4Unicast {
             next_hop: IpAddr::V6(route.next_hop),
             next_hop_local: None,
             nlri: vec![v4_nlri(v4, path_id)].into(),
@@ -124,8 +137,10 @@ pub fn announce(route: &ServiceRoute, encoding: Encoding) -> BgpMessage {
             PathAttributeValue::AsPath(AsPath::As4PathSegments(segments.into())),
         ),
         attribute(true, false, PathAttributeValue::MpReach(reach)),
-        attribute(true, true, srv6_service(route.sid, route.behavior)),
     ];
+    if let Some(service) = route.service {
+        attrs.push(attribute(true, true, srv6_service(service)));
+    }
     if encoding.internal {
         attrs.push(attribute(
             false,
@@ -189,15 +204,15 @@ pub fn withdraw(withdrawn: &[Withdrawn], add_path: bool) -> BgpMessage {
     let v6: Vec<Ipv6UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpAddr::V6(p) => Some(v6_nlri(p, add_path.then_some(w.path_id))),
-            IpAddr::V4(_) => None,
+            IpNet::V6(p) => Some(v6_nlri(p, add_path.then_some(w.path_id))),
+            IpNet::V4(_) => None,
         })
         .collect();
     let v4: Vec<Ipv4UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpAddr::V4(p) => Some(v4_nlri(p, add_path.then_some(w.path_id))),
-            IpAddr::V6(_) => None,
+            IpNet::V4(p) => Some(v4_nlri(p, add_path.then_some(w.path_id))),
+            IpNet::V6(_) => None,
         })
         .collect();
     let mut attrs = Vec::new();
@@ -219,7 +234,7 @@ pub fn withdraw(withdrawn: &[Withdrawn], add_path: bool) -> BgpMessage {
 }
 
 /// The BGP Prefix-SID attribute with the SRv6 L3 Service TLV for one SID (RFC 9252 §3.1).
-fn srv6_service(sid: Ipv6Addr, behavior: u16) -> PathAttributeValue {
+fn srv6_service(ServiceSid { sid, behavior }: ServiceSid) -> PathAttributeValue {
     PathAttributeValue::PrefixSegmentIdentifier(PrefixSegmentIdentifier::new(vec![
         BgpSidAttribute::SRv6ServiceL3 {
             reserved: 0,
@@ -236,20 +251,18 @@ fn srv6_service(sid: Ipv6Addr, behavior: u16) -> PathAttributeValue {
     ]))
 }
 
-fn v6_nlri(prefix: Ipv6Addr, path_id: Option<u32>) -> Ipv6UnicastAddress {
-    let net = Ipv6Unicast::from_net(Ipv6Net::new(prefix, 128).expect("/128 is valid"))
-        .expect("a unicast service address");
+fn v6_nlri(prefix: Ipv6Net, path_id: Option<u32>) -> Ipv6UnicastAddress {
+    let net = Ipv6Unicast::from_net(prefix).expect("a unicast service address");
     Ipv6UnicastAddress::new(path_id, net)
 }
 
-fn v4_nlri(prefix: Ipv4Addr, path_id: Option<u32>) -> Ipv4UnicastAddress {
-    let net = Ipv4Unicast::from_net(Ipv4Net::new(prefix, 32).expect("/32 is valid"))
-        .expect("a unicast service address");
+fn v4_nlri(prefix: Ipv4Net, path_id: Option<u32>) -> Ipv4UnicastAddress {
+    let net = Ipv4Unicast::from_net(prefix).expect("a unicast service address");
     Ipv4UnicastAddress::new(path_id, net)
 }
 
 /// The SID and behaviour of the SRv6 L3 Service TLV (RFC 9252).
-fn srv6_service_sid(psid: &PrefixSegmentIdentifier) -> Option<(Ipv6Addr, u16)> {
+fn srv6_service_sid(psid: &PrefixSegmentIdentifier) -> Option<ServiceSid> {
     psid.tlvs().iter().find_map(|tlv| match tlv {
         BgpSidAttribute::SRv6ServiceL3 { subtlvs, .. } => {
             subtlvs.iter().find_map(|sub| match sub {
@@ -257,7 +270,10 @@ fn srv6_service_sid(psid: &PrefixSegmentIdentifier) -> Option<(Ipv6Addr, u16)> {
                     sid,
                     endpoint_behaviour,
                     ..
-                } => Some((*sid, *endpoint_behaviour)),
+                } => Some(ServiceSid {
+                    sid: *sid,
+                    behavior: *endpoint_behaviour,
+                }),
                 SRv6ServiceSubTlv::Unknown { .. } => None,
             })
         }
@@ -274,20 +290,18 @@ fn link_bandwidth(communities: &ExtendedCommunities) -> Option<f32> {
     })
 }
 
-/// Reads the service routes of an UPDATE. Routes without an SRv6 L3 Service SID are not service
-/// routes and are skipped; a malformed CPN attribute is discarded (the route stays, without
+/// Reads the routes of an UPDATE: service sites (with an SRv6 L3 Service SID) and plain
+/// prefixes such as locators; a malformed CPN attribute is discarded (the route stays, without
 /// metrics, and selection then treats it as stale).
 pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
     let mut parsed = Parsed::default();
-    let mut nlri: Vec<(IpAddr, u32)> = Vec::new();
+    let mut nlri: Vec<(IpNet, u32)> = Vec::new();
     let mut next_hop = None;
-    let mut sid = None;
-    let mut template = ServiceRoute {
-        prefix: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    let mut template = Route {
+        prefix: IpNet::V6(Ipv6Net::default()),
         path_id: 0,
         next_hop: Ipv6Addr::UNSPECIFIED,
-        sid: Ipv6Addr::UNSPECIFIED,
-        behavior: 0,
+        service: None,
         aigp: None,
         metrics: None,
         link_bandwidth: None,
@@ -303,12 +317,10 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
                 ..
             }) => {
                 next_hop = Some(*next_hop_global);
-                nlri.extend(n.iter().map(|a| {
-                    (
-                        IpAddr::V6(a.network().address().addr()),
-                        a.path_id().unwrap_or(0),
-                    )
-                }));
+                nlri.extend(
+                    n.iter()
+                        .map(|a| (IpNet::V6(a.network().address()), a.path_id().unwrap_or(0))),
+                );
             }
             PathAttributeValue::MpReach(MpReach::Ipv4Unicast {
                 next_hop: IpAddr::V6(nh),
@@ -316,22 +328,20 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
                 ..
             }) => {
                 next_hop = Some(*nh);
-                nlri.extend(n.iter().map(|a| {
-                    (
-                        IpAddr::V4(a.network().address().addr()),
-                        a.path_id().unwrap_or(0),
-                    )
-                }));
+                nlri.extend(
+                    n.iter()
+                        .map(|a| (IpNet::V4(a.network().address()), a.path_id().unwrap_or(0))),
+                );
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: n }) => {
                 parsed.withdrawn.extend(n.iter().map(|a| Withdrawn {
-                    prefix: IpAddr::V6(a.network().address().addr()),
+                    prefix: IpNet::V6(a.network().address()),
                     path_id: a.path_id().unwrap_or(0),
                 }));
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri: n }) => {
                 parsed.withdrawn.extend(n.iter().map(|a| Withdrawn {
-                    prefix: IpAddr::V4(a.network().address().addr()),
+                    prefix: IpNet::V4(a.network().address()),
                     path_id: a.path_id().unwrap_or(0),
                 }));
             }
@@ -341,7 +351,9 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
                     .flat_map(|s| s.as_numbers().iter().copied())
                     .collect();
             }
-            PathAttributeValue::PrefixSegmentIdentifier(psid) => sid = srv6_service_sid(psid),
+            PathAttributeValue::PrefixSegmentIdentifier(psid) => {
+                template.service = srv6_service_sid(psid);
+            }
             PathAttributeValue::Aigp(Aigp::AccumulatedIgpMetric(v)) => template.aigp = Some(*v),
             PathAttributeValue::ExtendedCommunities(c) => {
                 template.link_bandwidth = link_bandwidth(c);
@@ -359,17 +371,15 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
             _ => {}
         }
     }
-    let (Some(next_hop), Some((sid, behavior))) = (next_hop, sid) else {
+    let Some(next_hop) = next_hop else {
         return parsed;
     };
     parsed.announced = nlri
         .into_iter()
-        .map(|(prefix, path_id)| ServiceRoute {
+        .map(|(prefix, path_id)| Route {
             prefix,
             path_id,
             next_hop,
-            sid,
-            behavior,
             ..template.clone()
         })
         .collect();
@@ -399,15 +409,17 @@ mod tests {
         )
     }
 
-    fn route(prefix: IpAddr) -> ServiceRoute {
+    fn route(prefix: IpAddr) -> Route {
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let total = Sample::nominal(2e12, Unit::OpsPerSecond, t);
-        ServiceRoute {
-            prefix,
+        Route {
+            prefix: prefix.into(),
             path_id: 7,
             next_hop: "2001:db8:3::2".parse().unwrap(),
-            sid: "fc00:1::d6".parse().unwrap(),
-            behavior: behavior::END_DT6,
+            service: Some(ServiceSid {
+                sid: "fc00:1::d6".parse().unwrap(),
+                behavior: behavior::END_DT6,
+            }),
             aigp: Some(2500),
             metrics: Some(CpnMetrics {
                 node: "edge1".into(),
@@ -479,7 +491,7 @@ mod tests {
             find(&[0x50, 2, 0, 6, 2, 1, 0xfa, 0x56, 0xea, 0x01]),
             "AS_PATH"
         );
-        let ours = ServiceRoute {
+        let ours = Route {
             as_path: Vec::new(),
             ..route("2001:db8:cafe::1".parse().unwrap())
         };
@@ -522,11 +534,11 @@ mod tests {
     fn withdrawals_round_trip() {
         let w = vec![
             Withdrawn {
-                prefix: "2001:db8:cafe::1".parse().unwrap(),
+                prefix: "2001:db8:cafe::1/128".parse().unwrap(),
                 path_id: 7,
             },
             Withdrawn {
-                prefix: "198.18.0.1".parse().unwrap(),
+                prefix: "198.18.0.1/32".parse().unwrap(),
                 path_id: 3,
             },
         ];

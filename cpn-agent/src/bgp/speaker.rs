@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use ipnet::IpNet;
 use netgauze_bgp_pkt::{BgpMessage, codec::BgpCodec, wire::deserializer::BgpParsingContext};
 use netgauze_iana::address_family::AddressType;
 use tokio::{
@@ -27,7 +28,7 @@ use tokio_util::codec::Framed;
 use super::{
     fsm::{Action, Event, Fsm, PeerConfig, State},
     policy::{self, Local, PathIds, Peer, Received},
-    route::{self, ServiceRoute, Withdrawn},
+    route::{self, Route, Withdrawn},
 };
 use crate::probe::{Liveness, SharedLinks};
 
@@ -63,13 +64,13 @@ pub struct NeighborConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Learned {
     pub neighbor: IpAddr,
-    pub route: ServiceRoute,
+    pub route: Route,
 }
 
 /// Adj-RIB-In: every path from every neighbor (ADD-PATH keeps all sites of a prefix).
 #[derive(Debug)]
 pub struct RibIn {
-    routes: BTreeMap<(IpAddr, IpAddr, u32), Received>,
+    routes: BTreeMap<(IpAddr, IpNet, u32), Received>,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
     /// Bumped on every change, so that each session re-exports to its peer.
@@ -105,7 +106,7 @@ pub type SharedRib = Arc<Mutex<RibIn>>;
 /// `liveness` and `links` come from link sensing (probe.rs).
 pub async fn spawn(
     config: SpeakerConfig,
-    local: watch::Receiver<Vec<ServiceRoute>>,
+    local: watch::Receiver<Vec<Route>>,
     mut liveness: Liveness,
     links: SharedLinks,
 ) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
@@ -189,11 +190,11 @@ struct Session {
     rib: SharedRib,
     rib_changed: watch::Receiver<u64>,
     /// The routes this node originates.
-    local: watch::Receiver<Vec<ServiceRoute>>,
+    local: watch::Receiver<Vec<Route>>,
     conn: Option<Framed<TcpStream, BgpCodec>>,
     path_ids: PathIds,
     /// What this session has announced to the peer.
-    advertised: Vec<ServiceRoute>,
+    advertised: Vec<Route>,
     /// The neighbor's link liveness, when it is probed.
     alive: Option<watch::Receiver<bool>>,
     links: SharedLinks,
@@ -403,7 +404,7 @@ impl Session {
             &self.peer,
             &mut self.path_ids,
         );
-        let key = |r: &ServiceRoute| (r.prefix, r.path_id);
+        let key = |r: &Route| (r.prefix, r.path_id);
         let withdrawn: Vec<Withdrawn> = self
             .advertised
             .iter()
