@@ -22,6 +22,8 @@ use netgauze_bgp_pkt::{
 };
 use netgauze_iana::address_family::AddressType;
 
+use super::route::AddPath;
+
 /// RFC 4271 §8.2.2 states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum State {
@@ -74,8 +76,10 @@ pub struct Negotiated {
     pub peer_asn: u32,
     pub peer_router_id: Ipv4Addr,
     pub hold_time: Duration,
-    /// ADD-PATH in both directions for IPv6 and IPv4 unicast.
-    pub add_path: bool,
+    /// We send path identifiers: the families where the peer receives them.
+    pub add_path_tx: AddPath,
+    /// The peer sends path identifiers: the families where it said so.
+    pub add_path_rx: AddPath,
 }
 
 /// A session's configuration.
@@ -325,13 +329,14 @@ impl Fsm {
             actions.extend(self.reset(now, &why));
             return actions;
         }
-        let add_path = open.capabilities().iter().any(|c| matches!(c, BgpCapability::AddPath(a) if a.address_families().iter().any(|f| f.send() && f.receive())));
+        let (add_path_tx, add_path_rx) = add_path(open);
         let hold_time = hold.min(self.config.hold_time);
         self.negotiated = Some(Negotiated {
             peer_asn,
             peer_router_id: open.bgp_id(),
             hold_time,
-            add_path,
+            add_path_tx,
+            add_path_rx,
         });
         self.state = State::OpenConfirm;
         self.hold_at = self.hold_deadline(now);
@@ -401,6 +406,28 @@ impl Fsm {
 /// RFC 4271 §10: keepalives at a third of the hold time.
 fn keepalive_interval(hold: Duration) -> Duration {
     hold / 3
+}
+
+/// ADD-PATH per direction and family from the peer's OPEN (RFC 7911 §4): we offered to send
+/// and receive for both families, so we send where the peer receives and read path
+/// identifiers where it sends.
+fn add_path(open: &BgpOpenMessage) -> (AddPath, AddPath) {
+    let (mut tx, mut rx) = (AddPath::default(), AddPath::default());
+    for capability in open.capabilities() {
+        let BgpCapability::AddPath(add_path) = capability else {
+            continue;
+        };
+        for family in add_path.address_families() {
+            let (tx_slot, rx_slot) = match family.address_type() {
+                AddressType::Ipv6Unicast => (&mut tx.ipv6, &mut rx.ipv6),
+                AddressType::Ipv4Unicast => (&mut tx.ipv4, &mut rx.ipv4),
+                _ => continue,
+            };
+            *tx_slot |= family.receive();
+            *rx_slot |= family.send();
+        }
+    }
+    (tx, rx)
 }
 
 fn notification(n: BgpNotificationMessage) -> Action {
@@ -488,7 +515,8 @@ mod tests {
         assert_eq!(b.state(), State::Established);
         let n = a.negotiated().unwrap();
         assert_eq!(n.peer_asn, 4_200_000_002);
-        assert!(n.add_path);
+        assert_eq!(n.add_path_tx, AddPath::BOTH);
+        assert_eq!(n.add_path_rx, AddPath::BOTH);
         assert_eq!(n.hold_time, Duration::from_secs(9));
         let BgpMessage::Open(open) = a.open() else {
             unreachable!()

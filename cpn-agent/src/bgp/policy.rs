@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::route::Route;
+use super::route::{AddPath, Route};
 
 /// This speaker, as the rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +33,9 @@ pub struct Peer {
     pub asn: u32,
     /// We reflect routes to and from this iBGP neighbor (we are its route reflector).
     pub rr_client: bool,
-    /// ADD-PATH negotiated: every path, else only the best per prefix.
-    pub add_path: bool,
+    /// Families where the peer receives ADD-PATH: every path there, else only the best per
+    /// prefix.
+    pub add_path: AddPath,
 }
 
 impl Peer {
@@ -155,11 +156,12 @@ pub fn export(
         }
         out.push((Some(rx.from.address), r));
     }
-    if to.add_path {
-        ids.assign(out)
-    } else {
-        best_per_prefix(out)
-    }
+    let (every_path, best_only): (Vec<_>, Vec<_>) = out
+        .into_iter()
+        .partition(|(_, r)| to.add_path.covers(&r.prefix));
+    let mut routes = ids.assign(every_path);
+    routes.extend(best_per_prefix(best_only));
+    routes
 }
 
 /// Without ADD-PATH one path per prefix: ours first, then the lowest AIGP, then the shortest
@@ -204,7 +206,7 @@ mod tests {
             address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last.into())),
             asn,
             rr_client,
-            add_path: true,
+            add_path: AddPath::BOTH,
         }
     }
 
@@ -348,7 +350,7 @@ mod tests {
         near.aigp = Some(100);
         let learned = [received(a, far), received(b, near)];
         let to = Peer {
-            add_path: false,
+            add_path: AddPath::default(),
             ..peer(3, 65003, false)
         };
         let out = export(&ME, &[], &learned, &to, &mut PathIds::default());

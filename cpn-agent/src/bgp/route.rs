@@ -93,20 +93,46 @@ fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> Pat
         .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
 }
 
+/// ADD-PATH in one direction, per address family (RFC 7911 negotiates each direction and
+/// family on its own: a peer may receive path identifiers without sending any).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddPath {
+    pub ipv6: bool,
+    pub ipv4: bool,
+}
+
+impl AddPath {
+    pub const BOTH: Self = Self {
+        ipv6: true,
+        ipv4: true,
+    };
+
+    /// Whether routes of `prefix`'s family carry path identifiers.
+    pub const fn covers(self, prefix: &IpNet) -> bool {
+        match prefix {
+            IpNet::V6(_) => self.ipv6,
+            IpNet::V4(_) => self.ipv4,
+        }
+    }
+}
+
 /// How one session encodes the routes it sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Encoding {
     /// The CPN metric attribute's type code.
     pub metric_code: u8,
-    /// Path identifiers go out only to a peer that negotiated ADD-PATH.
-    pub add_path: bool,
+    /// Path identifiers go out only in the families where the peer receives them.
+    pub add_path: AddPath,
     /// An iBGP peer: `LOCAL_PREF` is sent (RFC 4271 §5.1.5).
     pub internal: bool,
 }
 
 /// The UPDATE announcing `route`.
 pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
-    let path_id = encoding.add_path.then_some(route.path_id);
+    let path_id = encoding
+        .add_path
+        .covers(&route.prefix)
+        .then_some(route.path_id);
     let reach = match route.prefix {
         IpNet::V6(v6) => MpReach::Ipv6Unicast {
             next_hop_global: route.next_hop,
@@ -200,18 +226,18 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
 }
 
 /// The UPDATE withdrawing sites.
-pub fn withdraw(withdrawn: &[Withdrawn], add_path: bool) -> BgpMessage {
+pub fn withdraw(withdrawn: &[Withdrawn], add_path: AddPath) -> BgpMessage {
     let v6: Vec<Ipv6UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpNet::V6(p) => Some(v6_nlri(p, add_path.then_some(w.path_id))),
+            IpNet::V6(p) => Some(v6_nlri(p, add_path.ipv6.then_some(w.path_id))),
             IpNet::V4(_) => None,
         })
         .collect();
     let v4: Vec<Ipv4UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
-            IpNet::V4(p) => Some(v4_nlri(p, add_path.then_some(w.path_id))),
+            IpNet::V4(p) => Some(v4_nlri(p, add_path.ipv4.then_some(w.path_id))),
             IpNet::V6(_) => None,
         })
         .collect();
@@ -453,7 +479,7 @@ mod tests {
 
     const EBGP: Encoding = Encoding {
         metric_code: 255,
-        add_path: true,
+        add_path: AddPath::BOTH,
         internal: false,
     };
 
@@ -542,7 +568,7 @@ mod tests {
                 path_id: 3,
             },
         ];
-        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w, true))) else {
+        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w, AddPath::BOTH))) else {
             panic!("not an UPDATE")
         };
         let parsed = parse(&update, 255);

@@ -28,7 +28,7 @@ use tokio_util::codec::Framed;
 use super::{
     fsm::{Action, Event, Fsm, PeerConfig, State},
     policy::{self, Local, PathIds, Peer, Received},
-    route::{self, Route, Withdrawn},
+    route::{self, AddPath, Route, Withdrawn},
 };
 use crate::probe::{Liveness, SharedLinks};
 
@@ -141,7 +141,7 @@ pub async fn spawn(
                 address: neighbor.address,
                 asn: neighbor.asn,
                 rr_client: neighbor.rr_client,
-                add_path: false,
+                add_path: AddPath::default(),
             },
             peer_id: Ipv4Addr::UNSPECIFIED,
             rib: rib.clone(),
@@ -268,7 +268,7 @@ impl Session {
     fn offer(&mut self, stream: TcpStream) -> Event {
         if matches!(self.fsm.state(), State::Connect | State::Active) && self.conn.is_none() {
             let _ = stream.set_nodelay(true);
-            self.conn = Some(Framed::new(stream, codec(false)));
+            self.conn = Some(Framed::new(stream, codec(AddPath::default())));
             Event::TcpConnected
         } else {
             Event::ManualStart // a no-op in every state but Idle, where we are not waiting anyway
@@ -301,11 +301,11 @@ impl Session {
             }
             Action::Send(message) => self.send(message).await,
             Action::Up(negotiated) => {
-                tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path = negotiated.add_path, "BGP session established");
-                self.peer.add_path = negotiated.add_path;
+                tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path_tx = ?negotiated.add_path_tx, add_path_rx = ?negotiated.add_path_rx, "BGP session established");
+                self.peer.add_path = negotiated.add_path_tx;
                 self.peer_id = negotiated.peer_router_id;
                 if let Some(conn) = &mut self.conn {
-                    *conn.codec_mut() = codec(negotiated.add_path);
+                    *conn.codec_mut() = codec(negotiated.add_path_rx);
                 }
                 self.advertised.clear();
                 self.advertise().await
@@ -468,10 +468,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// A codec for one session; path identifiers are read once ADD-PATH is negotiated.
-fn codec(add_path: bool) -> BgpCodec {
+fn codec(add_path: AddPath) -> BgpCodec {
     let families = HashMap::from([
-        (AddressType::Ipv6Unicast, add_path),
-        (AddressType::Ipv4Unicast, add_path),
+        (AddressType::Ipv6Unicast, add_path.ipv6),
+        (AddressType::Ipv4Unicast, add_path.ipv4),
     ]);
     BgpCodec::new_from_ctx(
         true,
