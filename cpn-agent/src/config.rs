@@ -192,8 +192,8 @@ pub struct Interface {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Srv6 {
-    /// The locator prefix this node's SIDs come from, e.g. `fc00:1::/48` (informational here;
-    /// BGP advertises it).
+    /// The locator prefix this node's SIDs come from, e.g. `fc00:1::/48`; with `[bgp]` it is
+    /// advertised, and peers with a data plane install a route to it.
     pub locator: Option<String>,
     /// Outer source address of the packets this node encapsulates (ingress role).
     pub source: Option<Ipv6Addr>,
@@ -338,7 +338,7 @@ pub struct RemoteNode {
     #[serde(default)]
     pub drained: bool,
     /// The node's SRv6 locator (e.g. `fc00:1::/48`); with `via`, the agent installs a route
-    /// to it (BGP learns locators in a later version).
+    /// to it (with `[bgp]`, locators are learned instead).
     pub locator: Option<Spanned<String>>,
     pub via: Option<Ipv6Addr>,
     /// Path latency and loss as configured (probes measure them in a later version).
@@ -476,6 +476,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         .map_err(|e| error(e.span().map(|s| s.start), e.message().trim_end().to_owned()))?;
     if config.node.name.trim().is_empty() {
         return Err(error(None, "[node] name: must not be empty".into()));
+    }
+    if let Some(locator) = &config.srv6.locator
+        && crate::kernel::parse_prefix(locator).is_none()
+    {
+        return Err(error(
+            None,
+            format!("[srv6] locator = {locator:?}: give an IPv6 prefix, e.g. \"fc00:1::/48\""),
+        ));
     }
     let reflector_only = config.node.roles == [Role::Reflector];
     if config.interfaces.is_empty() && !reflector_only {

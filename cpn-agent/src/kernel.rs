@@ -70,10 +70,41 @@ impl KernelRoutes {
 
     /// `ip -6 route replace PREFIX/LEN via NEXTHOP proto static`.
     pub async fn set_route_via(&self, prefix: Ipv6Addr, len: u8, via: Ipv6Addr) -> Result<()> {
+        self.set_route_by(prefix, len, via, RouteProtocol::Static)
+            .await
+    }
+
+    /// A route learned in BGP: `ip -6 route replace PREFIX/LEN via NEXTHOP proto bgp`.
+    pub async fn set_learned_route(&self, prefix: Ipv6Addr, len: u8, via: Ipv6Addr) -> Result<()> {
+        self.set_route_by(prefix, len, via, RouteProtocol::Bgp)
+            .await
+    }
+
+    /// Removes a route installed with [`KernelRoutes::set_learned_route`].
+    pub async fn remove_learned(&self, prefix: Ipv6Addr, len: u8) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(prefix, len)
+            .protocol(RouteProtocol::Bgp)
+            .build();
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .with_context(|| format!("removing the learned route to {prefix}/{len}"))
+    }
+
+    async fn set_route_by(
+        &self,
+        prefix: Ipv6Addr,
+        len: u8,
+        via: Ipv6Addr,
+        protocol: RouteProtocol,
+    ) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(prefix, len)
             .gateway(via)
-            .protocol(RouteProtocol::Static)
+            .protocol(protocol)
             .build();
         self.replace(route)
             .await

@@ -59,7 +59,7 @@ fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path, bgp: &str) 
     format!(
         "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-         [srv6]\nsource = \"2001:db8:1{n}::2\"\n\n\
+         [srv6]\nsource = \"2001:db8:1{n}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
          [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
          [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
          in_flight_file = \"{}\"\nmax_in_flight = 10000\n\n\
@@ -180,13 +180,9 @@ fn start(name: &str, control: ControlPlane, hold_time_s: u32) -> Result<BgpLab> 
     let ingress = lab.node("ingress")?;
     ingress.add_address("eth0", "2001:db8:1::2/64")?;
     ingress.enable_forwarding()?;
+    // No routes to the compute nodes' locators (fc00:N::/32): the ingress learns them in BGP.
     for n in 1..=2 {
         ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-        ingress.add_route(&[
-            &format!("fc00:{n}::/32"),
-            "via",
-            &format!("2001:db8:1{n}::2"),
-        ])?;
         let node = lab.node(&format!("compute{n}"))?;
         node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
         node.add_address("lo", &format!("{VIP}/128"))?;
@@ -258,6 +254,14 @@ fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// The ingress's kernel routes learned in BGP (`ip -6 route show proto bgp`).
+fn learned_locators(lab: &Lab) -> Result<String> {
+    let out = lab
+        .node("ingress")?
+        .output(&["ip", "-6", "route", "show", "proto", "bgp"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Both compute nodes' routes reach the ingress and the ring follows their capacities (1:2),
 /// which only the CPN metric attribute carries.
 fn steers_by_capacity(lab: &Lab) -> Result<()> {
@@ -286,6 +290,12 @@ fn steers_by_capacity(lab: &Lab) -> Result<()> {
 fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()> {
     let mut bgp = start("bgp-agents", ControlPlane::Direct, 3)?;
     steers_by_capacity(&bgp.lab)?;
+    let learned = learned_locators(&bgp.lab)?;
+    ensure!(
+        learned.contains("fc00:1::/32 via 2001:db8:11::2")
+            && learned.contains("fc00:2::/32 via 2001:db8:12::2"),
+        "both compute nodes' locators as kernel routes on the ingress: {learned}"
+    );
 
     // compute2's agent stops: its session closes, its routes go, new flows avoid it.
     let compute2 = bgp.computes.pop().context("compute2")?;
@@ -300,6 +310,15 @@ fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()>
         },
     )?;
     eprintln!("withdrawn within {:?}", stopped.elapsed());
+    let learned = wait_for(
+        "compute2's locator route to go",
+        Duration::from_secs(5),
+        || {
+            let learned = learned_locators(&bgp.lab)?;
+            Ok((!learned.contains("fc00:2::/32")).then_some(learned))
+        },
+    )?;
+    ensure!(learned.contains("fc00:1::/32"), "{learned}");
     Ok(())
 }
 

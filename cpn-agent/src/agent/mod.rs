@@ -9,6 +9,7 @@
 //! ```
 //! The owner task is the only one that touches the maps.
 
+mod locators;
 mod owner;
 mod reporting;
 mod steering;
@@ -95,6 +96,8 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Opened on first use: nodes without kernel routes need no netlink socket.
     kernel: Option<KernelRoutes>,
+    /// Locator routes learned in BGP and installed in the kernel.
+    learned_locators: locators::Installed,
 }
 
 #[derive(Debug, Default)]
@@ -126,10 +129,12 @@ impl Agent {
             generation: 0,
             tasks: Vec::new(),
             kernel: None,
+            learned_locators: locators::Installed::default(),
         };
         let mut local_routes = None;
         if let Some(bgp) = &config.bgp {
-            let (local, routes) = watch::channel(Vec::new());
+            let own_locator = reporting::locator_route(config);
+            let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
             let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
             let (links, liveness, prober) = crate::probe::spawn(
                 bgp.probe_port,
@@ -149,6 +154,18 @@ impl Agent {
             .await
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(tasks);
+            if !config.interfaces.is_empty() {
+                let own = own_locator.and_then(|r| match r.prefix {
+                    ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
+                    ipnet::IpNet::V4(_) => None,
+                });
+                agent.tasks.push(tokio::spawn(locators::run(
+                    rib.clone(),
+                    own,
+                    KernelRoutes::connect()?,
+                    agent.learned_locators.clone(),
+                )));
+            }
             agent.learning = Some(steering::Learning {
                 rib,
                 links,
@@ -362,6 +379,15 @@ impl Agent {
             for (prefix, len) in &self.applied.kernel_routes {
                 if let Err(error) = kernel.remove(*prefix, *len).await {
                     tracing::warn!(error = %format!("{error:#}"), "removing a kernel route");
+                }
+            }
+        }
+        let learned = std::mem::take(&mut *self.learned_locators.lock().expect("locators lock"));
+        if remove_kernel_routes && !learned.is_empty() {
+            let kernel = KernelRoutes::connect()?;
+            for (prefix, len) in learned.keys() {
+                if let Err(error) = kernel.remove_learned(*prefix, *len).await {
+                    tracing::warn!(error = %format!("{error:#}"), "removing a learned locator");
                 }
             }
         }

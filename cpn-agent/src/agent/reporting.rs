@@ -45,6 +45,8 @@ struct Origin {
     threshold: f64,
     refresh: Duration,
     routes: watch::Sender<Vec<Route>>,
+    /// Sent along with the service routes.
+    locator: Option<Route>,
 }
 
 /// Starts the loop if this node serves anything and has somewhere to report it.
@@ -63,6 +65,7 @@ pub fn spawn(
             threshold: bgp.metric_threshold,
             refresh: Duration::from_secs(bgp.refresh_s.max(1)),
             routes,
+            locator: locator_route(config),
         }),
         _ => None,
     };
@@ -129,10 +132,16 @@ pub fn spawn(
                             .any(|(a, b)| moved(a, b, origin.threshold))
                 });
                 if due {
-                    let routes = services
+                    let routes = origin
+                        .locator
                         .iter()
-                        .zip(&metrics)
-                        .map(|(s, m)| route(origin, &node, s, m.clone()))
+                        .cloned()
+                        .chain(
+                            services
+                                .iter()
+                                .zip(&metrics)
+                                .map(|(s, m)| route(origin, &node, s, m.clone())),
+                        )
                         .collect();
                     origin.routes.send_replace(routes);
                     last_sent = Some((metrics.clone(), Instant::now()));
@@ -214,6 +223,24 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
         originator_id: None,
         cluster_list: Vec::new(),
     }
+}
+
+/// This node's SRv6 locator as a plain route (no SID), so peers can reach its SIDs.
+pub fn locator_route(config: &Config) -> Option<Route> {
+    let bgp = config.bgp.as_ref()?;
+    let (prefix, len) = crate::kernel::parse_prefix(config.srv6.locator.as_deref()?)?;
+    Some(Route {
+        prefix: ipnet::IpNet::V6(ipnet::Ipv6Net::new(prefix, len).ok()?.trunc()),
+        path_id: u32::from(bgp.router_id),
+        next_hop: config.bgp_next_hop(),
+        service: None,
+        aigp: Some(0),
+        metrics: None,
+        link_bandwidth: None,
+        as_path: Vec::new(),
+        originator_id: None,
+        cluster_list: Vec::new(),
+    })
 }
 
 fn behavior_code(name: &str) -> u16 {

@@ -95,6 +95,11 @@ impl RibIn {
         })
     }
 
+    /// Notified on every change of the RIB.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     fn touch(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }

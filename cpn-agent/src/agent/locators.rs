@@ -1,0 +1,81 @@
+//! Learned SRv6 locators become kernel routes (`proto bgp`), so that the encapsulated packets
+//! an ingress sends reach the node that owns the SID; a withdrawn locator's route goes.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv6Addr,
+    sync::{Arc, Mutex},
+};
+
+use ipnet::IpNet;
+
+use crate::{bgp::speaker::SharedRib, kernel::KernelRoutes};
+
+/// The locator routes installed: prefix and length → next hop.
+pub type Installed = Arc<Mutex<BTreeMap<(Ipv6Addr, u8), Ipv6Addr>>>;
+
+/// The locator routes `rib` asks for: for each IPv6 prefix without a service SID (other than
+/// `own`), the next hop of the path with the lowest AIGP, then the shortest `AS_PATH`.
+pub fn wanted(rib: &SharedRib, own: Option<(Ipv6Addr, u8)>) -> BTreeMap<(Ipv6Addr, u8), Ipv6Addr> {
+    let mut best: BTreeMap<(Ipv6Addr, u8), (u64, usize, Ipv6Addr)> = BTreeMap::new();
+    for learned in rib.lock().expect("rib lock").routes() {
+        let route = learned.route;
+        let IpNet::V6(net) = route.prefix else {
+            continue;
+        };
+        let key = (net.network(), net.prefix_len());
+        if route.service.is_some() || Some(key) == own || route.next_hop.is_unspecified() {
+            continue;
+        }
+        let rank = (
+            route.aigp.unwrap_or(u64::MAX),
+            route.as_path.len(),
+            route.next_hop,
+        );
+        best.entry(key)
+            .and_modify(|b| *b = (*b).min(rank))
+            .or_insert(rank);
+    }
+    best.into_iter().map(|(k, (_, _, via))| (k, via)).collect()
+}
+
+/// Keeps the kernel's locator routes in line with the RIB until aborted.
+pub async fn run(
+    rib: SharedRib,
+    own: Option<(Ipv6Addr, u8)>,
+    kernel: KernelRoutes,
+    installed: Installed,
+) {
+    let mut changes = rib.lock().expect("rib lock").subscribe();
+    loop {
+        let want = wanted(&rib, own);
+        let have = installed.lock().expect("installed lock").clone();
+        for ((prefix, len), via) in &want {
+            if have.get(&(*prefix, *len)) == Some(via) {
+                continue;
+            }
+            match kernel.set_learned_route(*prefix, *len, *via).await {
+                Ok(()) => {
+                    tracing::info!(locator = %format!("{prefix}/{len}"), %via, "learned locator installed");
+                    installed
+                        .lock()
+                        .expect("installed lock")
+                        .insert((*prefix, *len), *via);
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "installing a learned locator");
+                }
+            }
+        }
+        for key in have.keys().filter(|k| !want.contains_key(k)) {
+            if let Err(error) = kernel.remove_learned(key.0, key.1).await {
+                tracing::warn!(error = %format!("{error:#}"), "removing a withdrawn locator");
+            }
+            tracing::info!(locator = %format!("{}/{}", key.0, key.1), "withdrawn locator removed");
+            installed.lock().expect("installed lock").remove(key);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
