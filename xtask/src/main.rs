@@ -6,6 +6,7 @@
 mod cmd;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Args),
     /// Run the network-namespace lab and show the data plane at work (root).
     Demo(demo::Args),
+    /// Fuzz the BGP decoding (nightly and cargo-fuzz are installed if missing).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         }
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }

@@ -1,0 +1,122 @@
+//! `cargo xtask fuzz`: runs the BGP decoder fuzz target (`fuzz/`) for a bounded time.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, setup};
+
+/// The fuzz target in `fuzz/fuzz_targets/`.
+const TARGET: &str = "bgp_update";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long the fuzzer runs, in seconds (the build before it is not counted).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    // cargo-fuzz builds with `-Z sanitizer`, so it needs a nightly; the eBPF build's will do.
+    let toolchain = setup::ebpf_toolchain()?;
+    ensure_cargo_fuzz()?;
+
+    let root = cmd::workspace_root();
+    let fuzz_dir = root.join("fuzz");
+    // libFuzzer adds the inputs it finds to the first corpus directory: keep them out of the
+    // source tree (in target/, so they grow across runs) and only read the committed seeds.
+    let corpus = root.join("target/fuzz/corpus").join(TARGET);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let seeds = fuzz_dir.join("corpus").join(TARGET);
+    let artifacts = fuzz_dir.join("artifacts").join(TARGET);
+    let before = files(&artifacts);
+
+    let result = cmd::run(
+        Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            .env("PATH", path_with_cargo_bin())
+            // `cargo xtask` runs under the stable toolchain's proxies; let `+nightly` take over.
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .arg(format!("+{toolchain}"))
+            // Debug assertions also turn on overflow checks: an overflow is a finding too.
+            .args(["fuzz", "run", "--debug-assertions", TARGET])
+            .arg(&corpus)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={}", args.seconds)),
+    );
+
+    let found: Vec<PathBuf> = files(&artifacts).difference(&before).cloned().collect();
+    if let Err(error) = result {
+        if found.is_empty() {
+            return Err(error.context("the fuzzer failed without writing an input to reproduce"));
+        }
+        let inputs: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "the fuzzer found an input that crashes the BGP decoding (panic message above):\n  \
+             {}\nreproduce it in {} with `cargo +{toolchain} fuzz run --debug-assertions \
+             {TARGET} {}`",
+            inputs.join("\n  "),
+            fuzz_dir.display(),
+            inputs[0]
+        );
+    }
+    for path in &found {
+        // libFuzzer also saves inputs that were merely slow; they do not fail the run.
+        eprintln!("fuzz: note: libFuzzer saved {}", path.display());
+    }
+    eprintln!("fuzz: no crash in {} s of fuzzing {TARGET}", args.seconds);
+    Ok(())
+}
+
+/// Installs cargo-fuzz unless `cargo fuzz` already works.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let works = |path: String| {
+        cmd::output(
+            Command::new("cargo")
+                .env("PATH", path)
+                .args(["fuzz", "--version"]),
+        )
+        .is_some()
+    };
+    if works(path_with_cargo_bin()) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("could not install cargo-fuzz; `cargo install` needs to reach crates.io")?;
+    if !works(path_with_cargo_bin()) {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` still fails; is {} on PATH?",
+            setup::cargo_bin_dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// `$PATH` with `cargo install`'s directory first, so a just-installed cargo-fuzz is found.
+fn path_with_cargo_bin() -> String {
+    format!(
+        "{}:{}",
+        setup::cargo_bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The files in `dir` (none if it does not exist).
+fn files(dir: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
