@@ -52,6 +52,8 @@ fn load_shifts_new_flows_and_keeps_open_ones() -> Result<()> {
         );
     };
     eprintln!("new flows moved away from the loaded node within {shifted:?}");
+    // Let the holder check its connections a few times after the shift, however fast it was.
+    std::thread::sleep(Duration::from_secs(1));
     let (broken, moved, rounds) = lab.finish_hold(holder)?;
     ensure!(
         rounds >= 2,

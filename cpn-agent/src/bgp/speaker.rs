@@ -254,7 +254,6 @@ impl Session {
                         continue;
                     }
                     tracing::warn!(neighbor = %self.neighbor.address, "link probe: neighbor lost, closing the session");
-                    self.conn = None;
                     Event::PeerDead
                 }
                 changed = self.rib_changed.changed(), if self.fsm.state() == State::Established => {
