@@ -249,7 +249,10 @@ fn frr_reads_our_service_routes() -> Result<()> {
     // FRR 8.4 keeps the SRv6 SID of an IPv6 unicast path only when an UPDATE replaces the path,
     // not from the first one: move our metrics so the agent re-advertises the route.
     fs::write(&frr.inflight, "7\n")?;
-    let path = frr.wait_for_path("FRR to show our SRv6 SID", |p| p.get("remoteSid").is_some())?;
+    // Wait for bestpath selection to have run on the replaced path too ("processScheduled").
+    let path = frr.wait_for_path("FRR to show our SRv6 SID on its best path", |p| {
+        p.get("remoteSid").is_some() && p["bestpath"]["overall"] == true
+    })?;
     let route = frr.route()?;
     eprintln!("{}", serde_json::to_string_pretty(&route)?);
     let text = path.to_string();
