@@ -68,10 +68,15 @@ pub async fn run(
             }
         }
         for key in have.keys().filter(|k| !want.contains_key(k)) {
-            if let Err(error) = kernel.remove_learned(key.0, key.1).await {
-                tracing::warn!(error = %format!("{error:#}"), "removing a withdrawn locator");
+            match kernel.remove_learned(key.0, key.1).await {
+                Ok(()) => {
+                    tracing::info!(locator = %format!("{}/{}", key.0, key.1), "withdrawn locator removed");
+                }
+                // Gone already (an operator, or the link's removal): nothing left to undo.
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "removing a withdrawn locator");
+                }
             }
-            tracing::info!(locator = %format!("{}/{}", key.0, key.1), "withdrawn locator removed");
             installed.lock().expect("installed lock").remove(key);
         }
         if changes.changed().await.is_err() {
