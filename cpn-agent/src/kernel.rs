@@ -82,16 +82,7 @@ impl KernelRoutes {
 
     /// Removes a route installed with [`KernelRoutes::set_learned_route`].
     pub async fn remove_learned(&self, prefix: Ipv6Addr, len: u8) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(prefix, len)
-            .protocol(RouteProtocol::Bgp)
-            .build();
-        self.handle
-            .route()
-            .del(route)
-            .execute()
-            .await
-            .with_context(|| format!("removing the learned route to {prefix}/{len}"))
+        self.remove_by(prefix, len, RouteProtocol::Bgp).await
     }
 
     async fn set_route_by(
@@ -113,9 +104,13 @@ impl KernelRoutes {
 
     /// Removes the route to `prefix/len` (a SID or a locator) that the agent installed.
     pub async fn remove(&self, prefix: Ipv6Addr, len: u8) -> Result<()> {
+        self.remove_by(prefix, len, RouteProtocol::Static).await
+    }
+
+    async fn remove_by(&self, prefix: Ipv6Addr, len: u8, protocol: RouteProtocol) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(prefix, len)
-            .protocol(RouteProtocol::Static)
+            .protocol(protocol)
             .build();
         self.handle
             .route()
