@@ -107,6 +107,8 @@ pub struct NeighborConfig {
     /// Close the session (NOTIFICATION Cease, maximum number of prefixes reached) when the
     /// neighbor sends more paths than this. Default: no limit.
     pub max_prefixes: Option<usize>,
+    /// TCP MD5 signature key (RFC 2385), 1 to 80 bytes; the neighbor must use the same.
+    pub password: Option<Spanned<String>>,
 }
 
 fn bgp_port() -> u16 {
@@ -485,6 +487,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
             format!("[srv6] locator = {locator:?}: give an IPv6 prefix, e.g. \"fc00:1::/48\""),
         ));
     }
+    for neighbor in config.bgp.iter().flat_map(|b| &b.neighbors) {
+        if let Some(password) = &neighbor.password
+            && !(1..=crate::bgp::md5::MAX_KEY_LEN).contains(&password.get_ref().len())
+        {
+            return Err(error(
+                Some(password.span().start),
+                format!(
+                    "[[bgp.neighbor]] {}: password: a TCP MD5 key has 1 to {} bytes",
+                    neighbor.address,
+                    crate::bgp::md5::MAX_KEY_LEN
+                ),
+            ));
+        }
+    }
     let reflector_only = config.node.roles == [Role::Reflector];
     if config.interfaces.is_empty() && !reflector_only {
         return Err(error(
@@ -850,6 +866,18 @@ mode = "generic"
         let transit = reflector.replace("reflector", "transit");
         let err = parse_str(&format!("{transit}route_reflector_client = true\n")).unwrap_err();
         assert!(err.contains("no [[interface]] given"), "{err}");
+    }
+
+    #[test]
+    fn md5_passwords_have_the_kernel_length() {
+        let long = "k".repeat(81);
+        let err = with(&format!(
+            "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n\n[[bgp.neighbor]]\n\
+             address = \"2001:db8::2\"\nasn = 65001\npassword = \"{long}\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("1 to 80 bytes"), "{err}");
+        assert!(err.starts_with("agent.toml:24: "), "names the line: {err}");
     }
 
     fn with(extra: &str) -> Result<Config, String> {

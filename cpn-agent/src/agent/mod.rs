@@ -420,6 +420,7 @@ fn speaker_config(
                 passive: n.passive,
                 rr_client: n.route_reflector_client,
                 max_prefixes: n.max_prefixes,
+                md5_key: n.password.as_ref().map(|p| p.get_ref().as_bytes().to_vec()),
             })
             .collect(),
     }

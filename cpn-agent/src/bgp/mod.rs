@@ -1,6 +1,7 @@
 //! BGP: the agents' advertisements of compute load (DESIGN.md "Announcement").
 
 pub mod fsm;
+pub mod md5;
 pub mod metric_attr;
 pub mod policy;
 pub mod route;

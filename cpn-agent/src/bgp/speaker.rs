@@ -58,6 +58,8 @@ pub struct NeighborConfig {
     pub rr_client: bool,
     /// More paths than this from the neighbor end the session (RFC 4486 Cease subcode 1).
     pub max_prefixes: Option<usize>,
+    /// TCP MD5 signature key (RFC 2385).
+    pub md5_key: Option<Vec<u8>>,
 }
 
 /// A route learned from a neighbor.
@@ -124,6 +126,11 @@ pub async fn spawn(
         next_hop: config.next_hop,
     };
     let listener = TcpListener::bind(config.listen).await?;
+    for neighbor in &config.neighbors {
+        if let Some(key) = &neighbor.md5_key {
+            super::md5::set_key(&listener, neighbor.address, key)?;
+        }
+    }
     let mut inboxes = HashMap::new();
     let mut tasks = Vec::new();
     for neighbor in &config.neighbors {
@@ -287,14 +294,14 @@ impl Session {
         match action {
             Action::Connect => {
                 let target = SocketAddr::new(self.neighbor.address, self.neighbor.port);
+                let key = self.neighbor.md5_key.clone();
                 let tx = connected.clone();
                 tokio::spawn(async move {
-                    let result =
-                        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                            });
+                    let result = tokio::time::timeout(Duration::from_secs(5), connect(target, key))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                        });
                     let _ = tx.send(result).await;
                 });
                 vec![]
@@ -451,6 +458,19 @@ async fn next_message(conn: &mut Option<Framed<TcpStream, BgpCodec>>) -> Option<
         },
         None => std::future::pending().await,
     }
+}
+
+/// Connects to a neighbor, signing the connection with `key` when there is one.
+async fn connect(target: SocketAddr, key: Option<Vec<u8>>) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    if let Some(key) = key {
+        super::md5::set_key(&socket, target.ip(), &key)?;
+    }
+    socket.connect(target).await
 }
 
 /// Resolves with `true` when the probed link dies (`false` when it comes back).
