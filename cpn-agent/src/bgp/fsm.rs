@@ -97,7 +97,7 @@ pub struct PeerConfig {
 /// Hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 const LARGE_HOLD: Duration = Duration::from_mins(4);
 /// `AS_TRANS` (RFC 6793), sent in the 2-byte field when the ASN needs 4 bytes.
-const AS_TRANS: u16 = 23456;
+pub const AS_TRANS: u16 = 23456;
 
 #[derive(Debug)]
 pub struct Fsm {

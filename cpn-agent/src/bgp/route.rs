@@ -123,6 +123,8 @@ pub struct Encoding {
     pub metric_code: u8,
     /// Path identifiers go out only in the families where the peer receives them.
     pub add_path: AddPath,
+    /// Our AS: the Link Bandwidth community's AS for the routes we originate.
+    pub local_asn: u32,
     /// An iBGP peer: `LOCAL_PREF` is sent (RFC 4271 §5.1.5).
     pub internal: bool,
 }
@@ -184,8 +186,12 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
     if let Some(bandwidth) = route.link_bandwidth {
         let community = ExtendedCommunity::NonTransitiveTwoOctet(
             NonTransitiveTwoOctetExtendedCommunity::LinkBandwidth {
-                global_admin: u16::try_from(route.as_path.first().copied().unwrap_or(0))
-                    .unwrap_or(0),
+                // The AS the bandwidth belongs to: the route's origin, AS_TRANS when it
+                // needs 4 bytes.
+                global_admin: u16::try_from(
+                    route.as_path.last().copied().unwrap_or(encoding.local_asn),
+                )
+                .unwrap_or(super::fsm::AS_TRANS),
                 local_admin: bandwidth.to_bits(),
             },
         );
@@ -480,6 +486,7 @@ mod tests {
     const EBGP: Encoding = Encoding {
         metric_code: 255,
         add_path: AddPath::BOTH,
+        local_asn: 4_200_000_100,
         internal: false,
     };
 
@@ -512,6 +519,11 @@ mod tests {
         let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
         aigp.extend_from_slice(&2500u64.to_be_bytes());
         assert!(find(&aigp), "AIGP");
+        // Link Bandwidth (non-transitive two-octet AS, subtype 4): AS_TRANS for the 4-byte
+        // origin AS 4200000001, then 2e12 as an IEEE 754 binary32.
+        let mut bandwidth = vec![0x40, 0x04, 0x5b, 0xa0];
+        bandwidth.extend_from_slice(&2e12f32.to_bits().to_be_bytes());
+        assert!(find(&bandwidth), "Link Bandwidth");
         // AS_PATH (type 2): one AS_SEQUENCE of one 4-byte AS.
         assert!(
             find(&[0x50, 2, 0, 6, 2, 1, 0xfa, 0x56, 0xea, 0x01]),
@@ -544,11 +556,6 @@ mod tests {
             find(&[0xd0, 255]) && find(&[1, 1, 0, 5, b'e', b'd', b'g', b'e', b'1']),
             "CPN metric attribute"
         );
-        // Link Bandwidth: non-transitive two-octet (0x40), subtype 4, global admin 0 (a 4-byte
-        // ASN does not fit), IEEE float bits.
-        let mut lb = vec![0x40, 0x04, 0, 0];
-        lb.extend_from_slice(&2e12f32.to_bits().to_be_bytes());
-        assert!(find(&lb), "Link Bandwidth community");
         // NLRI with ADD-PATH: path id 7, /128.
         let mut nlri = 7u32.to_be_bytes().to_vec();
         nlri.push(128);

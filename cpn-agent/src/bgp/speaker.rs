@@ -433,6 +433,7 @@ impl Session {
             let encoding = route::Encoding {
                 metric_code: self.metric_code,
                 add_path: self.peer.add_path,
+                local_asn: self.me.asn,
                 internal: self.peer.asn == self.me.asn,
             };
             messages.push(route::announce(r, encoding));
