@@ -10,7 +10,13 @@
 //! decapsulate with `cpn_endpoint` (End.DT6), compute3 with a kernel `seg6local` route its agent
 //! installs.
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -177,21 +183,7 @@ impl SteeringLab {
                 work.join(format!("{compute}.json")).display(),
             );
             computes.push(lab.start_agent(compute, &config)?);
-            let name = (*compute).to_owned();
-            lab.spawn(
-                compute,
-                &[
-                    "python3",
-                    "-c",
-                    NAME_SERVER,
-                    &name,
-                    VIP,
-                    &PORT.to_string(),
-                    requests_file.to_str().context("path")?,
-                    knob.to_str().context("path")?,
-                ],
-                None,
-            )?;
+            start_name_server(&mut lab, compute, &requests_file, &knob)?;
         }
         let ingress = lab.start_agent("ingress", &ingress_config_text(&work, &[]))?;
         let lab = Self {
@@ -221,20 +213,7 @@ impl SteeringLab {
 
     /// Opens `count` new connections from the client; connections per node.
     pub fn split(&self, count: u32) -> Result<BTreeMap<String, u32>> {
-        let out = self.lab.node("client")?.output(&[
-            "python3",
-            "-c",
-            SPLIT_CLIENT,
-            VIP,
-            &PORT.to_string(),
-            &count.to_string(),
-        ])?;
-        ensure!(
-            out.status.success(),
-            "split client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).context("split client output")
+        split(&self.lab, count)
     }
 
     /// Makes `compute`'s service report `percent` % of its capacity in extra requests.
@@ -294,6 +273,43 @@ impl SteeringLab {
         )?;
         Ok(out)
     }
+}
+
+/// Starts [`NAME_SERVER`] on `node` (VIP, PORT), with its in-flight file and load knob.
+pub fn start_name_server(lab: &mut Lab, node: &str, inflight: &Path, knob: &Path) -> Result<()> {
+    lab.spawn(
+        node,
+        &[
+            "python3",
+            "-c",
+            NAME_SERVER,
+            node,
+            VIP,
+            &PORT.to_string(),
+            inflight.to_str().context("path")?,
+            knob.to_str().context("path")?,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// Opens `count` new connections to VIP:PORT from the lab's `client` node; connections per node.
+pub fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
+    let out = lab.node("client")?.output(&[
+        "python3",
+        "-c",
+        SPLIT_CLIENT,
+        VIP,
+        &PORT.to_string(),
+        &count.to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "split client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("split client output")
 }
 
 /// How a test changes a `[[remote]]` of the ingress.

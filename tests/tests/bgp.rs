@@ -9,7 +9,6 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     fs,
     time::{Duration, Instant},
@@ -18,11 +17,10 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
     lab::{Lab, wait_for},
-    steering_lab::{NAME_SERVER, SPLIT_CLIENT},
+    steering_lab::VIP,
+    steering_lab::{split, start_name_server},
 };
 
-const VIP: &str = "2001:db8:cafe::1";
-const PORT: &str = "7000";
 /// The ingress's AS; in the reflector labs, everyone's.
 const CORE_AS: u32 = 4_200_000_100;
 /// The reflector node's address (on the ingress's eth3).
@@ -209,20 +207,7 @@ fn start(name: &str, control: ControlPlane, hold_time_s: u32) -> Result<BgpLab> 
         let bgp = with_hold_time(&compute_bgp(n, control), hold_time_s);
         let config = compute_config(n, capacity, &inflight, &bgp);
         computes.push(lab.start_agent(&compute, &config)?);
-        lab.spawn(
-            &compute,
-            &[
-                "python3",
-                "-c",
-                NAME_SERVER,
-                &compute,
-                VIP,
-                PORT,
-                inflight.to_str().context("path")?,
-                knob.to_str().context("path")?,
-            ],
-            None,
-        )?;
+        start_name_server(&mut lab, &compute, &inflight, &knob)?;
     }
     Ok(BgpLab { lab, computes })
 }
@@ -235,23 +220,6 @@ fn logs(lab: &Lab) -> String {
         let _ = write!(out, "--- {n}\n{log}");
     }
     out
-}
-
-fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
-    let out = lab.node("client")?.output(&[
-        "python3",
-        "-c",
-        SPLIT_CLIENT,
-        VIP,
-        PORT,
-        &count.to_string(),
-    ])?;
-    ensure!(
-        out.status.success(),
-        "split client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// The ingress's kernel routes learned in BGP (`ip -6 route show proto bgp`).
@@ -322,12 +290,10 @@ fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()>
     Ok(())
 }
 
-/// GoBGP (a real, independent BGP implementation) peers with a compute agent and shows our
-/// service route with the SID (Prefix-SID, RFC 9252), AIGP, Link Bandwidth and the CPN metric
-/// attribute, read from `gobgp ... -j`.
-#[test]
-fn gobgp_reads_our_service_routes() -> Result<()> {
-    let mut lab = Lab::builder("gobgp")
+/// Two nodes, compute1 (`2001:db8:11::2`) and gobgp (`2001:db8:11::1`), and compute1's in-flight
+/// file.
+fn compute_and_gobgp(name: &str) -> Result<(Lab, std::path::PathBuf)> {
+    let lab = Lab::builder(name)
         .node("compute1")
         .node("gobgp")
         .link(("compute1", "eth0"), ("gobgp", "eth0"))
@@ -336,9 +302,18 @@ fn gobgp_reads_our_service_routes() -> Result<()> {
         .add_address("eth0", "2001:db8:11::2/64")?;
     lab.node("gobgp")?
         .add_address("eth0", "2001:db8:11::1/64")?;
-    let work = lab.workdir().to_path_buf();
-    let inflight = work.join("compute1.inflight");
+    let inflight = lab.workdir().join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
+    Ok((lab, inflight))
+}
+
+/// GoBGP (a real, independent BGP implementation) peers with a compute agent and shows our
+/// service route with the SID (Prefix-SID, RFC 9252), AIGP, Link Bandwidth and the CPN metric
+/// attribute, read from `gobgp ... -j`.
+#[test]
+fn gobgp_reads_our_service_routes() -> Result<()> {
+    let (mut lab, inflight) = compute_and_gobgp("gobgp")?;
+    let work = lab.workdir().to_path_buf();
     let bgp = bgp_section(
         4_200_000_001,
         "10.0.0.1",
@@ -449,18 +424,8 @@ fn a_silent_neighbor_is_found_by_link_probes_long_before_the_hold_timer() -> Res
 /// drops the unsigned or badly signed segments); with the right one our route arrives.
 #[test]
 fn tcp_md5_signed_session_with_gobgp() -> Result<()> {
-    let mut lab = Lab::builder("bgp-md5")
-        .node("compute1")
-        .node("gobgp")
-        .link(("compute1", "eth0"), ("gobgp", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", "2001:db8:11::2/64")?;
-    lab.node("gobgp")?
-        .add_address("eth0", "2001:db8:11::1/64")?;
+    let (mut lab, inflight) = compute_and_gobgp("bgp-md5")?;
     let work = lab.workdir().to_path_buf();
-    let inflight = work.join("compute1.inflight");
-    fs::write(&inflight, "3\n")?;
     let gobgp_config = work.join("gobgpd.toml");
     fs::write(
         &gobgp_config,

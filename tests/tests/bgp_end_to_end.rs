@@ -19,11 +19,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
     lab::{Agent, Lab, wait_for},
-    steering_lab::{NAME_SERVER, SPLIT_CLIENT},
+    steering_lab::{VIP, split, start_name_server},
 };
 
-const VIP: &str = "2001:db8:cafe::1";
-const PORT: &str = "7000";
 const MAX_IN_FLIGHT: u32 = 1000;
 const COMPUTES: [(u32, f64); 3] = [(1, 1e12), (2, 2e12), (3, 1e12)];
 const TRANSIT_AS: u32 = 4_200_000_050;
@@ -135,20 +133,7 @@ impl Lab5 {
             fs::write(&knob, "0\n")?;
             let config = compute_config(n, capacity, &requests);
             agents.insert(compute.clone(), lab.start_agent(&compute, &config)?);
-            lab.spawn(
-                &compute,
-                &[
-                    "python3",
-                    "-c",
-                    NAME_SERVER,
-                    &compute,
-                    VIP,
-                    PORT,
-                    requests.to_str().context("path")?,
-                    knob.to_str().context("path")?,
-                ],
-                None,
-            )?;
+            start_name_server(&mut lab, &compute, &requests, &knob)?;
             knobs.insert(compute.clone(), knob);
             inflight.insert(compute, requests);
         }
@@ -161,20 +146,7 @@ impl Lab5 {
     }
 
     fn split(&self, count: u32) -> Result<BTreeMap<String, u32>> {
-        let out = self.lab.node("client")?.output(&[
-            "python3",
-            "-c",
-            SPLIT_CLIENT,
-            VIP,
-            PORT,
-            &count.to_string(),
-        ])?;
-        ensure!(
-            out.status.success(),
-            "split client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        split(&self.lab, count)
     }
 
     /// Waits until 10 new flows satisfy `want`; returns how long it took (including the
