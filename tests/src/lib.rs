@@ -5,6 +5,7 @@
 //! - [`lab`]: builds network-namespace topologies (nodes, veth links, addresses, processes) that
 //!   are removed when dropped, even after a panic.
 
+pub mod bgp_lab;
 pub mod dut;
 pub mod fixture;
 pub mod lab;

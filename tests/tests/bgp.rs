@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
+    bgp_lab::{bgp_section, compute_config},
     lab::{Lab, wait_for},
     steering_lab::VIP,
     steering_lab::{split, start_name_server},
@@ -39,31 +40,6 @@ enum ControlPlane {
 enum Reflector {
     GoBgp,
     Agent,
-}
-
-/// A `[bgp]` section; `neighbors` are (address, AS, extra lines).
-fn bgp_section(asn: u32, router_id: &str, neighbors: &[(&str, u32, &str)]) -> String {
-    let mut text = format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n");
-    for (address, asn, extra) in neighbors {
-        let _ = write!(
-            text,
-            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{extra}"
-        );
-    }
-    text
-}
-
-fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path, bgp: &str) -> String {
-    format!(
-        "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
-         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-         [srv6]\nsource = \"2001:db8:1{n}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
-         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
-         [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
-         in_flight_file = \"{}\"\nmax_in_flight = 10000\n\n\
-         [metrics]\ninterval_ms = 200\nsample_host = false\n\n{bgp}",
-        inflight.display()
-    )
 }
 
 fn compute_bgp(n: u32, control: ControlPlane) -> String {

@@ -18,29 +18,23 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
+    bgp_lab::{self, bgp_section},
     lab::{Agent, Lab, wait_for},
-    steering_lab::{VIP, split, start_name_server},
+    steering_lab::{MAX_IN_FLIGHT, VIP, split, start_name_server},
 };
 
-const MAX_IN_FLIGHT: u32 = 1000;
 const COMPUTES: [(u32, f64); 3] = [(1, 1e12), (2, 2e12), (3, 1e12)];
 const TRANSIT_AS: u32 = 4_200_000_050;
 const INGRESS_AS: u32 = 4_200_000_100;
 
+/// Compute node `n`, an eBGP neighbor of the transit.
 fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path) -> String {
-    format!(
-        "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
-         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-         [srv6]\nsource = \"2001:db8:1{n}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
-         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
-         [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
-         in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\n\
-         [metrics]\ninterval_ms = 200\nsample_host = false\n\n\
-         [bgp]\nasn = {}\nrouter_id = \"10.0.0.{n}\"\nhold_time_s = 3\n\n\
-         [[bgp.neighbor]]\naddress = \"2001:db8:1{n}::1\"\nasn = {TRANSIT_AS}\n",
-        inflight.display(),
+    let bgp = bgp_section(
         4_200_000_000 + n,
-    )
+        &format!("10.0.0.{n}"),
+        &[(&format!("2001:db8:1{n}::1"), TRANSIT_AS, "")],
+    );
+    bgp_lab::compute_config(n, capacity, inflight, &bgp)
 }
 
 fn transit_config() -> String {

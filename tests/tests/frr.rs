@@ -11,17 +11,19 @@
 //! neither the host's FRR nor other tests. Written against FRR 8.4 (Debian 12).
 
 use std::{
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_tests::lab::{Lab, wait_for};
+use cpn_tests::{
+    bgp_lab::{bgp_section, compute_config},
+    lab::{Lab, wait_for},
+    steering_lab::VIP,
+};
 use serde_json::Value;
 
-const VIP: &str = "2001:db8:cafe::1";
 const AGENT_AS: u32 = 4_200_000_001;
 const FRR_AS: u32 = 4_200_000_200;
 const AGENT_ADDRESS: &str = "2001:db8:11::2";
@@ -30,31 +32,6 @@ const FRR_ADDRESS: &str = "2001:db8:11::1";
 /// free capacity in the Link Bandwidth community; FRR reads that float as bytes per second
 /// into a 32-bit integer, so it has to stay below 2^32 to come out unchanged.
 const CAPACITY: f64 = 1e9;
-
-/// A `[bgp]` section; `neighbors` are (address, AS, extra lines).
-fn bgp_section(asn: u32, router_id: &str, neighbors: &[(&str, u32, &str)]) -> String {
-    let mut text = format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n");
-    for (address, asn, extra) in neighbors {
-        let _ = write!(
-            text,
-            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{extra}"
-        );
-    }
-    text
-}
-
-fn compute_config(n: u32, capacity: f64, inflight: &Path, bgp: &str) -> String {
-    format!(
-        "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
-         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-         [srv6]\nsource = \"2001:db8:1{n}::2\"\n\n\
-         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
-         [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
-         in_flight_file = \"{}\"\nmax_in_flight = 10000\n\n\
-         [metrics]\ninterval_ms = 200\nsample_host = false\n\n{bgp}",
-        inflight.display()
-    )
-}
 
 /// bgpd's configuration: the agent as its one eBGP neighbour, IPv6 unicast only, no policy
 /// required to accept routes, passive so that no connection collision (and its Cease

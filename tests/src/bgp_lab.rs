@@ -1,0 +1,33 @@
+//! Agent configurations shared by the BGP labs: a compute node `computeN` (interface `eth0`,
+//! source `2001:db8:1N::2`, locator `fc00:N::/32`, End.DT6 SID `fc00:N::d6`, serving
+//! [`VIP`](crate::steering_lab::VIP)) and `[bgp]` sections.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::steering_lab::{MAX_IN_FLIGHT, VIP};
+
+/// A `[bgp]` section (hold time 3 s); `neighbors` are (address, AS, extra lines).
+pub fn bgp_section(asn: u32, router_id: &str, neighbors: &[(&str, u32, &str)]) -> String {
+    let mut text = format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n");
+    for (address, asn, extra) in neighbors {
+        let _ = write!(
+            text,
+            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{extra}"
+        );
+    }
+    text
+}
+
+/// Compute node `n` with CPU `capacity`, its in-flight count read from `inflight`, and `bgp`.
+pub fn compute_config(n: u32, capacity: f64, inflight: &Path, bgp: &str) -> String {
+    format!(
+        "[node]\nname = \"compute{n}\"\nroles = [\"compute\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
+         [srv6]\nsource = \"2001:db8:1{n}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
+         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT6\"\n\n\
+         [[service]]\naddress = \"{VIP}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ cpu = {capacity:e} }}\n\
+         in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\n\
+         [metrics]\ninterval_ms = 200\nsample_host = false\n\n{bgp}",
+        inflight.display()
+    )
+}
