@@ -18,6 +18,8 @@ use crate::{
     selection::Objective,
 };
 
+/// Longest node name: a host name's limit (`HOST_NAME_MAX`).
+pub const MAX_NODE_NAME: usize = 64;
 /// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL).
 const MAX_INTERFACE_NAME: usize = 15;
 
@@ -318,6 +320,30 @@ pub struct PolicyConfig {
     pub max_metric_age_ms: Option<u64>,
 }
 
+impl PolicyConfig {
+    /// The policy selection applies.
+    pub fn policy(&self) -> crate::selection::Policy {
+        crate::selection::Policy {
+            kind: self.kind,
+            min_grade: crate::selection::Grade::from_number(*self.min_grade.get_ref())
+                .unwrap_or(crate::selection::Grade::G4),
+            max_latency: self
+                .max_latency_ms
+                .map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+            max_loss: self.max_loss.as_ref().map(|l| *l.get_ref()),
+            objective: self.objective,
+            max_metric_age: std::time::Duration::from_millis(
+                self.max_metric_age_ms.unwrap_or(10_000),
+            ),
+        }
+    }
+
+    /// Whether this policy is for that service.
+    pub fn is_for(&self, address: IpAddr, protocol: Option<Protocol>, port: Option<u16>) -> bool {
+        self.service == address && self.protocol == protocol && self.port == port
+    }
+}
+
 fn default_grade() -> Spanned<u8> {
     Spanned::new(0..0, 4)
 }
@@ -478,6 +504,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         .map_err(|e| error(e.span().map(|s| s.start), e.message().trim_end().to_owned()))?;
     if config.node.name.trim().is_empty() {
         return Err(error(None, "[node] name: must not be empty".into()));
+    }
+    if config.node.name.len() > MAX_NODE_NAME {
+        return Err(error(
+            None,
+            format!(
+                "[node] name: at most {MAX_NODE_NAME} bytes (it travels in every BGP UPDATE), \
+                 got {}",
+                config.node.name.len()
+            ),
+        ));
     }
     if let Some(locator) = &config.srv6.locator
         && crate::kernel::parse_prefix(locator).is_none()

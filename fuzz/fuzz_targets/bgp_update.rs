@@ -1,47 +1,50 @@
 //! Bytes from a peer, decoded the way cpn-agent's BGP speaker decodes them.
 //!
-//! Input layout: the first byte chooses the session's codec (low bit set: ADD-PATH negotiated
-//! for IPv4 and IPv6 unicast), the rest is the TCP byte stream. Every whole message the codec
-//! yields is decoded, and UPDATEs go through `route::parse` as the speaker does. The whole input
+//! Input layout: the first byte chooses the session (bit 0: ADD-PATH received for IPv6 unicast,
+//! bit 1: for IPv4 unicast, bit 2: an iBGP session), the rest is the TCP byte stream. Every
+//! whole message the speaker's codec yields is decoded; UPDATEs go through RFC 7606's checks
+//! (`errors::check`) and `route::parse` as the speaker does, and a decoding error is mapped to
+//! its NOTIFICATION. The whole input
 //! is also read as a CPN metric attribute, and what decodes must survive an encode/decode round
 //! trip unchanged. Nothing may panic.
 
 #![no_main]
 
-use std::collections::HashMap;
-
 use bytes::BytesMut;
 use cpn_agent::bgp::{
+    errors,
     metric_attr::{self, CpnMetrics},
-    route,
+    route::{self, AddPath},
+    speaker,
 };
 use libfuzzer_sys::fuzz_target;
-use netgauze_bgp_pkt::{BgpMessage, codec::BgpCodec, wire::deserializer::BgpParsingContext};
-use netgauze_iana::address_family::AddressType;
+use netgauze_bgp_pkt::BgpMessage;
 use tokio_util::codec::Decoder as _;
 
 /// The CPN metric attribute's type code, as the agent configures it by default.
 const METRIC_CODE: u8 = metric_attr::DEFAULT_TYPE_CODE;
 
-/// The codec of one session, as `speaker::codec` builds it.
-fn codec(add_path: bool) -> BgpCodec {
-    let families = HashMap::from([
-        (AddressType::Ipv6Unicast, add_path),
-        (AddressType::Ipv4Unicast, add_path),
-    ]);
-    BgpCodec::new_from_ctx(
-        true,
-        BgpParsingContext::new(true, HashMap::new(), families, false, false, false, false),
-    )
-}
-
-fn bgp_stream(add_path: bool, stream: &[u8]) {
-    let mut codec = codec(add_path);
+fn bgp_stream(selector: u8, stream: &[u8]) {
+    let add_path = AddPath {
+        ipv6: selector & 1 != 0,
+        ipv4: selector & 2 != 0,
+    };
+    let internal = selector & 4 != 0;
+    let mut codec = speaker::codec(add_path);
     let mut buf = BytesMut::from(stream);
-    // The speaker stops reading a session at its first undecodable message.
-    while let Ok(Some((message, _ignored))) = codec.decode(&mut buf) {
-        if let BgpMessage::Update(update) = message {
-            let _ = route::parse(&update, METRIC_CODE);
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some((BgpMessage::Update(update), skipped))) => {
+                let _ = errors::check(&update, &skipped, internal);
+                let _ = route::parse(&update, METRIC_CODE);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            // The speaker answers and closes the session at its first undecodable message.
+            Err(error) => {
+                let _ = errors::notification(&error);
+                break;
+            }
         }
     }
 }
@@ -71,7 +74,7 @@ fn metric_attribute(bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     if let Some((&selector, stream)) = data.split_first() {
-        bgp_stream(selector & 1 == 1, stream);
+        bgp_stream(selector, stream);
     }
     metric_attribute(data);
 });

@@ -12,14 +12,14 @@ use tokio::sync::watch;
 
 use crate::{
     bgp::{
-        metric_attr::CpnMetrics,
+        metric_attr::{CpnMetrics, NodeScore},
         route::{Route, ServiceSid, behavior},
     },
-    config::{CapacityConfig, Config, Protocol},
+    config::{CapacityConfig, Config, PolicyConfig, Protocol},
     metrics::{
         Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Source, Unit, host,
     },
-    selection::score::NORMALISATION,
+    selection::{Admin, Candidate, Path, Policy, score},
 };
 
 /// One `[[service]]`, as the loop needs it.
@@ -35,6 +35,9 @@ struct Served {
     max_in_flight: Option<f64>,
     power: Option<f64>,
     price: Option<f64>,
+    /// This node's policy for the service (its own `[[policy]]`, else the default for its
+    /// main compute kind): what its advertised score is computed with.
+    policy: Policy,
 }
 
 /// How this node advertises itself in BGP.
@@ -69,27 +72,7 @@ pub fn spawn(
         }),
         _ => None,
     };
-    let services: Vec<Served> = config
-        .services
-        .iter()
-        .map(|s| Served {
-            address: s.address,
-            protocol: s.protocol.map(Protocol::number),
-            port: s.port,
-            sid: *s.sid.get_ref(),
-            behavior: config
-                .srv6
-                .sids
-                .iter()
-                .find(|c| c.sid == *s.sid.get_ref())
-                .map_or(behavior::END_DT6, |c| behavior_code(c.behavior.get_ref())),
-            capacity: s.capacity,
-            in_flight_file: s.in_flight_file.clone(),
-            max_in_flight: s.max_in_flight,
-            power: s.power_watts,
-            price: s.price_per_hour,
-        })
-        .collect();
+    let services = served(config);
     let node = config.node.name.clone();
     let interval = Duration::from_millis(config.metrics.interval_ms.max(10));
     let sample_host = config.metrics.sample_host;
@@ -152,6 +135,45 @@ pub fn spawn(
     }))
 }
 
+/// Each `[[service]]` with what the loop needs of it.
+fn served(config: &Config) -> Vec<Served> {
+    config
+        .services
+        .iter()
+        .map(|s| Served {
+            address: s.address,
+            protocol: s.protocol.map(Protocol::number),
+            port: s.port,
+            sid: *s.sid.get_ref(),
+            behavior: config
+                .srv6
+                .sids
+                .iter()
+                .find(|c| c.sid == *s.sid.get_ref())
+                .map_or(behavior::END_DT6, |c| behavior_code(c.behavior.get_ref())),
+            capacity: s.capacity,
+            in_flight_file: s.in_flight_file.clone(),
+            max_in_flight: s.max_in_flight,
+            power: s.power_watts,
+            price: s.price_per_hour,
+            policy: config
+                .policies
+                .iter()
+                .find(|p| p.is_for(s.address, s.protocol, s.port))
+                .map_or_else(
+                    || {
+                        let main_kind = ComputeKind::ALL
+                            .into_iter()
+                            .find(|k| s.capacity.get(*k) > 0.0)
+                            .unwrap_or(ComputeKind::Cpu);
+                        Policy::default_for(main_kind)
+                    },
+                    PolicyConfig::policy,
+                ),
+        })
+        .collect()
+}
+
 /// One service's L0 metrics now. Free capacity is estimated from the host's CPU utilisation.
 fn sample(s: &Served, host: &host::HostSamples, now: SystemTime) -> NodeMetrics {
     let busy = host.cpu_utilisation.map_or(0.0, |u| u.value);
@@ -202,6 +224,15 @@ fn moved(a: &NodeMetrics, b: &NodeMetrics, threshold: f64) -> bool {
 
 fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route {
     let free: f64 = metrics.capacity.iter().map(|(_, c)| c.free.value).sum();
+    // Our own view: no network path between us and ourselves.
+    let me = Candidate {
+        node: 0,
+        name: node.to_owned(),
+        metrics: metrics.clone(),
+        path: Path::default(),
+        admin: Admin::Up,
+    };
+    let scores = score::score(&s.policy, &me, std::slice::from_ref(&me));
     Route {
         prefix: s.address.into(),
         path_id: origin.path_id,
@@ -216,8 +247,12 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
         link_bandwidth: Some(free as f32),
         metrics: Some(CpnMetrics {
             node: node.to_owned(),
-            normalisation: NORMALISATION.to_owned(),
+            normalisation: score::NORMALISATION.to_owned(),
             metrics,
+            score: Some(NodeScore {
+                computing: scores.computing,
+                l2: scores.l2,
+            }),
         }),
         as_path: Vec::new(), // our AS is prepended per eBGP peer (policy.rs)
         originator_id: None,

@@ -19,7 +19,7 @@ use crate::{
     dataplane::{Node, NodeState},
     metrics::{Capacity, ComputeKind, NodeMetrics, Published, Sample, Unit},
     selection::{
-        self, Admin, Candidate, Grade, Path, Policy,
+        self, Admin, Candidate, Path, Policy,
         hysteresis::{Hysteresis, Settings, Verdict},
         maglev,
     },
@@ -102,16 +102,7 @@ pub fn planned_service(
             })
         })
         .collect();
-    let policy = Policy {
-        kind: policy.kind,
-        min_grade: Grade::from_number(*policy.min_grade.get_ref()).unwrap_or(Grade::G4),
-        max_latency: policy
-            .max_latency_ms
-            .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
-        max_loss: policy.max_loss.as_ref().map(|l| *l.get_ref()),
-        objective: policy.objective,
-        max_metric_age: Duration::from_millis(policy.max_metric_age_ms.unwrap_or(10_000)),
-    };
+    let policy = policy.policy();
     PlannedService {
         id,
         address,

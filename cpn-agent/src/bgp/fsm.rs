@@ -40,8 +40,17 @@ pub enum State {
 pub enum Event {
     ManualStart,
     ManualStop,
-    /// A TCP connection to or from the peer is up.
-    TcpConnected,
+    /// A TCP connection to (`outgoing`) or from the peer is up.
+    TcpConnected {
+        outgoing: bool,
+    },
+    /// The peer's OPEN on a second connection while this one is past Active: a connection
+    /// collision (RFC 4271 §6.8). The edges hold that connection until the FSM answers with
+    /// [`Action::RejectColliding`] or [`Action::AdoptColliding`].
+    CollidingOpen {
+        open: BgpOpenMessage,
+        outgoing: bool,
+    },
     /// The TCP connection failed or closed.
     TcpFailed,
     Message(BgpMessage),
@@ -50,6 +59,12 @@ pub enum Event {
     PeerDead,
     /// The neighbor sent more prefixes than its configured maximum (RFC 4486 §4).
     TooManyPrefixes(usize),
+    /// A message that ends the session (errors.rs): this NOTIFICATION goes to the peer first,
+    /// unless there is none to send (a broken NOTIFICATION is never answered).
+    Malformed {
+        notification: Option<BgpNotificationMessage>,
+        why: String,
+    },
 }
 
 /// What the FSM asks the edges to do.
@@ -68,6 +83,12 @@ pub enum Action {
     Update(BgpUpdateMessage),
     /// The peer asked for our routes again (ROUTE-REFRESH, RFC 2918).
     ResendAll,
+    /// The colliding connection loses: send it a Cease (Connection Collision Resolution) and
+    /// close it.
+    RejectColliding,
+    /// The colliding connection wins: send the current one a Cease (Connection Collision
+    /// Resolution), close it, and carry on over the colliding one.
+    AdoptColliding,
 }
 
 /// What both sides agreed on.
@@ -110,6 +131,9 @@ pub struct Fsm {
     /// Restart automatically after a failure (RFC 4271 `AutomaticStart`), at this time.
     restart_at: Option<Instant>,
     stopped: bool,
+    /// Whether we opened the current connection (collision resolution keeps the one opened by
+    /// the speaker with the higher BGP identifier).
+    outgoing: bool,
 }
 
 impl Fsm {
@@ -123,6 +147,7 @@ impl Fsm {
             keepalive_at: None,
             restart_at: None,
             stopped: true,
+            outgoing: false,
         }
     }
 
@@ -151,32 +176,24 @@ impl Fsm {
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         match (self.state, event) {
             (State::Idle, Event::ManualStart) => self.start(now),
-            (_, Event::ManualStop) => {
-                self.stopped = true;
-                let mut actions = Vec::new();
-                if matches!(
-                    self.state,
-                    State::OpenSent | State::OpenConfirm | State::Established
-                ) {
-                    actions.push(notification(BgpNotificationMessage::CeaseError(
-                        CeaseError::AdministrativeShutdown { value: empty() },
-                    )));
-                }
-                actions.extend(self.reset(now, "stopped by the operator"));
-                actions
-            }
-            (State::Connect | State::Active, Event::TcpConnected) => {
+            (_, Event::ManualStop) => self.stop(now),
+            (State::Connect | State::Active, Event::TcpConnected { outgoing }) => {
+                self.outgoing = outgoing;
                 self.connect_retry_at = None;
                 self.hold_at = Some(now + LARGE_HOLD);
                 self.state = State::OpenSent;
                 vec![Action::Send(self.open())]
             }
-            // No-ops: the edges offer a connection only in Connect or Active (they resolve
-            // collisions, RFC 4271 §6.8, before a second one gets here); a start while running;
-            // a failure while idle.
-            (_, Event::TcpConnected | Event::ManualStart) | (State::Idle, Event::TcpFailed) => {
-                vec![]
+            (State::OpenSent | State::OpenConfirm, Event::CollidingOpen { open, outgoing }) => {
+                self.resolve_collision(now, &open, outgoing)
             }
+            // Established: the session that is up stays (RFC 4271 §6.8, without the optional
+            // CollisionDetectEstablishedState); Idle, Connect and Active: not expected.
+            (_, Event::CollidingOpen { .. }) => vec![Action::RejectColliding],
+            // No-ops: a second connection while one is open is a collision (above), handled
+            // once its OPEN arrives; a start while running; a failure while idle.
+            (_, Event::TcpConnected { .. } | Event::ManualStart)
+            | (State::Idle, Event::TcpFailed) => vec![],
             (State::Connect | State::Active, Event::TcpFailed) => {
                 self.state = State::Active;
                 self.connect_retry_at = Some(now + self.config.connect_retry);
@@ -192,6 +209,18 @@ impl Fsm {
                 };
                 self.cease(now, error, &format!("more than {limit} prefixes received"))
             }
+            (
+                State::OpenSent | State::OpenConfirm | State::Established,
+                Event::Malformed {
+                    notification: n,
+                    why,
+                },
+            ) => {
+                let mut actions: Vec<Action> = n.into_iter().map(notification).collect();
+                actions.extend(self.reset(now, &format!("malformed message: {why}")));
+                actions
+            }
+            (_, Event::Malformed { .. }) => vec![Action::Disconnect],
             (_, Event::TooManyPrefixes(_))
             | (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
             // BFD Down (RFC 9384), in case the TCP path still works.
@@ -288,6 +317,21 @@ impl Fsm {
         vec![]
     }
 
+    fn stop(&mut self, now: Instant) -> Vec<Action> {
+        self.stopped = true;
+        let mut actions = Vec::new();
+        if matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        ) {
+            actions.push(notification(BgpNotificationMessage::CeaseError(
+                CeaseError::AdministrativeShutdown { value: empty() },
+            )));
+        }
+        actions.extend(self.reset(now, "stopped by the operator"));
+        actions
+    }
+
     fn start(&mut self, now: Instant) -> Vec<Action> {
         self.stopped = false;
         self.connect_retry_at = Some(now + self.config.connect_retry);
@@ -342,6 +386,27 @@ impl Fsm {
         self.hold_at = self.hold_deadline(now);
         self.keepalive_at = (!hold_time.is_zero()).then(|| now + keepalive_interval(hold_time));
         vec![Action::Send(BgpMessage::KeepAlive)]
+    }
+
+    /// RFC 4271 §6.8: the connection opened by the speaker with the higher BGP identifier
+    /// stays. Between two connections opened by the same side, the older one stays.
+    fn resolve_collision(
+        &mut self,
+        now: Instant,
+        open: &BgpOpenMessage,
+        outgoing: bool,
+    ) -> Vec<Action> {
+        let we_are_higher = u32::from(self.config.router_id) > u32::from(open.bgp_id());
+        let keep_current = outgoing == self.outgoing || self.outgoing == we_are_higher;
+        if keep_current {
+            return vec![Action::RejectColliding];
+        }
+        // Over the new connection: our OPEN, then the peer's, as if it had come first.
+        self.outgoing = outgoing;
+        self.state = State::OpenSent;
+        let mut actions = vec![Action::AdoptColliding, Action::Send(self.open())];
+        actions.extend(self.open_received(now, open));
+        actions
     }
 
     fn hold_deadline(&self, now: Instant) -> Option<Instant> {
@@ -500,8 +565,8 @@ mod tests {
         assert_eq!(a.handle(now, Event::ManualStart), vec![Action::Connect]);
         assert_eq!(b.handle(now, Event::ManualStart), vec![]);
         assert_eq!(b.state(), State::Active);
-        let (a_open, _) = split(a.handle(now, Event::TcpConnected));
-        let (b_open, _) = split(b.handle(now, Event::TcpConnected));
+        let (a_open, _) = split(a.handle(now, Event::TcpConnected { outgoing: true }));
+        let (b_open, _) = split(b.handle(now, Event::TcpConnected { outgoing: false }));
         let (ea, eb) = pump(&mut a, &mut b, now, a_open, b_open);
         assert!(ea.iter().any(|x| matches!(x, Action::Up(_))), "{ea:?}");
         assert!(eb.iter().any(|x| matches!(x, Action::Up(_))), "{eb:?}");
@@ -642,7 +707,7 @@ mod tests {
         let mut a = Fsm::new(config(65001, 65099, [10, 0, 0, 1], false));
         let b = Fsm::new(config(65002, 65001, [10, 0, 0, 2], false));
         a.handle(now, Event::ManualStart);
-        a.handle(now, Event::TcpConnected);
+        a.handle(now, Event::TcpConnected { outgoing: false });
         let actions = a.handle(now, Event::Message(b.open()));
         assert!(
             matches!(
@@ -661,7 +726,7 @@ mod tests {
         let now = Instant::now();
         let mut a = Fsm::new(config(65001, 65002, [10, 0, 0, 1], false));
         a.handle(now, Event::ManualStart);
-        a.handle(now, Event::TcpConnected);
+        a.handle(now, Event::TcpConnected { outgoing: false });
         let actions = a.handle(now, Event::Message(BgpMessage::KeepAlive));
         assert!(
             matches!(
@@ -700,5 +765,131 @@ mod tests {
         assert!(a.handle(now, Event::TcpFailed).is_empty());
         assert_eq!(a.state(), State::Active);
         assert_eq!(a.poll(now + Duration::from_secs(5)), vec![Action::Connect]);
+    }
+
+    /// The peer's OPEN from a speaker with identifier `id`.
+    fn open_from(id: [u8; 4]) -> BgpOpenMessage {
+        let BgpMessage::Open(open) = Fsm::new(config(65002, 65001, id, false)).open() else {
+            unreachable!()
+        };
+        open
+    }
+
+    /// A speaker in `OpenSent` over a connection it opened itself.
+    fn open_sent(id: [u8; 4]) -> (Fsm, Instant) {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(65001, 65002, id, false));
+        a.handle(now, Event::ManualStart);
+        a.handle(now, Event::TcpConnected { outgoing: true });
+        assert_eq!(a.state(), State::OpenSent);
+        (a, now)
+    }
+
+    #[test]
+    fn collision_keeps_the_connection_of_the_higher_identifier() {
+        // We (10.0.0.1) opened the current connection; the peer (10.0.0.2) is higher, so its
+        // connection wins: Cease on ours, our OPEN and a KEEPALIVE on the peer's.
+        let (mut a, now) = open_sent([10, 0, 0, 1]);
+        let colliding = Event::CollidingOpen {
+            open: open_from([10, 0, 0, 2]),
+            outgoing: false,
+        };
+        let actions = a.handle(now, colliding);
+        assert_eq!(actions[0], Action::AdoptColliding);
+        assert!(matches!(actions[1], Action::Send(BgpMessage::Open(_))));
+        assert_eq!(actions[2], Action::Send(BgpMessage::KeepAlive));
+        assert_eq!(a.state(), State::OpenConfirm);
+        assert_eq!(
+            a.negotiated().unwrap().peer_router_id,
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
+
+        // We are higher (10.0.0.3): ours stays, the peer's goes.
+        let (mut a, now) = open_sent([10, 0, 0, 3]);
+        let colliding = Event::CollidingOpen {
+            open: open_from([10, 0, 0, 2]),
+            outgoing: false,
+        };
+        assert_eq!(a.handle(now, colliding), vec![Action::RejectColliding]);
+        assert_eq!(a.state(), State::OpenSent);
+    }
+
+    #[test]
+    fn collision_with_an_established_session_keeps_the_session() {
+        let (mut a, _, now) = established();
+        // a (10.0.0.1) is lower and opened the session's connection, but it is up: it stays.
+        let colliding = Event::CollidingOpen {
+            open: open_from([10, 0, 0, 2]),
+            outgoing: false,
+        };
+        assert_eq!(a.handle(now, colliding), vec![Action::RejectColliding]);
+        assert_eq!(a.state(), State::Established);
+    }
+
+    #[test]
+    fn simultaneous_connects_settle_on_one_connection() {
+        // a (10.0.0.1) and b (10.0.0.2) connect to each other at once: connection 0 is a's,
+        // connection 1 is b's. Each sees the other's OPEN on the second connection.
+        let now = Instant::now();
+        let mut a = Fsm::new(config(65001, 65002, [10, 0, 0, 1], false));
+        let mut b = Fsm::new(config(65002, 65001, [10, 0, 0, 2], false));
+        a.handle(now, Event::ManualStart);
+        b.handle(now, Event::ManualStart);
+        let (a_open, _) = split(a.handle(now, Event::TcpConnected { outgoing: true }));
+        let (b_open, _) = split(b.handle(now, Event::TcpConnected { outgoing: true }));
+        let open_of = |m: &BgpMessage| match m {
+            BgpMessage::Open(o) => o.clone(),
+            other => panic!("{other:?}"),
+        };
+        let b_verdict = b.handle(
+            now,
+            Event::CollidingOpen {
+                open: open_of(&a_open[0]),
+                outgoing: false,
+            },
+        );
+        assert_eq!(b_verdict, vec![Action::RejectColliding], "b keeps its own");
+        let a_verdict = a.handle(
+            now,
+            Event::CollidingOpen {
+                open: open_of(&b_open[0]),
+                outgoing: false,
+            },
+        );
+        assert_eq!(a_verdict[0], Action::AdoptColliding, "a moves to b's");
+        // Both now talk over b's connection only.
+        let (to_b, _) = split(a_verdict);
+        let (ea, eb) = pump(&mut a, &mut b, now, to_b, Vec::new());
+        assert!(ea.iter().any(|x| matches!(x, Action::Up(_))), "{ea:?}");
+        assert!(eb.iter().any(|x| matches!(x, Action::Up(_))), "{eb:?}");
+        assert_eq!(
+            (a.state(), b.state()),
+            (State::Established, State::Established)
+        );
+    }
+
+    #[test]
+    fn a_malformed_message_ends_the_session_with_its_notification() {
+        let (mut a, _, now) = established();
+        let header_error = BgpNotificationMessage::MessageHeaderError(
+            netgauze_bgp_pkt::notification::MessageHeaderError::BadMessageLength {
+                value: Box::new(5000u16.to_be_bytes()),
+            },
+        );
+        let actions = a.handle(
+            now,
+            Event::Malformed {
+                notification: Some(header_error.clone()),
+                why: "too long".into(),
+            },
+        );
+        assert_eq!(actions[0], notification(header_error));
+        assert!(actions.contains(&Action::Disconnect));
+        assert!(
+            actions
+                .iter()
+                .any(|x| matches!(x, Action::Down(why) if why.contains("too long")))
+        );
+        assert_eq!(a.state(), State::Idle);
     }
 }

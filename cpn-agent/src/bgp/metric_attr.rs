@@ -9,7 +9,11 @@
 //!                      total (8, IEEE 754 binary64) free (8)                        = 28 bytes
 //!   4 metric           id (1) unit (1) source (1) statistic (1) timestamp ms (8) value (8)
 //!                                                                                   = 20 bytes
+//!   5 score            computing L1 (8) L2 (8), both binary64 in 0..=1              = 16 bytes
 //! ```
+//! The score is the sender's own view (its policy for the service, no network path): the
+//! one-number summary CATS calls L2. An ingress recomputes L1/L2 from the L0 values with its
+//! own path and policy, since latency and the objective weights are only known there.
 //! Unknown TLV types are skipped, so later versions can add some; a TLV running past the end
 //! of the attribute, or a known TLV of the wrong length, makes the attribute malformed.
 
@@ -25,6 +29,7 @@ const TLV_NAME: u8 = 1;
 const TLV_NORMALISATION: u8 = 2;
 const TLV_CAPACITY: u8 = 3;
 const TLV_METRIC: u8 = 4;
+const TLV_SCORE: u8 = 5;
 
 /// What the attribute carries.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -32,6 +37,14 @@ pub struct CpnMetrics {
     pub node: String,
     pub normalisation: String,
     pub metrics: NodeMetrics,
+    pub score: Option<NodeScore>,
+}
+
+/// The sender's L1 computing score and L2 score (TLV 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct NodeScore {
+    pub computing: f64,
+    pub l2: f64,
 }
 
 /// Why an attribute could not be read.
@@ -101,6 +114,11 @@ pub fn encode(value: &CpnMetrics) -> Vec<u8> {
         let sample = Sample::nominal(max, Unit::Requests, UNIX_EPOCH);
         tlv(&mut out, TLV_METRIC, &metric(MAX_IN_FLIGHT, &sample));
     }
+    if let Some(score) = value.score {
+        let mut v = score.computing.to_be_bytes().to_vec();
+        v.extend_from_slice(&score.l2.to_be_bytes());
+        tlv(&mut out, TLV_SCORE, &v);
+    }
     out
 }
 
@@ -157,6 +175,17 @@ pub fn decode(bytes: &[u8]) -> Result<CpnMetrics, Malformed> {
                 } else if let Some((_, _, set)) = METRICS.iter().find(|(m, _, _)| *m == id) {
                     set(&mut out.metrics, sample);
                 }
+            }
+            TLV_SCORE => {
+                exact(16)?;
+                let (computing, l2) = (be_f64(&value[..8]), be_f64(&value[8..]));
+                if !((0.0..=1.0).contains(&computing) && (0.0..=1.0).contains(&l2)) {
+                    return Err(Malformed::Value {
+                        kind,
+                        what: "score outside 0..=1",
+                    });
+                }
+                out.score = Some(NodeScore { computing, l2 });
             }
             _ => {} // Unknown TLVs are skipped.
         }
@@ -316,6 +345,10 @@ mod tests {
                 max_in_flight: Some(100.0),
                 ..NodeMetrics::default()
             },
+            score: Some(NodeScore {
+                computing: 0.625,
+                l2: 0.8125,
+            }),
         }
     }
 
@@ -337,6 +370,9 @@ mod tests {
         expected.extend_from_slice(&[4, 0, 20, 5, 5, 1, 1]);
         expected.extend_from_slice(&0u64.to_be_bytes());
         expected.extend_from_slice(&100f64.to_be_bytes());
+        expected.extend_from_slice(&[5, 0, 16]);
+        expected.extend_from_slice(&0.625f64.to_be_bytes());
+        expected.extend_from_slice(&0.8125f64.to_be_bytes());
         assert_eq!(bytes, expected);
         assert_eq!(decode(&expected).unwrap(), example());
     }
@@ -367,6 +403,13 @@ mod tests {
         assert!(matches!(
             decode(&[1, 1, 0, 1, 0xff]),
             Err(Malformed::Value { kind: 1, .. })
+        ));
+        let mut score = vec![1, 5, 0, 16];
+        score.extend_from_slice(&2f64.to_be_bytes());
+        score.extend_from_slice(&0.5f64.to_be_bytes());
+        assert!(matches!(
+            decode(&score),
+            Err(Malformed::Value { kind: 5, .. })
         ));
     }
 

@@ -231,8 +231,19 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
     BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
 }
 
-/// The UPDATE withdrawing sites.
-pub fn withdraw(withdrawn: &[Withdrawn], add_path: AddPath) -> BgpMessage {
+/// Withdrawals per UPDATE: 21 bytes each at most (path id, length, 16 address bytes), so
+/// that a message stays within RFC 4271's 4096 bytes.
+pub const MAX_WITHDRAWN_PER_UPDATE: usize = 180;
+
+/// The UPDATEs withdrawing sites.
+pub fn withdraw(withdrawn: &[Withdrawn], add_path: AddPath) -> Vec<BgpMessage> {
+    withdrawn
+        .chunks(MAX_WITHDRAWN_PER_UPDATE)
+        .map(|chunk| withdraw_one(chunk, add_path))
+        .collect()
+}
+
+fn withdraw_one(withdrawn: &[Withdrawn], add_path: AddPath) -> BgpMessage {
     let v6: Vec<Ipv6UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
@@ -460,6 +471,10 @@ mod tests {
                     capacity: vec![(ComputeKind::Cpu, Capacity { total, free: total })],
                     ..NodeMetrics::default()
                 },
+                score: Some(crate::bgp::metric_attr::NodeScore {
+                    computing: 1.0,
+                    l2: 1.0,
+                }),
             }),
             link_bandwidth: Some(2e12),
             as_path: vec![4_200_000_001],
@@ -575,7 +590,9 @@ mod tests {
                 path_id: 3,
             },
         ];
-        let BgpMessage::Update(update) = unwire(&wire(withdraw(&w, AddPath::BOTH))) else {
+        let messages = withdraw(&w, AddPath::BOTH);
+        assert_eq!(messages.len(), 1);
+        let BgpMessage::Update(update) = unwire(&wire(messages[0].clone())) else {
             panic!("not an UPDATE")
         };
         let parsed = parse(&update, 255);
@@ -608,5 +625,54 @@ mod tests {
         r.metrics = None;
         assert_eq!(parsed.announced, vec![r]);
         assert_eq!(parsed.discarded.len(), 1, "{:?}", parsed.discarded);
+    }
+
+    #[test]
+    fn every_message_we_send_fits_in_4096_bytes() {
+        let max = usize::from(crate::bgp::errors::MAX_MESSAGE_LEN);
+        let many: Vec<Withdrawn> = (0..1000u32)
+            .map(|i| Withdrawn {
+                prefix: IpNet::V6(Ipv6Net::new(Ipv6Addr::from(u128::from(i)), 128).unwrap()),
+                path_id: u32::MAX,
+            })
+            .collect();
+        let messages = withdraw(&many, AddPath::BOTH);
+        assert_eq!(messages.len(), 1000usize.div_ceil(MAX_WITHDRAWN_PER_UPDATE));
+        for m in messages {
+            assert!(wire(m).len() <= max);
+        }
+        // The largest route: longest node name, every metric, long AS path and cluster list.
+        let mut r = route("2001:db8:cafe::1".parse().unwrap());
+        let metrics = r.metrics.as_mut().unwrap();
+        metrics.node = "n".repeat(crate::config::MAX_NODE_NAME);
+        let sample = metrics.metrics.capacity[0].1.total;
+        metrics.metrics.capacity = crate::metrics::ComputeKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    *k,
+                    Capacity {
+                        total: sample,
+                        free: sample,
+                    },
+                )
+            })
+            .collect();
+        for s in [
+            &mut metrics.metrics.cpu_utilisation,
+            &mut metrics.metrics.load_average,
+            &mut metrics.metrics.memory_available,
+            &mut metrics.metrics.in_flight,
+            &mut metrics.metrics.power,
+            &mut metrics.metrics.price,
+        ] {
+            *s = Some(sample);
+        }
+        metrics.metrics.max_in_flight = Some(1e6);
+        r.as_path = (0..255).collect();
+        r.cluster_list = vec![Ipv4Addr::LOCALHOST; 64];
+        r.originator_id = Some(Ipv4Addr::LOCALHOST);
+        let size = wire(announce(&r, EBGP)).len();
+        assert!(size <= max, "{size} bytes");
     }
 }

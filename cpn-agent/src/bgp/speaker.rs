@@ -17,7 +17,13 @@ use std::{
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use ipnet::IpNet;
-use netgauze_bgp_pkt::{BgpMessage, codec::BgpCodec, wire::deserializer::BgpParsingContext};
+use netgauze_bgp_pkt::{
+    BgpMessage,
+    codec::{BgpCodec, BgpCodecDecoderError},
+    notification::{BgpNotificationMessage, CeaseError},
+    update::BgpUpdateMessage,
+    wire::deserializer::{BgpParsingContext, BgpParsingIgnoredErrors},
+};
 use netgauze_iana::address_family::AddressType;
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -26,6 +32,7 @@ use tokio::{
 use tokio_util::codec::Framed;
 
 use super::{
+    errors::{self, Verdict},
     fsm::{Action, Event, Fsm, PeerConfig, State},
     policy::{self, Local, PathIds, Peer, Received},
     route::{self, AddPath, Route, Withdrawn},
@@ -160,7 +167,9 @@ pub async fn spawn(
             rib_changed: rib_changed.clone(),
             local: local.clone(),
             conn: None,
+            colliding: None,
             path_ids: PathIds::default(),
+            skipped: BgpParsingIgnoredErrors::default(),
             advertised: Vec::new(),
             alive: liveness.remove(&neighbor.address),
             links: links.clone(),
@@ -203,8 +212,13 @@ struct Session {
     rib_changed: watch::Receiver<u64>,
     /// The routes this node originates.
     local: watch::Receiver<Vec<Route>>,
-    conn: Option<Framed<TcpStream, BgpCodec>>,
+    conn: Option<Framed<TcpStream, errors::Codec>>,
+    /// A second connection to the same peer, held until its OPEN settles the collision
+    /// (RFC 4271 §6.8), and whether we opened it.
+    colliding: Option<(Framed<TcpStream, errors::Codec>, bool)>,
     path_ids: PathIds,
+    /// The attribute errors the codec skipped in the message being handled (RFC 7606).
+    skipped: BgpParsingIgnoredErrors,
     /// What this session has announced to the peer.
     advertised: Vec<Route>,
     /// The neighbor's link liveness, when it is probed.
@@ -228,21 +242,41 @@ impl Session {
                 .insert(self.neighbor.address, self.fsm.state());
             let deadline = self.fsm.next_deadline().map(tokio::time::Instant::from_std);
             let event = tokio::select! {
-                message = next_message(&mut self.conn) => message.map_or_else(
-                    || {
+                incoming = next_message(&mut self.conn) => match incoming {
+                    Incoming::Message(message, skipped) => {
+                        self.skipped = skipped;
+                        Event::Message(message)
+                    }
+                    Incoming::Malformed(notification, why) => {
+                        tracing::warn!(neighbor = %self.neighbor.address, %why, "malformed BGP message");
+                        Event::Malformed { notification, why }
+                    }
+                    Incoming::Closed => {
                         self.conn = None;
                         Event::TcpFailed
-                    },
-                    Event::Message,
-                ),
-                Some(stream) = accepted.recv() => self.offer(stream),
+                    }
+                },
+                Some(stream) = accepted.recv() => match self.offer(stream, false) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Some(result) = connected.recv() => match result {
-                    Ok(stream) => self.offer(stream),
+                    Ok(stream) => match self.offer(stream, true) {
+                        Some(event) => event,
+                        None => continue,
+                    },
                     Err(error) => {
                         tracing::debug!(neighbor = %self.neighbor.address, %error, "connect failed");
                         Event::TcpFailed
                     }
                 },
+                message = next_colliding(&mut self.colliding) => {
+                    let Some((BgpMessage::Open(open), outgoing)) = message else {
+                        self.colliding = None;
+                        continue;
+                    };
+                    Event::CollidingOpen { open, outgoing }
+                }
                 () = sleep_until(deadline) => {
                     actions = self.fsm.poll(Instant::now());
                     continue;
@@ -274,15 +308,21 @@ impl Session {
         }
     }
 
-    /// A new connection: taken if the FSM is waiting for one, else dropped (the existing
-    /// session wins the collision).
-    fn offer(&mut self, stream: TcpStream) -> Event {
-        if matches!(self.fsm.state(), State::Connect | State::Active) && self.conn.is_none() {
-            let _ = stream.set_nodelay(true);
-            self.conn = Some(Framed::new(stream, codec(AddPath::default())));
-            Event::TcpConnected
-        } else {
-            Event::ManualStart // a no-op in every state but Idle, where we are not waiting anyway
+    /// A new connection: taken if the FSM is waiting for one; held as colliding when a
+    /// session is under way (its OPEN decides, RFC 4271 §6.8); else dropped.
+    fn offer(&mut self, stream: TcpStream, outgoing: bool) -> Option<Event> {
+        let _ = stream.set_nodelay(true);
+        let framed = Framed::new(stream, codec(AddPath::default()));
+        match self.fsm.state() {
+            State::Connect | State::Active if self.conn.is_none() => {
+                self.conn = Some(framed);
+                Some(Event::TcpConnected { outgoing })
+            }
+            State::OpenSent | State::OpenConfirm | State::Established => {
+                self.colliding = Some((framed, outgoing));
+                None // its OPEN is the event
+            }
+            _ => None,
         }
     }
 
@@ -308,6 +348,21 @@ impl Session {
             }
             Action::Disconnect => {
                 self.conn = None;
+                self.colliding = None;
+                vec![]
+            }
+            Action::RejectColliding => {
+                if let Some((mut conn, _)) = self.colliding.take() {
+                    let _ = conn.send(collision_cease()).await;
+                }
+                vec![]
+            }
+            Action::AdoptColliding => {
+                tracing::info!(neighbor = %self.neighbor.address, "connection collision: carrying on over the peer's connection");
+                if let Some(mut old) = self.conn.take() {
+                    let _ = old.send(collision_cease()).await;
+                }
+                self.conn = self.colliding.take().map(|(conn, _)| conn);
                 vec![]
             }
             Action::Send(message) => self.send(message).await,
@@ -335,48 +390,76 @@ impl Session {
                 self.advertised.clear();
                 self.advertise().await
             }
-            Action::Update(update) => {
-                let parsed = route::parse(&update, self.metric_code);
-                for discarded in &parsed.discarded {
-                    tracing::warn!(neighbor = %self.neighbor.address, %discarded, "attribute discarded (RFC 7606)");
-                }
-                let mut rib = self.rib.lock().expect("rib lock");
-                for w in parsed.withdrawn {
-                    rib.routes
-                        .remove(&(self.neighbor.address, w.prefix, w.path_id));
-                }
-                for r in parsed.announced {
-                    let key = (self.neighbor.address, r.prefix, r.path_id);
-                    if let Err(looped) = policy::accept(&self.me, &r) {
-                        // Treated as withdrawn: an earlier copy of the path goes too.
-                        tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
-                        rib.routes.remove(&key);
-                        continue;
-                    }
-                    let received = Received {
-                        from: self.peer,
-                        from_id: self.peer_id,
-                        route: r,
-                        link_us: 0, // filled in when exported
-                    };
-                    rib.routes.insert(key, received);
-                }
-                let received = rib
-                    .routes
-                    .keys()
-                    .filter(|(n, _, _)| *n == self.neighbor.address)
-                    .count();
-                rib.touch();
-                drop(rib);
-                match self.neighbor.max_prefixes {
-                    Some(limit) if received > limit => {
-                        tracing::warn!(neighbor = %self.neighbor.address, received, limit, "maximum prefixes exceeded, closing the session");
-                        self.fsm
-                            .handle(Instant::now(), Event::TooManyPrefixes(limit))
-                    }
-                    _ => vec![],
-                }
+            Action::Update(update) => self.learn(&update),
+        }
+    }
+
+    /// Takes an UPDATE into the Adj-RIB-In, weighed by RFC 7606 (errors.rs) and loop
+    /// prevention, and enforces the neighbor's prefix limit.
+    fn learn(&mut self, update: &BgpUpdateMessage) -> Vec<Action> {
+        let internal = self.peer.asn == self.me.asn;
+        let skipped = std::mem::take(&mut self.skipped);
+        let mut parsed = route::parse(update, self.metric_code);
+        match errors::check(update, &skipped, internal) {
+            Verdict::Accept { discarded } => parsed.discarded.extend(discarded),
+            Verdict::TreatAsWithdraw { why } => {
+                tracing::warn!(neighbor = %self.neighbor.address, %why, "UPDATE treated as withdraw (RFC 7606)");
+                let announced = std::mem::take(&mut parsed.announced);
+                parsed
+                    .withdrawn
+                    .extend(announced.into_iter().map(|r| Withdrawn {
+                        prefix: r.prefix,
+                        path_id: r.path_id,
+                    }));
             }
+            Verdict::SessionReset { notification, why } => {
+                return self.fsm.handle(
+                    Instant::now(),
+                    Event::Malformed {
+                        notification: Some(notification),
+                        why,
+                    },
+                );
+            }
+        }
+        for discarded in &parsed.discarded {
+            tracing::warn!(neighbor = %self.neighbor.address, %discarded, "attribute discarded (RFC 7606)");
+        }
+        let mut rib = self.rib.lock().expect("rib lock");
+        for w in parsed.withdrawn {
+            rib.routes
+                .remove(&(self.neighbor.address, w.prefix, w.path_id));
+        }
+        for r in parsed.announced {
+            let key = (self.neighbor.address, r.prefix, r.path_id);
+            if let Err(looped) = policy::accept(&self.me, &r) {
+                // Treated as withdrawn: an earlier copy of the path goes too.
+                tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
+                rib.routes.remove(&key);
+                continue;
+            }
+            let received = Received {
+                from: self.peer,
+                from_id: self.peer_id,
+                route: r,
+                link_us: 0, // filled in when exported
+            };
+            rib.routes.insert(key, received);
+        }
+        let received = rib
+            .routes
+            .keys()
+            .filter(|(n, _, _)| *n == self.neighbor.address)
+            .count();
+        rib.touch();
+        drop(rib);
+        match self.neighbor.max_prefixes {
+            Some(limit) if received > limit => {
+                tracing::warn!(neighbor = %self.neighbor.address, received, limit, "maximum prefixes exceeded, closing the session");
+                self.fsm
+                    .handle(Instant::now(), Event::TooManyPrefixes(limit))
+            }
+            _ => vec![],
         }
     }
 
@@ -427,7 +510,7 @@ impl Session {
             .collect();
         let mut messages = Vec::new();
         if !withdrawn.is_empty() {
-            messages.push(route::withdraw(&withdrawn, self.peer.add_path));
+            messages.extend(route::withdraw(&withdrawn, self.peer.add_path));
         }
         for r in current.iter().filter(|r| !self.advertised.contains(r)) {
             let encoding = route::Encoding {
@@ -447,18 +530,51 @@ impl Session {
     }
 }
 
-async fn next_message(conn: &mut Option<Framed<TcpStream, BgpCodec>>) -> Option<BgpMessage> {
-    match conn {
-        Some(conn) => match conn.next().await {
-            Some(Ok((message, _ignored))) => Some(message),
-            Some(Err(error)) => {
-                tracing::warn!(%error, "undecodable BGP message");
-                None
-            }
-            None => None,
-        },
-        None => std::future::pending().await,
+/// What arrives on a connection.
+enum Incoming {
+    /// A message, with the attribute errors the codec skipped (RFC 7606).
+    Message(BgpMessage, BgpParsingIgnoredErrors),
+    /// A message that cannot be read: the NOTIFICATION to answer with, and why.
+    Malformed(Option<BgpNotificationMessage>, String),
+    Closed,
+}
+
+async fn next_message(conn: &mut Option<Framed<TcpStream, errors::Codec>>) -> Incoming {
+    let Some(conn) = conn else {
+        return std::future::pending().await;
+    };
+    match conn.next().await {
+        Some(Ok((message, skipped))) => Incoming::Message(message, skipped),
+        Some(Err(error @ BgpCodecDecoderError::BgpMessageParsingError(_))) => {
+            Incoming::Malformed(errors::notification(&error), error.to_string())
+        }
+        Some(Err(error)) => {
+            tracing::debug!(%error, "BGP connection failed");
+            Incoming::Closed
+        }
+        None => Incoming::Closed,
     }
+}
+
+async fn next_colliding(
+    colliding: &mut Option<(Framed<TcpStream, errors::Codec>, bool)>,
+) -> Option<(BgpMessage, bool)> {
+    let Some((conn, outgoing)) = colliding else {
+        return std::future::pending().await;
+    };
+    let outgoing = *outgoing;
+    match conn.next().await {
+        Some(Ok((message, _))) => Some((message, outgoing)),
+        _ => None,
+    }
+}
+
+fn collision_cease() -> BgpMessage {
+    BgpMessage::Notification(BgpNotificationMessage::CeaseError(
+        CeaseError::ConnectionCollisionResolution {
+            value: Box::new([]),
+        },
+    ))
 }
 
 /// Connects to a neighbor, signing the connection with `key` when there is one.
@@ -493,13 +609,172 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// A codec for one session; path identifiers are read once ADD-PATH is negotiated.
-fn codec(add_path: AddPath) -> BgpCodec {
+pub fn codec(add_path: AddPath) -> errors::Codec {
     let families = HashMap::from([
         (AddressType::Ipv6Unicast, add_path.ipv6),
         (AddressType::Ipv4Unicast, add_path.ipv4),
     ]);
-    BgpCodec::new_from_ctx(
+    // Malformed attributes are skipped and reported, not fatal: errors.rs weighs them.
+    errors::Codec(BgpCodec::new_from_ctx(
         true,
         BgpParsingContext::new(true, HashMap::new(), families, false, false, false, false),
-    )
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The speaker over real TCP on loopback, against a scripted peer.
+
+    use std::net::Ipv6Addr;
+
+    use netgauze_bgp_pkt::notification::MessageHeaderError;
+
+    use super::*;
+    use crate::bgp::fsm::PeerConfig;
+
+    const US: u32 = 65001;
+    const PEER: u32 = 65002;
+
+    /// Our speaker listening on a loopback port for one passive neighbor, 127.0.0.1.
+    async fn speaker() -> (SharedRib, SocketAddr) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = SpeakerConfig {
+            asn: US,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            cluster_id: None,
+            next_hop: Ipv6Addr::LOCALHOST,
+            listen,
+            hold_time: Duration::from_secs(30),
+            connect_retry: Duration::from_secs(1),
+            metric_code: 255,
+            neighbors: vec![NeighborConfig {
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 1, // never dialled: passive
+                asn: PEER,
+                passive: true,
+                rr_client: false,
+                max_prefixes: None,
+                md5_key: None,
+            }],
+        };
+        let (_tx, local) = watch::channel(Vec::new());
+        let (rib, _tasks) = spawn(config, local, Liveness::default(), SharedLinks::default())
+            .await
+            .unwrap();
+        (rib, listen)
+    }
+
+    /// A scripted peer: connects, opens, and is Established with the speaker.
+    async fn peer(to: SocketAddr) -> Framed<TcpStream, errors::Codec> {
+        let mut conn = Framed::new(
+            TcpStream::connect(to).await.unwrap(),
+            codec(AddPath::default()),
+        );
+        let me = Fsm::new(PeerConfig {
+            local_asn: PEER,
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            peer_asn: US,
+            hold_time: Duration::from_secs(30),
+            connect_retry: Duration::from_secs(1),
+            passive: false,
+        });
+        conn.send(me.open()).await.unwrap();
+        conn.send(BgpMessage::KeepAlive).await.unwrap();
+        // The speaker's OPEN and KEEPALIVE.
+        for _ in 0..2 {
+            conn.next().await.unwrap().unwrap();
+        }
+        conn
+    }
+
+    /// An UPDATE for `fc00::5/128`, path id 1 (both sides offer ADD-PATH), with this ORIGIN
+    /// value (0 is IGP, 7 is malformed).
+    fn update(origin: u8) -> Vec<u8> {
+        let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x80, 14, 42, 0, 2, 1, 16];
+        attrs.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        attrs.extend_from_slice(&[0, 0, 0, 0, 1, 128]);
+        attrs.extend_from_slice(&"fc00::5".parse::<Ipv6Addr>().unwrap().octets());
+        message(
+            2,
+            &[
+                &[0, 0],
+                &u16::try_from(attrs.len()).unwrap().to_be_bytes(),
+                &attrs,
+            ],
+        )
+    }
+
+    fn message(kind: u8, body: &[&[u8]]) -> Vec<u8> {
+        let body = body.concat();
+        let mut out = vec![0xff; 16];
+        out.extend_from_slice(&u16::try_from(19 + body.len()).unwrap().to_be_bytes());
+        out.push(kind);
+        out.extend(body);
+        out
+    }
+
+    async fn raw(conn: &mut Framed<TcpStream, errors::Codec>, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        conn.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    async fn eventually(rib: &SharedRib, what: &str, f: impl Fn(&RibIn) -> bool) {
+        for _ in 0..200 {
+            if f(&rib.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_origin_withdraws_the_route_and_keeps_the_session() {
+        let (rib, listen) = speaker().await;
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update(0)).await;
+        eventually(&rib, "the route is learned", |r| r.routes().count() == 1).await;
+        raw(&mut conn, &update(7)).await;
+        eventually(&rib, "the route is withdrawn", |r| r.routes().count() == 0).await;
+        // Still up: a good UPDATE is taken again.
+        raw(&mut conn, &update(0)).await;
+        eventually(&rib, "the route is learned again", |r| {
+            r.routes().count() == 1
+                && r.sessions.get(&IpAddr::V4(Ipv4Addr::LOCALHOST)) == Some(&State::Established)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_message_over_4096_bytes_is_answered_with_bad_message_length() {
+        let (rib, listen) = speaker().await;
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update(0)).await;
+        eventually(&rib, "the route is learned", |r| r.routes().count() == 1).await;
+        raw(&mut conn, &message(2, &[&[0u8; 4100]])).await;
+        let answer = loop {
+            match conn.next().await {
+                Some(Ok((BgpMessage::KeepAlive, _))) => {}
+                other => break other,
+            }
+        };
+        let Some(Ok((BgpMessage::Notification(n), _))) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(
+            n,
+            BgpNotificationMessage::MessageHeaderError(MessageHeaderError::BadMessageLength {
+                value: Box::new(4119u16.to_be_bytes()),
+            })
+        );
+        eventually(&rib, "the session's routes are gone", |r| {
+            r.routes().count() == 0
+        })
+        .await;
+    }
 }

@@ -84,6 +84,20 @@ pub struct Policy {
     pub max_metric_age: Duration,
 }
 
+impl Policy {
+    /// A service without a `[[policy]]`: any grade, no latency or loss bound, default weights.
+    pub fn default_for(kind: ComputeKind) -> Self {
+        Self {
+            kind,
+            min_grade: Grade::G4,
+            max_latency: None,
+            max_loss: None,
+            objective: Objective::default(),
+            max_metric_age: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The network path to a candidate, as the ingress sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Path {
