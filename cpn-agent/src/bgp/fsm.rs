@@ -117,6 +117,9 @@ pub struct PeerConfig {
 
 /// Hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 const LARGE_HOLD: Duration = Duration::from_mins(4);
+/// How long a session closed for too many prefixes stays down before it restarts (as FRR's
+/// `maximum-prefix N restart 1`).
+pub const MAX_PREFIX_IDLE_HOLD: Duration = Duration::from_mins(1);
 /// `AS_TRANS` (RFC 6793), sent in the 2-byte field when the ASN needs 4 bytes.
 pub const AS_TRANS: u16 = 23456;
 
@@ -201,13 +204,7 @@ impl Fsm {
             }
             (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
             (State::Established, Event::TooManyPrefixes(limit)) => {
-                // Data: AFI (2), SAFI (1), the limit (4).
-                let mut value = vec![0, 2, 1];
-                value.extend_from_slice(&u32::try_from(limit).unwrap_or(u32::MAX).to_be_bytes());
-                let error = CeaseError::MaximumNumberOfPrefixesReached {
-                    value: value.into_boxed_slice(),
-                };
-                self.cease(now, error, &format!("more than {limit} prefixes received"))
+                self.too_many_prefixes(now, limit)
             }
             (
                 State::OpenSent | State::OpenConfirm | State::Established,
@@ -315,6 +312,19 @@ impl Fsm {
             return vec![Action::Connect];
         }
         vec![]
+    }
+
+    fn too_many_prefixes(&mut self, now: Instant, limit: usize) -> Vec<Action> {
+        // Data: AFI (2), SAFI (1), the limit (4).
+        let mut value = vec![0, 2, 1];
+        value.extend_from_slice(&u32::try_from(limit).unwrap_or(u32::MAX).to_be_bytes());
+        let error = CeaseError::MaximumNumberOfPrefixesReached {
+            value: value.into_boxed_slice(),
+        };
+        let actions = self.cease(now, error, &format!("more than {limit} prefixes received"));
+        // A peer that floods us would flood us again at once: stay down longer.
+        self.restart_at = self.restart_at.map(|_| now + MAX_PREFIX_IDLE_HOLD);
+        actions
     }
 
     fn stop(&mut self, now: Instant) -> Vec<Action> {
@@ -650,6 +660,7 @@ mod tests {
         };
         assert_eq!(&value[..], &[0, 2, 1, 0, 0, 0, 100]);
         assert_eq!(a.state(), State::Idle);
+        assert_eq!(a.next_deadline(), Some(now + MAX_PREFIX_IDLE_HOLD));
     }
 
     #[test]

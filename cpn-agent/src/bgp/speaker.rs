@@ -232,8 +232,13 @@ impl Session {
         let mut actions = self.fsm.handle(Instant::now(), Event::ManualStart);
         let mut local_done = false;
         loop {
-            for action in std::mem::take(&mut actions) {
-                actions.extend(self.act(action, &connected_tx).await);
+            // Carrying out an action can lead to more (a failed send, a prefix limit, a
+            // malformed UPDATE): run them all before waiting again.
+            while !actions.is_empty() {
+                for action in std::mem::take(&mut actions) {
+                    let more = self.act(action, &connected_tx).await;
+                    actions.extend(more);
+                }
             }
             self.rib
                 .lock()
@@ -637,6 +642,10 @@ mod tests {
 
     /// Our speaker listening on a loopback port for one passive neighbor, 127.0.0.1.
     async fn speaker() -> (SharedRib, SocketAddr) {
+        speaker_with(None).await
+    }
+
+    async fn speaker_with(max_prefixes: Option<usize>) -> (SharedRib, SocketAddr) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -658,7 +667,7 @@ mod tests {
                 asn: PEER,
                 passive: true,
                 rr_client: false,
-                max_prefixes: None,
+                max_prefixes,
                 md5_key: None,
             }],
         };
@@ -695,9 +704,13 @@ mod tests {
     /// An UPDATE for `fc00::5/128`, path id 1 (both sides offer ADD-PATH), with this ORIGIN
     /// value (0 is IGP, 7 is malformed).
     fn update(origin: u8) -> Vec<u8> {
+        update_path(origin, 1)
+    }
+
+    fn update_path(origin: u8, path_id: u8) -> Vec<u8> {
         let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x80, 14, 42, 0, 2, 1, 16];
         attrs.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        attrs.extend_from_slice(&[0, 0, 0, 0, 1, 128]);
+        attrs.extend_from_slice(&[0, 0, 0, 0, path_id, 128]);
         attrs.extend_from_slice(&"fc00::5".parse::<Ipv6Addr>().unwrap().octets());
         message(
             2,
@@ -750,6 +763,45 @@ mod tests {
         .await;
     }
 
+    /// The next message from the speaker that is not a KEEPALIVE.
+    async fn next_non_keepalive(conn: &mut Framed<TcpStream, errors::Codec>) -> Option<BgpMessage> {
+        loop {
+            match conn.next().await {
+                Some(Ok((BgpMessage::KeepAlive, _))) => {}
+                Some(Ok((message, _))) => return Some(message),
+                _ => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn more_prefixes_than_allowed_end_the_session() {
+        let (rib, listen) = speaker_with(Some(1)).await;
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update_path(0, 1)).await;
+        eventually(&rib, "the first path is learned", |r| {
+            r.routes().count() == 1
+        })
+        .await;
+        raw(&mut conn, &update_path(0, 2)).await;
+        let answer = next_non_keepalive(&mut conn).await;
+        assert!(
+            matches!(
+                answer,
+                Some(BgpMessage::Notification(
+                    BgpNotificationMessage::CeaseError(
+                        CeaseError::MaximumNumberOfPrefixesReached { .. }
+                    )
+                ))
+            ),
+            "{answer:?}"
+        );
+        eventually(&rib, "the session's routes are gone", |r| {
+            r.routes().count() == 0
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn a_message_over_4096_bytes_is_answered_with_bad_message_length() {
         let (rib, listen) = speaker().await;
@@ -757,13 +809,8 @@ mod tests {
         raw(&mut conn, &update(0)).await;
         eventually(&rib, "the route is learned", |r| r.routes().count() == 1).await;
         raw(&mut conn, &message(2, &[&[0u8; 4100]])).await;
-        let answer = loop {
-            match conn.next().await {
-                Some(Ok((BgpMessage::KeepAlive, _))) => {}
-                other => break other,
-            }
-        };
-        let Some(Ok((BgpMessage::Notification(n), _))) = answer else {
+        let answer = next_non_keepalive(&mut conn).await;
+        let Some(BgpMessage::Notification(n)) = answer else {
             panic!("{answer:?}")
         };
         assert_eq!(
