@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use base64::Engine as _;
 use cpn_tests::{
     bgp_lab::{bgp_section, compute_config},
     lab::{Lab, wait_for},
@@ -340,10 +341,23 @@ fn gobgp_reads_our_service_routes() -> Result<()> {
         "End.DT6 (18) as the SID's behavior: {text}"
     );
     ensure!(text.contains("\"type\":26"), "AIGP: {text}");
-    ensure!(
-        text.contains("\"type\":255"),
-        "the CPN metric attribute: {text}"
-    );
+    // Our metric attribute as GoBGP holds it (an unknown attribute, value in base64), read back
+    // with our decoder: the node, its capacity and its own score crossed intact.
+    let value = rib
+        .as_object()
+        .into_iter()
+        .flat_map(|prefixes| prefixes.values())
+        .flat_map(|paths| paths.as_array().cloned().unwrap_or_default())
+        .flat_map(|path| path["attrs"].as_array().cloned().unwrap_or_default())
+        .find(|attr| attr["type"] == 255)
+        .and_then(|attr| attr["value"].as_str().map(str::to_owned))
+        .with_context(|| format!("the CPN metric attribute (type 255): {text}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value)?;
+    let metrics = cpn_agent::bgp::metric_attr::decode(&bytes)?;
+    ensure!(metrics.node == "compute1", "{metrics:?}");
+    ensure!(!metrics.metrics.capacity.is_empty(), "{metrics:?}");
+    let score = metrics.score.context("the score TLV")?;
+    ensure!((0.0..=1.0).contains(&score.l2), "{metrics:?}");
     ensure!(
         text.contains("\"type\":40"),
         "the Prefix-SID attribute: {text}"
