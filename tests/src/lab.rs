@@ -194,6 +194,19 @@ impl Lab {
         terminate(&what, child)
     }
 
+    /// Kills a process started with [`Lab::spawn`] with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self, pid: u32) -> Result<()> {
+        let index = self
+            .processes
+            .iter()
+            .position(|(_, c)| c.id() == pid)
+            .with_context(|| format!("no process {pid} in lab {}", self.name))?;
+        let (_, mut child) = self.processes.remove(index);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// Hands out a fresh bpffs directory for one agent's pinned maps, removed on drop.
     pub fn pin_dir(&mut self, node: &str) -> Result<PathBuf> {
         self.node(node)?;

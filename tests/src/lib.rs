@@ -6,8 +6,12 @@
 //!   are removed when dropped, even after a panic.
 
 pub mod bgp_lab;
+pub mod chart;
+pub mod cpn_lab;
+pub mod demo;
 pub mod dut;
 pub mod fixture;
 pub mod lab;
 pub mod packet;
 pub mod steering_lab;
+pub mod traffic;

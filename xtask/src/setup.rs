@@ -21,6 +21,8 @@ const BUILD_PACKAGES: &[&str] = &[
 const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
+    // The font of the demo's chart (`--record`).
+    "fonts-dejavu-core",
     "frr",
     "gobgpd",
     "iproute2",

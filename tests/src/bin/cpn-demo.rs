@@ -1,144 +1,143 @@
-//! `cargo xtask demo`: a network-namespace lab with cpn agents, real traffic, and the data-plane
-//! counters read back from the pinned maps.
-//!
-//! ```text
-//!   client ──eth0───eth0── ingress ──eth1───eth0── compute
-//!                          cpn_steer              cpn_endpoint
-//! ```
-//! At this stage the programs parse and count; SRv6 steering arrives with the data-plane issue.
+//! `cargo xtask demo`: a lab of network namespaces where cpn agents steer real traffic by
+//! compute load and path latency, shown live, act by act (see `cpn_tests::demo`). Exits 0 only
+//! if every act showed the expected steering.
 
-use std::process::ExitCode;
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result, ensure};
-use cpn_agent::dataplane::{Program, ProtoStats, pinned_proto_stats};
-use cpn_common::stats::ProtoCounter;
-use cpn_tests::lab::{Agent, Lab};
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use cpn_tests::{
+    chart,
+    cpn_lab::{CpnLab, Topology},
+    demo::{self, INTERRUPTED},
+};
 
-const PINGS: u64 = 20;
+/// The lab `cargo xtask demo` runs by default.
+const DEMO_TOPOLOGY: &str = include_str!("../../topologies/demo.toml");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cpn-demo",
+    about = "A live lab of cpn agents steering real traffic"
+)]
+struct Args {
+    /// Run your own lab (see tests/topologies/demo.toml for the format).
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
+    /// After the acts, keep the lab running for cpnctl and bpftool until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// Also write a PNG chart of each node's share of new flows (and the summary) to DIR.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Length of each act, in seconds.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(4..=600))]
+    act_seconds: u64,
+}
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let args = Args::parse();
+    if let Err(error) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed)) {
+        eprintln!("demo: cannot catch Ctrl-C ({error}); the lab is still removed at the end");
+    }
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("[demo] some acts did not show the expected steering (see above)");
+            ExitCode::FAILURE
+        }
         Err(error) => {
-            eprintln!("demo failed: {error:#}");
+            eprintln!("[demo] failed: {error:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<()> {
-    say("building the lab: client -- ingress -- compute (network namespaces, veth links)");
-    let mut lab = Lab::builder("demo")
-        .node("client")
-        .node("ingress")
-        .node("compute")
-        .link(("client", "eth0"), ("ingress", "eth0"))
-        .link(("ingress", "eth1"), ("compute", "eth0"))
-        .build()?;
-    address(&lab, "client", "eth0", "2001:db8:1::1/64", "10.0.1.1/24")?;
-    address(&lab, "ingress", "eth0", "2001:db8:1::2/64", "10.0.1.2/24")?;
-    address(&lab, "ingress", "eth1", "2001:db8:2::1/64", "10.0.2.1/24")?;
-    address(&lab, "compute", "eth0", "2001:db8:2::2/64", "10.0.2.2/24")?;
-    lab.node("ingress")?.enable_forwarding()?;
-    for (node, v6, v4) in [
-        ("client", "2001:db8:1::2", "10.0.1.2"),
-        ("compute", "2001:db8:2::1", "10.0.2.1"),
-    ] {
-        lab.node(node)?.add_route(&["default", "via", v6])?;
-        lab.node(node)?.add_route(&["default", "via", v4])?;
-    }
-
-    say("starting cpn-agent on ingress (cpn_steer on eth0) and compute (cpn_endpoint on eth0)");
-    let ingress = lab.start_agent("ingress", &agent_config("ingress", "steer"))?;
-    let compute = lab.start_agent("compute", &agent_config("compute", "endpoint"))?;
-    let before = [
-        read(&ingress, Program::Steer)?,
-        read(&compute, Program::Endpoint)?,
-    ];
-
+fn run(args: &Args) -> Result<bool> {
+    let (source, text) = match &args.topology {
+        Some(path) => (
+            path.clone(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the topology {}", path.display()))?,
+        ),
+        None => (
+            PathBuf::from("tests/topologies/demo.toml"),
+            DEMO_TOPOLOGY.to_owned(),
+        ),
+    };
+    let topology = Topology::parse(&source, &text)?;
     say(&format!(
-        "client pings compute through ingress: {PINGS} IPv6 and {PINGS} IPv4 echo requests"
+        "building the lab from {}: {} clients, ingress, transit, {} compute nodes; an agent on \
+         every node, speaking BGP",
+        source.display(),
+        topology.clients.len(),
+        topology.computes.len()
     ));
-    let client = lab.node("client")?;
-    let count = PINGS.to_string();
-    for target in ["2001:db8:2::2", "10.0.2.2"] {
-        let out = client.run(&["ping", "-c", &count, "-i", "0.02", "-W", "2", target])?;
-        let summary = String::from_utf8_lossy(&out.stdout);
-        let line = summary
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or("");
-        say(&format!("  ping {target}: {line}"));
-    }
-
-    let after = [
-        read(&ingress, Program::Steer)?,
-        read(&compute, Program::Endpoint)?,
-    ];
-    say("data-plane counters read from the pinned maps (packets seen by each XDP program):");
-    print_table(&[
-        ("ingress", Program::Steer, &before[0], &after[0]),
-        ("compute", Program::Endpoint, &before[1], &after[1]),
-    ]);
-    println!();
+    let started = Instant::now();
+    let mut lab = CpnLab::start("demo", topology)?;
     say(&format!(
-        "inspect them yourself while an agent runs: bpftool map dump pinned {}",
-        ingress
-            .pin_dir
-            .join(Program::Steer.proto_stats_map())
-            .display()
+        "every service answers through the ingress ({:.1} s); driving traffic from every client",
+        started.elapsed().as_secs_f64()
     ));
+    let record = demo::run(&mut lab, Duration::from_secs(args.act_seconds))
+        .with_context(|| format!("agent logs:\n{}", tail(&lab.logs())))?;
+    let summary = demo::summary(&record.verdicts);
+    println!("\n[demo] summary\n{summary}");
+    if let Some(dir) = &args.record {
+        std::fs::create_dir_all(dir)?;
+        let nodes: Vec<String> = lab
+            .topology
+            .computes
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let png = dir.join("demo.png");
+        chart::draw(&record, &nodes, &png)?;
+        std::fs::write(dir.join("summary.txt"), &summary)?;
+        say(&format!("chart written to {}", png.display()));
+    }
+    if args.keep {
+        keep(&lab);
+    }
+    say("removing the lab (agents stopped, namespaces and pins removed)");
+    Ok(record.verdicts.iter().all(|v| v.passed))
+}
 
-    for (node, program, b, a) in [
-        ("ingress", Program::Steer, &before[0], &after[0]),
-        ("compute", Program::Endpoint, &before[1], &after[1]),
-    ] {
-        for proto in [ProtoCounter::Ipv6, ProtoCounter::Ipv4] {
-            let seen = a.get(proto).packets - b.get(proto).packets;
-            ensure!(
-                seen >= PINGS,
-                "{node}'s {program} counted {seen} {} packets, expected at least {PINGS}",
-                proto.name()
-            );
+/// Waits for Ctrl-C with the lab up, saying how to look at it.
+fn keep(lab: &CpnLab) {
+    say("the lab stays up until Ctrl-C. Look at it from another terminal:");
+    for node in ["ingress", "transit"] {
+        if let Ok(n) = lab.lab.node(node) {
+            say(&format!(
+                "  {node}: ip netns exec {} ip -6 route show proto bgp",
+                n.netns()
+            ));
         }
     }
-    say("every echo request crossed both XDP programs and was counted: ok");
-    say("cleaning up (agents stopped, namespaces and pins removed)");
-    Ok(())
-}
-
-fn address(lab: &Lab, node: &str, interface: &str, v6: &str, v4: &str) -> Result<()> {
-    let node = lab.node(node)?;
-    node.add_address(interface, v6)?;
-    node.add_address(interface, v4)
-}
-
-fn agent_config(node: &str, program: &str) -> String {
-    format!(
-        "[node]\nname = \"{node}\"\n\n[[interface]]\nname = \"eth0\"\nprogram = \"{program}\"\n"
-    )
-}
-
-fn read(agent: &Agent, program: Program) -> Result<ProtoStats> {
-    pinned_proto_stats(&agent.pin_dir, program)
-        .with_context(|| format!("reading {program}'s counters"))
-}
-
-fn print_table(rows: &[(&str, Program, &ProtoStats, &ProtoStats)]) {
-    print!("  {:<9} {:<13}", "node", "program");
-    for proto in ProtoCounter::ALL {
-        print!("  {}", proto.name());
+    if let Some(agent) = lab.agents.get("ingress") {
+        say(&format!(
+            "  ingress maps: bpftool map dump pinned {}/nodes",
+            agent.pin_dir.display()
+        ));
+        say(&format!(
+            "  ingress decisions: {}",
+            lab.lab.workdir().join("explain.json").display()
+        ));
     }
-    println!();
-    for (node, program, before, after) in rows {
-        print!("  {node:<9} {:<13}", program.name());
-        for proto in ProtoCounter::ALL {
-            let width = proto.name().len();
-            let packets = after.get(proto).packets - before.get(proto).packets;
-            print!("  {packets:>width$}");
-        }
-        println!();
+    while !INTERRUPTED.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The last lines of the agents' logs, for an error message.
+fn tail(logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 fn say(line: &str) {

@@ -1,0 +1,618 @@
+//! A lab described by a topology file: clients, one ingress, one transit router and compute
+//! nodes, each with an agent speaking BGP (distributed mode: one AS per node), each compute
+//! node serving real TCP services. The demo and the scenario tests run on it.
+//!
+//! ```text
+//!   client1 ─┐                      ┌─ [wan1] ── compute1     [wanN]: a delay line giving
+//!   client2 ─┼─ ingress ── transit ─┼─ [wan2] ── compute2     computeN's path its configured
+//!      …     ┘  cpn_steer  endpoint └─    …         …         latency (the kernel here has no
+//!                                                              netem)
+//! ```
+//!
+//! Addresses are derived from positions: client `i` is `2001:db8:i::1` and `10.0.i.1` behind
+//! the ingress's `eth{i}`; the ingress-transit link is `2001:db8:100::/64` and
+//! `10.100.0.0/24`; compute `n` is `2001:db8:2nn::2` and `10.200.n.2` behind the transit's
+//! `eth{n}`, with locator `fc00:n::/32` and one End.DT46 SID `fc00:n::d6` for all its services.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde::Deserialize;
+
+use crate::lab::{Agent, Lab, wait_for};
+
+const INGRESS_AS: u32 = 4_200_000_100;
+const TRANSIT_AS: u32 = 4_200_000_050;
+/// The port a service without one listens on.
+pub const DEFAULT_PORT: u16 = 7000;
+/// Requests a service can have in flight (its `max_in_flight`).
+pub const MAX_IN_FLIGHT: u32 = 1000;
+
+/// A lab's description (see `tests/topologies/demo.toml` for a commented example).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    #[serde(rename = "client")]
+    pub clients: Vec<ClientSpec>,
+    #[serde(rename = "compute")]
+    pub computes: Vec<ComputeSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Anycast address, IPv6 or IPv4.
+    pub address: IpAddr,
+    /// The TCP port the ingress's policy names; without one the policy covers every port and
+    /// the service listens on [`DEFAULT_PORT`].
+    pub port: Option<u16>,
+    #[serde(default = "cpu")]
+    pub kind: String,
+    pub min_grade: Option<u8>,
+    pub max_latency_ms: Option<f64>,
+    /// Objective weights, as in the agent's `[[policy]]` (default: latency 1, load 1).
+    pub latency_weight: Option<f64>,
+    pub load_weight: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSpec {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSpec {
+    pub name: String,
+    /// Capacity per kind, operations per second, e.g. `{ cpu = 2e12 }`.
+    pub capacity: BTreeMap<String, f64>,
+    /// One-way latency the delay line adds between the transit and this node (0: none).
+    #[serde(default)]
+    pub latency_ms: f64,
+    /// Names of the services it serves (default: all).
+    pub services: Option<Vec<String>>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+impl ServiceSpec {
+    pub fn listen_port(&self) -> u16 {
+        self.port.unwrap_or(DEFAULT_PORT)
+    }
+}
+
+impl ComputeSpec {
+    pub fn serves(&self, service: &ServiceSpec) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|names| names.contains(&service.name))
+    }
+}
+
+impl Topology {
+    /// Reads and checks a topology; errors name the file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let topology: Self =
+            toml::from_str(text).with_context(|| format!("topology {}", path.display()))?;
+        ensure!(
+            !topology.clients.is_empty() && !topology.computes.is_empty(),
+            "topology {}: needs at least one [[client]] and one [[compute]]",
+            path.display()
+        );
+        ensure!(
+            topology.clients.len() <= 99 && topology.computes.len() <= 99,
+            "topology {}: at most 99 clients and 99 compute nodes",
+            path.display()
+        );
+        for compute in &topology.computes {
+            for name in compute.services.iter().flatten() {
+                ensure!(
+                    topology.services.iter().any(|s| &s.name == name),
+                    "topology {}: compute {} serves `{name}`, which no [[service]] defines",
+                    path.display(),
+                    compute.name
+                );
+            }
+        }
+        Ok(topology)
+    }
+}
+
+/// A running lab.
+#[derive(Debug)]
+pub struct CpnLab {
+    pub lab: Lab,
+    pub topology: Topology,
+    pub agents: BTreeMap<String, Agent>,
+    /// Each compute node's load knob: extra requests its services report in flight.
+    knobs: BTreeMap<String, PathBuf>,
+}
+
+impl CpnLab {
+    /// Builds the lab, starts every agent and service, and waits until every service answers
+    /// through the ingress from the first client.
+    pub fn start(name: &str, topology: Topology) -> Result<Self> {
+        let mut builder = Lab::builder(name).node("ingress").node("transit");
+        builder = builder.link(("ingress", "eth0"), ("transit", "eth0"));
+        for (i, client) in topology.clients.iter().enumerate() {
+            builder = builder.node(&client.name).link(
+                ("ingress", &format!("eth{}", i + 1)),
+                (&client.name, "eth0"),
+            );
+        }
+        for (i, compute) in topology.computes.iter().enumerate() {
+            let n = i + 1;
+            builder = builder.node(&compute.name);
+            if compute.latency_ms > 0.0 {
+                let wan = format!("wan{n}");
+                builder = builder
+                    .node(&wan)
+                    .link(("transit", &format!("eth{n}")), (&wan, "eth0"))
+                    .link((&wan, "eth1"), (&compute.name, "eth0"));
+            } else {
+                builder = builder.link(("transit", &format!("eth{n}")), (&compute.name, "eth0"));
+            }
+        }
+        let mut lab = builder.build()?;
+        address_plan(&lab, &topology)?;
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "transit".to_owned(),
+            lab.start_agent("transit", &transit_config(&topology))?,
+        );
+        let explain = lab.workdir().join("explain.json");
+        agents.insert(
+            "ingress".to_owned(),
+            lab.start_agent("ingress", &ingress_config(&topology, &explain))?,
+        );
+        let mut knobs = BTreeMap::new();
+        for (i, compute) in topology.computes.iter().enumerate() {
+            let n = i + 1;
+            if compute.latency_ms > 0.0 {
+                start_delay_line(&mut lab, &format!("wan{n}"), compute.latency_ms)?;
+            }
+            let knob = lab.workdir().join(format!("{}.load", compute.name));
+            fs::write(&knob, "0\n")?;
+            let mut served = Vec::new();
+            for service in topology.services.iter().filter(|s| compute.serves(s)) {
+                let inflight = lab
+                    .workdir()
+                    .join(format!("{}-{}.inflight", compute.name, service.name));
+                start_service(&mut lab, &compute.name, service, &inflight, &knob)?;
+                served.push((service, inflight));
+            }
+            let config = compute_config(n, compute, &served);
+            agents.insert(
+                compute.name.clone(),
+                lab.start_agent(&compute.name, &config)?,
+            );
+            knobs.insert(compute.name.clone(), knob);
+        }
+        let lab = Self {
+            lab,
+            topology,
+            agents,
+            knobs,
+        };
+        lab.wait_until_serving()?;
+        Ok(lab)
+    }
+
+    fn wait_until_serving(&self) -> Result<()> {
+        let client = &self.topology.clients[0].name;
+        for service in &self.topology.services {
+            wait_for(
+                &format!("service {} through the ingress", service.name),
+                Duration::from_secs(30),
+                || {
+                    Ok(self
+                        .split(client, service, 3)
+                        .ok()
+                        .filter(|s| s.values().sum::<u32>() == 3))
+                },
+            )
+            .with_context(|| self.logs())?;
+        }
+        Ok(())
+    }
+
+    /// Opens `count` new connections from `client` to `service`; connections per node.
+    pub fn split(
+        &self,
+        client: &str,
+        service: &ServiceSpec,
+        count: u32,
+    ) -> Result<BTreeMap<String, u32>> {
+        let out = self.lab.node(client)?.output(&[
+            "python3",
+            "-c",
+            SPLIT_CLIENT,
+            &service.address.to_string(),
+            &service.listen_port().to_string(),
+            &count.to_string(),
+        ])?;
+        ensure!(
+            out.status.success(),
+            "split client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("split client output")
+    }
+
+    /// Makes `compute`'s services report `percent` % of their maximum in flight as extra load.
+    pub fn set_load(&self, compute: &str, percent: u32) -> Result<()> {
+        let knob = self.knobs.get(compute).context("no such compute node")?;
+        fs::write(knob, format!("{}\n", MAX_IN_FLIGHT * percent / 100))?;
+        Ok(())
+    }
+
+    /// `compute` crashes: its link goes down, then its agent is killed (SIGKILL), so nothing
+    /// it says on the way out reaches anyone; its neighbor's link probes must notice.
+    pub fn fail(&mut self, compute: &str) -> Result<()> {
+        let agent = self
+            .agents
+            .remove(compute)
+            .with_context(|| format!("{compute} has no running agent"))?;
+        self.lab.node(compute)?.ip("link set eth0 down")?;
+        self.lab.kill(agent.pid)?;
+        Ok(())
+    }
+
+    /// Brings a failed compute node back: link up, addresses and routes, agent.
+    pub fn recover(&mut self, compute: &str) -> Result<()> {
+        let (i, spec) = self
+            .topology
+            .computes
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == compute)
+            .with_context(|| format!("no compute node {compute}"))?;
+        let n = i + 1;
+        let node = self.lab.node(compute)?;
+        node.ip("link set eth0 up")?;
+        // IPv6 drops the link's addresses and routes when it goes down.
+        node.ip(&format!(
+            "-6 addr replace 2001:db8:2{n:02}::2/64 dev eth0 nodad"
+        ))?;
+        node.ip(&format!("-6 route replace default via 2001:db8:2{n:02}::1"))?;
+        node.ip(&format!("-4 route replace default via 10.200.{n}.1"))?;
+        let served: Vec<(&ServiceSpec, PathBuf)> = self
+            .topology
+            .services
+            .iter()
+            .filter(|s| spec.serves(s))
+            .map(|s| {
+                let inflight = self
+                    .lab
+                    .workdir()
+                    .join(format!("{}-{}.inflight", spec.name, s.name));
+                (s, inflight)
+            })
+            .collect();
+        let config = compute_config(n, spec, &served);
+        let agent = self.lab.start_agent(compute, &config)?;
+        self.agents.insert(compute.to_owned(), agent);
+        Ok(())
+    }
+
+    /// The ingress's latest selection explanations (one per service).
+    pub fn explanations(&self) -> Result<serde_json::Value> {
+        let text = fs::read_to_string(self.lab.workdir().join("explain.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Every agent's log, for error messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in self.agents.keys() {
+            let log = fs::read_to_string(self.lab.workdir().join(format!("{name}.log")))
+                .unwrap_or_default();
+            let _ = write!(out, "--- {name}\n{log}");
+        }
+        out
+    }
+}
+
+fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
+    let ingress = lab.node("ingress")?;
+    ingress.add_address("eth0", "2001:db8:100::1/64")?;
+    ingress.add_address("eth0", "10.100.0.1/24")?;
+    ingress.enable_forwarding()?;
+    let transit = lab.node("transit")?;
+    transit.add_address("eth0", "2001:db8:100::2/64")?;
+    transit.add_address("eth0", "10.100.0.2/24")?;
+    transit.add_route(&["default", "via", "2001:db8:100::1"])?;
+    transit.add_route(&["default", "via", "10.100.0.1"])?;
+    transit.enable_forwarding()?;
+    for (i, client) in topology.clients.iter().enumerate() {
+        let i = i + 1;
+        ingress.add_address(&format!("eth{i}"), &format!("2001:db8:{i}::2/64"))?;
+        ingress.add_address(&format!("eth{i}"), &format!("10.0.{i}.2/24"))?;
+        let node = lab.node(&client.name)?;
+        node.add_address("eth0", &format!("2001:db8:{i}::1/64"))?;
+        node.add_address("eth0", &format!("10.0.{i}.1/24"))?;
+        node.add_route(&["default", "via", &format!("2001:db8:{i}::2")])?;
+        node.add_route(&["default", "via", &format!("10.0.{i}.2")])?;
+        node.checksum_in_software("eth0")?;
+    }
+    for (i, compute) in topology.computes.iter().enumerate() {
+        let n = i + 1;
+        transit.add_address(&format!("eth{n}"), &format!("2001:db8:2{n:02}::1/64"))?;
+        transit.add_address(&format!("eth{n}"), &format!("10.200.{n}.1/24"))?;
+        let node = lab.node(&compute.name)?;
+        node.add_address("eth0", &format!("2001:db8:2{n:02}::2/64"))?;
+        node.add_address("eth0", &format!("10.200.{n}.2/24"))?;
+        node.add_route(&["default", "via", &format!("2001:db8:2{n:02}::1")])?;
+        node.add_route(&["default", "via", &format!("10.200.{n}.1")])?;
+        for service in topology.services.iter().filter(|s| compute.serves(s)) {
+            let prefix = if service.address.is_ipv6() { 128 } else { 32 };
+            node.add_address("lo", &format!("{}/{prefix}", service.address))?;
+        }
+        if compute.latency_ms > 0.0 {
+            // The delay line copies frames as they are: both ends must send complete
+            // checksums and no offloaded segments.
+            node.checksum_in_software("eth0")?;
+            transit.checksum_in_software(&format!("eth{n}"))?;
+            let wan = lab.node(&format!("wan{n}"))?;
+            for interface in ["eth0", "eth1"] {
+                wan.sysctl(&format!("net.ipv6.conf.{interface}.disable_ipv6=1"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bgp_section(
+    asn: u32,
+    router_id: &str,
+    extra: &str,
+    neighbors: &[(String, u32, &str)],
+) -> String {
+    let mut text =
+        format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n{extra}");
+    for (address, asn, more) in neighbors {
+        let _ = write!(
+            text,
+            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{more}"
+        );
+    }
+    text
+}
+
+fn ingress_config(topology: &Topology, explain: &Path) -> String {
+    let mut text = String::from("[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n");
+    for i in 1..=topology.clients.len() {
+        let _ = write!(
+            text,
+            "[[interface]]\nname = \"eth{i}\"\nprogram = \"steer\"\n\n"
+        );
+    }
+    text.push_str("[srv6]\nsource = \"2001:db8:100::1\"\n\n");
+    for s in &topology.services {
+        let _ = write!(
+            text,
+            "[[policy]]\nservice = \"{}\"\nkind = \"{}\"\naffinity = true\n\
+             objective = {{ latency = {}, load = {} }}\n",
+            s.address,
+            s.kind,
+            s.latency_weight.unwrap_or(1.0),
+            s.load_weight.unwrap_or(1.0),
+        );
+        if let Some(port) = s.port {
+            let _ = writeln!(text, "protocol = \"tcp\"\nport = {port}");
+        }
+        if let Some(grade) = s.min_grade {
+            let _ = writeln!(text, "min_grade = {grade}");
+        }
+        if let Some(ms) = s.max_latency_ms {
+            let _ = writeln!(text, "max_latency_ms = {ms}");
+        }
+        text.push('\n');
+    }
+    let _ = write!(
+        text,
+        "[selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\nexplain_file = \"{}\"\n\n",
+        explain.display()
+    );
+    text.push_str(&bgp_section(
+        INGRESS_AS,
+        "10.0.0.100",
+        "",
+        &[("2001:db8:100::2".into(), TRANSIT_AS, "")],
+    ));
+    text
+}
+
+fn transit_config(topology: &Topology) -> String {
+    let mut neighbors = vec![("2001:db8:100::1".to_owned(), INGRESS_AS, "passive = true\n")];
+    for n in 1..=topology.computes.len() {
+        neighbors.push((
+            format!("2001:db8:2{n:02}::2"),
+            compute_as(n),
+            "passive = true\n",
+        ));
+    }
+    format!(
+        "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
+        bgp_section(
+            TRANSIT_AS,
+            "10.0.0.50",
+            "next_hop = \"2001:db8:100::2\"\n",
+            &neighbors
+        )
+    )
+}
+
+fn compute_as(n: usize) -> u32 {
+    4_200_000_000 + u32::try_from(n).expect("at most 99 nodes")
+}
+
+fn compute_config(n: usize, spec: &ComputeSpec, served: &[(&ServiceSpec, PathBuf)]) -> String {
+    let capacity = spec
+        .capacity
+        .iter()
+        .map(|(kind, ops)| format!("{kind} = {ops:e}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!(
+        "[node]\nname = \"{}\"\nroles = [\"compute\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
+         [srv6]\nsource = \"2001:db8:2{n:02}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
+         [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT46\"\n\n",
+        spec.name
+    );
+    for (service, inflight) in served {
+        let _ = write!(
+            text,
+            "[[service]]\naddress = \"{}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ {capacity} }}\n\
+             in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\n",
+            service.address,
+            inflight.display()
+        );
+    }
+    text.push_str("[metrics]\ninterval_ms = 200\nsample_host = false\n\n");
+    text.push_str(&bgp_section(
+        compute_as(n),
+        &format!("10.0.1.{n}"),
+        "",
+        &[(format!("2001:db8:2{n:02}::1"), TRANSIT_AS, "")],
+    ));
+    text
+}
+
+/// A TCP service answering every line with `<node> <requests in flight>`; like a real service
+/// it keeps rewriting its in-flight count (every 0.2 s): its open connections plus the extra
+/// load a test or the demo puts in the knob file.
+pub const SERVICE: &str = r#"
+import os, socket, sys, threading, time
+name, addr, port, inflight, knob = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+active = 0
+lock = threading.Lock()
+def load():
+    try:
+        return active + int(open(knob).read().strip() or 0)
+    except (OSError, ValueError):
+        return active
+def report():
+    while True:
+        with open(inflight + ".tmp", "w") as f:
+            f.write(f"{load()}\n")
+        os.replace(inflight + ".tmp", inflight)
+        time.sleep(0.2)
+threading.Thread(target=report, daemon=True).start()
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1024)
+def serve(c):
+    global active
+    with lock:
+        active += 1
+    f = c.makefile("rb")
+    try:
+        for line in f:
+            c.sendall(f"{name} {load()}\n".encode())
+    except OSError:
+        pass
+    with lock:
+        active -= 1
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// `count` new connections, one request each; prints {"node": connections}.
+const SPLIT_CLIENT: &str = r#"
+import json, socket, sys
+addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = {}
+for _ in range(count):
+    c = socket.create_connection((addr, port), timeout=15)
+    c.sendall(b"hi\n")
+    name = c.makefile("rb").readline().decode().split()[0]
+    seen[name] = seen.get(name, 0) + 1
+    c.close()
+print(json.dumps(seen))
+"#;
+
+/// A delay line: copies every frame between `eth0` and `eth1` after the given one-way delay,
+/// as a long link would (a lab stand-in for netem, which this kernel does not have).
+const DELAY_LINE: &str = r#"
+import heapq, select, socket, sys, time
+delay = float(sys.argv[1]) / 1000
+ends = {}
+for name in ("eth0", "eth1"):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((name, 0)); s.setblocking(False)
+    ends[name] = s
+other = {ends["eth0"].fileno(): ends["eth1"], ends["eth1"].fileno(): ends["eth0"]}
+by_fd = {s.fileno(): s for s in ends.values()}
+queue, seq = [], 0
+while True:
+    timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else None
+    ready, _, _ = select.select(list(by_fd), [], [], timeout)
+    for fd in ready:
+        while True:
+            try:
+                frame, addr = by_fd[fd].recvfrom(65535)
+            except BlockingIOError:
+                break
+            if addr[2] == socket.PACKET_OUTGOING:
+                continue
+            seq += 1
+            heapq.heappush(queue, (time.monotonic() + delay, seq, other[fd], frame))
+    now = time.monotonic()
+    while queue and queue[0][0] <= now:
+        _, _, out, frame = heapq.heappop(queue)
+        try:
+            out.send(frame)
+        except OSError:
+            pass
+"#;
+
+fn start_service(
+    lab: &mut Lab,
+    node: &str,
+    service: &ServiceSpec,
+    inflight: &Path,
+    knob: &Path,
+) -> Result<()> {
+    lab.spawn(
+        node,
+        &[
+            "python3",
+            "-c",
+            SERVICE,
+            node,
+            &service.address.to_string(),
+            &service.listen_port().to_string(),
+            inflight.to_str().context("path")?,
+            knob.to_str().context("path")?,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
+    lab.spawn(
+        node,
+        &["python3", "-c", DELAY_LINE, &latency_ms.to_string()],
+        None,
+    )?;
+    Ok(())
+}

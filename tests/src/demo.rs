@@ -1,0 +1,445 @@
+//! The demo's story (`cargo xtask demo`): a lab from a topology file, real traffic from every
+//! client, and four acts, each checked against what the traffic measured:
+//!
+//! 1. steady state: the node with the highest weight takes the largest share of new flows;
+//! 2. a load surge on that node: its share of new flows falls, its open connections stay;
+//! 3. it fails: no new flow reaches it (or fails) later than [`FAILOVER_BOUND`] after;
+//! 4. it recovers: it takes new flows again.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{IsTerminal as _, Write as _},
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cpn_lab::CpnLab,
+    traffic::{Held, Request, Traffic},
+};
+
+/// The longest a failed node may keep getting new flows: link probes declare it dead after
+/// 3 × 100 ms, then BGP withdraws its routes and the ingress publishes a ring without it.
+pub const FAILOVER_BOUND: Duration = Duration::from_secs(1);
+/// New connections per second from each client.
+const RATE_PER_CLIENT: u32 = 50;
+/// Connections held open through the load surge.
+const HELD: usize = 30;
+/// How far back the live view's shares and rates look.
+const WINDOW: Duration = Duration::from_secs(2);
+
+/// Set by Ctrl-C: the demo stops at the next refresh and cleans up.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// One act's outcome.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub act: &'static str,
+    pub expected: String,
+    pub observed: String,
+    pub passed: bool,
+}
+
+/// One compute node as the live view shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    /// Share of new flows in the window (0..=1).
+    pub share: f64,
+    pub requests_per_second: f64,
+    pub latency_ms: Option<f64>,
+    pub in_flight: Option<f64>,
+    pub score: Option<f64>,
+    pub weight: Option<f64>,
+    /// Why the ingress gives it no new flows, if it does not.
+    pub excluded: Option<String>,
+}
+
+/// A point of the recorded timeline: each node's share of new flows in one second.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at: Duration,
+    pub shares: BTreeMap<String, f64>,
+}
+
+/// Everything the demo measured.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub verdicts: Vec<Verdict>,
+    /// (start, caption) of each act.
+    pub acts: Vec<(Duration, &'static str)>,
+    pub timeline: Vec<Sample>,
+}
+
+/// Runs the four acts of `act_length` each against the lab's first service.
+pub fn run(lab: &mut CpnLab, act_length: Duration) -> Result<Record> {
+    let service = lab.topology.services[0].clone();
+    let target = SocketAddr::new(service.address, service.listen_port());
+    let clients = lab
+        .topology
+        .clients
+        .iter()
+        .map(|c| lab.lab.node(&c.name).cloned())
+        .collect::<Result<Vec<_>>>()?;
+    let computes: Vec<String> = lab
+        .topology
+        .computes
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let traffic = Traffic::start(&clients, target, RATE_PER_CLIENT);
+    let mut view = View::new(computes.clone());
+    let mut record = Record::default();
+
+    // Act 1: steady state.
+    let caption = "steady state: new flows follow capacity, load and path latency";
+    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
+    let steady = shares(&traffic.between(start + act_length / 2, traffic.now()));
+    let preferred = heaviest(lab)?.context("the ingress has weighed no node yet")?;
+    let steady_share = steady.get(&preferred).copied().unwrap_or(0.0);
+    let largest = steady
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(n, _)| n.clone());
+    record.verdicts.push(Verdict {
+        act: "steady",
+        expected: format!("{preferred} (highest weight) takes the largest share"),
+        observed: describe(&steady),
+        passed: largest.as_deref() == Some(preferred.as_str()),
+    });
+
+    // Act 2: load surge on the preferred node.
+    let mut held = Held::open(&clients[0], target, HELD)?;
+    lab.set_load(&preferred, 100)?;
+    let caption = "load surge: the preferred node reports 100 % of its requests in flight";
+    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
+    let surged = shares(&traffic.between(start + act_length / 2, traffic.now()));
+    let held = held.close()?;
+    let surged_share = surged.get(&preferred).copied().unwrap_or(0.0);
+    record.verdicts.push(Verdict {
+        act: "surge",
+        expected: format!(
+            "{preferred}'s share of new flows falls below 70 % of {:.0} %; held connections stay",
+            steady_share * 100.0
+        ),
+        observed: format!(
+            "{preferred} {:.0} %; {} held: {} moved, {} broken, {} requests answered",
+            surged_share * 100.0,
+            held.connections,
+            held.moved,
+            held.broken,
+            held.answered
+        ),
+        passed: surged_share < 0.7 * steady_share && held.moved == 0 && held.broken == 0,
+    });
+    lab.set_load(&preferred, 0)?;
+
+    // Act 3: the preferred node fails.
+    lab.fail(&preferred)?;
+    let failed_at = traffic.now();
+    let caption = "failure: the preferred node crashes (link down, agent killed)";
+    play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
+    let after = traffic.between(failed_at, traffic.now());
+    let last_hit = after
+        .iter()
+        .filter(|r| r.disrupted() || r.node.as_deref() == Some(preferred.as_str()))
+        .map(|r| r.at.saturating_sub(failed_at))
+        .max()
+        .unwrap_or_default();
+    record.verdicts.push(Verdict {
+        act: "failure",
+        expected: format!(
+            "no new flow reaches {preferred} or fails later than {:.1} s after",
+            FAILOVER_BOUND.as_secs_f64()
+        ),
+        observed: format!(
+            "last one {:.2} s after the failure; {} of {} new flows disrupted",
+            last_hit.as_secs_f64(),
+            after.iter().filter(|r| r.disrupted()).count(),
+            after.len()
+        ),
+        passed: last_hit <= FAILOVER_BOUND,
+    });
+
+    // Act 4: it recovers.
+    lab.recover(&preferred)?;
+    let caption = "recovery: the node is back (link up, agent restarted)";
+    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
+    let recovered = shares(&traffic.between(start + act_length / 2, traffic.now()));
+    let back = recovered.get(&preferred).copied().unwrap_or(0.0);
+    record.verdicts.push(Verdict {
+        act: "recovery",
+        expected: format!("{preferred} takes new flows again"),
+        observed: describe(&recovered),
+        passed: back > 0.0,
+    });
+    traffic.finish();
+    Ok(record)
+}
+
+/// Plays one act: refreshes the view every half second for `length`; returns its start.
+fn play(
+    lab: &CpnLab,
+    traffic: &Traffic,
+    view: &mut View,
+    record: &mut Record,
+    caption: &'static str,
+    length: Duration,
+) -> Result<Duration> {
+    let start = traffic.now();
+    record.acts.push((start, caption));
+    view.caption(caption);
+    let mut next_sample = start;
+    while traffic.now() < start + length {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let now = traffic.now();
+        let recent = traffic.between(now.saturating_sub(WINDOW), now);
+        view.show(&nodes(lab, &view.computes, &recent), now);
+        if now >= next_sample + Duration::from_secs(1) {
+            let last_second = traffic.between(now.saturating_sub(Duration::from_secs(1)), now);
+            record.timeline.push(Sample {
+                at: now,
+                shares: shares(&last_second),
+            });
+            next_sample = now;
+        }
+    }
+    Ok(start)
+}
+
+/// Each node's share of the requests that reached a node.
+pub fn shares(requests: &[Request]) -> BTreeMap<String, f64> {
+    let answered: Vec<&str> = requests.iter().filter_map(|r| r.node.as_deref()).collect();
+    let mut out = BTreeMap::new();
+    for node in &answered {
+        *out.entry((*node).to_owned()).or_insert(0.0) += 1.0;
+    }
+    let total = answered.len().max(1);
+    for share in out.values_mut() {
+        *share /= f64::from(u32::try_from(total).unwrap_or(u32::MAX));
+    }
+    out
+}
+
+fn describe(shares: &BTreeMap<String, f64>) -> String {
+    shares
+        .iter()
+        .map(|(n, s)| format!("{n} {:.0} %", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The node the ingress gives the highest weight for the first service.
+fn heaviest(lab: &CpnLab) -> Result<Option<String>> {
+    let explanations = lab.explanations()?;
+    Ok(evaluations(&explanations)
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["weight"].as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, _)| name))
+}
+
+fn evaluations(explanations: &serde_json::Value) -> Vec<serde_json::Value> {
+    explanations[0]["decision"]["evaluations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The live view's rows: traffic measured by the clients, scores from the ingress.
+fn nodes(lab: &CpnLab, computes: &[String], recent: &[Request]) -> Vec<NodeView> {
+    let explanations = lab.explanations().unwrap_or_default();
+    let evaluations = evaluations(&explanations);
+    let shares = shares(recent);
+    computes
+        .iter()
+        .map(|name| {
+            let e = evaluations
+                .iter()
+                .find(|e| e["name"].as_str() == Some(name))
+                .cloned()
+                .unwrap_or_default();
+            let answered = recent
+                .iter()
+                .filter(|r| r.node.as_deref() == Some(name))
+                .count();
+            let latency = &e["path"]["latency"];
+            NodeView {
+                name: name.clone(),
+                share: shares.get(name).copied().unwrap_or(0.0),
+                requests_per_second: f64::from(u32::try_from(answered).unwrap_or(u32::MAX))
+                    / WINDOW.as_secs_f64(),
+                latency_ms: latency["secs"]
+                    .as_f64()
+                    .zip(latency["nanos"].as_f64())
+                    .map(|(s, n)| s * 1e3 + n / 1e6),
+                in_flight: e["metrics"]["in_flight"]["value"].as_f64(),
+                score: e["scores"]["l2"].as_f64(),
+                weight: e["weight"].as_f64(),
+                excluded: e
+                    .get("excluded")
+                    .filter(|x| !x.is_null())
+                    .map(exclusion_name),
+            }
+        })
+        .collect()
+}
+
+fn exclusion_name(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+/// The live table: redrawn in place on a terminal, plain lines once a second otherwise.
+#[derive(Debug)]
+struct View {
+    computes: Vec<String>,
+    terminal: bool,
+    caption: &'static str,
+    last_plain: Option<Duration>,
+}
+
+impl View {
+    fn new(computes: Vec<String>) -> Self {
+        Self {
+            computes,
+            terminal: std::io::stdout().is_terminal(),
+            caption: "",
+            last_plain: None,
+        }
+    }
+
+    fn caption(&mut self, caption: &'static str) {
+        self.caption = caption;
+        if !self.terminal {
+            println!("[demo] act: {caption}");
+        }
+    }
+
+    fn show(&mut self, nodes: &[NodeView], now: Duration) {
+        if self.terminal {
+            let mut out = String::from("\x1b[H\x1b[J");
+            let _ = writeln!(
+                out,
+                "cpn demo  t = {:5.1} s   {}\n",
+                now.as_secs_f64(),
+                self.caption
+            );
+            out.push_str(&table(nodes));
+            out.push_str("\n(Ctrl-C stops the demo and removes the lab)\n");
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+        } else if self
+            .last_plain
+            .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            self.last_plain = Some(now);
+            let line = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} {:.0}% {:.0}/s w={}",
+                        n.name,
+                        n.share * 100.0,
+                        n.requests_per_second,
+                        n.weight.map_or("-".into(), |w| format!("{w:.2}"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
+            println!("[demo] t={:5.1}s {line}", now.as_secs_f64());
+        }
+    }
+}
+
+/// The per-node table of the live view.
+pub fn table(nodes: &[NodeView]) -> String {
+    let mut out = format!(
+        "{:<10} {:>11} {:>7} {:>11} {:>10} {:>6} {:>7}  {}\n",
+        "node", "new flows", "req/s", "latency ms", "in flight", "score", "weight", "note"
+    );
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10.0}% {:>7.0} {:>11} {:>10} {:>6} {:>7}  {}",
+            n.name,
+            n.share * 100.0,
+            n.requests_per_second,
+            opt(n.latency_ms, 1),
+            opt(n.in_flight, 0),
+            opt(n.score, 2),
+            opt(n.weight, 2),
+            n.excluded.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The closing summary: one line per act.
+pub fn summary(verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    for v in verdicts {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<9} expected: {}\n               observed: {}",
+            if v.passed { "ok" } else { "FAIL" },
+            v.act,
+            v.expected,
+            v.observed
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(node: Option<&str>) -> Request {
+        Request {
+            at: Duration::ZERO,
+            client: "client1".into(),
+            node: node.map(str::to_owned),
+            took: Duration::from_millis(1),
+            load: None,
+        }
+    }
+
+    #[test]
+    fn shares_count_answered_requests_only() {
+        let requests = [
+            request(Some("a")),
+            request(Some("a")),
+            request(Some("b")),
+            request(None),
+        ];
+        let s = shares(&requests);
+        assert!((s["a"] - 2.0 / 3.0).abs() < 1e-9);
+        assert!((s["b"] - 1.0 / 3.0).abs() < 1e-9);
+        assert!(shares(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_table_shows_what_is_unknown_as_a_dash() {
+        let text = table(&[NodeView {
+            name: "edge1".into(),
+            share: 0.5,
+            requests_per_second: 12.0,
+            ..NodeView::default()
+        }]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("edge1"), "{row}");
+        assert!(row.contains("50%") && row.contains(" - "), "{row}");
+    }
+}
