@@ -289,6 +289,16 @@ impl CpnLab {
         ))?;
         node.ip(&format!("-6 route replace default via 2001:db8:2{n:02}::1"))?;
         node.ip(&format!("-4 route replace default via 10.200.{n}.1"))?;
+        // As a host boots: its network works before its services (and the agent) start.
+        let transit = format!("2001:db8:2{n:02}::1");
+        wait_for(
+            &format!("{compute} to reach the transit again"),
+            Duration::from_secs(10),
+            || {
+                let ping = node.output(&["ping", "-c", "1", "-W", "0.2", &transit])?;
+                Ok(ping.status.success().then_some(()))
+            },
+        )?;
         let served: Vec<(&ServiceSpec, PathBuf)> = self
             .topology
             .services
@@ -353,6 +363,9 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
         transit.add_address(&format!("eth{n}"), &format!("2001:db8:2{n:02}::1/64"))?;
         transit.add_address(&format!("eth{n}"), &format!("10.200.{n}.1/24"))?;
         let node = lab.node(&compute.name)?;
+        // No duplicate address detection: the link-local address must work at once when the
+        // link comes back after a failure (the lab's addresses are unique anyway).
+        node.sysctl("net.ipv6.conf.eth0.accept_dad=0")?;
         node.add_address("eth0", &format!("2001:db8:2{n:02}::2/64"))?;
         node.add_address("eth0", &format!("10.200.{n}.2/24"))?;
         node.add_route(&["default", "via", &format!("2001:db8:2{n:02}::1")])?;

@@ -4,7 +4,7 @@
 //! 1. steady state: the node with the highest weight takes the largest share of new flows;
 //! 2. a load surge on that node: its share of new flows falls, its open connections stay;
 //! 3. it fails: no new flow reaches it (or fails) later than [`FAILOVER_BOUND`] after;
-//! 4. it recovers: it takes new flows again.
+//! 4. it recovers: it takes new flows again, and no new flow is lost on the way.
 
 use std::{
     collections::BTreeMap,
@@ -171,14 +171,47 @@ pub fn run(lab: &mut CpnLab, act_length: Duration) -> Result<Record> {
     let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
     let recovered = shares(&traffic.between(start + act_length / 2, traffic.now()));
     let back = recovered.get(&preferred).copied().unwrap_or(0.0);
+    let during = traffic.between(start, traffic.now());
+    let first_back = during
+        .iter()
+        .find(|r| r.node.as_deref() == Some(preferred.as_str()))
+        .map(|r| r.at.saturating_sub(start));
     record.verdicts.push(Verdict {
         act: "recovery",
-        expected: format!("{preferred} takes new flows again"),
-        observed: describe(&recovered),
-        passed: back > 0.0,
+        expected: format!("{preferred} takes new flows again, none disrupted"),
+        observed: format!(
+            "{}; first new flow on {preferred} {} s after the restart; {} of {} new flows \
+             disrupted",
+            describe(&recovered),
+            first_back.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
+            during.iter().filter(|r| r.disrupted()).count(),
+            during.len()
+        ),
+        passed: back > 0.0 && during.iter().all(|r| !r.disrupted()),
     });
-    traffic.finish();
+    record.timeline = timeline(&traffic.finish());
     Ok(record)
+}
+
+/// Each node's share of new flows, second by second.
+pub fn timeline(requests: &[Request]) -> Vec<Sample> {
+    let end = requests.iter().map(|r| r.at).max().unwrap_or_default();
+    let seconds = end.as_secs();
+    (0..seconds)
+        .map(|s| {
+            let from = Duration::from_secs(s);
+            let to = from + Duration::from_secs(1);
+            let in_second: Vec<Request> = requests
+                .iter()
+                .filter(|r| r.at >= from && r.at < to)
+                .cloned()
+                .collect();
+            Sample {
+                at: to,
+                shares: shares(&in_second),
+            }
+        })
+        .collect()
 }
 
 /// Plays one act: refreshes the view every half second for `length`; returns its start.
@@ -193,7 +226,6 @@ fn play(
     let start = traffic.now();
     record.acts.push((start, caption));
     view.caption(caption);
-    let mut next_sample = start;
     while traffic.now() < start + length {
         if INTERRUPTED.load(Ordering::Relaxed) {
             bail!("interrupted");
@@ -202,14 +234,6 @@ fn play(
         let now = traffic.now();
         let recent = traffic.between(now.saturating_sub(WINDOW), now);
         view.show(&nodes(lab, &view.computes, &recent), now);
-        if now >= next_sample + Duration::from_secs(1) {
-            let last_second = traffic.between(now.saturating_sub(Duration::from_secs(1)), now);
-            record.timeline.push(Sample {
-                at: now,
-                shares: shares(&last_second),
-            });
-            next_sample = now;
-        }
     }
     Ok(start)
 }

@@ -84,8 +84,13 @@ fn run(args: &Args) -> Result<bool> {
         "every service answers through the ingress ({:.1} s); driving traffic from every client",
         started.elapsed().as_secs_f64()
     ));
-    let record = demo::run(&mut lab, Duration::from_secs(args.act_seconds))
-        .with_context(|| format!("agent logs:\n{}", tail(&lab.logs())))?;
+    let record = match demo::run(&mut lab, Duration::from_secs(args.act_seconds)) {
+        Ok(record) => record,
+        Err(_) if INTERRUPTED.load(Ordering::Relaxed) => {
+            anyhow::bail!("interrupted; the lab is removed")
+        }
+        Err(error) => return Err(error.context(format!("agent logs:\n{}", tail(&lab.logs())))),
+    };
     let summary = demo::summary(&record.verdicts);
     println!("\n[demo] summary\n{summary}");
     if let Some(dir) = &args.record {
