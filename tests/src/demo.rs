@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cpn_lab::CpnLab,
+    lab::Node,
     traffic::{Held, Request, Traffic},
 };
 
@@ -91,106 +92,170 @@ pub fn run(lab: &mut CpnLab, act_length: Duration) -> Result<Record> {
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    let traffic = Traffic::start(&clients, target, RATE_PER_CLIENT);
-    let mut view = View::new(computes.clone());
-    let mut record = Record::default();
-
-    // Act 1: steady state.
-    let caption = "steady state: new flows follow capacity, load and path latency";
-    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
-    let steady = shares(&traffic.between(start + act_length / 2, traffic.now()));
-    let preferred = heaviest(lab)?.context("the ingress has weighed no node yet")?;
-    let steady_share = steady.get(&preferred).copied().unwrap_or(0.0);
-    let largest = steady
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(n, _)| n.clone());
-    record.verdicts.push(Verdict {
-        act: "steady",
-        expected: format!("{preferred} (highest weight) takes the largest share"),
-        observed: describe(&steady),
-        passed: largest.as_deref() == Some(preferred.as_str()),
-    });
-
-    // Act 2: load surge on the preferred node.
-    let mut held = Held::open(&clients[0], target, HELD)?;
-    lab.set_load(&preferred, 100)?;
-    let caption = "load surge: the preferred node reports 100 % of its requests in flight";
-    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
-    let surged = shares(&traffic.between(start + act_length / 2, traffic.now()));
-    let held = held.close()?;
-    let surged_share = surged.get(&preferred).copied().unwrap_or(0.0);
-    record.verdicts.push(Verdict {
-        act: "surge",
-        expected: format!(
-            "{preferred}'s share of new flows falls below 70 % of {:.0} %; held connections stay",
-            steady_share * 100.0
-        ),
-        observed: format!(
-            "{preferred} {:.0} %; {} held: {} moved, {} broken, {} requests answered",
-            surged_share * 100.0,
-            held.connections,
-            held.moved,
-            held.broken,
-            held.answered
-        ),
-        passed: surged_share < 0.7 * steady_share && held.moved == 0 && held.broken == 0,
-    });
-    lab.set_load(&preferred, 0)?;
-
-    // Act 3: the preferred node fails.
-    lab.fail(&preferred)?;
-    let failed_at = traffic.now();
-    let caption = "failure: the preferred node crashes (link down, agent killed)";
-    play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
-    let after = traffic.between(failed_at, traffic.now());
-    let last_hit = after
-        .iter()
-        .filter(|r| r.disrupted() || r.node.as_deref() == Some(preferred.as_str()))
-        .map(|r| r.at.saturating_sub(failed_at))
-        .max()
-        .unwrap_or_default();
-    record.verdicts.push(Verdict {
-        act: "failure",
-        expected: format!(
-            "no new flow reaches {preferred} or fails later than {:.1} s after",
-            FAILOVER_BOUND.as_secs_f64()
-        ),
-        observed: format!(
-            "last one {:.2} s after the failure; {} of {} new flows disrupted",
-            last_hit.as_secs_f64(),
-            after.iter().filter(|r| r.disrupted()).count(),
-            after.len()
-        ),
-        passed: last_hit <= FAILOVER_BOUND,
-    });
-
-    // Act 4: it recovers.
-    lab.recover(&preferred)?;
-    let caption = "recovery: the node is back (link up, agent restarted)";
-    let start = play(lab, &traffic, &mut view, &mut record, caption, act_length)?;
-    let recovered = shares(&traffic.between(start + act_length / 2, traffic.now()));
-    let back = recovered.get(&preferred).copied().unwrap_or(0.0);
-    let during = traffic.between(start, traffic.now());
-    let first_back = during
-        .iter()
-        .find(|r| r.node.as_deref() == Some(preferred.as_str()))
-        .map(|r| r.at.saturating_sub(start));
-    record.verdicts.push(Verdict {
-        act: "recovery",
-        expected: format!("{preferred} takes new flows again, none disrupted"),
-        observed: format!(
-            "{}; first new flow on {preferred} {} s after the restart; {} of {} new flows \
-             disrupted",
-            describe(&recovered),
-            first_back.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
-            during.iter().filter(|r| r.disrupted()).count(),
-            during.len()
-        ),
-        passed: back > 0.0 && during.iter().all(|r| !r.disrupted()),
-    });
+    let mut show = Show {
+        traffic: Traffic::start(&clients, target, RATE_PER_CLIENT),
+        lab,
+        view: View::new(computes),
+        record: Record::default(),
+        act_length,
+        clients,
+        target,
+    };
+    let (preferred, steady_share) = show.steady()?;
+    show.surge(&preferred, steady_share)?;
+    show.failure(&preferred)?;
+    show.recovery(&preferred)?;
+    let Show {
+        traffic,
+        mut record,
+        ..
+    } = show;
     record.timeline = timeline(&traffic.finish());
     Ok(record)
+}
+
+/// The demo under way.
+struct Show<'a> {
+    lab: &'a mut CpnLab,
+    traffic: Traffic,
+    view: View,
+    record: Record,
+    act_length: Duration,
+    clients: Vec<Node>,
+    target: SocketAddr,
+}
+
+impl Show<'_> {
+    /// Act 1; returns the preferred node and its share of new flows.
+    fn steady(&mut self) -> Result<(String, f64)> {
+        let start = self.play("steady state: new flows follow capacity, load and path latency")?;
+        let steady = self.second_half(start);
+        let preferred = heaviest(self.lab)?.context("the ingress has weighed no node yet")?;
+        let largest = steady
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(n, _)| n.clone());
+        self.record.verdicts.push(Verdict {
+            act: "steady",
+            expected: format!("{preferred} (highest weight) takes the largest share"),
+            observed: describe(&steady),
+            passed: largest.as_deref() == Some(preferred.as_str()),
+        });
+        let share = steady.get(&preferred).copied().unwrap_or(0.0);
+        Ok((preferred, share))
+    }
+
+    /// Act 2: a load surge on the preferred node.
+    fn surge(&mut self, preferred: &str, steady_share: f64) -> Result<()> {
+        let mut held = Held::open(&self.clients[0], self.target, HELD)?;
+        self.lab.set_load(preferred, 100)?;
+        let start =
+            self.play("load surge: the preferred node reports 100 % of its requests in flight")?;
+        let surged = self.second_half(start);
+        let held = held.close()?;
+        let share = surged.get(preferred).copied().unwrap_or(0.0);
+        self.record.verdicts.push(Verdict {
+            act: "surge",
+            expected: format!(
+                "{preferred}'s share of new flows falls below 70 % of {:.0} %; held connections \
+                 stay",
+                steady_share * 100.0
+            ),
+            observed: format!(
+                "{preferred} {:.0} %; {} held: {} moved, {} broken, {} requests answered",
+                share * 100.0,
+                held.connections,
+                held.moved,
+                held.broken,
+                held.answered
+            ),
+            passed: share < 0.7 * steady_share && held.moved == 0 && held.broken == 0,
+        });
+        self.lab.set_load(preferred, 0)
+    }
+
+    /// Act 3: the preferred node crashes.
+    fn failure(&mut self, preferred: &str) -> Result<()> {
+        self.lab.fail(preferred)?;
+        let failed_at = self.traffic.now();
+        self.play("failure: the preferred node crashes (link down, agent killed)")?;
+        let after = self.traffic.between(failed_at, self.traffic.now());
+        let last_hit = after
+            .iter()
+            .filter(|r| r.disrupted() || r.node.as_deref() == Some(preferred))
+            .map(|r| r.at.saturating_sub(failed_at))
+            .max()
+            .unwrap_or_default();
+        self.record.verdicts.push(Verdict {
+            act: "failure",
+            expected: format!(
+                "no new flow reaches {preferred} or fails later than {:.1} s after",
+                FAILOVER_BOUND.as_secs_f64()
+            ),
+            observed: format!(
+                "last one {:.2} s after the failure; {} of {} new flows disrupted",
+                last_hit.as_secs_f64(),
+                after.iter().filter(|r| r.disrupted()).count(),
+                after.len()
+            ),
+            passed: last_hit <= FAILOVER_BOUND,
+        });
+        Ok(())
+    }
+
+    /// Act 4: the preferred node comes back.
+    fn recovery(&mut self, preferred: &str) -> Result<()> {
+        self.lab.recover(preferred)?;
+        let start = self.play("recovery: the node is back (link up, agent restarted)")?;
+        let recovered = self.second_half(start);
+        let back = recovered.get(preferred).copied().unwrap_or(0.0);
+        let during = self.traffic.between(start, self.traffic.now());
+        let first_back = during
+            .iter()
+            .find(|r| r.node.as_deref() == Some(preferred))
+            .map(|r| r.at.saturating_sub(start));
+        let disrupted = during.iter().filter(|r| r.disrupted()).count();
+        self.record.verdicts.push(Verdict {
+            act: "recovery",
+            expected: format!("{preferred} takes new flows again, none disrupted"),
+            observed: format!(
+                "{}; first new flow on {preferred} {} s after the restart; {disrupted} of {} new \
+                 flows disrupted",
+                describe(&recovered),
+                first_back.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
+                during.len()
+            ),
+            passed: back > 0.0 && disrupted == 0,
+        });
+        Ok(())
+    }
+
+    /// Each node's share of the new flows in the second half of the act that began at `start`.
+    fn second_half(&self, start: Duration) -> BTreeMap<String, f64> {
+        shares(
+            &self
+                .traffic
+                .between(start + self.act_length / 2, self.traffic.now()),
+        )
+    }
+
+    /// Plays one act: refreshes the view every half second; returns when it began.
+    fn play(&mut self, caption: &'static str) -> Result<Duration> {
+        let start = self.traffic.now();
+        self.record.acts.push((start, caption));
+        self.view.caption(caption);
+        while self.traffic.now() < start + self.act_length {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.traffic.now();
+            let recent = self.traffic.between(now.saturating_sub(WINDOW), now);
+            let rows = nodes(self.lab, &self.view.computes, &recent);
+            self.view.show(&rows, now);
+        }
+        Ok(start)
+    }
 }
 
 /// Each node's share of new flows, second by second.
@@ -212,30 +277,6 @@ pub fn timeline(requests: &[Request]) -> Vec<Sample> {
             }
         })
         .collect()
-}
-
-/// Plays one act: refreshes the view every half second for `length`; returns its start.
-fn play(
-    lab: &CpnLab,
-    traffic: &Traffic,
-    view: &mut View,
-    record: &mut Record,
-    caption: &'static str,
-    length: Duration,
-) -> Result<Duration> {
-    let start = traffic.now();
-    record.acts.push((start, caption));
-    view.caption(caption);
-    while traffic.now() < start + length {
-        if INTERRUPTED.load(Ordering::Relaxed) {
-            bail!("interrupted");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        let now = traffic.now();
-        let recent = traffic.between(now.saturating_sub(WINDOW), now);
-        view.show(&nodes(lab, &view.computes, &recent), now);
-    }
-    Ok(start)
 }
 
 /// Each node's share of the requests that reached a node.
