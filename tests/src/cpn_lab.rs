@@ -271,16 +271,9 @@ impl CpnLab {
         Ok(())
     }
 
-    /// Brings a failed compute node back: link up, addresses and routes, agent.
+    /// Brings a failed compute node back: link up, addresses and routes, then its agent.
     pub fn recover(&mut self, compute: &str) -> Result<()> {
-        let (i, spec) = self
-            .topology
-            .computes
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.name == compute)
-            .with_context(|| format!("no compute node {compute}"))?;
-        let n = i + 1;
+        let n = self.position(compute)?;
         let node = self.lab.node(compute)?;
         node.ip("link set eth0 up")?;
         // IPv6 drops the link's addresses and routes when it goes down.
@@ -299,6 +292,25 @@ impl CpnLab {
                 Ok(ping.status.success().then_some(()))
             },
         )?;
+        self.join(compute)
+    }
+
+    /// `compute` leaves the network in order: its agent stops (and withdraws its routes); the
+    /// host and its services stay up.
+    pub fn leave(&mut self, compute: &str) -> Result<()> {
+        let agent = self
+            .agents
+            .remove(compute)
+            .with_context(|| format!("{compute} has no running agent"))?;
+        let status = self.lab.stop(agent.pid)?;
+        ensure!(status.success(), "{compute}'s agent exited with {status}");
+        Ok(())
+    }
+
+    /// A compute node that left (or failed and is reachable again) joins: its agent starts.
+    pub fn join(&mut self, compute: &str) -> Result<()> {
+        let n = self.position(compute)?;
+        let spec = &self.topology.computes[n - 1];
         let served: Vec<(&ServiceSpec, PathBuf)> = self
             .topology
             .services
@@ -316,6 +328,16 @@ impl CpnLab {
         let agent = self.lab.start_agent(compute, &config)?;
         self.agents.insert(compute.to_owned(), agent);
         Ok(())
+    }
+
+    /// `compute`'s position in the topology, from 1 (its addresses are derived from it).
+    fn position(&self, compute: &str) -> Result<usize> {
+        self.topology
+            .computes
+            .iter()
+            .position(|c| c.name == compute)
+            .map(|i| i + 1)
+            .with_context(|| format!("no compute node {compute}"))
     }
 
     /// The ingress's latest selection explanations (one per service).
@@ -461,12 +483,7 @@ fn transit_config(topology: &Topology) -> String {
     format!(
         "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
-        bgp_section(
-            TRANSIT_AS,
-            "10.0.0.50",
-            "next_hop = \"2001:db8:100::2\"\n",
-            &neighbors
-        )
+        bgp_section(TRANSIT_AS, "10.0.0.50", "", &neighbors)
     )
 }
 

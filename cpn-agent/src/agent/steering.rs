@@ -55,6 +55,9 @@ pub struct PlannedService {
     pub id: u32,
     /// The service address (BGP routes are per address).
     pub address: IpAddr,
+    /// Its protocol and port, if its policy names them.
+    pub protocol: Option<u8>,
+    pub port: Option<u16>,
     pub policy: Policy,
     pub candidates: Vec<StaticCandidate>,
 }
@@ -102,10 +105,13 @@ pub fn planned_service(
             })
         })
         .collect();
+    let policy_port = policy.port;
     let policy = policy.policy();
     PlannedService {
         id,
         address,
+        protocol,
+        port: policy_port,
         policy,
         candidates,
     }
@@ -356,15 +362,11 @@ fn step(
         .filter(|(a, b)| a != b)
         .count()
         + state.current.len().abs_diff(state.target.len());
-    let (address, protocol, port) = service
-        .candidates
-        .first()
-        .map_or((IpAddr::from([0u8; 16]), None, None), |c| c.service);
     state.explanation = Some(Explanation {
         service: service.id,
-        address,
-        protocol,
-        port,
+        address: service.address,
+        protocol: service.protocol,
+        port: service.port,
         decision,
         verdict,
         published: state.hysteresis.published().cloned(),

@@ -162,6 +162,7 @@ pub async fn spawn(
                 rr_client: neighbor.rr_client,
                 add_path: AddPath::default(),
             },
+            next_hop_self: config.next_hop.is_unspecified(),
             peer_id: Ipv4Addr::UNSPECIFIED,
             rib: rib.clone(),
             rib_changed: rib_changed.clone(),
@@ -206,6 +207,8 @@ struct Session {
     me: Local,
     /// The neighbor as policy sees it (ADD-PATH once negotiated).
     peer: Peer,
+    /// No next hop configured: routes we pass on carry our address on this session.
+    next_hop_self: bool,
     /// The neighbor's BGP identifier, once the session is up.
     peer_id: Ipv4Addr,
     rib: SharedRib,
@@ -372,6 +375,16 @@ impl Session {
             }
             Action::Send(message) => self.send(message).await,
             Action::Up(negotiated) => {
+                // Without a configured next hop, next-hop-self is our end of this session.
+                if self.next_hop_self
+                    && let Some(IpAddr::V6(local)) = self
+                        .conn
+                        .as_ref()
+                        .and_then(|c| c.get_ref().local_addr().ok())
+                        .map(|a| canonical(a.ip()))
+                {
+                    self.me.next_hop = local;
+                }
                 tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path_tx = ?negotiated.add_path_tx, add_path_rx = ?negotiated.add_path_rx, "BGP session established");
                 self.peer.add_path = negotiated.add_path_tx;
                 self.peer_id = negotiated.peer_router_id;
