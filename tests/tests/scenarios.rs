@@ -338,7 +338,18 @@ fn terminal_churn_never_sends_to_a_departed_node() -> Result<()> {
         round += 1;
         // The capture sees this node's traffic while it serves (a control for the check below).
         let before = Capture::start(&lab, &node, &app, &format!("{round}-before"))?;
-        std::thread::sleep(Duration::from_secs(1));
+        let since = traffic.now();
+        wait_for(
+            &format!("a new flow on {node}"),
+            Duration::from_secs(20),
+            || {
+                let reached = traffic.between(since, traffic.now());
+                Ok(reached
+                    .iter()
+                    .any(|r| r.node.as_deref() == Some(node.as_str()))
+                    .then_some(()))
+            },
+        )?;
         let serving = before.finish()?;
         ensure!(
             serving > 0,
@@ -361,7 +372,7 @@ fn terminal_churn_never_sends_to_a_departed_node() -> Result<()> {
             .filter(|r| r.node.as_deref() == Some(node.as_str()))
             .count();
         eprintln!(
-            "round {round}: {node} left ({serving} packets in 1 s while serving); after \
+            "round {round}: {node} left ({serving} packets captured while it served); after \
              detection {packets} packets and {flows} new flows reached it"
         );
         ensure!(
