@@ -221,7 +221,7 @@ fn steers_by_capacity(lab: &Lab) -> Result<()> {
     .with_context(|| logs(lab))?;
     eprintln!("first split: {first:?}");
     let total = 300;
-    let s = split(lab, total)?;
+    let s = split(lab, total).with_context(|| logs(lab))?;
     let share = f64::from(s.get("compute2").copied().unwrap_or(0)) / f64::from(total);
     eprintln!("split of {total}: {s:?}");
     ensure!(

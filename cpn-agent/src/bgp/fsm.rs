@@ -51,6 +51,12 @@ pub enum Event {
         open: BgpOpenMessage,
         outgoing: bool,
     },
+    /// The current connection closed (or the peer closed it with a NOTIFICATION) before the
+    /// session was up, while a colliding one waits: the peer resolved the collision first and
+    /// kept the other connection, which becomes the current one.
+    ConnectionReplaced {
+        outgoing: bool,
+    },
     /// The TCP connection failed or closed.
     TcpFailed,
     Message(BgpMessage),
@@ -190,6 +196,13 @@ impl Fsm {
             (State::OpenSent | State::OpenConfirm, Event::CollidingOpen { open, outgoing }) => {
                 self.resolve_collision(now, &open, outgoing)
             }
+            (State::OpenSent | State::OpenConfirm, Event::ConnectionReplaced { outgoing }) => {
+                self.negotiated = None;
+                self.keepalive_at = None;
+                self.state = State::Active;
+                self.handle(now, Event::TcpConnected { outgoing })
+            }
+            (_, Event::ConnectionReplaced { .. }) => vec![Action::Disconnect],
             // Established: the session that is up stays (RFC 4271 §6.8, without the optional
             // CollisionDetectEstablishedState); Idle, Connect and Active: not expected.
             (_, Event::CollidingOpen { .. }) => vec![Action::RejectColliding],
@@ -902,5 +915,22 @@ mod tests {
                 .any(|x| matches!(x, Action::Down(why) if why.contains("too long")))
         );
         assert_eq!(a.state(), State::Idle);
+    }
+
+    #[test]
+    fn a_collision_the_peer_resolved_first_carries_on_over_the_other_connection() {
+        // We sent our OPEN on our connection; the peer closed it (it kept its own, which we
+        // hold as colliding): our OPEN goes out on the peer's connection instead.
+        let (mut a, now) = open_sent([10, 0, 0, 1]);
+        let actions = a.handle(now, Event::ConnectionReplaced { outgoing: false });
+        assert!(
+            matches!(actions[..], [Action::Send(BgpMessage::Open(_))]),
+            "{actions:?}"
+        );
+        assert_eq!(a.state(), State::OpenSent);
+        let b = Fsm::new(config(65002, 65001, [10, 0, 0, 2], false));
+        let actions = a.handle(now, Event::Message(b.open()));
+        assert_eq!(actions, vec![Action::Send(BgpMessage::KeepAlive)]);
+        assert_eq!(a.state(), State::OpenConfirm);
     }
 }

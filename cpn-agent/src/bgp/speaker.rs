@@ -251,6 +251,15 @@ impl Session {
             let deadline = self.fsm.next_deadline().map(tokio::time::Instant::from_std);
             let event = tokio::select! {
                 incoming = next_message(&mut self.conn) => match incoming {
+                    Incoming::Closed | Incoming::Message(BgpMessage::Notification(_), _)
+                        if self.colliding.is_some()
+                            && matches!(self.fsm.state(), State::OpenSent | State::OpenConfirm) =>
+                    {
+                        let (conn, outgoing) = self.colliding.take().expect("checked above");
+                        tracing::debug!(neighbor = %self.neighbor.address, "the peer resolved the collision first: carrying on over the other connection");
+                        self.conn = Some(conn);
+                        Event::ConnectionReplaced { outgoing }
+                    }
                     Incoming::Message(message, skipped) => {
                         self.skipped = skipped;
                         Event::Message(message)
