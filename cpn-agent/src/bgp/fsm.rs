@@ -197,12 +197,8 @@ impl Fsm {
                 self.resolve_collision(now, &open, outgoing)
             }
             (State::OpenSent | State::OpenConfirm, Event::ConnectionReplaced { outgoing }) => {
-                self.negotiated = None;
-                self.keepalive_at = None;
-                self.state = State::Active;
-                self.handle(now, Event::TcpConnected { outgoing })
+                self.replace_connection(now, outgoing)
             }
-            (_, Event::ConnectionReplaced { .. }) => vec![Action::Disconnect],
             // Established: the session that is up stays (RFC 4271 §6.8, without the optional
             // CollisionDetectEstablishedState); Idle, Connect and Active: not expected.
             (_, Event::CollidingOpen { .. }) => vec![Action::RejectColliding],
@@ -230,7 +226,9 @@ impl Fsm {
                 actions.extend(self.reset(now, &format!("malformed message: {why}")));
                 actions
             }
-            (_, Event::Malformed { .. }) => vec![Action::Disconnect],
+            (_, Event::Malformed { .. } | Event::ConnectionReplaced { .. }) => {
+                vec![Action::Disconnect]
+            }
             (_, Event::TooManyPrefixes(_))
             | (State::Idle | State::Connect | State::Active, Event::PeerDead) => vec![],
             // BFD Down (RFC 9384), in case the TCP path still works.
@@ -430,6 +428,14 @@ impl Fsm {
         let mut actions = vec![Action::AdoptColliding, Action::Send(self.open())];
         actions.extend(self.open_received(now, open));
         actions
+    }
+
+    /// Starts over, from our OPEN, on the connection that replaced the current one.
+    fn replace_connection(&mut self, now: Instant, outgoing: bool) -> Vec<Action> {
+        self.negotiated = None;
+        self.keepalive_at = None;
+        self.state = State::Active;
+        self.handle(now, Event::TcpConnected { outgoing })
     }
 
     fn hold_deadline(&self, now: Instant) -> Option<Instant> {
