@@ -20,6 +20,9 @@ use crate::lab::Node;
 /// How long a new connection may take: long enough for one SYN retransmission (1 s), so a
 /// connection the network recovers is told apart from one it lost.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an answer on a held connection may take: a slow answer is not a broken
+/// connection (a busy lab machine can stall a service for seconds).
+const HELD_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Request threads per client.
 pub const THREADS_PER_CLIENT: u32 = 5;
 
@@ -181,7 +184,7 @@ impl Held {
             let mut conns = Vec::new();
             for _ in 0..count {
                 let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
-                stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+                stream.set_read_timeout(Some(HELD_ANSWER_TIMEOUT))?;
                 let mut reader = BufReader::new(stream.try_clone()?);
                 let first = ask(&stream, &mut reader)?;
                 conns.push((stream, reader, first, true));

@@ -7,6 +7,7 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::Command,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -17,9 +18,17 @@ use cpn_tests::{
     traffic::{Held, Traffic},
 };
 
-fn lab(name: &str, topology: &str) -> Result<CpnLab> {
+/// One scenario lab at a time: each runs a dozen agents, delay lines and real traffic, and two
+/// at once on a 2-core machine measure the machine rather than the steering.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Starts a scenario's lab; the guard keeps other scenarios waiting until this one ends.
+fn lab(name: &str, topology: &str) -> Result<(MutexGuard<'static, ()>, CpnLab)> {
+    let guard = ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let topology = Topology::parse(Path::new(name), topology)?;
-    CpnLab::start(name, topology)
+    Ok((guard, CpnLab::start(name, topology)?))
 }
 
 fn service<'a>(lab: &'a CpnLab, name: &str) -> &'a ServiceSpec {
@@ -94,7 +103,7 @@ fn largest(split: &BTreeMap<String, u32>) -> Option<&str> {
 /// however much capacity it has.
 #[test]
 fn cloud_gaming_prefers_the_nearest_edge_and_never_the_far_cloud() -> Result<()> {
-    let lab = lab(
+    let (_one, lab) = lab(
         "gaming",
         r#"
         [[service]]
@@ -168,7 +177,7 @@ fn cloud_gaming_prefers_the_nearest_edge_and_never_the_far_cloud() -> Result<()>
 /// service spreads by CPU capacity.
 #[test]
 fn services_reach_only_nodes_of_their_kind_and_grade() -> Result<()> {
-    let lab = lab(
+    let (_one, lab) = lab(
         "kinds",
         r#"
         [[service]]
@@ -240,7 +249,7 @@ fn services_reach_only_nodes_of_their_kind_and_grade() -> Result<()> {
 /// that each move the ring.
 #[test]
 fn a_thousand_open_connections_survive_three_load_changes() -> Result<()> {
-    let lab = lab(
+    let (_one, lab) = lab(
         "affinity",
         r#"
         [[service]]
@@ -301,7 +310,7 @@ fn a_thousand_open_connections_survive_three_load_changes() -> Result<()> {
 /// that left (counted by tcpdump on its link), and no new flow fails.
 #[test]
 fn terminal_churn_never_sends_to_a_departed_node() -> Result<()> {
-    let mut lab = lab(
+    let (_one, mut lab) = lab(
         "churn",
         r#"
         [[service]]
@@ -459,7 +468,7 @@ impl Capture {
 /// IPv4 and IPv6 clients at once, two services, one with a port in its policy and one without.
 #[test]
 fn ipv4_and_ipv6_clients_reach_two_services_with_and_without_a_port() -> Result<()> {
-    let lab = lab(
+    let (_one, lab) = lab(
         "dual",
         r#"
         [[service]]
