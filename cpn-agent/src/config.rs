@@ -50,6 +50,16 @@ pub struct Config {
     /// `[bgp]`: advertise this node's services and learn the others' (instead of, or besides,
     /// static `[[remote]]`s).
     pub bgp: Option<BgpConfig>,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// `[control]`: where `cpnctl` reaches the agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The control socket (default `/run/cpn/cpn-agent.sock`).
+    pub socket: Option<PathBuf>,
 }
 
 /// `[bgp]`.

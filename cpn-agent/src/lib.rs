@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod bgp;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod dataplane;
 pub mod kernel;
 pub mod metrics;

@@ -14,6 +14,7 @@
 //! /sys and would hide the host's bpffs, where the agent pins its maps.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -262,16 +263,30 @@ impl Lab {
         Ok(Agent { pid, pin_dir, log })
     }
 
+    /// Where `node`'s agent listens for `cpnctl`.
+    pub fn control_socket(&self, node: &str) -> PathBuf {
+        self.workdir.join(format!("{node}.sock"))
+    }
+
     /// Writes (or rewrites, before a SIGHUP) the configuration of `node`'s agent: `config`
     /// with its `[dataplane]` table (added if missing) naming the pin directory.
     pub fn write_agent_config(&self, node: &str, pin_dir: &Path, config: &str) -> Result<PathBuf> {
         let path = self.workdir.join(format!("{node}.toml"));
         let pin = format!("pin_dir = {:?}", pin_dir.display().to_string());
-        let text = if config.contains("[dataplane]\n") {
+        let mut text = if config.contains("[dataplane]\n") {
             config.replacen("[dataplane]\n", &format!("[dataplane]\n{pin}\n"), 1)
         } else {
             format!("[dataplane]\n{pin}\n\n{config}")
         };
+        // One control socket per agent: they all share the host's /run.
+        if !text.contains("[control]") {
+            let socket = self.control_socket(node);
+            let _ = write!(
+                text,
+                "\n[control]\nsocket = {:?}\n",
+                socket.display().to_string()
+            );
+        }
         fs::write(&path, text)?;
         Ok(path)
     }

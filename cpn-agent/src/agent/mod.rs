@@ -14,6 +14,8 @@ mod owner;
 mod reporting;
 mod steering;
 
+pub use steering::Explanation;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
@@ -174,11 +176,29 @@ impl Agent {
             });
             local_routes = Some(local);
         }
+        let (explained, explanations) = watch::channel(Vec::new());
         agent.tasks.push(tokio::spawn(steering::run(
             plans,
             agent.commands.clone(),
             settle,
+            explained,
         )));
+        let socket = crate::control::socket_of(config.control.socket.as_ref());
+        let state = crate::control::AgentState {
+            neighbors: config
+                .bgp
+                .iter()
+                .flat_map(|b| &b.neighbors)
+                .map(|n| (n.address, n.asn))
+                .collect(),
+            rib: agent.learning.as_ref().map(|l| l.rib.clone()),
+            links: agent.learning.as_ref().map(|l| l.links.clone()),
+            explanations,
+        };
+        agent.tasks.push(
+            crate::control::spawn(&socket, state)
+                .with_context(|| format!("opening the control socket {}", socket.display()))?,
+        );
         agent.reconcile(config).await?;
         if let Some(task) = reporting::spawn(config, local_routes) {
             agent.tasks.push(task);

@@ -196,6 +196,7 @@ pub async fn run(
     mut plans: watch::Receiver<Plan>,
     commands: mpsc::Sender<Command>,
     settled: watch::Sender<u64>,
+    explained: watch::Sender<Vec<Explanation>>,
 ) {
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
     // BGP-learned nodes programmed into the data plane, by id.
@@ -258,16 +259,17 @@ pub async fn run(
             }
         }
         settled.send_replace(plan.generation);
-        if let Some(path) = &plan.explain_file {
-            let explanations: Vec<&Explanation> = plan
-                .services
-                .iter()
-                .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.as_ref()))
-                .collect();
-            if let Err(error) = write_json(path, &explanations) {
-                tracing::warn!(path = %path.display(), %error, "writing the explanation");
-            }
+        let explanations: Vec<Explanation> = plan
+            .services
+            .iter()
+            .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.clone()))
+            .collect();
+        if let Some(path) = &plan.explain_file
+            && let Err(error) = write_json(path, &explanations)
+        {
+            tracing::warn!(path = %path.display(), %error, "writing the explanation");
         }
+        explained.send_replace(explanations);
         tokio::select! {
             () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
             changed = plans.changed() => if changed.is_err() { return },

@@ -41,7 +41,7 @@ pub struct CpnMetrics {
 }
 
 /// The sender's L1 computing score and L2 score (TLV 5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeScore {
     pub computing: f64,
     pub l2: f64,

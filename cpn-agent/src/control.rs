@@ -1,0 +1,244 @@
+//! The agent's control socket: a Unix stream socket (owner-only, 0600) where `cpnctl` asks
+//! for the agent's state. One request per connection: a JSON line in, a JSON line out
+//! (`{"ok": …}` or `{"error": "…"}`). The answers' shapes are documented in
+//! docs/OPERATIONS.md and are what `cpnctl --json` prints.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+
+use crate::{
+    agent::Explanation,
+    bgp::{fsm, metric_attr::NodeScore, speaker::SharedRib},
+    metrics::NodeMetrics,
+    probe::SharedLinks,
+};
+
+/// Where the agent listens unless `[control] socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/cpn/cpn-agent.sock";
+
+/// What `cpnctl` can ask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Neighbors,
+    Routes,
+    Services,
+}
+
+/// One BGP neighbor (`cpnctl show neighbors`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Neighbor {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// RFC 4271 state: `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`.
+    pub state: String,
+    /// Paths received from it (Adj-RIB-In).
+    pub paths: usize,
+    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness.
+    pub rtt_us: Option<u64>,
+    pub jitter_us: Option<u64>,
+    pub loss: Option<f64>,
+    pub link_alive: Option<bool>,
+}
+
+/// One path in the Adj-RIB-In (`cpnctl show routes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnedPath {
+    pub neighbor: IpAddr,
+    pub prefix: String,
+    pub path_id: u32,
+    pub next_hop: Ipv6Addr,
+    pub as_path: Vec<u32>,
+    /// Accumulated path latency, microseconds.
+    pub aigp: Option<u64>,
+    pub sid: Option<Ipv6Addr>,
+    /// RFC 8986 endpoint behaviour code of the SID.
+    pub behavior: Option<u16>,
+    /// Free capacity from the Link Bandwidth community.
+    pub link_bandwidth: Option<f32>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// From the CPN metric attribute.
+    pub node: Option<String>,
+    pub score: Option<NodeScore>,
+    pub metrics: Option<NodeMetrics>,
+}
+
+/// The agent state the socket serves.
+#[derive(Clone, Debug)]
+pub struct AgentState {
+    /// Configured neighbors and their AS numbers.
+    pub neighbors: Vec<(IpAddr, u32)>,
+    pub rib: Option<SharedRib>,
+    pub links: Option<SharedLinks>,
+    /// The latest selection explanations, one per service.
+    pub explanations: watch::Receiver<Vec<Explanation>>,
+}
+
+impl AgentState {
+    fn answer(&self, request: &Request) -> serde_json::Value {
+        let value = match request {
+            Request::Neighbors => serde_json::to_value(self.neighbors()),
+            Request::Routes => serde_json::to_value(self.paths()),
+            Request::Services => serde_json::to_value(&*self.explanations.borrow()),
+        };
+        value.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    fn neighbors(&self) -> Vec<Neighbor> {
+        let rib = self.rib.as_ref().map(|r| r.lock().expect("rib lock"));
+        let links = self
+            .links
+            .as_ref()
+            .map(|l| l.lock().expect("links lock").clone())
+            .unwrap_or_default();
+        self.neighbors
+            .iter()
+            .map(|&(address, asn)| {
+                let link = links.get(&address);
+                Neighbor {
+                    address,
+                    asn,
+                    state: rib
+                        .as_ref()
+                        .and_then(|r| r.sessions.get(&address))
+                        .map_or_else(|| format!("{:?}", fsm::State::Idle), |s| format!("{s:?}")),
+                    paths: rib
+                        .as_ref()
+                        .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
+                    rtt_us: link.map(|l| u64::try_from(l.rtt.as_micros()).unwrap_or(u64::MAX)),
+                    jitter_us: link
+                        .map(|l| u64::try_from(l.jitter.as_micros()).unwrap_or(u64::MAX)),
+                    loss: link.map(|l| l.loss),
+                    link_alive: link.map(|l| l.alive),
+                }
+            })
+            .collect()
+    }
+
+    fn paths(&self) -> Vec<LearnedPath> {
+        let Some(rib) = &self.rib else {
+            return Vec::new();
+        };
+        rib.lock()
+            .expect("rib lock")
+            .routes()
+            .map(|l| {
+                let r = l.route;
+                LearnedPath {
+                    neighbor: l.neighbor,
+                    prefix: r.prefix.to_string(),
+                    path_id: r.path_id,
+                    next_hop: r.next_hop,
+                    as_path: r.as_path,
+                    aigp: r.aigp,
+                    sid: r.service.map(|s| s.sid),
+                    behavior: r.service.map(|s| s.behavior),
+                    link_bandwidth: r.link_bandwidth,
+                    originator_id: r.originator_id,
+                    cluster_list: r.cluster_list,
+                    node: r.metrics.as_ref().map(|m| m.node.clone()),
+                    score: r.metrics.as_ref().and_then(|m| m.score),
+                    metrics: r.metrics.map(|m| m.metrics),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Listens on `path` (replacing a stale socket file) and answers until the task is dropped.
+pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    // Root-only: the socket shows the whole routing state and (later) changes it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(error) = serve(stream, &state).await {
+                    tracing::debug!(%error, "control connection");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve(stream: UnixStream, state: &AgentState) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => serde_json::json!({ "ok": state.answer(&request) }),
+        Err(e) => serde_json::json!({ "error": format!("bad request {:?}: {e}", line.trim()) }),
+    };
+    let mut text = reply.to_string();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Asks the agent listening on `socket` (blocking; for `cpnctl`).
+pub fn ask(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the agent at {}: {e} (is it running? as root? `--socket` names \
+             another one)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer)?;
+    let mut reply: serde_json::Value = serde_json::from_str(&answer)?;
+    if let Some(error) = reply.get("error") {
+        anyhow::bail!("the agent says: {error}");
+    }
+    Ok(reply["ok"].take())
+}
+
+/// The socket path of a configuration (`[control] socket`, else [`DEFAULT_SOCKET`]).
+pub fn socket_of(configured: Option<&PathBuf>) -> PathBuf {
+    configured
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        assert_eq!(
+            serde_json::to_string(&Request::Neighbors).unwrap(),
+            r#"{"command":"neighbors"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"routes"}"#).unwrap(),
+            Request::Routes
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+    }
+}

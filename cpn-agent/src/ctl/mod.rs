@@ -1,0 +1,113 @@
+//! `cpnctl`: asks a running agent over its control socket (control.rs) and prints the answer
+//! as a table, or as JSON with `--json` (the socket's own answer, unchanged). One module per
+//! subcommand renders its table.
+
+mod neighbors;
+mod routes;
+mod services;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::control::{self, Request};
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "cpnctl", version, about = "Inspect a running cpn agent")]
+pub struct Cli {
+    /// The agent's control socket (its `[control] socket`).
+    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the agent's answer as JSON (schemas in docs/OPERATIONS.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Show the agent's state.
+    Show {
+        #[command(subcommand)]
+        what: Show,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::Subcommand)]
+pub enum Show {
+    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss.
+    Neighbors,
+    /// The Adj-RIB-In: every path from every neighbor, with SID, AIGP and compute metrics.
+    Routes,
+    /// Each steered service: its candidates, their scores and weights, and why any is excluded.
+    Services,
+}
+
+/// Runs one command; the text to print.
+pub fn run(cli: &Cli) -> Result<String> {
+    let Command::Show { what } = cli.command;
+    let request = match what {
+        Show::Neighbors => Request::Neighbors,
+        Show::Routes => Request::Routes,
+        Show::Services => Request::Services,
+    };
+    let answer = control::ask(&cli.socket, &request)?;
+    if cli.json {
+        return Ok(serde_json::to_string_pretty(&answer)? + "\n");
+    }
+    match what {
+        Show::Neighbors => Ok(neighbors::table(serde_json::from_value(answer)?)),
+        Show::Routes => Ok(routes::table(serde_json::from_value(answer)?)),
+        Show::Services => Ok(services::table(&answer)),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Microseconds as milliseconds with two decimals.
+fn millis(us: u64) -> String {
+    format!("{}.{:02} ms", us / 1000, us % 1000 / 10)
+}
+
+/// An optional value, or `-`.
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let text = columns(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "-".into()]],
+        );
+        assert_eq!(text, "A    BB\nxxx  y\nz    -\n");
+        assert_eq!(millis(2_345), "2.34 ms");
+        assert_eq!(millis(7), "0.00 ms");
+    }
+}

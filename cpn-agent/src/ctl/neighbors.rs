@@ -1,0 +1,28 @@
+//! `cpnctl show neighbors`.
+
+use super::{columns, millis, or_dash};
+use crate::control::Neighbor;
+
+pub fn table(neighbors: Vec<Neighbor>) -> String {
+    let rows: Vec<Vec<String>> = neighbors
+        .into_iter()
+        .map(|n| {
+            vec![
+                n.address.to_string(),
+                n.asn.to_string(),
+                n.state,
+                n.paths.to_string(),
+                or_dash(n.rtt_us.map(millis)),
+                or_dash(n.jitter_us.map(millis)),
+                or_dash(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
+                or_dash(n.link_alive.map(|a| if a { "up" } else { "down" })),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "NEIGHBOR", "AS", "STATE", "PATHS", "RTT", "JITTER", "LOSS", "LINK",
+        ],
+        &rows,
+    )
+}

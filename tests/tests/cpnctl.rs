@@ -1,0 +1,122 @@
+//! `cpnctl` against running agents: the demo's lab, asked over each agent's control socket.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use cpn_tests::{
+    cpn_lab::{CpnLab, Topology},
+    lab::wait_for,
+};
+
+fn cpnctl(lab: &CpnLab, node: &str, args: &[&str]) -> Result<String> {
+    let binary = cpn_tests::lab::agent_binary()?.with_file_name("cpnctl");
+    let socket = lab.lab.control_socket(node);
+    let out = Command::new(&binary)
+        .arg("--socket")
+        .arg(&socket)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    ensure!(
+        out.status.success(),
+        "cpnctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn json(lab: &CpnLab, node: &str, what: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&cpnctl(
+        lab,
+        node,
+        &["--json", "show", what],
+    )?)?)
+}
+
+#[test]
+fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/demo.toml");
+    let topology = Topology::parse(&path, &std::fs::read_to_string(&path)?)?;
+    let lab = CpnLab::start("cpnctl", topology)?;
+
+    // The ingress's one neighbor, the transit: up, with its link measured.
+    let neighbors = json(&lab, "ingress", "neighbors")?;
+    let transit = &neighbors[0];
+    ensure!(
+        transit["address"] == "2001:db8:100::2"
+            && transit["asn"] == 4_200_000_050_u32
+            && transit["state"] == "Established"
+            && transit["link_alive"] == true
+            && transit["rtt_us"].as_u64().is_some(),
+        "{neighbors:#}"
+    );
+    let text = cpnctl(&lab, "ingress", &["show", "neighbors"])?;
+    ensure!(
+        text.starts_with("NEIGHBOR")
+            && text.contains("2001:db8:100::2")
+            && text.contains("Established"),
+        "{text}"
+    );
+
+    // The transit's Adj-RIB-In: each compute node's service path with its SID and score.
+    wait_for(
+        "three service paths at the transit",
+        Duration::from_secs(20),
+        || {
+            let routes = json(&lab, "transit", "routes")?;
+            Ok((routes
+                .as_array()
+                .is_some_and(|r| r.iter().filter(|p| p["sid"].is_string()).count() == 3))
+            .then_some(routes))
+        },
+    )
+    .and_then(|routes| {
+        for (n, node) in ["edge1", "edge2", "cloud"].iter().enumerate() {
+            let path = routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["node"] == *node)
+                .with_context(|| format!("no path from {node}: {routes:#}"))?;
+            ensure!(
+                path["prefix"] == "2001:db8:cafe::1/128"
+                    && path["sid"] == format!("fc00:{}::d6", n + 1)
+                    && path["behavior"] == 20
+                    && path["score"]["l2"]
+                        .as_f64()
+                        .is_some_and(|s| (0.0..=1.0).contains(&s))
+                    && path["as_path"]
+                        == serde_json::json!([4_200_000_001_u32 + u32::try_from(n)?]),
+                "{path:#}"
+            );
+        }
+        Ok(())
+    })?;
+    let text = cpnctl(&lab, "transit", &["show", "routes"])?;
+    ensure!(
+        text.contains("fc00:3::d6") && text.contains("cloud"),
+        "{text}"
+    );
+
+    // The ingress's service: three candidates, weights that sum to 1.
+    let services = json(&lab, "ingress", "services")?;
+    let service = &services[0];
+    let weights: f64 = service["decision"]["evaluations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["weight"].as_f64())
+        .sum();
+    ensure!(
+        service["address"] == "2001:db8:cafe::1"
+            && service["port"] == 7000
+            && (weights - 1.0).abs() < 1e-6,
+        "{service:#}"
+    );
+    let text = cpnctl(&lab, "ingress", &["show", "services"])?;
+    ensure!(
+        text.starts_with("service 2001:db8:cafe::1 port 7000") && text.contains("edge2"),
+        "{text}"
+    );
+    Ok(())
+}
