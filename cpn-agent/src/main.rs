@@ -112,6 +112,8 @@ async fn serve(
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // systemd (`Type=notify`) starts what depends on us now; a no-op outside systemd.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // Labs and tests wait for this line (cpn_tests::lab::AGENT_READY).
     tracing::info!(
         "cpn-agent running; SIGINT or SIGTERM stops it, SIGHUP reloads its configuration"
@@ -120,14 +122,19 @@ async fn serve(
         tokio::select! {
             _ = interrupt.recv() => break tracing::info!(signal = "SIGINT", "shutting down"),
             _ = terminate.recv() => break tracing::info!(signal = "SIGTERM", "shutting down"),
-            _ = hangup.recv() => match config::load(path) {
-                Ok(new) => match agent.reconcile(&new).await {
-                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
-                    Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed"),
-                },
-                Err(error) => tracing::error!(%error, "new configuration rejected; keeping the running one"),
-            },
+            _ = hangup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match config::load(path) {
+                    Ok(new) => match agent.reconcile(&new).await {
+                        Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                        Err(error) => tracing::error!(error = %format!("{error:#}"), "reload failed"),
+                    },
+                    Err(error) => tracing::error!(%error, "new configuration rejected; keeping the running one"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     agent.stop(!config.dataplane.keep_attached_on_exit).await
 }
