@@ -60,6 +60,8 @@ pub struct Config {
 pub struct ControlConfig {
     /// The control socket (default `/run/cpn/cpn-agent.sock`).
     pub socket: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` on this address (default: not at all).
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// `[bgp]`.

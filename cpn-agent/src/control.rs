@@ -95,7 +95,8 @@ impl AgentState {
         value.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 
-    fn neighbors(&self) -> Vec<Neighbor> {
+    /// The configured neighbors with their sessions and links now.
+    pub fn neighbors(&self) -> Vec<Neighbor> {
         let rib = self.rib.as_ref().map(|r| r.lock().expect("rib lock"));
         let links = self
             .links

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod dataplane;
+pub mod exporter;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;

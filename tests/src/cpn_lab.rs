@@ -30,6 +30,8 @@ use crate::lab::{Agent, Lab, wait_for};
 
 const INGRESS_AS: u32 = 4_200_000_100;
 const TRANSIT_AS: u32 = 4_200_000_050;
+/// Where the ingress serves Prometheus metrics (inside its namespace).
+pub const INGRESS_PROMETHEUS: &str = "[::1]:9464";
 /// The port a service without one listens on.
 pub const DEFAULT_PORT: u16 = 7000;
 /// Requests a service can have in flight (its `max_in_flight`).
@@ -428,7 +430,9 @@ fn bgp_section(
 }
 
 fn ingress_config(topology: &Topology, explain: &Path) -> String {
-    let mut text = String::from("[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n");
+    let mut text = format!(
+        "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n[control]\nprometheus = \"{INGRESS_PROMETHEUS}\"\n\n"
+    );
     for i in 1..=topology.clients.len() {
         let _ = write!(
             text,

@@ -279,7 +279,14 @@ impl Lab {
             format!("[dataplane]\n{pin}\n\n{config}")
         };
         // One control socket per agent: they all share the host's /run.
-        if !text.contains("[control]") {
+        if text.contains("[control]\n") && !text.contains("socket =") {
+            let socket = self.control_socket(node);
+            text = text.replacen(
+                "[control]\n",
+                &format!("[control]\nsocket = {:?}\n", socket.display().to_string()),
+                1,
+            );
+        } else if !text.contains("[control]") {
             let socket = self.control_socket(node);
             let _ = write!(
                 text,

@@ -120,3 +120,78 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
     );
     Ok(())
 }
+
+/// The ingress's `/metrics`, scraped from inside its namespace and read by a Prometheus text
+/// parser.
+#[test]
+fn prometheus_metrics_parse_and_name_the_state() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/demo.toml");
+    let topology = Topology::parse(&path, &std::fs::read_to_string(&path)?)?;
+    let lab = CpnLab::start("prometheus", topology)?;
+    let url = format!("http://{}/metrics", cpn_tests::cpn_lab::INGRESS_PROMETHEUS);
+    let scrape = || -> Result<prometheus_parse::Scrape> {
+        let out = lab.lab.node("ingress")?.output(&[
+            "python3",
+            "-c",
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            &url,
+        ])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        Ok(prometheus_parse::Scrape::parse(lines)?)
+    };
+    let value = |s: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .next()
+    };
+    let s = wait_for(
+        "weights for all three nodes",
+        Duration::from_secs(20),
+        || {
+            let s = scrape()?;
+            let weighed = s
+                .samples
+                .iter()
+                .filter(|x| x.metric == "cpn_selection_weight")
+                .count();
+            Ok((weighed == 3).then_some(s))
+        },
+    )?;
+    ensure!(
+        value(
+            &s,
+            "cpn_bgp_session_established",
+            ("neighbor", "2001:db8:100::2")
+        ) == Some(1.0),
+        "{:#?}",
+        s.samples
+    );
+    let weights: f64 = ["edge1", "edge2", "cloud"]
+        .iter()
+        .filter_map(|n| value(&s, "cpn_selection_weight", ("node", n)))
+        .sum();
+    ensure!((weights - 1.0).abs() < 1e-6, "weights sum to 1: {weights}");
+    ensure!(
+        value(&s, "cpn_dataplane_packets_total", ("protocol", "ipv6")).is_some_and(|p| p > 0.0),
+        "the steering program counted the clients' packets: {:#?}",
+        s.samples
+    );
+    ensure!(
+        s.samples.iter().any(|x| x.metric == "cpn_build_info"),
+        "build info"
+    );
+    Ok(())
+}

@@ -183,7 +183,6 @@ impl Agent {
             settle,
             explained,
         )));
-        let socket = crate::control::socket_of(config.control.socket.as_ref());
         let state = crate::control::AgentState {
             neighbors: config
                 .bgp
@@ -195,10 +194,9 @@ impl Agent {
             links: agent.learning.as_ref().map(|l| l.links.clone()),
             explanations,
         };
-        agent.tasks.push(
-            crate::control::spawn(&socket, state)
-                .with_context(|| format!("opening the control socket {}", socket.display()))?,
-        );
+        agent
+            .tasks
+            .extend(operator_interfaces(config, state).await?);
         agent.reconcile(config).await?;
         if let Some(task) = reporting::spawn(config, local_routes) {
             agent.tasks.push(task);
@@ -415,6 +413,34 @@ impl Agent {
         drop(self.steering);
         self.owner.await.context("the data-plane owner panicked")
     }
+}
+
+/// The control socket for `cpnctl` and, if configured, Prometheus `/metrics`.
+async fn operator_interfaces(
+    config: &Config,
+    state: crate::control::AgentState,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    if let Some(address) = config.control.prometheus {
+        let pin_dir = match config.pinning() {
+            crate::dataplane::Pinning::Dir(dir) => Some(dir),
+            crate::dataplane::Pinning::Unpinned => None,
+        };
+        let mut programs: Vec<_> = config.interfaces.iter().map(|i| i.program).collect();
+        programs.dedup();
+        let exporter = crate::exporter::spawn(address, state.clone(), pin_dir, programs);
+        tasks.push(
+            exporter
+                .await
+                .with_context(|| format!("serving Prometheus metrics on {address}"))?,
+        );
+    }
+    let socket = crate::control::socket_of(config.control.socket.as_ref());
+    tasks.push(
+        crate::control::spawn(&socket, state)
+            .with_context(|| format!("opening the control socket {}", socket.display()))?,
+    );
+    Ok(tasks)
 }
 
 fn speaker_config(

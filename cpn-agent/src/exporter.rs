@@ -1,0 +1,208 @@
+//! Prometheus `/metrics` (`[control] prometheus = "ADDRESS:PORT"`), in the `OpenMetrics` text
+//! format of prometheus-client. Every scrape takes a fresh snapshot of the agent's state (the
+//! control socket's view, control.rs) and of the data-plane counters in the pinned maps, so
+//! nothing here keeps state of its own.
+//!
+//! Names are `cpn_*`, in base units (seconds, bytes), counters end in `_total`.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::{
+    control::AgentState,
+    dataplane::{Program, pinned_proto_stats},
+};
+use cpn_common::stats::ProtoCounter;
+
+type Labels = Vec<(String, String)>;
+
+/// What a scrape reads.
+#[derive(Debug)]
+struct Sources {
+    state: AgentState,
+    /// Where the data plane's maps are pinned (none: no data-plane counters).
+    pin_dir: Option<PathBuf>,
+    programs: Vec<Program>,
+    scrapes: AtomicU64,
+}
+
+/// Serves `/metrics` on `address` until the task is dropped.
+pub async fn spawn(
+    address: SocketAddr,
+    state: AgentState,
+    pin_dir: Option<PathBuf>,
+    programs: Vec<Program>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let sources = Arc::new(Sources {
+        state,
+        pin_dir,
+        programs,
+        scrapes: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(sources);
+    Ok(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the Prometheus endpoint stopped");
+        }
+    }))
+}
+
+async fn metrics(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
+    sources.scrapes.fetch_add(1, Ordering::Relaxed);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(&sources),
+    )
+}
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// One scrape's text.
+fn render(sources: &Sources) -> String {
+    let mut registry = Registry::with_prefix("cpn");
+    registry.register(
+        "build",
+        "cpn-agent build information",
+        Info::new(vec![(
+            "version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]),
+    );
+    let scrapes = Counter::<u64>::default();
+    scrapes.inc_by(sources.scrapes.load(Ordering::Relaxed));
+    registry.register("scrapes", "Scrapes of this endpoint", scrapes);
+    bgp(&mut registry, &sources.state);
+    selection(&mut registry, &sources.state);
+    dataplane(&mut registry, sources);
+    let mut text = String::new();
+    if encode(&mut text, &registry).is_err() {
+        text = "# encoding failed\n".into();
+    }
+    text
+}
+
+fn bgp(registry: &mut Registry, state: &AgentState) {
+    let established = Family::<Labels, Gauge>::default();
+    let paths = Family::<Labels, Gauge>::default();
+    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for n in state.neighbors() {
+        let l = labels(&[("neighbor", n.address.to_string())]);
+        established
+            .get_or_create(&l)
+            .set(i64::from(n.state == "Established"));
+        paths
+            .get_or_create(&l)
+            .set(i64::try_from(n.paths).unwrap_or(i64::MAX));
+        if let Some(us) = n.rtt_us {
+            #[expect(clippy::cast_precision_loss, reason = "microseconds")]
+            rtt.get_or_create(&l).set(us as f64 / 1e6);
+        }
+        if let Some(v) = n.loss {
+            loss.get_or_create(&l).set(v);
+        }
+    }
+    registry.register(
+        "bgp_session_established",
+        "1 while the BGP session with the neighbor is Established",
+        established,
+    );
+    registry.register("bgp_paths", "Paths received from the neighbor", paths);
+    registry.register(
+        "link_rtt_seconds",
+        "Smoothed round-trip time to the neighbor, from the link probes",
+        rtt,
+    );
+    registry.register(
+        "link_loss_ratio",
+        "Share of recent link probes without an answer",
+        loss,
+    );
+}
+
+fn selection(registry: &mut Registry, state: &AgentState) {
+    let weight = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let score = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for e in state.explanations.borrow().iter() {
+        for c in &e.decision.evaluations {
+            let l = labels(&[("service", e.address.to_string()), ("node", c.name.clone())]);
+            weight.get_or_create(&l).set(c.weight);
+            if let Some(s) = c.scores {
+                score.get_or_create(&l).set(s.l2);
+            }
+            if let Some(a) = c.metric_age {
+                age.get_or_create(&l).set(a.as_secs_f64());
+            }
+        }
+    }
+    registry.register(
+        "selection_weight",
+        "Share of new flows the ingress gives the node for the service (0..1)",
+        weight,
+    );
+    registry.register(
+        "selection_score",
+        "The node's L2 score for the service (0..1, cpn-norm-v1)",
+        score,
+    );
+    registry.register(
+        "metric_age_seconds",
+        "Age of the node's newest compute metrics at the last selection",
+        age,
+    );
+}
+
+fn dataplane(registry: &mut Registry, sources: &Sources) {
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let readable = sources.programs.iter().filter_map(|program| {
+        let stats = pinned_proto_stats(sources.pin_dir.as_deref()?, *program).ok()?;
+        Some((program, stats))
+    });
+    for (program, stats) in readable {
+        for which in ProtoCounter::ALL {
+            let counter = stats.get(which);
+            let l = labels(&[
+                ("program", program.name().to_owned()),
+                ("protocol", which.name().to_owned()),
+            ]);
+            packets.get_or_create(&l).inc_by(counter.packets);
+            bytes.get_or_create(&l).inc_by(counter.bytes);
+        }
+    }
+    registry.register(
+        "dataplane_packets",
+        "Packets seen by the XDP program, by protocol",
+        packets,
+    );
+    registry.register(
+        "dataplane_bytes",
+        "Bytes seen by the XDP program, by protocol",
+        bytes,
+    );
+}
