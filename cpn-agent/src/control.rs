@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::Explanation,
+    agent::{Drained, Explanation},
     bgp::{fsm, metric_attr::NodeScore, speaker::SharedRib},
     metrics::NodeMetrics,
     probe::SharedLinks,
@@ -33,6 +33,13 @@ pub enum Request {
     Neighbors,
     Routes,
     Services,
+    /// No new flows to the node (by name); its open flows stay. Answers the drained nodes.
+    Drain {
+        node: String,
+    },
+    Undrain {
+        node: String,
+    },
 }
 
 /// One BGP neighbor (`cpnctl show neighbors`).
@@ -83,6 +90,7 @@ pub struct AgentState {
     pub links: Option<SharedLinks>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
+    pub drained: Drained,
 }
 
 impl AgentState {
@@ -91,6 +99,17 @@ impl AgentState {
             Request::Neighbors => serde_json::to_value(self.neighbors()),
             Request::Routes => serde_json::to_value(self.paths()),
             Request::Services => serde_json::to_value(&*self.explanations.borrow()),
+            Request::Drain { node } | Request::Undrain { node } => {
+                let mut drained = self.drained.lock().expect("drained lock");
+                if matches!(request, Request::Drain { .. }) {
+                    tracing::info!(%node, "drained by the operator");
+                    drained.insert(node.clone());
+                } else {
+                    tracing::info!(%node, "undrained by the operator");
+                    drained.remove(node);
+                }
+                serde_json::to_value(&*drained)
+            }
         };
         value.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }

@@ -118,6 +118,38 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
         text.starts_with("service 2001:db8:cafe::1 port 7000") && text.contains("edge2"),
         "{text}"
     );
+
+    drain_and_undrain(&lab)
+}
+
+/// Drain cloud: no weight, excluded as drained, and new flows avoid it; undrain: it is back.
+fn drain_and_undrain(lab: &CpnLab) -> Result<()> {
+    let cloud = |lab: &CpnLab| -> Result<serde_json::Value> {
+        let services = json(lab, "ingress", "services")?;
+        Ok(services[0]["decision"]["evaluations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "cloud")
+            .cloned()
+            .unwrap_or_default())
+    };
+    ensure!(cpnctl(lab, "ingress", &["drain", "cloud"])? == "drained: cloud\n");
+    wait_for("cloud drained", Duration::from_secs(10), || {
+        let c = cloud(lab)?;
+        Ok((c["excluded"] == "drained" && c["weight"] == 0.0).then_some(()))
+    })?;
+    let web = &lab.topology.services[0];
+    let split = lab.split("client1", web, 60)?;
+    ensure!(
+        !split.contains_key("cloud"),
+        "new flows avoid a drained node: {split:?}"
+    );
+    ensure!(cpnctl(lab, "ingress", &["undrain", "cloud"])? == "drained: (none)\n");
+    wait_for("cloud undrained", Duration::from_secs(10), || {
+        let c = cloud(lab)?;
+        Ok(c["weight"].as_f64().is_some_and(|w| w > 0.0).then_some(()))
+    })?;
     Ok(())
 }
 

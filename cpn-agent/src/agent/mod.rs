@@ -14,7 +14,7 @@ mod owner;
 mod reporting;
 mod steering;
 
-pub use steering::Explanation;
+pub use steering::{Drained, Explanation};
 
 use std::{
     collections::BTreeMap,
@@ -177,11 +177,13 @@ impl Agent {
             local_routes = Some(local);
         }
         let (explained, explanations) = watch::channel(Vec::new());
+        let drained = Drained::default();
         agent.tasks.push(tokio::spawn(steering::run(
             plans,
             agent.commands.clone(),
             settle,
             explained,
+            drained.clone(),
         )));
         let state = crate::control::AgentState {
             neighbors: config
@@ -193,6 +195,7 @@ impl Agent {
             rib: agent.learning.as_ref().map(|l| l.rib.clone()),
             links: agent.learning.as_ref().map(|l| l.links.clone()),
             explanations,
+            drained,
         };
         agent
             .tasks

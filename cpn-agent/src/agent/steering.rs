@@ -192,11 +192,15 @@ pub struct Explanation {
     pub pending_slots: usize,
 }
 
+/// Nodes an operator drained (`cpnctl drain`), by name: they get no new flows.
+pub type Drained = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
 pub async fn run(
     mut plans: watch::Receiver<Plan>,
     commands: mpsc::Sender<Command>,
     settled: watch::Sender<u64>,
     explained: watch::Sender<Vec<Explanation>>,
+    drained: Drained,
 ) {
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
     // BGP-learned nodes programmed into the data plane, by id.
@@ -231,7 +235,8 @@ pub async fn run(
                 .filter(|(_, _, c)| c.0 == service.address)
                 .map(|(_, _, c)| c.1.clone())
                 .collect();
-            if let Some(ring) = step(&plan, service, &extra, state)
+            let drained = drained.lock().expect("drained lock").clone();
+            if let Some(ring) = step(&plan, service, &extra, &drained, state)
                 && commands
                     .send(Command::PublishRing {
                         service: service.id,
@@ -333,12 +338,16 @@ fn step(
     plan: &Plan,
     service: &PlannedService,
     learned: &[Candidate],
+    drained: &std::collections::BTreeSet<String>,
     state: &mut ServiceState,
 ) -> Option<Vec<u32>> {
     let now = SystemTime::now();
     let mut candidates: Vec<Candidate> =
         service.candidates.iter().map(|c| c.resolve(now)).collect();
     candidates.extend(learned.iter().cloned());
+    for c in candidates.iter_mut().filter(|c| drained.contains(&c.name)) {
+        c.admin = Admin::Drained;
+    }
     let decision = selection::select(&service.policy, &candidates, now);
     let weighted = decision.weighted();
     let instant = Instant::now();

@@ -32,6 +32,10 @@ pub enum Command {
         #[command(subcommand)]
         what: Show,
     },
+    /// Give a node no new flows (its open flows stay), on this agent's services.
+    Drain { node: String },
+    /// Give a drained node new flows again.
+    Undrain { node: String },
 }
 
 #[derive(Clone, Copy, Debug, clap::Subcommand)]
@@ -46,7 +50,29 @@ pub enum Show {
 
 /// Runs one command; the text to print.
 pub fn run(cli: &Cli) -> Result<String> {
-    let Command::Show { what } = cli.command;
+    let what = match &cli.command {
+        Command::Show { what } => *what,
+        Command::Drain { node } | Command::Undrain { node } => {
+            let request = if matches!(cli.command, Command::Drain { .. }) {
+                Request::Drain { node: node.clone() }
+            } else {
+                Request::Undrain { node: node.clone() }
+            };
+            let answer = control::ask(&cli.socket, &request)?;
+            if cli.json {
+                return Ok(serde_json::to_string_pretty(&answer)? + "\n");
+            }
+            let drained: Vec<String> = serde_json::from_value(answer)?;
+            return Ok(format!(
+                "drained: {}\n",
+                if drained.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    drained.join(", ")
+                }
+            ));
+        }
+    };
     let request = match what {
         Show::Neighbors => Request::Neighbors,
         Show::Routes => Request::Routes,
