@@ -37,7 +37,7 @@ fn json(lab: &CpnLab, node: &str, what: &str) -> Result<serde_json::Value> {
 fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("topologies/demo.toml");
     let topology = Topology::parse(&path, &std::fs::read_to_string(&path)?)?;
-    let lab = CpnLab::start("cpnctl", topology)?;
+    let mut lab = CpnLab::start("cpnctl", topology)?;
 
     // The ingress's one neighbor, the transit: up, with its link measured.
     let neighbors = json(&lab, "ingress", "neighbors")?;
@@ -119,7 +119,67 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
         "{text}"
     );
 
-    drain_and_undrain(&lab)
+    drain_and_undrain(&lab)?;
+    maps_dump_with_the_agent_stopped(&mut lab)
+}
+
+/// The ingress's pinned maps, read with its agent stopped.
+fn maps_dump_with_the_agent_stopped(lab: &mut CpnLab) -> Result<()> {
+    let agent = lab.agents.remove("ingress").context("the ingress agent")?;
+    lab.lab.stop(agent.pid)?;
+    let pin_dir = agent.pin_dir.to_str().context("pin dir")?;
+    let dump: serde_json::Value = serde_json::from_str(&cpnctl(
+        lab,
+        "ingress",
+        &["--json", "maps", "dump", "--pin-dir", pin_dir],
+    )?)?;
+    let services = &dump["services"];
+    ensure!(
+        services[0]["address"] == "2001:db8:cafe::1"
+            && services[0]["port"] == 7000
+            && services[0]["protocol"] == 6
+            && services[0]["affinity"] == true,
+        "{services:#}"
+    );
+    let nodes = dump["nodes"].as_array().context("nodes")?;
+    ensure!(
+        nodes.len() == 3
+            && nodes.iter().all(|n| n["state"] == "active"
+                && n["segments"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("fc00:"))),
+        "{nodes:#?}"
+    );
+    let slots: u64 = dump["rings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["slots"].as_u64())
+        .sum();
+    ensure!(slots == 65_537, "the live ring has every slot: {slots}");
+    ensure!(
+        dump["flows"].as_array().is_some_and(|f| !f.is_empty()),
+        "the clients' flows are in the affinity table"
+    );
+    ensure!(
+        dump["steer_proto"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["counter"] == "ipv6" && c["packets"].as_u64().is_some_and(|p| p > 0)),
+        "{:#}",
+        dump["steer_proto"]
+    );
+    let text = cpnctl(
+        lab,
+        "ingress",
+        &["maps", "dump", "nodes", "--pin-dir", pin_dir],
+    )?;
+    ensure!(
+        text.starts_with("map nodes\nENCAP_SRC") && text.contains("active"),
+        "{text}"
+    );
+    Ok(())
 }
 
 /// Drain cloud: no weight, excluded as drained, and new flows avoid it; undrain: it is back.

@@ -2,6 +2,7 @@
 //! as a table, or as JSON with `--json` (the socket's own answer, unchanged). One module per
 //! subcommand renders its table.
 
+mod maps;
 mod neighbors;
 mod routes;
 mod services;
@@ -36,6 +37,23 @@ pub enum Command {
     Drain { node: String },
     /// Give a drained node new flows again.
     Undrain { node: String },
+    /// The data plane's pinned maps, read directly (works with the agent stopped).
+    Maps {
+        #[command(subcommand)]
+        what: Maps,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Maps {
+    /// Decode one map (`services`, `ring_sel`, `rings`, `nodes`, `flows`, `local_sids`, and the
+    /// counters) or all of them.
+    Dump {
+        name: Option<String>,
+        /// The agent's `[dataplane] pin_dir`.
+        #[arg(long, default_value = cpn_common::maps::PIN_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::Subcommand)]
@@ -51,6 +69,19 @@ pub enum Show {
 /// Runs one command; the text to print.
 pub fn run(cli: &Cli) -> Result<String> {
     let what = match &cli.command {
+        Command::Maps {
+            what: Maps::Dump { name, pin_dir },
+        } => {
+            let dumped = maps::dump(pin_dir, name.as_deref())?;
+            if cli.json {
+                return Ok(serde_json::to_string_pretty(&dumped)? + "\n");
+            }
+            return Ok(dumped
+                .iter()
+                .map(|(map, rows)| format!("map {map}\n{}", object_table(rows)))
+                .collect::<Vec<_>>()
+                .join("\n"));
+        }
         Command::Show { what } => *what,
         Command::Drain { node } | Command::Undrain { node } => {
             let request = if matches!(cli.command, Command::Drain { .. }) {
@@ -110,6 +141,31 @@ fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// JSON objects as a table, their fields (of the first row) as columns.
+fn object_table(rows: &[serde_json::Value]) -> String {
+    let Some(first) = rows.first().and_then(serde_json::Value::as_object) else {
+        return "(empty)\n".to_owned();
+    };
+    let header: Vec<&str> = first.keys().map(String::as_str).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            header
+                .iter()
+                .map(|k| match &row[*k] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let upper: Vec<String> = header.iter().map(|h| h.to_uppercase()).collect();
+    columns(
+        &upper.iter().map(String::as_str).collect::<Vec<_>>(),
+        &cells,
+    )
 }
 
 /// Microseconds as milliseconds with two decimals.
