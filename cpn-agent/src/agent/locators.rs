@@ -1,13 +1,16 @@
 //! Learned SRv6 locators become kernel routes (`proto bgp`), so that the encapsulated packets
-//! an ingress sends reach the node that owns the SID; a withdrawn locator's route goes.
+//! an ingress sends reach the node that owns the SID. A withdrawn locator's route goes once no
+//! node in the data plane uses an address in it any more (make before break): until steering
+//! has moved the rings off those nodes, flows still hashed to them would meet "no route".
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv6Addr,
     sync::{Arc, Mutex},
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
+use tokio::sync::watch;
 
 use crate::{bgp::speaker::SharedRib, kernel::KernelRoutes};
 
@@ -45,9 +48,11 @@ pub async fn run(
     own: Option<(Ipv6Addr, u8)>,
     kernel: KernelRoutes,
     installed: Installed,
+    mut in_use: watch::Receiver<BTreeSet<Ipv6Addr>>,
 ) {
     let mut changes = rib.lock().expect("rib lock").subscribe();
     loop {
+        let used = in_use.borrow_and_update().clone();
         let want = wanted(&rib, own);
         let have = installed.lock().expect("installed lock").clone();
         for ((prefix, len), via) in &want {
@@ -67,7 +72,13 @@ pub async fn run(
                 }
             }
         }
-        for key in have.keys().filter(|k| !want.contains_key(k)) {
+        let still_used = |(prefix, len): &(Ipv6Addr, u8)| {
+            Ipv6Net::new(*prefix, *len).is_ok_and(|net| used.iter().any(|a| net.contains(a)))
+        };
+        for key in have
+            .keys()
+            .filter(|k| !want.contains_key(k) && !still_used(k))
+        {
             match kernel.remove_learned(key.0, key.1).await {
                 Ok(()) => {
                     tracing::info!(locator = %format!("{}/{}", key.0, key.1), "withdrawn locator removed");
@@ -79,7 +90,11 @@ pub async fn run(
             }
             installed.lock().expect("installed lock").remove(key);
         }
-        if changes.changed().await.is_err() {
+        let wake = tokio::select! {
+            rib = changes.changed() => rib,
+            nodes = in_use.changed() => nodes,
+        };
+        if wake.is_err() {
             return;
         }
     }

@@ -134,6 +134,7 @@ impl Agent {
             learned_locators: locators::Installed::default(),
         };
         let mut local_routes = None;
+        let (in_use, nodes_in_use) = watch::channel(std::collections::BTreeSet::new());
         if let Some(bgp) = &config.bgp {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
@@ -166,6 +167,7 @@ impl Agent {
                     own,
                     KernelRoutes::connect()?,
                     agent.learned_locators.clone(),
+                    nodes_in_use,
                 )));
             }
             agent.learning = Some(steering::Learning {
@@ -178,11 +180,15 @@ impl Agent {
         }
         let (explained, explanations) = watch::channel(Vec::new());
         let drained = Drained::default();
+        let outputs = steering::Outputs {
+            settled: settle,
+            explained,
+            in_use,
+        };
         agent.tasks.push(tokio::spawn(steering::run(
             plans,
             agent.commands.clone(),
-            settle,
-            explained,
+            outputs,
             drained.clone(),
         )));
         let state = crate::control::AgentState {

@@ -195,13 +195,28 @@ pub struct Explanation {
 /// Nodes an operator drained (`cpnctl drain`), by name: they get no new flows.
 pub type Drained = Arc<Mutex<std::collections::BTreeSet<String>>>;
 
+/// What steering reports back to the agent's other tasks.
+#[derive(Debug)]
+pub struct Outputs {
+    /// The plan generation rings have been published for.
+    pub settled: watch::Sender<u64>,
+    pub explained: watch::Sender<Vec<Explanation>>,
+    /// The segments of the learned nodes in the data plane: their locators' kernel routes must
+    /// stay until the nodes are gone (make before break; see locators.rs).
+    pub in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
+}
+
 pub async fn run(
     mut plans: watch::Receiver<Plan>,
     commands: mpsc::Sender<Command>,
-    settled: watch::Sender<u64>,
-    explained: watch::Sender<Vec<Explanation>>,
+    outputs: Outputs,
     drained: Drained,
 ) {
+    let Outputs {
+        settled,
+        explained,
+        in_use,
+    } = outputs;
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
     // BGP-learned nodes programmed into the data plane, by id.
     let mut programmed: BTreeMap<u32, Node> = BTreeMap::new();
@@ -264,6 +279,15 @@ pub async fn run(
             }
         }
         settled.send_replace(plan.generation);
+        in_use.send_if_modified(|used| {
+            let now = programmed
+                .values()
+                .flat_map(|n| n.segments.iter().copied())
+                .collect();
+            let changed = *used != now;
+            *used = now;
+            changed
+        });
         let explanations: Vec<Explanation> = plan
             .services
             .iter()
