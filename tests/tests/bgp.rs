@@ -226,7 +226,8 @@ fn steers_by_capacity(lab: &Lab) -> Result<()> {
     eprintln!("split of {total}: {s:?}");
     ensure!(
         (share - 2.0 / 3.0).abs() < 0.1,
-        "compute2 should take about 2/3 of new flows: {s:?}"
+        "compute2 should take about 2/3 of new flows: {s:?}\n{}",
+        logs(lab)
     );
     Ok(())
 }
