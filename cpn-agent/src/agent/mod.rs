@@ -115,7 +115,7 @@ impl Agent {
     /// runtime.
     pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
         let (commands, receiver) = mpsc::channel(1024);
-        let owner = tokio::spawn(owner::run(dataplane, receiver));
+        let owner = tokio::task::spawn_blocking(move || owner::run(dataplane, receiver));
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
         let mut agent = Self {

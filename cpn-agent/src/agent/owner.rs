@@ -1,5 +1,7 @@
 //! The single owner of the data plane: every map write goes through its channel, in order, so
-//! "nodes before the ring that names them" holds by construction.
+//! "nodes before the ring that names them" holds by construction. It runs on a thread of its
+//! own (`spawn_blocking`): a ring is 65 537 map writes, and the async tasks (BGP keepalives,
+//! link probe answers) must not wait for them.
 
 use std::net::Ipv6Addr;
 
@@ -38,8 +40,9 @@ pub enum Command {
 }
 
 /// Applies commands until every sender is gone, then hands the data plane back (to detach).
-pub async fn run(mut dataplane: Dataplane, mut commands: mpsc::Receiver<Command>) -> Dataplane {
-    while let Some(command) = commands.recv().await {
+/// Blocking: run it with `spawn_blocking`.
+pub fn run(mut dataplane: Dataplane, mut commands: mpsc::Receiver<Command>) -> Dataplane {
+    while let Some(command) = commands.blocking_recv() {
         if let Err(error) = apply(&mut dataplane, &command) {
             tracing::error!(?command, error = %error, "data-plane update failed");
         }

@@ -209,9 +209,21 @@ impl Dataplane {
         let mut ebpf = loader.load(OBJECT)?;
         check_maps(&ebpf)?;
         for program in Program::ALL {
-            xdp_mut(&mut ebpf, program)?
-                .load()
-                .map_err(|source| Error::Program { program, source })?;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match xdp_mut(&mut ebpf, program)?.load() {
+                    Ok(()) => break,
+                    // The verifier stops with EAGAIN when a signal arrives while it checks a
+                    // program; like libbpf, try again a few times.
+                    Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+                    {
+                        tracing::debug!(%program, "verifier interrupted, loading again");
+                    }
+                    Err(source) => return Err(Error::Program { program, source }),
+                }
+            }
         }
         let links_dir = match pinning {
             Pinning::Dir(dir) => {
