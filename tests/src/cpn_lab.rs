@@ -350,13 +350,7 @@ impl CpnLab {
 
     /// Every agent's log, for error messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in self.agents.keys() {
-            let log = fs::read_to_string(self.lab.workdir().join(format!("{name}.log")))
-                .unwrap_or_default();
-            let _ = write!(out, "--- {name}\n{log}");
-        }
-        out
+        self.lab.logs(self.agents.keys().map(String::as_str))
     }
 }
 
@@ -569,8 +563,10 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// `count` new connections, one request each; prints {"node": connections}.
-const SPLIT_CLIENT: &str = r#"
+/// `count` new connections, one request each; prints {"node": connections}. The timeout is
+/// long because a loaded machine can delay a SYN retransmission or two; a test fails on a real
+/// loss anyway, since every connection must complete.
+pub const SPLIT_CLIENT: &str = r#"
 import json, socket, sys
 addr, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 seen = {}

@@ -263,6 +263,18 @@ impl Lab {
         Ok(Agent { pid, pin_dir, log })
     }
 
+    /// The logs of the agents (or other processes logging to `<node>.log`) of `nodes`, for
+    /// failure messages.
+    pub fn logs<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) -> String {
+        let mut out = String::new();
+        for node in nodes {
+            let log =
+                fs::read_to_string(self.workdir.join(format!("{node}.log"))).unwrap_or_default();
+            let _ = write!(out, "--- {node}\n{log}");
+        }
+        out
+    }
+
     /// Where `node`'s agent listens for `cpnctl`.
     pub fn control_socket(&self, node: &str) -> PathBuf {
         self.workdir.join(format!("{node}.sock"))

@@ -20,7 +20,10 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::lab::{Agent, Lab, wait_for};
+use crate::{
+    cpn_lab::{SERVICE, SPLIT_CLIENT},
+    lab::{Agent, Lab, wait_for},
+};
 
 pub const VIP: &str = "2001:db8:cafe::1";
 pub const PORT: u16 = 7000;
@@ -29,61 +32,6 @@ pub const COMPUTES: [(&str, f64); 3] = [("compute1", 1e12), ("compute2", 2e12), 
 
 /// Requests a service can have in flight (its `max_in_flight`).
 pub const MAX_IN_FLIGHT: u32 = 10_000;
-
-/// A TCP service that answers every line with the node's name, and, like a real service,
-/// keeps rewriting its in-flight count (every 0.2 s): its open connections plus the extra load
-/// a test puts in the knob file.
-pub const NAME_SERVER: &str = r#"
-import os, socket, sys, threading, time
-name, vip, port, inflight, knob = sys.argv[1].encode() + b"\n", sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-active = 0
-lock = threading.Lock()
-def report():
-    while True:
-        try:
-            extra = int(open(knob).read().strip() or 0)
-        except (OSError, ValueError):
-            extra = 0
-        with open(inflight + ".tmp", "w") as f:
-            f.write(f"{active + extra}\n")
-        os.replace(inflight + ".tmp", inflight)
-        time.sleep(0.2)
-threading.Thread(target=report, daemon=True).start()
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((vip, port)); s.listen(512)
-def serve(c):
-    global active
-    with lock:
-        active += 1
-    f = c.makefile("rb")
-    try:
-        for line in f:
-            c.sendall(name)
-    except OSError:
-        pass
-    with lock:
-        active -= 1
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-/// `count` new connections, one line each; prints {"node": connections}. The timeout is long
-/// because a loaded CI machine can delay a SYN retransmission or two; the test fails on a real
-/// loss anyway, since every connection must complete.
-pub const SPLIT_CLIENT: &str = r#"
-import json, socket, sys
-vip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-seen = {}
-for _ in range(count):
-    c = socket.create_connection((vip, port), timeout=15)
-    c.sendall(b"hi\n")
-    name = c.makefile("rb").readline().decode().strip()
-    seen[name] = seen.get(name, 0) + 1
-    c.close()
-print(json.dumps(seen))
-"#;
 
 /// Opens `count` connections and keeps sending a line on each every 0.2 s, checking that the
 /// same node answers, until the file `stop` exists; prints {"nodes": {...}, "broken": n,
@@ -96,7 +44,7 @@ for _ in range(count):
     c = socket.create_connection((vip, port), timeout=15)
     c.sendall(b"hi\n")
     f = c.makefile("rb")
-    conns.append([c, f, f.readline().decode().strip(), True])
+    conns.append([c, f, f.readline().decode().split()[0], True])
 nodes = {}
 for _, _, n, _ in conns:
     nodes[n] = nodes.get(n, 0) + 1
@@ -110,7 +58,7 @@ while not os.path.exists(stop):
             continue
         try:
             c.sendall(b"again\n")
-            name = f.readline().decode().strip()
+            name = f.readline().decode().split()[0]
             if name != first:
                 moved += 1; conn[3] = False
         except OSError:
@@ -275,14 +223,15 @@ impl SteeringLab {
     }
 }
 
-/// Starts [`NAME_SERVER`] on `node` (VIP, PORT), with its in-flight file and load knob.
+/// Starts the labs' service ([`SERVICE`]: answers `<node> <in flight>`) on `node` at VIP and
+/// PORT, with its in-flight file and load knob.
 pub fn start_name_server(lab: &mut Lab, node: &str, inflight: &Path, knob: &Path) -> Result<()> {
     lab.spawn(
         node,
         &[
             "python3",
             "-c",
-            NAME_SERVER,
+            SERVICE,
             node,
             VIP,
             &PORT.to_string(),

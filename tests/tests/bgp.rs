@@ -191,12 +191,7 @@ fn start(name: &str, control: ControlPlane, hold_time_s: u32) -> Result<BgpLab> 
 
 /// The agents' logs, for failure messages.
 fn logs(lab: &Lab) -> String {
-    let mut out = String::new();
-    for n in ["ingress", "compute1", "compute2", "rr"] {
-        let log = fs::read_to_string(lab.workdir().join(format!("{n}.log"))).unwrap_or_default();
-        let _ = write!(out, "--- {n}\n{log}");
-    }
-    out
+    lab.logs(["ingress", "compute1", "compute2", "rr"])
 }
 
 /// The ingress's kernel routes learned in BGP (`ip -6 route show proto bgp`).

@@ -160,13 +160,7 @@ impl Lab5 {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for name in self.agents.keys() {
-            let log = fs::read_to_string(self.lab.workdir().join(format!("{name}.log")))
-                .unwrap_or_default();
-            let _ = write!(out, "--- {name}\n{log}");
-        }
-        out
+        self.lab.logs(self.agents.keys().map(String::as_str))
     }
 }
 
