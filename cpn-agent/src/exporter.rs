@@ -7,7 +7,6 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -21,11 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    control::AgentState,
-    dataplane::{Program, pinned_proto_stats},
-};
-use cpn_common::stats::ProtoCounter;
+use crate::control::{AgentState, Count};
 
 type Labels = Vec<(String, String)>;
 
@@ -33,9 +28,6 @@ type Labels = Vec<(String, String)>;
 #[derive(Debug)]
 struct Sources {
     state: AgentState,
-    /// Where the data plane's maps are pinned (none: no data-plane counters).
-    pin_dir: Option<PathBuf>,
-    programs: Vec<Program>,
     scrapes: AtomicU64,
 }
 
@@ -43,14 +35,10 @@ struct Sources {
 pub async fn spawn(
     address: SocketAddr,
     state: AgentState,
-    pin_dir: Option<PathBuf>,
-    programs: Vec<Program>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let sources = Arc::new(Sources {
         state,
-        pin_dir,
-        programs,
         scrapes: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -97,7 +85,7 @@ fn render(sources: &Sources) -> String {
     registry.register("scrapes", "Scrapes of this endpoint", scrapes);
     bgp(&mut registry, &sources.state);
     selection(&mut registry, &sources.state);
-    dataplane(&mut registry, sources);
+    dataplane(&mut registry, &sources.state);
     let mut text = String::new();
     if encode(&mut text, &registry).is_err() {
         text = "# encoding failed\n".into();
@@ -110,8 +98,22 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
     let paths = Family::<Labels, Gauge>::default();
     let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let messages = Family::<Labels, Counter>::default();
     for n in state.neighbors() {
         let l = labels(&[("neighbor", n.address.to_string())]);
+        for (direction, counts) in [
+            ("received", &n.messages.received),
+            ("sent", &n.messages.sent),
+        ] {
+            for (kind, count) in counts {
+                let m = labels(&[
+                    ("neighbor", n.address.to_string()),
+                    ("direction", direction.to_owned()),
+                    ("type", kind.clone()),
+                ]);
+                messages.get_or_create(&m).inc_by(*count);
+            }
+        }
         established
             .get_or_create(&l)
             .set(i64::from(n.state == "Established"));
@@ -133,6 +135,11 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
     );
     registry.register("bgp_paths", "Paths received from the neighbor", paths);
     registry.register(
+        "bgp_messages",
+        "BGP messages exchanged with the neighbor, by direction and type",
+        messages,
+    );
+    registry.register(
         "link_rtt_seconds",
         "Smoothed round-trip time to the neighbor, from the link probes",
         rtt,
@@ -148,7 +155,12 @@ fn selection(registry: &mut Registry, state: &AgentState) {
     let weight = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let score = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let changes = Family::<Labels, Counter>::default();
+    let updates = Family::<Labels, Counter>::default();
     for e in state.explanations.borrow().iter() {
+        let l = labels(&[("service", e.address.to_string())]);
+        changes.get_or_create(&l).inc_by(e.target_changes);
+        updates.get_or_create(&l).inc_by(e.ring_updates);
         for c in &e.decision.evaluations {
             let l = labels(&[("service", e.address.to_string()), ("node", c.name.clone())]);
             weight.get_or_create(&l).set(c.weight);
@@ -175,34 +187,84 @@ fn selection(registry: &mut Registry, state: &AgentState) {
         "Age of the node's newest compute metrics at the last selection",
         age,
     );
+    registry.register(
+        "selection_changes",
+        "New target rings for the service: the weights moved past hysteresis",
+        changes,
+    );
+    registry.register(
+        "ring_updates",
+        "Rings written to the data plane for the service (steps towards a target)",
+        updates,
+    );
 }
 
-fn dataplane(registry: &mut Registry, sources: &Sources) {
-    let packets = Family::<Labels, Counter>::default();
-    let bytes = Family::<Labels, Counter>::default();
-    let readable = sources.programs.iter().filter_map(|program| {
-        let stats = pinned_proto_stats(sources.pin_dir.as_deref()?, *program).ok()?;
-        Some((program, stats))
-    });
-    for (program, stats) in readable {
-        for which in ProtoCounter::ALL {
-            let counter = stats.get(which);
-            let l = labels(&[
-                ("program", program.name().to_owned()),
-                ("protocol", which.name().to_owned()),
-            ]);
-            packets.get_or_create(&l).inc_by(counter.packets);
-            bytes.get_or_create(&l).inc_by(counter.bytes);
+fn dataplane(registry: &mut Registry, agent: &AgentState) {
+    // Unpinned maps (or none yet): no data-plane families.
+    let Ok(stats) = agent.stats() else {
+        return;
+    };
+    let family = |label: &str, counts: &[Count], with: &dyn Fn(&Count) -> Labels| {
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        for c in counts {
+            let l = if label.is_empty() {
+                with(c)
+            } else {
+                labels(&[(label, c.name.clone())])
+            };
+            packets.get_or_create(&l).inc_by(c.packets);
+            bytes.get_or_create(&l).inc_by(c.bytes);
         }
+        (packets, bytes)
+    };
+    let by_program = |c: &Count| {
+        let (program, protocol) = c.name.split_once('/').unwrap_or((&c.name, ""));
+        labels(&[
+            ("program", program.to_owned()),
+            ("protocol", protocol.to_owned()),
+        ])
+    };
+    let none = |_: &Count| Labels::new();
+    let groups = [
+        (
+            "dataplane",
+            "",
+            &stats.protocols[..],
+            "seen by the XDP program, by protocol",
+        ),
+        (
+            "service",
+            "service",
+            &stats.services[..],
+            "steered to the service's nodes",
+        ),
+        (
+            "node",
+            "node",
+            &stats.nodes[..],
+            "encapsulated towards the compute node",
+        ),
+        ("sid", "sid", &stats.sids[..], "processed by the local SID"),
+        (
+            "exception",
+            "reason",
+            &stats.reasons[..],
+            "that left the fast path (passed, answered or dropped), by reason",
+        ),
+    ];
+    for (prefix, label, counts, help) in groups {
+        let with: &dyn Fn(&Count) -> Labels = if prefix == "dataplane" {
+            &by_program
+        } else {
+            &none
+        };
+        let (packets, bytes) = family(label, counts, with);
+        registry.register(
+            format!("{prefix}_packets"),
+            format!("Packets {help}"),
+            packets,
+        );
+        registry.register(format!("{prefix}_bytes"), format!("Bytes {help}"), bytes);
     }
-    registry.register(
-        "dataplane_packets",
-        "Packets seen by the XDP program, by protocol",
-        packets,
-    );
-    registry.register(
-        "dataplane_bytes",
-        "Bytes seen by the XDP program, by protocol",
-        bytes,
-    );
 }

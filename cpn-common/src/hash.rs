@@ -8,6 +8,9 @@
 
 use crate::maps::FlowKey;
 
+/// The seed `cpn_steer` hashes flows with (ring slot, outer flow label).
+pub const FLOW_HASH_SEED: u32 = 0;
+
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use cpn_common::{
-    hash::flow_hash,
+    hash::{FLOW_HASH_SEED, flow_hash},
     headers::{IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
     maps::{
         ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, SERVICE_AFFINITY, ServiceEntry,
@@ -19,9 +19,6 @@ use crate::{
     parse::{self, Fragment, Ip, IpError, L2, L3},
     stats,
 };
-
-/// Seed of the flow hash; `cpnctl explain` uses the same.
-pub const FLOW_HASH_SEED: u32 = 0;
 
 /// Parses the network layer, counts it, and steers it. A subprogram: the parsed headers live
 /// in its frame, not in the entry function's. ICMP errors come back as requests

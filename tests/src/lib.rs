@@ -11,6 +11,7 @@ pub mod cpn_lab;
 pub mod demo;
 pub mod dut;
 pub mod fixture;
+pub mod golden;
 pub mod lab;
 pub mod packet;
 pub mod steering_lab;

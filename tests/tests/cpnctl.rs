@@ -1,6 +1,6 @@
 //! `cpnctl` against running agents: the demo's lab, asked over each agent's control socket.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
@@ -119,8 +119,280 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
         "{text}"
     );
 
+    data_plane_views(&lab)?;
+    explain_agrees_with_the_data_plane(&lab)?;
     drain_and_undrain(&lab)?;
     maps_dump_with_the_agent_stopped(&mut lab)
+}
+
+const SERVICE: &str = "2001:db8:cafe::1";
+const CLIENT1: &str = "2001:db8:1::1";
+
+fn json_of(lab: &CpnLab, node: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    Ok(serde_json::from_str(&cpnctl(lab, node, &all)?)?)
+}
+
+/// `show nodes`, `show flows`, `show sids` and `show stats`, after some traffic.
+fn data_plane_views(lab: &CpnLab) -> Result<()> {
+    let web = &lab.topology.services[0];
+    let split = lab.split("client1", web, 30)?;
+    let names = ["cloud", "edge1", "edge2"];
+
+    // Nodes: the three compute nodes by name, the whole ring between them, packets counted.
+    let mut nodes = json_of(lab, "ingress", &["show", "nodes"])?;
+    let list = nodes.as_array_mut().context("nodes")?;
+    list.sort_by_key(|n| n["name"].as_str().map(str::to_owned));
+    let slots: u64 = list
+        .iter()
+        .filter_map(|n| n["slots"]["2001:db8:cafe::1 tcp/7000"].as_u64())
+        .sum();
+    ensure!(slots == 65_537, "the ring's slots, by node: {nodes:#}");
+    for (node, name) in list.iter().zip(names) {
+        ensure!(
+            node["name"] == name && node["state"] == "active",
+            "{nodes:#}"
+        );
+        let sent = split.get(name).copied().unwrap_or(0);
+        ensure!(
+            sent == 0 || node["packets"].as_u64().is_some_and(|p| p > 0),
+            "{name} answered {sent} connections, so packets were encapsulated towards it: {nodes:#}"
+        );
+    }
+    let mut stable = nodes.clone();
+    cpn_tests::golden::mask(&mut stable, &["node", "packets", "bytes", "slots"]);
+    cpn_tests::golden::check("show-nodes-ingress", &stable)?;
+    let text = cpnctl(lab, "ingress", &["show", "nodes"])?;
+    ensure!(
+        text.starts_with("ID  NODE") && text.contains("fc00:2::d6"),
+        "{text}"
+    );
+
+    // Flows: filters by client, service, node and count.
+    let flows = json_of(
+        lab,
+        "ingress",
+        &["show", "flows", "--client", CLIENT1, "--service", SERVICE],
+    )?;
+    let flows = flows.as_array().context("flows")?;
+    ensure!(
+        flows.len() >= 30
+            && flows.iter().all(|f| f["source"] == CLIENT1
+                && f["destination"] == SERVICE
+                && f["destination_port"] == 7000
+                && f["protocol"] == 6
+                && names.contains(&f["name"].as_str().unwrap_or("?"))),
+        "{flows:#?}"
+    );
+    let busiest = split
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, _)| k.clone())
+        .context("split")?;
+    let on_node = json_of(
+        lab,
+        "ingress",
+        &["show", "flows", "--node", &busiest, "--limit", "5"],
+    )?;
+    ensure!(
+        on_node.as_array().is_some_and(|f| !f.is_empty()
+            && f.len() <= 5
+            && f.iter().all(|f| f["name"] == busiest.as_str())),
+        "{on_node:#}"
+    );
+    let text = cpnctl(lab, "ingress", &["show", "flows", "--limit", "3"])?;
+    ensure!(
+        text.starts_with("PROTO  CLIENT") && text.lines().count() == 4,
+        "{text}"
+    );
+
+    sids_stats_and_messages(lab, &split)
+}
+
+/// `show sids` at a compute node, `show stats` and BGP message counts at the ingress.
+fn sids_stats_and_messages(lab: &CpnLab, split: &BTreeMap<String, u32>) -> Result<()> {
+    // SIDs at a compute node: its End.DT46, which decapsulated the flows sent to it.
+    let mut sids = json_of(lab, "edge2", &["show", "sids"])?;
+    ensure!(
+        sids[0]["sid"] == "fc00:2::d6"
+            && sids[0]["behavior"] == "End.DT46"
+            && (!split.contains_key("edge2") || sids[0]["packets"].as_u64().is_some_and(|p| p > 0)),
+        "{sids:#}"
+    );
+    cpn_tests::golden::mask(&mut sids, &["packets", "bytes"]);
+    cpn_tests::golden::check("show-sids-edge2", &sids)?;
+    let text = cpnctl(lab, "edge2", &["show", "sids"])?;
+    ensure!(
+        text.contains("End.DT46") && text.contains("fc00:2::d6"),
+        "{text}"
+    );
+
+    // Stats by name.
+    let stats = json_of(lab, "ingress", &["show", "stats"])?;
+    let count = |group: &str, name: &str| {
+        stats[group]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["packets"].as_u64())
+    };
+    ensure!(
+        count("services", "2001:db8:cafe::1 tcp/7000").is_some_and(|p| p > 0)
+            && count("protocols", "cpn_steer/ipv6").is_some_and(|p| p > 0)
+            && split
+                .keys()
+                .all(|n| count("nodes", n).is_some_and(|p| p > 0)),
+        "{stats:#}"
+    );
+    let text = cpnctl(lab, "ingress", &["show", "stats"])?;
+    ensure!(
+        text.starts_with("steered, per service\nSERVICE") && text.contains("cpn_steer/ipv6"),
+        "{text}"
+    );
+
+    // BGP messages per neighbor: OPEN, KEEPALIVEs and UPDATEs both ways.
+    let neighbors = json(lab, "ingress", "neighbors")?;
+    let m = &neighbors[0]["messages"];
+    ensure!(
+        ["open", "keepalive", "update"]
+            .iter()
+            .all(|k| m["received"][k].as_u64().is_some_and(|n| n > 0))
+            // Two OPENs when both sides connected at once (RFC 4271 §6.8 collision).
+            && m["sent"]["open"].as_u64().is_some_and(|n| n >= 1),
+        "{neighbors:#}"
+    );
+    Ok(())
+}
+
+/// The client's connection, from `port`, answered by which node.
+fn answered_from_port(lab: &CpnLab, port: u16) -> Result<String> {
+    let out = lab.lab.node("client1")?.output(&[
+        "python3",
+        "-c",
+        "import socket, sys\n\
+         c = socket.socket(socket.AF_INET6)\n\
+         c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         c.bind(('2001:db8:1::1', int(sys.argv[1])))\n\
+         c.settimeout(15)\n\
+         c.connect(('2001:db8:cafe::1', 7000))\n\
+         c.sendall(b'hi\\n')\n\
+         print(c.makefile('rb').readline().decode().split()[0])\n",
+        &port.to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// `explain` predicts where a new flow goes (ring); the flow then goes there, and the explain
+/// after it names the same node (affinity).
+fn explain_agrees_with_the_data_plane(lab: &CpnLab) -> Result<()> {
+    let explain = |port: u16| {
+        json_of(
+            lab,
+            "ingress",
+            &[
+                "explain",
+                CLIENT1,
+                SERVICE,
+                "tcp",
+                "7000",
+                "--source-port",
+                &port.to_string(),
+            ],
+        )
+    };
+    let mut compared = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 42_000..42_016 {
+        let before = explain(port)?;
+        let flow = &before["flows"][0];
+        ensure!(
+            flow["decided_by"] == "ring" && flow["affinity"].is_null(),
+            "a new flow is decided by the ring: {before:#}"
+        );
+        let predicted = flow["name"].as_str().context("a node name")?.to_owned();
+        let answered = answered_from_port(lab, port)?;
+        let after = explain(port)?;
+        let flow = &after["flows"][0];
+        ensure!(
+            flow["decided_by"] == "affinity" && flow["name"] == answered.as_str(),
+            "once open, the flow's affinity entry names the node that answered ({answered}): {after:#}"
+        );
+        // A ring written between the two explains may move the slot: compare only when not.
+        if before["selection"]["ring_updates"] == after["selection"]["ring_updates"] {
+            ensure!(
+                predicted == answered,
+                "explain predicted {predicted}, {answered} answered: {before:#}"
+            );
+            compared += 1;
+            seen.insert(answered);
+        }
+    }
+    ensure!(
+        compared >= 8 && seen.len() >= 2,
+        "{compared} predictions compared, nodes {seen:?}"
+    );
+
+    // Without a source port: the client's open flows, each explained.
+    let open = json_of(
+        lab,
+        "ingress",
+        &["explain", CLIENT1, SERVICE, "tcp", "7000"],
+    )?;
+    let flows = open["flows"].as_array().context("flows")?;
+    ensure!(
+        flows.len() >= 16
+            && flows.iter().all(|f| f["decided_by"] == "affinity")
+            && open["ring"].as_array().is_some_and(|r| r.len() == 3)
+            && open["selection"]["decision"]["evaluations"]
+                .as_array()
+                .is_some_and(|e| e.len() == 3),
+        "{open:#}"
+    );
+    let text = cpnctl(
+        lab,
+        "ingress",
+        &[
+            "explain",
+            CLIENT1,
+            SERVICE,
+            "tcp",
+            "7000",
+            "--source-port",
+            "42000",
+        ],
+    )?;
+    ensure!(
+        text.starts_with("flow tcp [2001:db8:1::1]:42000 -> [2001:db8:cafe::1]:7000")
+            && text.contains("<- decides")
+            && text.contains("PUBLISHED"),
+        "{text}"
+    );
+    // Not a service: passed to the kernel.
+    let other = json_of(
+        lab,
+        "ingress",
+        &[
+            "explain",
+            CLIENT1,
+            "2001:db8:dead::1",
+            "udp",
+            "53",
+            "--source-port",
+            "1",
+        ],
+    )?;
+    ensure!(
+        other["flows"][0]["service"].is_null() && other["flows"][0]["node"].is_null(),
+        "{other:#}"
+    );
+    Ok(())
 }
 
 /// The ingress's pinned maps, read with its agent stopped.
@@ -133,7 +405,9 @@ fn maps_dump_with_the_agent_stopped(lab: &mut CpnLab) -> Result<()> {
         "ingress",
         &["--json", "maps", "dump", "--pin-dir", pin_dir],
     )?)?;
-    let services = &dump["services"];
+    let mut services = dump["services"].clone();
+    cpn_tests::golden::check("maps-dump-services-ingress", &services)?;
+    let services = &mut services;
     ensure!(
         services[0]["address"] == "2001:db8:cafe::1"
             && services[0]["port"] == 7000
@@ -145,7 +419,7 @@ fn maps_dump_with_the_agent_stopped(lab: &mut CpnLab) -> Result<()> {
     ensure!(
         nodes.len() == 3
             && nodes.iter().all(|n| n["state"] == "active"
-                && n["segments"]
+                && n["segments"][0]
                     .as_str()
                     .is_some_and(|s| s.starts_with("fc00:"))),
         "{nodes:#?}"
@@ -237,18 +511,6 @@ fn prometheus_metrics_parse_and_name_the_state() -> Result<()> {
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         Ok(prometheus_parse::Scrape::parse(lines)?)
     };
-    let value = |s: &prometheus_parse::Scrape, name: &str, label: (&str, &str)| {
-        s.samples
-            .iter()
-            .filter(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
-            .map(|x| match x.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-            .next()
-    };
     let s = wait_for(
         "weights for all three nodes",
         Duration::from_secs(20),
@@ -284,6 +546,68 @@ fn prometheus_metrics_parse_and_name_the_state() -> Result<()> {
     ensure!(
         s.samples.iter().any(|x| x.metric == "cpn_build_info"),
         "build info"
+    );
+    counters_count(&s)
+}
+
+/// The first sample of `name` with `label`.
+fn value(s: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> Option<f64> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
+        .map(|x| number(&x.value))
+        .next()
+}
+
+/// A counter's or gauge's value. (The parser reads `OpenMetrics` counters, whose `# TYPE` line
+/// names them without `_total`, as untyped.)
+fn number(value: &prometheus_parse::Value) -> f64 {
+    match value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        _ => f64::NAN,
+    }
+}
+
+/// BGP messages, selection changes, and packets per node and service.
+fn counters_count(s: &prometheus_parse::Scrape) -> Result<()> {
+    ensure!(
+        s.samples
+            .iter()
+            .any(|x| x.metric == "cpn_bgp_messages_total"
+                && x.labels.get("direction") == Some("received")
+                && x.labels.get("type") == Some("update")
+                && number(&x.value) > 0.0),
+        "UPDATEs received from the transit: {:#?}",
+        s.samples
+    );
+    ensure!(
+        value(
+            s,
+            "cpn_selection_changes_total",
+            ("service", "2001:db8:cafe::1")
+        )
+        .is_some_and(|v| v >= 1.0)
+            && value(s, "cpn_ring_updates_total", ("service", "2001:db8:cafe::1"))
+                .is_some_and(|v| v >= 1.0),
+        "the first ring counts as a change: {:#?}",
+        s.samples
+    );
+    let steered: f64 = ["edge1", "edge2", "cloud"]
+        .iter()
+        .filter_map(|n| value(s, "cpn_node_packets_total", ("node", n)))
+        .sum();
+    ensure!(
+        steered > 0.0
+            && value(
+                s,
+                "cpn_service_packets_total",
+                ("service", "2001:db8:cafe::1 tcp/7000")
+            )
+            .is_some_and(|v| v > 0.0),
+        "packets per node and service: {:#?}",
+        s.samples
     );
     Ok(())
 }

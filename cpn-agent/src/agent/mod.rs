@@ -36,7 +36,7 @@ use crate::{
 /// Stable small ids for named things (services, nodes), kept across reloads so that a flow's
 /// node id means the same node before and after.
 #[derive(Debug, Default)]
-struct Ids<K: Ord> {
+pub struct Ids<K: Ord> {
     ids: BTreeMap<K, u32>,
     first: u32,
 }
@@ -62,6 +62,11 @@ impl<K: Ord + Clone> Ids<K> {
         id
     }
 
+    /// Id → name, for the operator's views.
+    pub fn names(&self) -> BTreeMap<u32, K> {
+        self.ids.iter().map(|(k, v)| (*v, k.clone())).collect()
+    }
+
     fn forget(&mut self, id: u32) {
         self.ids.retain(|_, v| *v != id);
     }
@@ -77,6 +82,10 @@ impl<K: Ord + Clone> Ids<K> {
     }
 }
 
+/// The node ids the agent writes into the maps, by node name; shared by steering (which names
+/// BGP-learned nodes) and the control socket.
+pub type NodeIds = Arc<Mutex<Ids<String>>>;
+
 type ServiceKey = (IpAddr, Option<u8>, Option<u16>);
 
 /// The agent's long-lived state.
@@ -86,7 +95,7 @@ pub struct Agent {
     owner: tokio::task::JoinHandle<Dataplane>,
     service_ids: Ids<ServiceKey>,
     /// Shared with steering, which names BGP-learned nodes too.
-    node_ids: Arc<Mutex<Ids<String>>>,
+    node_ids: NodeIds,
     /// BGP-learned candidates, when `[bgp]` is configured.
     learning: Option<steering::Learning>,
     /// What was applied from the last configuration (to remove what a reload drops).
@@ -191,18 +200,7 @@ impl Agent {
             outputs,
             drained.clone(),
         )));
-        let state = crate::control::AgentState {
-            neighbors: config
-                .bgp
-                .iter()
-                .flat_map(|b| &b.neighbors)
-                .map(|n| (n.address, n.asn))
-                .collect(),
-            rib: agent.learning.as_ref().map(|l| l.rib.clone()),
-            links: agent.learning.as_ref().map(|l| l.links.clone()),
-            explanations,
-            drained,
-        };
+        let state = agent.control_state(config, explanations, drained);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
@@ -211,6 +209,32 @@ impl Agent {
             agent.tasks.push(task);
         }
         Ok(agent)
+    }
+
+    /// What the control socket and the exporter read.
+    fn control_state(
+        &self,
+        config: &Config,
+        explanations: watch::Receiver<Vec<Explanation>>,
+        drained: Drained,
+    ) -> crate::control::AgentState {
+        crate::control::AgentState {
+            neighbors: config
+                .bgp
+                .iter()
+                .flat_map(|b| &b.neighbors)
+                .map(|n| (n.address, n.asn))
+                .collect(),
+            rib: self.learning.as_ref().map(|l| l.rib.clone()),
+            links: self.learning.as_ref().map(|l| l.links.clone()),
+            explanations,
+            drained,
+            node_ids: self.node_ids.clone(),
+            pin_dir: match config.pinning() {
+                crate::dataplane::Pinning::Dir(dir) => Some(dir),
+                crate::dataplane::Pinning::Unpinned => None,
+            },
+        }
     }
 
     /// Brings the data plane to what `config` describes (at start and on SIGHUP).
@@ -431,13 +455,7 @@ async fn operator_interfaces(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if let Some(address) = config.control.prometheus {
-        let pin_dir = match config.pinning() {
-            crate::dataplane::Pinning::Dir(dir) => Some(dir),
-            crate::dataplane::Pinning::Unpinned => None,
-        };
-        let mut programs: Vec<_> = config.interfaces.iter().map(|i| i.program).collect();
-        programs.dedup();
-        let exporter = crate::exporter::spawn(address, state.clone(), pin_dir, programs);
+        let exporter = crate::exporter::spawn(address, state.clone());
         tasks.push(
             exporter
                 .await

@@ -174,6 +174,8 @@ struct ServiceState {
     target: Vec<u32>,
     last_move: Option<Instant>,
     explanation: Option<Explanation>,
+    target_changes: u64,
+    ring_updates: u64,
 }
 
 /// Why a service's flows go where they go: the latest decision and the hysteresis state.
@@ -190,6 +192,10 @@ pub struct Explanation {
     pub published: Option<std::collections::BTreeMap<u32, f64>>,
     /// Ring slots still to move towards the target (churn limit).
     pub pending_slots: usize,
+    /// New target rings built (hysteresis let the weights through), since the agent started.
+    pub target_changes: u64,
+    /// Rings written to the data plane (each a step towards a target), since the agent started.
+    pub ring_updates: u64,
 }
 
 /// Nodes an operator drained (`cpnctl drain`), by name: they get no new flows.
@@ -380,6 +386,7 @@ fn step(
         .decide(&plan.hysteresis, &weighted, instant);
     if verdict.publishes() {
         state.target = maglev::build(plan.ring_size, &weighted);
+        state.target_changes += 1;
         let shares: Vec<String> = decision
             .evaluations
             .iter()
@@ -406,6 +413,8 @@ fn step(
         verdict,
         published: state.hysteresis.published().cloned(),
         pending_slots,
+        target_changes: state.target_changes,
+        ring_updates: state.ring_updates,
     });
     if state.current == state.target {
         return None;
@@ -433,6 +442,10 @@ fn step(
     };
     state.current.clone_from(&next);
     state.last_move = Some(instant);
+    state.ring_updates += 1;
+    if let Some(e) = &mut state.explanation {
+        e.ring_updates = state.ring_updates;
+    }
     Some(next)
 }
 

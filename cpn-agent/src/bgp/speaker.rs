@@ -82,6 +82,8 @@ pub struct RibIn {
     routes: BTreeMap<(IpAddr, IpNet, u32), Received>,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
+    /// Messages exchanged with each neighbor, for operators.
+    pub messages: BTreeMap<IpAddr, MessageCounts>,
     /// Bumped on every change, so that each session re-exports to its peer.
     changed: watch::Sender<u64>,
 }
@@ -91,6 +93,7 @@ impl Default for RibIn {
         Self {
             routes: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            messages: BTreeMap::new(),
             changed: watch::Sender::new(0),
         }
     }
@@ -115,6 +118,32 @@ impl RibIn {
 }
 
 pub type SharedRib = Arc<Mutex<RibIn>>;
+
+/// BGP messages received from and sent to one neighbor, by type (`open`, `update`,
+/// `notification`, `keepalive`, `route_refresh`), over the agent's lifetime.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageCounts {
+    pub received: BTreeMap<String, u64>,
+    pub sent: BTreeMap<String, u64>,
+}
+
+impl MessageCounts {
+    fn count(&mut self, sent: bool, message: &BgpMessage) {
+        let kind = match message {
+            BgpMessage::Open(_) => "open",
+            BgpMessage::Update(_) => "update",
+            BgpMessage::Notification(_) => "notification",
+            BgpMessage::KeepAlive => "keepalive",
+            BgpMessage::RouteRefresh(_) => "route_refresh",
+        };
+        let counts = if sent {
+            &mut self.sent
+        } else {
+            &mut self.received
+        };
+        *counts.entry(kind.to_owned()).or_default() += 1;
+    }
+}
 
 /// Starts the listener and the sessions. `local` holds the routes this node originates;
 /// `liveness` and `links` come from link sensing (probe.rs).
@@ -261,6 +290,7 @@ impl Session {
                         Event::ConnectionReplaced { outgoing }
                     }
                     Incoming::Message(message, skipped) => {
+                        self.count(false, &message);
                         self.skipped = skipped;
                         Event::Message(message)
                     }
@@ -491,6 +521,11 @@ impl Session {
     }
 
     async fn send(&mut self, message: BgpMessage) -> Vec<Action> {
+        if self.conn.is_none() {
+            return vec![];
+        }
+        // Counted when handed to the connection; if that fails, the session fails with it.
+        self.count(true, &message);
         if let Some(conn) = &mut self.conn
             && let Err(error) = conn.send(message).await
         {
@@ -499,6 +534,16 @@ impl Session {
             return self.fsm.handle(Instant::now(), Event::TcpFailed);
         }
         vec![]
+    }
+
+    fn count(&self, sent: bool, message: &BgpMessage) {
+        self.rib
+            .lock()
+            .expect("rib lock")
+            .messages
+            .entry(self.neighbor.address)
+            .or_default()
+            .count(sent, message);
     }
 
     /// Sends what changed in what we export to this peer (our routes and those we pass on)

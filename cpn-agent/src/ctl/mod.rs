@@ -2,16 +2,21 @@
 //! as a table, or as JSON with `--json` (the socket's own answer, unchanged). One module per
 //! subcommand renders its table.
 
+mod explain;
+mod flows;
 mod maps;
 mod neighbors;
+mod nodes;
 mod routes;
 mod services;
+mod sids;
+mod stats;
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 
-use crate::control::{self, Request};
+use crate::control::{self, ExplainRequest, FlowFilter, Request};
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "cpnctl", version, about = "Inspect a running cpn agent")]
@@ -32,6 +37,24 @@ pub enum Command {
     Show {
         #[command(subcommand)]
         what: Show,
+    },
+    /// Which node a flow goes to and why: the data plane's own lookup, replayed on its maps
+    /// (service, affinity, ring, node), and the selection behind the ring (scores, weights,
+    /// hysteresis). Without `--source-port`, the client's open flows to the service.
+    Explain {
+        /// The client's address (the packet's source).
+        client: IpAddr,
+        /// The service address (the packet's destination).
+        service: IpAddr,
+        /// `tcp`, `udp`, `sctp`, `icmp`, `icmpv6` or a protocol number.
+        #[arg(default_value = "tcp", value_parser = explain::protocol)]
+        protocol: u8,
+        /// The service port (ignored for protocols without ports).
+        #[arg(default_value_t = 0)]
+        port: u16,
+        /// The client's port: explain that one flow, open or not.
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// Give a node no new flows (its open flows stay), on this agent's services.
     Drain { node: String },
@@ -56,19 +79,40 @@ pub enum Maps {
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::Subcommand)]
+#[derive(Clone, Debug, clap::Subcommand)]
 pub enum Show {
-    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss.
+    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss, messages.
     Neighbors,
     /// The Adj-RIB-In: every path from every neighbor, with SID, AIGP and compute metrics.
     Routes,
     /// Each steered service: its candidates, their scores and weights, and why any is excluded.
     Services,
+    /// The compute nodes in the data plane: state, segments, ring slots, packets sent to each.
+    Nodes,
+    /// The flow affinity table, most recently active first.
+    Flows {
+        /// Only flows from this client address.
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// Only flows to this service address.
+        #[arg(long)]
+        service: Option<IpAddr>,
+        /// Only flows pinned to this node (name or id).
+        #[arg(long)]
+        node: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The local SIDs and the packets each processed.
+    Sids,
+    /// The data-plane counters by service, node, SID, exception reason and protocol.
+    Stats,
 }
 
 /// Runs one command; the text to print.
 pub fn run(cli: &Cli) -> Result<String> {
-    let what = match &cli.command {
+    let request = match &cli.command {
         Command::Maps {
             what: Maps::Dump { name, pin_dir },
         } => {
@@ -82,42 +126,66 @@ pub fn run(cli: &Cli) -> Result<String> {
                 .collect::<Vec<_>>()
                 .join("\n"));
         }
-        Command::Show { what } => *what,
-        Command::Drain { node } | Command::Undrain { node } => {
-            let request = if matches!(cli.command, Command::Drain { .. }) {
-                Request::Drain { node: node.clone() }
-            } else {
-                Request::Undrain { node: node.clone() }
-            };
-            let answer = control::ask(&cli.socket, &request)?;
-            if cli.json {
-                return Ok(serde_json::to_string_pretty(&answer)? + "\n");
-            }
+        Command::Show { what } => match what {
+            Show::Neighbors => Request::Neighbors,
+            Show::Routes => Request::Routes,
+            Show::Services => Request::Services,
+            Show::Nodes => Request::Nodes,
+            Show::Flows {
+                client,
+                service,
+                node,
+                limit,
+            } => Request::Flows(FlowFilter {
+                client: *client,
+                service: *service,
+                node: node.clone(),
+                limit: *limit,
+            }),
+            Show::Sids => Request::Sids,
+            Show::Stats => Request::Stats,
+        },
+        Command::Explain {
+            client,
+            service,
+            protocol,
+            port,
+            source_port,
+        } => Request::Explain(ExplainRequest {
+            client: *client,
+            service: *service,
+            protocol: *protocol,
+            port: *port,
+            source_port: *source_port,
+        }),
+        Command::Drain { node } => Request::Drain { node: node.clone() },
+        Command::Undrain { node } => Request::Undrain { node: node.clone() },
+    };
+    let answer = control::ask(&cli.socket, &request)?;
+    if cli.json {
+        return Ok(serde_json::to_string_pretty(&answer)? + "\n");
+    }
+    Ok(match request {
+        Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
+        Request::Routes => routes::table(serde_json::from_value(answer)?),
+        Request::Services => services::table(&answer),
+        Request::Nodes => nodes::table(serde_json::from_value(answer)?),
+        Request::Flows(_) => flows::table(serde_json::from_value(answer)?),
+        Request::Sids => sids::table(serde_json::from_value(answer)?),
+        Request::Stats => stats::table(&serde_json::from_value(answer)?),
+        Request::Explain(_) => explain::text(&answer),
+        Request::Drain { .. } | Request::Undrain { .. } => {
             let drained: Vec<String> = serde_json::from_value(answer)?;
-            return Ok(format!(
+            format!(
                 "drained: {}\n",
                 if drained.is_empty() {
                     "(none)".to_owned()
                 } else {
                     drained.join(", ")
                 }
-            ));
+            )
         }
-    };
-    let request = match what {
-        Show::Neighbors => Request::Neighbors,
-        Show::Routes => Request::Routes,
-        Show::Services => Request::Services,
-    };
-    let answer = control::ask(&cli.socket, &request)?;
-    if cli.json {
-        return Ok(serde_json::to_string_pretty(&answer)? + "\n");
-    }
-    match what {
-        Show::Neighbors => Ok(neighbors::table(serde_json::from_value(answer)?)),
-        Show::Routes => Ok(routes::table(serde_json::from_value(answer)?)),
-        Show::Services => Ok(services::table(&answer)),
-    }
+    })
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -156,6 +224,11 @@ fn object_table(rows: &[serde_json::Value]) -> String {
                 .iter()
                 .map(|k| match &row[*k] {
                     serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     other => other.to_string(),
                 })
                 .collect()

@@ -16,12 +16,15 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 or_dash(n.jitter_us.map(millis)),
                 or_dash(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
                 or_dash(n.link_alive.map(|a| if a { "up" } else { "down" })),
+                n.messages.received.values().sum::<u64>().to_string(),
+                n.messages.sent.values().sum::<u64>().to_string(),
             ]
         })
         .collect();
     columns(
         &[
-            "NEIGHBOR", "AS", "STATE", "PATHS", "RTT", "JITTER", "LOSS", "LINK",
+            "NEIGHBOR", "AS", "STATE", "PATHS", "RTT", "JITTER", "LOSS", "LINK", "MSG RCVD",
+            "MSG SENT",
         ],
         &rows,
     )

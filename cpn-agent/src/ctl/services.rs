@@ -19,35 +19,64 @@ pub fn table(explanations: &serde_json::Value) -> String {
                 .as_str()
                 .map_or_else(|| e["verdict"].to_string(), str::to_owned),
         );
-        let rows: Vec<Vec<String>> = e["decision"]["evaluations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                let latency = &c["path"]["latency"];
-                let ms = latency["secs"]
-                    .as_f64()
-                    .zip(latency["nanos"].as_f64())
-                    .map(|(s, n)| format!("{:.2} ms", s * 1e3 + n / 1e6));
-                vec![
-                    c["name"].as_str().unwrap_or("?").to_owned(),
-                    or_dash(c["weight"].as_f64().map(|w| format!("{w:.3}"))),
-                    or_dash(c["scores"]["l2"].as_f64().map(|s| format!("{s:.3}"))),
-                    or_dash(ms),
-                    or_dash(c["metrics"]["in_flight"]["value"].as_f64()),
-                    if c["excluded"].is_null() {
-                        String::new()
-                    } else {
-                        c["excluded"].to_string()
-                    },
-                ]
-            })
-            .collect();
-        out.push_str(&columns(
-            &["NODE", "WEIGHT", "L2", "LATENCY", "IN FLIGHT", "EXCLUDED"],
-            &rows,
-        ));
+        out.push_str(&candidates(e));
         out.push('\n');
     }
     out
+}
+
+/// The candidates of one selection explanation: weight, scores, path and exclusion.
+pub fn candidates(explanation: &serde_json::Value) -> String {
+    let score = |c: &serde_json::Value, which: &str| {
+        or_dash(c["scores"][which].as_f64().map(|s| format!("{s:.3}")))
+    };
+    let rows: Vec<Vec<String>> = explanation["decision"]["evaluations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let duration = |d: &serde_json::Value| {
+                d["secs"]
+                    .as_f64()
+                    .zip(d["nanos"].as_f64())
+                    .map(|(s, n)| s * 1e3 + n / 1e6)
+            };
+            let published = explanation["published"][c["node"].to_string()].as_f64();
+            vec![
+                c["name"].as_str().unwrap_or("?").to_owned(),
+                or_dash(c["weight"].as_f64().map(|w| format!("{w:.3}"))),
+                or_dash(published.map(|w| format!("{w:.3}"))),
+                score(c, "l2"),
+                score(c, "computing"),
+                score(c, "communication"),
+                or_dash(duration(&c["path"]["latency"]).map(|ms| format!("{ms:.2} ms"))),
+                or_dash(c["metrics"]["in_flight"]["value"].as_f64()),
+                or_dash(duration(&c["metric_age"]).map(|ms| format!("{:.1} s", ms / 1e3))),
+                match &c["excluded"] {
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s) => s.clone(),
+                    // `{"latency_too_high": {…}}`: the reason's name.
+                    other => other
+                        .as_object()
+                        .and_then(|o| o.keys().next().cloned())
+                        .unwrap_or_else(|| other.to_string()),
+                },
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "NODE",
+            "WEIGHT",
+            "PUBLISHED",
+            "L2",
+            "COMPUTE",
+            "NETWORK",
+            "LATENCY",
+            "IN FLIGHT",
+            "METRIC AGE",
+            "EXCLUDED",
+        ],
+        &rows,
+    )
 }

@@ -3,6 +3,7 @@
 //! [`Dataplane`] is the single owner of the loaded object; everything that touches the programs
 //! or the maps goes through it.
 
+mod pinned;
 mod stats;
 mod tables;
 
@@ -23,6 +24,10 @@ use cpn_common::{maps, programs};
 use serde::Deserialize;
 
 pub use self::{
+    pinned::{
+        AffinityStep, CounterRow, Flow, FlowRow, Lookup, NodeRow, Pinned, RingRow, RingStep,
+        ServiceRow, SidRow, ip_of, state_name,
+    },
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},
 };

@@ -3,6 +3,13 @@
 //! (`{"ok": …}` or `{"error": "…"}`). The answers' shapes are documented in
 //! docs/OPERATIONS.md and are what `cpnctl --json` prints.
 
+mod views;
+
+pub use views::{
+    Count, ExplainRequest, Explained, ExplainedFlow, FlowFilter, FlowView, NodeView, RingShare,
+    SidView, Stats, protocol_name,
+};
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
@@ -18,7 +25,11 @@ use tokio::{
 
 use crate::{
     agent::{Drained, Explanation},
-    bgp::{fsm, metric_attr::NodeScore, speaker::SharedRib},
+    bgp::{
+        fsm,
+        metric_attr::NodeScore,
+        speaker::{MessageCounts, SharedRib},
+    },
     metrics::NodeMetrics,
     probe::SharedLinks,
 };
@@ -33,6 +44,14 @@ pub enum Request {
     Neighbors,
     Routes,
     Services,
+    /// The data plane's node entries, named, with ring slots and counters.
+    Nodes,
+    /// The flow affinity table, filtered.
+    Flows(FlowFilter),
+    Sids,
+    Stats,
+    /// Where the data plane sends a flow, and why.
+    Explain(ExplainRequest),
     /// No new flows to the node (by name); its open flows stay. Answers the drained nodes.
     Drain {
         node: String,
@@ -56,6 +75,8 @@ pub struct Neighbor {
     pub jitter_us: Option<u64>,
     pub loss: Option<f64>,
     pub link_alive: Option<bool>,
+    /// BGP messages received and sent, by type.
+    pub messages: MessageCounts,
 }
 
 /// One path in the Adj-RIB-In (`cpnctl show routes`).
@@ -91,14 +112,23 @@ pub struct AgentState {
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
     pub drained: Drained,
+    /// Node ids and names, as the agent numbers nodes in the maps.
+    pub node_ids: crate::agent::NodeIds,
+    /// Where the data plane's maps are pinned (none: unpinned, no data-plane views).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl AgentState {
-    fn answer(&self, request: &Request) -> serde_json::Value {
-        let value = match request {
-            Request::Neighbors => serde_json::to_value(self.neighbors()),
-            Request::Routes => serde_json::to_value(self.paths()),
-            Request::Services => serde_json::to_value(&*self.explanations.borrow()),
+    fn answer(&self, request: &Request) -> anyhow::Result<serde_json::Value> {
+        Ok(match request {
+            Request::Neighbors => serde_json::to_value(self.neighbors())?,
+            Request::Routes => serde_json::to_value(self.paths())?,
+            Request::Services => serde_json::to_value(&*self.explanations.borrow())?,
+            Request::Nodes => serde_json::to_value(self.nodes()?)?,
+            Request::Flows(filter) => serde_json::to_value(self.flows(filter)?)?,
+            Request::Sids => serde_json::to_value(self.sids()?)?,
+            Request::Stats => serde_json::to_value(self.stats()?)?,
+            Request::Explain(asked) => serde_json::to_value(self.explain(asked)?)?,
             Request::Drain { node } | Request::Undrain { node } => {
                 let mut drained = self.drained.lock().expect("drained lock");
                 if matches!(request, Request::Drain { .. }) {
@@ -108,10 +138,9 @@ impl AgentState {
                     tracing::info!(%node, "undrained by the operator");
                     drained.remove(node);
                 }
-                serde_json::to_value(&*drained)
+                serde_json::to_value(&*drained)?
             }
-        };
-        value.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+        })
     }
 
     /// The configured neighbors with their sessions and links now.
@@ -141,6 +170,10 @@ impl AgentState {
                         .map(|l| u64::try_from(l.jitter.as_micros()).unwrap_or(u64::MAX)),
                     loss: link.map(|l| l.loss),
                     link_alive: link.map(|l| l.alive),
+                    messages: rib
+                        .as_ref()
+                        .and_then(|r| r.messages.get(&address).cloned())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -208,7 +241,10 @@ async fn serve(stream: UnixStream, state: &AgentState) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => serde_json::json!({ "ok": state.answer(&request) }),
+        Ok(request) => match state.answer(&request) {
+            Ok(answer) => serde_json::json!({ "ok": answer }),
+            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        },
         Err(e) => serde_json::json!({ "error": format!("bad request {:?}: {e}", line.trim()) }),
     };
     let mut text = reply.to_string();
@@ -233,7 +269,12 @@ pub fn ask(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value
     std::io::BufReader::new(stream).read_line(&mut answer)?;
     let mut reply: serde_json::Value = serde_json::from_str(&answer)?;
     if let Some(error) = reply.get("error") {
-        anyhow::bail!("the agent says: {error}");
+        anyhow::bail!(
+            "the agent says: {}",
+            error
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_owned)
+        );
     }
     Ok(reply["ok"].take())
 }

@@ -1,0 +1,188 @@
+//! `cpnctl explain CLIENT SERVICE [PROTO] [PORT]`: where the data plane sends a flow (its own
+//! lookup, replayed on the maps: service, affinity, ring, node) and why the ring looks the way
+//! it does (the selection's scores, weights and hysteresis state).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::{flows::endpoint, or_dash, services};
+
+/// The IP protocol number of `tcp`, `udp`, `sctp`, `icmp`, `icmpv6`, or a number.
+pub fn protocol(text: &str) -> Result<u8, String> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        "icmp" => 1,
+        "icmpv6" | "ipv6-icmp" => 58,
+        n => n.parse().map_err(|_| {
+            format!("unknown protocol `{text}`: use tcp, udp, sctp, icmp, icmpv6 or a number")
+        })?,
+    })
+}
+
+pub fn text(answer: &Value) -> String {
+    let mut out = String::new();
+    let flows = answer["flows"].as_array().cloned().unwrap_or_default();
+    if flows.is_empty() {
+        out.push_str(
+            "no open flow from this client to the service in the affinity table; a new flow's \
+             node depends on its source port (`--source-port`): the ring below decides\n\n",
+        );
+    }
+    for flow in &flows {
+        flow_text(&mut out, flow);
+        out.push('\n');
+    }
+    if let Some(ring) = answer["ring"].as_array().filter(|r| !r.is_empty()) {
+        let shares: Vec<String> = ring
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:.1} %",
+                    s["name"]
+                        .as_str()
+                        .map_or_else(|| s["node"].to_string(), str::to_owned),
+                    s["share"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "ring: {}\n", shares.join(", "));
+    }
+    let selection = &answer["selection"];
+    if !selection.is_null() {
+        let _ = writeln!(
+            out,
+            "selection: {}, {} slots still to move, {} target rings, {} ring writes",
+            selection["verdict"]
+                .as_str()
+                .map_or_else(|| selection["verdict"].to_string(), str::to_owned),
+            selection["pending_slots"],
+            selection["target_changes"],
+            selection["ring_updates"],
+        );
+        out.push_str(&services::candidates(selection));
+    }
+    out
+}
+
+fn flow_text(out: &mut String, f: &Value) {
+    let flow = &f["flow"];
+    let at = |address: &Value, port: &Value| {
+        let address = address.as_str().and_then(|a| a.parse().ok());
+        let port = port
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0);
+        address.map_or_else(|| "?".to_owned(), |a| endpoint(a, port))
+    };
+    let protocol = flow["protocol"]
+        .as_u64()
+        .and_then(|p| u8::try_from(p).ok())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "flow {} {} -> {}",
+        crate::control::protocol_name(protocol),
+        at(&flow["source"], &flow["source_port"]),
+        at(&flow["destination"], &flow["destination_port"]),
+    );
+    let service = &f["service"];
+    if service.is_null() {
+        out.push_str("  service   none: not a service address, passed to the kernel\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  service   {} (id {}, key {}/{}), affinity {}",
+        service["address"].as_str().unwrap_or("?"),
+        service["service"],
+        crate::control::protocol_name(
+            service["protocol"]
+                .as_u64()
+                .and_then(|p| u8::try_from(p).ok())
+                .unwrap_or(0)
+        ),
+        service["port"],
+        match (
+            service["affinity"].as_bool(),
+            service["idle_timeout_s"].as_u64()
+        ) {
+            (Some(true), Some(0)) => "on (kept until evicted)".to_owned(),
+            (Some(true), Some(t)) => format!("on (idle timeout {t} s)"),
+            _ => "off".to_owned(),
+        }
+    );
+    let _ = writeln!(out, "  hash      {:#010x}", f["hash"].as_u64().unwrap_or(0));
+    steps_text(out, f);
+}
+
+/// The affinity and ring steps, and what they decided.
+fn steps_text(out: &mut String, f: &Value) {
+    let service = &f["service"];
+    let node = |id: &Value| -> String { format!("node {id}") };
+    let decided = f["decided_by"].as_str();
+    let a = &f["affinity"];
+    if !a.is_null() {
+        let _ = writeln!(
+            out,
+            "  affinity  {}, idle {} ms, {}, {}{}",
+            node(&a["node"]),
+            a["idle_ms"],
+            if a["fresh"] == true {
+                "fresh"
+            } else {
+                "expired"
+            },
+            if a["usable"] == true {
+                "usable"
+            } else {
+                "not usable"
+            },
+            if decided == Some("affinity") {
+                "  <- decides"
+            } else {
+                "  (skipped)"
+            },
+        );
+    } else if service["affinity"] == true {
+        out.push_str("  affinity  no entry: a new flow\n");
+    }
+    let r = &f["ring"];
+    if !r.is_null() {
+        let _ = writeln!(
+            out,
+            "  ring      half {}, slot {} of {} -> {}{}",
+            r["half"],
+            r["slot"],
+            r["size"],
+            node(&r["node"]),
+            if decided == Some("ring") {
+                "  <- decides"
+            } else {
+                "  (not usable)"
+            },
+        );
+    }
+    match f["node"].as_u64() {
+        Some(id) => {
+            let segments: Vec<&str> = f["segments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let _ = writeln!(
+                out,
+                "  result    {} (node {id}) by {}, segments {}",
+                or_dash(f["name"].as_str()),
+                decided.unwrap_or("?"),
+                segments.join(" "),
+            );
+        }
+        None => out.push_str(
+            "  result    no usable node: passed to the kernel (counted as no_usable_node)\n",
+        ),
+    }
+}

@@ -1,0 +1,480 @@
+//! Reading the data plane's maps from their pins, typed and decoded: for `cpnctl maps dump`
+//! (which works with the agent stopped) and for the agent's control socket and exporter, which
+//! read beside the owner's writes. Read-only: the owner stays the one writer (tables.rs).
+//!
+//! [`Pinned::lookup`] walks a flow through the maps exactly as `cpn_steer` does (service,
+//! affinity, ring, node), so `cpnctl explain` says where the data plane sends it.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use cpn_common::{
+    hash::{FLOW_HASH_SEED, flow_hash},
+    maps::{
+        self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NodeEntry, NodeState, RING_CAPACITY,
+        RingSelector, SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, ring_index,
+    },
+    stats::Counter,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Error, addr16};
+
+/// The maps pinned under one directory (the agent's `[dataplane] pin_dir`).
+#[derive(Clone, Debug)]
+pub struct Pinned {
+    dir: PathBuf,
+}
+
+/// A services map entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub address: IpAddr,
+    /// IP protocol number; 0 = any (with port 0).
+    pub protocol: u8,
+    pub port: u16,
+    /// Service id: its ring, selector and counter.
+    pub service: u32,
+    pub affinity: bool,
+    /// Affinity idle timeout; 0 = until the LRU evicts the flow.
+    pub idle_timeout_s: u32,
+}
+
+/// A service's live ring: which half, how many slots, and slots per node id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingRow {
+    pub service: u32,
+    pub half: u32,
+    pub size: u32,
+    pub slots: BTreeMap<u32, u32>,
+}
+
+/// A node entry in use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub node: u32,
+    /// `active`, `draining` or `down`.
+    pub state: String,
+    /// In travel order: the first is the outer destination, the last the node's SID.
+    pub segments: Vec<Ipv6Addr>,
+    pub encap_src: Ipv6Addr,
+    /// H.Encaps.Red.
+    pub reduced: bool,
+}
+
+/// A flow affinity entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub protocol: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub node: u32,
+    /// Milliseconds since the flow's last packet.
+    pub idle_ms: u64,
+}
+
+/// A local SID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidRow {
+    pub sid: Ipv6Addr,
+    /// RFC 8986 name (`End.DT6`, …).
+    pub behavior: String,
+    /// End.X / End.DX*: the outgoing interface index; End.DT*: the lookup table.
+    pub oif_or_table: u32,
+    pub nexthop: Option<IpAddr>,
+    /// Index of its counter in the SID counter map.
+    pub counter: u32,
+}
+
+/// One non-zero slot of a counter map, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRow {
+    pub index: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A flow, as `cpn_steer` keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub protocol: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+}
+
+impl Flow {
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            src: addr16(self.source),
+            dst: addr16(self.destination),
+            src_port: self.source_port.to_be_bytes(),
+            dst_port: self.destination_port.to_be_bytes(),
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Where `cpn_steer` sends a flow, step by step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    pub flow: Flow,
+    /// The matching services entry (the exact address, protocol and port, else the address
+    /// alone); none: the packet is not for a service and passes to the kernel.
+    pub service: Option<ServiceRow>,
+    /// The flow hash (ring slot, outer flow label).
+    pub hash: u32,
+    /// The flow's affinity entry, if the service keeps affinity and the flow has one.
+    pub affinity: Option<AffinityStep>,
+    /// The ring step, when affinity did not decide.
+    pub ring: Option<RingStep>,
+    /// The node the packet is encapsulated towards; none: passed to the kernel
+    /// (`no_usable_node`).
+    pub node: Option<u32>,
+    /// `affinity` or `ring`.
+    pub decided_by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffinityStep {
+    pub node: u32,
+    pub idle_ms: u64,
+    /// Within the service's idle timeout.
+    pub fresh: bool,
+    /// The node's entry still takes flows (`active` or `draining`).
+    pub usable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingStep {
+    pub half: u32,
+    pub size: u32,
+    /// `hash % size`.
+    pub slot: u32,
+    pub node: u32,
+    pub usable: bool,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+/// An address from 16 bytes: IPv4-mapped ones as IPv4.
+pub fn ip_of(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// The operator's word for a node state.
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        s if s == NodeState::Active as u8 => "active",
+        s if s == NodeState::Draining as u8 => "draining",
+        s if s == NodeState::Down as u8 => "down",
+        _ => "unused",
+    }
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, source }
+}
+
+impl Pinned {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether `name` is pinned here.
+    pub fn has(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+
+    fn open(&self, name: &'static str) -> Result<Map, Error> {
+        MapData::from_pin(self.dir.join(name))
+            .and_then(Map::from_map_data)
+            .map_err(map_error(name))
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceRow>, Error> {
+        let map = self.open(maps::SERVICES)?;
+        let services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(map).map_err(map_error(maps::SERVICES))?;
+        let mut rows: Vec<ServiceRow> = services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| service_row(&k, &v))
+            .collect();
+        rows.sort_by_key(|r| r.service);
+        Ok(rows)
+    }
+
+    fn selectors(&self) -> Result<Vec<(u32, RingSelector)>, Error> {
+        let map = self.open(maps::RING_SELECTORS)?;
+        let selectors: Array<_, RingSelector> =
+            Array::try_from(map).map_err(map_error(maps::RING_SELECTORS))?;
+        Ok(selectors
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| Some((u32::try_from(id).ok()?, s.ok()?)))
+            .filter(|(_, s)| s.size() > 0)
+            .collect())
+    }
+
+    /// Every live ring, as slots per node.
+    pub fn rings(&self) -> Result<Vec<RingRow>, Error> {
+        let map = self.open(maps::RINGS)?;
+        let rings: Array<_, u32> = Array::try_from(map).map_err(map_error(maps::RINGS))?;
+        let mut out = Vec::new();
+        for (service, selector) in self.selectors()? {
+            let mut slots = BTreeMap::new();
+            for slot in 0..selector.size().min(RING_CAPACITY) {
+                let node = rings
+                    .get(&ring_index(service, selector.half(), slot), 0)
+                    .map_err(map_error(maps::RINGS))?;
+                *slots.entry(node).or_default() += 1;
+            }
+            out.push(RingRow {
+                service,
+                half: selector.half(),
+                size: selector.size(),
+                slots,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The node entries in use.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, Error> {
+        let map = self.open(maps::NODES)?;
+        let nodes: Array<_, NodeEntry> = Array::try_from(map).map_err(map_error(maps::NODES))?;
+        Ok(nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, n)| Some((u32::try_from(id).ok()?, n.ok()?)))
+            .filter(|(_, n)| n.state != NodeState::Unused as u8)
+            .map(|(id, n)| node_row(id, &n))
+            .collect())
+    }
+
+    /// The flow affinity table.
+    pub fn flows(&self) -> Result<Vec<FlowRow>, Error> {
+        let map = self.open(maps::FLOWS)?;
+        let flows: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(map).map_err(map_error(maps::FLOWS))?;
+        let now = monotonic_ns();
+        Ok(flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| FlowRow {
+                source: ip_of(k.src),
+                destination: ip_of(k.dst),
+                protocol: k.protocol,
+                source_port: u16::from_be_bytes(k.src_port),
+                destination_port: u16::from_be_bytes(k.dst_port),
+                node: v.node,
+                idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
+            })
+            .collect())
+    }
+
+    /// The local SIDs.
+    pub fn sids(&self) -> Result<Vec<SidRow>, Error> {
+        let map = self.open(maps::LOCAL_SIDS)?;
+        let sids: HashMap<_, [u8; 16], SidEntry> =
+            HashMap::try_from(map).map_err(map_error(maps::LOCAL_SIDS))?;
+        let mut rows: Vec<SidRow> = sids
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(sid, e)| {
+                let behavior = Behavior::from_u32(e.behavior);
+                let has_nexthop = matches!(
+                    behavior,
+                    Some(Behavior::EndX | Behavior::EndDx6 | Behavior::EndDx4)
+                );
+                SidRow {
+                    sid: Ipv6Addr::from(sid),
+                    behavior: behavior.map_or_else(
+                        || format!("unknown({})", e.behavior),
+                        |b| b.name().to_owned(),
+                    ),
+                    oif_or_table: e.oif_or_table,
+                    nexthop: has_nexthop.then(|| ip_of(e.nexthop)),
+                    counter: e.stats_index,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| r.sid);
+        Ok(rows)
+    }
+
+    /// The non-zero slots of a per-CPU counter map.
+    pub fn counters(&self, name: &'static str) -> Result<Vec<CounterRow>, Error> {
+        let map = self.open(name)?;
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(map_error(name))?;
+        let mut out = Vec::new();
+        for (index, values) in array.iter().enumerate() {
+            let sum = Counter::sum(values.map_err(map_error(name))?.iter());
+            if sum.packets > 0 {
+                out.push(CounterRow {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    packets: sum.packets,
+                    bytes: sum.bytes,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where `cpn_steer` sends `flow` now (without touching the affinity table).
+    pub fn lookup(&self, flow: Flow) -> Result<Lookup, Error> {
+        let key = flow.key();
+        let hash = flow_hash(&key, FLOW_HASH_SEED);
+        let mut lookup = Lookup {
+            flow,
+            service: None,
+            hash,
+            affinity: None,
+            ring: None,
+            node: None,
+            decided_by: None,
+        };
+        let Some((service_key, service)) = self.service_of(&key)? else {
+            return Ok(lookup);
+        };
+        lookup.service = Some(service_row(&service_key, &service));
+        let nodes: Array<_, NodeEntry> =
+            Array::try_from(self.open(maps::NODES)?).map_err(map_error(maps::NODES))?;
+        let usable = |id: u32| {
+            nodes
+                .get(&id, 0)
+                .is_ok_and(|n| NodeState::keeps_flows(n.state))
+        };
+        if service.flags & SERVICE_AFFINITY != 0
+            && let Some(entry) = self.flow_entry(&key)?
+        {
+            let idle_ns = monotonic_ns().saturating_sub(entry.last_seen_ns);
+            let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
+            let step = AffinityStep {
+                node: entry.node,
+                idle_ms: idle_ns / 1_000_000,
+                fresh: timeout_ns == 0 || idle_ns < timeout_ns,
+                usable: usable(entry.node),
+            };
+            if step.fresh && step.usable {
+                lookup.node = Some(step.node);
+                lookup.decided_by = Some("affinity".to_owned());
+                lookup.affinity = Some(step);
+                return Ok(lookup);
+            }
+            lookup.affinity = Some(step);
+        }
+        let selectors: Array<_, RingSelector> = Array::try_from(self.open(maps::RING_SELECTORS)?)
+            .map_err(map_error(maps::RING_SELECTORS))?;
+        let selector = selectors
+            .get(&service.id, 0)
+            .map_err(map_error(maps::RING_SELECTORS))?;
+        if selector.size() == 0 {
+            return Ok(lookup);
+        }
+        let rings: Array<_, u32> =
+            Array::try_from(self.open(maps::RINGS)?).map_err(map_error(maps::RINGS))?;
+        let slot = hash % selector.size();
+        let node = rings
+            .get(&ring_index(service.id, selector.half(), slot), 0)
+            .map_err(map_error(maps::RINGS))?;
+        let step = RingStep {
+            half: selector.half(),
+            size: selector.size(),
+            slot,
+            node,
+            usable: usable(node),
+        };
+        if step.usable {
+            lookup.node = Some(node);
+            lookup.decided_by = Some("ring".to_owned());
+        }
+        lookup.ring = Some(step);
+        Ok(lookup)
+    }
+
+    /// The exact service key, else the address alone (as `cpn_steer` looks it up).
+    fn service_of(&self, flow: &FlowKey) -> Result<Option<(ServiceKey, ServiceEntry)>, Error> {
+        let services: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(self.open(maps::SERVICES)?).map_err(map_error(maps::SERVICES))?;
+        let exact = ServiceKey {
+            addr: flow.dst,
+            port: flow.dst_port,
+            protocol: flow.protocol,
+            _pad: 0,
+        };
+        let any = ServiceKey {
+            port: [0; 2],
+            protocol: ANY_PROTOCOL,
+            ..exact
+        };
+        for key in [exact, any] {
+            match services.get(&key, 0) {
+                Ok(entry) => return Ok(Some((key, entry))),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(maps::SERVICES)(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn flow_entry(&self, key: &FlowKey) -> Result<Option<FlowEntry>, Error> {
+        let flows: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(self.open(maps::FLOWS)?).map_err(map_error(maps::FLOWS))?;
+        match flows.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(maps::FLOWS)(e)),
+        }
+    }
+}
+
+fn service_row(key: &ServiceKey, entry: &ServiceEntry) -> ServiceRow {
+    ServiceRow {
+        address: ip_of(key.addr),
+        protocol: key.protocol,
+        port: u16::from_be_bytes(key.port),
+        service: entry.id,
+        affinity: entry.flags & SERVICE_AFFINITY != 0,
+        idle_timeout_s: entry.affinity_timeout_s,
+    }
+}
+
+fn node_row(id: u32, n: &NodeEntry) -> NodeRow {
+    let count = usize::from(n.segment_count).min(maps::MAX_SIDS);
+    NodeRow {
+        node: id,
+        state: state_name(n.state).to_owned(),
+        // Stored in SRH order (last segment first); shown in travel order.
+        segments: n.segments[..count]
+            .iter()
+            .rev()
+            .map(|s| Ipv6Addr::from(*s))
+            .collect(),
+        encap_src: Ipv6Addr::from(n.encap_src),
+        reduced: n.flags & maps::NODE_REDUCED != 0,
+    }
+}
