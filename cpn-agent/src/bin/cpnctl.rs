@@ -1,16 +1,20 @@
 //! `cpnctl`: inspect a running cpn agent (a thin layer over `cpn_agent::ctl`).
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use cpn_agent::ctl::{self, Cli};
 
 fn main() -> ExitCode {
     match ctl::run(&Cli::parse()) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        // A closed pipe (`cpnctl … | head`) is not an error.
+        Ok(text) => match std::io::stdout().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("cpnctl: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(error) => {
             eprintln!("cpnctl: {error:#}");
             ExitCode::FAILURE

@@ -2,7 +2,7 @@
 //! lookup, replayed on the maps: service, affinity, ring, node) and why the ring looks the way
 //! it does (the selection's scores, weights and hysteresis state).
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value;
 
@@ -25,14 +25,36 @@ pub fn protocol(text: &str) -> Result<u8, String> {
 pub fn text(answer: &Value) -> String {
     let mut out = String::new();
     let flows = answer["flows"].as_array().cloned().unwrap_or_default();
-    if flows.is_empty() {
-        out.push_str(
+    // Node names, from the ring and the answers' chosen nodes.
+    let names: BTreeMap<String, String> = answer["ring"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(&flows)
+        .filter_map(|n| Some((n["node"].to_string(), n["name"].as_str()?.to_owned())))
+        .collect();
+    let name = |id: &Value| {
+        names
+            .get(&id.to_string())
+            .map_or_else(|| format!("node {id}"), |n| format!("{n} (node {id})"))
+    };
+    match flows.len() {
+        0 => out.push_str(
             "no open flow from this client to the service in the affinity table; a new flow's \
              node depends on its source port (`--source-port`): the ring below decides\n\n",
-        );
+        ),
+        1 => {}
+        n => {
+            let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+            for f in &flows {
+                *per_node.entry(or_dash(f["name"].as_str())).or_default() += 1;
+            }
+            let counts: Vec<String> = per_node.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "{n} open flows: {}\n", counts.join(", "));
+        }
     }
     for flow in &flows {
-        flow_text(&mut out, flow);
+        flow_text(&mut out, flow, &name);
         out.push('\n');
     }
     if let Some(ring) = answer["ring"].as_array().filter(|r| !r.is_empty()) {
@@ -67,7 +89,7 @@ pub fn text(answer: &Value) -> String {
     out
 }
 
-fn flow_text(out: &mut String, f: &Value) {
+fn flow_text(out: &mut String, f: &Value, name: &dyn Fn(&Value) -> String) {
     let flow = &f["flow"];
     let at = |address: &Value, port: &Value| {
         let address = address.as_str().and_then(|a| a.parse().ok());
@@ -115,21 +137,20 @@ fn flow_text(out: &mut String, f: &Value) {
         }
     );
     let _ = writeln!(out, "  hash      {:#010x}", f["hash"].as_u64().unwrap_or(0));
-    steps_text(out, f);
+    steps_text(out, f, name);
 }
 
 /// The affinity and ring steps, and what they decided.
-fn steps_text(out: &mut String, f: &Value) {
+fn steps_text(out: &mut String, f: &Value, node: &dyn Fn(&Value) -> String) {
     let service = &f["service"];
-    let node = |id: &Value| -> String { format!("node {id}") };
     let decided = f["decided_by"].as_str();
     let a = &f["affinity"];
     if !a.is_null() {
         let _ = writeln!(
             out,
-            "  affinity  {}, idle {} ms, {}, {}{}",
+            "  affinity  {}, idle {:.1} s, {}, {}{}",
             node(&a["node"]),
-            a["idle_ms"],
+            a["idle_ms"].as_f64().unwrap_or(0.0) / 1e3,
             if a["fresh"] == true {
                 "fresh"
             } else {
