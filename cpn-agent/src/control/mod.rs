@@ -301,5 +301,23 @@ mod tests {
             Request::Routes
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+        let explain = Request::Explain(ExplainRequest {
+            client: "2001:db8:1::1".parse().unwrap(),
+            service: "2001:db8:cafe::1".parse().unwrap(),
+            protocol: 6,
+            port: 7000,
+            source_port: Some(40000),
+        });
+        assert_eq!(
+            serde_json::to_string(&explain).unwrap(),
+            r#"{"command":"explain","client":"2001:db8:1::1","service":"2001:db8:cafe::1","protocol":6,"port":7000,"source_port":40000}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"flows","node":"edge1"}"#).unwrap(),
+            Request::Flows(FlowFilter {
+                node: Some("edge1".into()),
+                ..FlowFilter::default()
+            })
+        );
     }
 }

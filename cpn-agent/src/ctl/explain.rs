@@ -207,3 +207,44 @@ fn steps_text(out: &mut String, f: &Value, node: &dyn Fn(&Value) -> String) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_by_name_or_number() {
+        assert_eq!(protocol("TCP"), Ok(6));
+        assert_eq!(protocol("icmpv6"), Ok(58));
+        assert_eq!(protocol("47"), Ok(47));
+        assert!(protocol("gre-ish").unwrap_err().contains("tcp, udp"));
+    }
+
+    #[test]
+    fn a_flow_decided_by_its_ring_slot_reads_as_such() {
+        let answer = serde_json::json!({
+            "flows": [{
+                "flow": {"source": "10.0.1.1", "destination": "10.9.9.9", "protocol": 17,
+                         "source_port": 5000, "destination_port": 53},
+                "service": {"address": "10.9.9.9", "protocol": 0, "port": 0, "service": 2,
+                            "affinity": false, "idle_timeout_s": 0},
+                "hash": 255,
+                "affinity": null,
+                "ring": {"half": 1, "size": 7, "slot": 3, "node": 4, "usable": true},
+                "node": 4, "decided_by": "ring", "name": "edge9", "segments": ["fc00:9::d6"],
+            }],
+            "ring": [{"node": 4, "name": "edge9", "slots": 7, "share": 1.0}],
+            "selection": null,
+        });
+        assert_eq!(
+            text(&answer),
+            "flow udp 10.0.1.1:5000 -> 10.9.9.9:53\n\
+             \x20 service   10.9.9.9 (id 2, key any/0), affinity off\n\
+             \x20 hash      0x000000ff\n\
+             \x20 ring      half 1, slot 3 of 7 -> edge9 (node 4)  <- decides\n\
+             \x20 result    edge9 (node 4) by ring, segments fc00:9::d6\n\
+             \n\
+             ring: edge9 100.0 %\n\n"
+        );
+    }
+}
