@@ -127,6 +127,8 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
 
 const SERVICE: &str = "2001:db8:cafe::1";
 const CLIENT1: &str = "2001:db8:1::1";
+/// `cpnctl explain` for client1's TCP flows to the service.
+const EXPLAIN: [&str; 5] = ["explain", CLIENT1, SERVICE, "tcp", "7000"];
 
 fn json_of(lab: &CpnLab, node: &str, args: &[&str]) -> Result<serde_json::Value> {
     let mut all = vec!["--json"];
@@ -293,18 +295,11 @@ fn answered_from_port(lab: &CpnLab, port: u16) -> Result<String> {
 /// after it names the same node (affinity).
 fn explain_agrees_with_the_data_plane(lab: &CpnLab) -> Result<()> {
     let explain = |port: u16| {
+        let port = port.to_string();
         json_of(
             lab,
             "ingress",
-            &[
-                "explain",
-                CLIENT1,
-                SERVICE,
-                "tcp",
-                "7000",
-                "--source-port",
-                &port.to_string(),
-            ],
+            &[&EXPLAIN[..], &["--source-port", &port]].concat(),
         )
     };
     let mut compared = 0;
@@ -340,11 +335,7 @@ fn explain_agrees_with_the_data_plane(lab: &CpnLab) -> Result<()> {
     );
 
     // Without a source port: the client's open flows, each explained.
-    let open = json_of(
-        lab,
-        "ingress",
-        &["explain", CLIENT1, SERVICE, "tcp", "7000"],
-    )?;
+    let open = json_of(lab, "ingress", &EXPLAIN)?;
     let flows = open["flows"].as_array().context("flows")?;
     ensure!(
         flows.len() >= 16
@@ -358,15 +349,7 @@ fn explain_agrees_with_the_data_plane(lab: &CpnLab) -> Result<()> {
     let text = cpnctl(
         lab,
         "ingress",
-        &[
-            "explain",
-            CLIENT1,
-            SERVICE,
-            "tcp",
-            "7000",
-            "--source-port",
-            "42000",
-        ],
+        &[&EXPLAIN[..], &["--source-port", "42000"]].concat(),
     )?;
     ensure!(
         text.starts_with("flow tcp [2001:db8:1::1]:42000 -> [2001:db8:cafe::1]:7000")
