@@ -1,7 +1,9 @@
 //! Learned SRv6 locators become kernel routes (`proto bgp`), so that the encapsulated packets
 //! an ingress sends reach the node that owns the SID. A withdrawn locator's route goes once no
 //! node in the data plane uses an address in it any more (make before break): until steering
-//! has moved the rings off those nodes, flows still hashed to them would meet "no route".
+//! has moved the rings off those nodes, flows still hashed to them would meet "no route". The
+//! joining side mirrors it: steering gives a learned node ring slots only once the locator
+//! route covering its SID is installed (steering.rs, `unrouted_locators`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

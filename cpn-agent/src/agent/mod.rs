@@ -166,7 +166,9 @@ impl Agent {
             .await
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(tasks);
+            let mut locators = None;
             if !config.interfaces.is_empty() {
+                locators = Some(agent.learned_locators.clone());
                 let own = own_locator.and_then(|r| match r.prefix {
                     ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
                     ipnet::IpNet::V4(_) => None,
@@ -184,6 +186,7 @@ impl Agent {
                 links,
                 node_ids: agent.node_ids.clone(),
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
+                locators,
             });
             local_routes = Some(local);
         }

@@ -48,6 +48,10 @@ pub struct Learning {
     pub node_ids: Arc<Mutex<Ids<String>>>,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
+    /// The learned locator routes in the kernel, when this agent installs them: a node whose
+    /// SID lies in a learned locator joins the rings only once that route is in (make before
+    /// break, the joining side).
+    pub locators: Option<super::locators::Installed>,
 }
 
 #[derive(Clone, Debug)]
@@ -324,11 +328,16 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
         .filter(|l| l.route.is_service())
         .collect();
     let links = learning.links.lock().expect("links lock").clone();
+    let unrouted = unrouted_locators(learning);
     let mut ids = learning.node_ids.lock().expect("ids lock");
     let mut candidates: Vec<_> = routes
         .into_iter()
         .filter_map(|Learned { neighbor, route }| {
             let sid = route.service?.sid;
+            if unrouted.iter().any(|net| net.contains(&sid)) {
+                tracing::debug!(%sid, "waiting for the locator route of a learned node");
+                return None;
+            }
             let link = links.get(&neighbor).copied().unwrap_or_default();
             let (name, metrics) = match route.metrics {
                 Some(m) => (m.node, m.metrics),
@@ -360,6 +369,20 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
     candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, c.path.latency));
     candidates.dedup_by_key(|(id, _, (prefix, _))| (*prefix, *id));
     candidates
+}
+
+/// The locators learned in BGP whose kernel route is not installed yet (none when this agent
+/// does not install locator routes).
+fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
+    let Some(installed) = &learning.locators else {
+        return Vec::new();
+    };
+    let installed = installed.lock().expect("installed lock").clone();
+    super::locators::wanted(&learning.rib, None)
+        .into_keys()
+        .filter(|key| !installed.contains_key(key))
+        .filter_map(|(prefix, len)| ipnet::Ipv6Net::new(prefix, len).ok())
+        .collect()
 }
 
 /// One steering step for one service (its static candidates plus `learned` ones); the ring to
@@ -454,4 +477,65 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std:
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::route::{Route, ServiceSid};
+
+    fn route(prefix: &str, sid: Option<&str>) -> Route {
+        Route {
+            prefix: prefix.parse().unwrap(),
+            path_id: 1,
+            next_hop: "2001:db8:100::2".parse().unwrap(),
+            service: sid.map(|s| ServiceSid {
+                sid: s.parse().unwrap(),
+                behavior: 20,
+            }),
+            aigp: None,
+            metrics: None,
+            link_bandwidth: None,
+            as_path: vec![65000],
+            originator_id: None,
+            cluster_list: vec![],
+        }
+    }
+
+    #[test]
+    fn a_learned_node_joins_once_its_locator_is_routed() {
+        let rib = SharedRib::default();
+        let neighbor: IpAddr = "2001:db8:100::2".parse().unwrap();
+        {
+            let mut rib = rib.lock().unwrap();
+            rib.insert_for_test(neighbor, route("2001:db8:cafe::1/128", Some("fc00:1::d6")));
+            rib.insert_for_test(neighbor, route("fc00:1::/32", None));
+        }
+        let installed = super::super::locators::Installed::default();
+        let mut learning = Learning {
+            rib,
+            links: crate::probe::SharedLinks::default(),
+            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
+            encap_src: Ipv6Addr::LOCALHOST,
+            locators: Some(installed.clone()),
+        };
+        assert!(
+            learned_candidates(&learning).is_empty(),
+            "no route to fc00:1::/32 yet"
+        );
+        installed.lock().unwrap().insert(
+            ("fc00:1::".parse().unwrap(), 32),
+            "2001:db8:100::2".parse().unwrap(),
+        );
+        let joined = learned_candidates(&learning);
+        assert_eq!(joined.len(), 1);
+        assert_eq!(
+            joined[0].1.segments,
+            vec!["fc00:1::d6".parse::<Ipv6Addr>().unwrap()]
+        );
+        // An agent that installs no locator routes relies on other routing.
+        installed.lock().unwrap().clear();
+        learning.locators = None;
+        assert_eq!(learned_candidates(&learning).len(), 1);
+    }
 }

@@ -112,6 +112,27 @@ impl RibIn {
         self.changed.subscribe()
     }
 
+    /// A path as if `neighbor` (AS 65000) had sent it, for other modules' tests.
+    #[cfg(test)]
+    pub fn insert_for_test(&mut self, neighbor: IpAddr, route: Route) {
+        let key = (neighbor, route.prefix, route.path_id);
+        let from = Peer {
+            address: neighbor,
+            asn: 65000,
+            rr_client: false,
+            add_path: AddPath::default(),
+        };
+        self.routes.insert(
+            key,
+            Received {
+                from,
+                from_id: Ipv4Addr::UNSPECIFIED,
+                route,
+                link_us: 0,
+            },
+        );
+    }
+
     fn touch(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
