@@ -20,6 +20,9 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the agent, the tests and the demo use at run time.
 const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
+    // The benchmarks build their baselines and the kernel's Katran-like selftest program
+    // (from linux-source) with clang and libbpf's headers; xdp-trafficgen drives the veth path.
+    "clang",
     "ethtool",
     // The font of the demo's chart (`--record`).
     "fonts-dejavu-core",
@@ -27,9 +30,12 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "gobgpd",
     "iproute2",
     "iputils-ping",
+    "libbpf-dev",
+    "linux-source",
     "procps",
     "python3",
     "tcpdump",
+    "xdp-tools",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,0 +1,289 @@
+//! The report: `report.json` (everything measured), `report.md` (the tables) and PNG charts.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, anyhow};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::{control::Control, stats::Spread, testrun::PerPacket};
+
+/// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub lscpu: String,
+}
+
+impl Machine {
+    pub fn probe() -> Self {
+        let text = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        };
+        let lscpu = text("lscpu", &[]);
+        let cpu = lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix("Model name:"))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            kernel: text("uname", &["-sr"]),
+            cpu,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            lscpu,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    /// The cargo profile the bench binary was built with (userspace timings need `release`).
+    pub profile: &'static str,
+    pub seconds: f64,
+    pub machine: Machine,
+    pub per_packet: Option<PerPacket>,
+    pub control: Option<Control>,
+    /// Parts of the issue this run did not measure, and why.
+    pub not_measured: Vec<String>,
+}
+
+/// Writes report.json, report.md and the charts into `dir`.
+pub fn write(report: &Report, dir: &Path) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    std::fs::write(dir.join("report.md"), markdown(report))?;
+    let mut charts = Vec::new();
+    register_font()?;
+    if let Some(p) = &report.per_packet {
+        let bars: Vec<Bar> = p
+            .arms
+            .iter()
+            .map(|a| Bar {
+                label: a.name.clone(),
+                value: a.ns,
+            })
+            .collect();
+        let name = "per_packet_ns.png";
+        chart(
+            &dir.join(name),
+            "ns per packet through BPF_PROG_TEST_RUN (median, p10-p90 over rounds)",
+            "ns per call (kernel-measured)",
+            &bars,
+        )?;
+        charts.push(name.to_owned());
+    }
+    Ok(charts)
+}
+
+/// The tables of report.md (docs/BENCHMARKS.md quotes them).
+#[expect(clippy::too_many_lines, reason = "one section per part, in order")]
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# cpn benchmark report\n");
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} CPUs), {}. Mode: {}, bench binary built `{}`, {:.0} s. Values are \
+         `median [p10–p90]`.\n",
+        report.machine.cpu,
+        report.machine.cpus,
+        report.machine.kernel,
+        if report.quick { "quick" } else { "full" },
+        report.profile,
+        report.seconds
+    );
+    if let Some(p) = &report.per_packet {
+        let _ = writeln!(md, "## Per-packet cost (BPF_PROG_TEST_RUN)\n");
+        let _ = writeln!(
+            md,
+            "Method: {}. {} rounds × {} packets per arm. Katran-like peer: `test_xdp_noinline.c` \
+             from {}.\n",
+            p.method, p.rounds, p.batch, p.katran_source
+        );
+        let _ = writeln!(
+            md,
+            "| arm | verdict | ns/call | net ns (− no-op) | × no-op | × Katran-like | net × Katran-like |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for a in &p.arms {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                a.name,
+                a.verdict,
+                a.ns.show(0),
+                a.net_ns.show(0),
+                a.vs_noop.show(2),
+                a.vs_katran.show(2),
+                a.net_vs_katran.show(2)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nCross-check, packets the program leaves unchanged, `repeat` > 1 (timer overhead \
+             paid once per call):\n"
+        );
+        let _ = writeln!(md, "| program | repeat | ns per run |");
+        let _ = writeln!(md, "|---|---|---|");
+        for a in &p.amortized {
+            let _ = writeln!(md, "| {} | {} | {} |", a.name, a.repeat, a.ns.show(1));
+        }
+        let _ = writeln!(
+            md,
+            "\nProgram sizes as loaded (kernel's program info, as `bpftool prog show`):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| program | xlated insns | jited bytes | verified insns |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|");
+        let opt = |v: Option<u32>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        for s in &p.programs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                s.program,
+                opt(s.xlated_insns),
+                opt(s.jited_bytes),
+                opt(s.verified_insns)
+            );
+        }
+        for (n, share) in &p.flow_table_residency {
+            let _ = writeln!(
+                md,
+                "\nAffinity table with {n} flows: {:.1}% of a sample of them resident after filling.",
+                share * 100.0
+            );
+        }
+        let _ = writeln!(md);
+    }
+    if let Some(c) = &report.control {
+        let _ = writeln!(md, "## Control plane, in process\n");
+        let _ = writeln!(md, "| what | value |");
+        let _ = writeln!(md, "|---|---|");
+        let _ = writeln!(
+            md,
+            "| Maglev rebuild, {} slots × {} nodes | {} ms |",
+            c.maglev.slots,
+            c.maglev.nodes,
+            c.maglev.build_ms.show(2)
+        );
+        let _ = writeln!(
+            md,
+            "| UPDATE encode ({} bytes each) | {} k/s |",
+            c.codec.update_bytes,
+            c.codec.encode_k_per_s.show(1)
+        );
+        let _ = writeln!(
+            md,
+            "| UPDATE decode + parse | {} k/s |",
+            c.codec.decode_k_per_s.show(1)
+        );
+        let _ = writeln!(md);
+    }
+    if !report.not_measured.is_empty() {
+        let _ = writeln!(md, "## Not measured in this run\n");
+        for n in &report.not_measured {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md
+}
+
+struct Bar {
+    label: String,
+    value: Spread,
+}
+
+fn register_font() -> Result<()> {
+    let font = std::fs::read(FONT)
+        .with_context(|| format!("reading the chart font {FONT} (run `cargo xtask setup`)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font.leak())
+        .map_err(|_| anyhow!("{FONT} is not a font plotters can read"))
+}
+
+/// Horizontal bars with p10-p90 whiskers.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "a few dozen bars"
+)]
+fn chart(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
+    let height = 120 + 28 * bars.len() as u32;
+    let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let max = bars
+        .iter()
+        .map(|b| b.value.p90.max(b.value.median))
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let n = bars.len() as i32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(380)
+        .build_cartesian_2d(0.0..max, (0..n).into_segmented())
+        .map_err(plot_error)?;
+    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+    chart
+        .configure_mesh()
+        .x_desc(unit)
+        .y_labels(bars.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => labels
+                .get(usize::try_from(*i).unwrap_or(usize::MAX))
+                .cloned()
+                .unwrap_or_default(),
+            SegmentValue::Last => String::new(),
+        })
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(plot_error)?;
+    let color = RGBColor(31, 119, 180);
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            let i = i as i32;
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (b.value.median, SegmentValue::Exact(i + 1)),
+                ],
+                color.mix(0.7).filled(),
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))
+        .map_err(plot_error)?;
+    chart
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            PathElement::new(
+                [
+                    (b.value.p10, SegmentValue::CenterOf(i as i32)),
+                    (b.value.p90, SegmentValue::CenterOf(i as i32)),
+                ],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(plot_error)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    anyhow!("drawing the chart: {e}")
+}
