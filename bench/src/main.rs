@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   peers (clang, at bench time) ──▶ part 1: BPF_PROG_TEST_RUN per-packet cost
+//!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer
 //!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec
 //!                                         └─▶ report.json / report.md / *.png
 //! ```
@@ -13,6 +14,7 @@ mod peers;
 mod report;
 mod stats;
 mod testrun;
+mod throughput;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -58,6 +60,14 @@ fn main() -> Result<()> {
         not_measured.push("affinity with 1M flows in the table (full run only)".to_owned());
     }
 
+    let throughput = throughput::run(
+        &throughput::Settings {
+            rounds: if args.quick { 1 } else { 7 },
+            window: std::time::Duration::from_secs(if args.quick { 1 } else { 3 }),
+        },
+        &peers.baselines,
+    )?;
+
     let control = control::Control {
         maglev: control::maglev(if args.quick { 3 } else { 31 }),
         codec: control::codec(
@@ -76,6 +86,7 @@ fn main() -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
         machine: report::Machine::probe(),
         per_packet: Some(per_packet),
+        throughput: Some(throughput),
         control: Some(control),
         not_measured,
     };

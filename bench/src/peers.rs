@@ -1,7 +1,7 @@
 //! The BPF programs measured next to cpn, built with clang at bench time and never committed:
 //!
-//! - `xdp_noop` and `xdp_sink` from `bench/bpf/noop.c` (ours): the cost floor and the
-//!   throughput sink;
+//! - `xdp_noop`, `xdp_sink` and `xdp_gen` from `bench/bpf/baselines.c` (ours): the cost
+//!   floor, the throughput sink and the traffic generator;
 //! - the Katran-like balancer: the kernel's own selftest program `test_xdp_noinline.c`, taken
 //!   from Debian's `linux-source` package.
 
@@ -13,14 +13,15 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Our baselines' source.
-const NOOP_SOURCE: &str = include_str!("../bpf/noop.c");
+const BASELINES_SOURCE: &str = include_str!("../bpf/baselines.c");
 /// Where the selftest program sits inside the kernel source tree.
 const KATRAN_MEMBER: &str = "tools/testing/selftests/bpf/progs/test_xdp_noinline.c";
 
 /// The built objects.
 #[derive(Debug)]
 pub struct Peers {
-    pub noop: PathBuf,
+    /// `bench/bpf/baselines.c`, built.
+    pub baselines: PathBuf,
     pub katran: PathBuf,
     /// The kernel source tarball the balancer came from.
     pub katran_source: String,
@@ -30,10 +31,10 @@ pub struct Peers {
 pub fn build(dir: &Path) -> Result<Peers> {
     std::fs::create_dir_all(dir)?;
     let includes = include_dirs(dir)?;
-    let noop_c = dir.join("noop.c");
-    std::fs::write(&noop_c, NOOP_SOURCE)?;
-    let noop = dir.join("noop.o");
-    clang(&noop_c, &noop, &includes)?;
+    let baselines_c = dir.join("baselines.c");
+    std::fs::write(&baselines_c, BASELINES_SOURCE)?;
+    let baselines = dir.join("baselines.o");
+    clang(&baselines_c, &baselines, &includes)?;
 
     let tarball = kernel_source_tarball()?;
     let name = tarball
@@ -63,7 +64,7 @@ pub fn build(dir: &Path) -> Result<Peers> {
     let katran = dir.join("test_xdp_noinline.o");
     clang(&source, &katran, &includes)?;
     Ok(Peers {
-        noop,
+        baselines,
         katran,
         katran_source: name,
     })

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, anyhow};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::{control::Control, stats::Spread, testrun::PerPacket};
+use crate::{control::Control, stats::Spread, testrun::PerPacket, throughput::Throughput};
 
 /// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -53,6 +53,7 @@ pub struct Report {
     pub seconds: f64,
     pub machine: Machine,
     pub per_packet: Option<PerPacket>,
+    pub throughput: Option<Throughput>,
     pub control: Option<Control>,
     /// Parts of the issue this run did not measure, and why.
     pub not_measured: Vec<String>,
@@ -82,6 +83,24 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<String>> {
             &dir.join(name),
             "ns per packet through BPF_PROG_TEST_RUN (median, p10-p90 over rounds)",
             "ns per call (kernel-measured)",
+            &bars,
+        )?;
+        charts.push(name.to_owned());
+    }
+    if let Some(t) = &report.throughput {
+        let bars: Vec<Bar> = t
+            .arms
+            .iter()
+            .map(|a| Bar {
+                label: a.name.clone(),
+                value: a.mpps,
+            })
+            .collect();
+        let name = "throughput_mpps.png";
+        chart(
+            &dir.join(name),
+            "veth path: frames per second at the sink (median, p10-p90)",
+            "Mpps",
             &bars,
         )?;
         charts.push(name.to_owned());
@@ -166,6 +185,27 @@ pub fn markdown(report: &Report) -> String {
                 md,
                 "\nAffinity table with {n} flows: {:.1}% of a sample of them resident after filling.",
                 share * 100.0
+            );
+        }
+        let _ = writeln!(md);
+    }
+    if let Some(t) = &report.throughput {
+        let _ = writeln!(md, "## Throughput through a veth path\n");
+        let _ = writeln!(md, "{}\n", t.method);
+        let _ = writeln!(
+            md,
+            "| arm | Mpps at sink | × plain forwarding | sink / sent | Mpps per busy core |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for a in &t.arms {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                a.name,
+                a.mpps.show(3),
+                a.vs_plain.show(2),
+                a.delivered.show(2),
+                a.mpps_per_busy_core.show(3)
             );
         }
         let _ = writeln!(md);

@@ -636,7 +636,7 @@ fn program_size(name: &str, xdp: &Xdp) -> Result<ProgramSize> {
 pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     let dut = Dut::new()?;
     let _inside = dut.enter()?;
-    let noop = load_object(&peers.noop, &["xdp_noop"])?;
+    let noop = load_object(&peers.baselines, &["xdp_noop"])?;
     let mut katran = load_object(
         &peers.katran,
         &["balancer_ingress_v4", "balancer_ingress_v6"],

@@ -21,7 +21,7 @@ const BUILD_PACKAGES: &[&str] = &[
 const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
     // The benchmarks build their baselines and the kernel's Katran-like selftest program
-    // (from linux-source) with clang and libbpf's headers; xdp-trafficgen drives the veth path.
+    // (from linux-source) with clang and libbpf's headers.
     "clang",
     "ethtool",
     // The font of the demo's chart (`--record`).
@@ -35,7 +35,6 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "procps",
     "python3",
     "tcpdump",
-    "xdp-tools",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
