@@ -68,7 +68,7 @@ pub fn maglev(rounds: usize) -> Maglev {
     }
 }
 
-fn sample_route(i: u32) -> Route {
+pub fn sample_route(i: u32) -> Route {
     let t = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     let total = Sample::nominal(2e12, Unit::OpsPerSecond, t);
     Route {

@@ -5,13 +5,15 @@
 //! ```text
 //!   peers (clang, at bench time) ──▶ part 1: BPF_PROG_TEST_RUN per-packet cost
 //!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer
-//!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec
+//!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec,
+//!                                            100 / 1000 simulated agents per mode
 //!                                         └─▶ report.json / report.md / *.png
 //! ```
 
 mod control;
 mod peers;
 mod report;
+mod sim;
 mod stats;
 mod testrun;
 mod throughput;
@@ -76,6 +78,12 @@ fn main() -> Result<()> {
         )?,
     };
 
+    let sizes: &[usize] = if args.quick { &[100] } else { &[100, 1000] };
+    let simulation = sim::run(sizes, if args.quick { 2 } else { 7 })?;
+    if args.quick {
+        not_measured.push("simulation with 1000 agents (full run only)".to_owned());
+    }
+
     let report = report::Report {
         quick: args.quick,
         profile: if cfg!(debug_assertions) {
@@ -88,6 +96,7 @@ fn main() -> Result<()> {
         per_packet: Some(per_packet),
         throughput: Some(throughput),
         control: Some(control),
+        simulation: Some(simulation),
         not_measured,
     };
     let charts = report::write(&report, &args.out)?;

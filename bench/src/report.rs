@@ -6,7 +6,9 @@ use anyhow::{Context as _, Result, anyhow};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::{control::Control, stats::Spread, testrun::PerPacket, throughput::Throughput};
+use crate::{
+    control::Control, sim::Simulation, stats::Spread, testrun::PerPacket, throughput::Throughput,
+};
 
 /// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -55,6 +57,7 @@ pub struct Report {
     pub per_packet: Option<PerPacket>,
     pub throughput: Option<Throughput>,
     pub control: Option<Control>,
+    pub simulation: Option<Simulation>,
     /// Parts of the issue this run did not measure, and why.
     pub not_measured: Vec<String>,
 }
@@ -101,6 +104,24 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<String>> {
             &dir.join(name),
             "veth path: frames per second at the sink (median, p10-p90)",
             "Mpps",
+            &bars,
+        )?;
+        charts.push(name.to_owned());
+    }
+    if let Some(s) = &report.simulation {
+        let bars: Vec<Bar> = s
+            .runs
+            .iter()
+            .map(|r| Bar {
+                label: format!("{} agents, {}", r.agents, r.mode),
+                value: r.convergence_ms,
+            })
+            .collect();
+        let name = "simulation_convergence_ms.png";
+        chart(
+            &dir.join(name),
+            "simulated convergence after one metric change (median, p10-p90 over labs)",
+            "ms (simulated link delays + measured handling)",
             &bars,
         )?;
         charts.push(name.to_owned());
@@ -232,6 +253,30 @@ pub fn markdown(report: &Report) -> String {
             "| UPDATE decode + parse | {} k/s |",
             c.codec.decode_k_per_s.show(1)
         );
+        let _ = writeln!(md);
+    }
+    if let Some(s) = &report.simulation {
+        let _ = writeln!(md, "## Announcement modes, simulated\n");
+        let _ = writeln!(md, "{}\n", s.method);
+        let _ = writeln!(
+            md,
+            "| agents | mode | sessions | convergence ms | ingress has it after ms | UPDATEs per change | bytes per change | wall ms per change |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for r in &s.runs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.agents,
+                r.mode,
+                r.sessions,
+                r.convergence_ms.show(1),
+                r.ingress_ms.show(1),
+                r.messages_per_change.show(0),
+                r.bytes_per_change.show(0),
+                r.wall_ms.show(2)
+            );
+        }
         let _ = writeln!(md);
     }
     if !report.not_measured.is_empty() {
