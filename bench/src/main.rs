@@ -7,10 +7,13 @@
 //!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer
 //!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec,
 //!                                            100 / 1000 simulated agents per mode
+//!   namespace labs of agents    ──▶ part 3: metric change → ring / first packet,
+//!                                            death → last packet (5 and 20 agents)
 //!                                         └─▶ report.json / report.md / *.png
 //! ```
 
 mod control;
+mod labs;
 mod peers;
 mod report;
 mod sim;
@@ -32,9 +35,22 @@ struct Args {
     /// A short run that only proves every benchmark still works (CI); its numbers are rough.
     #[arg(long)]
     quick: bool,
+    /// Run only this part (the report then holds only it).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+/// The parts of the benchmark (`--only` runs one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    PerPacket,
+    Throughput,
+    Control,
+    Simulation,
+    Labs,
 }
 
 fn main() -> Result<()> {
@@ -43,49 +59,79 @@ fn main() -> Result<()> {
         bail!("the benchmarks load BPF programs and build namespaces: run them as root");
     }
     let started = Instant::now();
+    let quick = args.quick;
+    let wanted = |part: Part| args.only.is_none_or(|only| only == part);
     let mut not_measured = Vec::new();
     let peers = peers::build(&args.out.join("peers"))?;
 
-    let per_packet = testrun::run(
-        &testrun::Settings {
-            rounds: if args.quick { 5 } else { 31 },
-            batch: if args.quick { 200 } else { 10_000 },
-            flow_counts: if args.quick {
-                vec![1, 1000]
-            } else {
-                vec![1, 1000, 1_000_000]
+    let per_packet = if wanted(Part::PerPacket) {
+        Some(testrun::run(
+            &testrun::Settings {
+                rounds: if quick { 5 } else { 31 },
+                batch: if quick { 200 } else { 10_000 },
+                flow_counts: if quick {
+                    vec![1, 1000]
+                } else {
+                    vec![1, 1000, 1_000_000]
+                },
             },
-        },
-        &peers,
-    )?;
-    if args.quick {
+            &peers,
+        )?)
+    } else {
+        None
+    };
+    if quick && wanted(Part::PerPacket) {
         not_measured.push("affinity with 1M flows in the table (full run only)".to_owned());
     }
 
-    let throughput = throughput::run(
-        &throughput::Settings {
-            rounds: if args.quick { 1 } else { 7 },
-            window: std::time::Duration::from_secs(if args.quick { 1 } else { 3 }),
-        },
-        &peers.baselines,
-    )?;
-
-    let control = control::Control {
-        maglev: control::maglev(if args.quick { 3 } else { 31 }),
-        codec: control::codec(
-            if args.quick { 3 } else { 31 },
-            if args.quick { 1000 } else { 20_000 },
-        )?,
+    let throughput = if wanted(Part::Throughput) {
+        Some(throughput::run(
+            &throughput::Settings {
+                rounds: if quick { 1 } else { 7 },
+                window: std::time::Duration::from_secs(if quick { 1 } else { 3 }),
+            },
+            &peers.baselines,
+        )?)
+    } else {
+        None
     };
 
-    let sizes: &[usize] = if args.quick { &[100] } else { &[100, 1000] };
-    let simulation = sim::run(sizes, if args.quick { 2 } else { 7 })?;
-    if args.quick {
+    let control = if wanted(Part::Control) {
+        Some(control::Control {
+            maglev: control::maglev(if quick { 3 } else { 31 }),
+            codec: control::codec(
+                if quick { 3 } else { 31 },
+                if quick { 1000 } else { 20_000 },
+            )?,
+        })
+    } else {
+        None
+    };
+
+    let simulation = if wanted(Part::Simulation) {
+        let sizes: &[usize] = if quick { &[100] } else { &[100, 1000] };
+        Some(sim::run(sizes, if quick { 2 } else { 7 })?)
+    } else {
+        None
+    };
+    if quick && wanted(Part::Simulation) {
         not_measured.push("simulation with 1000 agents (full run only)".to_owned());
     }
 
+    let mut lab_runs = Vec::new();
+    if wanted(Part::Labs) {
+        let lab_sizes: &[usize] = if quick { &[3] } else { &[3, 18] };
+        for &computes in lab_sizes {
+            lab_runs.push(labs::run(computes, if quick { 1 } else { 5 })?);
+            eprintln!("bench: namespace lab with {} agents done", computes + 2);
+        }
+    }
+    if quick && wanted(Part::Labs) {
+        not_measured.push("namespace lab with 20 agents (full run only)".to_owned());
+    }
+
     let report = report::Report {
-        quick: args.quick,
+        quick,
         profile: if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -93,10 +139,11 @@ fn main() -> Result<()> {
         },
         seconds: started.elapsed().as_secs_f64(),
         machine: report::Machine::probe(),
-        per_packet: Some(per_packet),
-        throughput: Some(throughput),
-        control: Some(control),
-        simulation: Some(simulation),
+        per_packet,
+        throughput,
+        control,
+        simulation,
+        labs: lab_runs,
         not_measured,
     };
     let charts = report::write(&report, &args.out)?;

@@ -7,7 +7,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::{
-    control::Control, sim::Simulation, stats::Spread, testrun::PerPacket, throughput::Throughput,
+    control::Control, labs::LabRun, sim::Simulation, stats::Spread, testrun::PerPacket,
+    throughput::Throughput,
 };
 
 /// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
@@ -58,6 +59,7 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     pub control: Option<Control>,
     pub simulation: Option<Simulation>,
+    pub labs: Vec<LabRun>,
     /// Parts of the issue this run did not measure, and why.
     pub not_measured: Vec<String>,
 }
@@ -253,6 +255,36 @@ pub fn markdown(report: &Report) -> String {
             "| UPDATE decode + parse | {} k/s |",
             c.codec.decode_k_per_s.show(1)
         );
+        let _ = writeln!(md);
+    }
+    if !report.labs.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Control plane in namespace labs (distributed mode)\n"
+        );
+        let _ = writeln!(
+            md,
+            "Real agents over veth links; one client opening new TCP connections at 200/s; \
+             times polled every 2 ms from the ingress's pinned maps or taken from the \
+             connections' start times.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| agents | rounds | lab start s | metric change → new ring ms | metric change → first packet at the node ms | death → last packet steered to it ms |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for l in &report.labs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {} | {} | {} |",
+                l.agents,
+                l.rounds,
+                l.start_s,
+                l.metric_to_ring_ms.show(0),
+                l.metric_to_first_packet_ms.show(0),
+                l.death_to_last_packet_ms.show(0)
+            );
+        }
         let _ = writeln!(md);
     }
     if let Some(s) = &report.simulation {
