@@ -1,20 +1,27 @@
 //! Part 3 in namespace labs: real agents speaking BGP over veth links (`cpn_tests::cpn_lab`:
-//! one client, the ingress, a transit router and compute nodes; distributed mode), real TCP
-//! connections through `cpn_steer`, and the ingress's pinned maps read directly.
+//! one client, the ingress, a transit router and compute nodes; distributed mode), and the
+//! ingress's pinned maps read directly.
 //!
-//! Per round, with new connections arriving steadily:
+//! The client sends a UDP datagram from a new source port every millisecond: a new flow each
+//! time, which the ingress steers by its ring. (Not TCP: a client whose connection attempt goes
+//! to a dead node waits a second for the SYN to be sent again, so a few such clients would
+//! stop all traffic just when it is measured.) Per round:
 //! 1. metric change → new ring: compute node `c1` reports itself full (the policy weighs load
 //!    only, so a full node gets no slots), then empty again; each time until the ingress's
 //!    ring selector flips;
-//! 2. metric change → first packet at the node: from `c1` reporting itself empty to the first
-//!    new connection it answers;
-//! 3. death → last packet: `c1`'s link goes down and its agent is killed; until the ingress's
-//!    per-node packet counter for `c1` last moves (the ingress stops steering to it).
+//! 2. metric change → first packet to the node: from `c1` reporting itself empty to the first
+//!    new packet the ingress steers to it (its per-node packet counter moves);
+//! 3. death → last packet: `c1`'s link goes down and its agent is killed; until that counter
+//!    last moves (the ingress stops steering to it).
 
 use std::{
     fmt::Write as _,
-    net::{Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr, UdpSocket},
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -24,18 +31,14 @@ use cpn_common::{
     maps::{self, MAX_NODES, MAX_SERVICES, NodeEntry, RingSelector},
     stats::Counter,
 };
-use cpn_tests::{
-    cpn_lab::{CpnLab, Topology},
-    traffic::Traffic,
-};
+use cpn_tests::cpn_lab::{CpnLab, Topology};
 use serde::Serialize;
 
 use crate::stats::Spread;
 
 const SERVICE: &str = "2001:db8:cafe::1";
-const PORT: u16 = 7000;
-/// New connections per second from the client.
-const RATE: u32 = 200;
+/// The service's port (the policy covers every port and protocol).
+const PORT: u16 = cpn_tests::cpn_lab::DEFAULT_PORT;
 const POLL: Duration = Duration::from_millis(2);
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -47,13 +50,14 @@ pub struct LabRun {
     /// Seconds from starting the lab until the service answered through the ingress.
     pub start_s: f64,
     pub metric_to_ring_ms: Spread,
+    /// Metric change → first new packet the ingress steers to the node.
     pub metric_to_first_packet_ms: Spread,
     pub death_to_last_packet_ms: Spread,
 }
 
 fn topology(computes: usize) -> Result<Topology> {
     let mut text = format!(
-        "[[service]]\nname = \"web\"\naddress = \"{SERVICE}\"\nport = {PORT}\nkind = \"cpu\"\n\
+        "[[service]]\nname = \"web\"\naddress = \"{SERVICE}\"\nkind = \"cpu\"\n\
          latency_weight = 0\nload_weight = 1\n\n[[client]]\nname = \"client1\"\n"
     );
     for n in 1..=computes {
@@ -108,20 +112,28 @@ fn ring_change(pin_dir: &Path, before: &[u32], since: Instant) -> Result<f64> {
     bail!("the ingress published no new ring within {DEADLINE:?}")
 }
 
-/// Waits for the first connection started after `from` that `node` answered; ms after `from`.
-fn first_answer(traffic: &Traffic, node: &str, from: Duration) -> Result<f64> {
-    while traffic.now() < from + DEADLINE {
-        if let Some(r) = traffic
-            .between(from, traffic.now())
-            .iter()
-            .filter(|r| r.node.as_deref() == Some(node))
-            .min_by_key(|r| r.at)
-        {
-            return Ok(r.at.saturating_sub(from).as_secs_f64() * 1e3);
+/// Polls until `node`'s counter at the ingress moves; ms since `since`.
+fn first_move(pin_dir: &Path, id: u32, since: Instant) -> Result<f64> {
+    let before = node_packets(pin_dir, id)?;
+    while since.elapsed() < DEADLINE {
+        if node_packets(pin_dir, id)? != before {
+            return Ok(since.elapsed().as_secs_f64() * 1e3);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL);
     }
-    bail!("{node} answered no new connection within {DEADLINE:?}")
+    bail!("the ingress steered nothing to node {id} within {DEADLINE:?}")
+}
+
+/// New UDP flows to the service, one per millisecond, from the calling thread's namespace,
+/// until `stop`.
+fn probe_flows(target: SocketAddr, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        // A new socket, a new source port: a new flow.
+        if let Ok(socket) = UdpSocket::bind("[::]:0") {
+            let _ = socket.send_to(b"cpn-bench", target);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Watches `node`'s counter at the ingress for `watch`; ms from `since` to its last move.
@@ -137,6 +149,18 @@ fn last_move(pin_dir: &Path, id: u32, since: Instant, watch: Duration) -> Result
         std::thread::sleep(POLL);
     }
     Ok(last_at)
+}
+
+/// The ingress's node id for `sid`, once it has learned the node (again).
+fn wait_for_node(pin_dir: &Path, sid: Ipv6Addr) -> Result<u32> {
+    let since = Instant::now();
+    while since.elapsed() < DEADLINE {
+        if let Some(id) = node_id(pin_dir, sid)? {
+            return Ok(id);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the ingress did not learn {sid} within {DEADLINE:?}")
 }
 
 fn sid_of(n: usize) -> Ipv6Addr {
@@ -163,23 +187,29 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
         .pin_dir
         .clone();
     let target = SocketAddr::new(SERVICE.parse()?, PORT);
-    let traffic = Traffic::start(&[lab.lab.node("client1")?.clone()], target, RATE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        // A thread starts in the namespace of the thread that creates it.
+        let _inside = lab.lab.node("client1")?.enter()?;
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || probe_flows(target, &stop))
+    };
     let (mut to_ring, mut to_packet, mut to_last) = (Vec::new(), Vec::new(), Vec::new());
     let result = (|| -> Result<()> {
         for _ in 0..rounds {
+            let id = wait_for_node(&pin_dir, sid_of(1))?;
             // c1 takes flows before anything happens.
-            first_answer(&traffic, "c1", traffic.now())?;
+            first_move(&pin_dir, id, Instant::now())?;
             for (load, first) in [(100, false), (0, true)] {
                 let before = selectors(&pin_dir)?;
-                let (since, from) = (Instant::now(), traffic.now());
+                let since = Instant::now();
                 lab.set_load("c1", load)?;
                 to_ring.push(ring_change(&pin_dir, &before, since)?);
                 if first {
-                    to_packet.push(first_answer(&traffic, "c1", from)?);
+                    to_packet.push(first_move(&pin_dir, id, since)?);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            let id = node_id(&pin_dir, sid_of(1))?.context("the ingress has no node c1")?;
             let since = Instant::now();
             lab.fail("c1")?;
             to_last.push(last_move(&pin_dir, id, since, Duration::from_secs(4))?);
@@ -187,7 +217,8 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
         }
         Ok(())
     })();
-    drop(traffic.finish());
+    stop.store(true, Ordering::Relaxed);
+    let _ = prober.join();
     result.map_err(|e| e.context(format!("agent logs:\n{}", tail(&lab.logs()))))?;
     Ok(LabRun {
         agents: computes + 2,

@@ -264,13 +264,13 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(
             md,
-            "Real agents over veth links; one client opening new TCP connections at 200/s; \
-             times polled every 2 ms from the ingress's pinned maps or taken from the \
-             connections' start times.\n"
+            "Real agents over veth links; the client sends one new UDP flow per millisecond; \
+             times polled every 2 ms from the ingress's pinned maps (ring selectors, the \
+             per-node packet counter of the node that changes).\n"
         );
         let _ = writeln!(
             md,
-            "| agents | rounds | lab start s | metric change → new ring ms | metric change → first packet at the node ms | death → last packet steered to it ms |"
+            "| agents | rounds | lab start s | metric change → new ring ms | metric change → first packet steered to the node ms | death → last packet steered to it ms |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|");
         for l in &report.labs {
