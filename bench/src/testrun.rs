@@ -81,7 +81,12 @@ pub struct ArmResult {
 pub struct Amortized {
     pub name: String,
     pub repeat: u32,
+    /// ns per run with `repeat` runs per call.
     pub ns: Spread,
+    /// The same arm's net ns with `repeat = 1`, in the same rounds.
+    pub net_repeat_1_ns: Spread,
+    /// Per round: net ns with `repeat = 1` / ns per run with `repeat`.
+    pub ratio: Spread,
 }
 
 /// A loaded program's size as the kernel reports it (what `bpftool prog show` prints).
@@ -668,6 +673,7 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     check_outputs(&loaded, &arms)?;
 
     let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    let mut amortized_rounds: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     let mut cursors = vec![0u32; arms.len()];
     let mut scratch = (Vec::new(), Vec::new());
     let started = Instant::now();
@@ -682,6 +688,9 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
                 &mut scratch,
             )?;
             per_round[a].push(median);
+            if amortizable(&arms[a]) {
+                amortized_rounds[a].push(amortized_once(&loaded, &arms[a])?);
+            }
         }
     }
     eprintln!(
@@ -691,7 +700,7 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
         settings.batch,
         started.elapsed().as_secs_f64()
     );
-    let amortized = amortized(&loaded, &arms, settings)?;
+    let amortized = amortized(&arms, &per_round, &amortized_rounds)?;
     let results = summarize(&arms, &per_round, &loaded)?;
     let mut programs = vec![
         program_size("xdp_noop", loaded.xdp(Prog::Noop)?)?,
@@ -777,39 +786,65 @@ fn check_outputs(loaded: &Loaded, arms: &[Arm]) -> Result<()> {
     Ok(())
 }
 
-/// `repeat` > 1 on the arms whose packet the program leaves as it is.
+/// Runs per call of the `repeat` > 1 cross-check.
+const AMORTIZED_REPEAT: u32 = 1000;
+
+/// The arms whose packet the program leaves as it is: they may run with `repeat` > 1.
+fn amortizable(arm: &Arm) -> bool {
+    matches!(arm.group, "baseline" | "parse") && matches!(arm.packets, Packets::Fixed(_))
+}
+
+/// One call of `arm` with [`AMORTIZED_REPEAT`] runs: ns per run.
 #[expect(clippy::cast_precision_loss, reason = "ns fit f64")]
-fn amortized(loaded: &Loaded, arms: &[Arm], settings: &Settings) -> Result<Vec<Amortized>> {
-    let repeat = 1000;
-    let mut out_results = Vec::new();
-    for arm in arms
+fn amortized_once(loaded: &Loaded, arm: &Arm) -> Result<f64> {
+    let Packets::Fixed(input) = &arm.packets else {
+        bail!("{} changes its packets", arm.name);
+    };
+    let ctx = xdp_md(arm.ifindex, input.len());
+    let mut out = vec![0u8; input.len() + HEADROOM];
+    let result = loaded.xdp(arm.prog)?.test_run(TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat: AMORTIZED_REPEAT,
+        ..TestRunOptions::default()
+    })?;
+    Ok(result.duration.as_nanos() as f64)
+}
+
+fn amortized(
+    arms: &[Arm],
+    per_round: &[Vec<f64>],
+    amortized_rounds: &[Vec<f64>],
+) -> Result<Vec<Amortized>> {
+    let noop = arms
         .iter()
-        .filter(|a| matches!(a.group, "baseline" | "parse"))
-    {
-        let Packets::Fixed(input) = &arm.packets else {
-            continue;
-        };
-        let xdp = loaded.xdp(arm.prog)?;
-        let ctx = xdp_md(arm.ifindex, input.len());
-        let mut out = vec![0u8; input.len() + HEADROOM];
-        let mut samples = Vec::new();
-        for _ in 0..settings.rounds {
-            let result = xdp.test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            })?;
-            samples.push(result.duration.as_nanos() as f64);
-        }
-        out_results.push(Amortized {
-            name: arm.name.clone(),
-            repeat,
-            ns: Spread::of(&samples),
-        });
-    }
-    Ok(out_results)
+        .position(|a| matches!(a.prog, Prog::Noop))
+        .context("no no-op arm")?;
+    Ok(arms
+        .iter()
+        .enumerate()
+        .filter(|(_, arm)| amortizable(arm))
+        .map(|(i, arm)| {
+            let net: Vec<f64> = per_round[i]
+                .iter()
+                .zip(&per_round[noop])
+                .map(|(x, y)| x - y)
+                .collect();
+            let ratio: Vec<f64> = net
+                .iter()
+                .zip(&amortized_rounds[i])
+                .map(|(n, a)| n / a)
+                .collect();
+            Amortized {
+                name: arm.name.clone(),
+                repeat: AMORTIZED_REPEAT,
+                ns: Spread::of(&amortized_rounds[i]),
+                net_repeat_1_ns: Spread::of(&net),
+                ratio: Spread::of(&ratio),
+            }
+        })
+        .collect())
 }
 
 fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Vec<ArmResult>> {
