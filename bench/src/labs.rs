@@ -10,7 +10,8 @@
 //!    only, so a full node gets no slots), then empty again; each time until the ingress's
 //!    ring selector flips;
 //! 2. metric change → first packet to the node: from `c1` reporting itself empty to the first
-//!    new packet the ingress steers to it (its per-node packet counter moves);
+//!    new packet the ingress steers to it (its per-node packet counter moves), and to the first
+//!    packet `c1`'s `cpn_endpoint` decapsulates (its SID counter, in its own pinned maps);
 //! 3. death → last packet: `c1`'s link goes down and its agent is killed; until that counter
 //!    last moves (the ingress stops steering to it).
 
@@ -26,9 +27,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use cpn_common::{
-    maps::{self, MAX_NODES, MAX_SERVICES, NodeEntry, RingSelector},
+    maps::{self, MAX_NODES, MAX_SERVICES, NodeEntry, RingSelector, SidEntry},
     stats::Counter,
 };
 use cpn_tests::cpn_lab::{CpnLab, Topology};
@@ -52,6 +53,8 @@ pub struct LabRun {
     pub metric_to_ring_ms: Spread,
     /// Metric change → first new packet the ingress steers to the node.
     pub metric_to_first_packet_ms: Spread,
+    /// Metric change → first packet the node's `cpn_endpoint` decapsulates.
+    pub metric_to_first_packet_at_node_ms: Spread,
     pub death_to_last_packet_ms: Spread,
 }
 
@@ -114,14 +117,35 @@ fn ring_change(pin_dir: &Path, before: &[u32], since: Instant) -> Result<f64> {
 
 /// Polls until `node`'s counter at the ingress moves; ms since `since`.
 fn first_move(pin_dir: &Path, id: u32, since: Instant) -> Result<f64> {
-    let before = node_packets(pin_dir, id)?;
+    Ok(first_moves(&[&|| node_packets(pin_dir, id)], since)?[0])
+}
+
+/// Polls the counters until each has moved; for each, ms from `since` to its first move.
+fn first_moves(counters: &[&dyn Fn() -> Result<u64>], since: Instant) -> Result<Vec<f64>> {
+    let before: Vec<u64> = counters.iter().map(|c| c()).collect::<Result<_>>()?;
+    let mut moved: Vec<Option<f64>> = vec![None; counters.len()];
     while since.elapsed() < DEADLINE {
-        if node_packets(pin_dir, id)? != before {
-            return Ok(since.elapsed().as_secs_f64() * 1e3);
+        for (i, counter) in counters.iter().enumerate() {
+            if moved[i].is_none() && counter()? != before[i] {
+                moved[i] = Some(since.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        if moved.iter().all(Option::is_some) {
+            return Ok(moved.into_iter().flatten().collect());
         }
         std::thread::sleep(POLL);
     }
-    bail!("the ingress steered nothing to node {id} within {DEADLINE:?}")
+    bail!("no new packet for the node within {DEADLINE:?}")
+}
+
+/// Packets `cpn_endpoint` on a compute node processed for its `sid` (its own pinned maps).
+fn sid_packets(pin_dir: &Path, sid: Ipv6Addr) -> Result<u64> {
+    let sids: HashMap<MapData, [u8; 16], SidEntry> =
+        open(pin_dir, maps::LOCAL_SIDS, |m| Ok(HashMap::try_from(m)?))?;
+    let index = sids.get(&sid.octets(), 0)?.stats_index;
+    let stats: PerCpuArray<MapData, Counter> =
+        open(pin_dir, maps::SID_STATS, |m| Ok(PerCpuArray::try_from(m)?))?;
+    Ok(stats.get(&index, 0)?.iter().map(|c| c.packets).sum())
 }
 
 /// New UDP flows to the service, one per millisecond, from the calling thread's namespace,
@@ -194,7 +218,8 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || probe_flows(target, &stop))
     };
-    let (mut to_ring, mut to_packet, mut to_last) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut to_ring, mut to_packet, mut at_node, mut to_last) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let result = (|| -> Result<()> {
         for _ in 0..rounds {
             let id = wait_for_node(&pin_dir, sid_of(1))?;
@@ -206,7 +231,15 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
                 lab.set_load("c1", load)?;
                 to_ring.push(ring_change(&pin_dir, &before, since)?);
                 if first {
-                    to_packet.push(first_move(&pin_dir, id, since)?);
+                    let node_pins = lab.agents.get("c1").context("c1's agent")?.pin_dir.clone();
+                    let moves = first_moves(
+                        &[&|| node_packets(&pin_dir, id), &|| {
+                            sid_packets(&node_pins, sid_of(1))
+                        }],
+                        since,
+                    )?;
+                    to_packet.push(moves[0]);
+                    at_node.push(moves[1]);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -226,6 +259,7 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
         start_s,
         metric_to_ring_ms: Spread::of(&to_ring),
         metric_to_first_packet_ms: Spread::of(&to_packet),
+        metric_to_first_packet_at_node_ms: Spread::of(&at_node),
         death_to_last_packet_ms: Spread::of(&to_last),
     })
 }

@@ -277,23 +277,25 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(
             md,
             "Real agents over veth links; the client sends one new UDP flow per millisecond; \
-             times polled every 2 ms from the ingress's pinned maps (ring selectors, the \
-             per-node packet counter of the node that changes).\n"
+             times polled every 2 ms from the pinned maps of the ingress (ring selectors, the \
+             per-node packet counter of the node that changes) and of that node (its SID's \
+             packet counter).\n"
         );
         let _ = writeln!(
             md,
-            "| agents | rounds | lab start s | metric change → new ring ms | metric change → first packet steered to the node ms | death → last packet steered to it ms |"
+            "| agents | rounds | lab start s | metric change → new ring ms | → first packet steered to the node ms | → first packet at the node ms | death → last packet steered to it ms |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for l in &report.labs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {} | {} | {} |",
+                "| {} | {} | {:.1} | {} | {} | {} | {} |",
                 l.agents,
                 l.rounds,
                 l.start_s,
                 l.metric_to_ring_ms.show(0),
                 l.metric_to_first_packet_ms.show(0),
+                l.metric_to_first_packet_at_node_ms.show(0),
                 l.death_to_last_packet_ms.show(0)
             );
         }
