@@ -3,6 +3,7 @@
 //! Every command first runs the part of `setup` it needs, so each one works as the very first
 //! command on a fresh machine and costs a few quick checks afterwards.
 
+mod bench;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -14,7 +15,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Build, set up, test and demo cpn")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set up, test, benchmark and demo cpn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +34,8 @@ enum Command {
     Test(test::Args),
     /// Run the network-namespace lab and show the data plane at work (root).
     Demo(demo::Args),
+    /// Run the benchmarks and write target/bench/report.{json,md} and charts (root).
+    Bench(bench::Args),
     /// Fuzz the BGP decoding (nightly and cargo-fuzz are installed if missing).
     Fuzz(fuzz::Args),
 }
@@ -43,6 +49,7 @@ fn main() -> Result<()> {
         }
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
     }
 }

@@ -20,6 +20,9 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the agent, the tests and the demo use at run time.
 const RUNTIME_PACKAGES: &[&str] = &[
     "bpftool",
+    // The benchmarks build their baselines and the kernel's Katran-like selftest program
+    // (from linux-source) with clang and libbpf's headers.
+    "clang",
     "ethtool",
     // The font of the demo's chart (`--record`).
     "fonts-dejavu-core",
@@ -27,6 +30,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "gobgpd",
     "iproute2",
     "iputils-ping",
+    "libbpf-dev",
+    "linux-source",
     "procps",
     "python3",
     "tcpdump",

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, ebpf, setup};
+use crate::{bench, cmd, ebpf, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,6 +50,8 @@ pub fn run(args: &Args) -> Result<()> {
     };
     cmd::run(cargo("clippy").args(["--", "-D", "warnings"]))?;
     cmd::run(cargo("test").arg("--").args(&args.cargo_test_args))?;
+    // Benchmarks assert no times; the quick run only keeps them from rotting.
+    bench::quick_or_full(&binaries, true)?;
     eprintln!("all checks passed");
     Ok(())
 }

@@ -197,10 +197,19 @@ impl Dataplane {
     /// Loads the embedded object and verifies every program. With [`Pinning::Dir`], each map is
     /// pinned there by its name, or the map already pinned there is reused.
     pub fn load(pinning: &Pinning) -> Result<Self, Error> {
+        Self::load_with_flow_capacity(pinning, maps::FLOWS_ENTRIES)
+    }
+
+    /// [`Dataplane::load`] with a flow-affinity table of `flows` entries instead of
+    /// [`maps::FLOWS_ENTRIES`] (the benchmarks measure affinity with a million flows in it).
+    pub fn load_with_flow_capacity(pinning: &Pinning, flows: u32) -> Result<Self, Error> {
         if OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
         let mut loader = EbpfLoader::new();
+        if flows != maps::FLOWS_ENTRIES {
+            loader.map_max_entries(maps::FLOWS, flows);
+        }
         if let Pinning::Dir(dir) = pinning {
             ensure_on_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(|source| Error::PinDir {

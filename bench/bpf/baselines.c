@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+// Baselines for cpn's benchmarks, built with clang at bench time (see bench/src/peers.rs).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+// The cheapest XDP program: the per-packet cost floor of BPF_PROG_TEST_RUN, and the program
+// on the dut's ingress veth for the kernel's own forwarding arms.
+SEC("xdp")
+int xdp_noop(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_packets SEC(".maps");
+
+// The throughput sink: counts the generator's frames as they arrive (IPv6 carrying UDP
+// directly, or an SRH / IPv6 encapsulation of it), and drops everything. Neighbour discovery
+// and MLD (ICMPv6, hop-by-hop) are not counted.
+SEC("xdp")
+int xdp_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + sizeof(*eth);
+	__u32 zero = 0;
+	__u64 *count;
+
+	if ((void *)(ip6 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return XDP_DROP;
+	if (ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_ROUTING &&
+	    ip6->nexthdr != IPPROTO_IPV6)
+		return XDP_DROP;
+	count = bpf_map_lookup_elem(&sink_packets, &zero);
+	if (count)
+		*count += 1;
+	return XDP_DROP;
+}
+
+// Set at load time: the interface the generator's frames leave by, and the headers of its
+// frame (Ethernet, IPv6, UDP).
+#define GEN_HEADERS 62
+volatile const __u32 gen_ifindex = 0;
+volatile const __u8 gen_headers[GEN_HEADERS] = {0};
+
+// The traffic generator, run with BPF_PROG_TEST_RUN in live-frames mode: every run sends the
+// test packet out of gen_ifindex. Live frames are recycled pages, and whoever handled a frame
+// downstream (the dut's forwarding, an encapsulation) may have rewritten its headers in place,
+// so they are written afresh on every run.
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *bytes = data;
+
+	if (data + GEN_HEADERS > data_end)
+		return XDP_ABORTED;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < GEN_HEADERS; i++)
+		bytes[i] = gen_headers[i];
+	return bpf_redirect(gen_ifindex, 0);
+}
+
+char _license[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,166 @@
+//! `cargo xtask bench`: cpn's benchmarks. Absolute numbers on shared machines are noise, so
+//! every figure is reported next to a baseline measured in the same run, as a ratio with its
+//! spread. Writes `report.json`, `report.md` and PNG charts (see docs/BENCHMARKS.md).
+//!
+//! ```text
+//!   peers (clang, at bench time) ──▶ part 1: BPF_PROG_TEST_RUN per-packet cost
+//!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer
+//!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec,
+//!                                            100 / 1000 simulated agents per mode
+//!   namespace labs of agents    ──▶ part 3: metric change → ring / first packet,
+//!                                            death → last packet (5 and 20 agents)
+//!                                         └─▶ report.json / report.md / *.png
+//! ```
+
+mod control;
+mod labs;
+mod peers;
+mod report;
+mod sim;
+mod stats;
+mod testrun;
+mod throughput;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cpn-bench",
+    about = "cpn's benchmarks (root; see docs/BENCHMARKS.md)"
+)]
+struct Args {
+    /// A short run that only proves every benchmark still works (CI); its numbers are rough.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this part (the report then holds only it).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// The parts of the benchmark (`--only` runs one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    PerPacket,
+    Throughput,
+    Control,
+    Simulation,
+    Labs,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix_root() {
+        bail!("the benchmarks load BPF programs and build namespaces: run them as root");
+    }
+    let started = Instant::now();
+    let quick = args.quick;
+    let wanted = |part: Part| args.only.is_none_or(|only| only == part);
+    let mut not_measured = Vec::new();
+    let peers = peers::build(&args.out.join("peers"))?;
+
+    let per_packet = if wanted(Part::PerPacket) {
+        Some(testrun::run(
+            &testrun::Settings {
+                rounds: if quick { 5 } else { 31 },
+                batch: if quick { 200 } else { 10_000 },
+                flow_counts: if quick {
+                    vec![1, 1000]
+                } else {
+                    vec![1, 1000, 1_000_000]
+                },
+            },
+            &peers,
+        )?)
+    } else {
+        None
+    };
+    if quick && wanted(Part::PerPacket) {
+        not_measured.push("affinity with 1M flows in the table (full run only)".to_owned());
+    }
+
+    let throughput = if wanted(Part::Throughput) {
+        Some(throughput::run(
+            &throughput::Settings {
+                rounds: if quick { 1 } else { 7 },
+                window: std::time::Duration::from_secs(if quick { 1 } else { 3 }),
+            },
+            &peers.baselines,
+        )?)
+    } else {
+        None
+    };
+
+    let control = if wanted(Part::Control) {
+        Some(control::Control {
+            maglev: control::maglev(if quick { 3 } else { 31 }),
+            codec: control::codec(
+                if quick { 3 } else { 31 },
+                if quick { 1000 } else { 20_000 },
+            )?,
+        })
+    } else {
+        None
+    };
+
+    let simulation = if wanted(Part::Simulation) {
+        let sizes: &[usize] = if quick { &[100] } else { &[100, 1000] };
+        Some(sim::run(sizes, if quick { 2 } else { 7 })?)
+    } else {
+        None
+    };
+    if quick && wanted(Part::Simulation) {
+        not_measured.push("simulation with 1000 agents (full run only)".to_owned());
+    }
+
+    let mut lab_runs = Vec::new();
+    if wanted(Part::Labs) {
+        let lab_sizes: &[usize] = if quick { &[3] } else { &[3, 18] };
+        for &computes in lab_sizes {
+            lab_runs.push(labs::run(computes, if quick { 1 } else { 5 })?);
+            eprintln!("bench: namespace lab with {} agents done", computes + 2);
+        }
+    }
+    if quick && wanted(Part::Labs) {
+        not_measured.push("namespace lab with 20 agents (full run only)".to_owned());
+    }
+
+    let report = report::Report {
+        quick,
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        machine: report::Machine::probe(),
+        per_packet,
+        throughput,
+        control,
+        simulation,
+        labs: lab_runs,
+        not_measured,
+    };
+    let charts = report::write(&report, &args.out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!(
+        "bench: wrote {0}/report.json, {0}/report.md and {1}",
+        args.out.display(),
+        charts
+            .iter()
+            .map(|c| format!("{}/{c}", args.out.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn nix_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
