@@ -10,16 +10,18 @@
 //! last message it caused has been handled.
 //!
 //! ```text
-//!   distributed: a random tree of eBGP speakers, one private AS each (hop by hop)
+//!   distributed: a random meshed graph of eBGP speakers, one private AS each (hop by hop):
+//!                a random tree plus N/2 more links
 //!   centralized: every agent an iBGP client of one reflector
 //!   hybrid:      √N regional reflectors, clients iBGP to theirs; the reflectors a full
 //!                iBGP mesh among themselves (RFC 4456: client routes go everywhere,
 //!                non-client routes only to clients)
 //! ```
 //!
-//! The distributed mode runs on a tree because the agent sends every loop-free path under
-//! ADD-PATH: on a meshed graph of eBGP speakers the number of distinct AS paths, and so of
-//! UPDATEs, grows exponentially with the mesh.
+//! Under ADD-PATH an agent passes on each site of a prefix by its best path (`policy::export`),
+//! so a mesh multiplies the sessions a change crosses, not the paths. (An earlier agent passed
+//! on every loop-free path; on a mesh their number grew exponentially, which this benchmark
+//! found.)
 
 use std::{
     cmp::Reverse,
@@ -34,7 +36,7 @@ use cpn_agent::bgp::{
     errors::Codec,
     metric_attr::NodeScore,
     policy::{self, Local, PathIds, Peer, Received},
-    route::{self, AddPath, Encoding, Route, Withdrawn},
+    route::{self, AddPath, Encoding, Route, ServiceSid, Withdrawn},
     speaker,
 };
 use ipnet::IpNet;
@@ -150,6 +152,12 @@ fn site_route(i: usize, score: f64) -> Route {
     let mut r = crate::control::sample_route(u32::try_from(i).expect("few agents"));
     r.path_id = 1;
     r.next_hop = address(i);
+    // Each site has its own SID (`fc00:<i>::d6`), as every compute node does.
+    let i16 = |shift: u32| u16::try_from((i >> shift) & 0xffff).expect("masked");
+    r.service = r.service.map(|s| ServiceSid {
+        sid: Ipv6Addr::new(0xfc00, i16(16), i16(0), 0, 0, 0, 0, 0xd6),
+        ..s
+    });
     if let Some(m) = &mut r.metrics {
         m.score = Some(NodeScore {
             computing: score,
@@ -189,6 +197,18 @@ fn build(n: usize, mode: Mode, rng: &mut Lcg) -> Vec<Agent> {
             for i in 1..n {
                 let parent = rng.below(i);
                 links.push((parent, i, false, rng.between(1.0, 5.0)));
+            }
+            // A mesh, not a tree: N/2 more links between agents not linked yet.
+            let mut extra = n / 2;
+            while extra > 0 && n > 2 {
+                let (a, b) = (rng.below(n), rng.below(n));
+                let linked = |&(x, y, _, _): &(usize, usize, bool, f64)| {
+                    (x, y) == (a, b) || (x, y) == (b, a)
+                };
+                if a != b && !links.iter().any(linked) {
+                    links.push((a, b, false, rng.between(1.0, 5.0)));
+                    extra -= 1;
+                }
             }
         }
         Mode::Centralized => {
@@ -508,7 +528,7 @@ pub fn run(sizes: &[usize], seeds: u64) -> Result<Simulation> {
     Ok(Simulation {
         method: format!(
             "{SITES} sites of one anycast service among N agents; one site's metrics change \
-             once the labs have converged. Link delays: tree links 1-5 ms (distributed), \
+             once the labs have converged. Link delays: mesh links 1-5 ms (distributed), \
              client-reflector 1-10 ms (centralized) or 1-5 ms (hybrid), reflector-reflector \
              5-20 ms; handling times as measured in this process. {seeds} random labs per \
              row (spread over labs)."

@@ -82,22 +82,23 @@ pub fn accept(local: &Local, route: &Route) -> Result<(), Loop> {
     Ok(())
 }
 
-/// Path identifiers we send: one per (source, prefix, path id it came with), stable while the
-/// path exists, so a metric refresh replaces the path instead of adding one, and never reused.
+/// Path identifiers we send: one per site of a prefix (its service SID; a locator is one site),
+/// stable while the site is reachable, so a metric refresh or a better path to the same site
+/// replaces the path instead of adding one, and never reused.
 #[derive(Debug, Default)]
 pub struct PathIds {
-    ids: HashMap<(Option<IpAddr>, IpNet, u32), u32>,
+    ids: HashMap<(IpNet, Option<Ipv6Addr>), u32>,
     last: u32,
 }
 
 impl PathIds {
-    /// Identifiers for `paths`; those of paths no longer present are forgotten.
-    fn assign(&mut self, paths: Vec<(Option<IpAddr>, Route)>) -> Vec<Route> {
+    /// Identifiers for `paths` (one per site); those of sites no longer present are forgotten.
+    fn assign(&mut self, paths: Vec<Route>) -> Vec<Route> {
         let mut previous = std::mem::take(&mut self.ids);
         paths
             .into_iter()
-            .map(|(source, mut r)| {
-                let key = (source, r.prefix, r.path_id);
+            .map(|mut r| {
+                let key = (r.prefix, site(&r));
                 let id = previous.remove(&key).unwrap_or_else(|| {
                     self.last = self.last.wrapping_add(1);
                     self.last
@@ -108,6 +109,11 @@ impl PathIds {
             })
             .collect()
     }
+}
+
+/// The site a path leads to: its service SID (each compute node has its own).
+fn site(route: &Route) -> Option<Ipv6Addr> {
+    route.service.map(|s| s.sid)
 }
 
 /// The routes to send to `to`: ours, and those learned from other neighbors that RFC 4271 and
@@ -156,17 +162,25 @@ pub fn export(
         }
         out.push((Some(rx.from.address), r));
     }
-    let (every_path, best_only): (Vec<_>, Vec<_>) = out
+    let (every_site, best_only): (Vec<_>, Vec<_>) = out
         .into_iter()
         .partition(|(_, r)| to.add_path.covers(&r.prefix));
-    let mut routes = ids.assign(every_path);
-    routes.extend(best_per_prefix(best_only));
+    // ADD-PATH carries every site of a prefix, each by its best path: passing on every path
+    // instead would multiply them by the AS paths of a meshed topology.
+    let mut routes = ids.assign(best_by(every_site, |r| (r.prefix, site(r))));
+    routes.extend(best_by(best_only, |r| r.prefix).into_iter().map(|mut r| {
+        r.path_id = 0;
+        r
+    }));
     routes
 }
 
-/// Without ADD-PATH one path per prefix: ours first, then the lowest AIGP, then the shortest
-/// `AS_PATH` (RFC 7311 §3.4 puts AIGP before `AS_PATH` length).
-fn best_per_prefix(paths: Vec<(Option<IpAddr>, Route)>) -> Vec<Route> {
+/// The best path per `key`: ours first, then the lowest AIGP, then the shortest `AS_PATH`
+/// (RFC 7311 §3.4 puts AIGP before `AS_PATH` length). Without ADD-PATH the key is the prefix.
+fn best_by<K: PartialEq>(
+    paths: Vec<(Option<IpAddr>, Route)>,
+    key: impl Fn(&Route) -> K,
+) -> Vec<Route> {
     let rank = |(source, r): &(Option<IpAddr>, Route)| {
         (
             source.is_some(),
@@ -176,18 +190,13 @@ fn best_per_prefix(paths: Vec<(Option<IpAddr>, Route)>) -> Vec<Route> {
     };
     let mut best: Vec<(Option<IpAddr>, Route)> = Vec::new();
     for path in paths {
-        match best.iter_mut().find(|(_, b)| b.prefix == path.1.prefix) {
+        match best.iter_mut().find(|(_, b)| key(b) == key(&path.1)) {
             Some(current) if rank(&path) < rank(current) => *current = path,
             Some(_) => {}
             None => best.push(path),
         }
     }
-    best.into_iter()
-        .map(|(_, mut r)| {
-            r.path_id = 0;
-            r
-        })
-        .collect()
+    best.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]
@@ -226,6 +235,14 @@ mod tests {
             originator_id: None,
             cluster_list: Vec::new(),
         }
+    }
+
+    fn at_site(mut route: Route, sid: &str) -> Route {
+        route.service = route.service.map(|s| ServiceSid {
+            sid: sid.parse().unwrap(),
+            ..s
+        });
+        route
     }
 
     fn received(from: Peer, route: Route) -> Received {
@@ -324,8 +341,8 @@ mod tests {
         let to = peer(3, 65003, false);
         // Both neighbors use path id 1 for their own site: we must tell them apart.
         let learned = [
-            received(a, route(1, vec![65001])),
-            received(b, route(1, vec![65002])),
+            received(a, at_site(route(1, vec![65001]), "fc00:1::d6")),
+            received(b, at_site(route(1, vec![65002]), "fc00:2::d6")),
         ];
         let mut ids = PathIds::default();
         let first = export(&ME, &[route(1, vec![])], &learned, &to, &mut ids);
@@ -370,5 +387,36 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].as_path, vec![65000], "our own site is preferred");
+    }
+
+    #[test]
+    fn add_path_sends_each_site_once_by_its_best_path() {
+        // A meshed neighbourhood: site 1 heard from two neighbors over different AS paths.
+        let a = peer(1, 65001, false);
+        let b = peer(2, 65002, false);
+        let to = peer(3, 65003, false);
+        let mut long = at_site(route(1, vec![65002, 65004, 65001]), "fc00:1::d6");
+        long.aigp = Some(900);
+        let learned = [
+            received(a, at_site(route(1, vec![65001]), "fc00:1::d6")),
+            received(b, long),
+            received(b, at_site(route(2, vec![65002]), "fc00:2::d6")),
+        ];
+        let mut ids = PathIds::default();
+        let out = export(&ME, &[], &learned, &to, &mut ids);
+        assert_eq!(out.len(), 2, "one path per site: {out:#?}");
+        let one = out
+            .iter()
+            .find(|r| site(r) == "fc00:1::d6".parse().ok())
+            .unwrap();
+        assert_eq!(one.as_path, vec![65000, 65001], "the site's best path");
+        // The best path goes away: the other path to the same site replaces it, same id.
+        let id = one.path_id;
+        let out = export(&ME, &[], &learned[1..], &to, &mut ids);
+        let one = out
+            .iter()
+            .find(|r| site(r) == "fc00:1::d6".parse().ok())
+            .unwrap();
+        assert_eq!((one.path_id, one.as_path.len()), (id, 4));
     }
 }
