@@ -353,6 +353,9 @@ fn register_font() -> Result<()> {
     reason = "a few dozen bars"
 )]
 fn chart(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
+    if bars.is_empty() {
+        return Ok(());
+    }
     let height = 120 + 28 * bars.len() as u32;
     let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
@@ -368,7 +371,8 @@ fn chart(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(380)
-        .build_cartesian_2d(0.0..max, (0..n).into_segmented())
+        // A segmented 0..k has k + 1 segments (the last one empty): k = n - 1 gives n bars.
+        .build_cartesian_2d(0.0..max, (0..n - 1).into_segmented())
         .map_err(plot_error)?;
     let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     chart
