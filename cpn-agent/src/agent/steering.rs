@@ -45,7 +45,7 @@ pub struct Learning {
     pub rib: SharedRib,
     /// Link statistics per neighbor: the last hop of each learned path.
     pub links: crate::probe::SharedLinks,
-    pub node_ids: Arc<Mutex<Ids<String>>>,
+    pub node_ids: super::NodeIds,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
