@@ -340,6 +340,15 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
     let mut parsed = Parsed::default();
     let mut nlri: Vec<(IpNet, u32)> = Vec::new();
     let mut next_hop = None;
+    // IPv4 unicast the RFC 4271 way (as FRR sends it): NLRI and withdrawals outside MP_REACH /
+    // MP_UNREACH, next hop in NEXT_HOP; kept as an IPv4-mapped address.
+    let mut classic_next_hop = None;
+    parsed
+        .withdrawn
+        .extend(update.withdraw_routes().iter().map(|a| Withdrawn {
+            prefix: IpNet::V4(a.network().address()),
+            path_id: a.path_id().unwrap_or(0),
+        }));
     let mut template = Route {
         prefix: IpNet::V6(Ipv6Net::default()),
         path_id: 0,
@@ -397,6 +406,9 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
             PathAttributeValue::PrefixSegmentIdentifier(psid) => {
                 template.service = srv6_service_sid(psid);
             }
+            PathAttributeValue::NextHop(nh) => {
+                classic_next_hop = Some(nh.next_hop().to_ipv6_mapped());
+            }
             PathAttributeValue::Aigp(Aigp::AccumulatedIgpMetric(v)) => template.aigp = Some(*v),
             PathAttributeValue::ExtendedCommunities(c) => {
                 template.link_bandwidth = link_bandwidth(c);
@@ -414,12 +426,16 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
             _ => {}
         }
     }
-    let Some(next_hop) = next_hop else {
-        return parsed;
-    };
-    parsed.announced = nlri
+    let classic = update
+        .nlri()
+        .iter()
+        .map(|a| (IpNet::V4(a.network().address()), a.path_id().unwrap_or(0)));
+    let announced = nlri
         .into_iter()
-        .map(|(prefix, path_id)| Route {
+        .filter_map(|n| Some((n, next_hop?)))
+        .chain(classic.filter_map(|n| Some((n, classic_next_hop?))));
+    parsed.announced = announced
+        .map(|((prefix, path_id), next_hop)| Route {
             prefix,
             path_id,
             next_hop,
@@ -517,6 +533,38 @@ mod tests {
             assert_eq!(parsed.announced, vec![r], "{prefix}");
             assert!(parsed.withdrawn.is_empty() && parsed.discarded.is_empty());
         }
+    }
+
+    /// IPv4 unicast the RFC 4271 way, as FRR sends it: NLRI and withdrawals outside MP_REACH,
+    /// next hop in NEXT_HOP (ADD-PATH path ids in front of each prefix).
+    #[test]
+    fn classic_ipv4_nlri_and_withdrawals_are_read() {
+        let mut bytes = vec![0xff; 16];
+        bytes.extend_from_slice(&[0, 61, 2]);
+        bytes.extend_from_slice(&[0, 9, 0, 0, 0, 9, 32, 10, 9, 9, 9]); // withdrawn, id 9
+        bytes.extend_from_slice(&[0, 20]);
+        bytes.extend_from_slice(&[0x40, 1, 1, 0]); // ORIGIN IGP
+        bytes.extend_from_slice(&[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9]); // AS_PATH 65001
+        bytes.extend_from_slice(&[0x40, 3, 4, 10, 0, 0, 2]); // NEXT_HOP 10.0.0.2
+        bytes.extend_from_slice(&[0, 0, 0, 7, 32, 198, 51, 100, 1]); // NLRI, id 7
+        assert_eq!(bytes.len(), 61);
+        let BgpMessage::Update(update) = unwire(&bytes) else {
+            panic!("not an UPDATE")
+        };
+        let parsed = parse(&update, 255);
+        assert_eq!(
+            parsed.withdrawn,
+            vec![Withdrawn {
+                prefix: "10.9.9.9/32".parse().unwrap(),
+                path_id: 9
+            }]
+        );
+        let [r] = &parsed.announced[..] else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(r.prefix, "198.51.100.1/32".parse::<IpNet>().unwrap());
+        assert_eq!((r.path_id, r.as_path.clone()), (7, vec![65001]));
+        assert_eq!(r.next_hop, "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap());
     }
 
     /// The attributes we add carry the bytes their RFCs define.
