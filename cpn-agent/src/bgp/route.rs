@@ -336,6 +336,13 @@ fn link_bandwidth(communities: &ExtendedCommunities) -> Option<f32> {
 /// Reads the routes of an UPDATE: service sites (with an SRv6 L3 Service SID) and plain
 /// prefixes such as locators; a malformed CPN attribute is discarded (the route stays, without
 /// metrics, and selection then treats it as stale).
+/// IPv4 prefixes outside MP_REACH / MP_UNREACH, with their path ids.
+fn classic(prefixes: &[Ipv4UnicastAddress]) -> impl Iterator<Item = (IpNet, u32)> + '_ {
+    prefixes
+        .iter()
+        .map(|a| (IpNet::V4(a.network().address()), a.path_id().unwrap_or(0)))
+}
+
 pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
     let mut parsed = Parsed::default();
     let mut nlri: Vec<(IpNet, u32)> = Vec::new();
@@ -343,12 +350,9 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
     // IPv4 unicast the RFC 4271 way (as FRR sends it): NLRI and withdrawals outside MP_REACH /
     // MP_UNREACH, next hop in NEXT_HOP; kept as an IPv4-mapped address.
     let mut classic_next_hop = None;
-    parsed
-        .withdrawn
-        .extend(update.withdraw_routes().iter().map(|a| Withdrawn {
-            prefix: IpNet::V4(a.network().address()),
-            path_id: a.path_id().unwrap_or(0),
-        }));
+    parsed.withdrawn.extend(
+        classic(update.withdraw_routes()).map(|(prefix, path_id)| Withdrawn { prefix, path_id }),
+    );
     let mut template = Route {
         prefix: IpNet::V6(Ipv6Net::default()),
         path_id: 0,
@@ -426,14 +430,10 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
             _ => {}
         }
     }
-    let classic = update
-        .nlri()
-        .iter()
-        .map(|a| (IpNet::V4(a.network().address()), a.path_id().unwrap_or(0)));
     let announced = nlri
         .into_iter()
         .filter_map(|n| Some((n, next_hop?)))
-        .chain(classic.filter_map(|n| Some((n, classic_next_hop?))));
+        .chain(classic(update.nlri()).filter_map(|n| Some((n, classic_next_hop?))));
     parsed.announced = announced
         .map(|((prefix, path_id), next_hop)| Route {
             prefix,
