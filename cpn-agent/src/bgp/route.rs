@@ -336,7 +336,7 @@ fn link_bandwidth(communities: &ExtendedCommunities) -> Option<f32> {
 /// Reads the routes of an UPDATE: service sites (with an SRv6 L3 Service SID) and plain
 /// prefixes such as locators; a malformed CPN attribute is discarded (the route stays, without
 /// metrics, and selection then treats it as stale).
-/// IPv4 prefixes outside MP_REACH / MP_UNREACH, with their path ids.
+/// IPv4 prefixes outside `MP_REACH` / `MP_UNREACH`, with their path ids.
 fn classic(prefixes: &[Ipv4UnicastAddress]) -> impl Iterator<Item = (IpNet, u32)> + '_ {
     prefixes
         .iter()
