@@ -535,8 +535,8 @@ mod tests {
         }
     }
 
-    /// IPv4 unicast the RFC 4271 way, as FRR sends it: NLRI and withdrawals outside MP_REACH,
-    /// next hop in NEXT_HOP (ADD-PATH path ids in front of each prefix).
+    /// IPv4 unicast the RFC 4271 way, as FRR sends it: NLRI and withdrawals outside `MP_REACH`,
+    /// next hop in `NEXT_HOP` (ADD-PATH path ids in front of each prefix).
     #[test]
     fn classic_ipv4_nlri_and_withdrawals_are_read() {
         let mut bytes = vec![0xff; 16];
