@@ -28,6 +28,8 @@ const AGENT_AS: u32 = 4_200_000_001;
 const FRR_AS: u32 = 4_200_000_200;
 const AGENT_ADDRESS: &str = "2001:db8:11::2";
 const FRR_ADDRESS: &str = "2001:db8:11::1";
+/// An IPv4 service the agent serves too (`frr_reads_our_ipv4_service_route_…`).
+const VIP4: &str = "198.51.100.7";
 /// The compute node's capacity (operations per second). Nothing loads it, so it is also the
 /// free capacity in the Link Bandwidth community; FRR reads that float as bytes per second
 /// into a 32-bit integer, so it has to stay below 2^32 to come out unchanged.
@@ -38,12 +40,24 @@ const CAPACITY: f64 = 1e9;
 /// NOTIFICATION) muddies the session checks. `debug bgp vpn label` makes bgpd log the SRv6
 /// service TLV it parsed, the only place FRR 8.4 shows the SID's endpoint behaviour.
 ///
-/// FRR always offers ADD-PATH receive; `addpath_tx` also offers send.
-fn bgpd_config(log: &Path, addpath_tx: bool) -> String {
+/// FRR always offers ADD-PATH receive; `addpath_tx` also offers send. `ipv4` adds IPv4 unicast
+/// over IPv6 next hops (RFC 8950, `capability extended-nexthop`).
+fn bgpd_config(log: &Path, addpath_tx: bool, ipv4: bool) -> String {
     let addpath = if addpath_tx {
         format!("  neighbor {AGENT_ADDRESS} addpath-tx-all-paths\n")
     } else {
         String::new()
+    };
+    let (extended_next_hop, ipv4_family) = if ipv4 {
+        (
+            format!(" neighbor {AGENT_ADDRESS} capability extended-nexthop\n"),
+            format!(
+                " address-family ipv4 unicast\n  neighbor {AGENT_ADDRESS} activate\n \
+                 exit-address-family\n !\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
     };
     format!(
         "hostname frr-cpn\n\
@@ -58,13 +72,15 @@ fn bgpd_config(log: &Path, addpath_tx: bool) -> String {
          no bgp default ipv4-unicast\n \
          neighbor {AGENT_ADDRESS} remote-as {AGENT_AS}\n \
          neighbor {AGENT_ADDRESS} timers 1 3\n \
-         neighbor {AGENT_ADDRESS} passive\n \
+         neighbor {AGENT_ADDRESS} passive\n\
+         {extended_next_hop} \
          !\n \
          address-family ipv6 unicast\n  \
          neighbor {AGENT_ADDRESS} activate\n\
          {addpath} \
          exit-address-family\n\
-         !\n",
+         !\n\
+         {ipv4_family}",
         log.display()
     )
 }
@@ -84,7 +100,8 @@ struct FrrLab {
 }
 
 impl FrrLab {
-    fn start(name: &str, addpath_tx: bool) -> Result<Self> {
+    /// `ipv4`: the agent also serves an IPv4 service and bgpd takes IPv4 over IPv6 next hops.
+    fn start(name: &str, addpath_tx: bool, ipv4: bool) -> Result<Self> {
         let mut lab = Lab::builder(name)
             .node("compute1")
             .node("frr")
@@ -98,14 +115,22 @@ impl FrrLab {
         let inflight = work.join("compute1.inflight");
         fs::write(&inflight, "3\n")?;
         let bgp = bgp_section(AGENT_AS, "10.0.0.1", &[(FRR_ADDRESS, FRR_AS, "")]);
-        lab.start_agent("compute1", &compute_config(1, CAPACITY, &inflight, &bgp))?;
+        let mut config = compute_config(1, CAPACITY, &inflight, &bgp);
+        if ipv4 {
+            config = config.replace("End.DT6", "End.DT46")
+                + &format!(
+                    "\n[[service]]\naddress = \"{VIP4}\"\nsid = \"fc00:1::d6\"\n\
+                     capacity = {{ cpu = {CAPACITY:e} }}\n"
+                );
+        }
+        lab.start_agent("compute1", &config)?;
 
         let vty_dir = work.join("frr");
         fs::create_dir_all(&vty_dir)?;
         let vty_dir = vty_dir.to_str().context("path")?.to_owned();
         let bgpd_log = work.join("bgpd.log");
         let config = work.join("bgpd.conf");
-        fs::write(&config, bgpd_config(&bgpd_log, addpath_tx))?;
+        fs::write(&config, bgpd_config(&bgpd_log, addpath_tx, ipv4))?;
         let pid_file = work.join("bgpd.pid");
         let bgpd_output = work.join("bgpd.out");
         lab.spawn(
@@ -220,7 +245,7 @@ impl FrrLab {
 /// metric attribute from its log. bgpd offers ADD-PATH send and receive, as an ingress does.
 #[test]
 fn frr_reads_our_service_routes() -> Result<()> {
-    let frr = FrrLab::start("frr", true)?;
+    let frr = FrrLab::start("frr", true, false)?;
     let first = frr.wait_for_path("our route in FRR's RIB", |_| true)?;
     eprintln!("first UPDATE:\n{}", serde_json::to_string_pretty(&first)?);
     // FRR 8.4 keeps the SRv6 SID of an IPv6 unicast path only when an UPDATE replaces the path,
@@ -309,13 +334,43 @@ fn frr_reads_our_service_routes() -> Result<()> {
 /// in what we send to it, and none in what it sends to us.
 #[test]
 fn frr_offering_add_path_receive_only_reads_our_service_routes() -> Result<()> {
-    let frr = FrrLab::start("frr-rx-only", false)?;
+    let frr = FrrLab::start("frr-rx-only", false, false)?;
     let path = frr.wait_for_path("our route in FRR's RIB", |_| true)?;
     eprintln!("{}", serde_json::to_string_pretty(&path)?);
     ensure!(path["valid"] == true, "the path is valid: {path}");
     ensure!(
         path["nexthops"][0]["ip"] == AGENT_ADDRESS,
         "the MP_REACH next hop: {path}"
+    );
+    frr.check_session_clean()
+}
+
+/// With RFC 8950's extended next hop offered on both sides, FRR takes our IPv4 service route,
+/// carried in `MP_REACH_NLRI` with the agent's IPv6 address as next hop. (Without it, as in
+/// the tests above, the agent sends FRR no IPv4 route at all.)
+#[test]
+fn frr_reads_our_ipv4_service_route_over_an_ipv6_next_hop() -> Result<()> {
+    let frr = FrrLab::start("frr-ipv4", false, true)?;
+    let path = wait_for(
+        "our IPv4 route in FRR's RIB",
+        Duration::from_secs(20),
+        || {
+            let route = frr.show(&format!("show bgp ipv4 unicast {VIP4}/32 json"))?;
+            Ok(route["paths"]
+                .as_array()
+                .and_then(|paths| paths.first())
+                .cloned())
+        },
+    )
+    .with_context(|| frr.logs())?;
+    let text = path.to_string();
+    ensure!(
+        path["nexthops"][0]["ip"] == AGENT_ADDRESS && path["nexthops"][0]["afi"] == "ipv6",
+        "the next hop is the agent's IPv6 address: {text}"
+    );
+    ensure!(
+        path["aspath"]["segments"][0]["list"] == serde_json::json!([AGENT_AS]),
+        "AS path: {text}"
     );
     frr.check_session_clean()
 }

@@ -10,7 +10,8 @@ use std::{
 use netgauze_bgp_pkt::{
     BgpMessage,
     capabilities::{
-        AddPathAddressFamily, AddPathCapability, BgpCapability, FourOctetAsCapability,
+        AddPathAddressFamily, AddPathCapability, BgpCapability, ExtendedNextHopEncoding,
+        ExtendedNextHopEncodingCapability, FourOctetAsCapability,
         MultiProtocolExtensionsCapability,
     },
     notification::{
@@ -20,7 +21,7 @@ use netgauze_bgp_pkt::{
     open::{BgpOpenMessage, BgpOpenMessageParameter},
     update::BgpUpdateMessage,
 };
-use netgauze_iana::address_family::AddressType;
+use netgauze_iana::address_family::{AddressFamily, AddressType};
 
 use super::route::AddPath;
 
@@ -107,6 +108,9 @@ pub struct Negotiated {
     pub add_path_tx: AddPath,
     /// The peer sends path identifiers: the families where it said so.
     pub add_path_rx: AddPath,
+    /// The peer takes IPv4 unicast routes with an IPv6 next hop (RFC 8950): the only kind of
+    /// IPv4 route we send, so without it we send none.
+    pub ipv4_over_ipv6: bool,
 }
 
 /// A session's configuration.
@@ -402,6 +406,7 @@ impl Fsm {
             hold_time,
             add_path_tx,
             add_path_rx,
+            ipv4_over_ipv6: ipv4_over_ipv6(open),
         });
         self.state = State::OpenConfirm;
         self.hold_at = self.hold_deadline(now);
@@ -470,7 +475,8 @@ impl Fsm {
         actions
     }
 
-    /// Our OPEN: MP-BGP IPv6 and IPv4 unicast, 4-byte ASN, ADD-PATH send/receive, route refresh.
+    /// Our OPEN: MP-BGP IPv6 and IPv4 unicast, 4-byte ASN, ADD-PATH send/receive, route
+    /// refresh, and IPv4 unicast over IPv6 next hops (RFC 8950).
     pub fn open(&self) -> BgpMessage {
         let my_as = u16::try_from(self.config.local_asn).unwrap_or(AS_TRANS);
         let hold = u16::try_from(self.config.hold_time.as_secs()).unwrap_or(u16::MAX);
@@ -487,6 +493,9 @@ impl Fsm {
                 AddPathAddressFamily::new(AddressType::Ipv4Unicast, true, true),
             ])),
             BgpCapability::RouteRefresh,
+            BgpCapability::ExtendedNextHopEncoding(ExtendedNextHopEncodingCapability::new(vec![
+                ExtendedNextHopEncoding::new(AddressType::Ipv4Unicast, AddressFamily::IPv6),
+            ])),
         ];
         BgpMessage::Open(BgpOpenMessage::new(
             my_as,
@@ -522,6 +531,15 @@ fn add_path(open: &BgpOpenMessage) -> (AddPath, AddPath) {
         }
     }
     (tx, rx)
+}
+
+/// Whether the peer's OPEN offers IPv4 unicast NLRI with IPv6 next hops (RFC 8950 §3).
+fn ipv4_over_ipv6(open: &BgpOpenMessage) -> bool {
+    open.capabilities().iter().any(|c| {
+        matches!(c, BgpCapability::ExtendedNextHopEncoding(e) if e.encodings().iter().any(|e| {
+            e.address_type() == AddressType::Ipv4Unicast && e.next_hop_afi() == AddressFamily::IPv6
+        }))
+    })
 }
 
 fn notification(n: BgpNotificationMessage) -> Action {
@@ -612,9 +630,27 @@ mod tests {
         assert_eq!(n.add_path_tx, AddPath::BOTH);
         assert_eq!(n.add_path_rx, AddPath::BOTH);
         assert_eq!(n.hold_time, Duration::from_secs(9));
+        assert!(
+            n.ipv4_over_ipv6,
+            "both offer IPv4 over IPv6 next hops (RFC 8950)"
+        );
         let BgpMessage::Open(open) = a.open() else {
             unreachable!()
         };
+        // A peer without that capability (FRR unless configured) gets no IPv4 routes.
+        let plain = BgpOpenMessage::new(
+            open.my_as(),
+            open.hold_time(),
+            open.bgp_id(),
+            vec![BgpOpenMessageParameter::new_capabilities(
+                open.capabilities()
+                    .into_iter()
+                    .filter(|c| !matches!(c, BgpCapability::ExtendedNextHopEncoding(_)))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )],
+        );
+        assert!(ipv4_over_ipv6(&open) && !ipv4_over_ipv6(&plain));
         assert_eq!(
             open.my_as(),
             AS_TRANS,

@@ -214,6 +214,7 @@ pub async fn spawn(
             },
             next_hop_self: config.next_hop.is_unspecified(),
             peer_id: Ipv4Addr::UNSPECIFIED,
+            ipv4_over_ipv6: false,
             rib: rib.clone(),
             rib_changed: rib_changed.clone(),
             local: local.clone(),
@@ -261,6 +262,8 @@ struct Session {
     next_hop_self: bool,
     /// The neighbor's BGP identifier, once the session is up.
     peer_id: Ipv4Addr,
+    /// The neighbor takes IPv4 routes with an IPv6 next hop (RFC 8950), once the session is up.
+    ipv4_over_ipv6: bool,
     rib: SharedRib,
     rib_changed: watch::Receiver<u64>,
     /// The routes this node originates.
@@ -448,6 +451,10 @@ impl Session {
                 tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path_tx = ?negotiated.add_path_tx, add_path_rx = ?negotiated.add_path_rx, "BGP session established");
                 self.peer.add_path = negotiated.add_path_tx;
                 self.peer_id = negotiated.peer_router_id;
+                self.ipv4_over_ipv6 = negotiated.ipv4_over_ipv6;
+                if !negotiated.ipv4_over_ipv6 {
+                    tracing::info!(neighbor = %self.neighbor.address, "the neighbor takes no IPv4 routes with IPv6 next hops (RFC 8950): none are sent to it");
+                }
                 if let Some(conn) = &mut self.conn {
                     *conn.codec_mut() = codec(negotiated.add_path_rx);
                 }
@@ -584,13 +591,15 @@ impl Session {
                     .map_or(0, crate::probe::LinkStats::one_way_us);
             }
         }
-        let current = policy::export(
+        let mut current = policy::export(
             &self.me,
             &originated,
             &received,
             &self.peer,
             &mut self.path_ids,
         );
+        // Our IPv4 routes carry an IPv6 next hop: only for a neighbor that takes them.
+        current.retain(|r| self.ipv4_over_ipv6 || matches!(r.prefix, IpNet::V6(_)));
         let key = |r: &Route| (r.prefix, r.path_id);
         let withdrawn: Vec<Withdrawn> = self
             .advertised
