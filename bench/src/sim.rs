@@ -1,6 +1,6 @@
 //! Part 3, simulated: many agents in one process, linked in memory, for each announcement
 //! mode. Each agent runs the agent's own announcement code: `policy::accept` and
-//! `policy::export` per session with its own `PathIds`, the same diff against what the session
+//! `policy::export` per session with its own `PathIds`, `route::changes` against what the session
 //! advertised before (one UPDATE per changed route, one for the withdrawals), and real UPDATE
 //! bytes through the session codec and `route::parse` on the other side.
 //!
@@ -36,7 +36,7 @@ use cpn_agent::bgp::{
     errors::Codec,
     metric_attr::NodeScore,
     policy::{self, Local, PathIds, Peer, Received},
-    route::{self, AddPath, Encoding, Route, ServiceSid, Withdrawn},
+    route::{self, AddPath, Encoding, Route, ServiceSid},
     speaker,
 };
 use ipnet::IpNet;
@@ -315,31 +315,16 @@ impl World {
                 &session.peer,
                 &mut session.ids,
             );
-            let key = |r: &Route| (r.prefix, r.path_id);
-            let withdrawn: Vec<Withdrawn> = session
-                .advertised
-                .iter()
-                .filter(|old| !current.iter().any(|r| key(r) == key(old)))
-                .map(|r| Withdrawn {
-                    prefix: r.prefix,
-                    path_id: r.path_id,
-                })
-                .collect();
-            let mut messages = Vec::new();
-            if !withdrawn.is_empty() {
-                messages.extend(route::withdraw(&withdrawn, session.peer.add_path));
-            }
-            for r in current.iter().filter(|r| !session.advertised.contains(r)) {
-                messages.push(route::announce(
-                    r,
-                    Encoding {
-                        metric_code: METRIC_CODE,
-                        add_path: session.peer.add_path,
-                        local_asn: agent.local.asn,
-                        internal: session.peer.asn == agent.local.asn,
-                    },
-                ));
-            }
+            let messages = route::changes(
+                &session.advertised,
+                &current,
+                Encoding {
+                    metric_code: METRIC_CODE,
+                    add_path: session.peer.add_path,
+                    local_asn: agent.local.asn,
+                    internal: session.peer.asn == agent.local.asn,
+                },
+            );
             session.advertised = current;
             for message in messages {
                 let mut wire = BytesMut::new();

@@ -231,6 +231,29 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
     BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
 }
 
+/// The UPDATEs that take a neighbor from the routes it was sent (`advertised`) to `current`:
+/// withdrawals for the (prefix, path id) pairs gone, an announcement for each route new or
+/// changed (the same path id replaces a path).
+pub fn changes(advertised: &[Route], current: &[Route], encoding: Encoding) -> Vec<BgpMessage> {
+    let key = |r: &Route| (r.prefix, r.path_id);
+    let withdrawn: Vec<Withdrawn> = advertised
+        .iter()
+        .filter(|old| !current.iter().any(|r| key(r) == key(old)))
+        .map(|r| Withdrawn {
+            prefix: r.prefix,
+            path_id: r.path_id,
+        })
+        .collect();
+    let mut messages = withdraw(&withdrawn, encoding.add_path);
+    messages.extend(
+        current
+            .iter()
+            .filter(|r| !advertised.contains(r))
+            .map(|r| announce(r, encoding)),
+    );
+    messages
+}
+
 /// Withdrawals per UPDATE: 21 bytes each at most (path id, length, 16 address bytes), so
 /// that a message stays within RFC 4271's 4096 bytes.
 pub const MAX_WITHDRAWN_PER_UPDATE: usize = 180;
@@ -565,6 +588,39 @@ mod tests {
         assert_eq!(r.prefix, "198.51.100.1/32".parse::<IpNet>().unwrap());
         assert_eq!((r.path_id, r.as_path.clone()), (7, vec![65001]));
         assert_eq!(r.next_hop, "::ffff:10.0.0.2".parse::<Ipv6Addr>().unwrap());
+    }
+
+    /// Gone paths are withdrawn, changed and new ones announced, unchanged ones not sent.
+    #[test]
+    fn changes_withdraw_the_gone_and_announce_the_new_and_changed() {
+        let with_id = |id, aigp| Route {
+            path_id: id,
+            aigp: Some(aigp),
+            ..route("2001:db8:cafe::1".parse().unwrap())
+        };
+        let before = [with_id(1, 100), with_id(2, 100), with_id(3, 100)];
+        let after = [with_id(1, 100), with_id(2, 900), with_id(4, 100)];
+        let messages = changes(&before, &after, EBGP);
+        let parsed: Vec<Parsed> = messages
+            .into_iter()
+            .map(|m| {
+                let BgpMessage::Update(u) = unwire(&wire(m)) else {
+                    panic!("not an UPDATE")
+                };
+                parse(&u, 255)
+            })
+            .collect();
+        let withdrawn: Vec<u32> = parsed
+            .iter()
+            .flat_map(|p| &p.withdrawn)
+            .map(|w| w.path_id)
+            .collect();
+        let announced: Vec<u32> = parsed
+            .iter()
+            .flat_map(|p| &p.announced)
+            .map(|r| r.path_id)
+            .collect();
+        assert_eq!((withdrawn, announced), (vec![3], vec![2, 4]));
     }
 
     /// The attributes we add carry the bytes their RFCs define.

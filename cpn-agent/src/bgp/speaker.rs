@@ -600,29 +600,13 @@ impl Session {
         );
         // Our IPv4 routes carry an IPv6 next hop: only for a neighbor that takes them.
         current.retain(|r| self.ipv4_over_ipv6 || matches!(r.prefix, IpNet::V6(_)));
-        let key = |r: &Route| (r.prefix, r.path_id);
-        let withdrawn: Vec<Withdrawn> = self
-            .advertised
-            .iter()
-            .filter(|old| !current.iter().any(|r| key(r) == key(old)))
-            .map(|r| Withdrawn {
-                prefix: r.prefix,
-                path_id: r.path_id,
-            })
-            .collect();
-        let mut messages = Vec::new();
-        if !withdrawn.is_empty() {
-            messages.extend(route::withdraw(&withdrawn, self.peer.add_path));
-        }
-        for r in current.iter().filter(|r| !self.advertised.contains(r)) {
-            let encoding = route::Encoding {
-                metric_code: self.metric_code,
-                add_path: self.peer.add_path,
-                local_asn: self.me.asn,
-                internal: self.peer.asn == self.me.asn,
-            };
-            messages.push(route::announce(r, encoding));
-        }
+        let encoding = route::Encoding {
+            metric_code: self.metric_code,
+            add_path: self.peer.add_path,
+            local_asn: self.me.asn,
+            internal: self.peer.asn == self.me.asn,
+        };
+        let messages = route::changes(&self.advertised, &current, encoding);
         self.advertised = current;
         let mut actions = Vec::new();
         for message in messages {
