@@ -23,6 +23,8 @@ use prometheus_client::{
 use crate::control::{AgentState, Count};
 
 type Labels = Vec<(String, String)>;
+/// The labels of one data-plane counter.
+type LabelsOf<'a> = dyn Fn(&Count) -> Labels + 'a;
 
 /// What a scrape reads.
 #[derive(Debug)]
@@ -204,20 +206,6 @@ fn dataplane(registry: &mut Registry, agent: &AgentState) {
     let Ok(stats) = agent.stats() else {
         return;
     };
-    let family = |label: &str, counts: &[Count], with: &dyn Fn(&Count) -> Labels| {
-        let packets = Family::<Labels, Counter>::default();
-        let bytes = Family::<Labels, Counter>::default();
-        for c in counts {
-            let l = if label.is_empty() {
-                with(c)
-            } else {
-                labels(&[(label, c.name.clone())])
-            };
-            packets.get_or_create(&l).inc_by(c.packets);
-            bytes.get_or_create(&l).inc_by(c.bytes);
-        }
-        (packets, bytes)
-    };
     let by_program = |c: &Count| {
         let (program, protocol) = c.name.split_once('/').unwrap_or((&c.name, ""));
         labels(&[
@@ -225,41 +213,43 @@ fn dataplane(registry: &mut Registry, agent: &AgentState) {
             ("protocol", protocol.to_owned()),
         ])
     };
-    let none = |_: &Count| Labels::new();
-    let groups = [
+    let by = |key: &'static str| move |c: &Count| labels(&[(key, c.name.clone())]);
+    let (service, node, sid, reason) = (by("service"), by("node"), by("sid"), by("reason"));
+    let groups: [(&str, &[Count], &LabelsOf, &str); 5] = [
         (
             "dataplane",
-            "",
-            &stats.protocols[..],
+            &stats.protocols,
+            &by_program,
             "seen by the XDP program, by protocol",
         ),
         (
             "service",
-            "service",
-            &stats.services[..],
+            &stats.services,
+            &service,
             "steered to the service's nodes",
         ),
         (
             "node",
-            "node",
-            &stats.nodes[..],
+            &stats.nodes,
+            &node,
             "encapsulated towards the compute node",
         ),
-        ("sid", "sid", &stats.sids[..], "processed by the local SID"),
+        ("sid", &stats.sids, &sid, "processed by the local SID"),
         (
             "exception",
-            "reason",
-            &stats.reasons[..],
+            &stats.reasons,
+            &reason,
             "that left the fast path (passed, answered or dropped), by reason",
         ),
     ];
-    for (prefix, label, counts, help) in groups {
-        let with: &dyn Fn(&Count) -> Labels = if prefix == "dataplane" {
-            &by_program
-        } else {
-            &none
-        };
-        let (packets, bytes) = family(label, counts, with);
+    for (prefix, counts, label, help) in groups {
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        for c in counts {
+            let l = label(c);
+            packets.get_or_create(&l).inc_by(c.packets);
+            bytes.get_or_create(&l).inc_by(c.bytes);
+        }
         registry.register(
             format!("{prefix}_packets"),
             format!("Packets {help}"),

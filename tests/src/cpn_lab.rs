@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde::Deserialize;
 
-use crate::lab::{Agent, Lab, wait_for};
+use crate::lab::{Agent, Lab, Node, wait_for};
 
 const INGRESS_AS: u32 = 4_200_000_100;
 const TRANSIT_AS: u32 = 4_200_000_050;
@@ -238,20 +238,12 @@ impl CpnLab {
         service: &ServiceSpec,
         count: u32,
     ) -> Result<BTreeMap<String, u32>> {
-        let out = self.lab.node(client)?.output(&[
-            "python3",
-            "-c",
-            SPLIT_CLIENT,
+        split_from(
+            self.lab.node(client)?,
             &service.address.to_string(),
-            &service.listen_port().to_string(),
-            &count.to_string(),
-        ])?;
-        ensure!(
-            out.status.success(),
-            "split client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).context("split client output")
+            service.listen_port(),
+            count,
+        )
     }
 
     /// Makes `compute`'s services report `percent` % of their maximum in flight as extra load.
@@ -562,6 +554,30 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
+
+/// Opens `count` new connections from `client` to `address`:`port`, one request each;
+/// connections per answering node.
+pub fn split_from(
+    client: &Node,
+    address: &str,
+    port: u16,
+    count: u32,
+) -> Result<BTreeMap<String, u32>> {
+    let out = client.output(&[
+        "python3",
+        "-c",
+        SPLIT_CLIENT,
+        address,
+        &port.to_string(),
+        &count.to_string(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "split client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("split client output")
+}
 
 /// `count` new connections, one request each; prints {"node": connections}. The timeout is
 /// long because a loaded machine can delay a SYN retransmission or two; a test fails on a real

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    cpn_lab::{SERVICE, SPLIT_CLIENT},
+    cpn_lab::SERVICE,
     lab::{Agent, Lab, wait_for},
 };
 
@@ -245,20 +245,7 @@ pub fn start_name_server(lab: &mut Lab, node: &str, inflight: &Path, knob: &Path
 
 /// Opens `count` new connections to VIP:PORT from the lab's `client` node; connections per node.
 pub fn split(lab: &Lab, count: u32) -> Result<BTreeMap<String, u32>> {
-    let out = lab.node("client")?.output(&[
-        "python3",
-        "-c",
-        SPLIT_CLIENT,
-        VIP,
-        &PORT.to_string(),
-        &count.to_string(),
-    ])?;
-    ensure!(
-        out.status.success(),
-        "split client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).context("split client output")
+    crate::cpn_lab::split_from(lab.node("client")?, VIP, PORT, count)
 }
 
 /// How a test changes a `[[remote]]` of the ingress.
