@@ -651,8 +651,14 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     let mut residency = Vec::new();
     for &n in &settings.flow_counts {
         let started = Instant::now();
-        let mut dp = Dataplane::load_with_flow_capacity(&Pinning::Unpinned, FLOW_TABLE)
-            .context("loading cpn's data plane (build it with `cargo xtask build-ebpf`)")?;
+        let mut dp = Dataplane::load_with(
+            &Pinning::Unpinned,
+            &cpn_agent::dataplane::LoadOptions {
+                flows: FLOW_TABLE,
+                ..Default::default()
+            },
+        )
+        .context("loading cpn's data plane (build it with `cargo xtask build-ebpf`)")?;
         configure(&mut dp)?;
         let resident = fill_flows(&dp, n)?;
         eprintln!(

@@ -113,6 +113,12 @@ impl FragHdr {
     pub const fn is_later_fragment(&self) -> bool {
         u16::from_be_bytes(self.offset_flags) & 0xfff8 != 0
     }
+
+    /// True for an atomic fragment (offset 0, M = 0, RFC 6946): the whole packet, to be
+    /// processed as if unfragmented.
+    pub const fn is_atomic(&self) -> bool {
+        u16::from_be_bytes(self.offset_flags) & 0xfff9 == 0
+    }
 }
 
 /// The first 8 bytes of an ICMP or ICMPv6 message.

@@ -38,6 +38,10 @@ pub const NODE_STATS: &str = "node_stats";
 pub const SID_STATS: &str = "sid_stats";
 /// Per-CPU counter per [`Reason`] (exceptions and drops).
 pub const REASON_STATS: &str = "reason_stats";
+/// Per-CPU [`TokenBucket`] (one entry) limiting all ICMP errors the programs send.
+pub const ICMP_BUDGET: &str = "icmp_budget";
+/// LRU per-CPU source address (16 bytes) → [`TokenBucket`]: ICMP errors per destination.
+pub const ICMP_PEERS: &str = "icmp_peers";
 
 /// Entries of each protocol counter map.
 pub const PROTO_STATS_ENTRIES: u32 = ProtoCounter::COUNT;
@@ -59,9 +63,11 @@ pub const FLOWS_ENTRIES: u32 = 65_536;
 pub const MAX_LOCAL_SIDS: u32 = 256;
 /// Most segments in one node's segment list.
 pub const MAX_SIDS: usize = 6;
+/// Destinations of ICMP errors whose rate is tracked each (least recently used ones go).
+pub const ICMP_PEERS_ENTRIES: u32 = 8192;
 
 /// Every map the object defines; the agent pins exactly these.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 14] = [
     STEER_PROTO_STATS,
     ENDPOINT_PROTO_STATS,
     SERVICES,
@@ -74,6 +80,8 @@ pub const ALL: [&str; 12] = [
     NODE_STATS,
     SID_STATS,
     REASON_STATS,
+    ICMP_BUDGET,
+    ICMP_PEERS,
 ];
 
 /// `protocol` value of a service key that matches any protocol (with `port == 0`).
@@ -263,6 +271,52 @@ pub struct SidEntry {
     pub nexthop: [u8; 16],
 }
 
+/// A token bucket kept as time credit, as Linux's `xrlim_allow` does: each message costs
+/// `interval` nanoseconds of credit, credit grows with time up to `burst × interval`. The
+/// all-zero bucket is full (its last update lies far in the past).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+impl TokenBucket {
+    /// The largest burst a bucket takes.
+    pub const MAX_BURST: u64 = 1_000_000;
+    /// The longest interval a bucket takes: one hour.
+    pub const MAX_INTERVAL_NS: u64 = 3_600 * 1_000_000_000;
+
+    /// Takes one message at time `now_ns` if the credit allows it. `interval_ns` 0 means no
+    /// limit.
+    #[expect(
+        clippy::inline_always,
+        reason = "the eBPF programs call it; a BPF-to-BPF call would cost stack and verifier work"
+    )]
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, interval_ns: u64, burst: u64) -> bool {
+        if interval_ns == 0 {
+            return true;
+        }
+        // The loader bounds both (an interval of at most an hour, a burst of at most
+        // `TokenBucket::MAX_BURST`), so this cannot overflow; a checked 64-bit multiply would
+        // need a 128-bit one, which BPF lacks.
+        let max = interval_ns.wrapping_mul(burst.clamp(1, Self::MAX_BURST));
+        let credit = self
+            .credit_ns
+            .saturating_add(now_ns.saturating_sub(self.last_ns))
+            .min(max);
+        self.last_ns = now_ns;
+        if credit >= interval_ns {
+            self.credit_ns = credit - interval_ns;
+            true
+        } else {
+            self.credit_ns = credit;
+            false
+        }
+    }
+}
+
 const _: () = {
     let mut i = 0;
     while i < ALL.len() {
@@ -275,6 +329,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowEntry>() == 16);
     assert!(core::mem::size_of::<SidEntry>() == 32);
+    assert!(core::mem::size_of::<TokenBucket>() == 16);
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 
@@ -296,4 +351,32 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::SidEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::TokenBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_one_per_interval() {
+        let mut bucket = TokenBucket::default();
+        let start = 100 * SECOND;
+        let sent = (0..500)
+            .filter(|i| bucket.take(start + i * SECOND * 12 / 10 / 500, SECOND, 6))
+            .count();
+        // Linux's per-destination limit: a burst of 6, then one a second (1.2 s: one more).
+        assert_eq!(sent, 7);
+        assert!(!bucket.take(start + SECOND * 3 / 2, SECOND, 6));
+        assert!(bucket.take(start + SECOND * 5 / 2, SECOND, 6));
+    }
+
+    #[test]
+    fn interval_zero_means_no_limit() {
+        let mut bucket = TokenBucket::default();
+        assert!((0..1000).all(|_| bucket.take(0, 0, 0)));
+    }
 }

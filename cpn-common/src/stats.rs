@@ -95,9 +95,11 @@ pub enum Reason {
     /// Dropped, ICMPv6 Parameter Problem (SR Upper-layer Header Error) sent: the payload after
     /// the SRH is not one the SID's behaviour accepts.
     UpperLayerUnsupported = 14,
-    /// Passed: a routing header of a type other than SRH.
+    /// Dropped, ICMPv6 Parameter Problem sent (pointing at the Routing Type): a routing header
+    /// of a type other than SRH with Segments Left ≠ 0 (RFC 8200 §4.4).
     UnknownRoutingType = 15,
-    /// Passed: the inner packet's TTL/hop limit ran out; the kernel sends Time Exceeded.
+    /// Passed untouched: the inner packet's TTL/hop limit would run out; the kernel's route for
+    /// the SID decapsulates it and sends Time Exceeded.
     InnerHopLimitExpired = 16,
     /// Dropped: a SID entry with an unknown behaviour.
     UnknownBehavior = 17,
@@ -105,10 +107,27 @@ pub enum Reason {
     BadNodeEntry = 18,
     /// Passed: a packet to a service address whose headers are cut short.
     Truncated = 19,
+    /// Dropped: the IP header claims more bytes (IPv6 payload length, IPv4 total length) than
+    /// the frame carries (the kernel's `Ip6InTruncatedPkts` / `InTruncatedPkts`).
+    LengthBeyondFrame = 20,
+    /// Dropped: a header (extension header, SRH, inner packet) ends beyond the length the IP
+    /// header claims.
+    HeaderBeyondLength = 21,
+    /// Not sent: an ICMP error suppressed by the rate limit (RFC 4443 §2.4 f); the invoking
+    /// packet is dropped.
+    IcmpRateLimited = 22,
+    /// Passed untouched: the SID's behaviour could not be completed in XDP (no neighbour, no
+    /// route, a table lookup that is not a plain forward, a fragment); the kernel's own
+    /// `seg6local` route for the SID processes it.
+    SidToKernel = 23,
+    /// Dropped: the encapsulated packet exceeds the egress MTU, but the inner one is no larger
+    /// than the IPv6 minimum MTU (1280), so no Packet Too Big can help: the path's MTU is too
+    /// small for the encapsulation (see docs/OPERATIONS.md, "MTU").
+    MtuBelowMinimum = 24,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 25;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoUsableNode,
@@ -131,6 +150,11 @@ impl Reason {
         Self::UnknownBehavior,
         Self::BadNodeEntry,
         Self::Truncated,
+        Self::LengthBeyondFrame,
+        Self::HeaderBeyondLength,
+        Self::IcmpRateLimited,
+        Self::SidToKernel,
+        Self::MtuBelowMinimum,
     ];
 
     /// The stable name operators see.
@@ -156,6 +180,11 @@ impl Reason {
             Self::UnknownBehavior => "unknown_behavior",
             Self::BadNodeEntry => "bad_node_entry",
             Self::Truncated => "truncated",
+            Self::LengthBeyondFrame => "length_beyond_frame",
+            Self::HeaderBeyondLength => "header_beyond_length",
+            Self::IcmpRateLimited => "icmp_rate_limited",
+            Self::SidToKernel => "sid_to_kernel",
+            Self::MtuBelowMinimum => "mtu_below_minimum",
         }
     }
 }

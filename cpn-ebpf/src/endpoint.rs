@@ -1,16 +1,22 @@
-//! `cpn_endpoint`: SRv6 endpoint behaviours (RFC 8986 §4) for the local SIDs, with the SRH
-//! checks of RFC 8754 §4.3.1.1. Packets not addressed to a local SID pass untouched.
+//! `cpn_endpoint`: SRv6 endpoint behaviours (RFC 8986 §4) for the local SIDs, with the checks
+//! of RFC 8200 and RFC 8754 §4.3.1.1. Packets not addressed to a local SID pass untouched.
+//!
+//! The program finishes in XDP what it can finish alone: forward (redirect), decapsulate for
+//! local delivery, answer with an ICMP error, drop. Everything else (no neighbour, no route, a
+//! fragment, a table lookup that does not end in a plain forward) goes to the kernel untouched,
+//! where the agent's `seg6local` route for the same SID applies the same behaviour: the kernel
+//! owns every local SID too, so nothing addressed to one is ever forwarded as it is.
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::xdp_action,
-    helpers::{bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use cpn_common::{
-    headers::{EthHdr, ExtHdr, Ipv4Hdr, Ipv6Hdr, SrhHdr, ether_type, icmp, proto},
+    headers::{EthHdr, ExtHdr, FragHdr, Ipv4Hdr, Ipv6Hdr, SrhHdr, ether_type, icmp, proto},
     maps::{Behavior, SidEntry},
     stats::Reason,
 };
@@ -25,6 +31,8 @@ use crate::{
 
 const ETH: usize = size_of::<EthHdr>();
 const SID: usize = 16;
+/// The local routing table (`ip route show table local`): addresses of this host.
+const LOCAL_TABLE: u32 = 255;
 
 /// The packet being processed: its context, where its IPv6 header is, its length for counters.
 #[derive(Clone, Copy)]
@@ -46,12 +54,15 @@ struct Chain {
 }
 
 enum ChainError {
-    /// A header before the upper layer is cut short.
-    Truncated,
-    /// The SRH is shorter than its Hdr Ext Len says.
+    /// A header ends beyond the packet's length (RFC 8200: the payload length defines it).
+    BeyondLength,
+    /// The SRH ends beyond the packet's length.
     SrhTruncated,
-    /// A routing header of another type, a fragment, or too many headers: the kernel decides.
-    NotOurs(Option<Reason>),
+    /// A routing header of another type with Segments Left ≠ 0; its Routing Type field is at
+    /// this offset (RFC 8200 §4.4).
+    UnknownRoutingType(usize),
+    /// A fragment, or too many headers: the kernel reassembles or decides.
+    ToKernel(Reason),
 }
 
 #[inline(always)]
@@ -65,28 +76,58 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
     ) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: a shared lookup whose value we copy out at once.
-    let Some(sid) = (unsafe { LOCAL_SIDS.get(dst) }).copied() else {
+    // SAFETY: a shared lookup; the entry is borrowed from the map for this run (no copy on
+    // the 512-byte stack), and the agent replaces entries whole.
+    let Some(sid) = (unsafe { LOCAL_SIDS.get(dst) }) else {
         return xdp_action::XDP_PASS;
     };
     let len = parse::frame_len(ctx) as u64;
     stats::add(&SID_STATS, sid.stats_index, len);
-    let chain = match walk(ctx, l2.l3, next_header) {
+    let payload_len = match (
+        parse::read::<u8>(ctx, l2.l3 + 4),
+        parse::read::<u8>(ctx, l2.l3 + 5),
+    ) {
+        (Some(high), Some(low)) => usize::from(high) << 8 | usize::from(low),
+        _ => return xdp_action::XDP_ABORTED,
+    };
+    if payload_len == 0 {
+        // A jumbogram (RFC 2675) or nonsense: the kernel's call.
+        return to_kernel(Reason::SidToKernel, len);
+    }
+    let end = l2.l3 + size_of::<Ipv6Hdr>() + payload_len;
+    let frame = parse::frame_len(ctx);
+    if end > frame {
+        stats::reason(Reason::LengthBeyondFrame, len);
+        return xdp_action::XDP_DROP;
+    }
+    // Bytes after the packet (link-layer padding) are not part of it: trim them, as the
+    // kernel does, so that nothing forwarded or decapsulated carries them.
+    // SAFETY: helper call on our context; offsets are re-derived from it afterwards.
+    if end < frame
+        && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr().cast(), end as i32 - frame as i32) } != 0
+    {
+        stats::reason(Reason::NoHeadroom, len);
+        return xdp_action::XDP_ABORTED;
+    }
+    let chain = match walk(ctx, l2.l3, next_header, end) {
         Ok(chain) => chain,
-        Err(ChainError::Truncated) => {
-            stats::reason(Reason::Truncated, len);
-            return xdp_action::XDP_PASS;
+        Err(ChainError::BeyondLength) => {
+            stats::reason(Reason::HeaderBeyondLength, len);
+            return xdp_action::XDP_DROP;
         }
         Err(ChainError::SrhTruncated) => {
             stats::reason(Reason::SrhTruncated, len);
             return xdp_action::XDP_DROP;
         }
-        Err(ChainError::NotOurs(reason)) => {
-            if let Some(reason) = reason {
-                stats::reason(reason, len);
-            }
-            return xdp_action::XDP_PASS;
+        Err(ChainError::UnknownRoutingType(at)) => {
+            stats::reason(Reason::UnknownRoutingType, len);
+            return icmp_error::answer(
+                ctx,
+                l2.l3,
+                parameter_problem(l2.l3, icmp::V6_ERRONEOUS_HEADER, at),
+            );
         }
+        Err(ChainError::ToKernel(reason)) => return to_kernel(reason, len),
     };
     let Some(behavior) = Behavior::from_u32(sid.behavior) else {
         stats::reason(Reason::UnknownBehavior, len);
@@ -99,15 +140,23 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
         ingress_ifindex,
     };
     let verdict = match behavior {
-        Behavior::End | Behavior::EndX => transit(&packet, &chain, &sid, behavior),
-        _ => decapsulate(&packet, &chain, &sid, behavior),
+        Behavior::End | Behavior::EndX => transit(&packet, &chain, sid, behavior),
+        _ => decapsulate(&packet, &chain, sid, behavior),
     };
     icmp_error::answer(ctx, l2.l3, verdict)
 }
 
-/// Walks the extension headers up to the upper layer, remembering the SRH.
+/// Hands the packet, untouched, to the kernel's own route for the SID.
 #[inline(always)]
-fn walk(ctx: &XdpContext, l3: usize, first: u8) -> Result<Chain, ChainError> {
+fn to_kernel(reason: Reason, len: u64) -> u32 {
+    stats::reason(reason, len);
+    xdp_action::XDP_PASS
+}
+
+/// Walks the extension headers up to the upper layer, remembering the SRH; every header must
+/// end within `end`, the packet's end by its payload length.
+#[inline(always)]
+fn walk(ctx: &XdpContext, l3: usize, first: u8, end: usize) -> Result<Chain, ChainError> {
     let mut chain = Chain {
         srh_at: 0,
         srh: SrhHdr {
@@ -123,35 +172,55 @@ fn walk(ctx: &XdpContext, l3: usize, first: u8) -> Result<Chain, ChainError> {
         upper_protocol: first,
     };
     for _ in 0..MAX_EXT_HEADERS {
+        let at = chain.upper;
         match chain.upper_protocol {
             proto::HOP_BY_HOP | proto::DEST_OPTS => {
-                let ext: ExtHdr = parse::read(ctx, chain.upper).ok_or(ChainError::Truncated)?;
+                let ext: ExtHdr = parse::read(ctx, at).ok_or(ChainError::BeyondLength)?;
                 chain.upper_protocol = ext.next_header;
-                chain.upper += (ext.hdr_ext_len as usize + 1) * 8;
+                chain.upper = at + (ext.hdr_ext_len as usize + 1) * 8;
             }
             proto::ROUTING => {
-                let srh: SrhHdr = parse::read(ctx, chain.upper).ok_or(ChainError::SrhTruncated)?;
-                if srh.routing_type != SrhHdr::ROUTING_TYPE {
-                    return Err(ChainError::NotOurs(Some(Reason::UnknownRoutingType)));
+                let srh: SrhHdr = parse::read(ctx, at).ok_or(ChainError::SrhTruncated)?;
+                let next = at + (srh.hdr_ext_len as usize + 1) * 8;
+                if srh.routing_type == SrhHdr::ROUTING_TYPE {
+                    if next > end {
+                        return Err(ChainError::SrhTruncated);
+                    }
+                    chain.srh_at = at;
+                    chain.srh = srh;
+                } else if srh.segments_left != 0 {
+                    return Err(ChainError::UnknownRoutingType(at + 2));
                 }
-                let end = chain.upper + (srh.hdr_ext_len as usize + 1) * 8;
-                if end > parse::frame_len(ctx) {
-                    return Err(ChainError::SrhTruncated);
-                }
-                chain.srh_at = chain.upper;
-                chain.srh = srh;
+                // RFC 8200 §4.4: a routing header of an unknown type with Segments Left 0 is
+                // ignored, and processing goes on with the next header.
                 chain.upper_protocol = srh.next_header;
-                chain.upper = end;
+                chain.upper = next;
             }
-            // Fragmented SRv6 packets are reassembled by the kernel.
-            proto::FRAGMENT => return Err(ChainError::NotOurs(None)),
+            proto::FRAGMENT => {
+                let frag: FragHdr = parse::read(ctx, at).ok_or(ChainError::BeyondLength)?;
+                if !frag.is_atomic() {
+                    // The kernel reassembles; its route for the SID takes the whole packet.
+                    return Err(ChainError::ToKernel(Reason::SidToKernel));
+                }
+                // An atomic fragment is the whole packet (RFC 6946, RFC 8200 §4.5).
+                chain.upper_protocol = frag.next_header;
+                chain.upper = at + size_of::<FragHdr>();
+            }
             _ => return Ok(chain),
         }
+        if chain.upper > end {
+            return Err(ChainError::BeyondLength);
+        }
         if chain.upper > MAX_HEADER_OFFSET {
-            return Err(ChainError::NotOurs(Some(Reason::ExtHeaderChainTooLong)));
+            return Err(ChainError::ToKernel(Reason::ExtHeaderChainTooLong));
         }
     }
-    Err(ChainError::NotOurs(Some(Reason::ExtHeaderChainTooLong)))
+    match chain.upper_protocol {
+        proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS | proto::FRAGMENT => {
+            Err(ChainError::ToKernel(Reason::ExtHeaderChainTooLong))
+        }
+        _ => Ok(chain),
+    }
 }
 
 /// End and End.X (RFC 8986 §4.1, §4.2): next segment, then forward.
@@ -199,38 +268,36 @@ fn transit(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Behavio
     } else {
         (next, packet.ingress_ifindex)
     };
-    let fib = fib::lookup(ctx, true, lookup_dst, ifindex, ip_len, 0);
+    let Fib::Forward {
+        ifindex,
+        src_mac,
+        dst_mac,
+    } = fib::lookup(ctx, true, lookup_dst, ifindex, ip_len, 0)
+    else {
+        // No neighbour yet, no route, too big: the kernel's End for this SID does the same
+        // and answers as the kernel does (and resolves the neighbour).
+        return to_kernel(Reason::SidToKernel, len);
+    };
     let sl_at = srh_at + SrhHdr::SEGMENTS_LEFT_OFFSET as usize;
-    let dst_at = l3 + 24;
-    if !(parse::write(ctx, sl_at, segments_left) && parse::write(ctx, dst_at, next)) {
+    let written = parse::write(ctx, sl_at, segments_left)
+        && parse::write(ctx, l3 + 24, next)
+        && parse::write(ctx, l3 + 7, hop_limit - 1)
+        && set_macs(ctx, l3, src_mac, dst_mac);
+    if !written {
         return xdp_action::XDP_ABORTED;
     }
-    match fib {
-        Fib::Forward {
-            ifindex,
-            src_mac,
-            dst_mac,
-        } => {
-            // We forward, so we decrement; the kernel does it on the pass paths below.
-            if !(parse::write(ctx, l3 + 7, hop_limit - 1) && set_macs(ctx, l3, src_mac, dst_mac)) {
-                return xdp_action::XDP_ABORTED;
-            }
-            // SAFETY: plain helper call.
-            unsafe { bpf_redirect(ifindex, 0) as u32 }
-        }
-        Fib::NoNeighbour | Fib::FragNeeded { .. } => {
-            stats::reason(Reason::FibNoNeighbour, len);
-            xdp_action::XDP_PASS
-        }
-        Fib::NoRoute => {
-            stats::reason(Reason::FibNoRoute, len);
-            xdp_action::XDP_PASS
-        }
-    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 /// End.DX6, End.DX4, End.DT6, End.DT4, End.DT46 (RFC 8986 §4.4-4.8): strip the outer IPv6
 /// header and its extension headers, then forward or deliver the inner packet.
+///
+/// An End.DT* SID looks up its own table only (RFC 8986 §4.6): a plain forward is done here;
+/// a table that says "not forwarded" is this host's (local delivery) only for the local table
+/// (255); any other answer goes to the kernel's End.DT* route for the SID, which looks up the
+/// same table. Without a table (0), the inner packet takes the host's own routing: local
+/// delivery, else the policy rules and the main table, as the kernel's `End.DX6 nh6 ::` does.
 #[inline(never)]
 fn decapsulate(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Behavior) -> u32 {
     let Packet { ctx, l3, len, .. } = *packet;
@@ -262,72 +329,114 @@ fn decapsulate(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Beh
         proto::IPV6 => parse::ipv6(ctx, chain.upper, &mut inner),
         _ => parse::ipv4(ctx, chain.upper, &mut inner),
     };
-    if parsed.is_err() {
-        stats::reason(Reason::Truncated, len);
+    // The frame now ends where the outer packet does.
+    let rest = parse::frame_len(ctx).saturating_sub(chain.upper);
+    if parsed.is_err() || inner.len > rest || inner.l4 > chain.upper + inner.len {
+        stats::reason(Reason::HeaderBeyondLength, len);
         return xdp_action::XDP_DROP;
     }
-    let (lookup_dst, ifindex, table) = match behavior {
-        Behavior::EndDx6 | Behavior::EndDx4 => (sid.nexthop, sid.oif_or_table, 0),
-        _ => (inner.dst, packet.ingress_ifindex, sid.oif_or_table),
-    };
-    let fib = fib::lookup(ctx, inner.v6, lookup_dst, ifindex, inner.len as u16, table);
-
-    // Strip everything between the Ethernet header and the inner packet.
-    let Some(eth) = parse::read::<EthHdr>(ctx, 0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let inner_type = if inner.v6 {
-        ether_type::IPV6
+    if inner.len < rest {
+        // Bytes after the inner packet: the kernel's route trims them.
+        return to_kernel(Reason::SidToKernel, len);
+    }
+    let table = sid.oif_or_table;
+    let decap_table = !matches!(behavior, Behavior::EndDx6 | Behavior::EndDx4);
+    let host_routing = decap_table && table == 0;
+    let local_table = decap_table && table == LOCAL_TABLE;
+    let (lookup_dst, ifindex, lookup_table) = if decap_table {
+        // The local table holds only local (and multicast) routes, never a forward: looking
+        // up through the rules instead tells a local address ("not forwarded") from others.
+        let lookup_table = if local_table { 0 } else { table };
+        (inner.dst, packet.ingress_ifindex, lookup_table)
     } else {
-        ether_type::IPV4
+        (sid.nexthop, sid.oif_or_table, 0)
     };
-    // Shrink first, then write the Ethernet header at the (constant) start: a write at the
-    // variable offset `strip` loses its bounds check to LLVM's reassociation.
-    let strip = chain.upper - ETH;
-    // SAFETY: helper call on our context; offsets below are re-derived from the new start.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), strip as i32) } != 0 {
-        stats::reason(Reason::NoHeadroom, len);
-        return xdp_action::XDP_ABORTED;
-    }
-    let eth = EthHdr {
-        ether_type: inner_type.to_be_bytes(),
-        ..eth
-    };
-    if !parse::write(ctx, 0, eth) {
-        return xdp_action::XDP_ABORTED;
-    }
+    let fib = fib::lookup(
+        ctx,
+        inner.v6,
+        lookup_dst,
+        ifindex,
+        inner.len as u16,
+        lookup_table,
+    );
     match fib {
         Fib::Forward {
             ifindex,
             src_mac,
             dst_mac,
-        } => {
-            if !decrement_ttl(ctx, inner.v6) {
-                stats::reason(Reason::InnerHopLimitExpired, len);
-                return xdp_action::XDP_PASS;
+        } if !local_table => {
+            if !inner_hop_limit_left(ctx, chain.upper, inner.v6) {
+                return to_kernel(Reason::InnerHopLimitExpired, len);
             }
-            if !set_macs(ctx, ETH, src_mac, dst_mac) {
+            if !(strip(ctx, chain.upper, inner.v6)
+                && decrement_ttl(ctx, inner.v6)
+                && set_macs(ctx, ETH, src_mac, dst_mac))
+            {
+                stats::reason(Reason::NoHeadroom, len);
                 return xdp_action::XDP_ABORTED;
             }
             // SAFETY: plain helper call.
             unsafe { bpf_redirect(ifindex, 0) as u32 }
         }
-        // Local delivery (the service on this node), or the kernel resolves and forwards.
-        Fib::NoRoute => xdp_action::XDP_PASS,
-        Fib::NoNeighbour | Fib::FragNeeded { .. } => {
-            stats::reason(Reason::FibNoNeighbour, len);
-            xdp_action::XDP_PASS
+        // Local delivery (the service on this host); or, with the host's routing, whatever
+        // the kernel decides for the inner packet as for any other it receives.
+        Fib::NotForwarded if local_table || host_routing => {
+            deliver(ctx, chain.upper, inner.v6, len)
         }
+        _ if host_routing => deliver(ctx, chain.upper, inner.v6, len),
+        _ => to_kernel(Reason::SidToKernel, len),
     }
 }
 
-/// The SID is the final destination and the payload is not one we decapsulate: ICMPv6 goes to
-/// the kernel (it answers pings to the SID); anything else is an SR Upper-layer Header Error
-/// (RFC 8986 §4.1.1).
+/// Strips the outer headers and passes the inner packet to the kernel.
+#[inline(always)]
+fn deliver(ctx: &XdpContext, upper: usize, v6: bool, len: u64) -> u32 {
+    if strip(ctx, upper, v6) {
+        xdp_action::XDP_PASS
+    } else {
+        stats::reason(Reason::NoHeadroom, len);
+        xdp_action::XDP_ABORTED
+    }
+}
+
+/// Removes everything between the Ethernet header and the inner packet at `upper`.
+#[inline(always)]
+fn strip(ctx: &XdpContext, upper: usize, v6: bool) -> bool {
+    let Some(eth) = parse::read::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    let inner_type = if v6 {
+        ether_type::IPV6
+    } else {
+        ether_type::IPV4
+    };
+    // Shrink first, then write the Ethernet header at the (constant) start: a write at the
+    // variable offset `upper` loses its bounds check to LLVM's reassociation.
+    // SAFETY: helper call on our context; offsets below are re-derived from the new start.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), (upper - ETH) as i32) } != 0 {
+        return false;
+    }
+    let eth = EthHdr {
+        ether_type: inner_type.to_be_bytes(),
+        ..eth
+    };
+    parse::write(ctx, 0, eth)
+}
+
+/// Whether the inner packet at `at` may be forwarded once more (hop limit / TTL above 1).
+#[inline(always)]
+fn inner_hop_limit_left(ctx: &XdpContext, at: usize, v6: bool) -> bool {
+    let offset = if v6 { 7 } else { 8 };
+    parse::read::<u8>(ctx, at + offset).is_some_and(|hops| hops > 1)
+}
+
+/// The SID is the final destination and the payload is not one we decapsulate: ICMPv6 (a
+/// ping to the SID, RFC 9259) goes to the kernel's route for the SID, which decides as Linux
+/// does; anything else is an SR Upper-layer Header Error (RFC 8986 §4.1.1).
 #[inline(always)]
 fn upper_layer(packet: &Packet<'_>, chain: &Chain) -> u32 {
     if chain.upper_protocol == proto::ICMPV6 {
-        return xdp_action::XDP_PASS;
+        return to_kernel(Reason::SidToKernel, packet.len);
     }
     stats::reason(Reason::UpperLayerUnsupported, packet.len);
     parameter_problem(packet.l3, icmp::V6_SR_UPPER_LAYER, chain.upper)
@@ -348,7 +457,7 @@ fn set_macs(ctx: &XdpContext, l3: usize, src: [u8; 6], dst: [u8; 6]) -> bool {
 }
 
 /// Decrements the inner hop limit / TTL of the packet now at `ETH`, as a forwarding router
-/// does. False if it would reach 0 (the kernel then sends Time Exceeded).
+/// does (checked beforehand by [`inner_hop_limit_left`]). False if it would reach 0.
 #[inline(always)]
 fn decrement_ttl(ctx: &XdpContext, v6: bool) -> bool {
     if v6 {

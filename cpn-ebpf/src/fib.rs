@@ -5,8 +5,9 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_TBID, bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID,
+        bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -27,7 +28,10 @@ pub enum Fib {
     NoNeighbour,
     /// The packet of `tot_len` bytes exceeds the egress MTU.
     FragNeeded { mtu: u16 },
-    /// No forwarding route (none, blackhole, unreachable, prohibit, local, forwarding off).
+    /// Not forwarded: the destination is local, or no route matches at all (the kernel
+    /// answers both the same way: `BPF_FIB_LKUP_RET_NOT_FWDED`).
+    NotForwarded,
+    /// Any other refusal: blackhole, unreachable, prohibit, forwarding off, unsupported.
     NoRoute,
 }
 
@@ -49,7 +53,8 @@ struct Query {
 }
 
 /// Looks up `dst` (16 bytes, IPv4-mapped for IPv4) for a packet of `tot_len` bytes that came in
-/// on `ifindex`, in `table` (0: the interface's own table).
+/// on `ifindex`: through the policy rules as the kernel routes a received packet (`table` 0),
+/// or in routing table `table` alone (RFC 8986 §4.6: End.DT6 looks up its table only).
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
@@ -79,6 +84,7 @@ pub fn lookup(
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeighbour,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded { mtu: query.mtu },
+        BPF_FIB_LKUP_RET_NOT_FWDED => Fib::NotForwarded,
         _ => Fib::NoRoute,
     }
 }
@@ -101,8 +107,9 @@ fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
     }
     let mut flags = 0;
     if query.table != 0 {
+        // TBID is only honoured together with DIRECT (which skips the policy rules).
         params.__bindgen_anon_5.tbid = query.table;
-        flags |= BPF_FIB_LOOKUP_TBID;
+        flags |= BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
     }
     // SAFETY: `params` is a valid, fully initialised lookup struct of the size we pass.
     let rc = unsafe {

@@ -1,21 +1,78 @@
 //! ICMP errors built in place from the invoking packet and sent back where it came from
 //! (`XDP_TX`). The error's source is the invoking packet's destination: the service address at
-//! the ingress, the SID at an endpoint.
+//! the ingress, the SID at an endpoint. Every error passes a rate limit first (RFC 4443 §2.4 f).
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use cpn_common::{
     headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
+    maps::TokenBucket,
     stats::Reason,
 };
 
-use crate::{csum, hop_limit, parse};
+use crate::{
+    csum, hop_limit,
+    maps::{ICMP_BUDGET, ICMP_PEERS},
+    parse,
+};
+
+// Load-time tunables of the rate limit, which the agent may override. The defaults are Linux's:
+// all errors at most 1000/s with a burst of 50 (`net.ipv6.icmp_msgs_per_sec`, `_burst`), and
+// one a second per destination with a burst of 6 (`net.ipv6.icmp.ratelimit`, `XRLIM_BURST`).
+// Each CPU keeps its own buckets. An interval of 0 turns that limit off.
+#[unsafe(no_mangle)]
+static ICMP_INTERVAL_NS: u64 = 1_000_000;
+#[unsafe(no_mangle)]
+static ICMP_BURST: u64 = 50;
+#[unsafe(no_mangle)]
+static ICMP_PEER_INTERVAL_NS: u64 = 1_000_000_000;
+#[unsafe(no_mangle)]
+static ICMP_PEER_BURST: u64 = 6;
+
+#[inline(always)]
+fn tunable(value: &u64) -> u64 {
+    // SAFETY: a read of a global the loader may have patched; volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+/// Whether an error may go to `dst` now: its own bucket, then the CPU's bucket for all errors.
+#[inline(always)]
+fn within_rate(dst: &[u8; 16]) -> bool {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let peer_interval = tunable(&ICMP_PEER_INTERVAL_NS);
+    if peer_interval != 0 {
+        let peer_burst = tunable(&ICMP_PEER_BURST);
+        match ICMP_PEERS.get_ptr_mut(dst) {
+            // SAFETY: a per-CPU value from a successful lookup; only this CPU writes it.
+            Some(bucket) => {
+                if !unsafe { (*bucket).take(now, peer_interval, peer_burst) } {
+                    return false;
+                }
+            }
+            None => {
+                // A new destination starts with a full bucket, less this message.
+                let mut bucket = TokenBucket::default();
+                bucket.take(now, peer_interval, peer_burst);
+                // Best effort: a full LRU evicts the least recent destination.
+                let _ = ICMP_PEERS.insert(dst, bucket, 0);
+            }
+        }
+    }
+    match ICMP_BUDGET.get_ptr_mut(0) {
+        // SAFETY: as above.
+        Some(bucket) => unsafe {
+            (*bucket).take(now, tunable(&ICMP_INTERVAL_NS), tunable(&ICMP_BURST))
+        },
+        None => true,
+    }
+}
 
 /// Bytes of the invoking packet an ICMPv6 error quotes at most: the minimum MTU minus the
 /// error's own headers (RFC 4443 §2.4 c), rounded down to a word.
@@ -58,6 +115,8 @@ pub fn answer(ctx: &XdpContext, l3: usize, verdict: u32) -> u32 {
 enum NotSent {
     /// RFC 4443 §2.4 (e) / RFC 1812: never answer a multicast or unspecified source.
     Suppressed,
+    /// RFC 4443 §2.4 (f): over the rate limit.
+    RateLimited,
     /// The packet could not be resized.
     NoRoom,
 }
@@ -68,6 +127,10 @@ fn verdict(sent: Result<(), NotSent>) -> u32 {
     match sent {
         Ok(()) => xdp_action::XDP_TX,
         Err(NotSent::Suppressed) => xdp_action::XDP_DROP,
+        Err(NotSent::RateLimited) => {
+            crate::stats::reason(Reason::IcmpRateLimited, 0);
+            xdp_action::XDP_DROP
+        }
         Err(NotSent::NoRoom) => {
             crate::stats::reason(Reason::NoHeadroom, 0);
             xdp_action::XDP_ABORTED
@@ -96,6 +159,9 @@ fn build_v6_error(
     let orig_dst: [u8; 16] = parse::read(ctx, l3 + 24).ok_or(NotSent::NoRoom)?;
     if orig_src[0] == 0xff || orig_src == [0; 16] {
         return Err(NotSent::Suppressed);
+    }
+    if !within_rate(&orig_src) {
+        return Err(NotSent::RateLimited);
     }
     let quote = (parse::frame_len(ctx) - l3).min(V6_QUOTE_MAX) & !3;
     let header = size_of::<Ipv6Hdr>() + size_of::<IcmpHdr>();
@@ -152,6 +218,9 @@ fn build_v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> Result<(), Not
     let orig: Ipv4Hdr = parse::read(ctx, l3).ok_or(NotSent::NoRoom)?;
     if orig.src[0] >= 224 || orig.src == [0; 4] {
         return Err(NotSent::Suppressed);
+    }
+    if !within_rate(&parse::v4_mapped(orig.src)) {
+        return Err(NotSent::RateLimited);
     }
     let quote = (parse::frame_len(ctx) - l3).min(V4_QUOTE_MAX) & !3;
     let header = size_of::<Ipv4Hdr>() + size_of::<IcmpHdr>();

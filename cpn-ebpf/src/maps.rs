@@ -3,14 +3,14 @@
 //! defines exactly the maps listed there.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     macros::btf_map,
 };
 use cpn_common::{
     maps::{
-        FLOWS_ENTRIES, FlowEntry, FlowKey, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NodeEntry,
-        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector, SERVICE_KEYS,
-        ServiceEntry, ServiceKey, SidEntry,
+        FLOWS_ENTRIES, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES, MAX_LOCAL_SIDS, MAX_NODES,
+        MAX_SERVICES, NodeEntry, PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES,
+        RingSelector, SERVICE_KEYS, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
 };
@@ -53,3 +53,10 @@ pub static SID_STATS: PerCpuArray<Counter, { MAX_LOCAL_SIDS as usize }> = PerCpu
 #[btf_map(name = "reason_stats")]
 pub static REASON_STATS: PerCpuArray<Counter, { REASON_STATS_ENTRIES as usize }> =
     PerCpuArray::new();
+
+#[btf_map(name = "icmp_budget")]
+pub static ICMP_BUDGET: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
+
+#[btf_map(name = "icmp_peers")]
+pub static ICMP_PEERS: LruPerCpuHashMap<[u8; 16], TokenBucket, { ICMP_PEERS_ENTRIES as usize }> =
+    LruPerCpuHashMap::new();

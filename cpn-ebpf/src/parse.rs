@@ -188,7 +188,10 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
             proto::FRAGMENT => {
                 let frag: FragHdr = read(ctx, ip.l4).ok_or(IpError::Malformed)?;
                 ip.protocol = frag.next_header;
-                ip.fragment = if frag.is_later_fragment() {
+                // An atomic fragment (RFC 6946) is a whole packet: it stays `Fragment::No`.
+                ip.fragment = if frag.is_atomic() {
+                    Fragment::No
+                } else if frag.is_later_fragment() {
                     Fragment::Later
                 } else {
                     Fragment::First

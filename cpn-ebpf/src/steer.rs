@@ -66,8 +66,12 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     };
     let kind = flow_of(ctx, ip, &mut key);
     if kind == FlowKind::Truncated {
-        // Only worth a counter if it was meant for a service.
+        // Only worth a counter (or a drop) if it was meant for a service.
         if lookup_service(ip.dst, [0; 2], ANY_PROTOCOL).is_some() {
+            if let Some(reason) = length_error(ctx, ip) {
+                stats::reason(reason, len);
+                return xdp_action::XDP_DROP;
+            }
             stats::reason(Reason::Truncated, len);
         }
         return xdp_action::XDP_PASS;
@@ -76,6 +80,10 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     let Some(service) = lookup_service(key.dst, key.dst_port, key.protocol) else {
         return xdp_action::XDP_PASS;
     };
+    if let Some(reason) = length_error(ctx, ip) {
+        stats::reason(reason, len);
+        return xdp_action::XDP_DROP;
+    }
     if following_error {
         stats::reason(Reason::IcmpErrorFollowed, len);
     } else if ip.fragment != Fragment::No {
@@ -123,7 +131,7 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
             xdp_action::XDP_PASS
         }
         Fib::FragNeeded { mtu } => return too_big(ip, mtu, outer_len, len),
-        Fib::NoRoute => {
+        Fib::NotForwarded | Fib::NoRoute => {
             stats::reason(Reason::FibNoRoute, len);
             return xdp_action::XDP_PASS;
         }
@@ -133,16 +141,38 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     action
 }
 
+/// RFC 8200 / RFC 791: the IP header's length defines the packet. A packet to a service whose
+/// length lies is not steered (the kernel would drop it as truncated too).
+#[inline(always)]
+fn length_error(ctx: &XdpContext, ip: &Ip) -> Option<Reason> {
+    let end = ip.l3 + ip.len;
+    if end > parse::frame_len(ctx) {
+        Some(Reason::LengthBeyondFrame)
+    } else if ip.l4 > end {
+        Some(Reason::HeaderBeyondLength)
+    } else {
+        None
+    }
+}
+
 /// The encapsulated packet would exceed the egress MTU: tell the client the MTU that fits.
+/// IPv6 never goes below 1280 (RFC 8200 §5): a larger packet is told 1280; one of 1280 bytes or
+/// less cannot be helped and is dropped with a counter (the path's MTU is too small for the
+/// encapsulation; the agent warns about such paths).
 #[inline(always)]
 fn too_big(ip: &Ip, mtu: u16, overhead: usize, len: u64) -> u32 {
-    let inner_mtu = (mtu as usize).saturating_sub(overhead) as u16;
+    let inner_mtu = (mtu as usize).saturating_sub(overhead);
     if ip.v6 {
+        if inner_mtu < icmp::V6_MIN_MTU && ip.len <= icmp::V6_MIN_MTU {
+            stats::reason(Reason::MtuBelowMinimum, len);
+            return xdp_action::XDP_DROP;
+        }
         stats::reason(Reason::PacketTooBig, len);
-        icmp_error::request_v6(icmp::V6_PACKET_TOO_BIG, 0, inner_mtu)
+        let told = inner_mtu.max(icmp::V6_MIN_MTU) as u16;
+        icmp_error::request_v6(icmp::V6_PACKET_TOO_BIG, 0, told)
     } else if ip.dont_fragment {
         stats::reason(Reason::FragmentationNeeded, len);
-        icmp_error::request_v4_frag_needed(inner_mtu)
+        icmp_error::request_v4_frag_needed(inner_mtu as u16)
     } else {
         stats::reason(Reason::TooBigWithoutDf, len);
         xdp_action::XDP_PASS

@@ -9,11 +9,13 @@
 //!   192.0.2.254/24         10.255.0.1/24       eth2 (mtu 1300): fc00:1300::/32 via 2001:db8:fe::2
 //!                                              fc00:dead::/32 via 2001:db8:ff::99 (unresolved)
 //!   lo: 2001:db8:cafe::1 (a local service), 198.51.100.1
+//!   table 100: 2001:db8:100::/48 via 2001:db8:ff::2 (main has 2001:db8:200::/48 instead)
 //! ```
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
+use cpn_agent::dataplane::LoadOptions;
 
 use crate::{
     fixture::Runner,
@@ -31,6 +33,12 @@ pub const NEXT_HOP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 2
 pub const NEXT_HOP4: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
 pub const LOCAL_SERVICE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcafe, 0, 0, 0, 0, 1);
 pub const LOCAL_SERVICE4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// A destination routed only in table 100 (via the core next hop).
+pub const TABLE_100_ONLY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 5);
+/// A destination routed only in the main table (via the core next hop).
+pub const MAIN_ONLY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 5);
+/// The routing table that holds `TABLE_100_ONLY6`.
+pub const TABLE_100: u32 = 100;
 /// MTU of dut:eth2, the way to `fc00:1300::/32`.
 pub const SMALL_MTU: u16 = 1300;
 
@@ -122,6 +130,15 @@ impl Dut {
         dut.add_route(&["fc00:dead::/32", "via", "2001:db8:ff::99", "dev", "eth1"])?;
         dut.add_route(&["203.0.113.0/24", "via", "10.255.0.2", "dev", "eth1"])?;
         dut.add_route(&["2001:db8:200::/48", "via", "2001:db8:ff::2", "dev", "eth1"])?;
+        dut.add_route(&[
+            "2001:db8:100::/48",
+            "via",
+            "2001:db8:ff::2",
+            "dev",
+            "eth1",
+            "table",
+            "100",
+        ])?;
         let eth0 = dut.ifindex("eth0")?;
         let eth1 = dut.ifindex("eth1")?;
         Ok(Self { lab, eth0, eth1 })
@@ -144,9 +161,24 @@ pub struct DutRunner {
 
 impl DutRunner {
     pub fn new(arriving_on: impl FnOnce(&Dut) -> u32) -> Result<Self> {
+        Self::with_runner(arriving_on, Runner::new)
+    }
+
+    /// [`DutRunner::new`] with a data plane loaded with `options`.
+    pub fn with_options(
+        arriving_on: impl FnOnce(&Dut) -> u32,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        Self::with_runner(arriving_on, || Runner::with_options(options))
+    }
+
+    fn with_runner(
+        arriving_on: impl FnOnce(&Dut) -> u32,
+        runner: impl FnOnce() -> Result<Runner>,
+    ) -> Result<Self> {
         let dut = Dut::new()?;
         let inside = dut.enter()?;
-        let runner = Runner::new()?.arriving_on(arriving_on(&dut));
+        let runner = runner()?.arriving_on(arriving_on(&dut));
         Ok(Self {
             runner,
             _inside: inside,

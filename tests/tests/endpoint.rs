@@ -7,12 +7,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use cpn_agent::dataplane::{Program, SidBehavior};
+use cpn_agent::dataplane::{LoadOptions, Program, SidBehavior};
 use cpn_common::stats::Reason;
 use cpn_tests::{
     dut::{
-        CLIENT4, CLIENT6, CORE_MAC, DutRunner, LOCAL_SERVICE4, LOCAL_SERVICE6, NEXT_HOP_MAC,
-        NEXT_HOP6,
+        CLIENT4, CLIENT6, CORE_MAC, DutRunner, LOCAL_SERVICE4, LOCAL_SERVICE6, MAIN_ONLY6,
+        NEXT_HOP_MAC, NEXT_HOP6, TABLE_100, TABLE_100_ONLY6,
     },
     fixture::{Fixture, Outcome, XdpAction},
     packet::{self, CLIENT_MAC, Encap, ROUTER_MAC},
@@ -35,9 +35,16 @@ const DT4: &str = "fc00:e::d4";
 const DT46: &str = "fc00:e::46";
 const DX6: &str = "fc00:e::a6";
 const DX4: &str = "fc00:e::a4";
+/// End.DT6 looking up table 100 (which the dut fills with `TABLE_100_PREFIX` only).
+const DT6_T100: &str = "fc00:e::d7";
+/// End.DT6 looking up the local table (255): this host's addresses only.
+const DT6_LOCAL: &str = "fc00:e::d8";
 
 fn bench() -> DutRunner {
-    let mut bench = DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane");
+    sids(DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"))
+}
+
+fn sids(mut bench: DutRunner) -> DutRunner {
     let (eth0, eth1) = (bench.dut.eth0, bench.dut.eth1);
     let dp = bench.runner.dataplane();
     let sids = [
@@ -66,6 +73,8 @@ fn bench() -> DutRunner {
                 oif: eth0,
             },
         ),
+        (DT6_T100, SidBehavior::EndDt6 { table: TABLE_100 }),
+        (DT6_LOCAL, SidBehavior::EndDt6 { table: 255 }),
     ];
     for (index, (sid, behavior)) in (0..).zip(sids) {
         dp.set_sid(a(sid), behavior, index).unwrap();
@@ -378,7 +387,7 @@ fn errors_follow_rfc_8754() {
             ),
         ),
         fixture(
-            "ping to an End SID goes to the kernel",
+            "ping to an End SID goes to the kernel's route for the SID",
             echo.clone(),
             XdpAction::Pass,
             echo,
@@ -406,40 +415,59 @@ fn errors_follow_rfc_8754() {
             ),
         ),
     ];
+    // RFC 8200 §4.4: a routing header of an unknown type with Segments Left ≠ 0 is an error
+    // pointing at its Routing Type; with Segments Left 0 it is skipped (End then finds its
+    // payload, IPv6, which it does not take: SR Upper-layer Header Error).
     let mut routing_type_0 = end2.clone();
     routing_type_0[14 + 40 + 2] = 0;
     fixtures.push(fixture(
-        "routing header type 0 goes to the kernel",
+        "routing header type 0, Segments Left 1: Parameter Problem at the Routing Type",
         routing_type_0.clone(),
-        XdpAction::Pass,
-        routing_type_0,
+        XdpAction::Tx,
+        error_back(
+            &routing_type_0,
+            parameter_problem(ParameterProblemCode::ErroneousHeaderField, 42),
+        ),
     ));
-    let mut ttl_1 = srv6(
+    let mut routing_type_3 = end_final.clone();
+    routing_type_3[14 + 40 + 2] = 3;
+    let after_routing_header = 40 + 8 + 32;
+    fixtures.push(fixture(
+        "routing header type 3, Segments Left 0: skipped",
+        routing_type_3.clone(),
+        XdpAction::Tx,
+        error_back(
+            &routing_type_3,
+            parameter_problem(
+                ParameterProblemCode::SrUpperLayerHeaderError,
+                after_routing_header,
+            ),
+        ),
+    ));
+    let ttl_1 = srv6(
         &[DT4],
         false,
         &inner4(Ipv4Addr::new(198, 18, 0, 1), CLIENT4, 1),
     );
     fixtures.push(fixture(
-        "End.DT4, inner TTL 1: decapsulated, the kernel answers",
+        "End.DT4, inner TTL 1: to the kernel's route for the SID, untouched",
         ttl_1.clone(),
         XdpAction::Pass,
-        with_eth(
-            CORE_MAC,
-            NEXT_HOP_MAC,
-            0x0800,
-            &ttl_1.split_off(14 + 40 + 24),
-        ),
+        ttl_1,
     ));
     bench.runner.check_table(&fixtures);
     assert_eq!(bench.runner.reason_packets(Reason::HopLimitExceeded), 2);
     assert_eq!(bench.runner.reason_packets(Reason::SrhMalformed), 2);
+    // UDP at a final End, IPv4 at End.DT6, IPv6 after a skipped routing header.
     assert_eq!(
         bench.runner.reason_packets(Reason::UpperLayerUnsupported),
-        2
+        3
     );
     assert_eq!(bench.runner.reason_packets(Reason::SegmentsLeftNotZero), 1);
     assert_eq!(bench.runner.reason_packets(Reason::UnknownRoutingType), 1);
     assert_eq!(bench.runner.reason_packets(Reason::InnerHopLimitExpired), 1);
+    // The ping went to the kernel's route for the SID.
+    assert_eq!(bench.runner.reason_packets(Reason::SidToKernel), 1);
 }
 
 #[test]
@@ -451,21 +479,234 @@ fn every_truncation_of_the_srh_is_dropped() {
         &inner6(CLIENT6, LOCAL_SERVICE6, 64),
     );
     let srh_end = 14 + 40 + 8 + 3 * 16;
-    let fixtures: Vec<Fixture> = (14 + 40..srh_end)
-        .map(|cut| {
-            fixture(
-                &format!("SRH cut at byte {}", cut - 54),
-                packet[..cut].to_vec(),
-                XdpAction::Drop,
-                packet[..cut].to_vec(),
-            )
+    let mut fixtures = Vec::new();
+    for cut in 14 + 40 + 1..srh_end {
+        // The frame ends early but the payload length still claims the whole packet.
+        fixtures.push(fixture(
+            &format!("frame cut at SRH byte {}", cut - 54),
+            packet[..cut].to_vec(),
+            XdpAction::Drop,
+            packet[..cut].to_vec(),
+        ));
+        // Frame and payload length agree: the SRH itself is cut short.
+        let short = with_payload_len(&packet[..cut], cut - 54);
+        fixtures.push(fixture(
+            &format!("packet of {} bytes ending inside its SRH", cut - 54),
+            short.clone(),
+            XdpAction::Drop,
+            short,
+        ));
+    }
+    bench.runner.check_table(&fixtures);
+    let cuts = u64::try_from(srh_end - 55).unwrap();
+    assert_eq!(bench.runner.reason_packets(Reason::LengthBeyondFrame), cuts);
+    assert_eq!(bench.runner.reason_packets(Reason::SrhTruncated), cuts);
+}
+
+/// `frame` with its IPv6 payload length set to `len`.
+fn with_payload_len(frame: &[u8], len: usize) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[14 + 4..14 + 6].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    out
+}
+
+/// `frame` with an extension header (`header`, whose first byte is overwritten with the next
+/// header) inserted right after the IPv6 header, announced as `kind`.
+fn with_extension_header(frame: &[u8], kind: u8, header: &[u8]) -> Vec<u8> {
+    let mut out = frame[..14 + 40].to_vec();
+    let mut header = header.to_vec();
+    header[0] = frame[14 + 6];
+    out[14 + 6] = kind;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&frame[14 + 40..]);
+    let payload = out.len() - 14 - 40;
+    with_payload_len(&out, payload)
+}
+
+/// RFC 8200: the payload length defines the packet. Each lie is caught; trailing bytes after
+/// the packet are trimmed, as the kernel does.
+#[test]
+fn length_lies_are_dropped_and_padding_is_trimmed() {
+    let bench = bench();
+    let udp = inner6(a("2001:db8:5::1"), CLIENT6, 64);
+    let end2 = srv6(&[END, "fc00:2::d6"], false, &udp);
+    // Payload length 24 while the SRH alone is 40 bytes: dropped; what the program saw
+    // was already trimmed to the 64 bytes the header claims.
+    let claims_24 = with_payload_len(&end2, 24);
+    let longer = with_payload_len(&end2, end2.len() - 54 + 8);
+    let mut padded = end2.clone();
+    padded.extend_from_slice(&[0xee; 10]);
+    let dt6 = srv6(&[DT6], false, &udp);
+    // The inner packet claims 8 bytes more than the outer packet carries.
+    let mut inner_lies = dt6.clone();
+    let inner_at = 14 + 40 + 24;
+    let inner_payload = u16::from_be_bytes([inner_lies[inner_at + 4], inner_lies[inner_at + 5]]);
+    inner_lies[inner_at + 4..inner_at + 6].copy_from_slice(&(inner_payload + 8).to_be_bytes());
+    let fixtures = vec![
+        fixture(
+            "payload length shorter than the SRH",
+            claims_24.clone(),
+            XdpAction::Drop,
+            claims_24[..14 + 40 + 24].to_vec(),
+        ),
+        fixture(
+            "payload length 8 bytes beyond the frame",
+            longer.clone(),
+            XdpAction::Drop,
+            longer,
+        ),
+        fixture(
+            "10 bytes of padding after the packet: trimmed, then End",
+            padded,
+            XdpAction::Redirect,
+            after_end(&end2, "fc00:2::d6"),
+        ),
+        fixture(
+            "End.DT6 whose inner packet claims more than it carries",
+            inner_lies.clone(),
+            XdpAction::Drop,
+            inner_lies,
+        ),
+    ];
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::SrhTruncated), 1);
+    assert_eq!(bench.runner.reason_packets(Reason::LengthBeyondFrame), 1);
+    assert_eq!(bench.runner.reason_packets(Reason::HeaderBeyondLength), 1);
+}
+
+/// RFC 6946 / RFC 8200 §4.5: an atomic fragment is processed as the whole packet it is; real
+/// fragments are the kernel's to reassemble (its route for the SID then takes the packet).
+#[test]
+fn atomic_fragments_are_whole_packets() {
+    let bench = bench();
+    let udp = inner6(a("2001:db8:5::1"), CLIENT6, 64);
+    let end2 = srv6(&[END, "fc00:2::d6"], false, &udp);
+    let atomic = [0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+    let first_fragment = [0, 0, 0, 1, 0x12, 0x34, 0x56, 0x78];
+    let end_atomic = with_extension_header(&end2, 44, &atomic);
+    let end_fragment = with_extension_header(&end2, 44, &first_fragment);
+    let dt6_atomic = with_extension_header(&srv6(&[DT6], true, &udp), 44, &atomic);
+    // After End: the SRH now sits 8 bytes further in.
+    let mut forwarded = end_atomic.clone();
+    forwarded[0..6].copy_from_slice(&NEXT_HOP_MAC);
+    forwarded[6..12].copy_from_slice(&CORE_MAC);
+    forwarded[14 + 7] -= 1;
+    forwarded[14 + 24..14 + 40].copy_from_slice(&a("fc00:2::d6").octets());
+    forwarded[14 + 48 + 3] -= 1;
+    let fixtures = vec![
+        fixture(
+            "atomic fragment before the SRH: End as if unfragmented",
+            end_atomic,
+            XdpAction::Redirect,
+            forwarded,
+        ),
+        fixture(
+            "a first fragment goes to the kernel untouched",
+            end_fragment.clone(),
+            XdpAction::Pass,
+            end_fragment,
+        ),
+        fixture(
+            "atomic fragment at End.DT6: decapsulated and forwarded",
+            dt6_atomic,
+            XdpAction::Redirect,
+            forwarded_to_client(&udp),
+        ),
+    ];
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::SidToKernel), 1);
+}
+
+/// RFC 8986 §4.6: End.DT6 looks up its own table, and only it.
+#[test]
+fn decapsulation_looks_up_its_own_table_only() {
+    let bench = bench();
+    let in_table_100 = inner6(a("2001:db8:5::1"), TABLE_100_ONLY6, 64);
+    let in_main = inner6(a("2001:db8:5::1"), MAIN_ONLY6, 64);
+    let to_local = inner6(CLIENT6, LOCAL_SERVICE6, 64);
+    let t100_main = srv6(&[DT6_T100], false, &in_main);
+    let local_main = srv6(&[DT6_LOCAL], false, &in_main);
+    let mut forwarded = forwarded_to_client(&in_table_100);
+    forwarded[0..6].copy_from_slice(&NEXT_HOP_MAC);
+    forwarded[6..12].copy_from_slice(&CORE_MAC);
+    let fixtures = vec![
+        fixture(
+            "table 100, destination routed there: forwarded by that route",
+            srv6(&[DT6_T100], false, &in_table_100),
+            XdpAction::Redirect,
+            forwarded,
+        ),
+        fixture(
+            "table 100, destination routed only in main: to the kernel's End.DT6 untouched",
+            t100_main.clone(),
+            XdpAction::Pass,
+            t100_main,
+        ),
+        fixture(
+            "local table, a local destination: delivered",
+            srv6(&[DT6_LOCAL], false, &to_local),
+            XdpAction::Pass,
+            with_eth(CORE_MAC, NEXT_HOP_MAC, 0x86dd, &to_local),
+        ),
+        fixture(
+            "local table, destination routed only in main: to the kernel untouched",
+            local_main.clone(),
+            XdpAction::Pass,
+            local_main,
+        ),
+    ];
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::SidToKernel), 2);
+}
+
+/// RFC 4443 §2.4 (f): with the default limits (Linux's), one destination gets a burst of 6
+/// errors and then no more within the second; another destination is answered all the same.
+#[test]
+fn icmp_errors_are_rate_limited_per_destination() {
+    let bench = sids(
+        DutRunner::with_options(|dut| dut.eth1, &LoadOptions::default())
+            .expect("a fixture namespace and data plane"),
+    );
+    let udp = inner6(a("2001:db8:5::1"), CLIENT6, 64);
+    let mut hop1 = srv6(&[END, "fc00:2::d6"], false, &udp);
+    hop1[14 + 7] = 1;
+    let time_exceeded = Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded);
+    let mut fixtures: Vec<Fixture> = (0..20)
+        .map(|i| {
+            if i < 6 {
+                fixture(
+                    &format!("hop limit 1, error {i}: sent"),
+                    hop1.clone(),
+                    XdpAction::Tx,
+                    error_back(&hop1, time_exceeded),
+                )
+            } else {
+                fixture(
+                    &format!("hop limit 1, error {i}: over the limit"),
+                    hop1.clone(),
+                    XdpAction::Drop,
+                    hop1.clone(),
+                )
+            }
         })
         .collect();
+    let mut other_source = hop1.clone();
+    other_source[14 + 8..14 + 24].copy_from_slice(&a("2001:db8:ff::10").octets());
+    fixtures.push(fixture(
+        "another destination still gets its error",
+        other_source.clone(),
+        XdpAction::Tx,
+        packet::icmp6_error(
+            NEXT_HOP_MAC,
+            CORE_MAC,
+            a(END),
+            a("2001:db8:ff::10"),
+            time_exceeded,
+            &other_source[14..],
+        ),
+    ));
     bench.runner.check_table(&fixtures);
-    assert_eq!(
-        bench.runner.reason_packets(Reason::SrhTruncated),
-        u64::try_from(srh_end - 54).unwrap()
-    );
+    assert_eq!(bench.runner.reason_packets(Reason::IcmpRateLimited), 14);
 }
 
 #[test]

@@ -196,6 +196,17 @@ fn redirect(name: &str, input: Vec<u8>, node: u32, label: u32) -> Fixture {
     fixture(name, input, XdpAction::Redirect, output)
 }
 
+fn dropped(name: &str, input: Vec<u8>) -> Fixture {
+    fixture(name, input.clone(), XdpAction::Drop, input)
+}
+
+/// `frame` (IPv6 after 14 bytes of Ethernet) with its payload length set to `len`.
+fn with_payload_len(frame: &[u8], len: usize) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[14 + 4..14 + 6].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    out
+}
+
 fn untouched(name: &str, input: Vec<u8>) -> Fixture {
     fixture(name, input.clone(), XdpAction::Pass, input)
 }
@@ -334,10 +345,14 @@ fn encapsulation_table() {
 #[test]
 fn mtu_table() {
     let bench = bench();
-    // Node 6 has one segment: 40 + 8 + 16 = 64 bytes of overhead on a 1300-byte route.
+    // Node 6 has one segment: 40 + 8 + 16 = 64 bytes of overhead on a 1300-byte route, so
+    // only 1236 bytes fit inside: less than IPv6's minimum MTU (RFC 8200 §5).
     let inner_mtu = SMALL_MTU - 64;
+    let minimum_mtu = 1280;
     let fits6 = udp6(svc6(6), usize::from(inner_mtu) - 48);
-    let too_big6 = udp6(svc6(6), usize::from(inner_mtu) - 47);
+    let over_but_minimum6 = udp6(svc6(6), usize::from(inner_mtu) - 47);
+    let at_minimum6 = udp6(svc6(6), minimum_mtu - 48);
+    let too_big6 = udp6(svc6(6), minimum_mtu - 47);
     let fits4 = udp4(svc4(6), usize::from(inner_mtu) - 28);
     let mut too_big4 = udp4(svc4(6), usize::from(inner_mtu) - 27);
     let mut no_df = too_big4.clone();
@@ -347,7 +362,19 @@ fn mtu_table() {
     let fixtures = vec![
         redirect("ipv6 exactly at the MTU", fits6, 6, label6(svc6(6))),
         fixture(
-            "ipv6 one byte over: Packet Too Big with MTU minus overhead",
+            "ipv6 over the MTU but within 1280 bytes: nothing to tell, dropped",
+            over_but_minimum6.clone(),
+            XdpAction::Drop,
+            over_but_minimum6,
+        ),
+        fixture(
+            "ipv6 of 1280 bytes: dropped",
+            at_minimum6.clone(),
+            XdpAction::Drop,
+            at_minimum6,
+        ),
+        fixture(
+            "ipv6 over 1280: Packet Too Big says 1280, never less",
             too_big6.clone(),
             XdpAction::Tx,
             packet::icmp6_error(
@@ -356,7 +383,7 @@ fn mtu_table() {
                 svc6(6),
                 CLIENT6,
                 etherparse::Icmpv6Type::PacketTooBig {
-                    mtu: u32::from(inner_mtu),
+                    mtu: u32::try_from(minimum_mtu).unwrap(),
                 },
                 &too_big6[14..],
             ),
@@ -378,6 +405,8 @@ fn mtu_table() {
         untouched("ipv4 without DF over the MTU goes to the kernel", no_df),
     ];
     bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::MtuBelowMinimum), 2);
+    assert_eq!(bench.runner.reason_packets(Reason::PacketTooBig), 1);
 }
 
 fn set_df(frame: &mut [u8], df: bool) {
@@ -430,6 +459,47 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(bench.runner.reason_packets(Reason::Fragment), 4);
 }
 
+/// RFC 8200 / RFC 791: the IP header's length defines the packet. A packet to a service that
+/// claims more than the frame holds is dropped; link-layer padding after it is left out of the
+/// encapsulation; an atomic fragment (RFC 6946) is a whole packet and keeps its ports.
+#[test]
+fn length_lies_padding_and_atomic_fragments() {
+    let bench = bench();
+    let v6 = udp6(svc6(1), 10);
+    let longer6 = with_payload_len(&v6, v6.len() - 54 + 8);
+    let v4 = udp4(svc4(1), 10);
+    let mut longer4 = v4.clone();
+    let total = u16::from_be_bytes([v4[16], v4[17]]) + 8;
+    longer4[16..18].copy_from_slice(&total.to_be_bytes());
+    set_df(&mut longer4, true);
+    let mut v4_df = v4.clone();
+    set_df(&mut v4_df, true);
+    let mut padded4 = v4_df.clone();
+    padded4.extend_from_slice(&[0; 8]);
+    let udp = [0x9c, 0x40, 0x01, 0xbb, 0, 12, 0, 0, 1, 2, 3, 4];
+    let atomic = packet::ipv6_fragment(CLIENT6, svc6(2), 0, false, &udp);
+    let label = flow_label(CLIENT6.into(), svc6(2).into(), 17, (40000, 443));
+    let fixtures = vec![
+        dropped("ipv6 payload length 8 bytes beyond the frame", longer6),
+        dropped("ipv4 total length 8 bytes beyond the frame", longer4),
+        fixture(
+            "ipv4 with 8 bytes of padding: the padding stays behind",
+            padded4,
+            XdpAction::Redirect,
+            encapsulated(&v4_df, 1, label4(svc4(1)), FORWARD),
+        ),
+        redirect(
+            "ipv6 atomic fragment: steered by its ports",
+            atomic,
+            2,
+            label,
+        ),
+    ];
+    bench.runner.check_table(&fixtures);
+    assert_eq!(bench.runner.reason_packets(Reason::LengthBeyondFrame), 2);
+    assert_eq!(bench.runner.reason_packets(Reason::Fragment), 0);
+}
+
 #[test]
 fn every_truncation_passes_untouched() {
     let bench = bench();
@@ -448,10 +518,19 @@ fn every_truncation_passes_untouched() {
             v4[..14 + cut].to_vec(),
         ));
     }
+    // The frame ends before the ports while the payload length still claims them: a length
+    // lie, dropped.
     for cut in 0..4 {
-        fixtures.push(untouched(
+        fixtures.push(dropped(
             &format!("udp ports to a service cut at {cut}"),
             v6[..14 + 40 + cut].to_vec(),
+        ));
+    }
+    // Frame and payload length agree, but the ports do not fit: passed, counted truncated.
+    for cut in 0..4 {
+        fixtures.push(untouched(
+            &format!("udp ports to a service, a {cut}-byte payload"),
+            with_payload_len(&v6[..14 + 40 + cut], cut),
         ));
     }
     let tagged = Frame::ethernet()
@@ -465,16 +544,19 @@ fn every_truncation_passes_untouched() {
     }
     let hop_by_hop = with_hop_by_hop(&v6);
     for cut in 0..8 {
-        fixtures.push(untouched(
-            &format!("hop-by-hop header cut at {cut}"),
-            hop_by_hop[..14 + 40 + cut].to_vec(),
-        ));
+        let frame = hop_by_hop[..14 + 40 + cut].to_vec();
+        // Until its length byte is there the header is malformed; after that, a length lie.
+        fixtures.push(if cut < 2 {
+            untouched(&format!("hop-by-hop header cut at {cut}"), frame)
+        } else {
+            dropped(&format!("hop-by-hop header cut at {cut}"), frame)
+        });
     }
     bench.runner.check_table(&fixtures);
     let dp = bench.runner.dataplane_ref();
     // Headers cut before the parser has what it needs count as malformed: every IPv6 and
     // IPv4 cut, every VLAN cut, and hop-by-hop cuts before its length byte. Cuts after that
-    // leave the ports missing: the packet was for a service, so it counts as truncated.
+    // are length lies to a service (dropped); a payload too short for the ports is truncated.
     assert_eq!(
         dp.proto_stats(Program::Steer)
             .unwrap()
@@ -482,7 +564,11 @@ fn every_truncation_passes_untouched() {
             .packets,
         40 + 20 + 4 + 2
     );
-    assert_eq!(bench.runner.reason_packets(Reason::Truncated), 4 + 6);
+    assert_eq!(
+        bench.runner.reason_packets(Reason::LengthBeyondFrame),
+        4 + 6
+    );
+    assert_eq!(bench.runner.reason_packets(Reason::Truncated), 4);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod tables;
 use std::{
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -167,6 +168,57 @@ pub enum Error {
     },
 }
 
+/// How the data plane is loaded: table sizes and the load-time tunables its programs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the flow-affinity table.
+    pub flows: u32,
+    pub icmp: IcmpRateLimit,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flows: maps::FLOWS_ENTRIES,
+            icmp: IcmpRateLimit::LINUX,
+        }
+    }
+}
+
+/// The rate limit of the ICMP errors both programs send (RFC 4443 §2.4 f), kept per CPU: every
+/// error takes a token from the bucket of its destination (the invoking packet's source) and
+/// from the bucket of all errors. An interval of zero turns that bucket off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpRateLimit {
+    /// Time that earns one error, for all errors together.
+    pub interval: Duration,
+    /// Errors that may go at once, for all errors together.
+    pub burst: u32,
+    /// Time that earns one error to the same destination.
+    pub per_destination_interval: Duration,
+    /// Errors that may go at once to the same destination.
+    pub per_destination_burst: u32,
+}
+
+impl IcmpRateLimit {
+    /// Linux's defaults: 1000 errors a second with a burst of 50 in all
+    /// (`net.ipv6.icmp_msgs_per_sec`, `net.ipv6.icmp_msgs_burst`), and one a second with a
+    /// burst of 6 per destination (`net.ipv6.icmp.ratelimit`).
+    pub const LINUX: Self = Self {
+        interval: Duration::from_millis(1),
+        burst: 50,
+        per_destination_interval: Duration::from_secs(1),
+        per_destination_burst: 6,
+    };
+    /// No limit (fixture tests that look at many errors in a row).
+    pub const OFF: Self = Self {
+        interval: Duration::ZERO,
+        burst: 0,
+        per_destination_interval: Duration::ZERO,
+        per_destination_burst: 0,
+    };
+}
+
 /// Where the maps live: pinned in a bpffs directory (the agent), or only in this process
 /// (fixture tests, which must not disturb a running agent).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,18 +249,32 @@ impl Dataplane {
     /// Loads the embedded object and verifies every program. With [`Pinning::Dir`], each map is
     /// pinned there by its name, or the map already pinned there is reused.
     pub fn load(pinning: &Pinning) -> Result<Self, Error> {
-        Self::load_with_flow_capacity(pinning, maps::FLOWS_ENTRIES)
+        Self::load_with(pinning, &LoadOptions::default())
     }
 
-    /// [`Dataplane::load`] with a flow-affinity table of `flows` entries instead of
-    /// [`maps::FLOWS_ENTRIES`] (the benchmarks measure affinity with a million flows in it).
-    pub fn load_with_flow_capacity(pinning: &Pinning, flows: u32) -> Result<Self, Error> {
+    /// [`Dataplane::load`] with other table sizes or tunables (the benchmarks measure affinity
+    /// with a million flows; fixtures turn the ICMP rate limit off).
+    pub fn load_with(pinning: &Pinning, options: &LoadOptions) -> Result<Self, Error> {
         if OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
         let mut loader = EbpfLoader::new();
-        if flows != maps::FLOWS_ENTRIES {
-            loader.map_max_entries(maps::FLOWS, flows);
+        if options.flows != maps::FLOWS_ENTRIES {
+            loader.map_max_entries(maps::FLOWS, options.flows);
+        }
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let icmp = options.icmp;
+        let tunables = [
+            ("ICMP_INTERVAL_NS", nanos(icmp.interval)),
+            ("ICMP_BURST", u64::from(icmp.burst)),
+            (
+                "ICMP_PEER_INTERVAL_NS",
+                nanos(icmp.per_destination_interval),
+            ),
+            ("ICMP_PEER_BURST", u64::from(icmp.per_destination_burst)),
+        ];
+        for (name, value) in &tunables {
+            loader.override_global(name, value, true);
         }
         if let Pinning::Dir(dir) = pinning {
             ensure_on_bpffs(dir)?;
