@@ -9,6 +9,7 @@ pub mod bgp_lab;
 pub mod chart;
 pub mod cpn_lab;
 pub mod demo;
+pub mod differential;
 pub mod dut;
 pub mod fixture;
 pub mod golden;
