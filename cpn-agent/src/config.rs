@@ -191,6 +191,72 @@ pub struct DataplaneConfig {
     /// takes them over. Default false: exit detaches.
     #[serde(default)]
     pub keep_attached_on_exit: bool,
+    /// `[dataplane.icmp_rate_limit]`: how many ICMP errors the programs may send.
+    #[serde(default)]
+    pub icmp_rate_limit: IcmpRateLimitConfig,
+}
+
+/// The ICMP error rate limit of both programs (RFC 4443 §2.4 f), kept per CPU. The defaults are
+/// Linux's (`net.ipv6.icmp_msgs_per_sec`, `icmp_msgs_burst`, `net.ipv6.icmp.ratelimit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpRateLimitConfig {
+    /// All errors together, per second (0: no limit).
+    #[serde(default = "default_icmp_per_second")]
+    pub errors_per_second: Spanned<u32>,
+    #[serde(default = "default_icmp_burst")]
+    pub burst: Spanned<u32>,
+    /// One error per destination each interval (0: no limit).
+    #[serde(default = "default_icmp_per_destination_interval_ms")]
+    pub per_destination_interval_ms: Spanned<u64>,
+    #[serde(default = "default_icmp_per_destination_burst")]
+    pub per_destination_burst: Spanned<u32>,
+}
+
+impl Default for IcmpRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            errors_per_second: default_icmp_per_second(),
+            burst: default_icmp_burst(),
+            per_destination_interval_ms: default_icmp_per_destination_interval_ms(),
+            per_destination_burst: default_icmp_per_destination_burst(),
+        }
+    }
+}
+
+// Linux's defaults (see `IcmpRateLimit::LINUX`).
+fn default_icmp_per_second() -> Spanned<u32> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_icmp_burst() -> Spanned<u32> {
+    Spanned::new(0..0, 50)
+}
+
+fn default_icmp_per_destination_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_icmp_per_destination_burst() -> Spanned<u32> {
+    Spanned::new(0..0, 6)
+}
+
+impl IcmpRateLimitConfig {
+    pub fn limit(&self) -> crate::dataplane::IcmpRateLimit {
+        let per_second = *self.errors_per_second.get_ref();
+        crate::dataplane::IcmpRateLimit {
+            interval: if per_second == 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_secs(1) / per_second
+            },
+            burst: *self.burst.get_ref(),
+            per_destination_interval: std::time::Duration::from_millis(
+                *self.per_destination_interval_ms.get_ref(),
+            ),
+            per_destination_burst: *self.per_destination_burst.get_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -465,6 +531,14 @@ impl Config {
     }
 
     /// Where the maps are pinned.
+    /// How to load the data plane.
+    pub fn load_options(&self) -> crate::dataplane::LoadOptions {
+        crate::dataplane::LoadOptions {
+            icmp: self.dataplane.icmp_rate_limit.limit(),
+            ..crate::dataplane::LoadOptions::default()
+        }
+    }
+
     pub fn pinning(&self) -> Pinning {
         Pinning::Dir(
             self.dataplane
@@ -646,6 +720,7 @@ impl SidConfig {
 
 fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) -> Result<(), Error> {
     validate_compute(config, error)?;
+    validate_icmp_rate_limit(config, error)?;
     validate_ingress(config, error)?;
     validate_selection(config, error)
 }
@@ -793,6 +868,52 @@ fn validate_ingress(
     Ok(())
 }
 
+/// `[dataplane.icmp_rate_limit]`: bursts within what the data plane's buckets take, an interval
+/// of at most an hour.
+fn validate_icmp_rate_limit(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    let limit = &config.dataplane.icmp_rate_limit;
+    let max_burst = cpn_common::maps::TokenBucket::MAX_BURST;
+    for (name, burst, on) in [
+        (
+            "burst",
+            &limit.burst,
+            *limit.errors_per_second.get_ref() != 0,
+        ),
+        (
+            "per_destination_burst",
+            &limit.per_destination_burst,
+            *limit.per_destination_interval_ms.get_ref() != 0,
+        ),
+    ] {
+        let value = u64::from(*burst.get_ref());
+        if on && !(1..=max_burst).contains(&value) {
+            return Err(error(
+                Some(burst.span().start),
+                format!(
+                    "[dataplane.icmp_rate_limit] {name} = {value}: give 1 to {max_burst} \
+                     (errors that may go at once)"
+                ),
+            ));
+        }
+    }
+    let interval = &limit.per_destination_interval_ms;
+    let max_ms = cpn_common::maps::TokenBucket::MAX_INTERVAL_NS / 1_000_000;
+    if *interval.get_ref() > max_ms {
+        return Err(error(
+            Some(interval.span().start),
+            format!(
+                "[dataplane.icmp_rate_limit] per_destination_interval_ms = {}: at most {max_ms} \
+                 (one hour); 0 turns the per-destination limit off",
+                interval.get_ref()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_selection(
     config: &Config,
     error: &impl Fn(Option<usize>, String) -> Error,
@@ -871,6 +992,40 @@ mode = "generic"
         let err = parse_str(&GOOD.replace("\"endpoint\"", "\"end\"")).unwrap_err();
         assert!(err.starts_with("agent.toml:14: "), "{err}");
         assert!(err.contains("steer") && err.contains("endpoint"), "{err}");
+    }
+
+    #[test]
+    fn the_icmp_rate_limit_defaults_to_linuxs() {
+        let config = parse_str(GOOD).unwrap();
+        assert_eq!(
+            config.load_options().icmp,
+            crate::dataplane::IcmpRateLimit::LINUX
+        );
+        let tuned = GOOD.replace(
+            "pin_dir = \"/sys/fs/bpf/cpn-lab\"\n",
+            "pin_dir = \"/sys/fs/bpf/cpn-lab\"\n\n[dataplane.icmp_rate_limit]\n\
+             errors_per_second = 0\nper_destination_interval_ms = 250\n",
+        );
+        let limit = parse_str(&tuned).unwrap().load_options().icmp;
+        assert_eq!(limit.interval, std::time::Duration::ZERO);
+        assert_eq!(
+            limit.per_destination_interval,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(limit.per_destination_burst, 6);
+    }
+
+    #[test]
+    fn a_zero_icmp_burst_is_rejected_with_its_line() {
+        let bad = GOOD.replace(
+            "pin_dir = \"/sys/fs/bpf/cpn-lab\"\n",
+            "pin_dir = \"/sys/fs/bpf/cpn-lab\"\n\n[dataplane.icmp_rate_limit]\nburst = 0\n",
+        );
+        let err = parse_str(&bad).unwrap_err();
+        assert!(
+            err.starts_with("agent.toml:9: [dataplane.icmp_rate_limit] burst = 0"),
+            "{err}"
+        );
     }
 
     #[test]

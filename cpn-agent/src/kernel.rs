@@ -1,22 +1,76 @@
-//! Kernel routes the agent owns, through rtnetlink: `seg6local` routes for SIDs that the
-//! kernel decapsulates instead of XDP, and routes to remote nodes' locators.
+//! Kernel routes the agent owns, through rtnetlink: a route for every local SID (`seg6local`,
+//! the kernel's copy of the behaviour XDP runs, or the only one with `decap = "kernel"`), and
+//! routes to remote nodes' locators; and where the kernel sends a destination (`ip route get`).
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
+use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
-    packet_route::route::{RouteMessage, RouteProtocol, RouteSeg6LocalTunnel, Seg6LocalAction},
+    packet_route::{
+        link::LinkAttribute,
+        route::{
+            RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteSeg6LocalTunnel,
+            RouteType, Seg6LocalAction,
+        },
+    },
 };
 
-/// What a kernel-decapsulated SID does (the subset the kernel offers without a VRF).
+/// What the kernel's route for a local SID does (`seg6local` actions, RFC 8986 §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelSid {
     End,
-    EndX { nexthop: Ipv6Addr },
-    EndDt6 { table: u32 },
-    EndDx6 { nexthop: Ipv6Addr },
-    EndDx4 { nexthop: std::net::Ipv4Addr },
+    EndX {
+        nexthop: Ipv6Addr,
+    },
+    EndDt6 {
+        table: u32,
+    },
+    /// End.DT4 in the VRF bound to `vrftable` (Linux needs a VRF device for it).
+    EndDt4 {
+        vrftable: u32,
+    },
+    /// End.DT46 in the VRF bound to `vrftable`.
+    EndDt46 {
+        vrftable: u32,
+    },
+    /// `::` decapsulates and routes the inner packet as the host routes any it receives.
+    EndDx6 {
+        nexthop: Ipv6Addr,
+    },
+    /// `0.0.0.0` decapsulates and routes the inner packet as the host routes any it receives.
+    EndDx4 {
+        nexthop: std::net::Ipv4Addr,
+    },
+    /// No behaviour the kernel can express here: a blackhole, so the kernel still owns the
+    /// SID and never forwards a packet addressed to it.
+    Discard,
+}
+
+/// Where the kernel sends packets to a destination, and the MTU on the way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub interface: String,
+    /// The route's MTU if it sets one, else the interface's.
+    pub mtu: u32,
+}
+
+/// The IPv6 minimum link MTU (RFC 8200 §5): every path must carry packets of this size.
+pub const IPV6_MIN_MTU: u32 = 1280;
+
+impl Egress {
+    /// Why the encapsulation of `encap_len` bytes cannot leave here with a 1280-byte packet
+    /// inside (a path that breaks IPv6 clients: Packet Too Big cannot go below 1280), if so.
+    pub fn too_small_for(&self, encap_len: u32) -> Option<String> {
+        let needed = IPV6_MIN_MTU + encap_len;
+        (self.mtu < needed).then(|| {
+            format!(
+                "egress {} has MTU {}, but 1280-byte IPv6 packets plus {encap_len} bytes of                  SRv6 encapsulation need {needed}: raise its MTU (docs/OPERATIONS.md, \"MTU\")",
+                self.interface, self.mtu
+            )
+        })
+    }
 }
 
 /// A connection to the kernel's routing tables.
@@ -54,6 +108,25 @@ impl KernelRoutes {
             KernelSid::EndDx4 { nexthop } => {
                 tunnel.push(RouteSeg6LocalTunnel::Nh4(nexthop));
                 Seg6LocalAction::EndDx4
+            }
+            KernelSid::EndDt4 { vrftable } => {
+                tunnel.push(RouteSeg6LocalTunnel::VrfTable(vrftable));
+                Seg6LocalAction::EndDt4
+            }
+            KernelSid::EndDt46 { vrftable } => {
+                tunnel.push(RouteSeg6LocalTunnel::VrfTable(vrftable));
+                Seg6LocalAction::EndDt46
+            }
+            KernelSid::Discard => {
+                let route = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(sid, 128)
+                    .kind(RouteType::BlackHole)
+                    .protocol(RouteProtocol::Static)
+                    .build();
+                return self
+                    .replace(route)
+                    .await
+                    .with_context(|| format!("installing the blackhole route for {sid}"));
             }
         };
         tunnel.insert(0, RouteSeg6LocalTunnel::Action(action));
@@ -120,6 +193,76 @@ impl KernelRoutes {
             .with_context(|| format!("removing the route to {prefix}/{len}"))
     }
 
+    /// `ip -6 route get DST`: the interface the kernel sends `dst` out of and the MTU on the
+    /// way; `None` when it has no route.
+    pub async fn egress(&self, dst: Ipv6Addr) -> Result<Option<Egress>> {
+        let query = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, 128)
+            .build();
+        let mut answers = self.handle.route().get(query).execute();
+        let route = match answers.try_next().await {
+            Ok(Some(route)) => route,
+            Ok(None) => return Ok(None),
+            // ENETUNREACH / EHOSTUNREACH: no route.
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(-e.raw_code(), libc::ENETUNREACH | libc::EHOSTUNREACH) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("looking up the route to {dst}")),
+        };
+        let mut oif = None;
+        let mut route_mtu = None;
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Oif(index) => oif = Some(*index),
+                RouteAttribute::Metrics(metrics) => {
+                    for metric in metrics {
+                        if let RouteMetric::Mtu(mtu) = metric {
+                            route_mtu = Some(*mtu);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(oif) = oif else { return Ok(None) };
+        let mut links = self.handle.link().get().match_index(oif).execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("reading interface {oif}"))?
+            .with_context(|| format!("interface {oif} vanished"))?;
+        let (mut interface, mut link_mtu) = (format!("#{oif}"), None);
+        for attribute in link.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => interface = name,
+                LinkAttribute::Mtu(mtu) => link_mtu = Some(mtu),
+                _ => {}
+            }
+        }
+        let mtu = route_mtu.or(link_mtu).unwrap_or(u32::MAX);
+        Ok(Some(Egress { interface, mtu }))
+    }
+
+    /// A warning for each node (name, first segment, bytes of encapsulation) whose packets
+    /// would leave this host by an interface whose MTU cannot carry a 1280-byte IPv6 packet
+    /// once encapsulated. Nodes without a route get none (nothing leaves for them).
+    pub async fn encap_mtu_warnings(
+        &self,
+        nodes: impl IntoIterator<Item = (String, Ipv6Addr, u32)>,
+    ) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for (name, first_segment, encap_len) in nodes {
+            if let Some(egress) = self.egress(first_segment).await?
+                && let Some(why) = egress.too_small_for(encap_len)
+            {
+                warnings.push(format!("node {name} (via {first_segment}): {why}"));
+            }
+        }
+        Ok(warnings)
+    }
+
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
         self.handle.route().add(route).replace().execute().await
     }
@@ -133,5 +276,35 @@ pub fn parse_prefix(text: &str) -> Option<(Ipv6Addr, u8)> {
     match addr {
         IpAddr::V6(v6) if len <= 128 => Some((v6, len)),
         _ => None,
+    }
+}
+
+/// [`KernelRoutes::encap_mtu_warnings`] for a program without a runtime (`cpnctl`,
+/// `--check-config`), in the calling thread's network namespace.
+pub fn encap_mtu_warnings_now(
+    nodes: impl IntoIterator<Item = (String, Ipv6Addr, u32)>,
+) -> Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting an async runtime for netlink")?;
+    runtime.block_on(async { KernelRoutes::connect()?.encap_mtu_warnings(nodes).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Egress;
+
+    #[test]
+    fn a_path_must_carry_1280_bytes_plus_the_encapsulation() {
+        let egress = |mtu| Egress {
+            interface: "eth1".into(),
+            mtu,
+        };
+        // One segment with an SRH: 40 + 8 + 16 = 64 bytes.
+        assert_eq!(egress(1344).too_small_for(64), None);
+        let warning = egress(1300).too_small_for(64).unwrap();
+        assert!(warning.contains("eth1 has MTU 1300"), "{warning}");
+        assert!(warning.contains("need 1344"), "{warning}");
     }
 }

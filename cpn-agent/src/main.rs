@@ -49,7 +49,17 @@ fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     match (cli.check_config, cli.command) {
         (Some(path), _) => {
-            config::load(&path)?;
+            let config = config::load(&path)?;
+            // Warnings, not errors: this host's routes may differ from where it will run.
+            let paths = config.remotes.iter().filter_map(|remote| {
+                let node = cpn_agent::agent::static_node(&config, remote);
+                let first = *node.segments.first()?;
+                Some((remote.name.clone(), first, node.encap_len()))
+            });
+            match cpn_agent::kernel::encap_mtu_warnings_now(paths) {
+                Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
+                Err(error) => eprintln!("note: egress MTUs not checked: {error:#}"),
+            }
             println!("{}: ok", path.display());
             Ok(())
         }
@@ -63,7 +73,7 @@ fn run_cli() -> Result<()> {
 fn run(config_path: &std::path::Path) -> Result<()> {
     let config = config::load(config_path)?;
     let pinning = config.pinning();
-    let mut dataplane = Dataplane::load(&pinning)?;
+    let mut dataplane = Dataplane::load_with(&pinning, &config.load_options())?;
     tracing::info!(node = %config.node.name, ?pinning, "data plane loaded");
 
     let attached = config.interfaces.iter().try_for_each(|interface| {

@@ -304,22 +304,16 @@ impl Agent {
     }
 
     fn node_commands(&mut self, config: &Config) -> Vec<Command> {
-        let source = config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED);
         config
             .remotes
             .iter()
-            .map(|remote| Command::SetNode {
-                id: self.node_ids.lock().expect("ids lock").get(&remote.name),
-                node: Node {
-                    segments: remote.segments.get_ref().clone(),
-                    encap_src: source,
-                    reduced: remote.reduced,
-                    state: if remote.drained {
-                        NodeState::Draining
-                    } else {
-                        NodeState::Active
-                    },
-                },
+            .map(|remote| {
+                let node = static_node(config, remote);
+                steering::warn_if_path_too_small(remote.name.clone(), &node);
+                Command::SetNode {
+                    id: self.node_ids.lock().expect("ids lock").get(&remote.name),
+                    node,
+                }
             })
             .collect()
     }
@@ -400,8 +394,28 @@ impl Agent {
         let mut installed = Vec::new();
         for route in &wanted {
             match *route {
-                KernelRoute::Sid { sid, what, dev } => {
-                    kernel.set_seg6local(sid, what, dev).await?;
+                KernelRoute::Sid {
+                    sid,
+                    what,
+                    dev,
+                    kernel_only,
+                } => {
+                    match kernel.set_seg6local(sid, what, dev).await {
+                        Ok(()) => {}
+                        // End.DT4/DT46 with a table need a VRF bound to it in Linux. XDP does
+                        // the work; the kernel only has to own the SID.
+                        Err(error) if !kernel_only => {
+                            tracing::warn!(
+                                %sid,
+                                error = %format!("{error:#}"),
+                                "the kernel cannot run this SID's behaviour (End.DT4 and \
+                                 End.DT46 with a table need a VRF bound to it: ip link add \
+                                 vrfN type vrf table N); it discards what XDP hands it"
+                            );
+                            kernel.set_seg6local(sid, KernelSid::Discard, dev).await?;
+                        }
+                        Err(error) => return Err(error),
+                    }
                     installed.push((sid, 128));
                 }
                 KernelRoute::Locator { prefix, len, via } => {
@@ -448,6 +462,20 @@ impl Agent {
         drop(self.commands);
         drop(self.steering);
         self.owner.await.context("the data-plane owner panicked")
+    }
+}
+
+/// The data-plane node of a `[[remote]]`.
+pub fn static_node(config: &Config, remote: &crate::config::RemoteNode) -> Node {
+    Node {
+        segments: remote.segments.get_ref().clone(),
+        encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
+        reduced: remote.reduced,
+        state: if remote.drained {
+            NodeState::Draining
+        } else {
+            NodeState::Active
+        },
     }
 }
 
@@ -522,6 +550,8 @@ enum KernelRoute {
         sid: Ipv6Addr,
         what: KernelSid,
         dev: u32,
+        /// `decap = "kernel"`: the kernel's route is the only implementation of the SID.
+        kernel_only: bool,
     },
     Locator {
         prefix: Ipv6Addr,
@@ -530,36 +560,36 @@ enum KernelRoute {
     },
 }
 
-/// The kernel routes `config` asks for, with interfaces resolved.
+/// The kernel routes `config` asks for, with interfaces resolved: one for every local SID (the
+/// kernel owns each, so it never forwards a packet addressed to one: with `decap = "xdp"` it
+/// is the kernel's copy of the behaviour, for what XDP hands it), and the static locators.
 fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
     let mut routes = Vec::new();
-    for sid in config.srv6.sids.iter().filter(|s| s.decap == Decap::Kernel) {
+    for sid in &config.srv6.sids {
         let spec = sid.spec().map_err(anyhow::Error::msg)?;
-        let default_dev = || {
-            sid.interface
+        let kernel_only = sid.decap == Decap::Kernel;
+        let dev = match &spec {
+            SidBehavior::EndX { oif, .. }
+            | SidBehavior::EndDx6 { oif, .. }
+            | SidBehavior::EndDx4 { oif, .. } => oif.clone(),
+            _ => sid
+                .interface
                 .clone()
                 .or_else(|| config.interfaces.first().map(|i| i.name.get_ref().clone()))
-                .context("a kernel SID needs `interface` (or an [[interface]] to default to)")
+                .unwrap_or_else(|| "lo".to_owned()),
         };
-        let (what, dev) = match spec {
-            SidBehavior::End => (KernelSid::End, default_dev()?),
-            SidBehavior::EndDt6 { table } => (
-                KernelSid::EndDt6 {
-                    table: if table == 0 { 254 } else { table },
-                },
-                default_dev()?,
-            ),
-            SidBehavior::EndX { nexthop, oif } => (KernelSid::EndX { nexthop }, oif),
-            SidBehavior::EndDx6 { nexthop, oif } => (KernelSid::EndDx6 { nexthop }, oif),
-            SidBehavior::EndDx4 { nexthop, oif } => (KernelSid::EndDx4 { nexthop }, oif),
-            SidBehavior::EndDt4 { .. } | SidBehavior::EndDt46 { .. } => {
-                anyhow::bail!("{}: End.DT4/End.DT46 need decap = \"xdp\"", sid.sid)
-            }
-        };
+        let what = kernel_sid(&spec);
+        if kernel_only && matches!(spec, SidBehavior::EndDt46 { table: 0 }) {
+            anyhow::bail!(
+                "{}: End.DT46 in the kernel needs `table` = the table of a VRF (or decap = \"xdp\")",
+                sid.sid
+            );
+        }
         routes.push(KernelRoute::Sid {
             sid: sid.sid,
             what,
             dev: ifindex(&dev)?,
+            kernel_only,
         });
     }
     for remote in &config.remotes {
@@ -570,6 +600,27 @@ fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
         }
     }
     Ok(routes)
+}
+
+/// The kernel's `seg6local` action for a SID's behaviour. Without a table (0), End.DT* take
+/// the host's own routing, as `cpn_endpoint` does: the kernel's End.DX6 / End.DX4 with an
+/// unspecified next hop decapsulate and route the inner packet that way.
+fn kernel_sid(spec: &SidBehavior<String>) -> KernelSid {
+    match *spec {
+        SidBehavior::End => KernelSid::End,
+        SidBehavior::EndX { nexthop, .. } => KernelSid::EndX { nexthop },
+        SidBehavior::EndDx6 { nexthop, .. } => KernelSid::EndDx6 { nexthop },
+        SidBehavior::EndDx4 { nexthop, .. } => KernelSid::EndDx4 { nexthop },
+        SidBehavior::EndDt6 { table: 0 } | SidBehavior::EndDt46 { table: 0 } => KernelSid::EndDx6 {
+            nexthop: Ipv6Addr::UNSPECIFIED,
+        },
+        SidBehavior::EndDt6 { table } => KernelSid::EndDt6 { table },
+        SidBehavior::EndDt4 { table: 0 } => KernelSid::EndDx4 {
+            nexthop: std::net::Ipv4Addr::UNSPECIFIED,
+        },
+        SidBehavior::EndDt4 { table } => KernelSid::EndDt4 { vrftable: table },
+        SidBehavior::EndDt46 { table } => KernelSid::EndDt46 { vrftable: table },
+    }
 }
 
 /// The XDP-processed SIDs of `config` with interfaces resolved to indexes.
@@ -595,4 +646,60 @@ fn ifindex(name: &str) -> Result<u32> {
         "no interface `{name}` here (check `ip link` in this namespace)"
     );
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::kernel_sid;
+    use crate::{dataplane::SidBehavior, kernel::KernelSid};
+
+    #[test]
+    fn the_kernel_owns_each_sid_with_the_same_behaviour() {
+        let nh6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let nh4 = Ipv4Addr::new(192, 0, 2, 1);
+        let oif = || "eth1".to_owned();
+        let cases = [
+            (SidBehavior::End, KernelSid::End),
+            (
+                SidBehavior::EndX {
+                    nexthop: nh6,
+                    oif: oif(),
+                },
+                KernelSid::EndX { nexthop: nh6 },
+            ),
+            (
+                SidBehavior::EndDx4 {
+                    nexthop: nh4,
+                    oif: oif(),
+                },
+                KernelSid::EndDx4 { nexthop: nh4 },
+            ),
+            (
+                SidBehavior::EndDt6 { table: 100 },
+                KernelSid::EndDt6 { table: 100 },
+            ),
+            (
+                SidBehavior::EndDt4 { table: 100 },
+                KernelSid::EndDt4 { vrftable: 100 },
+            ),
+            // No table: the host's own routing after decapsulation.
+            (
+                SidBehavior::EndDt6 { table: 0 },
+                KernelSid::EndDx6 {
+                    nexthop: Ipv6Addr::UNSPECIFIED,
+                },
+            ),
+            (
+                SidBehavior::EndDt4 { table: 0 },
+                KernelSid::EndDx4 {
+                    nexthop: Ipv4Addr::UNSPECIFIED,
+                },
+            ),
+        ];
+        for (behavior, expected) in cases {
+            assert_eq!(kernel_sid(&behavior), expected, "{behavior:?}");
+        }
+    }
 }

@@ -238,9 +238,10 @@ pub async fn run(
             None => Vec::new(),
         };
         // New or changed nodes first: rings may name them from this step on.
-        for (id, node, _) in &learned {
+        for (id, node, (_, candidate)) in &learned {
             if programmed.get(id) != Some(node) {
                 programmed.insert(*id, node.clone());
+                warn_if_path_too_small(candidate.name.clone(), node);
                 if commands
                     .send(Command::SetNode {
                         id: *id,
@@ -319,6 +320,29 @@ pub async fn run(
 /// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
 /// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
 /// several paths is one candidate, with its lowest path latency (AIGP).
+/// Warns (in the background) when a node's encapsulated packets would leave by an interface
+/// whose MTU cannot carry a 1280-byte IPv6 packet plus the encapsulation.
+pub fn warn_if_path_too_small(name: String, node: &Node) {
+    let Some(first) = node.segments.first().copied() else {
+        return;
+    };
+    let encap_len = node.encap_len();
+    tokio::spawn(async move {
+        let checked = match crate::kernel::KernelRoutes::connect() {
+            Ok(kernel) => kernel.encap_mtu_warnings([(name, first, encap_len)]).await,
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok(warnings) => {
+                for warning in warnings {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Err(error) => tracing::debug!(error = %format!("{error:#}"), "egress MTU not checked"),
+        }
+    });
+}
+
 fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
     let routes: Vec<Learned> = learning
         .rib

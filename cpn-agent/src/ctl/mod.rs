@@ -169,7 +169,7 @@ pub fn run(cli: &Cli) -> Result<String> {
         Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
         Request::Routes => routes::table(serde_json::from_value(answer)?),
         Request::Services => services::table(&answer),
-        Request::Nodes => nodes::table(serde_json::from_value(answer)?),
+        Request::Nodes => nodes::table_and_warnings(serde_json::from_value(answer)?),
         Request::Flows(_) => flows::table(serde_json::from_value(answer)?),
         Request::Sids => sids::table(serde_json::from_value(answer)?),
         Request::Stats => stats::table(&serde_json::from_value(answer)?),

@@ -1,7 +1,40 @@
 //! `cpnctl show nodes`: the data plane's node entries, with names, ring slots and counters.
 
+use std::fmt::Write as _;
+
 use super::{columns, or_dash};
-use crate::control::NodeView;
+use crate::{control::NodeView, dataplane::Node, kernel};
+
+/// The table, then a warning for each node whose encapsulated packets would leave this host by
+/// an interface too small for them (looked up in this host's routes, as the agent does).
+pub fn table_and_warnings(nodes: Vec<NodeView>) -> String {
+    let paths: Vec<(String, std::net::Ipv6Addr, u32)> = nodes
+        .iter()
+        .filter_map(|n| {
+            let first = *n.entry.segments.first()?;
+            let node = Node {
+                segments: n.entry.segments.clone(),
+                encap_src: n.entry.encap_src,
+                reduced: n.entry.reduced,
+                state: crate::dataplane::NodeState::Active,
+            };
+            let name = n.name.clone().unwrap_or_else(|| n.entry.node.to_string());
+            Some((name, first, node.encap_len()))
+        })
+        .collect();
+    let mut out = table(nodes);
+    match kernel::encap_mtu_warnings_now(paths) {
+        Ok(warnings) => {
+            for warning in warnings {
+                let _ = writeln!(out, "warning: {warning}");
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "(egress MTUs not checked: {error:#})");
+        }
+    }
+    out
+}
 
 pub fn table(nodes: Vec<NodeView>) -> String {
     let rows: Vec<Vec<String>> = nodes

@@ -64,6 +64,16 @@ pub struct Node {
     pub state: NodeState,
 }
 
+impl Node {
+    /// Bytes pushed in front of the client's packet: the outer IPv6 header and, unless the
+    /// reduced encapsulation leaves it out, the SRH (as `cpn_steer` builds them).
+    pub fn encap_len(&self) -> u32 {
+        let in_srh = self.segments.len() - usize::from(self.reduced);
+        let srh = if in_srh == 0 { 0 } else { 8 + 16 * in_srh };
+        u32::try_from(40 + srh).unwrap_or(u32::MAX)
+    }
+}
+
 /// A local SID's behaviour (RFC 8986 §4). `Interface` is how the outgoing interface of End.X
 /// and End.DX* is named: an index for the data plane, a name in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +91,8 @@ pub enum SidBehavior<Interface = u32> {
         nexthop: Ipv4Addr,
         oif: Interface,
     },
-    /// `table` 0: the table of the interface the packet came in on.
+    /// `table` 0: the host's own routing (local delivery, then the policy rules and main);
+    /// any other: that table alone (RFC 8986 §4.6).
     EndDt6 {
         table: u32,
     },
@@ -350,5 +361,28 @@ impl Dataplane {
             .iter()
             .map(|&r| Ok((r, self.counter(maps::REASON_STATS, r as u32)?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Node, NodeState};
+
+    #[test]
+    fn encapsulation_length_counts_what_cpn_steer_pushes() {
+        let node = |segments: usize, reduced| Node {
+            segments: (0..segments)
+                .map(|i| {
+                    std::net::Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, u16::try_from(i).unwrap())
+                })
+                .collect(),
+            encap_src: std::net::Ipv6Addr::UNSPECIFIED,
+            reduced,
+            state: NodeState::Active,
+        };
+        assert_eq!(node(1, false).encap_len(), 40 + 8 + 16);
+        assert_eq!(node(1, true).encap_len(), 40);
+        assert_eq!(node(3, true).encap_len(), 40 + 8 + 32);
+        assert_eq!(node(6, false).encap_len(), 40 + 8 + 96);
     }
 }
