@@ -164,6 +164,62 @@ fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(size_of::<T>()).unwrap_or(0)
 }
 
+/// Attaches a two-instruction XDP program (`return XDP_PASS`) to `interface` in `node` and
+/// returns the `bpf_link` that holds it there: a veth only receives what its peer's XDP
+/// program sends with `XDP_TX` when it runs XDP itself (docs: shared TOOLCHAIN.md, "Traps"),
+/// and what is `XDP_REDIRECT`ed into it only with NAPI. Written without any cpn code, so the
+/// Linux topology does not depend on the data plane under test.
+pub fn xdp_pass(node: &Node, interface: &str) -> Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const XDP_PASS: u64 = 2;
+    // r0 = XDP_PASS (BPF_ALU64 | BPF_MOV | BPF_K); exit.
+    let insns: [u64; 2] = [0xb7 | (XDP_PASS << 32), 0x95];
+    let license = c"GPL";
+    let iface = std::ffi::CString::new(interface)?;
+    in_node(node, || {
+        // bpf(2) takes a zero-padded union; the fields are at their documented offsets.
+        let mut load = [0u8; 128];
+        load[0..4].copy_from_slice(&BPF_PROG_TYPE_XDP.to_ne_bytes());
+        load[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        // SAFETY: the attribute buffer and what it points to outlive the call.
+        let prog =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, load.as_ptr(), load.len()) };
+        if prog < 0 {
+            bail!(
+                "loading an XDP_PASS program: {}",
+                io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a new fd the kernel just gave us.
+        let prog = unsafe { OwnedFd::from_raw_fd(i32::try_from(prog)?) };
+        // SAFETY: plain libc call on a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(iface.as_ptr()) };
+        if ifindex == 0 {
+            bail!("no interface {interface}");
+        }
+        let mut link = [0u8; 64];
+        link[0..4].copy_from_slice(&u32::try_from(prog.as_raw_fd())?.to_ne_bytes());
+        link[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        link[8..12].copy_from_slice(&BPF_XDP.to_ne_bytes());
+        // SAFETY: as above.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, link.as_ptr(), link.len()) };
+        if fd < 0 {
+            bail!(
+                "attaching XDP_PASS to {interface}: {}",
+                io::Error::last_os_error()
+            );
+        }
+        // SAFETY: as above.
+        Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+    })
+}
+
 /// A frame captured on one of the capture sockets.
 #[derive(Clone, Debug)]
 pub struct Captured {

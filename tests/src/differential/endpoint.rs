@@ -11,8 +11,8 @@
 //!   clients (one address per case): 2001:db8:100::/48 and 10.100.0.0/16, routed back to src
 //! ```
 //! dut has permanent neighbours for every next hop (no neighbour discovery races), forwarding
-//! and `seg6_enabled` on; src, nh1 and nh2 run GRO on their veths so that frames cpn redirects
-//! (or sends back with `XDP_TX`) are received (veth NAPI; see docs/shared TOOLCHAIN.md).
+//! and `seg6_enabled` on; src, nh1 and nh2 run an `XDP_PASS` program on their veths so that
+//! frames cpn redirects to them or sends back with `XDP_TX` are received (veth NAPI).
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +55,8 @@ pub const TABLE100_ONLY4: Ipv4Addr = Ipv4Addr::new(10, 0, 30, 5);
 /// Routed nowhere: inner destinations of End.DX* (the next hop is the SID's).
 pub const NOWHERE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x40, 0, 0, 0, 0, 5);
 pub const NOWHERE4: Ipv4Addr = Ipv4Addr::new(10, 0, 40, 5);
+/// Routed nowhere either, but dut has a neighbour entry for it on eth2 (nh2's MAC address).
+pub const RESOLVABLE4: Ipv4Addr = Ipv4Addr::new(10, 0, 40, 6);
 /// Next segments after the DUT's SIDs (fc00:2::/32 goes to nh1).
 pub const NEXT: Ipv6Addr = Ipv6Addr::new(0xfc00, 2, 0, 0, 0, 0, 0, 1);
 pub const NEXT2: Ipv6Addr = Ipv6Addr::new(0xfc00, 2, 0, 0, 0, 0, 0, 2);
@@ -188,6 +190,8 @@ pub struct EndpointLab {
     tx: RawSocket,
     captures: Vec<(String, RawSocket)>,
     udp: Vec<UdpSocket>,
+    /// Keep the receivers' XDP_PASS programs attached.
+    _xdp_links: Vec<std::os::fd::OwnedFd>,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -277,10 +281,10 @@ impl EndpointLab {
             n.add_address(dev, v6)?;
             n.add_address(dev, v4)?;
         }
+        let mut xdp_links = Vec::new();
         for node in ["src", "nh1", "nh2"] {
-            // Receive what XDP redirects or sends back (veth NAPI).
-            lab.node(node)?
-                .run(&["ethtool", "-K", "eth0", "gro", "on"])?;
+            // Receive what XDP redirects into them or sends back (veth NAPI, XDP_TX).
+            xdp_links.push(capture::xdp_pass(lab.node(node)?, "eth0")?);
         }
         let d = lab.node("dut")?;
         d.add_address("lo", &format!("{SERVICE6}/128"))?;
@@ -296,6 +300,7 @@ impl EndpointLab {
             ("10.0.2.2", "eth1", NH1_MAC),
             ("2001:db8:3::2", "eth2", NH2_MAC),
             ("10.0.3.2", "eth2", NH2_MAC),
+            ("10.0.40.6", "eth2", NH2_MAC),
         ] {
             d.ip(&format!(
                 "neigh replace {address} lladdr {} dev {dev} nud permanent",
@@ -382,6 +387,7 @@ impl EndpointLab {
             tx,
             captures,
             udp,
+            _xdp_links: xdp_links,
         };
         lab.warm_up()?;
         Ok(lab)
@@ -430,6 +436,17 @@ impl EndpointLab {
         self.tx.send(&wire::ethernet(DUT_MAC, SRC_MAC, l3))
     }
 
+    /// Sends one packet and returns every frame captured for it (a debugging aid).
+    pub fn exchange(&self, l3: &[u8]) -> Result<Vec<capture::Captured>> {
+        self.drain();
+        self.send(l3)?;
+        Ok(capture::collect(
+            &self.sockets(),
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        ))
+    }
+
     /// Runs every case back to back (2 ms apart, each from its own client addresses), then
     /// waits until nothing has arrived for `QUIET`, and ties each observation to its case.
     pub fn run(&self, cases: &[Case]) -> Result<Vec<Vec<Outcome>>> {
@@ -466,7 +483,11 @@ impl EndpointLab {
                     .and_then(|id| id.checked_sub(1))
                     .filter(|i| *i < cases.len());
                 if let Some(i) = index {
-                    outcomes[i].push(Outcome::Delivered { payload: text });
+                    outcomes[i].push(if text == clients[i].tag() {
+                        Outcome::delivered()
+                    } else {
+                        Outcome::Delivered { payload: text }
+                    });
                 }
             }
         }

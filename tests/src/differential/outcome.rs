@@ -62,7 +62,8 @@ pub enum Outcome {
         /// IPv4 header checksum right (always true for IPv6).
         checksum_ok: bool,
     },
-    /// The UDP service on the DUT received `payload`.
+    /// The UDP service on the DUT received `payload` ([`OWN_TAG`] when it is the case's own
+    /// tag, intact).
     Delivered { payload: String },
     /// An ICMP message came back to the sender. `pointer_or_mtu` is the 32-bit field after
     /// the checksum (Parameter Problem pointer, Packet Too Big MTU, 0 otherwise).
@@ -91,7 +92,17 @@ pub mod icmp6 {
     pub const ECHO_REPLY: u8 = 129;
 }
 
+/// The payload of [`Outcome::Delivered`] when the service got the case's own tag.
+pub const OWN_TAG: &str = "<own tag>";
+
 impl Outcome {
+    /// The service received the case's own payload.
+    pub fn delivered() -> Self {
+        Self::Delivered {
+            payload: OWN_TAG.to_owned(),
+        }
+    }
+
     /// An ICMPv6 error as expected by a case (the source is not compared).
     pub fn icmp6(kind: u8, code: u8, pointer_or_mtu: u32) -> Self {
         Self::Icmp {
@@ -171,6 +182,7 @@ impl Outcome {
                 }
                 s
             }
+            Self::Delivered { payload } if payload == OWN_TAG => "delivered".into(),
             Self::Delivered { payload } => format!("delivered {payload:?}"),
             Self::Icmp {
                 v6,
