@@ -765,3 +765,140 @@ fn endpoint_differential_with_default_route() -> Result<()> {
 fn endpoint_differential_without_default_route() -> Result<()> {
     endpoint_differential(false)
 }
+
+/// How cpn's encapsulation of a client packet is judged.
+enum SteerVerdict {
+    /// Every compared field equal to Linux's.
+    Same,
+    /// The outer Traffic Class differs on purpose: cpn must set `cpn`; every other field
+    /// must still equal Linux's.
+    TrafficClass {
+        rfc: &'static str,
+        why: &'static str,
+        cpn: u8,
+    },
+}
+
+type SteerPacket = Box<dyn Fn(&Client) -> Vec<u8>>;
+
+/// Client packets for the steering comparison.
+fn steer_cases() -> Vec<(&'static str, SteerVerdict, SteerPacket)> {
+    use cpn_tests::differential::steer::{VIP4, VIP6, VIP6_ONE};
+    // Linux's seg6 encapsulation of IPv4 writes Traffic Class 0 (seg6_do_srh_encap); cpn
+    // copies the inner DS field, DSCP and ECN, as it does for IPv6.
+    let copied = |tos: u8| SteerVerdict::TrafficClass {
+        rfc: "RFC 2983 §3.1, RFC 6040 §4.1",
+        why: "the uniform model copies the DSCP into the outer header (DESIGN.md: DSCP copied); \
+              ECN must be copied on encapsulation",
+        cpn: tos,
+    };
+    vec![
+        (
+            "udp6_dscp_ef",
+            SteerVerdict::Same,
+            Box::new(|c: &Client| wire::udp6_tc(c.v6, VIP6, 64, 0xb8, (40000, 7000), DATA)),
+        ),
+        (
+            "udp6_dscp_af11_ect0",
+            SteerVerdict::Same,
+            Box::new(|c: &Client| wire::udp6_tc(c.v6, VIP6, 64, 0x2a, (40001, 7000), DATA)),
+        ),
+        (
+            "tcp6_syn_dscp_af41",
+            SteerVerdict::Same,
+            Box::new(|c: &Client| wire::syn6(c.v6, VIP6, 0x88, (40002, 443))),
+        ),
+        (
+            "udp4_dscp_ef",
+            copied(0xb8),
+            Box::new(|c: &Client| wire::udp4(c.v4, VIP4, 64, 0xb8, (40003, 7000), DATA)),
+        ),
+        (
+            "udp4_dscp_af11_ect0",
+            copied(0x2a),
+            Box::new(|c: &Client| wire::udp4(c.v4, VIP4, 64, 0x2a, (40004, 7000), DATA)),
+        ),
+        (
+            "tcp4_syn_dscp_cs1",
+            copied(0x20),
+            Box::new(|c: &Client| wire::syn4(c.v4, VIP4, 0x20, (40005, 443))),
+        ),
+        (
+            "udp6_one_segment_dscp_af21",
+            SteerVerdict::Same,
+            Box::new(|c: &Client| wire::udp6_tc(c.v6, VIP6_ONE, 64, 0x48, (40006, 7000), DATA)),
+        ),
+    ]
+}
+
+/// The same client packets through Linux's `encap seg6` and through `cpn_steer`, in
+/// H.Encaps or H.Encaps.Red; the outer headers captured at the egress must agree field by
+/// field (see `Encapsulated` for what is not compared and why).
+fn steer_differential(reduced: bool) -> Result<()> {
+    use cpn_tests::differential::steer::{Ingress, SteerLab};
+    let cases = steer_cases();
+    let builders: Vec<&dyn Fn(&Client) -> Vec<u8>> =
+        cases.iter().map(|(_, _, build)| build.as_ref()).collect();
+    let linux = SteerLab::start(Ingress::Linux, reduced)?.run(&builders)?;
+    let cpn = SteerLab::start(Ingress::Cpn, reduced)?.run(&builders)?;
+    let render = |seen: &[cpn_tests::differential::steer::Encapsulated]| {
+        if seen.is_empty() {
+            return "nothing".to_owned();
+        }
+        seen.iter()
+            .map(|e| e.short())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let mode = if reduced { "H.Encaps.Red" } else { "H.Encaps" };
+    println!("== steer, {mode}: {} cases", cases.len());
+    let mut failures = Vec::new();
+    for ((name, verdict, _), (linux, cpn)) in cases.iter().zip(linux.iter().zip(&cpn)) {
+        let mut note = String::from("same");
+        let problem = if linux.len() != 1 || cpn.len() != 1 {
+            Some("one encapsulated packet each expected".to_owned())
+        } else if !cpn[0].inner_intact || !linux[0].inner_intact {
+            Some("the inner packet changed".to_owned())
+        } else {
+            let mut reference = linux[0].clone();
+            if let SteerVerdict::TrafficClass { rfc, why, cpn: tc } = verdict {
+                note = format!("traffic class differs: {rfc} ({why})");
+                reference.traffic_class = *tc;
+            }
+            (reference != cpn[0]).then(|| format!("outer headers differ ({note})"))
+        };
+        println!(
+            "{} {name:<28} linux: {}\n     {:<28} cpn:   {}\n     {:<28} {note}",
+            if problem.is_some() { "FAIL" } else { "ok  " },
+            render(linux),
+            "",
+            render(cpn),
+            ""
+        );
+        if let Some(problem) = problem {
+            failures.push(format!(
+                "{name}: {problem}\n  linux: {}\n  cpn:   {}",
+                render(linux),
+                render(cpn)
+            ));
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{mode}: {} of {} cases disagree:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn steer_differential_encap() -> Result<()> {
+    steer_differential(false)
+}
+
+#[test]
+fn steer_differential_encap_red() -> Result<()> {
+    steer_differential(true)
+}

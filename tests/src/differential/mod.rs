@@ -11,4 +11,5 @@
 pub mod capture;
 pub mod endpoint;
 pub mod outcome;
+pub mod steer;
 pub mod wire;
