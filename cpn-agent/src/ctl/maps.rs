@@ -84,6 +84,8 @@ fn rows(pinned: &Pinned, name: &'static str) -> Result<Vec<Value>> {
         maps::NODES => each(pinned.nodes()?),
         maps::FLOWS => each(pinned.flows()?),
         maps::LOCAL_SIDS => each(pinned.sids()?),
+        maps::ICMP_BUDGET => each(pinned.icmp_budget()?),
+        maps::ICMP_PEERS => each(pinned.icmp_destinations()?),
         _ => Ok(pinned
             .counters(name)?
             .into_iter()

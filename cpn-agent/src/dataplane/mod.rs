@@ -26,8 +26,8 @@ use serde::Deserialize;
 
 pub use self::{
     pinned::{
-        AffinityStep, CounterRow, Flow, FlowRow, Lookup, NodeRow, Pinned, RingRow, RingStep,
-        ServiceRow, SidRow, ip_of, state_name,
+        AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NodeRow, Pinned, RingRow,
+        RingStep, ServiceRow, SidRow, ip_of, state_name,
     },
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},

@@ -11,12 +11,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
         self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NodeEntry, NodeState, RING_CAPACITY,
-        RingSelector, SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, ring_index,
+        RingSelector, SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        ring_index,
     },
     stats::Counter,
 };
@@ -64,6 +65,19 @@ pub struct NodeRow {
     pub encap_src: Ipv6Addr,
     /// H.Encaps.Red.
     pub reduced: bool,
+}
+
+/// One ICMP rate-limit bucket (`icmp_budget`, or `icmp_peers` with its destination).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpBucketRow {
+    /// The errors' destination (the invoking packets' source); none for the bucket of all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<IpAddr>,
+    pub cpu: u32,
+    /// Credit left, in nanoseconds of the bucket's interval (one error costs one interval).
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_ns` of the last error this bucket judged.
+    pub last_ns: u64,
 }
 
 /// A flow affinity entry.
@@ -342,6 +356,46 @@ impl Pinned {
             }
         }
         Ok(out)
+    }
+
+    /// The ICMP rate limit's bucket of all errors, one per CPU that has sent any.
+    pub fn icmp_budget(&self) -> Result<Vec<IcmpBucketRow>, Error> {
+        let name = maps::ICMP_BUDGET;
+        let array: PerCpuArray<_, TokenBucket> =
+            PerCpuArray::try_from(self.open(name)?).map_err(map_error(name))?;
+        let values = array.get(&0, 0).map_err(map_error(name))?;
+        Ok(values
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.last_ns != 0)
+            .map(|(cpu, b)| IcmpBucketRow {
+                destination: None,
+                cpu: u32::try_from(cpu).unwrap_or(u32::MAX),
+                credit_ns: b.credit_ns,
+                last_ns: b.last_ns,
+            })
+            .collect())
+    }
+
+    /// The ICMP rate limit's buckets per destination, per CPU that has sent errors there.
+    pub fn icmp_destinations(&self) -> Result<Vec<IcmpBucketRow>, Error> {
+        let name = maps::ICMP_PEERS;
+        let peers: PerCpuHashMap<_, [u8; 16], TokenBucket> =
+            PerCpuHashMap::try_from(self.open(name)?).map_err(map_error(name))?;
+        let mut rows = Vec::new();
+        for entry in peers.iter() {
+            let (destination, values) = entry.map_err(map_error(name))?;
+            for (cpu, b) in values.iter().enumerate().filter(|(_, b)| b.last_ns != 0) {
+                rows.push(IcmpBucketRow {
+                    destination: Some(ip_of(destination)),
+                    cpu: u32::try_from(cpu).unwrap_or(u32::MAX),
+                    credit_ns: b.credit_ns,
+                    last_ns: b.last_ns,
+                });
+            }
+        }
+        rows.sort_by_key(|r| (r.destination, r.cpu));
+        Ok(rows)
     }
 
     /// Where `cpn_steer` sends `flow` now (without touching the affinity table).
