@@ -383,7 +383,7 @@ impl Pinned {
         let peers: PerCpuHashMap<_, [u8; 16], TokenBucket> =
             PerCpuHashMap::try_from(self.open(name)?).map_err(map_error(name))?;
         let mut rows = Vec::new();
-        for entry in peers.iter() {
+        for entry in &peers {
             let (destination, values) = entry.map_err(map_error(name))?;
             for (cpu, b) in values.iter().enumerate().filter(|(_, b)| b.last_ns != 0) {
                 rows.push(IcmpBucketRow {
