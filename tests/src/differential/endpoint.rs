@@ -29,7 +29,7 @@ use super::{
     outcome::{self, Outcome},
     wire,
 };
-use crate::lab::{Lab, wait_for};
+use crate::lab::{Lab, Node, wait_for};
 
 pub const SRC_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 1, 1];
 pub const DUT_MAC: [u8; 6] = [0x02, 0xdf, 0, 0, 1, 2];
@@ -57,7 +57,7 @@ pub const NOWHERE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x40, 0, 0, 0, 0, 5)
 pub const NOWHERE4: Ipv4Addr = Ipv4Addr::new(10, 0, 40, 5);
 /// Routed nowhere either, but dut has a neighbour entry for it on eth2 (nh2's MAC address).
 pub const RESOLVABLE4: Ipv4Addr = Ipv4Addr::new(10, 0, 40, 6);
-/// Next segments after the DUT's SIDs (fc00:2::/32 goes to nh1).
+/// Next segments after the DUT's SIDs (`fc00:2::/32` goes to nh1).
 pub const NEXT: Ipv6Addr = Ipv6Addr::new(0xfc00, 2, 0, 0, 0, 0, 0, 1);
 pub const NEXT2: Ipv6Addr = Ipv6Addr::new(0xfc00, 2, 0, 0, 0, 0, 0, 2);
 
@@ -182,7 +182,6 @@ impl std::fmt::Debug for Flood {
 /// The running topology with its sockets.
 #[derive(Debug)]
 pub struct EndpointLab {
-    pub lab: Lab,
     pub dut: Dut,
     pub default_route: bool,
     /// Linux got its End.DT4 (a VRF for table 100).
@@ -190,8 +189,10 @@ pub struct EndpointLab {
     tx: RawSocket,
     captures: Vec<(String, RawSocket)>,
     udp: Vec<UdpSocket>,
-    /// Keep the receivers' XDP_PASS programs attached.
+    /// Keep the receivers' `XDP_PASS` programs attached.
     _xdp_links: Vec<std::os::fd::OwnedFd>,
+    /// Last: the sockets close before the namespaces go.
+    pub lab: Lab,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -237,6 +238,87 @@ fn agent_config() -> String {
         );
     }
     text
+}
+
+/// dut's addresses, forwarding, neighbours and routes (the same for both DUTs); true if it
+/// could have a VRF for table 100.
+fn configure_dut(d: &Node, default_route: bool) -> Result<bool> {
+    d.add_address("lo", &format!("{SERVICE6}/128"))?;
+    d.add_address("lo", &format!("{SERVICE4}/32"))?;
+    d.enable_forwarding()?;
+    for dev in ["all", "default", "lo", "eth0", "eth1", "eth2"] {
+        d.sysctl(&format!("net.ipv6.conf.{dev}.seg6_enabled=1"))?;
+    }
+    for (address, dev, lladdr) in [
+        ("2001:db8:1::1", "eth0", SRC_MAC),
+        ("10.0.1.1", "eth0", SRC_MAC),
+        ("2001:db8:2::2", "eth1", NH1_MAC),
+        ("10.0.2.2", "eth1", NH1_MAC),
+        ("2001:db8:3::2", "eth2", NH2_MAC),
+        ("10.0.3.2", "eth2", NH2_MAC),
+        ("10.0.40.6", "eth2", NH2_MAC),
+    ] {
+        d.ip(&format!(
+            "neigh replace {address} lladdr {} dev {dev} nud permanent",
+            mac(lladdr)
+        ))?;
+    }
+    for route in [
+        "-6 route add 2001:db8:100::/48 via 2001:db8:1::1 dev eth0",
+        "-4 route add 10.100.0.0/16 via 10.0.1.1 dev eth0",
+        "-6 route add fc00:2::/32 via 2001:db8:2::2 dev eth1",
+        "-6 route add 2001:db8:20::/48 via 2001:db8:2::2 dev eth1",
+        "-4 route add 10.0.20.0/24 via 10.0.2.2 dev eth1",
+        "-6 route add 2001:db8:3::/64 dev eth2 table 100",
+        "-6 route add 2001:db8:30::/48 via 2001:db8:3::2 dev eth2 table 100",
+        "-4 route add 10.0.3.0/24 dev eth2 table 100",
+        "-4 route add 10.0.30.0/24 via 10.0.3.2 dev eth2 table 100",
+    ] {
+        d.ip(route)?;
+    }
+    if default_route {
+        d.ip("-6 route add default via 2001:db8:2::2 dev eth1")?;
+        d.ip("-4 route add default via 10.0.2.2 dev eth1")?;
+    }
+    // Linux's End.DT4 needs a VRF bound to table 100 (and strict mode). Without
+    // CONFIG_NET_VRF (as on the test machines) the DT4 cases are judged by the RFC alone.
+    // The cpn topology gets the same VRF when it can have one, so both stay identical.
+    let has_vrf = d
+        .output(&["ip", "link", "add", "vrf100", "type", "vrf", "table", "100"])?
+        .status
+        .success();
+    if has_vrf {
+        d.ip("link set dev vrf100 up")?;
+        d.sysctl("net.vrf.strict_mode=1")?;
+        // What VRF set-ups add so that a lookup ends in the VRF's table (no fall-through).
+        d.ip("-6 route add unreachable default metric 4278198272 table 100")?;
+        d.ip("-4 route add unreachable default metric 4278198272 table 100")?;
+    }
+    Ok(has_vrf)
+}
+
+/// The Linux DUT's SIDs: `seg6local` routes.
+fn linux_sids(d: &Node, has_vrf: bool) -> Result<()> {
+    let routes = [
+        (sid::END, "End", "eth0"),
+        (sid::END_X, "End.X nh6 2001:db8:3::2", "eth2"),
+        (sid::DT6_LOCAL, "End.DT6 table 255", "eth0"),
+        (sid::DT6_T100, "End.DT6 table 100", "eth0"),
+        (sid::DX4, "End.DX4 nh4 10.0.3.2", "eth2"),
+        (sid::DX6, "End.DX6 nh6 2001:db8:3::2", "eth2"),
+    ];
+    for (sid, action, dev) in routes {
+        d.ip(&format!(
+            "-6 route add {sid}/128 encap seg6local action {action} dev {dev}"
+        ))?;
+    }
+    if has_vrf {
+        d.ip(&format!(
+            "-6 route add {}/128 encap seg6local action End.DT4 vrftable 100 dev vrf100",
+            sid::DT4_T100
+        ))?;
+    }
+    Ok(())
 }
 
 impl EndpointLab {
@@ -286,80 +368,9 @@ impl EndpointLab {
             // Receive what XDP redirects into them or sends back (veth NAPI, XDP_TX).
             xdp_links.push(capture::xdp_pass(lab.node(node)?, "eth0")?);
         }
-        let d = lab.node("dut")?;
-        d.add_address("lo", &format!("{SERVICE6}/128"))?;
-        d.add_address("lo", &format!("{SERVICE4}/32"))?;
-        d.enable_forwarding()?;
-        for dev in ["all", "default", "lo", "eth0", "eth1", "eth2"] {
-            d.sysctl(&format!("net.ipv6.conf.{dev}.seg6_enabled=1"))?;
-        }
-        for (address, dev, lladdr) in [
-            ("2001:db8:1::1", "eth0", SRC_MAC),
-            ("10.0.1.1", "eth0", SRC_MAC),
-            ("2001:db8:2::2", "eth1", NH1_MAC),
-            ("10.0.2.2", "eth1", NH1_MAC),
-            ("2001:db8:3::2", "eth2", NH2_MAC),
-            ("10.0.3.2", "eth2", NH2_MAC),
-            ("10.0.40.6", "eth2", NH2_MAC),
-        ] {
-            d.ip(&format!(
-                "neigh replace {address} lladdr {} dev {dev} nud permanent",
-                mac(lladdr)
-            ))?;
-        }
-        for route in [
-            "-6 route add 2001:db8:100::/48 via 2001:db8:1::1 dev eth0",
-            "-4 route add 10.100.0.0/16 via 10.0.1.1 dev eth0",
-            "-6 route add fc00:2::/32 via 2001:db8:2::2 dev eth1",
-            "-6 route add 2001:db8:20::/48 via 2001:db8:2::2 dev eth1",
-            "-4 route add 10.0.20.0/24 via 10.0.2.2 dev eth1",
-            "-6 route add 2001:db8:3::/64 dev eth2 table 100",
-            "-6 route add 2001:db8:30::/48 via 2001:db8:3::2 dev eth2 table 100",
-            "-4 route add 10.0.3.0/24 dev eth2 table 100",
-            "-4 route add 10.0.30.0/24 via 10.0.3.2 dev eth2 table 100",
-        ] {
-            d.ip(route)?;
-        }
-        if default_route {
-            d.ip("-6 route add default via 2001:db8:2::2 dev eth1")?;
-            d.ip("-4 route add default via 10.0.2.2 dev eth1")?;
-        }
-        // Linux's End.DT4 needs a VRF bound to table 100 (and strict mode). Without
-        // CONFIG_NET_VRF (as on the test machines) the DT4 cases are judged by the RFC alone.
-        // The cpn topology gets the same VRF when it can have one, so both stay identical.
-        let has_vrf = d
-            .output(&["ip", "link", "add", "vrf100", "type", "vrf", "table", "100"])?
-            .status
-            .success();
-        if has_vrf {
-            d.ip("link set dev vrf100 up")?;
-            d.sysctl("net.vrf.strict_mode=1")?;
-            // What VRF set-ups add so that a lookup ends in the VRF's table (no fall-through).
-            d.ip("-6 route add unreachable default metric 4278198272 table 100")?;
-            d.ip("-4 route add unreachable default metric 4278198272 table 100")?;
-        }
+        let has_vrf = configure_dut(lab.node("dut")?, default_route)?;
         match dut {
-            Dut::Linux => {
-                let routes = [
-                    (sid::END, "End", "eth0"),
-                    (sid::END_X, "End.X nh6 2001:db8:3::2", "eth2"),
-                    (sid::DT6_LOCAL, "End.DT6 table 255", "eth0"),
-                    (sid::DT6_T100, "End.DT6 table 100", "eth0"),
-                    (sid::DX4, "End.DX4 nh4 10.0.3.2", "eth2"),
-                    (sid::DX6, "End.DX6 nh6 2001:db8:3::2", "eth2"),
-                ];
-                for (sid, action, dev) in routes {
-                    d.ip(&format!(
-                        "-6 route add {sid}/128 encap seg6local action {action} dev {dev}"
-                    ))?;
-                }
-                if has_vrf {
-                    d.ip(&format!(
-                        "-6 route add {}/128 encap seg6local action End.DT4 vrftable 100 dev vrf100",
-                        sid::DT4_T100
-                    ))?;
-                }
-            }
+            Dut::Linux => linux_sids(lab.node("dut")?, has_vrf)?,
             Dut::Cpn => {
                 lab.start_agent("dut", &agent_config())?;
             }

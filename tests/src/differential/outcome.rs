@@ -2,7 +2,7 @@
 
 use std::{
     cmp::Ordering,
-    fmt,
+    fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -35,6 +35,42 @@ impl<T: fmt::Debug> fmt::Debug for Ignored<T> {
     }
 }
 
+/// FNV-1a of the bytes a forwarded packet carries after its IP header, so that two
+/// forwarded packets compare byte for byte. `Digest::ANY` (in a case's expectation) matches
+/// any value.
+#[derive(Clone, Copy, PartialOrd, Ord)]
+pub struct Digest(pub Option<u32>);
+
+impl Digest {
+    pub const ANY: Self = Self(None);
+
+    pub fn of(bytes: &[u8]) -> Self {
+        let hash = bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+        Self(Some(hash))
+    }
+}
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.0, other.0) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+impl Eq for Digest {}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(hash) => write!(f, "#{hash:08x}"),
+            None => f.write_str("#any"),
+        }
+    }
+}
+
 /// An encapsulated packet inside a forwarded one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Inner {
@@ -61,6 +97,8 @@ pub enum Outcome {
         inner: Option<Inner>,
         /// IPv4 header checksum right (always true for IPv6).
         checksum_ok: bool,
+        /// What follows the IP header, up to its length.
+        bytes: Digest,
     },
     /// The UDP service on the DUT received `payload` ([`OWN_TAG`] when it is the case's own
     /// tag, intact).
@@ -148,6 +186,7 @@ impl Outcome {
             trailing: 0,
             inner: None,
             checksum_ok: true,
+            bytes: Digest::ANY,
         })
     }
 
@@ -164,22 +203,24 @@ impl Outcome {
                 trailing,
                 inner,
                 checksum_ok,
+                bytes,
             } => {
                 let mut s = format!(
                     "fwd@{at} dst={dst} hl={hop_limit} plen={payload_len} nh={next_header}"
                 );
                 if let Some(sl) = segments_left {
-                    s += &format!(" sl={sl}");
+                    let _ = write!(s, " sl={sl}");
                 }
                 if let Some(inner) = inner {
-                    s += &format!(" inner={}/hl{}", inner.dst, inner.hop_limit);
+                    let _ = write!(s, " inner={}/hl{}", inner.dst, inner.hop_limit);
                 }
                 if *trailing != 0 {
-                    s += &format!(" trailing={trailing}");
+                    let _ = write!(s, " trailing={trailing}");
                 }
                 if !checksum_ok {
                     s += " BAD-CSUM";
                 }
+                let _ = write!(s, " {bytes:?}");
                 s
             }
             Self::Delivered { payload } if payload == OWN_TAG => "delivered".into(),
@@ -203,10 +244,10 @@ impl Outcome {
                 let family = if *v6 { "icmp6" } else { "icmp4" };
                 let mut s = format!("{family} {name}({kind}/{code})");
                 if *pointer_or_mtu != 0 {
-                    s += &format!(" ptr={pointer_or_mtu}");
+                    let _ = write!(s, " ptr={pointer_or_mtu}");
                 }
                 if let Some(from) = from.0 {
-                    s += &format!(" from {from}");
+                    let _ = write!(s, " from {from}");
                 }
                 if !checksum_ok {
                     s += " BAD-CSUM";
@@ -394,6 +435,7 @@ fn classify_v6(node: &str, sender: &str, l3: &[u8]) -> Option<(IpAddr, Outcome)>
             trailing: l3.len().saturating_sub(40 + usize::from(payload_len)),
             inner,
             checksum_ok: true,
+            bytes: Digest::of(&l3[40..end]),
         },
     ))
 }
@@ -440,6 +482,7 @@ fn classify_v4(node: &str, sender: &str, l3: &[u8]) -> Option<(IpAddr, Outcome)>
             trailing: l3.len().saturating_sub(total),
             inner: None,
             checksum_ok,
+            bytes: Digest::of(l3.get(ihl..total.min(l3.len()))?),
         },
     ))
 }

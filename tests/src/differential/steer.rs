@@ -27,7 +27,7 @@ use super::{
     outcome::Ignored,
     wire,
 };
-use crate::lab::{Lab, wait_for};
+use crate::lab::{Lab, Node, wait_for};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0xdf, 0, 1, 1, 1];
 const INGRESS_MAC: [u8; 6] = [0x02, 0xdf, 0, 1, 1, 2];
@@ -255,15 +255,36 @@ fn agent_config(reduced: bool) -> String {
     )
 }
 
+/// The Linux ingress: `encap seg6` routes for the VIPs.
+fn linux_routes(i: &Node, reduced: bool) -> Result<()> {
+    let mode = if reduced { "encap.red" } else { "encap" };
+    let two = format!("{},{}", SEGMENTS[0], SEGMENTS[1]);
+    i.ip(&format!("sr tunsrc set {ENCAP_SOURCE}"))?;
+    i.ip(&format!(
+        "-6 route add {VIP6}/128 encap seg6 mode {mode} segs {two} dev eth1"
+    ))?;
+    i.ip(&format!(
+        "-4 route add {VIP4}/32 encap seg6 mode {mode} segs {two} dev eth1"
+    ))?;
+    i.ip(&format!(
+        "-6 route add {VIP6_ONE}/128 encap seg6 mode {mode} segs {ONE_SEGMENT} dev eth1"
+    ))?;
+    Ok(())
+}
+
+/// Builds one client packet (IPv6 or IPv4, no link layer) for a case's addresses.
+pub type ClientPacket<'a> = &'a dyn Fn(&Client) -> Vec<u8>;
+
 /// The running steering topology.
 #[derive(Debug)]
 pub struct SteerLab {
-    pub lab: Lab,
     pub ingress: Ingress,
     pub reduced: bool,
     tx: RawSocket,
     egress: RawSocket,
     _xdp_links: Vec<OwnedFd>,
+    /// Last: the sockets close before the namespaces go.
+    pub lab: Lab,
 }
 
 impl SteerLab {
@@ -343,20 +364,7 @@ impl SteerLab {
             i.ip(route)?;
         }
         match ingress {
-            Ingress::Linux => {
-                let mode = if reduced { "encap.red" } else { "encap" };
-                let two = format!("{},{}", SEGMENTS[0], SEGMENTS[1]);
-                i.ip(&format!("sr tunsrc set {ENCAP_SOURCE}"))?;
-                i.ip(&format!(
-                    "-6 route add {VIP6}/128 encap seg6 mode {mode} segs {two} dev eth1"
-                ))?;
-                i.ip(&format!(
-                    "-4 route add {VIP4}/32 encap seg6 mode {mode} segs {two} dev eth1"
-                ))?;
-                i.ip(&format!(
-                    "-6 route add {VIP6_ONE}/128 encap seg6 mode {mode} segs {ONE_SEGMENT} dev eth1"
-                ))?;
-            }
+            Ingress::Linux => linux_routes(i, reduced)?,
             Ingress::Cpn => {
                 lab.start_agent("ingress", &agent_config(reduced))?;
             }
@@ -411,7 +419,7 @@ impl SteerLab {
 
     /// Sends each client packet (built for its own client addresses) and returns what the
     /// egress got for each.
-    pub fn run(&self, packets: &[&dyn Fn(&Client) -> Vec<u8>]) -> Result<Vec<Vec<Encapsulated>>> {
+    pub fn run(&self, packets: &[ClientPacket<'_>]) -> Result<Vec<Vec<Encapsulated>>> {
         self.egress.drain();
         let clients: Vec<Client> = (1..).take(packets.len()).map(Client::new).collect();
         let mut sent = BTreeMap::new();

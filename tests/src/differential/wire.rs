@@ -245,7 +245,7 @@ pub mod tlv {
     pub const PADN: u8 = 4;
     pub const HMAC: u8 = 5;
 
-    /// A PadN TLV of `total` bytes (at least 2).
+    /// A `PadN` TLV of `total` bytes (at least 2).
     pub fn padn(total: usize) -> Vec<u8> {
         let mut out = vec![PADN, u8::try_from(total - 2).unwrap_or(u8::MAX)];
         out.resize(total, 0);
@@ -284,7 +284,7 @@ pub fn routing_header(routing_type: u8, segments_left: u8, addresses: &[Ipv6Addr
 }
 
 /// A Hop-by-Hop (`protocol` 0) or Destination Options (60) header of 8 bytes holding one
-/// PadN option.
+/// `PadN` option.
 pub fn options(protocol: u8) -> Ext {
     Ext {
         protocol,
