@@ -42,7 +42,7 @@ const DATA: &[u8] = b"differential";
 
 // RFC sections of the deliberate differences (the data plane's choices; Linux drops these).
 const RFC8754_SRH: &str = "RFC 8754 §4.3.1.1";
-const RFC8986_DECAP_SL: &str = "RFC 8986 §4.4-4.6";
+const RFC8986_DECAP_SL: &str = "RFC 8986 §4.4-4.8";
 const RFC8986_UPPER: &str = "RFC 8986 §4.1.1";
 const RFC8200_RH: &str = "RFC 8200 §4.4";
 
@@ -619,7 +619,7 @@ fn decap_cases() -> Vec<Case> {
         // End.DT4 in table 100 (Linux: vrftable 100).
         dt4(
             "dt4_t100_inner_dst_only_in_t100",
-            "RFC 8986 §4.8",
+            "RFC 8986 §4.7",
             vec![vec![
                 Outcome::forwarded("nh2", IpAddr::V4(TABLE100_ONLY4))
                     .payload(8 + data_len(), proto::UDP)
@@ -629,7 +629,7 @@ fn decap_cases() -> Vec<Case> {
         ),
         dt4(
             "dt4_t100_inner_dst_only_in_main",
-            "RFC 8986 §4.8 (lookup in table 100 only; RFC 1812 §5.2.7.1)",
+            "RFC 8986 §4.7 (lookup in table 100 only; RFC 1812 §5.2.7.1)",
             vec![
                 vec![Outcome::Dropped],
                 vec![Outcome::icmp4(3, 0)],
