@@ -45,6 +45,7 @@ const RFC8754_SRH: &str = "RFC 8754 §4.3.1.1";
 const RFC8986_DECAP_SL: &str = "RFC 8986 §4.4-4.8";
 const RFC8986_UPPER: &str = "RFC 8986 §4.1.1";
 const RFC8200_RH: &str = "RFC 8200 §4.4";
+const RFC8754_HMAC: &str = "RFC 8754 §2.1, §2.1.2.1";
 
 fn case(name: &str, verdict: Verdict, packets: impl Fn(&Client) -> Vec<Vec<u8>> + 'static) -> Case {
     Case {
@@ -255,18 +256,31 @@ fn end_cases() -> Vec<Case> {
                 .inner(inner6(c, NEXT, 64))
                 .bytes()
         }),
-        same("end_tlv_hmac_no_key_h_flag", |c| {
-            // Linux looks at the HMAC TLV only with the (pre-RFC) H flag, bit 3 of Flags.
-            outer(c, sid::END)
-                .ext(
-                    Srh::path(&[sid::END, NEXT], 1)
-                        .flags(0x08)
-                        .tlvs(&tlv::hmac(7))
-                        .ext(),
-                )
-                .inner(inner6(c, NEXT, 64))
-                .bytes()
-        }),
+        differs(
+            "end_tlv_hmac_no_key_h_flag",
+            RFC8754_HMAC,
+            "RFC 8754 defines no SRH flags (the H flag of its drafts is gone) and leaves it to \
+             local configuration whether an HMAC is checked; cpn has no HMAC keys and checks \
+             none, so it forwards. Linux drops an H-flagged HMAC TLV whose key it lacks",
+            Outcome::forwarded("nh1", IpAddr::V6(NEXT))
+                .segments_left(0)
+                // SRH of two segments with the 40-byte HMAC TLV, then the inner packet.
+                .payload(8 + 32 + 40 + 40 + 8 + data_len(), proto::ROUTING)
+                .inner(IpAddr::V6(NEXT), 64)
+                .done(),
+            |c| {
+                // Linux looks at the HMAC TLV only with the (pre-RFC) H flag, bit 3 of Flags.
+                outer(c, sid::END)
+                    .ext(
+                        Srh::path(&[sid::END, NEXT], 1)
+                            .flags(0x08)
+                            .tlvs(&tlv::hmac(7))
+                            .ext(),
+                    )
+                    .inner(inner6(c, NEXT, 64))
+                    .bytes()
+            },
+        ),
         same("end_tlv_hmac_no_key", |c| {
             outer(c, sid::END)
                 .ext(Srh::path(&[sid::END, NEXT], 1).tlvs(&tlv::hmac(7)).ext())
