@@ -99,8 +99,31 @@ pub struct BgpConfig {
     /// ... and at least this often, so peers see them fresh (default 3 s).
     #[serde(default = "default_refresh")]
     pub refresh_s: u64,
+    /// Prefixes that hold cpn locators originated by routers other than cpn agents (whose
+    /// locator routes name their node): learned plain routes inside them are installed too.
+    #[serde(default)]
+    pub import_locators: Vec<Spanned<String>>,
+    /// Keep learned routes that are neither services nor cpn locators (shown by `cpnctl show
+    /// routes`, never installed) instead of dropping them on arrival (default false).
+    #[serde(default)]
+    pub keep_other_routes: bool,
     #[serde(rename = "neighbor", default)]
     pub neighbors: Vec<NeighborConfig>,
+}
+
+impl BgpConfig {
+    /// The import policy (checked at load: every `import_locators` entry is an IPv6 prefix).
+    pub fn import(&self) -> crate::bgp::policy::Import {
+        crate::bgp::policy::Import {
+            locators: self
+                .import_locators
+                .iter()
+                .filter_map(|p| p.get_ref().parse::<ipnet::Ipv6Net>().ok())
+                .map(|net| net.trunc())
+                .collect(),
+            keep_other: self.keep_other_routes,
+        }
+    }
 }
 
 /// `[[bgp.neighbor]]`.
@@ -720,6 +743,7 @@ impl SidConfig {
 
 fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) -> Result<(), Error> {
     validate_compute(config, error)?;
+    validate_import(config, error)?;
     validate_icmp_rate_limit(config, error)?;
     validate_ingress(config, error)?;
     validate_selection(config, error)
@@ -862,6 +886,26 @@ fn validate_ingress(
             return Err(error(
                 Some(remote.segments.span().start),
                 format!("[[remote]] name = {:?} is used twice", remote.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[bgp] import_locators`: IPv6 prefixes.
+fn validate_import(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    for prefix in config.bgp.iter().flat_map(|b| &b.import_locators) {
+        if prefix.get_ref().parse::<ipnet::Ipv6Net>().is_err() {
+            return Err(error(
+                Some(prefix.span().start),
+                format!(
+                    "[bgp] import_locators: {:?} is not an IPv6 prefix (e.g. \"5f00::/16\", the \
+                     SRv6 SID block of RFC 9602)",
+                    prefix.get_ref()
+                ),
             ));
         }
     }

@@ -101,6 +101,7 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
     let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let messages = Family::<Labels, Counter>::default();
+    let filtered = Family::<Labels, Counter>::default();
     for n in state.neighbors() {
         let l = labels(&[("neighbor", n.address.to_string())]);
         for (direction, counts) in [
@@ -116,6 +117,7 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
                 messages.get_or_create(&m).inc_by(*count);
             }
         }
+        filtered.get_or_create(&l).inc_by(n.filtered);
         established
             .get_or_create(&l)
             .set(i64::from(n.state == "Established"));
@@ -136,6 +138,11 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
         established,
     );
     registry.register("bgp_paths", "Paths received from the neighbor", paths);
+    registry.register(
+        "bgp_paths_filtered",
+        "Paths from the neighbor the import policy dropped (neither services nor cpn locators)",
+        filtered,
+    );
     registry.register(
         "bgp_messages",
         "BGP messages exchanged with the neighbor, by direction and type",

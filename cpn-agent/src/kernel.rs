@@ -11,8 +11,8 @@ use rtnetlink::{
     packet_route::{
         link::LinkAttribute,
         route::{
-            RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteSeg6LocalTunnel,
-            RouteType, Seg6LocalAction,
+            RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol,
+            RouteSeg6LocalTunnel, RouteType, Seg6LocalAction,
         },
     },
 };
@@ -46,6 +46,55 @@ pub enum KernelSid {
     /// No behaviour the kernel can express here: a blackhole, so the kernel still owns the
     /// SID and never forwards a packet addressed to it.
     Discard,
+}
+
+/// How the kernel reaches a BGP next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The gateway of the route that covers the next hop, or the next hop itself when it is
+    /// on a connected subnet.
+    pub gateway: Ipv6Addr,
+    /// The interface that route leaves by.
+    pub oif: u32,
+}
+
+/// Why a BGP next hop cannot be resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    #[error("no route to the next hop")]
+    NoRoute,
+    #[error("only a route learned in BGP covers the next hop")]
+    OnlyViaBgp,
+}
+
+/// A channel that yields whenever the kernel's IPv6 routes or interfaces change (netlink
+/// multicast), for a task that must follow them; its socket lives as long as the receiver.
+pub fn route_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use rtnetlink::{
+        constants::{RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
+        sys::AsyncSocket as _,
+    };
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            RTMGRP_IPV6_ROUTE | RTMGRP_LINK,
+        ))
+        .context("subscribing to route and link changes")?;
+    tokio::spawn(connection);
+    let (changed, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures_util::StreamExt as _;
+        while messages.next().await.is_some() {
+            if changed.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receiver)
 }
 
 /// Where the kernel sends packets to a destination, and the MTU on the way.
@@ -147,10 +196,76 @@ impl KernelRoutes {
             .await
     }
 
-    /// A route learned in BGP: `ip -6 route replace PREFIX/LEN via NEXTHOP proto bgp`.
-    pub async fn set_learned_route(&self, prefix: Ipv6Addr, len: u8, via: Ipv6Addr) -> Result<()> {
-        self.set_route_by(prefix, len, via, RouteProtocol::Bgp)
-            .await
+    /// A route learned in BGP, through its resolved next hop:
+    /// `ip -6 route replace PREFIX/LEN via GATEWAY dev OIF proto bgp`.
+    pub async fn set_learned_route(&self, prefix: Ipv6Addr, len: u8, via: Resolved) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(prefix, len)
+            .gateway(via.gateway)
+            .output_interface(via.oif)
+            .protocol(RouteProtocol::Bgp)
+            .build();
+        self.replace(route).await.with_context(|| {
+            format!(
+                "installing the route to {prefix}/{len} via {} (interface {})",
+                via.gateway, via.oif
+            )
+        })
+    }
+
+    /// How the kernel reaches a BGP next hop (next-hop tracking through the FIB, as FRR's
+    /// zebra does): the route `ip -6 route get fibmatch NEXT_HOP` finds. A route we installed
+    /// from BGP ourselves does not count (no recursion through our own routes).
+    pub async fn resolve(&self, next_hop: Ipv6Addr) -> Result<Result<Resolved, Unresolved>> {
+        let mut query = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(next_hop, 128)
+            .build();
+        query.header.flags = RouteFlags::FibMatch;
+        let mut answers = self.handle.route().get(query).execute();
+        let route = match answers.try_next().await {
+            Ok(Some(route)) => route,
+            Ok(None) => return Ok(Err(Unresolved::NoRoute)),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(-e.raw_code(), libc::ENETUNREACH | libc::EHOSTUNREACH) =>
+            {
+                return Ok(Err(Unresolved::NoRoute));
+            }
+            Err(e) => return Err(e).with_context(|| format!("resolving the next hop {next_hop}")),
+        };
+        if route.header.protocol == RouteProtocol::Bgp {
+            return Ok(Err(Unresolved::OnlyViaBgp));
+        }
+        if route.header.kind != RouteType::Unicast {
+            return Ok(Err(Unresolved::NoRoute));
+        }
+        let mut gateway = None;
+        let mut oif = None;
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Gateway(RouteAddress::Inet6(address)) => gateway = Some(*address),
+                RouteAttribute::Oif(index) => oif = Some(*index),
+                // ECMP: the first path (the kernel spreads flows; we need one gateway).
+                RouteAttribute::MultiPath(paths) if oif.is_none() => {
+                    if let Some(path) = paths.first() {
+                        oif = Some(path.interface_index);
+                        for a in &path.attributes {
+                            if let RouteAttribute::Gateway(RouteAddress::Inet6(address)) = a {
+                                gateway = Some(*address);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(oif) = oif else {
+            return Ok(Err(Unresolved::NoRoute));
+        };
+        // No gateway: the next hop is on a connected subnet (or the route is on-link).
+        Ok(Ok(Resolved {
+            gateway: gateway.unwrap_or(next_hop),
+            oif,
+        }))
     }
 
     /// Removes a route installed with [`KernelRoutes::set_learned_route`].

@@ -4,6 +4,11 @@
 //! has moved the rings off those nodes, flows still hashed to them would meet "no route". The
 //! joining side mirrors it: steering gives a learned node ring slots only once the locator
 //! route covering its SID is installed (steering.rs, `unrouted_locators`).
+//!
+//! Only cpn locators become routes (the import policy, `bgp::policy::Import`), each through
+//! its BGP next hop resolved in the kernel's FIB: a next hop behind a reflector or reached
+//! over an IGP is installed via the gateway of the route that covers it, and re-resolved when
+//! the kernel's routes change (`cpnctl show routes` shows the result).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,14 +19,67 @@ use std::{
 use ipnet::{IpNet, Ipv6Net};
 use tokio::sync::watch;
 
-use crate::{bgp::speaker::SharedRib, kernel::KernelRoutes};
+use crate::{
+    bgp::{
+        policy::{Import, Imported},
+        speaker::SharedRib,
+    },
+    kernel::{self, KernelRoutes, Resolved, Unresolved},
+};
 
-/// The locator routes installed: prefix and length → next hop.
-pub type Installed = Arc<Mutex<BTreeMap<(Ipv6Addr, u8), Ipv6Addr>>>;
+/// What the kernel has for a learned locator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locator {
+    /// Installed towards the BGP next hop, through the route that resolves it.
+    Installed { next_hop: Ipv6Addr, via: Resolved },
+    /// Not installed: its next hop does not resolve (yet).
+    Unresolved { next_hop: Ipv6Addr, why: Unresolved },
+}
 
-/// The locator routes `rib` asks for: for each IPv6 prefix without a service SID (other than
-/// `own`), the next hop of the path with the lowest AIGP, then the shortest `AS_PATH`.
-pub fn wanted(rib: &SharedRib, own: Option<(Ipv6Addr, u8)>) -> BTreeMap<(Ipv6Addr, u8), Ipv6Addr> {
+impl Locator {
+    pub const fn is_installed(&self) -> bool {
+        matches!(self, Self::Installed { .. })
+    }
+
+    /// The BGP next hop it was learned with.
+    pub const fn next_hop(&self) -> Ipv6Addr {
+        match *self {
+            Self::Installed { next_hop, .. } | Self::Unresolved { next_hop, .. } => next_hop,
+        }
+    }
+
+    /// For operators: `via GATEWAY dev INTERFACE`, or why it is not installed.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Installed { via, .. } => {
+                format!("via {} dev {}", via.gateway, interface_name(via.oif))
+            }
+            Self::Unresolved { why, .. } => format!("not installed: {why}"),
+        }
+    }
+}
+
+fn interface_name(index: u32) -> String {
+    let mut name = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return format!("#{index}");
+    }
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
+/// The learned locators by prefix and length, and what the kernel has for each.
+pub type Installed = Arc<Mutex<BTreeMap<(Ipv6Addr, u8), Locator>>>;
+
+/// The locator routes `rib` asks for: for each cpn locator (`import`) other than `own`, the
+/// next hop of the path with the lowest AIGP, then the shortest `AS_PATH`.
+pub fn wanted(
+    rib: &SharedRib,
+    own: Option<(Ipv6Addr, u8)>,
+    import: &Import,
+) -> BTreeMap<(Ipv6Addr, u8), Ipv6Addr> {
     let mut best: BTreeMap<(Ipv6Addr, u8), (u64, usize, Ipv6Addr)> = BTreeMap::new();
     for learned in rib.lock().expect("rib lock").routes() {
         let route = learned.route;
@@ -29,7 +87,10 @@ pub fn wanted(rib: &SharedRib, own: Option<(Ipv6Addr, u8)>) -> BTreeMap<(Ipv6Add
             continue;
         };
         let key = (net.network(), net.prefix_len());
-        if route.service.is_some() || Some(key) == own || route.next_hop.is_unspecified() {
+        if import.classify(&route) != Imported::Locator
+            || Some(key) == own
+            || route.next_hop.is_unspecified()
+        {
             continue;
         }
         let rank = (
@@ -44,60 +105,117 @@ pub fn wanted(rib: &SharedRib, own: Option<(Ipv6Addr, u8)>) -> BTreeMap<(Ipv6Add
     best.into_iter().map(|(k, (_, _, via))| (k, via)).collect()
 }
 
-/// Keeps the kernel's locator routes in line with the RIB until aborted.
-pub async fn run(
-    rib: SharedRib,
-    own: Option<(Ipv6Addr, u8)>,
-    kernel: KernelRoutes,
-    installed: Installed,
-    mut in_use: watch::Receiver<BTreeSet<Ipv6Addr>>,
-) {
+/// What the locators task follows.
+pub struct Inputs {
+    pub rib: SharedRib,
+    /// This node's own locator (never installed from BGP).
+    pub own: Option<(Ipv6Addr, u8)>,
+    pub import: Import,
+    /// Addresses the data plane's nodes use (make before break for withdrawals).
+    pub in_use: watch::Receiver<BTreeSet<Ipv6Addr>>,
+}
+
+/// Keeps the kernel's locator routes in line with the RIB until aborted. Each next hop is
+/// resolved through the kernel's FIB (next-hop tracking), and resolved again whenever the
+/// kernel's routes or interfaces change, so a locator behind a reflector or an IGP follows
+/// the path to its next hop.
+pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: Installed) {
+    let Inputs {
+        rib,
+        own,
+        import,
+        mut in_use,
+    } = inputs;
     let mut changes = rib.lock().expect("rib lock").subscribe();
+    let mut route_changes = match kernel::route_changes() {
+        Ok(changes) => Some(changes),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "next hops are resolved again only when BGP routes change");
+            None
+        }
+    };
     loop {
         let used = in_use.borrow_and_update().clone();
-        let want = wanted(&rib, own);
+        let want = wanted(&rib, own, &import);
         let have = installed.lock().expect("installed lock").clone();
-        for ((prefix, len), via) in &want {
-            if have.get(&(*prefix, *len)) == Some(via) {
+        for (&(prefix, len), &next_hop) in &want {
+            let state = match kernel.resolve(next_hop).await {
+                Ok(Ok(via)) => Locator::Installed { next_hop, via },
+                Ok(Err(why)) => Locator::Unresolved { next_hop, why },
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "resolving a locator's next hop");
+                    continue;
+                }
+            };
+            let before = have.get(&(prefix, len)).copied();
+            if before == Some(state) {
                 continue;
             }
-            match kernel.set_learned_route(*prefix, *len, *via).await {
-                Ok(()) => {
-                    tracing::info!(locator = %format!("{prefix}/{len}"), %via, "learned locator installed");
-                    installed
-                        .lock()
-                        .expect("installed lock")
-                        .insert((*prefix, *len), *via);
+            let locator = format!("{prefix}/{len}");
+            match state {
+                Locator::Installed { via, .. } => {
+                    if let Err(error) = kernel.set_learned_route(prefix, len, via).await {
+                        tracing::warn!(error = %format!("{error:#}"), "installing a learned locator");
+                        continue;
+                    }
+                    tracing::info!(%locator, %next_hop, gateway = %via.gateway, oif = via.oif, "learned locator installed");
                 }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "installing a learned locator");
+                Locator::Unresolved { why, .. } => {
+                    tracing::warn!(%locator, %next_hop, %why, "learned locator not installed");
+                    if before.is_some_and(|b| b.is_installed()) {
+                        // Its path is gone: a route through the old gateway would blackhole.
+                        remove(&kernel, prefix, len).await;
+                    }
                 }
             }
+            installed
+                .lock()
+                .expect("installed lock")
+                .insert((prefix, len), state);
         }
         let still_used = |(prefix, len): &(Ipv6Addr, u8)| {
             Ipv6Net::new(*prefix, *len).is_ok_and(|net| used.iter().any(|a| net.contains(a)))
         };
-        for key in have
-            .keys()
-            .filter(|k| !want.contains_key(k) && !still_used(k))
+        for (key, state) in have
+            .iter()
+            .filter(|(k, _)| !want.contains_key(k) && !still_used(k))
         {
-            match kernel.remove_learned(key.0, key.1).await {
-                Ok(()) => {
-                    tracing::info!(locator = %format!("{}/{}", key.0, key.1), "withdrawn locator removed");
-                }
-                // Gone already (an operator, or the link's removal): nothing left to undo.
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), "removing a withdrawn locator");
-                }
+            if state.is_installed() {
+                remove(&kernel, key.0, key.1).await;
             }
             installed.lock().expect("installed lock").remove(key);
         }
         let wake = tokio::select! {
-            rib = changes.changed() => rib,
-            nodes = in_use.changed() => nodes,
+            rib = changes.changed() => rib.map(|()| true).map_err(drop),
+            nodes = in_use.changed() => nodes.map(|()| true).map_err(drop),
+            open = next_change(&mut route_changes) => Ok(open),
         };
-        if wake.is_err() {
-            return;
+        match wake {
+            Err(()) => return,
+            Ok(false) => route_changes = None,
+            Ok(true) => {}
+        }
+        if let Some(pending) = &mut route_changes {
+            // A burst of route changes (ours included) is one pass.
+            while pending.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The next kernel route or link change; never, without a subscription.
+async fn next_change(changes: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -> bool {
+    match changes {
+        Some(changes) => changes.recv().await.is_some(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn remove(kernel: &KernelRoutes, prefix: Ipv6Addr, len: u8) {
+    match kernel.remove_learned(prefix, len).await {
+        Ok(()) => tracing::info!(locator = %format!("{prefix}/{len}"), "learned locator removed"),
+        // Gone already (an operator, or the link's removal): nothing left to undo.
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "removing a learned locator");
         }
     }
 }

@@ -10,6 +10,8 @@
 //! The owner task is the only one that touches the maps.
 
 mod locators;
+
+pub use self::locators::{Installed as Locators, Locator};
 mod owner;
 mod reporting;
 mod steering;
@@ -173,12 +175,16 @@ impl Agent {
                     ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
                     ipnet::IpNet::V4(_) => None,
                 });
-                agent.tasks.push(tokio::spawn(locators::run(
-                    rib.clone(),
+                let inputs = locators::Inputs {
+                    rib: rib.clone(),
                     own,
+                    import: bgp.import(),
+                    in_use: nodes_in_use,
+                };
+                agent.tasks.push(tokio::spawn(locators::run(
+                    inputs,
                     KernelRoutes::connect()?,
                     agent.learned_locators.clone(),
-                    nodes_in_use,
                 )));
             }
             agent.learning = Some(steering::Learning {
@@ -187,6 +193,7 @@ impl Agent {
                 node_ids: agent.node_ids.clone(),
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
                 locators,
+                import: bgp.import(),
             });
             local_routes = Some(local);
         }
@@ -230,6 +237,7 @@ impl Agent {
                 .collect(),
             rib: self.learning.as_ref().map(|l| l.rib.clone()),
             links: self.learning.as_ref().map(|l| l.links.clone()),
+            locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
             drained,
             node_ids: self.node_ids.clone(),
@@ -453,7 +461,11 @@ impl Agent {
         let learned = std::mem::take(&mut *self.learned_locators.lock().expect("locators lock"));
         if remove_kernel_routes && !learned.is_empty() {
             let kernel = KernelRoutes::connect()?;
-            for (prefix, len) in learned.keys() {
+            for (prefix, len) in learned
+                .iter()
+                .filter(|(_, l)| l.is_installed())
+                .map(|(k, _)| k)
+            {
                 if let Err(error) = kernel.remove_learned(*prefix, *len).await {
                     tracing::warn!(error = %format!("{error:#}"), "removing a learned locator");
                 }
@@ -514,6 +526,7 @@ fn speaker_config(
         hold_time: Duration::from_secs(bgp.hold_time_s),
         connect_retry: Duration::from_secs(bgp.connect_retry_s),
         metric_code: bgp.metric_attribute_type,
+        import: bgp.import(),
         neighbors: bgp
             .neighbors
             .iter()

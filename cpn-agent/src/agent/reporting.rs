@@ -260,7 +260,9 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
     }
 }
 
-/// This node's SRv6 locator as a plain route (no SID), so peers can reach its SIDs.
+/// This node's SRv6 locator as a plain route (no SID), so peers can reach its SIDs. It names
+/// its node in the CPN metric attribute (no metrics in it): that is how receivers tell a cpn
+/// locator from other routes (`bgp::policy::Import`) and install it.
 pub fn locator_route(config: &Config) -> Option<Route> {
     let bgp = config.bgp.as_ref()?;
     let (prefix, len) = crate::kernel::parse_prefix(config.srv6.locator.as_deref()?)?;
@@ -270,7 +272,10 @@ pub fn locator_route(config: &Config) -> Option<Route> {
         next_hop: config.bgp_next_hop(),
         service: None,
         aigp: Some(0),
-        metrics: None,
+        metrics: Some(CpnMetrics {
+            node: config.node.name.clone(),
+            ..CpnMetrics::default()
+        }),
         link_bandwidth: None,
         as_path: Vec::new(),
         originator_id: None,

@@ -52,6 +52,8 @@ pub struct Learning {
     /// SID lies in a learned locator joins the rings only once that route is in (make before
     /// break, the joining side).
     pub locators: Option<super::locators::Installed>,
+    /// Which learned routes are cpn locators.
+    pub import: crate::bgp::policy::Import,
 }
 
 #[derive(Clone, Debug)]
@@ -402,9 +404,13 @@ fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
         return Vec::new();
     };
     let installed = installed.lock().expect("installed lock").clone();
-    super::locators::wanted(&learning.rib, None)
+    super::locators::wanted(&learning.rib, None, &learning.import)
         .into_keys()
-        .filter(|key| !installed.contains_key(key))
+        .filter(|key| {
+            !installed
+                .get(key)
+                .is_some_and(super::locators::Locator::is_installed)
+        })
         .filter_map(|(prefix, len)| ipnet::Ipv6Net::new(prefix, len).ok())
         .collect()
 }
@@ -518,7 +524,11 @@ mod tests {
                 behavior: 20,
             }),
             aigp: None,
-            metrics: None,
+            // A cpn agent's locator route names its node (the import policy's mark).
+            metrics: sid.is_none().then(|| crate::bgp::metric_attr::CpnMetrics {
+                node: "edge1".into(),
+                ..Default::default()
+            }),
             link_bandwidth: None,
             as_path: vec![65000],
             originator_id: None,
@@ -542,14 +552,33 @@ mod tests {
             node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
+            import: crate::bgp::policy::Import::default(),
         };
         assert!(
             learned_candidates(&learning).is_empty(),
             "no route to fc00:1::/32 yet"
         );
+        let next_hop = "2001:db8:100::2".parse().unwrap();
         installed.lock().unwrap().insert(
             ("fc00:1::".parse().unwrap(), 32),
-            "2001:db8:100::2".parse().unwrap(),
+            super::super::locators::Locator::Unresolved {
+                next_hop,
+                why: crate::kernel::Unresolved::NoRoute,
+            },
+        );
+        assert!(
+            learned_candidates(&learning).is_empty(),
+            "the locator's next hop does not resolve"
+        );
+        installed.lock().unwrap().insert(
+            ("fc00:1::".parse().unwrap(), 32),
+            super::super::locators::Locator::Installed {
+                next_hop,
+                via: crate::kernel::Resolved {
+                    gateway: next_hop,
+                    oif: 2,
+                },
+            },
         );
         let joined = learned_candidates(&learning);
         assert_eq!(joined.len(), 1);

@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 use super::route::{AddPath, Route};
 
@@ -24,6 +24,56 @@ pub struct Local {
     pub cluster_id: Ipv4Addr,
     /// Next hop we put on routes sent over eBGP (next-hop-self).
     pub next_hop: Ipv6Addr,
+}
+
+/// Which learned routes the agent keeps (import policy), and which of them are cpn locators:
+/// the only plain prefixes it ever installs in the kernel. A router that sends a full table
+/// must not fill the host's FIB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Import {
+    /// Prefixes that hold cpn locators besides those a cpn agent marks as its own (for
+    /// locators another router originates, e.g. from its IGP).
+    pub locators: Vec<Ipv6Net>,
+    /// Keep routes that are neither services nor locators in the Adj-RIB-In (shown by
+    /// `cpnctl show routes`, never installed) instead of dropping them on arrival.
+    pub keep_other: bool,
+}
+
+/// What the import policy does with a received route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// A service route: its anycast prefix with the site's SID (RFC 9252).
+    Service,
+    /// A cpn node's SRv6 locator: installed in the kernel once its next hop resolves.
+    Locator,
+    /// Anything else, kept for inspection (`keep_other`).
+    Other,
+    /// Anything else, dropped and counted.
+    Filtered,
+}
+
+impl Import {
+    /// A route is a cpn locator when it is an IPv6 prefix without a SID that either names its
+    /// node in the CPN metric attribute (as every cpn agent's locator route does) or lies in
+    /// one of the configured locator prefixes.
+    pub fn classify(&self, route: &Route) -> Imported {
+        if route.service.is_some() {
+            return Imported::Service;
+        }
+        let locator = match route.prefix {
+            IpNet::V6(net) => {
+                route.metrics.is_some() || self.locators.iter().any(|block| block.contains(&net))
+            }
+            IpNet::V4(_) => false,
+        };
+        if locator {
+            Imported::Locator
+        } else if self.keep_other {
+            Imported::Other
+        } else {
+            Imported::Filtered
+        }
+    }
 }
 
 /// A neighbor, as the rules see it.
@@ -235,6 +285,42 @@ mod tests {
             originator_id: None,
             cluster_list: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_services_and_cpn_locators_are_imported() {
+        let service = route(1, vec![65001]);
+        let mut marked = route(2, vec![65001]);
+        marked.prefix = "fc00:9::/32".parse().unwrap();
+        marked.service = None;
+        marked.metrics = Some(crate::bgp::metric_attr::CpnMetrics {
+            node: "edge9".into(),
+            ..Default::default()
+        });
+        let mut in_block = marked.clone();
+        in_block.prefix = "5f00:1::/32".parse().unwrap();
+        in_block.metrics = None;
+        let mut foreign6 = in_block.clone();
+        foreign6.prefix = "2001:db8:77::/48".parse().unwrap();
+        let mut foreign4 = foreign6.clone();
+        foreign4.prefix = "203.0.113.0/24".parse().unwrap();
+        let strict = Import::default();
+        let with_block = Import {
+            locators: vec!["5f00::/16".parse().unwrap()],
+            keep_other: false,
+        };
+        let keeping = Import {
+            keep_other: true,
+            ..Import::default()
+        };
+        assert_eq!(strict.classify(&service), Imported::Service);
+        assert_eq!(strict.classify(&marked), Imported::Locator);
+        assert_eq!(strict.classify(&in_block), Imported::Filtered);
+        assert_eq!(with_block.classify(&in_block), Imported::Locator);
+        assert_eq!(with_block.classify(&foreign6), Imported::Filtered);
+        assert_eq!(strict.classify(&foreign4), Imported::Filtered);
+        assert_eq!(keeping.classify(&foreign4), Imported::Other);
+        assert_eq!(keeping.classify(&marked), Imported::Locator);
     }
 
     fn at_site(mut route: Route, sid: &str) -> Route {

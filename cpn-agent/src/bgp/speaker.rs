@@ -52,6 +52,8 @@ pub struct SpeakerConfig {
     pub hold_time: Duration,
     pub connect_retry: Duration,
     pub metric_code: u8,
+    /// Which learned routes are kept.
+    pub import: policy::Import,
     pub neighbors: Vec<NeighborConfig>,
 }
 
@@ -84,6 +86,9 @@ pub struct RibIn {
     pub sessions: BTreeMap<IpAddr, State>,
     /// Messages exchanged with each neighbor, for operators.
     pub messages: BTreeMap<IpAddr, MessageCounts>,
+    /// Paths each neighbor sent that the import policy dropped (neither services nor cpn
+    /// locators), for operators.
+    pub filtered: BTreeMap<IpAddr, u64>,
     /// Bumped on every change, so that each session re-exports to its peer.
     changed: watch::Sender<u64>,
 }
@@ -94,6 +99,7 @@ impl Default for RibIn {
             routes: BTreeMap::new(),
             sessions: BTreeMap::new(),
             messages: BTreeMap::new(),
+            filtered: BTreeMap::new(),
             changed: watch::Sender::new(0),
         }
     }
@@ -205,6 +211,7 @@ pub async fn spawn(
             neighbor: neighbor.clone(),
             fsm: Fsm::new(peer),
             metric_code: config.metric_code,
+            import: config.import.clone(),
             me: local_speaker,
             peer: Peer {
                 address: neighbor.address,
@@ -255,6 +262,7 @@ struct Session {
     neighbor: NeighborConfig,
     fsm: Fsm,
     metric_code: u8,
+    import: policy::Import,
     me: Local,
     /// The neighbor as policy sees it (ADD-PATH once negotiated).
     peer: Peer,
@@ -523,6 +531,13 @@ impl Session {
                 rib.routes.remove(&key);
                 continue;
             }
+            if self.import.classify(&r) == policy::Imported::Filtered {
+                // Not a route cpn keeps (import policy): dropped and counted; an earlier copy
+                // of the path goes too.
+                rib.routes.remove(&key);
+                *rib.filtered.entry(self.neighbor.address).or_default() += 1;
+                continue;
+            }
             let received = Received {
                 from: self.peer,
                 from_id: self.peer_id,
@@ -742,6 +757,11 @@ mod tests {
             hold_time: Duration::from_secs(30),
             connect_retry: Duration::from_secs(1),
             metric_code: 255,
+            // These tests announce plain prefixes: keep them to see what the RIB does.
+            import: policy::Import {
+                keep_other: true,
+                ..policy::Import::default()
+            },
             neighbors: vec![NeighborConfig {
                 address: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 1, // never dialled: passive

@@ -77,6 +77,9 @@ pub struct Neighbor {
     pub link_alive: Option<bool>,
     /// BGP messages received and sent, by type.
     pub messages: MessageCounts,
+    /// Paths it sent that the import policy dropped (neither services nor cpn locators).
+    #[serde(default)]
+    pub filtered: u64,
 }
 
 /// One path in the Adj-RIB-In (`cpnctl show routes`).
@@ -100,6 +103,10 @@ pub struct LearnedPath {
     pub node: Option<String>,
     pub score: Option<NodeScore>,
     pub metrics: Option<NodeMetrics>,
+    /// For a cpn locator: its kernel route (`via GATEWAY dev INTERFACE`) or why there is
+    /// none; absent for other paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// The agent state the socket serves.
@@ -109,6 +116,8 @@ pub struct AgentState {
     pub neighbors: Vec<(IpAddr, u32)>,
     pub rib: Option<SharedRib>,
     pub links: Option<SharedLinks>,
+    /// The learned locators and what the kernel has for each, when this agent installs them.
+    pub locators: Option<crate::agent::Locators>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
     pub drained: Drained,
@@ -174,6 +183,10 @@ impl AgentState {
                         .as_ref()
                         .and_then(|r| r.messages.get(&address).cloned())
                         .unwrap_or_default(),
+                    filtered: rib
+                        .as_ref()
+                        .and_then(|r| r.filtered.get(&address).copied())
+                        .unwrap_or(0),
                 }
             })
             .collect()
@@ -183,12 +196,25 @@ impl AgentState {
         let Some(rib) = &self.rib else {
             return Vec::new();
         };
+        let locators = self
+            .locators
+            .as_ref()
+            .map(|l| l.lock().expect("locators lock").clone())
+            .unwrap_or_default();
         rib.lock()
             .expect("rib lock")
             .routes()
             .map(|l| {
                 let r = l.route;
+                let kernel = match r.prefix {
+                    ipnet::IpNet::V6(net) => locators
+                        .get(&(net.network(), net.prefix_len()))
+                        .filter(|locator| locator.next_hop() == r.next_hop)
+                        .map(crate::agent::Locator::describe),
+                    ipnet::IpNet::V4(_) => None,
+                };
                 LearnedPath {
+                    kernel,
                     neighbor: l.neighbor,
                     prefix: r.prefix.to_string(),
                     path_id: r.path_id,

@@ -12,6 +12,7 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 n.asn.to_string(),
                 n.state,
                 n.paths.to_string(),
+                n.filtered.to_string(),
                 or_dash(n.rtt_us.map(millis)),
                 or_dash(n.jitter_us.map(millis)),
                 or_dash(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
@@ -23,8 +24,8 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
         .collect();
     columns(
         &[
-            "NEIGHBOR", "AS", "STATE", "PATHS", "RTT", "JITTER", "LOSS", "LINK", "MSG RCVD",
-            "MSG SENT",
+            "NEIGHBOR", "AS", "STATE", "PATHS", "FILTERED", "RTT", "JITTER", "LOSS", "LINK",
+            "MSG RCVD", "MSG SENT",
         ],
         &rows,
     )

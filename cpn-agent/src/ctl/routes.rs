@@ -22,12 +22,14 @@ pub fn table(paths: Vec<LearnedPath>) -> String {
                 or_dash(p.sid),
                 or_dash(p.node),
                 or_dash(p.score.map(|s| format!("{:.2}", s.l2))),
+                or_dash(p.kernel),
             ]
         })
         .collect();
     columns(
         &[
             "PREFIX", "NEIGHBOR", "PATH-ID", "NEXT HOP", "AS PATH", "AIGP", "SID", "NODE", "L2",
+            "KERNEL",
         ],
         &rows,
     )
