@@ -265,3 +265,70 @@ fn dataplane(registry: &mut Registry, agent: &AgentState) {
         registry.register(format!("{prefix}_bytes"), format!("Bytes {help}"), bytes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use super::*;
+    use crate::{
+        agent::{Drained, NodeIds},
+        metrics::Measure,
+        probe::{LinkStats, SharedLinks},
+    };
+
+    /// A neighbor that never answered a probe exports no RTT or loss at all (not 0, not 1).
+    #[test]
+    fn unknown_link_gauges_are_left_out() {
+        let measured: IpAddr = "2001:db8::1".parse().unwrap();
+        let silent: IpAddr = "2001:db8::2".parse().unwrap();
+        let links = SharedLinks::default();
+        links.lock().unwrap().extend([
+            (
+                measured,
+                LinkStats {
+                    rtt: Measure::Known(Duration::from_millis(4)),
+                    jitter: Measure::Known(Duration::ZERO),
+                    loss: Measure::Known(0.0),
+                    alive: Measure::Known(true),
+                },
+            ),
+            (silent, LinkStats::default()),
+        ]);
+        let (_explained, explanations) = tokio::sync::watch::channel(Vec::new());
+        let sources = Sources {
+            state: AgentState {
+                neighbors: vec![(measured, 65001), (silent, 65002)],
+                rib: None,
+                links: Some(links),
+                locators: None,
+                explanations,
+                drained: Drained::default(),
+                node_ids: NodeIds::default(),
+                pin_dir: None,
+            },
+            scrapes: AtomicU64::new(0),
+        };
+        let text = render(&sources);
+        let samples = |name: &str| -> Vec<&str> {
+            text.lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .collect()
+        };
+        assert_eq!(
+            samples("cpn_link_rtt_seconds"),
+            ["cpn_link_rtt_seconds{neighbor=\"2001:db8::1\"} 0.004"],
+            "{text}"
+        );
+        assert_eq!(
+            samples("cpn_link_loss_ratio"),
+            ["cpn_link_loss_ratio{neighbor=\"2001:db8::1\"} 0.0"],
+            "{text}"
+        );
+        assert_eq!(
+            samples("cpn_bgp_paths{").len(),
+            2,
+            "both neighbors are there"
+        );
+    }
+}

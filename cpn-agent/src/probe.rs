@@ -7,8 +7,9 @@
 //!                     | sequence (4) | sender's timestamp, ns (8)
 //! ```
 //! A reply echoes the request's sequence and timestamp, so only the sender's clock matters.
-//! Neighbors that never answer (a router without cpn) are never declared dead: like BFD, a
-//! link is watched only once it has come up.
+//! Neighbors that never answer (a router without cpn: BIRD, FRR, GoBGP) are never declared
+//! dead and their link is unknown, not 100 % lossy: like BFD, a link is watched only once it
+//! has come up, and its loss counts only the probes sent from its first answer on.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,6 +19,8 @@ use std::{
 };
 
 use tokio::{net::UdpSocket, sync::watch};
+
+use crate::metrics::Measure;
 
 const MAGIC: &[u8; 4] = b"CPNP";
 const VERSION: u8 = 1;
@@ -65,22 +68,29 @@ impl Probe {
     }
 }
 
-/// What the probes say about one neighbor.
+/// What the probes say about one neighbor: all unknown until it first answers (jitter until
+/// it answered twice).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LinkStats {
     /// Smoothed round-trip time (RFC 6298 weights).
-    pub rtt: Duration,
+    pub rtt: Measure<Duration>,
     /// Mean deviation of successive round-trip times (RFC 3550 §6.4.1 style).
-    pub jitter: Duration,
+    pub jitter: Measure<Duration>,
     /// Share of recent probes without a reply, 0..=1.
-    pub loss: f64,
-    pub alive: bool,
+    pub loss: Measure<f64>,
+    /// Up while it answers; down after `multiplier` intervals of silence.
+    pub alive: Measure<bool>,
 }
 
 impl LinkStats {
     /// One-way latency estimate for path metrics (AIGP), microseconds.
-    pub fn one_way_us(&self) -> u64 {
-        u64::try_from(self.rtt.as_micros() / 2).unwrap_or(u64::MAX)
+    pub fn one_way_us(&self) -> Measure<u64> {
+        self.rtt
+            .map(|rtt| u64::try_from(rtt.as_micros() / 2).unwrap_or(u64::MAX))
+    }
+
+    pub fn up(&self) -> bool {
+        self.alive == Measure::Known(true)
     }
 }
 
@@ -96,6 +106,8 @@ pub struct Link {
     outcomes: VecDeque<bool>,
     last_reply: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// When the first probe that got an answer was sent: earlier ones measured nothing.
+    first_answered: Option<Instant>,
     stats: LinkStats,
 }
 
@@ -109,6 +121,7 @@ impl Link {
             outcomes: VecDeque::new(),
             last_reply: None,
             last_rtt: None,
+            first_answered: None,
             stats: LinkStats::default(),
         }
     }
@@ -140,34 +153,40 @@ impl Link {
         };
         let (_, sent) = self.outstanding.remove(at).expect("found above");
         let rtt = now.duration_since(sent);
+        self.first_answered.get_or_insert(sent);
         self.record(true);
-        self.stats.rtt = match self.last_reply {
-            None => rtt,
-            Some(_) => (self.stats.rtt * 7 + rtt) / 8,
-        };
+        self.stats.rtt = Measure::Known(match self.stats.rtt {
+            Measure::Unknown => rtt,
+            Measure::Known(smoothed) => (smoothed * 7 + rtt) / 8,
+        });
         if let Some(previous) = self.last_rtt {
             let delta = rtt.abs_diff(previous);
-            self.stats.jitter = (self.stats.jitter * 15 + delta) / 16;
+            // RFC 3550 A.8 starts the estimator at 0 and lets it converge.
+            let jitter = self.stats.jitter.known().unwrap_or(Duration::ZERO);
+            self.stats.jitter = Measure::Known((jitter * 15 + delta) / 16);
         }
         self.last_rtt = Some(rtt);
         self.last_reply = Some(now);
-        self.stats.alive = true;
+        self.stats.alive = Measure::Known(true);
     }
 
     /// Ages probes out as lost and decides liveness at `now`; true when the link just died.
     pub fn poll(&mut self, now: Instant) -> bool {
-        while let Some((_, sent)) = self.outstanding.front() {
-            if now.duration_since(*sent) < self.dead_after {
+        while let Some(&(_, sent)) = self.outstanding.front() {
+            if now.duration_since(sent) < self.dead_after {
                 break;
             }
             self.outstanding.pop_front();
-            self.record(false);
+            // Before its first answer a neighbor is not lossy, just unmeasured.
+            if self.first_answered.is_some_and(|first| sent >= first) {
+                self.record(false);
+            }
         }
         let silent = self
             .last_reply
             .is_some_and(|at| now.duration_since(at) >= self.dead_after);
-        if self.stats.alive && silent {
-            self.stats.alive = false;
+        if self.stats.up() && silent {
+            self.stats.alive = Measure::Known(false);
             return true;
         }
         false
@@ -181,7 +200,7 @@ impl Link {
         let unanswered = self.outcomes.iter().filter(|a| !**a).count();
         #[expect(clippy::cast_precision_loss, reason = "at most LOSS_WINDOW")]
         let share = unanswered as f64 / self.outcomes.len() as f64;
-        self.stats.loss = share;
+        self.stats.loss = Measure::Known(share);
     }
 
     pub const fn interval(&self) -> Duration {
@@ -254,7 +273,7 @@ async fn run(
                     continue; // not a probe, or not from a neighbor: no answer, no reflection
                 };
                 if probe.reply {
-                    let was_alive = link.stats().alive;
+                    let was_alive = link.stats().up();
                     link.reply(&probe, Instant::now());
                     if !was_alive {
                         tracing::info!(neighbor = %from_ip, "link probe: neighbor answering");
@@ -314,17 +333,75 @@ mod tests {
         // Replies after 10 ms and 14 ms, then two probes unanswered.
         let p = link.request(t0, t0);
         link.reply(&Probe { reply: true, ..p }, t0 + 10 * MS);
+        assert_eq!(
+            link.stats().jitter,
+            Measure::Unknown,
+            "one answer: no jitter yet"
+        );
         let p = link.request(t0 + 100 * MS, t0);
         link.reply(&Probe { reply: true, ..p }, t0 + 114 * MS);
         let stats = link.stats();
-        assert!(stats.alive);
-        assert_eq!(stats.rtt, (10 * MS * 7 + 14 * MS) / 8);
-        assert_eq!(stats.jitter, 4 * MS / 16);
-        assert_eq!(u128::from(stats.one_way_us()), stats.rtt.as_micros() / 2);
+        assert!(stats.up());
+        let rtt = (10 * MS * 7 + 14 * MS) / 8;
+        assert_eq!(stats.rtt, Measure::Known(rtt));
+        assert_eq!(stats.jitter, Measure::Known(4 * MS / 16));
+        assert_eq!(
+            stats.one_way_us(),
+            Measure::Known(u64::try_from(rtt.as_micros() / 2).unwrap())
+        );
+        assert_eq!(stats.loss, Measure::Known(0.0));
         link.request(t0 + 200 * MS, t0);
         link.request(t0 + 300 * MS, t0);
         link.poll(t0 + 600 * MS);
-        assert!((link.stats().loss - 0.5).abs() < 1e-9, "{:?}", link.stats());
+        assert_eq!(link.stats().loss, Measure::Known(0.5));
+    }
+
+    /// A neighbor that never answers (BIRD, FRR, GoBGP) is unknown, not 100 % lossy; one that
+    /// answered and then went silent is measured: lossy, then down.
+    #[test]
+    fn unknown_until_answered_then_measured_loss() {
+        let t0 = Instant::now();
+        let mut link = Link::new(100 * MS, 3);
+        for i in 0..20 {
+            link.request(t0 + i * 100 * MS, t0);
+            link.poll(t0 + i * 100 * MS);
+        }
+        // 20 probes unanswered.
+        let stats = link.stats();
+        assert_eq!(
+            (stats.rtt, stats.jitter, stats.loss, stats.alive),
+            (
+                Measure::Unknown,
+                Measure::Unknown,
+                Measure::Unknown,
+                Measure::Unknown
+            )
+        );
+        assert_eq!(stats.one_way_us(), Measure::Unknown);
+        assert!(!stats.up());
+
+        // It starts answering (an agent came up): the silence before measured nothing, even
+        // for probes that age out after its first answer.
+        let p = link.request(t0 + 2000 * MS, t0);
+        link.reply(&Probe { reply: true, ..p }, t0 + 2001 * MS);
+        link.poll(t0 + 2001 * MS);
+        assert_eq!(link.stats().loss, Measure::Known(0.0));
+        assert_eq!(link.stats().alive, Measure::Known(true));
+
+        // Then silent: measured loss, and down.
+        let mut died = false;
+        for i in 21..25 {
+            died |= link.poll(t0 + i * 100 * MS);
+            link.request(t0 + i * 100 * MS, t0);
+        }
+        assert!(died);
+        let stats = link.stats();
+        assert_eq!(stats.alive, Measure::Known(false));
+        assert!(
+            stats.loss.known().is_some_and(|l| l > 0.0),
+            "silence after answers is loss: {stats:?}"
+        );
+        assert!(stats.rtt.is_known(), "the last measured RTT stays");
     }
 
     #[test]
@@ -338,16 +415,16 @@ mod tests {
         }
         let p = link.request(t0 + MS * 1000, t0);
         link.reply(&Probe { reply: true, ..p }, t0 + MS * 1001);
-        assert!(link.stats().alive);
+        assert!(link.stats().up());
         assert!(!link.poll(t0 + MS * 1300), "299 ms of silence: still alive");
         assert!(link.poll(t0 + MS * 1301), "300 ms: dead");
-        assert!(!link.stats().alive);
+        assert_eq!(link.stats().alive, Measure::Known(false));
         assert!(!link.poll(t0 + MS * 1500), "reported once");
         // A duplicate reply is ignored; a fresh one revives the link.
         link.reply(&Probe { reply: true, ..p }, t0 + MS * 1502);
-        assert!(!link.stats().alive);
+        assert!(!link.stats().up());
         let p = link.request(t0 + MS * 1600, t0);
         link.reply(&Probe { reply: true, ..p }, t0 + MS * 1601);
-        assert!(link.stats().alive);
+        assert!(link.stats().up());
     }
 }

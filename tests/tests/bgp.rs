@@ -69,11 +69,15 @@ fn ingress_config(control: ControlPlane) -> String {
             bgp_section(CORE_AS, "10.0.0.100", &[(REFLECTOR, CORE_AS, "")])
         }
     };
+    // The maxima must not exclude paths learned through a reflector: GoBGP answers no link
+    // probe, and an agent reflector is not on the data path; either way their paths' loss is
+    // unknown, not 100 %.
     format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
          [srv6]\nsource = \"2001:db8:1::2\"\n\n\
-         [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\n\n\
+         [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\n\
+         max_loss = 0.2\nmax_latency_ms = 50\n\n\
          [selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\n\n{bgp}"
     )
 }

@@ -229,7 +229,7 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
         node: 0,
         name: node.to_owned(),
         metrics: metrics.clone(),
-        path: Path::default(),
+        path: Path::LOCAL,
         admin: Admin::Up,
     };
     let scores = score::score(&s.policy, &me, std::slice::from_ref(&me));

@@ -14,10 +14,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Command, Ids};
 use crate::{
-    bgp::speaker::{Learned, SharedRib},
+    bgp::{
+        route::Route,
+        speaker::{Learned, SharedRib},
+    },
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
     dataplane::{Node, NodeState},
-    metrics::{Capacity, ComputeKind, NodeMetrics, Published, Sample, Unit},
+    metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Published, Sample, Unit},
+    probe::LinkStats,
     selection::{
         self, Admin, Candidate, Path, Policy,
         hysteresis::{Hysteresis, Settings, Verdict},
@@ -102,8 +106,10 @@ pub fn planned_service(
                 name: remote.name.clone(),
                 capacity: served.capacity,
                 path: Path {
-                    latency: Duration::from_secs_f64(remote.latency_ms.max(0.0) / 1000.0),
-                    loss: remote.loss,
+                    latency: Measure::Known(Duration::from_secs_f64(
+                        remote.latency_ms.max(0.0) / 1000.0,
+                    )),
+                    loss: Measure::Known(remote.loss),
                 },
                 metrics_file: remote.metrics_file.clone(),
                 drained: remote.drained,
@@ -319,9 +325,6 @@ pub async fn run(
     }
 }
 
-/// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
-/// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
-/// several paths is one candidate, with its lowest path latency (AIGP).
 /// Warns (in the background) when a node's encapsulated packets would leave by an interface
 /// whose MTU cannot carry a 1280-byte IPv6 packet plus the encapsulation.
 pub fn warn_if_path_too_small(name: String, node: &Node) {
@@ -345,6 +348,9 @@ pub fn warn_if_path_too_small(name: String, node: &Node) {
     });
 }
 
+/// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
+/// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
+/// several paths is one candidate, by its best-known path (`best_known_first`).
 fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
     let routes: Vec<Learned> = learning
         .rib
@@ -364,7 +370,7 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
                 tracing::debug!(%sid, "waiting for the locator route of a learned node");
                 return None;
             }
-            let link = links.get(&neighbor).copied().unwrap_or_default();
+            let path = learned_path(neighbor, &route, links.get(&neighbor));
             let (name, metrics) = match route.metrics {
                 Some(m) => (m.node, m.metrics),
                 None => (sid.to_string(), NodeMetrics::default()),
@@ -376,25 +382,47 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
                 reduced: false,
                 state: NodeState::Active,
             };
-            // The path: AIGP up to the neighbor, plus the link to it.
-            let latency =
-                Duration::from_micros(route.aigp.unwrap_or(0).saturating_add(link.one_way_us()));
             let candidate = Candidate {
                 node: id,
                 name,
                 metrics,
-                path: Path {
-                    latency,
-                    loss: link.loss,
-                },
+                path,
                 admin: Admin::Up,
             };
             Some((id, node, (route.prefix.addr(), candidate)))
         })
         .collect();
-    candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, c.path.latency));
+    candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, best_known_first(&c.path)));
     candidates.dedup_by_key(|(id, _, (prefix, _))| (*prefix, *id));
     candidates
+}
+
+/// The path to a candidate learned from `neighbor`: AIGP up to the route's next hop, plus the
+/// neighbor's link when the neighbor is that next hop. A neighbor that is not (a route
+/// reflector off the data path) says nothing about the path with its own link: latency is
+/// then AIGP alone, loss unknown. Without AIGP or a measured link, latency is unknown too.
+fn learned_path(neighbor: IpAddr, route: &Route, link: Option<&LinkStats>) -> Path {
+    let on_path = neighbor.to_canonical() == IpAddr::V6(route.next_hop).to_canonical();
+    let link = match link {
+        Some(link) if on_path => *link,
+        _ => LinkStats::default(),
+    };
+    let latency_us = match (route.aigp, link.one_way_us()) {
+        (Some(aigp), Measure::Known(link_us)) => Measure::Known(aigp.saturating_add(link_us)),
+        // What AIGP measured stays known; the unmeasured last hop adds nothing to it.
+        (Some(aigp), Measure::Unknown) => Measure::Known(aigp),
+        (None, link_us) => link_us,
+    };
+    Path {
+        latency: latency_us.map(Duration::from_micros),
+        loss: link.loss,
+    }
+}
+
+/// Among the paths to one site: the one with the fewest unknown parts, then the lowest latency.
+fn best_known_first(path: &Path) -> (usize, Option<Duration>) {
+    let unknown = usize::from(!path.latency.is_known()) + usize::from(!path.loss.is_known());
+    (unknown, path.latency.known())
 }
 
 /// The locators learned in BGP whose kernel route is not installed yet (none when this agent
@@ -534,6 +562,68 @@ mod tests {
             originator_id: None,
             cluster_list: vec![],
         }
+    }
+
+    /// A reflector off the data path (its routes' next hop is the compute node, not itself)
+    /// says nothing about the path with its own link, even a measured one; a neighbor on the
+    /// path does, once it has answered a probe. AIGP counts either way.
+    #[test]
+    fn only_a_neighbor_on_the_data_path_measures_the_path() {
+        let direct: IpAddr = "2001:db8:11::2".parse().unwrap();
+        let reflector: IpAddr = "2001:db8:13::2".parse().unwrap();
+        let silent: IpAddr = "2001:db8:14::2".parse().unwrap();
+        let via = |path_id, sid, next_hop: &str, aigp| Route {
+            path_id,
+            next_hop: next_hop.parse().unwrap(),
+            aigp,
+            ..route("2001:db8:cafe::1/128", Some(sid))
+        };
+        let rib = SharedRib::default();
+        {
+            let mut rib = rib.lock().unwrap();
+            rib.insert_for_test(direct, via(1, "fc00:1::d6", "2001:db8:11::2", Some(100)));
+            // compute1 again through the reflector: the measured path above wins.
+            rib.insert_for_test(reflector, via(1, "fc00:1::d6", "2001:db8:11::2", Some(0)));
+            rib.insert_for_test(reflector, via(2, "fc00:2::d6", "2001:db8:12::2", Some(300)));
+            rib.insert_for_test(reflector, via(3, "fc00:3::d6", "2001:db8:15::2", None));
+            rib.insert_for_test(silent, via(1, "fc00:4::d6", "2001:db8:14::2", None));
+        }
+        let links = crate::probe::SharedLinks::default();
+        let measured = |rtt_ms, loss| LinkStats {
+            rtt: Measure::Known(Duration::from_millis(rtt_ms)),
+            jitter: Measure::Known(Duration::ZERO),
+            loss: Measure::Known(loss),
+            alive: Measure::Known(true),
+        };
+        links.lock().unwrap().extend([
+            (direct, measured(2, 0.02)),
+            (reflector, measured(40, 1.0)),
+            (silent, LinkStats::default()),
+        ]);
+        let learning = Learning {
+            rib,
+            links,
+            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
+            encap_src: Ipv6Addr::LOCALHOST,
+            locators: None,
+            import: crate::bgp::policy::Import::default(),
+        };
+        let paths: BTreeMap<String, Path> = learned_candidates(&learning)
+            .into_iter()
+            .map(|(_, _, (_, c))| (c.name, c.path))
+            .collect();
+        let us = |us| Measure::Known(Duration::from_micros(us));
+        let expected = [
+            // AIGP plus the measured one-way link.
+            ("fc00:1::d6", us(100 + 1000), Measure::Known(0.02)),
+            // Through the reflector: AIGP alone, loss unknown (not the reflector's 100 %).
+            ("fc00:2::d6", us(300), Measure::Unknown),
+            ("fc00:3::d6", Measure::Unknown, Measure::Unknown),
+            // On the path but never answered a probe.
+            ("fc00:4::d6", Measure::Unknown, Measure::Unknown),
+        ]
+        .map(|(name, latency, loss)| (name.to_owned(), Path { latency, loss }));
+        assert_eq!(paths, BTreeMap::from(expected));
     }
 
     #[test]

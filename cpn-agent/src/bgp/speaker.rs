@@ -601,9 +601,11 @@ impl Session {
         {
             let links = self.links.lock().expect("links lock");
             for r in &mut received {
+                // AIGP has no "unknown": an unmeasured link adds nothing to it.
                 r.link_us = links
                     .get(&r.from.address)
-                    .map_or(0, crate::probe::LinkStats::one_way_us);
+                    .and_then(|l| l.one_way_us().known())
+                    .unwrap_or(0);
             }
         }
         let mut current = policy::export(

@@ -70,7 +70,8 @@ pub struct Neighbor {
     pub state: String,
     /// Paths received from it (Adj-RIB-In).
     pub paths: usize,
-    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness.
+    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness;
+    /// `None` while unknown (not probed, or it never answered a probe).
     pub rtt_us: Option<u64>,
     pub jitter_us: Option<u64>,
     pub loss: Option<f64>,
@@ -174,11 +175,10 @@ impl AgentState {
                     paths: rib
                         .as_ref()
                         .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
-                    rtt_us: link.map(|l| u64::try_from(l.rtt.as_micros()).unwrap_or(u64::MAX)),
-                    jitter_us: link
-                        .map(|l| u64::try_from(l.jitter.as_micros()).unwrap_or(u64::MAX)),
-                    loss: link.map(|l| l.loss),
-                    link_alive: link.map(|l| l.alive),
+                    rtt_us: link.and_then(|l| l.rtt.known()).map(micros),
+                    jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
+                    loss: link.and_then(|l| l.loss.known()),
+                    link_alive: link.and_then(|l| l.alive.known()),
                     messages: rib
                         .as_ref()
                         .and_then(|r| r.messages.get(&address).cloned())
@@ -233,6 +233,10 @@ impl AgentState {
             })
             .collect()
     }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Listens on `path` (replacing a stale socket file) and answers until the task is dropped.

@@ -1,6 +1,6 @@
 //! `cpnctl show neighbors`.
 
-use super::{columns, millis, or_dash};
+use super::{columns, millis, or_unknown};
 use crate::control::Neighbor;
 
 pub fn table(neighbors: Vec<Neighbor>) -> String {
@@ -13,10 +13,10 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 n.state,
                 n.paths.to_string(),
                 n.filtered.to_string(),
-                or_dash(n.rtt_us.map(millis)),
-                or_dash(n.jitter_us.map(millis)),
-                or_dash(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
-                or_dash(n.link_alive.map(|a| if a { "up" } else { "down" })),
+                or_unknown(n.rtt_us.map(millis)),
+                or_unknown(n.jitter_us.map(millis)),
+                or_unknown(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
+                or_unknown(n.link_alive.map(|a| if a { "up" } else { "down" })),
                 n.messages.received.values().sum::<u64>().to_string(),
                 n.messages.sent.values().sum::<u64>().to_string(),
             ]
@@ -29,4 +29,43 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
         ],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbor_that_never_answered_reads_unknown_not_down() {
+        let neighbor = |address: &str, answered: bool| Neighbor {
+            address: address.parse().unwrap(),
+            asn: 65000,
+            state: "Established".into(),
+            paths: 2,
+            rtt_us: answered.then_some(1_500),
+            jitter_us: answered.then_some(100),
+            loss: answered.then_some(0.02),
+            link_alive: answered.then_some(true),
+            messages: crate::bgp::speaker::MessageCounts::default(),
+            filtered: 0,
+        };
+        let text = table(vec![
+            neighbor("2001:db8::1", true),
+            neighbor("2001:db8::2", false),
+        ]);
+        let links: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| {
+                let cells: Vec<&str> = l
+                    .split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                cells[5..9].to_vec()
+            })
+            .collect();
+        assert_eq!(links[0], ["RTT", "JITTER", "LOSS", "LINK"], "{text}");
+        assert_eq!(links[1], ["1.50 ms", "0.10 ms", "2 %", "up"], "{text}");
+        assert_eq!(links[2], ["unknown"; 4], "{text}");
+    }
 }

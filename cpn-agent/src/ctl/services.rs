@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{columns, or_dash};
+use super::{columns, or_dash, or_unknown};
 
 pub fn table(explanations: &serde_json::Value) -> String {
     let mut out = String::new();
@@ -49,7 +49,12 @@ pub fn candidates(explanation: &serde_json::Value) -> String {
                 score(c, "l2"),
                 score(c, "computing"),
                 score(c, "communication"),
-                or_dash(duration(&c["path"]["latency"]).map(|ms| format!("{ms:.2} ms"))),
+                or_unknown(duration(&c["path"]["latency"]).map(|ms| format!("{ms:.2} ms"))),
+                or_unknown(
+                    c["path"]["loss"]
+                        .as_f64()
+                        .map(|l| format!("{:.1} %", l * 100.0)),
+                ),
                 or_dash(c["metrics"]["in_flight"]["value"].as_f64()),
                 or_dash(duration(&c["metric_age"]).map(|ms| format!("{:.1} s", ms / 1e3))),
                 match &c["excluded"] {
@@ -73,10 +78,53 @@ pub fn candidates(explanation: &serde_json::Value) -> String {
             "COMPUTE",
             "NETWORK",
             "LATENCY",
+            "LOSS",
             "IN FLIGHT",
             "METRIC AGE",
             "EXCLUDED",
         ],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unmeasured_path_reads_unknown_not_zero() {
+        let explanation = serde_json::json!({
+            "published": {"1": 0.6},
+            "decision": {"evaluations": [
+                {"node": 1, "name": "near", "weight": 0.6,
+                 "path": {"latency": {"secs": 0, "nanos": 2_500_000}, "loss": 0.01},
+                 "scores": {"l2": 0.9, "computing": 1.0, "communication": 0.8}},
+                {"node": 2, "name": "behind-rr", "weight": 0.4,
+                 "path": {"latency": null, "loss": null},
+                 "scores": {"l2": 0.9, "computing": 1.0, "communication": 0.8}},
+            ]},
+        });
+        let text = candidates(&explanation);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        let column = |name: &str| rows[0].iter().position(|h| *h == name).unwrap();
+        let (latency, loss) = (column("LATENCY"), column("LOSS"));
+        assert_eq!(
+            (rows[1][latency], rows[1][loss]),
+            ("2.50 ms", "1.0 %"),
+            "{text}"
+        );
+        assert_eq!(
+            (rows[2][latency], rows[2][loss]),
+            ("unknown", "unknown"),
+            "{text}"
+        );
+    }
 }

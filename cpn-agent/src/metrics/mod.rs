@@ -68,6 +68,65 @@ pub enum Unit {
     Milliseconds,
 }
 
+/// A network measurement (round-trip time, jitter, loss, path latency), or `Unknown` because
+/// nothing measured it: a neighbor that never answered a link probe, a path learned through a
+/// reflector that is not on it. Unknown is never 0 or 100 %; whoever decides on the value says
+/// what unknown means there. It has no order on purpose: `Unknown > max` must not compile.
+/// In JSON, the value or `null`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Measure<T> {
+    #[default]
+    Unknown,
+    Known(T),
+}
+
+impl<T> Measure<T> {
+    pub fn known(self) -> Option<T> {
+        match self {
+            Self::Unknown => None,
+            Self::Known(value) => Some(value),
+        }
+    }
+
+    pub const fn is_known(&self) -> bool {
+        matches!(self, Self::Known(_))
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Measure<U> {
+        match self {
+            Self::Unknown => Measure::Unknown,
+            Self::Known(value) => Measure::Known(f(value)),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Measure<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Unknown => serializer.serialize_none(),
+            Self::Known(value) => serializer.serialize_some(value),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Measure<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl<T> From<Option<T>> for Measure<T> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Self::Unknown, Self::Known)
+    }
+}
+
+impl<T> From<Measure<T>> for Option<T> {
+    fn from(value: Measure<T>) -> Self {
+        value.known()
+    }
+}
+
 /// One L0 value.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{ComputeKind, NodeMetrics};
+use crate::metrics::{ComputeKind, Measure, NodeMetrics};
 
 /// The four demand grades of the CPN survey, by the compute a node must offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -98,11 +98,22 @@ impl Policy {
     }
 }
 
-/// The network path to a candidate, as the ingress sees it.
+/// The network path to a candidate, as the ingress sees it; either part may be unknown (no
+/// policy maximum excludes on it; the score gives it a neutral value, score.rs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Path {
-    pub latency: Duration,
-    pub loss: f64,
+    /// One way.
+    pub latency: Measure<Duration>,
+    /// Fraction 0..=1.
+    pub loss: Measure<f64>,
+}
+
+impl Path {
+    /// A node's path to itself.
+    pub const LOCAL: Self = Self {
+        latency: Measure::Known(Duration::ZERO),
+        loss: Measure::Known(0.0),
+    };
 }
 
 /// Whether a node takes new flows.
@@ -161,7 +172,7 @@ pub enum Exclusion {
 pub struct Evaluation {
     pub node: u32,
     pub name: String,
-    /// The L0 metrics it was judged on, and the path to it.
+    /// The L0 metrics it was judged on, and the path to it (`null` parts were unknown).
     pub metrics: NodeMetrics,
     pub path: Path,
     pub metric_age: Option<Duration>,
@@ -274,21 +285,16 @@ fn exclusion(
             needed,
         });
     }
-    if let Some(max) = policy.max_latency
-        && candidate.path.latency > max
+    // Only what was measured can break a maximum: an unknown path is not a bad one.
+    if let (Some(max), Measure::Known(latency)) = (policy.max_latency, candidate.path.latency)
+        && latency > max
     {
-        return Some(Exclusion::LatencyTooHigh {
-            latency: candidate.path.latency,
-            max,
-        });
+        return Some(Exclusion::LatencyTooHigh { latency, max });
     }
-    if let Some(max) = policy.max_loss
-        && candidate.path.loss > max
+    if let (Some(max), Measure::Known(loss)) = (policy.max_loss, candidate.path.loss)
+        && loss > max
     {
-        return Some(Exclusion::LossTooHigh {
-            loss: candidate.path.loss,
-            max,
-        });
+        return Some(Exclusion::LossTooHigh { loss, max });
     }
     None
 }

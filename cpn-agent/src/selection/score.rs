@@ -5,7 +5,8 @@
 //! - computing L1 = free / total capacity of the service's kind × (1 − CPU utilisation)
 //!   × (1 − in-flight / max in-flight), for the factors that are known;
 //! - communication L1 = (1 − latency / reference) × (1 − loss / reference), the references
-//!   being the policy's maxima (default 100 ms and 5 %);
+//!   being the policy's maxima (default 100 ms and 5 %); an unknown latency or loss takes
+//!   the neutral value of its factor ([`or_neutral`]);
 //! - energy L1 and price L1 = the lowest value among the candidates / this node's value (1 when
 //!   unknown);
 //! - L2 = the objective-weighted mean of the L1 scores.
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Candidate, Policy};
+use super::{Candidate, Path, Policy};
+use crate::metrics::Measure;
 
 pub const NORMALISATION: &str = "cpn-norm-v1";
 
@@ -52,8 +54,18 @@ pub fn score(policy: &Policy, candidate: &Candidate, all: &[Candidate]) -> Score
         .unwrap_or(DEFAULT_LATENCY_REFERENCE)
         .as_secs_f64();
     let loss_ref = policy.max_loss.unwrap_or(DEFAULT_LOSS_REFERENCE);
-    let communication = unit(1.0 - candidate.path.latency.as_secs_f64() / latency_ref.max(1e-9))
-        * unit(1.0 - candidate.path.loss / loss_ref.max(1e-9));
+    let latency_factor = |p: &Path| {
+        p.latency
+            .map(|l| unit(1.0 - l.as_secs_f64() / latency_ref.max(1e-9)))
+    };
+    let loss_factor = |p: &Path| p.loss.map(|l| unit(1.0 - l / loss_ref.max(1e-9)));
+    let communication = or_neutral(
+        latency_factor(&candidate.path),
+        all.iter().map(|c| latency_factor(&c.path)),
+    ) * or_neutral(
+        loss_factor(&candidate.path),
+        all.iter().map(|c| loss_factor(&c.path)),
+    );
     let energy = relative(
         m.power.map(|s| s.value),
         all.iter().filter_map(|c| c.metrics.power.map(|s| s.value)),
@@ -76,6 +88,25 @@ pub fn score(policy: &Policy, candidate: &Candidate, all: &[Candidate]) -> Score
         energy,
         price,
         l2: unit(l2),
+    }
+}
+
+/// A communication factor, or for an unknown one its neutral value: the mean of that factor
+/// over the candidates that have it measured, so that being unmeasured neither wins against
+/// the measured paths (as 0 ms or 0 % would) nor loses against them (as 100 % loss did); 1
+/// when no candidate has it, since a factor that every candidate shares changes no ranking
+/// and 1 leaves the other factor as it is.
+fn or_neutral(factor: Measure<f64>, all: impl Iterator<Item = Measure<f64>>) -> f64 {
+    if let Measure::Known(factor) = factor {
+        return factor;
+    }
+    let (sum, count) = all
+        .filter_map(Measure::known)
+        .fold((0.0, 0_u32), |(sum, count), f| (sum + f, count + 1));
+    if count == 0 {
+        1.0
+    } else {
+        sum / f64::from(count)
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::{hysteresis::*, maglev::Weighted, *};
-use crate::metrics::{Capacity, Sample, Unit};
+use crate::metrics::{Capacity, Measure, Sample, Unit};
 
 fn node(id: u32, kind: ComputeKind, total: f64, free: f64, at: SystemTime) -> Candidate {
     Candidate {
@@ -20,8 +20,8 @@ fn node(id: u32, kind: ComputeKind, total: f64, free: f64, at: SystemTime) -> Ca
             ..NodeMetrics::default()
         },
         path: Path {
-            latency: Duration::from_millis(5),
-            loss: 0.0,
+            latency: Measure::Known(Duration::from_millis(5)),
+            loss: Measure::Known(0.0),
         },
         admin: Admin::Up,
     }
@@ -90,9 +90,9 @@ fn policy_filters_explain_themselves() {
     let now = SystemTime::now();
     let old = now - Duration::from_mins(1);
     let mut far = node(5, ComputeKind::Gpu, 2e13, 2e13, now);
-    far.path.latency = Duration::from_millis(80);
+    far.path.latency = Measure::Known(Duration::from_millis(80));
     let mut lossy = node(6, ComputeKind::Gpu, 2e13, 2e13, now);
-    lossy.path.loss = 0.2;
+    lossy.path.loss = Measure::Known(0.2);
     let mut drained = node(7, ComputeKind::Gpu, 2e13, 2e13, now);
     drained.admin = Admin::Drained;
     let nodes = [
@@ -138,6 +138,103 @@ fn policy_filters_explain_themselves() {
     ));
     assert_eq!(excluded(&d, 7), Some(Exclusion::Drained));
     assert_eq!(excluded(&d, 8), Some(Exclusion::NoScore));
+}
+
+/// Behind a BIRD, FRR or GoBGP reflector nothing measures the path: such a candidate passes
+/// `max_loss` and `max_latency_ms`, while a measured path above them is still excluded.
+#[test]
+fn unknown_path_is_never_excluded_by_the_maxima() {
+    let now = SystemTime::now();
+    let mut unmeasured = node(1, ComputeKind::Cpu, 100.0, 100.0, now);
+    unmeasured.path = Path::default();
+    let mut lossy = node(2, ComputeKind::Cpu, 100.0, 100.0, now);
+    lossy.path.loss = Measure::Known(1.0);
+    let mut far = node(3, ComputeKind::Cpu, 100.0, 100.0, now);
+    far.path.latency = Measure::Known(Duration::from_millis(80));
+    // Latency from AIGP, loss unknown: the reflector case with AIGP.
+    let mut aigp_only = node(4, ComputeKind::Cpu, 100.0, 100.0, now);
+    aigp_only.path.loss = Measure::Unknown;
+    let p = Policy {
+        max_latency: Some(Duration::from_millis(50)),
+        max_loss: Some(0.01),
+        ..policy(ComputeKind::Cpu)
+    };
+    let d = select(&p, &[unmeasured, lossy, far, aigp_only], now);
+    assert_eq!(excluded(&d, 1), None);
+    assert_eq!(excluded(&d, 4), None);
+    assert_eq!(
+        excluded(&d, 2),
+        Some(Exclusion::LossTooHigh {
+            loss: 1.0,
+            max: 0.01
+        })
+    );
+    assert!(matches!(
+        excluded(&d, 3),
+        Some(Exclusion::LatencyTooHigh { .. })
+    ));
+    assert!((weight(&d, 1) - 0.5).abs() < 1e-9, "{d:?}");
+    // The explanation says what was unknown.
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(
+        json["evaluations"][0]["path"],
+        serde_json::json!({"latency": null, "loss": null})
+    );
+    assert_eq!(
+        json["evaluations"][3]["path"]["loss"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        json["evaluations"][3]["path"]["latency"],
+        serde_json::json!({"secs": 0, "nanos": 5_000_000})
+    );
+}
+
+/// An unknown latency or loss scores as the mean of the measured candidates' factors, or 1
+/// when none is measured: neither the 0 ms / 0 % that would put it first nor the 100 % loss
+/// that put it last.
+#[test]
+fn unknown_path_scores_the_measured_mean() {
+    let now = SystemTime::now();
+    let p = Policy {
+        objective: Objective {
+            latency: 1.0,
+            load: 0.0,
+            energy: 0.0,
+            price: 0.0,
+        },
+        ..policy(ComputeKind::Cpu)
+    };
+    let at = |latency_ms: Option<u64>, loss: Option<f64>| {
+        let mut c = node(1, ComputeKind::Cpu, 100.0, 100.0, now);
+        c.path = Path {
+            latency: latency_ms.map(Duration::from_millis).into(),
+            loss: loss.into(),
+        };
+        c
+    };
+    // Default references: 100 ms and 5 %.
+    let near = at(Some(10), Some(0.0)); // 0.9 × 1
+    let far = at(Some(70), Some(0.025)); // 0.3 × 0.5
+    let unmeasured = at(None, None);
+    let all = [near.clone(), far.clone(), unmeasured.clone()];
+    let communication = |c: &Candidate| score::score(&p, c, &all).communication;
+    assert!((communication(&near) - 0.9).abs() < 1e-9);
+    assert!((communication(&far) - 0.15).abs() < 1e-9);
+    let neutral = f64::midpoint(0.9, 0.3) * f64::midpoint(1.0, 0.5);
+    assert!((communication(&unmeasured) - neutral).abs() < 1e-9);
+    // Unknown loss alone: the measured latency counts, the loss factor is the mean.
+    let half = at(Some(50), None);
+    let all = [near.clone(), far.clone(), half.clone()];
+    let s = score::score(&p, &half, &all);
+    assert!((s.communication - 0.5 * 0.75).abs() < 1e-9, "{s:?}");
+    // Nobody measured: the factor is 1 for every candidate.
+    let all = [unmeasured.clone(), at(None, None)];
+    assert_eq!(score::score(&p, &unmeasured, &all).communication, 1.0);
+    let aigp_only = at(Some(20), None);
+    let all = [aigp_only.clone(), unmeasured.clone()];
+    assert!((score::score(&p, &aigp_only, &all).communication - 0.8).abs() < 1e-9);
+    assert!((score::score(&p, &unmeasured, &all).communication - 0.8).abs() < 1e-9);
 }
 
 #[test]
