@@ -109,7 +109,7 @@ pub fn codec(rounds: usize, per_round: usize) -> Result<Codec> {
         internal: false,
     };
     let routes: Vec<Route> = (0..u32::try_from(per_round)?).map(sample_route).collect();
-    let mut codec = speaker::codec(AddPath::BOTH);
+    let mut codec = speaker::codec(AddPath::BOTH, encoding.metric_code);
     let (mut encode, mut decode) = (Vec::new(), Vec::new());
     let mut update_bytes = 0;
     for _ in 0..rounds {

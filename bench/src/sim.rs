@@ -187,7 +187,7 @@ fn build(n: usize, mode: Mode, rng: &mut Lcg) -> Vec<Agent> {
             rib_in: BTreeMap::new(),
             sessions: Vec::new(),
             busy_until: 0.0,
-            codec: speaker::codec(AddPath::BOTH),
+            codec: speaker::codec(AddPath::BOTH, METRIC_CODE),
         })
         .collect();
     // (a, b, a is b's reflector, delay)
@@ -244,7 +244,7 @@ fn build(n: usize, mode: Mode, rng: &mut Lcg) -> Vec<Agent> {
             delay_ms,
             ids: PathIds::default(),
             advertised: Vec::new(),
-            codec: speaker::codec(AddPath::BOTH),
+            codec: speaker::codec(AddPath::BOTH, METRIC_CODE),
         });
         agents[b].sessions.push(Session {
             to: a,
@@ -252,7 +252,7 @@ fn build(n: usize, mode: Mode, rng: &mut Lcg) -> Vec<Agent> {
             delay_ms,
             ids: PathIds::default(),
             advertised: Vec::new(),
-            codec: speaker::codec(AddPath::BOTH),
+            codec: speaker::codec(AddPath::BOTH, METRIC_CODE),
         });
     }
     agents

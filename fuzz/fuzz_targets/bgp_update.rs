@@ -30,7 +30,7 @@ fn bgp_stream(selector: u8, stream: &[u8]) {
         ipv4: selector & 2 != 0,
     };
     let internal = selector & 4 != 0;
-    let mut codec = speaker::codec(add_path);
+    let mut codec = speaker::codec(add_path, METRIC_CODE);
     let mut buf = BytesMut::from(stream);
     loop {
         match codec.decode(&mut buf) {

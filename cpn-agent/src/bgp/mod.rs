@@ -1,5 +1,6 @@
 //! BGP: the agents' advertisements of compute load (DESIGN.md "Announcement").
 
+pub mod attributes;
 pub mod errors;
 pub mod fsm;
 pub mod md5;

@@ -22,6 +22,7 @@ use netgauze_bgp_pkt::{
     },
     update::BgpUpdateMessage,
 };
+use netgauze_parse_utils::WritablePdu as _;
 
 use super::metric_attr::{self, CpnMetrics};
 
@@ -88,9 +89,35 @@ pub struct Parsed {
 /// `LOCAL_PREF` on iBGP: the usual default, so that operators' policies can rank against it.
 const DEFAULT_LOCAL_PREF: u32 = 100;
 
+/// An attribute we send. RFC 4271 §4.3 lets the Extended Length bit be set on any attribute;
+/// we set it only where the length needs two bytes, as other speakers do.
 fn attribute(optional: bool, transitive: bool, value: PathAttributeValue) -> PathAttribute {
-    PathAttribute::from(optional, transitive, false, true, value)
-        .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
+    let with = |extended_length, value| {
+        PathAttribute::from(optional, transitive, false, extended_length, value)
+            .unwrap_or_else(|(_, e)| panic!("attribute flags: {e:?}"))
+    };
+    let short = with(false, value);
+    // Flags, type and a 1-byte length, then the value.
+    if u8::try_from(short.len() - 3).is_ok() {
+        short
+    } else {
+        with(true, short.value().clone())
+    }
+}
+
+/// The order we send attributes in: `MP_REACH_NLRI` / `MP_UNREACH_NLRI` first, so that a
+/// receiver finds the NLRI even when a later attribute is malformed (RFC 7606 §5.1), then
+/// ascending type codes (RFC 4271 §5).
+fn in_sending_order(mut attributes: Vec<PathAttribute>) -> Vec<PathAttribute> {
+    attributes.sort_by_key(|a| {
+        let mp = matches!(
+            a.value(),
+            PathAttributeValue::MpReach(_) | PathAttributeValue::MpUnreach(_)
+        );
+        let code = a.path_attribute_type().map_or_else(|code| code, u8::from);
+        (!mp, code)
+    });
+    attributes
 }
 
 /// ADD-PATH in one direction, per address family (RFC 7911 negotiates each direction and
@@ -228,7 +255,11 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
             PathAttributeValue::UnknownAttribute(value),
         ));
     }
-    BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+    BgpMessage::Update(BgpUpdateMessage::new(
+        vec![],
+        in_sending_order(attrs),
+        vec![],
+    ))
 }
 
 /// The UPDATEs that take a neighbor from the routes it was sent (`advertised`) to `current`:
@@ -258,15 +289,9 @@ pub fn changes(advertised: &[Route], current: &[Route], encoding: Encoding) -> V
 /// that a message stays within RFC 4271's 4096 bytes.
 pub const MAX_WITHDRAWN_PER_UPDATE: usize = 180;
 
-/// The UPDATEs withdrawing sites.
+/// The UPDATEs withdrawing sites: one address family each, since an UPDATE carries at most
+/// one `MP_UNREACH_NLRI` (RFC 7606 §5.1; a second one resets the session, §3 g).
 pub fn withdraw(withdrawn: &[Withdrawn], add_path: AddPath) -> Vec<BgpMessage> {
-    withdrawn
-        .chunks(MAX_WITHDRAWN_PER_UPDATE)
-        .map(|chunk| withdraw_one(chunk, add_path))
-        .collect()
-}
-
-fn withdraw_one(withdrawn: &[Withdrawn], add_path: AddPath) -> BgpMessage {
     let v6: Vec<Ipv6UnicastAddress> = withdrawn
         .iter()
         .filter_map(|w| match w.prefix {
@@ -281,22 +306,19 @@ fn withdraw_one(withdrawn: &[Withdrawn], add_path: AddPath) -> BgpMessage {
             IpNet::V6(_) => None,
         })
         .collect();
-    let mut attrs = Vec::new();
-    if !v6.is_empty() {
-        attrs.push(attribute(
-            true,
-            false,
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: v6.into() }),
-        ));
-    }
-    if !v4.is_empty() {
-        attrs.push(attribute(
-            true,
-            false,
-            PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri: v4.into() }),
-        ));
-    }
-    BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+    let v6 = v6
+        .chunks(MAX_WITHDRAWN_PER_UPDATE)
+        .map(|nlri| MpUnreach::Ipv6Unicast { nlri: nlri.into() });
+    let v4 = v4
+        .chunks(MAX_WITHDRAWN_PER_UPDATE)
+        .map(|nlri| MpUnreach::Ipv4Unicast { nlri: nlri.into() });
+    v6.chain(v4).map(withdraw_one).collect()
+}
+
+/// The UPDATE carrying one `MP_UNREACH_NLRI`.
+fn withdraw_one(unreach: MpUnreach) -> BgpMessage {
+    let attribute = attribute(true, false, PathAttributeValue::MpUnreach(unreach));
+    BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![attribute], vec![]))
 }
 
 /// The BGP Prefix-SID attribute with the SRv6 L3 Service TLV for one SID (RFC 9252 §3.1).
@@ -634,8 +656,8 @@ mod tests {
             },
         ));
         let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        // AIGP (type 26): optional, extended length, TLV type 1, length 11, value 2500.
-        let mut aigp = vec![0x90, 26, 0, 11, 1, 0, 11];
+        // AIGP (type 26): optional, TLV type 1, length 11, value 2500.
+        let mut aigp = vec![0x80, 26, 11, 1, 0, 11];
         aigp.extend_from_slice(&2500u64.to_be_bytes());
         assert!(find(&aigp), "AIGP");
         // Link Bandwidth (non-transitive two-octet AS, subtype 4): AS_TRANS for the 4-byte
@@ -644,22 +666,18 @@ mod tests {
         bandwidth.extend_from_slice(&2e12f32.to_bits().to_be_bytes());
         assert!(find(&bandwidth), "Link Bandwidth");
         // AS_PATH (type 2): one AS_SEQUENCE of one 4-byte AS.
-        assert!(
-            find(&[0x50, 2, 0, 6, 2, 1, 0xfa, 0x56, 0xea, 0x01]),
-            "AS_PATH"
-        );
+        assert!(find(&[0x40, 2, 6, 2, 1, 0xfa, 0x56, 0xea, 0x01]), "AS_PATH");
         let ours = Route {
             as_path: Vec::new(),
             ..route("2001:db8:cafe::1".parse().unwrap())
         };
         let empty = wire(announce(&ours, EBGP));
         assert!(
-            empty.windows(4).any(|w| w == [0x50, 2, 0, 0]),
+            empty.windows(3).any(|w| w == [0x40, 2, 0]),
             "an empty AS_PATH is an empty attribute"
         );
-        // LOCAL_PREF (type 5) on iBGP: well-known transitive, 100 (netgauze writes every
-        // attribute with the extended-length flag, which RFC 4271 §4.3 allows).
-        assert!(find(&[0x50, 5, 0, 4, 0, 0, 0, 100]), "LOCAL_PREF");
+        // LOCAL_PREF (type 5) on iBGP: well-known transitive, 100.
+        assert!(find(&[0x40, 5, 4, 0, 0, 0, 100]), "LOCAL_PREF");
         // Prefix-SID (type 40): SRv6 L3 Service TLV (5) → SID Information sub-TLV (1): SID, flags,
         // behaviour 18 (End.DT6).
         let mut sid = vec![1, 0, 21, 0];
@@ -667,12 +685,12 @@ mod tests {
         sid.extend_from_slice(&[0, 0, 18, 0]);
         assert!(find(&sid), "SRv6 SID Information sub-TLV");
         assert!(
-            find(&[0xd0, 40]),
+            find(&[0xc0, 40]),
             "Prefix-SID attribute, optional transitive"
         );
         // CPN metric attribute: optional transitive, type 255, version 1, name TLV.
         assert!(
-            find(&[0xd0, 255]) && find(&[1, 1, 0, 5, b'e', b'd', b'g', b'e', b'1']),
+            find(&[0xc0, 255]) && find(&[1, 1, 0, 5, b'e', b'd', b'g', b'e', b'1']),
             "CPN metric attribute"
         );
         // NLRI with ADD-PATH: path id 7, /128.
@@ -695,13 +713,109 @@ mod tests {
             },
         ];
         let messages = withdraw(&w, AddPath::BOTH);
-        assert_eq!(messages.len(), 1);
-        let BgpMessage::Update(update) = unwire(&wire(messages[0].clone())) else {
-            panic!("not an UPDATE")
+        let parsed: Vec<Parsed> = messages
+            .into_iter()
+            .map(|m| {
+                let BgpMessage::Update(update) = unwire(&wire(m)) else {
+                    panic!("not an UPDATE")
+                };
+                parse(&update, 255)
+            })
+            .collect();
+        let withdrawn: Vec<Withdrawn> = parsed.iter().flat_map(|p| p.withdrawn.clone()).collect();
+        assert_eq!(withdrawn, w);
+        assert!(parsed.iter().all(|p| p.announced.is_empty()));
+    }
+
+    /// (flags, type code, value length) of each path attribute of an encoded UPDATE.
+    fn attribute_headers(bytes: &[u8]) -> Vec<(u8, u8, usize)> {
+        let u16_at = |at: usize| usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        let mut at = 21 + u16_at(19);
+        let end = at + 2 + u16_at(at);
+        at += 2;
+        let mut headers = Vec::new();
+        while at < end {
+            let (flags, code) = (bytes[at], bytes[at + 1]);
+            let (header, len) = if flags & 0x10 == 0 {
+                (3, usize::from(bytes[at + 2]))
+            } else {
+                (4, u16_at(at + 2))
+            };
+            headers.push((flags, code, len));
+            at += header + len;
+        }
+        assert_eq!(at, end, "attributes fill the block exactly");
+        headers
+    }
+
+    /// Whether the Extended Length bit is set exactly on the attributes longer than 255 bytes.
+    fn extended_length_only_past_255(headers: &[(u8, u8, usize)]) -> bool {
+        headers
+            .iter()
+            .all(|(flags, _, len)| (flags & 0x10 != 0) == (*len > 255))
+    }
+
+    #[test]
+    fn rfc7606_5_1_announcements_put_mp_reach_first_then_ascending_type_codes() {
+        let mut r = route("2001:db8:cafe::1".parse().unwrap());
+        let ibgp = Encoding {
+            internal: true,
+            ..EBGP
         };
-        let parsed = parse(&update, 255);
-        assert_eq!(parsed.withdrawn, w);
-        assert!(parsed.announced.is_empty());
+        let headers = attribute_headers(&wire(announce(&r, ibgp)));
+        let codes: Vec<u8> = headers.iter().map(|h| h.1).collect();
+        assert_eq!(codes, [14, 1, 2, 5, 9, 10, 16, 26, 40, 255]);
+        assert!(extended_length_only_past_255(&headers), "{headers:?}");
+        assert!(headers.iter().all(|h| h.0 & 0x10 == 0), "{headers:?}");
+        // The metric attribute's type code is configurable: it takes its place in the order.
+        let headers = attribute_headers(&wire(announce(
+            &r,
+            Encoding {
+                metric_code: 30,
+                ..ibgp
+            },
+        )));
+        let codes: Vec<u8> = headers.iter().map(|h| h.1).collect();
+        assert_eq!(codes, [14, 1, 2, 5, 9, 10, 16, 26, 30, 40]);
+        // A metric attribute over 255 bytes alone gets the Extended Length bit.
+        let metrics = r.metrics.as_mut().unwrap();
+        metrics.node = "n".repeat(crate::config::MAX_NODE_NAME);
+        metrics.normalisation = "n".repeat(200);
+        let headers = attribute_headers(&wire(announce(&r, ibgp)));
+        assert!(extended_length_only_past_255(&headers), "{headers:?}");
+        assert!(
+            headers
+                .iter()
+                .any(|&(flags, code, _)| code == 255 && flags & 0x10 != 0),
+            "{headers:?}"
+        );
+    }
+
+    #[test]
+    fn rfc7606_5_1_withdrawals_carry_one_mp_unreach_each() {
+        let v6 = |i: u32| Withdrawn {
+            prefix: IpNet::V6(Ipv6Net::new(Ipv6Addr::from(u128::from(i)), 128).unwrap()),
+            path_id: i,
+        };
+        let v4 = Withdrawn {
+            prefix: "198.18.0.1/32".parse().unwrap(),
+            path_id: 3,
+        };
+        // One family per UPDATE: a second MP_UNREACH_NLRI would reset the session (§3 g).
+        let messages = withdraw(&[v6(1), v4], AddPath::BOTH);
+        assert_eq!(messages.len(), 2);
+        for m in messages {
+            let headers = attribute_headers(&wire(m));
+            assert_eq!(headers.iter().map(|h| h.1).collect::<Vec<_>>(), [15]);
+            assert!(extended_length_only_past_255(&headers), "{headers:?}");
+        }
+        // 180 IPv6 withdrawals take 3780 bytes: two length bytes.
+        let many: Vec<Withdrawn> = (0..180).map(v6).collect();
+        let [m] = &withdraw(&many, AddPath::BOTH)[..] else {
+            panic!("one UPDATE")
+        };
+        let headers = attribute_headers(&wire(m.clone()));
+        assert_eq!(headers, [(0x90, 15, 3 + 180 * 21)]);
     }
 
     #[test]

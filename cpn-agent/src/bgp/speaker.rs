@@ -19,12 +19,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use ipnet::IpNet;
 use netgauze_bgp_pkt::{
     BgpMessage,
-    codec::{BgpCodec, BgpCodecDecoderError},
+    codec::BgpCodecDecoderError,
     notification::{BgpNotificationMessage, CeaseError},
     update::BgpUpdateMessage,
-    wire::deserializer::{BgpParsingContext, BgpParsingIgnoredErrors},
 };
-use netgauze_iana::address_family::AddressType;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
@@ -32,10 +30,11 @@ use tokio::{
 use tokio_util::codec::Framed;
 
 use super::{
+    attributes::Malformed,
     errors::{self, Verdict},
     fsm::{Action, Event, Fsm, PeerConfig, State},
     policy::{self, Local, PathIds, Peer, Received},
-    route::{self, AddPath, Route, Withdrawn},
+    route::{self, AddPath, Route},
 };
 use crate::probe::{Liveness, SharedLinks};
 
@@ -228,7 +227,7 @@ pub async fn spawn(
             conn: None,
             colliding: None,
             path_ids: PathIds::default(),
-            skipped: BgpParsingIgnoredErrors::default(),
+            skipped: Vec::new(),
             advertised: Vec::new(),
             alive: liveness.remove(&neighbor.address),
             links: links.clone(),
@@ -281,8 +280,8 @@ struct Session {
     /// (RFC 4271 §6.8), and whether we opened it.
     colliding: Option<(Framed<TcpStream, errors::Codec>, bool)>,
     path_ids: PathIds,
-    /// The attribute errors the codec skipped in the message being handled (RFC 7606).
-    skipped: BgpParsingIgnoredErrors,
+    /// The attributes the codec cut out of the message being handled (RFC 7606).
+    skipped: Vec<Malformed>,
     /// What this session has announced to the peer.
     advertised: Vec<Route>,
     /// The neighbor's link liveness, when it is probed.
@@ -391,7 +390,7 @@ impl Session {
     /// session is under way (its OPEN decides, RFC 4271 §6.8); else dropped.
     fn offer(&mut self, stream: TcpStream, outgoing: bool) -> Option<Event> {
         let _ = stream.set_nodelay(true);
-        let framed = Framed::new(stream, codec(AddPath::default()));
+        let framed = Framed::new(stream, codec(AddPath::default(), self.metric_code));
         match self.fsm.state() {
             State::Connect | State::Active if self.conn.is_none() => {
                 self.conn = Some(framed);
@@ -464,7 +463,7 @@ impl Session {
                     tracing::info!(neighbor = %self.neighbor.address, "the neighbor takes no IPv4 routes with IPv6 next hops (RFC 8950): none are sent to it");
                 }
                 if let Some(conn) = &mut self.conn {
-                    *conn.codec_mut() = codec(negotiated.add_path_rx);
+                    *conn.codec_mut() = codec(negotiated.add_path_rx, self.metric_code);
                 }
                 self.advertised.clear();
                 self.advertise().await
@@ -495,15 +494,11 @@ impl Session {
         let mut parsed = route::parse(update, self.metric_code);
         match errors::check(update, &skipped, internal) {
             Verdict::Accept { discarded } => parsed.discarded.extend(discarded),
-            Verdict::TreatAsWithdraw { why } => {
+            Verdict::TreatAsWithdraw { why, withdrawn } => {
                 tracing::warn!(neighbor = %self.neighbor.address, %why, "UPDATE treated as withdraw (RFC 7606)");
-                let announced = std::mem::take(&mut parsed.announced);
-                parsed
-                    .withdrawn
-                    .extend(announced.into_iter().map(|r| Withdrawn {
-                        prefix: r.prefix,
-                        path_id: r.path_id,
-                    }));
+                // Every prefix announced, also those `parse` could not make a route of.
+                parsed.announced.clear();
+                parsed.withdrawn.extend(withdrawn);
             }
             Verdict::SessionReset { notification, why } => {
                 return self.fsm.handle(
@@ -635,8 +630,8 @@ impl Session {
 
 /// What arrives on a connection.
 enum Incoming {
-    /// A message, with the attribute errors the codec skipped (RFC 7606).
-    Message(BgpMessage, BgpParsingIgnoredErrors),
+    /// A message, with the attributes the codec cut out of it (RFC 7606).
+    Message(BgpMessage, Vec<Malformed>),
     /// A message that cannot be read: the NOTIFICATION to answer with, and why.
     Malformed(Option<BgpNotificationMessage>, String),
     Closed,
@@ -711,17 +706,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// A codec for one session; path identifiers are read once ADD-PATH is negotiated.
-pub fn codec(add_path: AddPath) -> errors::Codec {
-    let families = HashMap::from([
-        (AddressType::Ipv6Unicast, add_path.ipv6),
-        (AddressType::Ipv4Unicast, add_path.ipv4),
-    ]);
-    // Malformed attributes are skipped and reported, not fatal: errors.rs weighs them.
-    errors::Codec(BgpCodec::new_from_ctx(
-        true,
-        BgpParsingContext::new(true, HashMap::new(), families, false, false, false, false),
-    ))
+/// A codec for one session; path identifiers are read once ADD-PATH is negotiated, the CPN
+/// metric attribute under `metric_code`.
+pub fn codec(add_path: AddPath, metric_code: u8) -> errors::Codec {
+    errors::Codec::new(add_path, metric_code)
 }
 
 #[cfg(test)]
@@ -785,7 +773,7 @@ mod tests {
     async fn peer(to: SocketAddr) -> Framed<TcpStream, errors::Codec> {
         let mut conn = Framed::new(
             TcpStream::connect(to).await.unwrap(),
-            codec(AddPath::default()),
+            codec(AddPath::default(), 255),
         );
         let me = Fsm::new(PeerConfig {
             local_asn: PEER,
