@@ -6,6 +6,7 @@
 //!   are removed when dropped, even after a panic.
 
 pub mod bgp_lab;
+pub mod bird;
 pub mod chart;
 pub mod cpn_lab;
 pub mod demo;

@@ -19,6 +19,8 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the agent, the tests and the demo use at run time.
 const RUNTIME_PACKAGES: &[&str] = &[
+    // BIRD 2: a third BGP implementation in the interop tests (tests/tests/bird.rs).
+    "bird2",
     "bpftool",
     // The benchmarks build their baselines and the kernel's Katran-like selftest program
     // (from linux-source) with clang and libbpf's headers.
