@@ -80,7 +80,7 @@ pub struct BgpConfig {
     pub connect_retry_s: u64,
     /// Type code of the CPN metric attribute (default 255, RFC 2042 "development").
     #[serde(default = "default_metric_code")]
-    pub metric_attribute_type: u8,
+    pub metric_attribute_type: Spanned<u8>,
     /// Next hop of the routes we originate or pass on over eBGP (default: `[srv6] source`).
     pub next_hop: Option<Ipv6Addr>,
     /// RFC 4456 cluster id when this node reflects routes (default: `router_id`).
@@ -172,8 +172,8 @@ fn default_connect_retry() -> u64 {
     2
 }
 
-fn default_metric_code() -> u8 {
-    crate::bgp::metric_attr::DEFAULT_TYPE_CODE
+fn default_metric_code() -> Spanned<u8> {
+    Spanned::new(0..0, crate::bgp::metric_attr::DEFAULT_TYPE_CODE)
 }
 
 fn default_metric_threshold() -> f64 {
@@ -892,11 +892,26 @@ fn validate_ingress(
     Ok(())
 }
 
-/// `[bgp] import_locators`: IPv6 prefixes.
+/// `[bgp] import_locators`: IPv6 prefixes; `metric_attribute_type`: no code IANA assigned to
+/// another attribute (the codec would read our attribute as that one).
 fn validate_import(
     config: &Config,
     error: &impl Fn(Option<usize>, String) -> Error,
 ) -> Result<(), Error> {
+    if let Some(bgp) = &config.bgp {
+        let code = *bgp.metric_attribute_type.get_ref();
+        if let Ok(known) = netgauze_bgp_pkt::iana::PathAttributeType::try_from(code)
+            && known != netgauze_bgp_pkt::iana::PathAttributeType::Development
+        {
+            return Err(error(
+                Some(bgp.metric_attribute_type.span().start),
+                format!(
+                    "[bgp] metric_attribute_type = {code}: that is the code of {known} (IANA); \
+                     use an unassigned one, e.g. 255 (RFC 2042, for development)"
+                ),
+            ));
+        }
+    }
     for prefix in config.bgp.iter().flat_map(|b| &b.import_locators) {
         if prefix.get_ref().parse::<ipnet::Ipv6Net>().is_err() {
             return Err(error(
@@ -1068,6 +1083,22 @@ mode = "generic"
         let err = parse_str(&bad).unwrap_err();
         assert!(
             err.starts_with("agent.toml:9: [dataplane.icmp_rate_limit] burst = 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_metric_attribute_may_not_take_an_assigned_code() {
+        let with_code = |code: u8| {
+            format!(
+                "{GOOD}\n[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\nmetric_attribute_type = {code}\n"
+            )
+        };
+        assert!(parse_str(&with_code(255)).is_ok());
+        assert!(parse_str(&with_code(200)).is_ok());
+        let err = parse_str(&with_code(26)).unwrap_err();
+        assert!(
+            err.contains("metric_attribute_type = 26") && err.contains("255"),
             "{err}"
         );
     }

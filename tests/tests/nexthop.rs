@@ -216,8 +216,11 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
         },
     )
     .with_context(|| logs(&lab))?;
-    let s = split(&lab, 10)?;
-    ensure!(s.get("compute1") == Some(&10), "after the move: {s:?}");
+    wait_for("flows over the new path", Duration::from_secs(10), || {
+        let s = split(&lab, 10).unwrap_or_default();
+        Ok((s.get("compute1") == Some(&10)).then_some(()))
+    })
+    .with_context(|| logs(&lab))?;
 
     // GoBGP's ordinary routes: dropped on arrival and counted, none in the kernel.
     let neighbors = wait_for(

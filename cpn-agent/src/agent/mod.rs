@@ -525,7 +525,7 @@ fn speaker_config(
         listen: std::net::SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bgp.port),
         hold_time: Duration::from_secs(bgp.hold_time_s),
         connect_retry: Duration::from_secs(bgp.connect_retry_s),
-        metric_code: bgp.metric_attribute_type,
+        metric_code: *bgp.metric_attribute_type.get_ref(),
         import: bgp.import(),
         neighbors: bgp
             .neighbors
