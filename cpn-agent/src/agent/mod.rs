@@ -514,6 +514,11 @@ fn speaker_config(
         hold_time: Duration::from_secs(bgp.hold_time_s),
         connect_retry: Duration::from_secs(bgp.connect_retry_s),
         metric_code: bgp.metric_attribute_type,
+        graceful: crate::bgp::graceful::Ours {
+            restart_time: Duration::from_secs(*bgp.graceful_restart_s.get_ref()),
+            forwarding_preserved: config.dataplane.keep_attached_on_exit,
+        },
+        selection_deferral: Duration::from_secs(bgp.selection_deferral_s),
         neighbors: bgp
             .neighbors
             .iter()

@@ -2,6 +2,7 @@
 
 pub mod errors;
 pub mod fsm;
+pub mod graceful;
 pub mod md5;
 pub mod metric_attr;
 pub mod policy;

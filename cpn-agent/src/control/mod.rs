@@ -27,6 +27,7 @@ use crate::{
     agent::{Drained, Explanation},
     bgp::{
         fsm,
+        graceful::Family,
         metric_attr::NodeScore,
         speaker::{MessageCounts, SharedRib},
     },
@@ -70,6 +71,10 @@ pub struct Neighbor {
     pub state: String,
     /// Paths received from it (Adj-RIB-In).
     pub paths: usize,
+    /// Of those, the ones kept while it restarts (RFC 4724), not sent again yet.
+    pub stale_paths: usize,
+    /// The families whose End-of-RIB it sent in this session: its routes there are complete.
+    pub end_of_rib: Vec<Family>,
     /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness.
     pub rtt_us: Option<u64>,
     pub jitter_us: Option<u64>,
@@ -83,6 +88,8 @@ pub struct Neighbor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LearnedPath {
     pub neighbor: IpAddr,
+    /// Kept while the neighbor restarts (RFC 4724), not sent again yet.
+    pub stale: bool,
     pub prefix: String,
     pub path_id: u32,
     pub next_hop: Ipv6Addr,
@@ -165,6 +172,15 @@ impl AgentState {
                     paths: rib
                         .as_ref()
                         .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
+                    stale_paths: rib.as_ref().map_or(0, |r| {
+                        r.routes()
+                            .filter(|l| l.neighbor == address && r.is_stale(l))
+                            .count()
+                    }),
+                    end_of_rib: rib
+                        .as_ref()
+                        .map(|r| r.end_of_rib(address).iter().collect())
+                        .unwrap_or_default(),
                     rtt_us: link.map(|l| u64::try_from(l.rtt.as_micros()).unwrap_or(u64::MAX)),
                     jitter_us: link
                         .map(|l| u64::try_from(l.jitter.as_micros()).unwrap_or(u64::MAX)),
@@ -183,13 +199,14 @@ impl AgentState {
         let Some(rib) = &self.rib else {
             return Vec::new();
         };
-        rib.lock()
-            .expect("rib lock")
-            .routes()
+        let rib = rib.lock().expect("rib lock");
+        rib.routes()
             .map(|l| {
+                let stale = rib.is_stale(&l);
                 let r = l.route;
                 LearnedPath {
                     neighbor: l.neighbor,
+                    stale,
                     prefix: r.prefix.to_string(),
                     path_id: r.path_id,
                     next_hop: r.next_hop,

@@ -11,7 +11,20 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 n.address.to_string(),
                 n.asn.to_string(),
                 n.state,
-                n.paths.to_string(),
+                if n.stale_paths > 0 {
+                    format!("{} ({} stale)", n.paths, n.stale_paths)
+                } else {
+                    n.paths.to_string()
+                },
+                if n.end_of_rib.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.end_of_rib
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 or_dash(n.rtt_us.map(millis)),
                 or_dash(n.jitter_us.map(millis)),
                 or_dash(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
@@ -23,7 +36,16 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
         .collect();
     columns(
         &[
-            "NEIGHBOR", "AS", "STATE", "PATHS", "RTT", "JITTER", "LOSS", "LINK", "MSG RCVD",
+            "NEIGHBOR",
+            "AS",
+            "STATE",
+            "PATHS",
+            "END-OF-RIB",
+            "RTT",
+            "JITTER",
+            "LOSS",
+            "LINK",
+            "MSG RCVD",
             "MSG SENT",
         ],
         &rows,
