@@ -777,15 +777,17 @@ impl Session {
     /// send), once our originated routes are all out and, after a restart, every peer's
     /// routes are in (RFC 4724 §4.1).
     async fn end_of_rib(&mut self) -> Vec<Action> {
-        if self.end_of_rib_due.is_empty()
-            || !self.originated_complete
-            || !self
-                .rib
-                .lock()
-                .expect("rib lock")
-                .deferral
-                .over(Instant::now())
-        {
+        if self.end_of_rib_due.is_empty() {
+            return vec![];
+        }
+        // Asked first: past its deadline the wait ends, whatever else holds End-of-RIB back.
+        let peers_done = self
+            .rib
+            .lock()
+            .expect("rib lock")
+            .deferral
+            .over(Instant::now());
+        if !peers_done || !self.originated_complete {
             return vec![];
         }
         let due = std::mem::take(&mut self.end_of_rib_due);
@@ -982,9 +984,12 @@ mod tests {
         to: SocketAddr,
         graceful: graceful::Ours,
     ) -> Framed<TcpStream, errors::Codec> {
-        // Both sides offer ADD-PATH in both directions.
-        let mut conn = Framed::new(TcpStream::connect(to).await.unwrap(), codec(AddPath::BOTH));
-        let me = Fsm::new(PeerConfig {
+        open_session_with(to, peer_open(graceful)).await
+    }
+
+    /// The scripted peer's OPEN: a fresh agent's (Restart State bit set).
+    fn peer_open(graceful: graceful::Ours) -> BgpMessage {
+        Fsm::new(PeerConfig {
             local_asn: PEER,
             router_id: Ipv4Addr::new(10, 0, 0, 2),
             peer_asn: US,
@@ -992,8 +997,17 @@ mod tests {
             connect_retry: Duration::from_secs(1),
             passive: false,
             graceful,
-        });
-        conn.send(me.open()).await.unwrap();
+        })
+        .open()
+    }
+
+    async fn open_session_with(
+        to: SocketAddr,
+        open: BgpMessage,
+    ) -> Framed<TcpStream, errors::Codec> {
+        // Both sides offer ADD-PATH in both directions.
+        let mut conn = Framed::new(TcpStream::connect(to).await.unwrap(), codec(AddPath::BOTH));
+        conn.send(open).await.unwrap();
         conn.send(BgpMessage::KeepAlive).await.unwrap();
         // The speaker's OPEN and KEEPALIVE.
         for _ in 0..2 {
@@ -1238,5 +1252,49 @@ mod tests {
         });
         conn.send(BgpMessage::Notification(cease)).await.unwrap();
         eventually(&rib, "the path goes at once", |r| r.routes().count() == 0).await;
+    }
+    #[tokio::test]
+    async fn after_a_restart_end_of_rib_waits_for_the_peers_own() {
+        use netgauze_bgp_pkt::{
+            capabilities::{BgpCapability, GracefulRestartCapability},
+            open::{BgpOpenMessage, BgpOpenMessageParameter},
+        };
+        // The speaker has just started with its forwarding state (a restart); the peer has
+        // not restarted: it has no Restart State bit, so the speaker waits for its routes.
+        let (_rib, listen) = speaker().await;
+        let BgpMessage::Open(open) = peer_open(GRACEFUL) else {
+            unreachable!()
+        };
+        let capabilities: Vec<BgpCapability> = open
+            .capabilities()
+            .into_iter()
+            .map(|c| match c {
+                BgpCapability::GracefulRestartCapability(gr) => {
+                    BgpCapability::GracefulRestartCapability(GracefulRestartCapability::new(
+                        false,
+                        false,
+                        gr.time(),
+                        gr.address_families().to_vec(),
+                    ))
+                }
+                other => other.clone(),
+            })
+            .collect();
+        let settled = BgpOpenMessage::new(
+            open.my_as(),
+            open.hold_time(),
+            open.bgp_id(),
+            vec![BgpOpenMessageParameter::new_capabilities(capabilities)],
+        );
+        let mut conn = open_session_with(listen, BgpMessage::Open(settled)).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), next_non_keepalive(&mut conn));
+        assert!(
+            early.await.is_err(),
+            "RFC 4724 §4.1: not before the peer's End-of-RIB"
+        );
+        for family in Family::ALL {
+            conn.send(route::end_of_rib(family)).await.unwrap();
+        }
+        expect_end_of_rib(&mut conn).await;
     }
 }
