@@ -107,6 +107,15 @@ pub struct BgpConfig {
     /// routes`, never installed) instead of dropping them on arrival (default false).
     #[serde(default)]
     pub keep_other_routes: bool,
+    /// Graceful Restart (RFC 4724): how long neighbors keep our routes when our session ends
+    /// without a NOTIFICATION (an agent restart), and we theirs; 1 to 4095 s, default 120;
+    /// 0 turns Graceful Restart off.
+    #[serde(default = "default_graceful_restart")]
+    pub graceful_restart_s: Spanned<u64>,
+    /// How long an agent that restarted with its data plane attached waits for its
+    /// neighbors' End-of-RIB before sending its own (RFC 4724 §4.1), default 30 s.
+    #[serde(default = "default_selection_deferral")]
+    pub selection_deferral_s: u64,
     #[serde(rename = "neighbor", default)]
     pub neighbors: Vec<NeighborConfig>,
 }
@@ -182,6 +191,14 @@ fn default_metric_threshold() -> f64 {
 
 fn default_refresh() -> u64 {
     3
+}
+
+fn default_graceful_restart() -> Spanned<u64> {
+    Spanned::new(0..0, 120)
+}
+
+fn default_selection_deferral() -> u64 {
+    30
 }
 
 #[derive(Debug, Deserialize)]
@@ -746,7 +763,31 @@ fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) ->
     validate_import(config, error)?;
     validate_icmp_rate_limit(config, error)?;
     validate_ingress(config, error)?;
-    validate_selection(config, error)
+    validate_selection(config, error)?;
+    validate_bgp(config, error)
+}
+
+/// `[bgp]`.
+fn validate_bgp(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    let Some(bgp) = &config.bgp else {
+        return Ok(());
+    };
+    let restart = &bgp.graceful_restart_s;
+    let max = crate::bgp::graceful::MAX_RESTART_TIME.as_secs();
+    if *restart.get_ref() > max {
+        return Err(error(
+            Some(restart.span().start),
+            format!(
+                "[bgp] graceful_restart_s = {}: the Graceful Restart capability carries at most \
+                 {max} s (RFC 4724 §3); 0 turns Graceful Restart off",
+                restart.get_ref()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[[srv6.sid]]` and `[[service]]`.
@@ -1226,5 +1267,22 @@ mode = "generic"
     fn no_interfaces_is_an_error() {
         let err = parse_str("[node]\nname = \"a\"\n").unwrap_err();
         assert!(err.contains("no [[interface]]"), "{err}");
+    }
+    #[test]
+    fn the_graceful_restart_time_fits_its_12_bits() {
+        let bgp = "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n";
+        let config = with(bgp).unwrap();
+        let bgp_config = config.bgp.as_ref().unwrap();
+        assert_eq!(*bgp_config.graceful_restart_s.get_ref(), 120, "default");
+        assert_eq!(bgp_config.selection_deferral_s, 30, "default");
+        assert!(
+            with(&format!("{bgp}graceful_restart_s = 0\n")).is_ok(),
+            "off"
+        );
+        let err = with(&format!("{bgp}graceful_restart_s = 4096\n")).unwrap_err();
+        assert!(
+            err.contains("at most 4095 s") && err.starts_with("agent.toml:20: "),
+            "{err}"
+        );
     }
 }

@@ -55,12 +55,16 @@ pub async fn spawn(
 
 async fn metrics(State(sources): State<Arc<Sources>>) -> impl IntoResponse {
     sources.scrapes.fetch_add(1, Ordering::Relaxed);
+    // The pinned counters are read off the runtime thread (see control::serve).
+    let text = tokio::task::spawn_blocking(move || render(&sources))
+        .await
+        .unwrap_or_else(|e| format!("# the scrape failed: {e}\n"));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        render(&sources),
+        text,
     )
 }
 

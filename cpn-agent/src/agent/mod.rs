@@ -527,6 +527,11 @@ fn speaker_config(
         connect_retry: Duration::from_secs(bgp.connect_retry_s),
         metric_code: *bgp.metric_attribute_type.get_ref(),
         import: bgp.import(),
+        graceful: crate::bgp::graceful::Ours {
+            restart_time: Duration::from_secs(*bgp.graceful_restart_s.get_ref()),
+            forwarding_preserved: config.dataplane.keep_attached_on_exit,
+        },
+        selection_deferral: Duration::from_secs(bgp.selection_deferral_s),
         neighbors: bgp
             .neighbors
             .iter()

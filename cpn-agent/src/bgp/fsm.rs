@@ -23,7 +23,10 @@ use netgauze_bgp_pkt::{
 };
 use netgauze_iana::address_family::{AddressFamily, AddressType};
 
-use super::route::AddPath;
+use super::{
+    graceful::{self, Families, Family, PeerRestart, Retain},
+    route::AddPath,
+};
 
 /// RFC 4271 §8.2.2 states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -84,10 +87,19 @@ pub enum Action {
     Send(BgpMessage),
     /// The session is up with these parameters.
     Up(Negotiated),
-    /// The session went down.
-    Down(String),
+    /// The session went down; `retain` says what becomes of the peer's paths.
+    Down {
+        why: String,
+        retain: Retain,
+    },
     /// An UPDATE to process (Established only).
     Update(BgpUpdateMessage),
+    /// The peer's End-of-RIB for a family (RFC 4724 §2): its routes of that family are
+    /// complete, and those still stale from its restart go.
+    EndOfRib(Family),
+    /// The peer's paths of these families still stale from its restart go: it came back
+    /// without their forwarding state, or did not send End-of-RIB in time (RFC 4724 §4.2).
+    RemoveStale(Families),
     /// The peer asked for our routes again (ROUTE-REFRESH, RFC 2918).
     ResendAll,
     /// The colliding connection loses: send it a Cease (Connection Collision Resolution) and
@@ -111,6 +123,10 @@ pub struct Negotiated {
     /// The peer takes IPv4 unicast routes with an IPv6 next hop (RFC 8950): the only kind of
     /// IPv4 route we send, so without it we send none.
     pub ipv4_over_ipv6: bool,
+    /// The families both sides offered (RFC 4760): End-of-RIB goes out for each.
+    pub families: Families,
+    /// The peer's Graceful Restart capability, if it sent one.
+    pub peer_restart: Option<PeerRestart>,
 }
 
 /// A session's configuration.
@@ -123,6 +139,8 @@ pub struct PeerConfig {
     pub connect_retry: Duration,
     /// Wait for the peer to connect instead of connecting.
     pub passive: bool,
+    /// Graceful Restart (RFC 4724).
+    pub graceful: graceful::Ours,
 }
 
 /// Hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
@@ -130,6 +148,9 @@ const LARGE_HOLD: Duration = Duration::from_mins(4);
 /// How long a session closed for too many prefixes stays down before it restarts (as FRR's
 /// `maximum-prefix N restart 1`).
 pub const MAX_PREFIX_IDLE_HOLD: Duration = Duration::from_mins(1);
+/// A second OPEN this soon after the session came up is the other half of a simultaneous
+/// open (RFC 4271 §6.8), not the peer back from a restart: a restart takes longer.
+const SIMULTANEOUS_OPEN_WINDOW: Duration = Duration::from_secs(3);
 /// `AS_TRANS` (RFC 6793), sent in the 2-byte field when the ASN needs 4 bytes.
 pub const AS_TRANS: u16 = 23456;
 
@@ -147,6 +168,35 @@ pub struct Fsm {
     /// Whether we opened the current connection (collision resolution keeps the one opened by
     /// the speaker with the higher BGP identifier).
     outgoing: bool,
+    /// The Restart State bit of our OPEN: set until the session is first up, since the agent
+    /// (re)started (RFC 4724 §4.1).
+    restarting: bool,
+    /// The peer's paths kept stale while it restarts.
+    stale: Option<Stale>,
+    /// When the session last came up.
+    established_at: Option<Instant>,
+}
+
+/// Paths of a restarting peer, kept (RFC 4724 §4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stale {
+    families: Families,
+    /// They go at this time: the peer's restart time after its session ended, then, once it
+    /// is up again, our own restart time for its End-of-RIB.
+    until: Instant,
+}
+
+/// How a session ended, as RFC 4724 §4 weighs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The TCP connection closed or failed without a NOTIFICATION: a restarting peer's paths
+    /// stay.
+    ConnectionLost,
+    /// A NOTIFICATION went one way or the other (hold timer and link probe expiries included:
+    /// without RFC 8538 they are not graceful): the normal procedures apply.
+    Notification,
+    /// The operator stopped the session (with a Cease when it was open).
+    Stopped,
 }
 
 impl Fsm {
@@ -161,6 +211,9 @@ impl Fsm {
             restart_at: None,
             stopped: true,
             outgoing: false,
+            restarting: config.graceful.enabled(),
+            stale: None,
+            established_at: None,
         }
     }
 
@@ -179,6 +232,7 @@ impl Fsm {
             self.hold_at,
             self.keepalive_at,
             self.restart_at,
+            self.stale.map(|s| s.until),
         ]
         .into_iter()
         .flatten()
@@ -203,6 +257,13 @@ impl Fsm {
             (State::OpenSent | State::OpenConfirm, Event::ConnectionReplaced { outgoing }) => {
                 self.replace_connection(now, outgoing)
             }
+            // RFC 4724 §4.2: from a peer with Graceful Restart, a new connection while the
+            // session is up means that the peer restarted and its old connection is gone.
+            (State::Established, Event::CollidingOpen { open, outgoing })
+                if !outgoing && self.peer_may_restart(now) =>
+            {
+                self.peer_restarted(now, &open, outgoing)
+            }
             // Established: the session that is up stays (RFC 4271 §6.8, without the optional
             // CollisionDetectEstablishedState); Idle, Connect and Active: not expected.
             (_, Event::CollidingOpen { .. }) => vec![Action::RejectColliding],
@@ -215,7 +276,9 @@ impl Fsm {
                 self.connect_retry_at = Some(now + self.config.connect_retry);
                 vec![]
             }
-            (_, Event::TcpFailed) => self.reset(now, "the TCP connection closed"),
+            (_, Event::TcpFailed) => {
+                self.reset(now, "the TCP connection closed", Ending::ConnectionLost)
+            }
             (State::Established, Event::TooManyPrefixes(limit)) => {
                 self.too_many_prefixes(now, limit)
             }
@@ -226,8 +289,13 @@ impl Fsm {
                     why,
                 },
             ) => {
+                // Without one to send, the peer's own broken NOTIFICATION ended the session.
                 let mut actions: Vec<Action> = n.into_iter().map(notification).collect();
-                actions.extend(self.reset(now, &format!("malformed message: {why}")));
+                actions.extend(self.reset(
+                    now,
+                    &format!("malformed message: {why}"),
+                    Ending::Notification,
+                ));
                 actions
             }
             (_, Event::Malformed { .. } | Event::ConnectionReplaced { .. }) => {
@@ -244,59 +312,83 @@ impl Fsm {
             (State::OpenSent, Event::Message(BgpMessage::Open(open))) => {
                 self.open_received(now, &open)
             }
-            (State::OpenConfirm, Event::Message(BgpMessage::KeepAlive)) => {
-                self.state = State::Established;
-                self.hold_at = self.hold_deadline(now);
-                vec![Action::Up(self.negotiated.expect("negotiated in OpenSent"))]
-            }
+            (State::OpenConfirm, Event::Message(BgpMessage::KeepAlive)) => self.established(now),
             (State::Established, Event::Message(BgpMessage::KeepAlive)) => {
                 self.hold_at = self.hold_deadline(now);
                 vec![]
             }
             (State::Established, Event::Message(BgpMessage::Update(update))) => {
-                self.hold_at = self.hold_deadline(now);
-                vec![Action::Update(update)]
+                self.update(now, update)
             }
             (State::Established, Event::Message(BgpMessage::RouteRefresh(_))) => {
                 self.hold_at = self.hold_deadline(now);
                 vec![Action::ResendAll]
             }
             (_, Event::Message(BgpMessage::Notification(n))) => {
-                self.reset(now, &format!("the peer sent {n:?}"))
+                self.reset(now, &format!("the peer sent {n:?}"), Ending::Notification)
             }
-            (state, Event::Message(m)) => {
-                let error = match state {
-                    State::OpenSent => {
-                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState {
-                            value: vec![m.get_type() as u8].into(),
-                        }
-                    }
-                    State::OpenConfirm => {
-                        FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState {
-                            value: vec![m.get_type() as u8].into(),
-                        }
-                    }
-                    State::Established => {
-                        FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState {
-                            value: vec![m.get_type() as u8].into(),
-                        }
-                    }
-                    _ => return vec![Action::Disconnect],
-                };
-                let mut actions = vec![notification(
-                    BgpNotificationMessage::FiniteStateMachineError(error),
-                )];
-                actions.extend(
-                    self.reset(now, &format!("unexpected {:?} in {state:?}", m.get_type())),
-                );
-                actions
-            }
+            (state, Event::Message(m)) => self.unexpected(now, state, &m),
         }
+    }
+
+    /// A message the state does not take: a Finite State Machine Error.
+    fn unexpected(&mut self, now: Instant, state: State, m: &BgpMessage) -> Vec<Action> {
+        let error = match state {
+            State::OpenSent => FiniteStateMachineError::ReceiveUnexpectedMessageInOpenSentState {
+                value: vec![m.get_type() as u8].into(),
+            },
+            State::OpenConfirm => {
+                FiniteStateMachineError::ReceiveUnexpectedMessageInOpenConfirmState {
+                    value: vec![m.get_type() as u8].into(),
+                }
+            }
+            State::Established => {
+                FiniteStateMachineError::ReceiveUnexpectedMessageInEstablishedState {
+                    value: vec![m.get_type() as u8].into(),
+                }
+            }
+            _ => return vec![Action::Disconnect],
+        };
+        let mut actions = vec![notification(
+            BgpNotificationMessage::FiniteStateMachineError(error),
+        )];
+        actions.extend(self.reset(
+            now,
+            &format!("unexpected {:?} in {state:?}", m.get_type()),
+            Ending::Notification,
+        ));
+        actions
+    }
+
+    /// An UPDATE in Established: routes, or End-of-RIB (RFC 4724 §2).
+    fn update(&mut self, now: Instant, update: BgpUpdateMessage) -> Vec<Action> {
+        self.hold_at = self.hold_deadline(now);
+        match update.end_of_rib() {
+            None => vec![Action::Update(update)],
+            // Another family's End-of-RIB: nothing of ours to complete.
+            Some(address_type) => Family::from_address_type(address_type)
+                .map(|family| self.end_of_rib(family))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Whether a new connection from the peer while the session is up means that the peer
+    /// restarted: it has Graceful Restart, and the session is not just up.
+    fn peer_may_restart(&self, now: Instant) -> bool {
+        self.negotiated.is_some_and(|n| n.peer_restart.is_some())
+            && self
+                .established_at
+                .is_some_and(|at| now >= at + SIMULTANEOUS_OPEN_WINDOW)
     }
 
     /// Fires the timers due at `now`.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         let due = |at: Option<Instant>| at.is_some_and(|t| t <= now);
+        if let Some(stale) = self.stale.filter(|s| s.until <= now) {
+            self.stale = None;
+            return vec![Action::RemoveStale(stale.families)];
+        }
         if due(self.restart_at) {
             self.restart_at = None;
             return self.start(now);
@@ -308,7 +400,7 @@ impl Fsm {
                     value: empty(),
                 },
             ))];
-            actions.extend(self.reset(now, "hold timer expired"));
+            actions.extend(self.reset(now, "hold timer expired", Ending::Notification));
             return actions;
         }
         if due(self.keepalive_at) {
@@ -353,7 +445,7 @@ impl Fsm {
                 CeaseError::AdministrativeShutdown { value: empty() },
             )));
         }
-        actions.extend(self.reset(now, "stopped by the operator"));
+        actions.extend(self.reset(now, "stopped by the operator", Ending::Stopped));
         actions
     }
 
@@ -395,7 +487,7 @@ impl Fsm {
             let mut actions = vec![notification(BgpNotificationMessage::OpenMessageError(
                 error,
             ))];
-            actions.extend(self.reset(now, &why));
+            actions.extend(self.reset(now, &why, Ending::Notification));
             return actions;
         }
         let (add_path_tx, add_path_rx) = add_path(open);
@@ -407,6 +499,8 @@ impl Fsm {
             add_path_tx,
             add_path_rx,
             ipv4_over_ipv6: ipv4_over_ipv6(open),
+            families: families(open),
+            peer_restart: PeerRestart::from_open(open),
         });
         self.state = State::OpenConfirm;
         self.hold_at = self.hold_deadline(now);
@@ -454,29 +548,118 @@ impl Fsm {
     /// Ends the session with a Cease NOTIFICATION.
     fn cease(&mut self, now: Instant, error: CeaseError, why: &str) -> Vec<Action> {
         let mut actions = vec![notification(BgpNotificationMessage::CeaseError(error))];
-        actions.extend(self.reset(now, why));
+        actions.extend(self.reset(now, why, Ending::Notification));
         actions
     }
 
-    fn reset(&mut self, now: Instant, why: &str) -> Vec<Action> {
+    fn reset(&mut self, now: Instant, why: &str, ending: Ending) -> Vec<Action> {
         let was_up = self.state == State::Established;
+        let retain = self.retain(now, was_up, ending);
         self.state = State::Idle;
         self.negotiated = None;
         self.hold_at = None;
         self.keepalive_at = None;
         self.connect_retry_at = None;
         self.restart_at = (!self.stopped).then(|| now + self.config.connect_retry);
-        let mut actions = vec![Action::Disconnect];
-        if was_up || why.contains("operator") {
-            actions.push(Action::Down(why.to_owned()));
+        let why = if was_up || ending == Ending::Stopped {
+            why.to_owned()
         } else {
-            actions.push(Action::Down(format!("session not established: {why}")));
+            format!("session not established: {why}")
+        };
+        vec![Action::Disconnect, Action::Down { why, retain }]
+    }
+
+    /// What a session end keeps of the peer's paths (RFC 4724 §4.2), and until when.
+    fn retain(&mut self, now: Instant, was_up: bool, ending: Ending) -> Retain {
+        let restarting_peer = self
+            .negotiated
+            .and_then(|n| n.peer_restart)
+            .filter(|p| !p.families.is_empty() && !p.restart_time.is_zero());
+        match (ending, was_up, restarting_peer) {
+            (Ending::ConnectionLost, true, Some(peer)) if self.config.graceful.enabled() => {
+                self.stale = Some(Stale {
+                    families: peer.families,
+                    until: now + peer.restart_time,
+                });
+                Retain::MarkStale(peer.families)
+            }
+            // A connection that fails before the session is up changes nothing: the peer
+            // may still come back in time.
+            (Ending::ConnectionLost, false, _) => Retain::StaleOnly,
+            _ => {
+                self.stale = None;
+                Retain::Nothing
+            }
+        }
+    }
+
+    /// `OpenConfirm` to `Established`. Paths kept from the peer's restart stay only in the
+    /// families whose forwarding state it kept (RFC 4724 §4.2), until its End-of-RIB or
+    /// our restart time.
+    fn established(&mut self, now: Instant) -> Vec<Action> {
+        self.state = State::Established;
+        self.established_at = Some(now);
+        self.restarting = false;
+        self.hold_at = self.hold_deadline(now);
+        let negotiated = self.negotiated.expect("negotiated in OpenSent");
+        let mut actions = vec![Action::Up(negotiated)];
+        if let Some(stale) = self.stale.take() {
+            let preserved = negotiated
+                .peer_restart
+                .map_or(Families::NONE, |p| p.forwarding_preserved);
+            let kept = stale.families.and(preserved);
+            let gone = stale.families.without(kept);
+            if !gone.is_empty() {
+                actions.push(Action::RemoveStale(gone));
+            }
+            if !kept.is_empty() {
+                self.stale = Some(Stale {
+                    families: kept,
+                    until: now + self.config.graceful.restart_time,
+                });
+            }
         }
         actions
     }
 
+    fn end_of_rib(&mut self, family: Family) -> Action {
+        if let Some(stale) = &mut self.stale {
+            stale.families.remove(family);
+            if stale.families.is_empty() {
+                self.stale = None;
+            }
+        }
+        Action::EndOfRib(family)
+    }
+
+    /// RFC 4724 §4.2: the session ends as if its connection had closed, and goes on over the
+    /// new connection from the peer's OPEN.
+    fn peer_restarted(
+        &mut self,
+        now: Instant,
+        open: &BgpOpenMessage,
+        outgoing: bool,
+    ) -> Vec<Action> {
+        let retain = self.retain(now, true, Ending::ConnectionLost);
+        let mut actions = vec![
+            Action::Down {
+                why: "the peer restarted: it connected again while the session was up".into(),
+                retain,
+            },
+            Action::AdoptColliding,
+        ];
+        self.negotiated = None;
+        self.keepalive_at = None;
+        self.outgoing = outgoing;
+        self.state = State::OpenSent;
+        actions.push(Action::Send(self.open()));
+        actions.extend(self.open_received(now, open));
+        actions
+    }
+
     /// Our OPEN: MP-BGP IPv6 and IPv4 unicast, 4-byte ASN, ADD-PATH send/receive, route
-    /// refresh, and IPv4 unicast over IPv6 next hops (RFC 8950).
+    /// refresh, IPv4 unicast over IPv6 next hops (RFC 8950), and Graceful Restart (RFC 4724)
+    /// unless it is off.
     pub fn open(&self) -> BgpMessage {
         let my_as = u16::try_from(self.config.local_asn).unwrap_or(AS_TRANS);
         let hold = u16::try_from(self.config.hold_time.as_secs()).unwrap_or(u16::MAX);
@@ -497,6 +680,10 @@ impl Fsm {
                 ExtendedNextHopEncoding::new(AddressType::Ipv4Unicast, AddressFamily::IPv6),
             ])),
         ];
+        let capabilities = capabilities
+            .into_iter()
+            .chain(self.config.graceful.capability(self.restarting))
+            .collect::<Vec<_>>();
         BgpMessage::Open(BgpOpenMessage::new(
             my_as,
             hold,
@@ -533,6 +720,24 @@ fn add_path(open: &BgpOpenMessage) -> (AddPath, AddPath) {
     (tx, rx)
 }
 
+/// The families both sides speak: those the peer's Multiprotocol Extensions capabilities
+/// offer (we offer both); IPv4 unicast alone from a peer without any, which speaks plain
+/// RFC 4271.
+fn families(open: &BgpOpenMessage) -> Families {
+    let mut offered = open
+        .capabilities()
+        .into_iter()
+        .filter_map(|c| match c {
+            BgpCapability::MultiProtocolExtensions(mp) => Some(mp.address_type()),
+            _ => None,
+        })
+        .peekable();
+    if offered.peek().is_none() {
+        return [Family::Ipv4Unicast].into_iter().collect();
+    }
+    offered.filter_map(Family::from_address_type).collect()
+}
+
 /// Whether the peer's OPEN offers IPv4 unicast NLRI with IPv6 next hops (RFC 8950 §3).
 fn ipv4_over_ipv6(open: &BgpOpenMessage) -> bool {
     open.capabilities().iter().any(|c| {
@@ -564,8 +769,14 @@ mod tests {
             hold_time: Duration::from_secs(9),
             connect_retry: Duration::from_secs(5),
             passive,
+            graceful: graceful::Ours {
+                restart_time: RESTART_TIME,
+                forwarding_preserved: true,
+            },
         }
     }
+
+    const RESTART_TIME: Duration = Duration::from_mins(2);
 
     /// Splits actions into messages to send and the rest.
     fn split(actions: Vec<Action>) -> (Vec<BgpMessage>, Vec<Action>) {
@@ -697,7 +908,13 @@ mod tests {
             "{actions:?}"
         );
         assert!(actions.contains(&Action::Disconnect));
-        assert!(actions.iter().any(|x| matches!(x, Action::Down(_))));
+        assert!(actions.iter().any(|x| matches!(
+            x,
+            Action::Down {
+                retain: Retain::Nothing,
+                ..
+            }
+        )));
         assert_eq!(a.state(), State::Idle);
         // Not connected: nothing to tear down.
         assert!(a.handle(now, Event::PeerDead).is_empty());
@@ -755,7 +972,8 @@ mod tests {
         assert!(down.contains(&Action::Disconnect));
         assert!(
             down.iter()
-                .any(|x| matches!(x, Action::Down(why) if why.contains("hold timer")))
+                .any(|x| matches!(x, Action::Down { why, retain: Retain::Nothing } if why.contains("hold timer"))),
+            "a hold timer expiry sends a NOTIFICATION: no Graceful Restart (RFC 4724 §4)"
         );
         assert_eq!(a.state(), State::Idle);
         assert_eq!(
@@ -954,7 +1172,7 @@ mod tests {
         assert!(
             actions
                 .iter()
-                .any(|x| matches!(x, Action::Down(why) if why.contains("too long")))
+                .any(|x| matches!(x, Action::Down { why, .. } if why.contains("too long")))
         );
         assert_eq!(a.state(), State::Idle);
     }
@@ -974,5 +1192,267 @@ mod tests {
         let actions = a.handle(now, Event::Message(b.open()));
         assert_eq!(actions, vec![Action::Send(BgpMessage::KeepAlive)]);
         assert_eq!(a.state(), State::OpenConfirm);
+    }
+    /// The Graceful Restart capability of an OPEN.
+    fn restart_capability(open: &BgpMessage) -> Option<PeerRestart> {
+        let BgpMessage::Open(open) = open else {
+            panic!("{open:?}")
+        };
+        PeerRestart::from_open(open)
+    }
+
+    #[test]
+    fn the_restart_bit_is_set_until_the_session_is_first_up() {
+        let fresh = Fsm::new(config(65001, 65002, [10, 0, 0, 1], false));
+        let ours = restart_capability(&fresh.open()).unwrap();
+        assert!(
+            ours.restarted,
+            "a starting agent has restarted, as far as peers know"
+        );
+        assert_eq!(ours.restart_time, RESTART_TIME);
+        assert_eq!(ours.forwarding_preserved, Families::ALL);
+        let (mut a, _, now) = established();
+        a.handle(now, Event::TcpFailed);
+        let again = restart_capability(&a.open()).unwrap();
+        assert!(
+            !again.restarted,
+            "RFC 4724 §4.2: not set unless we restarted"
+        );
+        let mut off = config(65001, 65002, [10, 0, 0, 1], false);
+        off.graceful = graceful::Ours::OFF;
+        assert_eq!(restart_capability(&Fsm::new(off).open()), None);
+    }
+
+    /// `a`, up with a peer that has just restarted (a new FSM for it, with `peer` settings).
+    fn reconnect(a: &mut Fsm, now: Instant, peer: PeerConfig) -> (Fsm, Vec<Action>) {
+        let mut b = Fsm::new(peer);
+        b.handle(now, Event::ManualStart);
+        assert_eq!(a.poll(now), vec![Action::Connect]);
+        let (a_open, _) = split(a.handle(now, Event::TcpConnected { outgoing: true }));
+        let (b_open, _) = split(b.handle(now, Event::TcpConnected { outgoing: false }));
+        let (ea, _) = pump(a, &mut b, now, a_open, b_open);
+        assert_eq!(a.state(), State::Established);
+        (b, ea)
+    }
+
+    fn peer_config() -> PeerConfig {
+        config(4_200_000_002, 4_200_000_001, [10, 0, 0, 2], true)
+    }
+
+    fn end_of_rib(family: Family) -> Event {
+        let BgpMessage::Update(update) = crate::bgp::route::end_of_rib(family) else {
+            unreachable!()
+        };
+        Event::Message(BgpMessage::Update(update))
+    }
+
+    /// Runs `a` second by second from `from` to `to` with the peer's KEEPALIVEs arriving;
+    /// what it does besides sending KEEPALIVEs.
+    fn run(a: &mut Fsm, from: Instant, to: Instant) -> Vec<(Duration, Action)> {
+        let mut done = Vec::new();
+        let mut t = from;
+        while t < to {
+            t += Duration::from_secs(1);
+            let mut actions = a.handle(t, Event::Message(BgpMessage::KeepAlive));
+            actions.extend(a.poll(t));
+            done.extend(
+                actions
+                    .into_iter()
+                    .filter(|x| *x != Action::Send(BgpMessage::KeepAlive))
+                    .map(|x| (t - from, x)),
+            );
+        }
+        done
+    }
+
+    #[test]
+    fn a_peer_whose_connection_closes_keeps_its_paths_stale_until_it_is_back_and_done() {
+        let (mut a, _, now) = established();
+        let down = a.handle(now, Event::TcpFailed);
+        assert_eq!(
+            down[1],
+            Action::Down {
+                why: "the TCP connection closed".into(),
+                retain: Retain::MarkStale(Families::ALL),
+            },
+            "RFC 4724 §4.2: the families of the peer's capability stay"
+        );
+        // It comes back with its forwarding state: the paths wait for its End-of-RIB.
+        let later = now + Duration::from_secs(5);
+        let (_, up) = reconnect(&mut a, later, peer_config());
+        assert!(
+            !up.iter().any(|x| matches!(x, Action::RemoveStale(_))),
+            "{up:?}"
+        );
+        assert_eq!(
+            a.handle(later, end_of_rib(Family::Ipv6Unicast)),
+            vec![Action::EndOfRib(Family::Ipv6Unicast)]
+        );
+        // No IPv4 End-of-RIB: those go at our restart time after the session came back.
+        assert_eq!(
+            run(&mut a, later, later + RESTART_TIME + Duration::from_secs(5)),
+            vec![(
+                RESTART_TIME,
+                Action::RemoveStale([Family::Ipv4Unicast].into_iter().collect())
+            )]
+        );
+        assert_eq!(a.state(), State::Established);
+    }
+
+    #[test]
+    fn stale_paths_go_at_the_peers_restart_time_if_it_does_not_come_back() {
+        let (mut a, _, now) = established();
+        a.handle(now, Event::TcpFailed);
+        // A connection that fails before the session is up leaves the stale paths waiting.
+        let retry = now + Duration::from_secs(5);
+        assert_eq!(a.poll(retry), vec![Action::Connect]);
+        a.handle(retry, Event::TcpConnected { outgoing: true });
+        assert_eq!(
+            a.handle(retry, Event::TcpFailed)[1],
+            Action::Down {
+                why: "session not established: the TCP connection closed".into(),
+                retain: Retain::StaleOnly,
+            }
+        );
+        let mut t = retry;
+        let mut removed = Vec::new();
+        while removed.is_empty() {
+            t += Duration::from_secs(1);
+            removed = a
+                .poll(t)
+                .into_iter()
+                .filter(|x| matches!(x, Action::RemoveStale(_)))
+                .collect();
+            if a.state() == State::Connect {
+                a.handle(t, Event::TcpFailed);
+            }
+        }
+        assert_eq!(
+            t,
+            now + RESTART_TIME,
+            "the restart time of the peer's capability"
+        );
+        assert_eq!(removed, vec![Action::RemoveStale(Families::ALL)]);
+    }
+
+    #[test]
+    fn a_peer_back_without_its_forwarding_state_loses_its_stale_paths_at_once() {
+        for (what, graceful) in [
+            (
+                "no F bit",
+                graceful::Ours {
+                    restart_time: RESTART_TIME,
+                    forwarding_preserved: false,
+                },
+            ),
+            ("no capability", graceful::Ours::OFF),
+        ] {
+            let (mut a, _, now) = established();
+            a.handle(now, Event::TcpFailed);
+            let mut peer = peer_config();
+            peer.graceful = graceful;
+            let later = now + Duration::from_secs(5);
+            let (_, up) = reconnect(&mut a, later, peer);
+            assert!(
+                up.contains(&Action::RemoveStale(Families::ALL)),
+                "RFC 4724 §4.2, {what}: the stale paths go: {up:?}"
+            );
+            assert_eq!(
+                a.handle(later, end_of_rib(Family::Ipv4Unicast)),
+                vec![Action::EndOfRib(Family::Ipv4Unicast)],
+                "End-of-RIB is read from any peer"
+            );
+            // Without a capability (or families in it), a lost connection keeps nothing.
+            let down = a.handle(later, Event::TcpFailed);
+            assert!(
+                matches!(
+                    &down[1],
+                    Action::Down {
+                        retain: Retain::Nothing,
+                        ..
+                    }
+                ),
+                "{what}: {down:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_ended_by_a_notification_keeps_nothing() {
+        let (mut a, _, now) = established();
+        let cease = BgpMessage::Notification(BgpNotificationMessage::CeaseError(
+            CeaseError::AdministrativeShutdown { value: empty() },
+        ));
+        let down = a.handle(now, Event::Message(cease));
+        assert!(
+            matches!(
+                &down[1],
+                Action::Down {
+                    retain: Retain::Nothing,
+                    ..
+                }
+            ),
+            "RFC 4724 §4: {down:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_connection_from_a_restarted_peer_replaces_the_session() {
+        let (mut a, _, now) = established();
+        let BgpMessage::Open(open) = Fsm::new(peer_config()).open() else {
+            unreachable!()
+        };
+        let colliding = || Event::CollidingOpen {
+            open: open.clone(),
+            outgoing: false,
+        };
+        // The other half of a simultaneous open: the session stays.
+        assert_eq!(a.handle(now, colliding()), vec![Action::RejectColliding]);
+        let later = now + Duration::from_secs(4);
+        let actions = a.handle(later, colliding());
+        assert!(
+            matches!(
+                &actions[..],
+                [
+                    Action::Down {
+                        retain: Retain::MarkStale(_),
+                        ..
+                    },
+                    Action::AdoptColliding,
+                    Action::Send(BgpMessage::Open(_)),
+                    Action::Send(BgpMessage::KeepAlive),
+                ]
+            ),
+            "RFC 4724 §4.2: {actions:?}"
+        );
+        assert_eq!(a.state(), State::OpenConfirm);
+    }
+
+    #[test]
+    fn end_of_rib_goes_for_the_families_the_peer_offers() {
+        let (a, _, _) = established();
+        assert_eq!(a.negotiated().unwrap().families, Families::ALL);
+        let BgpMessage::Open(open) = a.open() else {
+            unreachable!()
+        };
+        let ipv6_only = BgpOpenMessage::new(
+            open.my_as(),
+            open.hold_time(),
+            open.bgp_id(),
+            vec![BgpOpenMessageParameter::new_capabilities(vec![
+                BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+                    AddressType::Ipv6Unicast,
+                )),
+            ])],
+        );
+        assert_eq!(
+            families(&ipv6_only),
+            [Family::Ipv6Unicast].into_iter().collect()
+        );
+        let plain = BgpOpenMessage::new(open.my_as(), open.hold_time(), open.bgp_id(), vec![]);
+        assert_eq!(
+            families(&plain),
+            [Family::Ipv4Unicast].into_iter().collect()
+        );
     }
 }

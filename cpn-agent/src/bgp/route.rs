@@ -490,6 +490,22 @@ pub fn parse(update: &BgpUpdateMessage, metric_code: u8) -> Parsed {
     parsed
 }
 
+/// The End-of-RIB marker for `family` (RFC 4724 §2): for IPv4 unicast an UPDATE with nothing
+/// in it, for IPv6 unicast one with only an empty `MP_UNREACH_NLRI`.
+pub fn end_of_rib(family: super::graceful::Family) -> BgpMessage {
+    let attrs = match family {
+        super::graceful::Family::Ipv4Unicast => Vec::new(),
+        super::graceful::Family::Ipv6Unicast => vec![attribute(
+            true,
+            false,
+            PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast {
+                nlri: Vec::new().into(),
+            }),
+        )],
+    };
+    BgpMessage::Update(BgpUpdateMessage::new(vec![], attrs, vec![]))
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::HashMap, time::UNIX_EPOCH};
@@ -892,5 +908,24 @@ mod tests {
         r.originator_id = Some(Ipv4Addr::LOCALHOST);
         let size = wire(announce(&r, EBGP)).len();
         assert!(size <= max, "{size} bytes");
+    }
+
+    #[test]
+    fn end_of_rib_markers_are_an_empty_update_and_an_empty_mp_unreach() {
+        use crate::bgp::graceful::Family;
+        // Header (marker, length 23, type 2), no withdrawn routes, no attributes.
+        let ipv4 = wire(end_of_rib(Family::Ipv4Unicast));
+        assert_eq!(&ipv4[16..], &[0, 23, 2, 0, 0, 0, 0]);
+        // Attributes (6 bytes): MP_UNREACH_NLRI (optional, 15; a 1-byte length, RFC 7606
+        // §5.1: Extended Length only when needed), length 3, AFI 2, SAFI 1, no NLRI.
+        let ipv6 = wire(end_of_rib(Family::Ipv6Unicast));
+        assert_eq!(&ipv6[16..], &[0, 29, 2, 0, 0, 0, 6, 0x80, 15, 3, 0, 2, 1]);
+        for family in Family::ALL {
+            let BgpMessage::Update(update) = unwire(&wire(end_of_rib(family))) else {
+                panic!("not an UPDATE")
+            };
+            assert_eq!(update.end_of_rib(), Some(family.address_type()));
+            assert_eq!(parse(&update, 255), Parsed::default(), "announces nothing");
+        }
     }
 }

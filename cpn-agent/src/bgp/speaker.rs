@@ -7,9 +7,13 @@
 //!   session ──UPDATEs──▶ Adj-RIB-In (shared) ──▶ steering (candidates)
 //!                              └──(changed)──▶ every session: export (policy.rs) to its peer
 //! ```
+//!
+//! Each session ends its initial routes with End-of-RIB (RFC 4724 §2). A peer with Graceful
+//! Restart whose connection closes without a NOTIFICATION keeps its paths, marked stale, until
+//! it sends them again and its End-of-RIB, or until its restart time (RFC 4724 §4.2).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -32,7 +36,8 @@ use tokio_util::codec::Framed;
 use super::{
     attributes::Malformed,
     errors::{self, Verdict},
-    fsm::{Action, Event, Fsm, PeerConfig, State},
+    fsm::{Action, Event, Fsm, Negotiated, PeerConfig, State},
+    graceful::{self, Deferral, Families, Family, Retain},
     policy::{self, Local, PathIds, Peer, Received},
     route::{self, AddPath, Route},
 };
@@ -53,6 +58,12 @@ pub struct SpeakerConfig {
     pub metric_code: u8,
     /// Which learned routes are kept.
     pub import: policy::Import,
+    /// Graceful Restart (RFC 4724): our restart time, and whether our forwarding state
+    /// survives an agent restart.
+    pub graceful: graceful::Ours,
+    /// How long an agent that restarted with its forwarding state waits for its peers'
+    /// End-of-RIB before it sends its own (RFC 4724 §4.1, the `Selection_Deferral_Timer`).
+    pub selection_deferral: Duration,
     pub neighbors: Vec<NeighborConfig>,
 }
 
@@ -77,10 +88,20 @@ pub struct Learned {
     pub route: Route,
 }
 
+/// A path in the Adj-RIB-In: neighbor, prefix, path identifier.
+type PathKey = (IpAddr, IpNet, u32);
+
 /// Adj-RIB-In: every path from every neighbor (ADD-PATH keeps all sites of a prefix).
 #[derive(Debug)]
 pub struct RibIn {
-    routes: BTreeMap<(IpAddr, IpNet, u32), Received>,
+    routes: BTreeMap<PathKey, Received>,
+    /// The paths kept from restarting neighbors (RFC 4724 §4.2); used as any other until they
+    /// are sent again or go.
+    stale: BTreeSet<PathKey>,
+    /// The families whose End-of-RIB each neighbor has sent in its current session.
+    end_of_rib: BTreeMap<IpAddr, Families>,
+    /// Our wait for the neighbors' End-of-RIB after a restart (RFC 4724 §4.1).
+    deferral: Deferral,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
     /// Messages exchanged with each neighbor, for operators.
@@ -96,6 +117,9 @@ impl Default for RibIn {
     fn default() -> Self {
         Self {
             routes: BTreeMap::new(),
+            stale: BTreeSet::new(),
+            end_of_rib: BTreeMap::new(),
+            deferral: Deferral::none(),
             sessions: BTreeMap::new(),
             messages: BTreeMap::new(),
             filtered: BTreeMap::new(),
@@ -115,6 +139,60 @@ impl RibIn {
     /// Notified on every change of the RIB.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// A path kept from a neighbor that restarts, not sent again yet.
+    pub fn is_stale(&self, learned: &Learned) -> bool {
+        self.stale.contains(&(
+            learned.neighbor,
+            learned.route.prefix,
+            learned.route.path_id,
+        ))
+    }
+
+    /// The families whose End-of-RIB `neighbor` has sent since its session came up: its
+    /// routes of those families are complete.
+    pub fn end_of_rib(&self, neighbor: IpAddr) -> Families {
+        self.end_of_rib.get(&neighbor).copied().unwrap_or_default()
+    }
+
+    /// `neighbor`'s session ended: its paths go, or stay stale (RFC 4724 §4.2).
+    fn session_down(&mut self, neighbor: IpAddr, retain: Retain) {
+        let stale = &mut self.stale;
+        self.routes.retain(|key, _| {
+            if key.0 != neighbor {
+                return true;
+            }
+            let was_stale = stale.contains(key);
+            let keep = match retain {
+                Retain::Nothing => false,
+                // Paths still stale from an earlier restart go (consecutive restarts).
+                Retain::MarkStale(families) => !was_stale && families.contains(Family::of(&key.1)),
+                Retain::StaleOnly => was_stale,
+            };
+            if keep {
+                stale.insert(*key);
+            } else {
+                stale.remove(key);
+            }
+            keep
+        });
+        self.end_of_rib.remove(&neighbor);
+    }
+
+    /// Removes `neighbor`'s stale paths of `families`; how many went.
+    fn remove_stale(&mut self, neighbor: IpAddr, families: Families) -> usize {
+        let gone: Vec<PathKey> = self
+            .stale
+            .iter()
+            .filter(|key| key.0 == neighbor && families.contains(Family::of(&key.1)))
+            .copied()
+            .collect();
+        for key in &gone {
+            self.stale.remove(key);
+            self.routes.remove(key);
+        }
+        gone.len()
     }
 
     /// A path as if `neighbor` (AS 65000) had sent it, for other modules' tests.
@@ -180,6 +258,11 @@ pub async fn spawn(
     links: SharedLinks,
 ) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
     let rib = SharedRib::default();
+    if config.graceful.enabled() && config.graceful.forwarding_preserved {
+        let until = Instant::now() + config.selection_deferral;
+        rib.lock().expect("rib lock").deferral =
+            Deferral::new(config.neighbors.iter().map(|n| n.address), until);
+    }
     let rib_changed = rib.lock().expect("rib lock").changed.subscribe();
     let local_speaker = Local {
         asn: config.asn,
@@ -205,6 +288,7 @@ pub async fn spawn(
             hold_time: config.hold_time,
             connect_retry: config.connect_retry,
             passive: neighbor.passive,
+            graceful: config.graceful,
         };
         let session = Session {
             neighbor: neighbor.clone(),
@@ -229,6 +313,8 @@ pub async fn spawn(
             path_ids: PathIds::default(),
             skipped: Vec::new(),
             advertised: Vec::new(),
+            end_of_rib_due: Families::NONE,
+            originated_complete: false,
             alive: liveness.remove(&neighbor.address),
             links: links.clone(),
         };
@@ -284,6 +370,12 @@ struct Session {
     skipped: Vec<Malformed>,
     /// What this session has announced to the peer.
     advertised: Vec<Route>,
+    /// The families whose End-of-RIB is still to be sent: those negotiated, from the time the
+    /// session is up until our initial routes are out.
+    end_of_rib_due: Families,
+    /// The routes this node originates are all there: the reporting loop published them
+    /// once, or has nothing to publish (it dropped its sender).
+    originated_complete: bool,
     /// The neighbor's link liveness, when it is probed.
     alive: Option<watch::Receiver<bool>>,
     links: SharedLinks,
@@ -309,6 +401,7 @@ impl Session {
                 .sessions
                 .insert(self.neighbor.address, self.fsm.state());
             let deadline = self.fsm.next_deadline().map(tokio::time::Instant::from_std);
+            let deferral = self.deferral_deadline();
             let event = tokio::select! {
                 incoming = next_message(&mut self.conn) => match incoming {
                     Incoming::Closed | Incoming::Message(BgpMessage::Notification(_), _)
@@ -360,6 +453,7 @@ impl Session {
                     continue;
                 }
                 changed = self.local.changed(), if self.fsm.state() == State::Established && !local_done => {
+                    self.originated_complete = true;
                     // A node that originates nothing drops its sender: nothing more to announce.
                     if changed.is_err() {
                         local_done = true;
@@ -379,6 +473,10 @@ impl Session {
                     if changed.is_ok() {
                         actions = self.advertise().await;
                     }
+                    continue;
+                }
+                () = sleep_until(deferral), if !self.end_of_rib_due.is_empty() => {
+                    actions = self.advertise().await;
                     continue;
                 }
             };
@@ -444,38 +542,15 @@ impl Session {
                 vec![]
             }
             Action::Send(message) => self.send(message).await,
-            Action::Up(negotiated) => {
-                // Without a configured next hop, next-hop-self is our end of this session.
-                if self.next_hop_self
-                    && let Some(IpAddr::V6(local)) = self
-                        .conn
-                        .as_ref()
-                        .and_then(|c| c.get_ref().local_addr().ok())
-                        .map(|a| canonical(a.ip()))
-                {
-                    self.me.next_hop = local;
-                }
-                tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path_tx = ?negotiated.add_path_tx, add_path_rx = ?negotiated.add_path_rx, "BGP session established");
-                self.peer.add_path = negotiated.add_path_tx;
-                self.peer_id = negotiated.peer_router_id;
-                self.ipv4_over_ipv6 = negotiated.ipv4_over_ipv6;
-                if !negotiated.ipv4_over_ipv6 {
-                    tracing::info!(neighbor = %self.neighbor.address, "the neighbor takes no IPv4 routes with IPv6 next hops (RFC 8950): none are sent to it");
-                }
-                if let Some(conn) = &mut self.conn {
-                    *conn.codec_mut() = codec(negotiated.add_path_rx, self.metric_code);
-                }
-                self.advertised.clear();
-                self.advertise().await
-            }
-            Action::Down(why) => {
-                tracing::info!(neighbor = %self.neighbor.address, reason = %why, "BGP session down");
+            Action::Up(negotiated) => self.up(negotiated).await,
+            Action::Down { why, retain } => self.down(&why, retain),
+            Action::EndOfRib(family) => self.peer_end_of_rib(family),
+            Action::RemoveStale(families) => {
                 let mut rib = self.rib.lock().expect("rib lock");
-                rib.routes
-                    .retain(|(n, _, _), _| *n != self.neighbor.address);
+                let gone = rib.remove_stale(self.neighbor.address, families);
                 rib.touch();
                 drop(rib);
-                self.advertised.clear();
+                tracing::info!(neighbor = %self.neighbor.address, ?families, gone, "stale paths removed: the neighbor did not bring them back in time or kept no forwarding state (RFC 4724 §4.2)");
                 vec![]
             }
             Action::ResendAll => {
@@ -484,6 +559,81 @@ impl Session {
             }
             Action::Update(update) => self.learn(&update),
         }
+    }
+
+    /// The session is up: per-session settings from what was negotiated, then our routes.
+    async fn up(&mut self, negotiated: Negotiated) -> Vec<Action> {
+        // Without a configured next hop, next-hop-self is our end of this session.
+        if self.next_hop_self
+            && let Some(IpAddr::V6(local)) = self
+                .conn
+                .as_ref()
+                .and_then(|c| c.get_ref().local_addr().ok())
+                .map(|a| canonical(a.ip()))
+        {
+            self.me.next_hop = local;
+        }
+        tracing::info!(neighbor = %self.neighbor.address, asn = negotiated.peer_asn, add_path_tx = ?negotiated.add_path_tx, add_path_rx = ?negotiated.add_path_rx, graceful_restart = ?negotiated.peer_restart, "BGP session established");
+        self.peer.add_path = negotiated.add_path_tx;
+        self.peer_id = negotiated.peer_router_id;
+        self.ipv4_over_ipv6 = negotiated.ipv4_over_ipv6;
+        if !negotiated.ipv4_over_ipv6 {
+            tracing::info!(neighbor = %self.neighbor.address, "the neighbor takes no IPv4 routes with IPv6 next hops (RFC 8950): none are sent to it");
+        }
+        if let Some(conn) = &mut self.conn {
+            *conn.codec_mut() = codec(negotiated.add_path_rx, self.metric_code);
+        }
+        self.end_of_rib_due = negotiated.families;
+        {
+            // A peer that restarted itself, or has no Graceful Restart, does not make a
+            // restarting speaker wait (RFC 4724 §4.1).
+            let awaited = match negotiated.peer_restart {
+                Some(peer) if !peer.restarted => negotiated.families,
+                _ => Families::NONE,
+            };
+            let mut rib = self.rib.lock().expect("rib lock");
+            rib.end_of_rib.remove(&self.neighbor.address);
+            rib.deferral.peer_up(self.neighbor.address, awaited);
+            rib.touch();
+        }
+        self.advertised.clear();
+        self.advertise().await
+    }
+
+    /// The session is down: the neighbor's paths go, or stay stale while it restarts.
+    fn down(&mut self, why: &str, retain: Retain) -> Vec<Action> {
+        let mut rib = self.rib.lock().expect("rib lock");
+        rib.session_down(self.neighbor.address, retain);
+        let stale = rib
+            .stale
+            .iter()
+            .filter(|k| k.0 == self.neighbor.address)
+            .count();
+        rib.touch();
+        drop(rib);
+        if stale > 0 {
+            tracing::info!(neighbor = %self.neighbor.address, reason = %why, stale, "BGP session down; the neighbor restarts: its paths stay, stale (RFC 4724 §4.2)");
+        } else {
+            tracing::info!(neighbor = %self.neighbor.address, reason = %why, "BGP session down");
+        }
+        self.advertised.clear();
+        self.end_of_rib_due = Families::NONE;
+        vec![]
+    }
+
+    /// The neighbor's End-of-RIB: its routes of `family` are complete, the stale ones go.
+    fn peer_end_of_rib(&mut self, family: Family) -> Vec<Action> {
+        let mut rib = self.rib.lock().expect("rib lock");
+        let gone = rib.remove_stale(self.neighbor.address, [family].into_iter().collect());
+        rib.end_of_rib
+            .entry(self.neighbor.address)
+            .or_default()
+            .insert(family);
+        rib.deferral.end_of_rib(self.neighbor.address, family);
+        rib.touch();
+        drop(rib);
+        tracing::info!(neighbor = %self.neighbor.address, family = family.name(), stale_paths_removed = gone, "End-of-RIB received");
+        vec![]
     }
 
     /// Takes an UPDATE into the Adj-RIB-In, weighed by RFC 7606 (errors.rs) and loop
@@ -515,11 +665,14 @@ impl Session {
         }
         let mut rib = self.rib.lock().expect("rib lock");
         for w in parsed.withdrawn {
-            rib.routes
-                .remove(&(self.neighbor.address, w.prefix, w.path_id));
+            let key = (self.neighbor.address, w.prefix, w.path_id);
+            rib.routes.remove(&key);
+            rib.stale.remove(&key);
         }
         for r in parsed.announced {
             let key = (self.neighbor.address, r.prefix, r.path_id);
+            // Sent again: no longer stale, whatever becomes of it.
+            rib.stale.remove(&key);
             if let Err(looped) = policy::accept(&self.me, &r) {
                 // Treated as withdrawn: an earlier copy of the path goes too.
                 tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
@@ -541,10 +694,11 @@ impl Session {
             };
             rib.routes.insert(key, received);
         }
+        // Stale paths wait for the peer to send them again: only fresh ones count.
         let received = rib
             .routes
             .keys()
-            .filter(|(n, _, _)| *n == self.neighbor.address)
+            .filter(|k| k.0 == self.neighbor.address && !rib.stale.contains(*k))
             .count();
         rib.touch();
         drop(rib);
@@ -585,8 +739,11 @@ impl Session {
     }
 
     /// Sends what changed in what we export to this peer (our routes and those we pass on)
-    /// since the last advertisement.
+    /// since the last advertisement; then End-of-RIB, once the initial routes are out.
     async fn advertise(&mut self) -> Vec<Action> {
+        // A value sent (or the sender gone) since the session task started: the reporting
+        // loop has published.
+        self.originated_complete |= self.local.has_changed().unwrap_or(true);
         let originated = self.local.borrow_and_update().clone();
         let mut received: Vec<Received> = {
             let rib = self.rib.lock().expect("rib lock");
@@ -624,7 +781,44 @@ impl Session {
         for message in messages {
             actions.extend(self.send(message).await);
         }
+        actions.extend(self.end_of_rib().await);
         actions
+    }
+
+    /// End-of-RIB for every negotiated family (RFC 4724 §2, also when there was nothing to
+    /// send), once our originated routes are all out and, after a restart, every peer's
+    /// routes are in (RFC 4724 §4.1).
+    async fn end_of_rib(&mut self) -> Vec<Action> {
+        if self.end_of_rib_due.is_empty() {
+            return vec![];
+        }
+        // Asked first: past its deadline the wait ends, whatever else holds End-of-RIB back.
+        let peers_done = self
+            .rib
+            .lock()
+            .expect("rib lock")
+            .deferral
+            .over(Instant::now());
+        if !peers_done || !self.originated_complete {
+            return vec![];
+        }
+        let due = std::mem::take(&mut self.end_of_rib_due);
+        tracing::debug!(neighbor = %self.neighbor.address, families = ?due, "initial routes sent: End-of-RIB");
+        let mut actions = Vec::new();
+        for family in due.iter() {
+            actions.extend(self.send(route::end_of_rib(family)).await);
+        }
+        actions
+    }
+
+    /// When the wait for the peers' End-of-RIB ends at the latest, while it lasts.
+    fn deferral_deadline(&self) -> Option<tokio::time::Instant> {
+        self.rib
+            .lock()
+            .expect("rib lock")
+            .deferral
+            .deadline()
+            .map(tokio::time::Instant::from_std)
     }
 }
 
@@ -732,6 +926,15 @@ mod tests {
     }
 
     async fn speaker_with(max_prefixes: Option<usize>) -> (SharedRib, SocketAddr) {
+        // Dropping the sender: this node originates nothing.
+        let (rib, listen, _) = launch(max_prefixes).await;
+        (rib, listen)
+    }
+
+    /// Our speaker, and the sender of the routes it originates.
+    async fn launch(
+        max_prefixes: Option<usize>,
+    ) -> (SharedRib, SocketAddr, watch::Sender<Vec<Route>>) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -752,6 +955,8 @@ mod tests {
                 keep_other: true,
                 ..policy::Import::default()
             },
+            graceful: GRACEFUL,
+            selection_deferral: Duration::from_secs(30),
             neighbors: vec![NeighborConfig {
                 address: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 1, // never dialled: passive
@@ -762,34 +967,77 @@ mod tests {
                 md5_key: None,
             }],
         };
-        let (_tx, local) = watch::channel(Vec::new());
+        let (tx, local) = watch::channel(Vec::new());
         let (rib, _tasks) = spawn(config, local, Liveness::default(), SharedLinks::default())
             .await
             .unwrap();
-        (rib, listen)
+        (rib, listen, tx)
     }
 
-    /// A scripted peer: connects, opens, and is Established with the speaker.
+    /// Graceful Restart as agents have it with their data plane kept attached.
+    const GRACEFUL: graceful::Ours = graceful::Ours {
+        restart_time: Duration::from_mins(2),
+        forwarding_preserved: true,
+    };
+    const NEIGHBOR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// A scripted peer: connects, opens, is Established with the speaker and has its
+    /// End-of-RIB for both families (the speaker originates nothing).
     async fn peer(to: SocketAddr) -> Framed<TcpStream, errors::Codec> {
-        let mut conn = Framed::new(
-            TcpStream::connect(to).await.unwrap(),
-            codec(AddPath::default(), 255),
-        );
-        let me = Fsm::new(PeerConfig {
+        let mut conn = open_session(to, GRACEFUL).await;
+        expect_end_of_rib(&mut conn).await;
+        conn
+    }
+
+    /// A scripted peer with `graceful`, Established with the speaker.
+    async fn open_session(
+        to: SocketAddr,
+        graceful: graceful::Ours,
+    ) -> Framed<TcpStream, errors::Codec> {
+        open_session_with(to, peer_open(graceful)).await
+    }
+
+    /// The scripted peer's OPEN: a fresh agent's (Restart State bit set).
+    fn peer_open(graceful: graceful::Ours) -> BgpMessage {
+        Fsm::new(PeerConfig {
             local_asn: PEER,
             router_id: Ipv4Addr::new(10, 0, 0, 2),
             peer_asn: US,
             hold_time: Duration::from_secs(30),
             connect_retry: Duration::from_secs(1),
             passive: false,
-        });
-        conn.send(me.open()).await.unwrap();
+            graceful,
+        })
+        .open()
+    }
+
+    async fn open_session_with(
+        to: SocketAddr,
+        open: BgpMessage,
+    ) -> Framed<TcpStream, errors::Codec> {
+        // Both sides offer ADD-PATH in both directions.
+        let mut conn = Framed::new(
+            TcpStream::connect(to).await.unwrap(),
+            codec(AddPath::BOTH, 255),
+        );
+        conn.send(open).await.unwrap();
         conn.send(BgpMessage::KeepAlive).await.unwrap();
         // The speaker's OPEN and KEEPALIVE.
         for _ in 0..2 {
             conn.next().await.unwrap().unwrap();
         }
         conn
+    }
+
+    /// The next messages are End-of-RIB for IPv6 and IPv4 unicast.
+    async fn expect_end_of_rib(conn: &mut Framed<TcpStream, errors::Codec>) {
+        for family in Family::ALL {
+            let message = next_non_keepalive(conn).await;
+            assert!(
+                matches!(&message, Some(BgpMessage::Update(u)) if u.end_of_rib() == Some(family.address_type())),
+                "End-of-RIB for {family:?}: {message:?}"
+            );
+        }
     }
 
     /// An UPDATE for `fc00::5/128`, path id 1 (both sides offer ADD-PATH), with this ORIGIN
@@ -914,5 +1162,152 @@ mod tests {
             r.routes().count() == 0
         })
         .await;
+    }
+    #[tokio::test]
+    async fn end_of_rib_follows_the_originated_routes_in_each_family() {
+        let (rib, listen, local) = launch(None).await;
+        let mut conn = open_session(listen, GRACEFUL).await;
+        // The reporting loop has not published yet: our routes are not complete.
+        let early = tokio::time::timeout(Duration::from_millis(300), next_non_keepalive(&mut conn));
+        assert!(early.await.is_err(), "nothing before the originated routes");
+        let locator = Route {
+            prefix: "fc00:1::/32".parse().unwrap(),
+            path_id: 1,
+            next_hop: Ipv6Addr::LOCALHOST,
+            service: None,
+            aigp: Some(0),
+            metrics: None,
+            link_bandwidth: None,
+            as_path: Vec::new(),
+            originator_id: None,
+            cluster_list: Vec::new(),
+        };
+        local.send_replace(vec![locator]);
+        let Some(BgpMessage::Update(first)) = next_non_keepalive(&mut conn).await else {
+            panic!("the locator's UPDATE")
+        };
+        assert_eq!(route::parse(&first, 255).announced.len(), 1, "{first:?}");
+        expect_end_of_rib(&mut conn).await;
+        // The peer's End-of-RIB: its routes of that family are complete.
+        conn.send(route::end_of_rib(Family::Ipv6Unicast))
+            .await
+            .unwrap();
+        eventually(&rib, "the peer's End-of-RIB is recorded", |r| {
+            r.end_of_rib(NEIGHBOR) == [Family::Ipv6Unicast].into_iter().collect()
+        })
+        .await;
+    }
+
+    /// Paths from 127.0.0.1: (path id, stale).
+    fn paths(rib: &RibIn) -> Vec<(u32, bool)> {
+        rib.routes()
+            .map(|l| (l.route.path_id, rib.is_stale(&l)))
+            .collect()
+    }
+
+    /// Waits until the session is Active again: the speaker takes a new connection.
+    async fn until_active(rib: &SharedRib) {
+        eventually(rib, "the session waits for the peer", |r| {
+            r.sessions.get(&NEIGHBOR) == Some(&State::Active)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_restarting_peer_keeps_its_paths_stale_until_its_end_of_rib() {
+        let (rib, listen) = speaker().await;
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update_path(0, 1)).await;
+        raw(&mut conn, &update_path(0, 2)).await;
+        eventually(&rib, "two paths", |r| r.routes().count() == 2).await;
+        // The peer's agent stops: its connection closes without a NOTIFICATION.
+        drop(conn);
+        eventually(&rib, "both paths stay, stale", |r| {
+            paths(r) == [(1, true), (2, true)]
+        })
+        .await;
+        until_active(&rib).await;
+        // Back with its forwarding state: path 1 again, then End-of-RIB; path 2 is gone.
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update_path(0, 1)).await;
+        eventually(&rib, "path 1 fresh, path 2 still stale", |r| {
+            paths(r) == [(1, false), (2, true)]
+        })
+        .await;
+        conn.send(route::end_of_rib(Family::Ipv6Unicast))
+            .await
+            .unwrap();
+        eventually(&rib, "only path 1", |r| paths(r) == [(1, false)]).await;
+    }
+
+    #[tokio::test]
+    async fn a_restarting_peer_that_stays_away_loses_its_paths_at_its_restart_time() {
+        let (rib, listen) = speaker().await;
+        let quick = graceful::Ours {
+            restart_time: Duration::from_secs(1),
+            forwarding_preserved: true,
+        };
+        let mut conn = open_session(listen, quick).await;
+        expect_end_of_rib(&mut conn).await;
+        raw(&mut conn, &update(0)).await;
+        eventually(&rib, "the path", |r| r.routes().count() == 1).await;
+        drop(conn);
+        eventually(&rib, "the path stays, stale", |r| paths(r) == [(1, true)]).await;
+        eventually(&rib, "the path goes after 1 s", |r| r.routes().count() == 0).await;
+
+        // A peer that ends its session with a NOTIFICATION loses its paths at once.
+        until_active(&rib).await;
+        let mut conn = peer(listen).await;
+        raw(&mut conn, &update(0)).await;
+        eventually(&rib, "the path again", |r| r.routes().count() == 1).await;
+        let cease = BgpNotificationMessage::CeaseError(CeaseError::AdministrativeShutdown {
+            value: Box::new([]),
+        });
+        conn.send(BgpMessage::Notification(cease)).await.unwrap();
+        eventually(&rib, "the path goes at once", |r| r.routes().count() == 0).await;
+    }
+    #[tokio::test]
+    async fn after_a_restart_end_of_rib_waits_for_the_peers_own() {
+        use netgauze_bgp_pkt::{
+            capabilities::{BgpCapability, GracefulRestartCapability},
+            open::{BgpOpenMessage, BgpOpenMessageParameter},
+        };
+        // The speaker has just started with its forwarding state (a restart); the peer has
+        // not restarted: it has no Restart State bit, so the speaker waits for its routes.
+        let (_rib, listen) = speaker().await;
+        let BgpMessage::Open(open) = peer_open(GRACEFUL) else {
+            unreachable!()
+        };
+        let capabilities: Vec<BgpCapability> = open
+            .capabilities()
+            .into_iter()
+            .map(|c| match c {
+                BgpCapability::GracefulRestartCapability(gr) => {
+                    BgpCapability::GracefulRestartCapability(GracefulRestartCapability::new(
+                        false,
+                        false,
+                        gr.time(),
+                        gr.address_families().to_vec(),
+                    ))
+                }
+                other => other.clone(),
+            })
+            .collect();
+        let settled = BgpOpenMessage::new(
+            open.my_as(),
+            open.hold_time(),
+            open.bgp_id(),
+            vec![BgpOpenMessageParameter::new_capabilities(capabilities)],
+        );
+        let mut conn = open_session_with(listen, BgpMessage::Open(settled)).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), next_non_keepalive(&mut conn));
+        assert!(
+            early.await.is_err(),
+            "RFC 4724 §4.1: not before the peer's End-of-RIB"
+        );
+        for family in Family::ALL {
+            conn.send(route::end_of_rib(family)).await.unwrap();
+        }
+        expect_end_of_rib(&mut conn).await;
     }
 }

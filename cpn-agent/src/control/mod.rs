@@ -27,6 +27,7 @@ use crate::{
     agent::{Drained, Explanation},
     bgp::{
         fsm,
+        graceful::Family,
         metric_attr::NodeScore,
         speaker::{MessageCounts, SharedRib},
     },
@@ -70,6 +71,10 @@ pub struct Neighbor {
     pub state: String,
     /// Paths received from it (Adj-RIB-In).
     pub paths: usize,
+    /// Of those, the ones kept while it restarts (RFC 4724), not sent again yet.
+    pub stale_paths: usize,
+    /// The families whose End-of-RIB it sent in this session: its routes there are complete.
+    pub end_of_rib: Vec<Family>,
     /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness;
     /// `None` while unknown (not probed, or it never answered a probe).
     pub rtt_us: Option<u64>,
@@ -87,6 +92,8 @@ pub struct Neighbor {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LearnedPath {
     pub neighbor: IpAddr,
+    /// Kept while the neighbor restarts (RFC 4724), not sent again yet.
+    pub stale: bool,
     pub prefix: String,
     pub path_id: u32,
     pub next_hop: Ipv6Addr,
@@ -175,6 +182,15 @@ impl AgentState {
                     paths: rib
                         .as_ref()
                         .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
+                    stale_paths: rib.as_ref().map_or(0, |r| {
+                        r.routes()
+                            .filter(|l| l.neighbor == address && r.is_stale(l))
+                            .count()
+                    }),
+                    end_of_rib: rib
+                        .as_ref()
+                        .map(|r| r.end_of_rib(address).iter().collect())
+                        .unwrap_or_default(),
                     rtt_us: link.and_then(|l| l.rtt.known()).map(micros),
                     jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
                     loss: link.and_then(|l| l.loss.known()),
@@ -201,10 +217,10 @@ impl AgentState {
             .as_ref()
             .map(|l| l.lock().expect("locators lock").clone())
             .unwrap_or_default();
-        rib.lock()
-            .expect("rib lock")
-            .routes()
+        let rib = rib.lock().expect("rib lock");
+        rib.routes()
             .map(|l| {
+                let stale = rib.is_stale(&l);
                 let r = l.route;
                 let kernel = match r.prefix {
                     ipnet::IpNet::V6(net) => locators
@@ -216,6 +232,7 @@ impl AgentState {
                 LearnedPath {
                     kernel,
                     neighbor: l.neighbor,
+                    stale,
                     prefix: r.prefix.to_string(),
                     path_id: r.path_id,
                     next_hop: r.next_hop,
@@ -258,7 +275,7 @@ pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::Joi
             };
             let state = state.clone();
             tokio::spawn(async move {
-                if let Err(error) = serve(stream, &state).await {
+                if let Err(error) = serve(stream, state).await {
                     tracing::debug!(%error, "control connection");
                 }
             });
@@ -266,14 +283,17 @@ pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::Joi
     }))
 }
 
-async fn serve(stream: UnixStream, state: &AgentState) -> std::io::Result<()> {
+async fn serve(stream: UnixStream, state: AgentState) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => match state.answer(&request) {
-            Ok(answer) => serde_json::json!({ "ok": answer }),
-            Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+        // Off the runtime thread: reading a ring is 65 537 map lookups, and the BGP sessions
+        // and link probes this thread serves must not wait for them.
+        Ok(request) => match tokio::task::spawn_blocking(move || state.answer(&request)).await {
+            Ok(Ok(answer)) => serde_json::json!({ "ok": answer }),
+            Ok(Err(e)) => serde_json::json!({ "error": format!("{e:#}") }),
+            Err(e) => serde_json::json!({ "error": format!("the request failed: {e}") }),
         },
         Err(e) => serde_json::json!({ "error": format!("bad request {:?}: {e}", line.trim()) }),
     };

@@ -11,8 +11,21 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 n.address.to_string(),
                 n.asn.to_string(),
                 n.state,
-                n.paths.to_string(),
+                if n.stale_paths > 0 {
+                    format!("{} ({} stale)", n.paths, n.stale_paths)
+                } else {
+                    n.paths.to_string()
+                },
                 n.filtered.to_string(),
+                if n.end_of_rib.is_empty() {
+                    "-".to_owned()
+                } else {
+                    n.end_of_rib
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 or_unknown(n.rtt_us.map(millis)),
                 or_unknown(n.jitter_us.map(millis)),
                 or_unknown(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
@@ -24,8 +37,18 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
         .collect();
     columns(
         &[
-            "NEIGHBOR", "AS", "STATE", "PATHS", "FILTERED", "RTT", "JITTER", "LOSS", "LINK",
-            "MSG RCVD", "MSG SENT",
+            "NEIGHBOR",
+            "AS",
+            "STATE",
+            "PATHS",
+            "FILTERED",
+            "END-OF-RIB",
+            "RTT",
+            "JITTER",
+            "LOSS",
+            "LINK",
+            "MSG RCVD",
+            "MSG SENT",
         ],
         &rows,
     )
@@ -42,6 +65,8 @@ mod tests {
             asn: 65000,
             state: "Established".into(),
             paths: 2,
+            stale_paths: 0,
+            end_of_rib: Vec::new(),
             rtt_us: answered.then_some(1_500),
             jitter_us: answered.then_some(100),
             loss: answered.then_some(0.02),
@@ -61,7 +86,7 @@ mod tests {
                     .map(str::trim)
                     .filter(|c| !c.is_empty())
                     .collect();
-                cells[5..9].to_vec()
+                cells[6..10].to_vec()
             })
             .collect();
         assert_eq!(links[0], ["RTT", "JITTER", "LOSS", "LINK"], "{text}");
