@@ -82,6 +82,9 @@ pub struct Learned {
 #[derive(Debug)]
 pub struct RibIn {
     routes: BTreeMap<(IpAddr, IpNet, u32), Received>,
+    /// Paths per neighbor in `routes`, kept along with it: the prefix limit reads it on every
+    /// UPDATE, and counting a neighbor's paths would walk its whole table each time.
+    paths: BTreeMap<IpAddr, usize>,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
     /// Messages exchanged with each neighbor, for operators.
@@ -97,6 +100,7 @@ impl Default for RibIn {
     fn default() -> Self {
         Self {
             routes: BTreeMap::new(),
+            paths: BTreeMap::new(),
             sessions: BTreeMap::new(),
             messages: BTreeMap::new(),
             filtered: BTreeMap::new(),
@@ -118,6 +122,32 @@ impl RibIn {
         self.changed.subscribe()
     }
 
+    /// Paths from `neighbor` in the RIB.
+    pub fn paths_from(&self, neighbor: IpAddr) -> usize {
+        self.paths.get(&neighbor).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, key: (IpAddr, IpNet, u32), received: Received) {
+        if self.routes.insert(key, received).is_none() {
+            *self.paths.entry(key.0).or_default() += 1;
+        }
+    }
+
+    /// Removes a path; whether there was one.
+    fn remove(&mut self, key: &(IpAddr, IpNet, u32)) -> bool {
+        let removed = self.routes.remove(key).is_some();
+        if removed && let Some(n) = self.paths.get_mut(&key.0) {
+            *n -= 1;
+        }
+        removed
+    }
+
+    /// Removes every path from `neighbor`.
+    fn forget(&mut self, neighbor: IpAddr) {
+        self.routes.retain(|(n, _, _), _| *n != neighbor);
+        self.paths.remove(&neighbor);
+    }
+
     /// A path as if `neighbor` (AS 65000) had sent it, for other modules' tests.
     #[cfg(test)]
     pub fn insert_for_test(&mut self, neighbor: IpAddr, route: Route) {
@@ -128,7 +158,7 @@ impl RibIn {
             rr_client: false,
             add_path: AddPath::default(),
         };
-        self.routes.insert(
+        self.insert(
             key,
             Received {
                 from,
@@ -472,8 +502,7 @@ impl Session {
             Action::Down(why) => {
                 tracing::info!(neighbor = %self.neighbor.address, reason = %why, "BGP session down");
                 let mut rib = self.rib.lock().expect("rib lock");
-                rib.routes
-                    .retain(|(n, _, _), _| *n != self.neighbor.address);
+                rib.forget(self.neighbor.address);
                 rib.touch();
                 drop(rib);
                 self.advertised.clear();
@@ -520,21 +549,20 @@ impl Session {
         }
         let mut rib = self.rib.lock().expect("rib lock");
         for w in parsed.withdrawn {
-            rib.routes
-                .remove(&(self.neighbor.address, w.prefix, w.path_id));
+            rib.remove(&(self.neighbor.address, w.prefix, w.path_id));
         }
         for r in parsed.announced {
             let key = (self.neighbor.address, r.prefix, r.path_id);
             if let Err(looped) = policy::accept(&self.me, &r) {
                 // Treated as withdrawn: an earlier copy of the path goes too.
                 tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
-                rib.routes.remove(&key);
+                rib.remove(&key);
                 continue;
             }
             if self.import.classify(&r) == policy::Imported::Filtered {
                 // Not a route cpn keeps (import policy): dropped and counted; an earlier copy
                 // of the path goes too.
-                rib.routes.remove(&key);
+                rib.remove(&key);
                 *rib.filtered.entry(self.neighbor.address).or_default() += 1;
                 continue;
             }
@@ -544,13 +572,9 @@ impl Session {
                 route: r,
                 link_us: 0, // filled in when exported
             };
-            rib.routes.insert(key, received);
+            rib.insert(key, received);
         }
-        let received = rib
-            .routes
-            .keys()
-            .filter(|(n, _, _)| *n == self.neighbor.address)
-            .count();
+        let received = rib.paths_from(self.neighbor.address);
         rib.touch();
         drop(rib);
         match self.neighbor.max_prefixes {
@@ -845,6 +869,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("never: {what}");
+    }
+
+    #[test]
+    fn paths_per_neighbor_follow_the_rib() {
+        let route = |prefix: &str| Route {
+            prefix: prefix.parse().unwrap(),
+            path_id: 1,
+            next_hop: Ipv6Addr::LOCALHOST,
+            service: None,
+            aigp: None,
+            metrics: None,
+            link_bandwidth: None,
+            as_path: vec![PEER],
+            originator_id: None,
+            cluster_list: Vec::new(),
+        };
+        let (a, b) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        let mut rib = RibIn::default();
+        rib.insert_for_test(a, route("2001:db8:1::/48"));
+        rib.insert_for_test(a, route("2001:db8:1::/48")); // replaces the path
+        rib.insert_for_test(a, route("2001:db8:2::/48"));
+        rib.insert_for_test(b, route("2001:db8:1::/48"));
+        assert_eq!((rib.paths_from(a), rib.paths_from(b)), (2, 1));
+        let key = (a, "2001:db8:2::/48".parse().unwrap(), 1);
+        assert!(rib.remove(&key));
+        assert!(!rib.remove(&key));
+        assert_eq!(rib.paths_from(a), 1);
+        rib.forget(a);
+        assert_eq!((rib.paths_from(a), rib.paths_from(b)), (0, 1));
+        assert_eq!(rib.routes().count(), 1);
     }
 
     #[tokio::test]

@@ -171,9 +171,7 @@ impl AgentState {
                         .as_ref()
                         .and_then(|r| r.sessions.get(&address))
                         .map_or_else(|| format!("{:?}", fsm::State::Idle), |s| format!("{s:?}")),
-                    paths: rib
-                        .as_ref()
-                        .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
+                    paths: rib.as_ref().map_or(0, |r| r.paths_from(address)),
                     rtt_us: link.map(|l| u64::try_from(l.rtt.as_micros()).unwrap_or(u64::MAX)),
                     jitter_us: link
                         .map(|l| u64::try_from(l.jitter.as_micros()).unwrap_or(u64::MAX)),
