@@ -92,7 +92,7 @@ pub struct RibIn {
     /// Paths each neighbor sent that the import policy dropped (neither services nor cpn
     /// locators), for operators.
     pub filtered: BTreeMap<IpAddr, u64>,
-    /// Bumped on every change, so that each session re-exports to its peer.
+    /// Bumped on every change of `routes`, so that each session re-exports to its peer.
     changed: watch::Sender<u64>,
 }
 
@@ -548,21 +548,24 @@ impl Session {
             tracing::warn!(neighbor = %self.neighbor.address, %discarded, "attribute discarded (RFC 7606)");
         }
         let mut rib = self.rib.lock().expect("rib lock");
+        // Whether the RIB changed: an UPDATE whose routes the import policy all dropped (a
+        // full table's) wakes nobody.
+        let mut changed = false;
         for w in parsed.withdrawn {
-            rib.remove(&(self.neighbor.address, w.prefix, w.path_id));
+            changed |= rib.remove(&(self.neighbor.address, w.prefix, w.path_id));
         }
         for r in parsed.announced {
             let key = (self.neighbor.address, r.prefix, r.path_id);
             if let Err(looped) = policy::accept(&self.me, &r) {
                 // Treated as withdrawn: an earlier copy of the path goes too.
                 tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
-                rib.remove(&key);
+                changed |= rib.remove(&key);
                 continue;
             }
             if self.import.classify(&r) == policy::Imported::Filtered {
                 // Not a route cpn keeps (import policy): dropped and counted; an earlier copy
                 // of the path goes too.
-                rib.remove(&key);
+                changed |= rib.remove(&key);
                 *rib.filtered.entry(self.neighbor.address).or_default() += 1;
                 continue;
             }
@@ -573,9 +576,12 @@ impl Session {
                 link_us: 0, // filled in when exported
             };
             rib.insert(key, received);
+            changed = true;
         }
         let received = rib.paths_from(self.neighbor.address);
-        rib.touch();
+        if changed {
+            rib.touch();
+        }
         drop(rib);
         match self.neighbor.max_prefixes {
             Some(limit) if received > limit => {
