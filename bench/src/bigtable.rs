@@ -615,6 +615,10 @@ fn measure(peer: Peer, table: &Table, settings: &Settings) -> Result<PeerRun> {
             session_ended: session.ended(),
         })
     })();
+    if peer == Peer::Gobgp {
+        // With a full table it takes longer than the lab's 5 s to exit on SIGTERM.
+        let _ = lab.kill(started.pid);
+    }
     result.map_err(|e| {
         let log = fs::read_to_string(lab.workdir().join("dut.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
