@@ -9,15 +9,19 @@
 //!                                            100 / 1000 simulated agents per mode
 //!   namespace labs of agents    ──▶ part 3: metric change → ring / first packet,
 //!                                            death → last packet (5 and 20 agents)
+//!   our table generator (BGP)   ──▶ part 4: a full table into cpn-agent, BIRD, GoBGP:
+//!                                            learn time, peak RSS, kernel routes
 //!                                         └─▶ report.json / report.md / *.png
 //! ```
 
+mod bigtable;
 mod control;
 mod labs;
 mod peers;
 mod report;
 mod sim;
 mod stats;
+mod table;
 mod testrun;
 mod throughput;
 
@@ -51,8 +55,10 @@ enum Part {
     Control,
     Simulation,
     Labs,
+    Bigtable,
 }
 
+#[expect(clippy::too_many_lines, reason = "one block per part, in order")]
 fn main() -> Result<()> {
     let args = Args::parse();
     if !nix_root() {
@@ -130,6 +136,15 @@ fn main() -> Result<()> {
         not_measured.push("namespace lab with 20 agents (full run only)".to_owned());
     }
 
+    let bigtable = if wanted(Part::Bigtable) {
+        Some(bigtable::run(
+            &bigtable::Settings::new(quick),
+            &mut not_measured,
+        )?)
+    } else {
+        None
+    };
+
     let report = report::Report {
         quick,
         profile: if cfg!(debug_assertions) {
@@ -144,6 +159,7 @@ fn main() -> Result<()> {
         control,
         simulation,
         labs: lab_runs,
+        bigtable,
         not_measured,
     };
     let charts = report::write(&report, &args.out)?;

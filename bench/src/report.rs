@@ -7,8 +7,8 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::{
-    control::Control, labs::LabRun, sim::Simulation, stats::Spread, testrun::PerPacket,
-    throughput::Throughput,
+    bigtable::BigTable, control::Control, labs::LabRun, sim::Simulation, stats::Spread,
+    testrun::PerPacket, throughput::Throughput,
 };
 
 /// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
@@ -60,6 +60,7 @@ pub struct Report {
     pub control: Option<Control>,
     pub simulation: Option<Simulation>,
     pub labs: Vec<LabRun>,
+    pub bigtable: Option<BigTable>,
     /// Parts of the issue this run did not measure, and why.
     pub not_measured: Vec<String>,
 }
@@ -325,6 +326,9 @@ pub fn markdown(report: &Report) -> String {
         }
         let _ = writeln!(md);
     }
+    if let Some(b) = &report.bigtable {
+        bigtable_markdown(&mut md, b);
+    }
     if !report.not_measured.is_empty() {
         let _ = writeln!(md, "## Not measured in this run\n");
         for n in &report.not_measured {
@@ -332,6 +336,53 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     md
+}
+
+fn bigtable_markdown(md: &mut String, b: &BigTable) {
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+    };
+    let _ = writeln!(md, "## A full table from a router\n");
+    let _ = writeln!(
+        md,
+        "Method: {}. Sent: {} UPDATEs, {} bytes.\n",
+        b.method, b.sent.updates, b.sent.bytes
+    );
+    let _ = writeln!(
+        md,
+        "| speaker | learn s | × BIRD | slowest poll ms | sent s | routes processed | kept | RSS before MiB (peak at start) | peak RSS MiB | × BIRD | kernel routes added | ring slots of the static node before → after |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for p in &b.peers {
+        let slots = match (p.ring_slots_before, p.ring_slots_after) {
+            (Some(a), Some(b)) => format!("{a} → {b}"),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {:.1} ({:.1}) | {:.1} | {} | {} | {} |",
+            p.version,
+            opt(p.learn_s, 2),
+            opt(p.learn_vs_bird, 2),
+            p.slowest_poll_ms,
+            p.sent_s,
+            p.processed,
+            p.kept,
+            p.rss_before_mib,
+            p.peak_before_mib,
+            p.peak_rss_mib,
+            opt(p.peak_rss_vs_bird, 2),
+            p.kernel_routes_added
+                .map_or_else(|| "–".to_owned(), |n| n.to_string()),
+            slots
+        );
+    }
+    for p in &b.peers {
+        if let Some(why) = &p.session_ended {
+            let _ = writeln!(md, "\n{} ended the session: {why}", p.name);
+        }
+    }
+    let _ = writeln!(md);
 }
 
 struct Bar {

@@ -19,7 +19,8 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the agent, the tests and the demo use at run time.
 const RUNTIME_PACKAGES: &[&str] = &[
-    // BIRD 2: a third BGP implementation in the interop tests (tests/tests/bird.rs).
+    // BIRD 2: a third BGP implementation in the interop tests (tests/tests/bird.rs) and the
+    // big-table benchmark's reference speaker.
     "bird2",
     "bpftool",
     // The benchmarks build their baselines and the kernel's Katran-like selftest program
@@ -67,8 +68,19 @@ pub fn run(need: Need) -> Result<()> {
     ensure_bpf_linker()?;
     if need == Need::Everything {
         ensure_bpffs()?;
+        stop_system_bird();
     }
     Ok(())
+}
+
+/// Debian's bird2 starts a system-wide BIRD; the benchmark runs its own in a namespace, so
+/// the system one is stopped and disabled (where systemd runs; elsewhere nothing starts it).
+fn stop_system_bird() {
+    if cmd::is_root() && Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "--quiet", "bird.service"])
+            .status();
+    }
 }
 
 fn ensure_packages(packages: &[&str]) -> Result<()> {

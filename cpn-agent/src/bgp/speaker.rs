@@ -102,6 +102,9 @@ pub struct RibIn {
     end_of_rib: BTreeMap<IpAddr, Families>,
     /// Our wait for the neighbors' End-of-RIB after a restart (RFC 4724 §4.1).
     deferral: Deferral,
+    /// Paths per neighbor in `routes`, kept along with it: the prefix limit reads it on every
+    /// UPDATE, and counting a neighbor's paths would walk its whole table each time.
+    paths: BTreeMap<IpAddr, usize>,
     /// Session states, for operators.
     pub sessions: BTreeMap<IpAddr, State>,
     /// Messages exchanged with each neighbor, for operators.
@@ -109,7 +112,7 @@ pub struct RibIn {
     /// Paths each neighbor sent that the import policy dropped (neither services nor cpn
     /// locators), for operators.
     pub filtered: BTreeMap<IpAddr, u64>,
-    /// Bumped on every change, so that each session re-exports to its peer.
+    /// Bumped on every change of `routes`, so that each session re-exports to its peer.
     changed: watch::Sender<u64>,
 }
 
@@ -120,6 +123,7 @@ impl Default for RibIn {
             stale: BTreeSet::new(),
             end_of_rib: BTreeMap::new(),
             deferral: Deferral::none(),
+            paths: BTreeMap::new(),
             sessions: BTreeMap::new(),
             messages: BTreeMap::new(),
             filtered: BTreeMap::new(),
@@ -177,6 +181,12 @@ impl RibIn {
             }
             keep
         });
+        let left = self.routes.keys().filter(|key| key.0 == neighbor).count();
+        if left == 0 {
+            self.paths.remove(&neighbor);
+        } else {
+            self.paths.insert(neighbor, left);
+        }
         self.end_of_rib.remove(&neighbor);
     }
 
@@ -189,10 +199,30 @@ impl RibIn {
             .copied()
             .collect();
         for key in &gone {
-            self.stale.remove(key);
-            self.routes.remove(key);
+            self.remove(key);
         }
         gone.len()
+    }
+
+    /// Paths from `neighbor` in the RIB.
+    pub fn paths_from(&self, neighbor: IpAddr) -> usize {
+        self.paths.get(&neighbor).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, key: PathKey, received: Received) {
+        if self.routes.insert(key, received).is_none() {
+            *self.paths.entry(key.0).or_default() += 1;
+        }
+    }
+
+    /// Removes a path (stale or not); whether there was one.
+    fn remove(&mut self, key: &PathKey) -> bool {
+        self.stale.remove(key);
+        let removed = self.routes.remove(key).is_some();
+        if removed && let Some(n) = self.paths.get_mut(&key.0) {
+            *n -= 1;
+        }
+        removed
     }
 
     /// A path as if `neighbor` (AS 65000) had sent it, for other modules' tests.
@@ -205,7 +235,7 @@ impl RibIn {
             rr_client: false,
             add_path: AddPath::default(),
         };
-        self.routes.insert(
+        self.insert(
             key,
             Received {
                 from,
@@ -664,10 +694,11 @@ impl Session {
             tracing::warn!(neighbor = %self.neighbor.address, %discarded, "attribute discarded (RFC 7606)");
         }
         let mut rib = self.rib.lock().expect("rib lock");
+        // Whether the RIB changed: an UPDATE whose routes the import policy all dropped (a
+        // full table's) wakes nobody.
+        let mut changed = false;
         for w in parsed.withdrawn {
-            let key = (self.neighbor.address, w.prefix, w.path_id);
-            rib.routes.remove(&key);
-            rib.stale.remove(&key);
+            changed |= rib.remove(&(self.neighbor.address, w.prefix, w.path_id));
         }
         for r in parsed.announced {
             let key = (self.neighbor.address, r.prefix, r.path_id);
@@ -676,13 +707,13 @@ impl Session {
             if let Err(looped) = policy::accept(&self.me, &r) {
                 // Treated as withdrawn: an earlier copy of the path goes too.
                 tracing::debug!(neighbor = %self.neighbor.address, prefix = %r.prefix, %looped, "route ignored");
-                rib.routes.remove(&key);
+                changed |= rib.remove(&key);
                 continue;
             }
             if self.import.classify(&r) == policy::Imported::Filtered {
                 // Not a route cpn keeps (import policy): dropped and counted; an earlier copy
                 // of the path goes too.
-                rib.routes.remove(&key);
+                changed |= rib.remove(&key);
                 *rib.filtered.entry(self.neighbor.address).or_default() += 1;
                 continue;
             }
@@ -692,15 +723,19 @@ impl Session {
                 route: r,
                 link_us: 0, // filled in when exported
             };
-            rib.routes.insert(key, received);
+            rib.insert(key, received);
+            changed = true;
         }
         // Stale paths wait for the peer to send them again: only fresh ones count.
-        let received = rib
-            .routes
-            .keys()
-            .filter(|k| k.0 == self.neighbor.address && !rib.stale.contains(*k))
+        let stale = rib
+            .stale
+            .iter()
+            .filter(|key| key.0 == self.neighbor.address)
             .count();
-        rib.touch();
+        let received = rib.paths_from(self.neighbor.address) - stale;
+        if changed {
+            rib.touch();
+        }
         drop(rib);
         match self.neighbor.max_prefixes {
             Some(limit) if received > limit => {
@@ -1083,6 +1118,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("never: {what}");
+    }
+
+    #[test]
+    fn paths_per_neighbor_follow_the_rib() {
+        let route = |prefix: &str| Route {
+            prefix: prefix.parse().unwrap(),
+            path_id: 1,
+            next_hop: Ipv6Addr::LOCALHOST,
+            service: None,
+            aigp: None,
+            metrics: None,
+            link_bandwidth: None,
+            as_path: vec![PEER],
+            originator_id: None,
+            cluster_list: Vec::new(),
+        };
+        let (a, b) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        let mut rib = RibIn::default();
+        rib.insert_for_test(a, route("2001:db8:1::/48"));
+        rib.insert_for_test(a, route("2001:db8:1::/48")); // replaces the path
+        rib.insert_for_test(a, route("2001:db8:2::/48"));
+        rib.insert_for_test(b, route("2001:db8:1::/48"));
+        assert_eq!((rib.paths_from(a), rib.paths_from(b)), (2, 1));
+        let key = (a, "2001:db8:2::/48".parse().unwrap(), 1);
+        assert!(rib.remove(&key));
+        assert!(!rib.remove(&key));
+        assert_eq!(rib.paths_from(a), 1);
+        rib.session_down(a, Retain::Nothing);
+        assert_eq!((rib.paths_from(a), rib.paths_from(b)), (0, 1));
+        assert_eq!(rib.routes().count(), 1);
+        // A restart keeps the path stale, and counted, until it goes.
+        rib.insert_for_test(a, route("2001:db8:3::/48"));
+        rib.session_down(a, Retain::MarkStale(Families::ALL));
+        assert_eq!(rib.paths_from(a), 1);
+        assert_eq!(rib.remove_stale(a, Families::ALL), 1);
+        assert_eq!(rib.paths_from(a), 0);
     }
 
     #[tokio::test]

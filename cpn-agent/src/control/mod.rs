@@ -179,9 +179,7 @@ impl AgentState {
                         .as_ref()
                         .and_then(|r| r.sessions.get(&address))
                         .map_or_else(|| format!("{:?}", fsm::State::Idle), |s| format!("{s:?}")),
-                    paths: rib
-                        .as_ref()
-                        .map_or(0, |r| r.routes().filter(|l| l.neighbor == address).count()),
+                    paths: rib.as_ref().map_or(0, |r| r.paths_from(address)),
                     stale_paths: rib.as_ref().map_or(0, |r| {
                         r.routes()
                             .filter(|l| l.neighbor == address && r.is_stale(l))
