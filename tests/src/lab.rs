@@ -280,6 +280,17 @@ impl Lab {
         self.workdir.join(format!("{node}.sock"))
     }
 
+    /// Asks `node`'s agent over its control socket, as `cpnctl --json` does, and reads the
+    /// answer as a `T` (e.g. `Vec<cpn_agent::control::Neighbor>`).
+    pub fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        request: &cpn_agent::control::Request,
+    ) -> Result<T> {
+        let answer = cpn_agent::control::ask(&self.control_socket(node), request)?;
+        Ok(serde_json::from_value(answer)?)
+    }
+
     /// Writes (or rewrites, before a SIGHUP) the configuration of `node`'s agent: `config`
     /// with its `[dataplane]` table (added if missing) naming the pin directory.
     pub fn write_agent_config(&self, node: &str, pin_dir: &Path, config: &str) -> Result<PathBuf> {

@@ -18,7 +18,7 @@
 use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_agent::control::{self, LearnedPath, Neighbor, Request};
+use cpn_agent::control::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
     bgp_lab::{bgp_section, compute_config},
     bird::{Bird, BirdConfig},
@@ -37,16 +37,9 @@ const BIRD_ROUTER_ID: &str = "10.0.0.200";
 const BIRD_IPV6: [&str; 3] = ["2001:db8:99::/48", "fc00:99::/32", "2001:db8:98:1::/64"];
 const BIRD_IPV4: [&str; 2] = ["203.0.113.0/24", "192.0.2.128/25"];
 
-fn ask<T: serde::de::DeserializeOwned>(lab: &Lab, node: &str, request: &Request) -> Result<T> {
-    Ok(serde_json::from_value(control::ask(
-        &lab.control_socket(node),
-        request,
-    )?)?)
-}
-
 fn neighbor(lab: &Lab, node: &str, address: &str) -> Result<Neighbor> {
     let address: IpAddr = address.parse()?;
-    let neighbors: Vec<Neighbor> = ask(lab, node, &Request::Neighbors)?;
+    let neighbors: Vec<Neighbor> = lab.ask(node, &Request::Neighbors)?;
     neighbors
         .into_iter()
         .find(|n| n.address == address)
@@ -254,8 +247,8 @@ fn bird_ebgp_peer_reads_our_service_route_and_its_routes_are_filtered() -> Resul
 /// explanation: what a failed wait in the reflector labs should show.
 fn ingress_state(lab: &Lab) -> String {
     let routes = kernel_bgp_routes(lab, "ingress", "-6").unwrap_or_default();
-    let paths: serde_json::Value = ask(lab, "ingress", &Request::Routes).unwrap_or_default();
-    let services: serde_json::Value = ask(lab, "ingress", &Request::Services).unwrap_or_default();
+    let paths: serde_json::Value = lab.ask("ingress", &Request::Routes).unwrap_or_default();
+    let services: serde_json::Value = lab.ask("ingress", &Request::Services).unwrap_or_default();
     // First, in one line per candidate, why selection left it out, if it did.
     let excluded = services
         .as_array()
@@ -323,7 +316,7 @@ fn wait_for_reflected_sites(lab: &Lab) -> Result<()> {
         "both sites of the service at the ingress, reflected by BIRD",
         Duration::from_secs(30),
         || {
-            let paths: Vec<LearnedPath> = ask(lab, "ingress", &Request::Routes)?;
+            let paths: Vec<LearnedPath> = lab.ask("ingress", &Request::Routes)?;
             let sites: Vec<_> = paths
                 .iter()
                 .filter(|p| p.prefix == format!("{VIP}/128") && p.cluster_list == [cluster])
@@ -510,7 +503,7 @@ fn bird_route_reflector_on_the_path_next_hops_resolved_through_the_fib() -> Resu
     )
     .with_context(|| ingress_state(&lab))?;
     eprintln!("ingress:\n{routes}");
-    let paths: Vec<LearnedPath> = ask(&lab, "ingress", &Request::Routes)?;
+    let paths: Vec<LearnedPath> = lab.ask("ingress", &Request::Routes)?;
     for n in 1..=2 {
         let locator = paths
             .iter()

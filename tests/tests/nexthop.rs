@@ -15,7 +15,7 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_agent::control::{self, LearnedPath, Neighbor, Request};
+use cpn_agent::control::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
     bgp_lab::{bgp_section, compute_config},
     lab::{Lab, wait_for},
@@ -68,15 +68,8 @@ fn topology() -> Result<Lab> {
     Ok(lab)
 }
 
-fn ask<T: serde::de::DeserializeOwned>(lab: &Lab, request: &Request) -> Result<T> {
-    Ok(serde_json::from_value(control::ask(
-        &lab.control_socket("ingress"),
-        request,
-    )?)?)
-}
-
 fn kernel_route_of(lab: &Lab, locator: &str) -> Result<Option<String>> {
-    let paths: Vec<LearnedPath> = ask(lab, &Request::Routes)?;
+    let paths: Vec<LearnedPath> = lab.ask("ingress", &Request::Routes)?;
     Ok(paths
         .into_iter()
         .find(|p| p.prefix == locator)
@@ -227,7 +220,7 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
         "GoBGP's routes to be filtered",
         Duration::from_secs(20),
         || {
-            let neighbors: Vec<Neighbor> = ask(&lab, &Request::Neighbors)?;
+            let neighbors: Vec<Neighbor> = lab.ask("ingress", &Request::Neighbors)?;
             let gobgp = neighbors
                 .iter()
                 .find(|n| n.address == GOBGP.parse::<IpAddr>().unwrap());

@@ -339,7 +339,7 @@ fn addr4(bytes: &[u8]) -> Option<Ipv4Addr> {
 
 /// Walks an IPv6 extension-header chain: (upper protocol, its offset, first SRH's SL).
 fn walk6(l3: &[u8]) -> (u8, usize, Option<u8>) {
-    let mut next = l3.get(6).copied().unwrap_or(proto::NO_NEXT);
+    let mut next = l3.get(6).copied().unwrap_or(proto::NO_NEXT_HEADER);
     let mut at = 40;
     let mut segments_left = None;
     for _ in 0..8 {

@@ -12,20 +12,8 @@ use etherparse::{
     Ipv6Header, PacketBuilder,
 };
 
-/// IP protocol numbers (IANA) used by the cases.
-pub mod proto {
-    pub const HOP_BY_HOP: u8 = 0;
-    pub const ICMP: u8 = 1;
-    pub const IPIP: u8 = 4;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const IPV6: u8 = 41;
-    pub const ROUTING: u8 = 43;
-    pub const FRAGMENT: u8 = 44;
-    pub const ICMPV6: u8 = 58;
-    pub const NO_NEXT: u8 = 59;
-    pub const DEST_OPTS: u8 = 60;
-}
+/// IP protocol numbers (IANA): the ones the data plane itself uses.
+pub use cpn_common::headers::proto;
 
 /// An IPv6 extension header; its first byte (Next Header) is filled in by [`Ipv6::bytes`].
 #[derive(Clone, Debug)]
@@ -55,7 +43,7 @@ impl Ipv6 {
             hop_limit: 64,
             traffic_class: 0,
             exts: Vec::new(),
-            upper_protocol: proto::NO_NEXT,
+            upper_protocol: proto::NO_NEXT_HEADER,
             upper: Vec::new(),
         }
     }
