@@ -487,11 +487,10 @@ pub struct RemoteNode {
     /// to it (with `[bgp]`, locators are learned instead).
     pub locator: Option<Spanned<String>>,
     pub via: Option<Ipv6Addr>,
-    /// Path latency and loss as configured (probes measure them in a later version).
-    #[serde(default)]
-    pub latency_ms: f64,
-    #[serde(default)]
-    pub loss: f64,
+    /// Path latency and loss as configured; unknown when not given (never 0: a metric
+    /// nobody measured is unknown).
+    pub latency_ms: Option<f64>,
+    pub loss: Option<f64>,
     /// Where its current metrics are published (the file a compute agent writes with
     /// `[metrics] publish_file`); without it the node counts as idle at its nominal capacity.
     pub metrics_file: Option<PathBuf>,

@@ -106,10 +106,10 @@ pub fn planned_service(
                 name: remote.name.clone(),
                 capacity: served.capacity,
                 path: Path {
-                    latency: Measure::Known(Duration::from_secs_f64(
-                        remote.latency_ms.max(0.0) / 1000.0,
-                    )),
-                    loss: Measure::Known(remote.loss),
+                    latency: remote.latency_ms.map_or(Measure::Unknown, |ms| {
+                        Measure::Known(Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+                    }),
+                    loss: remote.loss.map_or(Measure::Unknown, Measure::Known),
                 },
                 metrics_file: remote.metrics_file.clone(),
                 drained: remote.drained,
@@ -541,6 +541,23 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std:
 mod tests {
     use super::*;
     use crate::bgp::route::{Route, ServiceSid};
+
+    /// The example ingress sets latency but no loss for its remotes: loss is unknown, not 0.
+    #[test]
+    fn a_remote_path_not_configured_is_unknown() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/ingress.toml");
+        let config = crate::config::load(&path).unwrap();
+        let ids = Mutex::new(Ids::starting_at(1));
+        let planned = planned_service(0, &config.policies[0], &config, &ids);
+        let edge1 = planned
+            .candidates
+            .iter()
+            .find(|c| c.name == "edge1")
+            .expect("edge1 serves the first policy's service");
+        assert_eq!(edge1.path.latency, Measure::Known(Duration::from_millis(2)));
+        assert_eq!(edge1.path.loss, Measure::Unknown);
+    }
 
     fn route(prefix: &str, sid: Option<&str>) -> Route {
         Route {
