@@ -4,7 +4,34 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::steering_lab::{MAX_IN_FLIGHT, VIP};
+use anyhow::Result;
+
+use crate::{
+    lab::Lab,
+    steering_lab::{MAX_IN_FLIGHT, VIP},
+};
+
+/// Addresses the BGP labs' star: `client` (`2001:db8:1::1`, default via the ingress) on
+/// ingress `eth0` (`2001:db8:1::2`), and `computeN` (`2001:db8:1N::2`, [`VIP`] on `lo`, default
+/// via the ingress) on ingress `ethN` (`2001:db8:1N::1`), for N in 1..=2; forwarding on at the
+/// ingress. The ingress has no route to the compute nodes' locators: it learns them in BGP.
+pub fn address_star(lab: &Lab) -> Result<()> {
+    let client = lab.node("client")?;
+    client.add_address("eth0", "2001:db8:1::1/64")?;
+    client.add_route(&["default", "via", "2001:db8:1::2"])?;
+    client.checksum_in_software("eth0")?;
+    let ingress = lab.node("ingress")?;
+    ingress.add_address("eth0", "2001:db8:1::2/64")?;
+    ingress.enable_forwarding()?;
+    for n in 1..=2 {
+        ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
+        let node = lab.node(&format!("compute{n}"))?;
+        node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
+        node.add_address("lo", &format!("{VIP}/128"))?;
+        node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
+    }
+    Ok(())
+}
 
 /// A `[bgp]` section (hold time 3 s); `neighbors` are (address, AS, extra lines).
 pub fn bgp_section(asn: u32, router_id: &str, neighbors: &[(&str, u32, &str)]) -> String {

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use cpn_tests::{
-    bgp_lab::{bgp_section, compute_config},
+    bgp_lab::{address_star, bgp_section, compute_config},
     lab::{Lab, wait_for},
     steering_lab::VIP,
     steering_lab::{split, start_name_server},
@@ -152,23 +152,10 @@ fn start(name: &str, control: ControlPlane, hold_time_s: u32) -> Result<BgpLab> 
         builder = builder.node("rr").link(("ingress", "eth3"), ("rr", "eth0"));
     }
     let mut lab = builder.build()?;
-    let client = lab.node("client")?;
-    client.add_address("eth0", "2001:db8:1::1/64")?;
-    client.add_route(&["default", "via", "2001:db8:1::2"])?;
-    client.checksum_in_software("eth0")?;
-    let ingress = lab.node("ingress")?;
-    ingress.add_address("eth0", "2001:db8:1::2/64")?;
-    ingress.enable_forwarding()?;
-    // No routes to the compute nodes' locators (fc00:N::/32): the ingress learns them in BGP.
-    for n in 1..=2 {
-        ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-        let node = lab.node(&format!("compute{n}"))?;
-        node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
-        node.add_address("lo", &format!("{VIP}/128"))?;
-        node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
-    }
+    address_star(&lab)?;
     if let ControlPlane::Reflector(kind) = control {
-        ingress.add_address("eth3", "2001:db8:13::1/64")?;
+        lab.node("ingress")?
+            .add_address("eth3", "2001:db8:13::1/64")?;
         let rr = lab.node("rr")?;
         rr.add_address("eth0", &format!("{REFLECTOR}/64"))?;
         rr.add_route(&["default", "via", "2001:db8:13::1"])?;

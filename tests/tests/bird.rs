@@ -20,7 +20,7 @@ use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use cpn_agent::control::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
-    bgp_lab::{bgp_section, compute_config},
+    bgp_lab::{address_star, bgp_section, compute_config},
     bird::{Bird, BirdConfig},
     lab::{Lab, wait_for},
     steering_lab::{VIP, split, start_name_server},
@@ -365,21 +365,9 @@ fn bird_route_reflector_off_the_data_path() -> Result<()> {
         .link(("ingress", "eth2"), ("compute2", "eth0"))
         .link(("ingress", "eth3"), ("bird", "eth0"))
         .build()?;
-    let client = lab.node("client")?;
-    client.add_address("eth0", "2001:db8:1::1/64")?;
-    client.add_route(&["default", "via", "2001:db8:1::2"])?;
-    client.checksum_in_software("eth0")?;
+    address_star(&lab)?;
     let ingress = lab.node("ingress")?;
-    ingress.add_address("eth0", "2001:db8:1::2/64")?;
     ingress.add_address("eth3", "2001:db8:13::1/64")?;
-    ingress.enable_forwarding()?;
-    for n in 1..=2 {
-        ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-        let node = lab.node(&format!("compute{n}"))?;
-        node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
-        node.add_address("lo", &format!("{VIP}/128"))?;
-        node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
-    }
     let bird_node = lab.node("bird")?;
     bird_node.add_address("eth0", &format!("{REFLECTOR}/64"))?;
     bird_node.add_route(&["default", "via", "2001:db8:13::1"])?;

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
-    bgp_lab::{bgp_section, compute_config},
+    bgp_lab::{address_star, bgp_section, compute_config},
     lab::{Agent, Lab, wait_for},
     steering_lab::{PORT, VIP, split, start_name_server},
     traffic::{Held, Traffic},
@@ -112,20 +112,7 @@ impl GracefulLab {
             .link(("ingress", "eth1"), ("compute1", "eth0"))
             .link(("ingress", "eth2"), ("compute2", "eth0"))
             .build()?;
-        let client = lab.node("client")?;
-        client.add_address("eth0", "2001:db8:1::1/64")?;
-        client.add_route(&["default", "via", "2001:db8:1::2"])?;
-        client.checksum_in_software("eth0")?;
-        let ingress = lab.node("ingress")?;
-        ingress.add_address("eth0", "2001:db8:1::2/64")?;
-        ingress.enable_forwarding()?;
-        for n in 1..=2 {
-            ingress.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-            let node = lab.node(&format!("compute{n}"))?;
-            node.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
-            node.add_address("lo", &format!("{VIP}/128"))?;
-            node.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
-        }
+        address_star(&lab)?;
         let ingress = lab.start_agent("ingress", &ingress_config())?;
         let ingress = Ingress {
             socket: lab.control_socket("ingress"),
