@@ -42,6 +42,13 @@ pub const REASON_STATS: &str = "reason_stats";
 pub const ICMP_BUDGET: &str = "icmp_budget";
 /// LRU per-CPU source address (16 bytes) → [`TokenBucket`]: ICMP errors per destination.
 pub const ICMP_PEERS: &str = "icmp_peers";
+/// Per node id: the [`NextHopSelector`] saying whether a cached next hop is live, and in which
+/// half of [`NEXTHOPS`].
+pub const NEXTHOP_SELECTORS: &str = "nexthop_sel";
+/// [`NextHopEntry`], two halves per node id (see [`nexthop_index`]): how to reach the node's
+/// first segment without a FIB lookup, resolved by the agent from the kernel's routes and
+/// neighbours.
+pub const NEXTHOPS: &str = "nexthops";
 
 /// Entries of each protocol counter map.
 pub const PROTO_STATS_ENTRIES: u32 = ProtoCounter::COUNT;
@@ -67,7 +74,7 @@ pub const MAX_SIDS: usize = 6;
 pub const ICMP_PEERS_ENTRIES: u32 = 8192;
 
 /// Every map the object defines; the agent pins exactly these.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 16] = [
     STEER_PROTO_STATS,
     ENDPOINT_PROTO_STATS,
     SERVICES,
@@ -82,6 +89,8 @@ pub const ALL: [&str; 14] = [
     REASON_STATS,
     ICMP_BUDGET,
     ICMP_PEERS,
+    NEXTHOP_SELECTORS,
+    NEXTHOPS,
 ];
 
 /// `protocol` value of a service key that matches any protocol (with `port == 0`).
@@ -214,6 +223,52 @@ pub struct FlowEntry {
     pub last_seen_ns: u64,
 }
 
+/// Which half of a node's two [`NEXTHOPS`] slots is live, packed in one `u32` so that
+/// switching is a single atomic store (the writer fills the idle half first, as for rings):
+/// bit 0 is the half, bit 1 says a cached next hop is live. 0 (no cached next hop): the data
+/// plane asks the kernel's FIB for every packet, as without a cache.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopSelector(pub u32);
+
+impl NextHopSelector {
+    /// No cached next hop: the FIB path.
+    pub const NONE: Self = Self(0);
+    const LIVE: u32 = 2;
+
+    pub const fn live(half: u32) -> Self {
+        Self(Self::LIVE | (half & 1))
+    }
+    pub const fn is_live(self) -> bool {
+        self.0 & Self::LIVE != 0
+    }
+    pub const fn half(self) -> u32 {
+        self.0 & 1
+    }
+}
+
+/// Index in the next-hop map of `half` of node `id`'s slots.
+pub const fn nexthop_index(id: u32, half: u32) -> u32 {
+    id * 2 + (half & 1)
+}
+
+/// A resolved next hop towards a node's first segment: what `bpf_fib_lookup` would answer
+/// for it (route and neighbour), so that the data plane can redirect without asking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopEntry {
+    /// The egress interface.
+    pub ifindex: u32,
+    /// The route's MTU, else the interface's: an encapsulated packet larger than this takes
+    /// the FIB path, which answers "fragmentation needed".
+    pub mtu: u32,
+    /// The neighbour's MAC (the gateway's, or the first segment's when it is on-link).
+    pub dst_mac: [u8; 6],
+    /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
 /// SRv6 endpoint behaviours (RFC 8986 §4) that `cpn_endpoint` implements.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,6 +385,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowEntry>() == 16);
     assert!(core::mem::size_of::<SidEntry>() == 32);
     assert!(core::mem::size_of::<TokenBucket>() == 16);
+    assert!(core::mem::size_of::<NextHopEntry>() == 24);
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 
@@ -353,6 +409,10 @@ mod pod {
     unsafe impl aya::Pod for super::SidEntry {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::TokenBucket {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::NextHopSelector {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::NextHopEntry {}
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use aya_ebpf::{
 use cpn_common::{
     maps::{
         FLOWS_ENTRIES, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES, MAX_LOCAL_SIDS, MAX_NODES,
-        MAX_SERVICES, NodeEntry, PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES,
-        RingSelector, SERVICE_KEYS, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry, PROTO_STATS_ENTRIES,
+        REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector, SERVICE_KEYS, ServiceEntry, ServiceKey,
+        SidEntry, TokenBucket,
     },
     stats::Counter,
 };
@@ -60,3 +61,9 @@ pub static ICMP_BUDGET: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
 #[btf_map(name = "icmp_peers")]
 pub static ICMP_PEERS: LruPerCpuHashMap<[u8; 16], TokenBucket, { ICMP_PEERS_ENTRIES as usize }> =
     LruPerCpuHashMap::new();
+
+#[btf_map(name = "nexthop_sel")]
+pub static NEXTHOP_SELECTORS: Array<NextHopSelector, { MAX_NODES as usize }> = Array::new();
+
+#[btf_map(name = "nexthops")]
+pub static NEXTHOPS: Array<NextHopEntry, { 2 * MAX_NODES as usize }> = Array::new();
