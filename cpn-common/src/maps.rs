@@ -97,19 +97,27 @@ pub const ALL: [&str; 16] = [
 pub const ANY_PROTOCOL: u8 = 0;
 
 /// Key of the services map: destination address, L4 port and protocol. The data plane looks up
-/// the exact key first, then the address alone (`port == 0`, `protocol == ANY_PROTOCOL`).
-#[repr(C)]
+/// the address alone (`port == 0`, `protocol == ANY_PROTOCOL`) first: one lookup for a packet
+/// to an address that is no service, or one without port entries. Only when that entry says
+/// [`SERVICE_PORTS`] does it look up the exact key too, which wins if present.
+// Keys and values are 8-aligned: the data plane copies their addresses in 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
     pub addr: [u8; 16],
     /// Network order; 0 = any port.
     pub port: [u8; 2],
     pub protocol: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Service flag: keep each flow on its node (flow affinity table).
 pub const SERVICE_AFFINITY: u32 = 1;
+/// Flag of an address entry: (address, port, protocol) entries exist for this address.
+pub const SERVICE_PORTS: u32 = 2;
+/// Flag of an address entry that is no service itself, only there to say [`SERVICE_PORTS`]:
+/// other ports of the address are not steered.
+pub const SERVICE_PORTS_ONLY: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,7 +182,7 @@ impl NodeState {
 pub const NODE_REDUCED: u8 = 1;
 
 /// Where a compute node is and how to reach it.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
     /// The segment list in SRH order: `segments[0]` is the last segment (the node's decap SID),
@@ -203,7 +211,7 @@ impl NodeEntry {
 }
 
 /// Flow affinity key: the 5-tuple (ports 0 for fragments and port-less protocols).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -311,7 +319,7 @@ impl Behavior {
 }
 
 /// A local SID.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SidEntry {
     /// A [`Behavior`].
@@ -378,7 +386,7 @@ const _: () = {
         assert!(ALL[i].len() <= 15, "BPF map names are at most 15 bytes");
         i += 1;
     }
-    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceKey>() == 24);
     assert!(core::mem::size_of::<ServiceEntry>() == 16);
     assert!(core::mem::size_of::<NodeEntry>() == 16 * MAX_SIDS + 16 + 8);
     assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -15,24 +15,25 @@ use cpn_common::{
 
 use crate::{
     hop_limit,
-    parse::{self, Ip},
+    parse::{self, Addr, Ip},
 };
 
 const ETH: usize = size_of::<EthHdr>();
 const SID: usize = 16;
 
-/// What to push for one packet towards one node.
+/// What to push for one packet towards one node (`repr(C)`, 8-aligned: it lives on the stack).
+#[repr(C, align(8))]
 pub struct Plan {
+    /// The outer destination.
+    pub first_segment: Addr,
     /// Segments written into the SRH (0: no SRH).
     srh_segments: usize,
-    /// Segments Left of the new SRH: the index of the first segment.
-    segments_left: u8,
-    /// The outer destination.
-    pub first_segment: [u8; 16],
-    /// 41 (IPv6 in IPv6) or 4 (IPv4 in IPv6).
-    inner_protocol: u8,
     /// Outer version, traffic class (copied: DSCP and ECN) and flow label (inner flow hash).
     vtc_flow: [u8; 4],
+    /// Segments Left of the new SRH: the index of the first segment.
+    segments_left: u8,
+    /// 41 (IPv6 in IPv6) or 4 (IPv4 in IPv6).
+    inner_protocol: u8,
 }
 
 impl Plan {
@@ -43,7 +44,7 @@ impl Plan {
         if count == 0 || count > MAX_SIDS {
             return None;
         }
-        let first_segment = *node.segments.get(count - 1)?;
+        let first_segment = Addr::from_field(node.segments.get(count - 1)?);
         // Reduced: the first segment lives only in the destination address.
         let srh_segments = if node.flags & NODE_REDUCED != 0 {
             count - 1
@@ -81,7 +82,7 @@ impl Plan {
 /// resized or written.
 #[inline(never)]
 pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool {
-    let Some(macs) = parse::read::<[u8; 12]>(ctx, 0) else {
+    let Some(macs) = parse::read::<[u16; 6]>(ctx, 0) else {
         return false;
     };
     // Drop Ethernet padding after the inner packet so that only the packet is encapsulated.
@@ -96,66 +97,61 @@ pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool
             return false;
         }
     }
-    // Headers are written field by field straight into the packet (and segments straight
-    // from the map value): building them on the stack first costs more than the 512 bytes
-    // the verifier allows for the whole call chain.
+    // Headers are written in words straight into the packet (and segments straight from the
+    // map value): building them on the stack first would cost copies and stack.
     let srh_len = plan.srh_len();
+    let next_header = if srh_len == 0 {
+        plan.inner_protocol
+    } else {
+        proto::ROUTING
+    };
+    let [len_hi, len_lo] = ((srh_len + inner.len) as u16).to_be_bytes();
+    let [t0, t1] = ether_type::IPV6.to_be_bytes();
+    let [v0, v1, v2, v3] = plan.vtc_flow;
     // The received MACs stay (the kernel forwards on the pass path); `set_macs` replaces them.
-    if !parse::write(ctx, 0, macs) {
+    let written = parse::write(ctx, 0, macs)
+        && parse::write(ctx, 12, [t0, t1])
+        && parse::write(
+            ctx,
+            ETH,
+            [v0, v1, v2, v3, len_hi, len_lo, next_header, hop_limit()],
+        )
+        && parse::write(ctx, ETH + 8, Addr::from_field(&node.encap_src))
+        && parse::write(ctx, ETH + 24, plan.first_segment);
+    if !written {
         return false;
-    }
-    let Some(eth_type) = parse::ptr_at_mut::<[u8; 2]>(ctx, 12) else {
-        return false;
-    };
-    let Some(outer) = parse::ptr_at_mut::<Ipv6Hdr>(ctx, ETH) else {
-        return false;
-    };
-    // SAFETY: both pointers were bounds-checked by `ptr_at_mut` after the last resize.
-    unsafe {
-        *eth_type = ether_type::IPV6.to_be_bytes();
-        (*outer).vtc_flow = plan.vtc_flow;
-        (*outer).payload_len = ((srh_len + inner.len) as u16).to_be_bytes();
-        (*outer).next_header = if srh_len == 0 {
-            plan.inner_protocol
-        } else {
-            proto::ROUTING
-        };
-        (*outer).hop_limit = hop_limit();
-        (*outer).src = node.encap_src;
-        (*outer).dst = plan.first_segment;
     }
     if srh_len == 0 {
         return true;
     }
-    let Some(srh) = parse::ptr_at_mut::<SrhHdr>(ctx, ETH + size_of::<Ipv6Hdr>()) else {
+    let srh = ETH + size_of::<Ipv6Hdr>();
+    let srh_header = [
+        plan.inner_protocol,
+        (2 * plan.srh_segments) as u8,
+        SrhHdr::ROUTING_TYPE,
+        plan.segments_left,
+        (plan.srh_segments - 1) as u8,
+        0, // flags
+        0, // tag
+        0,
+    ];
+    if !parse::write(ctx, srh, srh_header) {
         return false;
-    };
-    // SAFETY: bounds-checked above.
-    unsafe {
-        (*srh).next_header = plan.inner_protocol;
-        (*srh).hdr_ext_len = (2 * plan.srh_segments) as u8;
-        (*srh).routing_type = SrhHdr::ROUTING_TYPE;
-        (*srh).segments_left = plan.segments_left;
-        (*srh).last_entry = (plan.srh_segments - 1) as u8;
-        (*srh).flags = 0;
-        (*srh).tag = [0; 2];
     }
-    let list = ETH + size_of::<Ipv6Hdr>() + size_of::<SrhHdr>();
+    let list = srh + size_of::<SrhHdr>();
     for i in 0..MAX_SIDS {
         if i >= plan.srh_segments {
             break;
         }
-        let Some(slot) = parse::ptr_at_mut::<[u8; 16]>(ctx, list + SID * i) else {
+        if !parse::write(ctx, list + SID * i, Addr::from_field(&node.segments[i])) {
             return false;
-        };
-        // SAFETY: bounds-checked by `ptr_at_mut`; the source is the map value.
-        unsafe { *slot = node.segments[i] };
+        }
     }
     true
 }
 
-/// Rewrites the Ethernet addresses for the next hop the FIB returned.
+/// Rewrites the Ethernet addresses for the next hop.
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> bool {
-    parse::write(ctx, 0, dst) && parse::write(ctx, 6, src)
+    parse::write(ctx, 0, parse::mac_words(dst)) && parse::write(ctx, 6, parse::mac_words(src))
 }

@@ -25,7 +25,7 @@ use crate::{
     fib::{self, Fib},
     icmp as icmp_error,
     maps::{LOCAL_SIDS, SID_STATS},
-    parse::{self, Ip, L2, MAX_EXT_HEADERS, MAX_HEADER_OFFSET},
+    parse::{self, Addr, Ip, L2, MAX_EXT_HEADERS, MAX_HEADER_OFFSET},
     stats,
 };
 
@@ -71,7 +71,7 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let (Some(dst), Some(next_header)) = (
-        parse::read::<[u8; 16]>(ctx, l2.l3 + 24),
+        parse::read_addr(ctx, l2.l3 + 24),
         parse::read::<u8>(ctx, l2.l3 + 6),
     ) else {
         return xdp_action::XDP_PASS;
@@ -259,12 +259,12 @@ fn transit(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Behavio
     }
     let segments_left = srh.segments_left - 1;
     let next_at = srh_at + size_of::<SrhHdr>() + SID * segments_left as usize;
-    let Some(next) = parse::read::<[u8; 16]>(ctx, next_at) else {
+    let Some(next) = parse::read_addr(ctx, next_at) else {
         stats::reason(Reason::SrhTruncated, len);
         return xdp_action::XDP_DROP;
     };
     let (lookup_dst, ifindex) = if behavior == Behavior::EndX {
-        (sid.nexthop, sid.oif_or_table)
+        (Addr::from_field(&sid.nexthop), sid.oif_or_table)
     } else {
         (next, packet.ingress_ifindex)
     };
@@ -349,7 +349,7 @@ fn decapsulate(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Beh
         let lookup_table = if local_table { 0 } else { table };
         (inner.dst, packet.ingress_ifindex, lookup_table)
     } else {
-        (sid.nexthop, sid.oif_or_table, 0)
+        (Addr::from_field(&sid.nexthop), sid.oif_or_table, 0)
     };
     let fib = fib::lookup(
         ctx,
@@ -453,7 +453,7 @@ fn parameter_problem(l3: usize, code: u8, at: usize) -> u32 {
 #[inline(always)]
 fn set_macs(ctx: &XdpContext, l3: usize, src: [u8; 6], dst: [u8; 6]) -> bool {
     let at = l3 - ETH;
-    parse::write(ctx, at, dst) && parse::write(ctx, at + 6, src)
+    parse::write(ctx, at, parse::mac_words(dst)) && parse::write(ctx, at + 6, parse::mac_words(src))
 }
 
 /// Decrements the inner hop limit / TTL of the packet now at `ETH`, as a forwarding router

@@ -13,6 +13,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+use crate::parse::Addr;
+
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -37,9 +39,9 @@ pub enum Fib {
 
 /// A lookup and its answer, kept small: the 64-byte helper struct lives only in [`call`]'s
 /// frame, which keeps the callers' stacks within the verifier's 512-byte budget.
-#[repr(C)]
+#[repr(C, align(8))]
 struct Query {
-    dst: [u8; 16],
+    dst: Addr,
     ifindex: u32,
     table: u32,
     tot_len: u16,
@@ -59,7 +61,7 @@ struct Query {
 pub fn lookup(
     ctx: &XdpContext,
     v6: bool,
-    dst: [u8; 16],
+    dst: Addr,
     ifindex: u32,
     tot_len: u16,
     table: u32,
@@ -96,14 +98,22 @@ fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = query.ifindex;
     params.__bindgen_anon_1.tot_len = query.tot_len;
-    let d = &query.dst;
+    // The address words hold the bytes in order; split them into the helper's 32-bit words.
+    let [w0, w1] = query.dst.0;
+    let halves = |w: u64| {
+        let [a, b, c, d, e, f, g, h] = w.to_ne_bytes();
+        [
+            u32::from_ne_bytes([a, b, c, d]),
+            u32::from_ne_bytes([e, f, g, h]),
+        ]
+    };
+    let ([d0, d1], [d2, d3]) = (halves(w0), halves(w1));
     if query.v6 != 0 {
         params.family = AF_INET6;
-        let w = |i: usize| u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-        params.__bindgen_anon_4.ipv6_dst = [w(0), w(4), w(8), w(12)];
+        params.__bindgen_anon_4.ipv6_dst = [d0, d1, d2, d3];
     } else {
         params.family = AF_INET;
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
+        params.__bindgen_anon_4.ipv4_dst = d3;
     }
     let mut flags = 0;
     if query.table != 0 {

@@ -43,7 +43,7 @@ fn tunable(value: &u64) -> u64 {
 
 /// Whether an error may go to `dst` now: its own bucket, then the CPU's bucket for all errors.
 #[inline(always)]
-fn within_rate(dst: &[u8; 16]) -> bool {
+fn within_rate(dst: &parse::Addr) -> bool {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let peer_interval = tunable(&ICMP_PEER_INTERVAL_NS);
@@ -154,10 +154,10 @@ fn build_v6_error(
     code: u8,
     rest: [u8; 4],
 ) -> Result<(), NotSent> {
-    let eth: EthHdr = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
-    let orig_src: [u8; 16] = parse::read(ctx, l3 + 8).ok_or(NotSent::NoRoom)?;
-    let orig_dst: [u8; 16] = parse::read(ctx, l3 + 24).ok_or(NotSent::NoRoom)?;
-    if orig_src[0] == 0xff || orig_src == [0; 16] {
+    let macs: [u16; 6] = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
+    let orig_src = parse::read_addr(ctx, l3 + 8).ok_or(NotSent::NoRoom)?;
+    let orig_dst = parse::read_addr(ctx, l3 + 24).ok_or(NotSent::NoRoom)?;
+    if orig_src.first_byte() == 0xff || orig_src == parse::Addr::ZERO {
         return Err(NotSent::Suppressed);
     }
     if !within_rate(&orig_src) {
@@ -167,42 +167,44 @@ fn build_v6_error(
     let header = size_of::<Ipv6Hdr>() + size_of::<IcmpHdr>();
     resize(ctx, l3, quote, ETH + header)?;
 
+    // Headers are written straight into the packet; the checksum then covers the addresses,
+    // the ICMPv6 header and the quote, which lie back to back from the source address on.
     let payload_len = (size_of::<IcmpHdr>() + quote) as u16;
-    let ip = Ipv6Hdr {
-        vtc_flow: [0x60, 0, 0, 0],
-        payload_len: payload_len.to_be_bytes(),
-        next_header: proto::ICMPV6,
-        hop_limit: hop_limit(),
-        src: orig_dst,
-        dst: orig_src,
-    };
-    let mut message = IcmpHdr {
-        kind,
-        code,
-        checksum: [0; 2],
-        rest,
-    };
-    let mut sum = csum::add_bytes(0, &ip.src);
-    sum = csum::add_bytes(sum, &ip.dst);
-    sum += u32::from(payload_len) + u32::from(proto::ICMPV6);
-    sum = csum::add_bytes(sum, &[kind, code]);
-    sum = csum::add_bytes(sum, &rest);
-    sum = csum::add_packet::<V6_QUOTE_MAX>(ctx, sum, ETH + header, quote).ok_or(NotSent::NoRoom)?;
-    message.checksum = csum::finish(sum);
-
-    let reply = EthHdr {
-        dst: eth.src,
-        src: eth.dst,
-        ether_type: ether_type::IPV6.to_be_bytes(),
-    };
-    let written = parse::write(ctx, 0, reply)
-        && parse::write(ctx, ETH, ip)
-        && parse::write(ctx, ETH + size_of::<Ipv6Hdr>(), message);
-    if written {
+    let [len_hi, len_lo] = payload_len.to_be_bytes();
+    let ip = ETH;
+    let message = ETH + size_of::<Ipv6Hdr>();
+    let written = write_reply_macs(ctx, macs, ether_type::IPV6)
+        && parse::write(
+            ctx,
+            ip,
+            [0x60, 0, 0, 0, len_hi, len_lo, proto::ICMPV6, hop_limit()],
+        )
+        && parse::write(ctx, ip + 8, orig_dst)
+        && parse::write(ctx, ip + 24, orig_src)
+        && parse::write(ctx, message, [kind, code, 0, 0])
+        && parse::write(ctx, message + 4, rest);
+    if !written {
+        return Err(NotSent::NoRoom);
+    }
+    // The pseudo-header's length and next header (RFC 8200 §8.1), then the packet bytes.
+    let sum = csum::add_bytes(0, &[0, 0, len_hi, len_lo, 0, 0, 0, proto::ICMPV6]);
+    let covered = 32 + usize::from(payload_len);
+    let sum = csum::add_packet::<{ 32 + V6_QUOTE_MAX + 8 }>(ctx, sum, ip + 8, covered)
+        .ok_or(NotSent::NoRoom)?;
+    if parse::write(ctx, message + 2, csum::finish(sum)) {
         Ok(())
     } else {
         Err(NotSent::NoRoom)
     }
+}
+
+/// Writes the Ethernet header of a reply: back to where `macs` (destination, source of the
+/// invoking frame, as 16-bit words) came from.
+#[inline(always)]
+fn write_reply_macs(ctx: &XdpContext, macs: [u16; 6], ether_type: u16) -> bool {
+    let [d0, d1, d2, s0, s1, s2] = macs;
+    parse::write(ctx, 0, [s0, s1, s2, d0, d1, d2])
+        && parse::write(ctx, 12, ether_type.to_be_bytes())
 }
 
 /// Rewrites the packet (IPv4 at `l3`) into an ICMPv4 Fragmentation Needed carrying `mtu`;
@@ -214,54 +216,58 @@ pub fn v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> u32 {
 
 #[inline(always)]
 fn build_v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> Result<(), NotSent> {
-    let eth: EthHdr = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
-    let orig: Ipv4Hdr = parse::read(ctx, l3).ok_or(NotSent::NoRoom)?;
-    if orig.src[0] >= 224 || orig.src == [0; 4] {
+    let macs: [u16; 6] = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
+    let orig_src: [u8; 4] = parse::read(ctx, l3 + 12).ok_or(NotSent::NoRoom)?;
+    let orig_dst: [u8; 4] = parse::read(ctx, l3 + 16).ok_or(NotSent::NoRoom)?;
+    if orig_src[0] >= 224 || orig_src == [0; 4] {
         return Err(NotSent::Suppressed);
     }
-    if !within_rate(&parse::v4_mapped(orig.src)) {
+    if !within_rate(&parse::Addr::v4_mapped(orig_src)) {
         return Err(NotSent::RateLimited);
     }
     let quote = (parse::frame_len(ctx) - l3).min(V4_QUOTE_MAX) & !3;
     let header = size_of::<Ipv4Hdr>() + size_of::<IcmpHdr>();
     resize(ctx, l3, quote, ETH + header)?;
 
-    let total_len = (header + quote) as u16;
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0xc0, // Internetwork control, as routers mark their ICMP.
-        total_len: total_len.to_be_bytes(),
-        id: [0; 2],
-        frag_off: [0; 2],
-        ttl: hop_limit(),
-        protocol: proto::ICMP,
-        checksum: [0; 2],
-        src: orig.dst,
-        dst: orig.src,
-    };
-    ip.checksum = csum::finish(csum::add_bytes(0, &ipv4_bytes(&ip)));
-    let [hi, lo] = mtu.to_be_bytes();
-    let rest = [0, 0, hi, lo];
-    let mut message = IcmpHdr {
-        kind: icmp::V4_DEST_UNREACHABLE,
-        code: icmp::V4_FRAG_NEEDED_CODE,
-        checksum: [0; 2],
-        rest,
-    };
-    let mut sum = csum::add_bytes(0, &[message.kind, message.code]);
-    sum = csum::add_bytes(sum, &rest);
-    sum = csum::add_packet::<V4_QUOTE_MAX>(ctx, sum, ETH + header, quote).ok_or(NotSent::NoRoom)?;
-    message.checksum = csum::finish(sum);
-
-    let reply = EthHdr {
-        dst: eth.src,
-        src: eth.dst,
-        ether_type: ether_type::IPV4.to_be_bytes(),
-    };
-    let written = parse::write(ctx, 0, reply)
-        && parse::write(ctx, ETH, ip)
-        && parse::write(ctx, ETH + size_of::<Ipv4Hdr>(), message);
-    if written {
+    let [len_hi, len_lo] = ((header + quote) as u16).to_be_bytes();
+    // Version 4, IHL 5; TOS: internetwork control, as routers mark their ICMP; no id, no
+    // fragment; the header checksum over these 20 bytes.
+    let front = [0x45, 0xc0, len_hi, len_lo, 0, 0, 0, 0];
+    let ttl_proto = [hop_limit(), proto::ICMP];
+    let mut sum = csum::add_bytes(0, &front);
+    sum = csum::add_bytes(sum, &ttl_proto);
+    sum = csum::add_bytes(sum, &orig_dst);
+    sum = csum::add_bytes(sum, &orig_src);
+    let ip = ETH;
+    let message = ETH + size_of::<Ipv4Hdr>();
+    let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
+    let written = write_reply_macs(ctx, macs, ether_type::IPV4)
+        && parse::write(ctx, ip, front)
+        && parse::write(ctx, ip + 8, ttl_proto)
+        && parse::write(ctx, ip + 10, csum::finish(sum))
+        && parse::write(ctx, ip + 12, orig_dst)
+        && parse::write(ctx, ip + 16, orig_src)
+        && parse::write(
+            ctx,
+            message,
+            [
+                icmp::V4_DEST_UNREACHABLE,
+                icmp::V4_FRAG_NEEDED_CODE,
+                0,
+                0,
+                0,
+                0,
+                mtu_hi,
+                mtu_lo,
+            ],
+        );
+    if !written {
+        return Err(NotSent::NoRoom);
+    }
+    let covered = size_of::<IcmpHdr>() + quote;
+    let sum = csum::add_packet::<{ V4_QUOTE_MAX + 8 }>(ctx, 0, message, covered)
+        .ok_or(NotSent::NoRoom)?;
+    if parse::write(ctx, message + 2, csum::finish(sum)) {
         Ok(())
     } else {
         Err(NotSent::NoRoom)
@@ -283,10 +289,4 @@ fn resize(ctx: &XdpContext, l3: usize, quote: usize, front: usize) -> Result<(),
         }
     }
     Ok(())
-}
-
-#[inline(always)]
-fn ipv4_bytes(ip: &Ipv4Hdr) -> [u8; 20] {
-    // SAFETY: `Ipv4Hdr` is 20 bytes of `u8` fields, no padding.
-    unsafe { core::mem::transmute_copy(ip) }
 }

@@ -16,6 +16,7 @@ mod endpoint;
 mod fib;
 mod icmp;
 mod maps;
+mod nexthop;
 mod parse;
 mod stats;
 mod steer;
@@ -78,8 +79,8 @@ fn endpoint_entry(ctx: &XdpContext) -> u32 {
             }
             _ => ProtoCounter::Malformed,
         },
-        ether_type::IPV4 => match parse::ipv4(ctx, l2.l3, &mut { parse::Ip::EMPTY }) {
-            Ok(()) => ProtoCounter::Ipv4,
+        ether_type::IPV4 => match parse::ipv4_header(ctx, l2.l3) {
+            Ok(_) => ProtoCounter::Ipv4,
             Err(e) => e.counter(),
         },
         _ => non_ip(&l2),

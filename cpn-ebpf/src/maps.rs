@@ -2,6 +2,7 @@
 //! Names and capacities come from `cpn_common::maps`; the agent checks that the object it loads
 //! defines exactly the maps listed there.
 
+use crate::parse::Addr;
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     macros::btf_map,
@@ -40,7 +41,7 @@ pub static NODES: Array<NodeEntry, { MAX_NODES as usize }> = Array::new();
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { FLOWS_ENTRIES as usize }> = LruHashMap::new();
 
 #[btf_map(name = "local_sids")]
-pub static LOCAL_SIDS: HashMap<[u8; 16], SidEntry, { MAX_LOCAL_SIDS as usize }> = HashMap::new();
+pub static LOCAL_SIDS: HashMap<Addr, SidEntry, { MAX_LOCAL_SIDS as usize }> = HashMap::new();
 
 #[btf_map(name = "service_stats")]
 pub static SERVICE_STATS: PerCpuArray<Counter, { MAX_SERVICES as usize }> = PerCpuArray::new();
@@ -59,7 +60,7 @@ pub static REASON_STATS: PerCpuArray<Counter, { REASON_STATS_ENTRIES as usize }>
 pub static ICMP_BUDGET: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
 
 #[btf_map(name = "icmp_peers")]
-pub static ICMP_PEERS: LruPerCpuHashMap<[u8; 16], TokenBucket, { ICMP_PEERS_ENTRIES as usize }> =
+pub static ICMP_PEERS: LruPerCpuHashMap<Addr, TokenBucket, { ICMP_PEERS_ENTRIES as usize }> =
     LruPerCpuHashMap::new();
 
 #[btf_map(name = "nexthop_sel")]

@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use cpn_common::{
-    headers::{EthHdr, ExtHdr, FragHdr, Ipv4Hdr, Ipv6Hdr, Ports, VlanHdr, ether_type, proto},
+    headers::{EthHdr, ExtHdr, FragHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ether_type, proto},
     stats::ProtoCounter,
 };
 
@@ -35,24 +35,83 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
 }
 
-/// Reads a `T` (a header of byte arrays, alignment 1) at `offset`.
+// Packet access with the access width of `T`'s alignment. LLVM's BPF backend turns a load or
+// store it cannot prove aligned into one instruction per byte, and it never knows a packet
+// pointer's alignment. The BPF machine itself allows packet accesses at any alignment (the
+// verifier checks packet alignment only on architectures without efficient unaligned access;
+// the JITs emit plain moves), which is what the kernel's and Katran's C programs rely on when
+// they read `struct ipv6hdr` as 32-bit words at offset 14. So [`read`] and [`write`] claim `T`'s
+// alignment (the headers in `cpn_common::headers` declare theirs) to get one instruction per
+// word; nothing here derives facts from a packet pointer's low bits.
+
+/// Reads a `T` at `offset` (see above for the access width).
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked the bounds; `T` has alignment 1 (byte-array headers).
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+    // SAFETY: `ptr_at` checked the bounds; alignment: see above.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read() })
 }
 
-/// Writes a `T` at `offset`; false if it does not fit in the packet.
+/// Writes a `T` at `offset` (see above for the access width); false if it does not fit.
 #[inline(always)]
 pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
     match ptr_at_mut::<T>(ctx, offset) {
-        // SAFETY: bounds checked by `ptr_at_mut`.
+        // SAFETY: bounds checked by `ptr_at_mut`; alignment: see above.
         Some(p) => {
-            unsafe { p.write_unaligned(value) };
+            unsafe { p.write(value) };
             true
         }
         None => false,
     }
+}
+
+/// A 16-byte address (network order) held as two 8-byte words, so that it moves in two
+/// instructions: LLVM copies a `[u8; 16]` value one byte at a time. It has the bytes' layout,
+/// so it is read from packets and from the 8-aligned `[u8; 16]` fields of the map types
+/// (see [`Addr::from_field`]) as it is.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Addr(pub [u64; 2]);
+
+impl Addr {
+    pub const ZERO: Self = Self([0; 2]);
+
+    /// `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2).
+    #[inline(always)]
+    pub fn v4_mapped(v4: [u8; 4]) -> Self {
+        let [a, b, c, d] = v4;
+        Self([0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])])
+    }
+
+    /// An address stored in an 8-aligned `[u8; 16]` (the map types' address fields).
+    #[inline(always)]
+    pub fn from_field(field: &[u8; 16]) -> Self {
+        // SAFETY: same size; the map types are 8-aligned and their address fields sit at
+        // multiples of 8 (asserted with their layouts in `cpn_common::maps`).
+        unsafe { (field as *const [u8; 16]).cast::<Self>().read() }
+    }
+
+    /// The first byte (the high-order byte of the address).
+    #[inline(always)]
+    pub fn first_byte(self) -> u8 {
+        self.0[0].to_ne_bytes()[0]
+    }
+}
+
+/// A MAC address as three 16-bit words (their bytes in order), for three stores instead of six.
+#[inline(always)]
+pub fn mac_words(mac: [u8; 6]) -> [u16; 3] {
+    let [a, b, c, d, e, f] = mac;
+    [
+        u16::from_ne_bytes([a, b]),
+        u16::from_ne_bytes([c, d]),
+        u16::from_ne_bytes([e, f]),
+    ]
+}
+
+/// Reads a 16-byte address at `offset` in two loads.
+#[inline(always)]
+pub fn read_addr(ctx: &XdpContext, offset: usize) -> Option<Addr> {
+    read(ctx, offset)
 }
 
 /// Frame length as the program sees it.
@@ -90,6 +149,7 @@ pub fn l2(ctx: &XdpContext) -> Result<L2, bool> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Fragment {
     No,
     /// Offset 0 with more fragments to come: carries the L4 header.
@@ -99,23 +159,27 @@ pub enum Fragment {
 }
 
 /// The network layer of an IPv4 or IPv6 packet.
+///
+/// `repr(C)`, 8-aligned, addresses first: it lives on the stack, where the verifier allows only
+/// aligned accesses, and the build lets LLVM copy the addresses in 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Ip {
+    /// Addresses; IPv4 as IPv4-mapped IPv6.
+    pub src: Addr,
+    pub dst: Addr,
     /// Offset of the IP header.
     pub l3: usize,
-    pub v6: bool,
     /// Offset of the upper-layer header (after IPv6 extension headers / IPv4 options).
     pub l4: usize,
+    /// The IP packet's length according to its header.
+    pub len: usize,
     /// The upper-layer protocol.
     pub protocol: u8,
     pub fragment: Fragment,
-    /// Addresses as 16 bytes; IPv4 as IPv4-mapped IPv6.
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
     /// Traffic class (IPv6) or TOS (IPv4): DSCP and ECN.
     pub tos: u8,
-    /// The IP packet's length according to its header.
-    pub len: usize,
+    pub v6: bool,
     /// IPv4 Don't Fragment (always true for IPv6: routers never fragment it).
     pub dont_fragment: bool,
 }
@@ -134,14 +198,6 @@ impl IpError {
     }
 }
 
-/// An IPv4 address as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
-#[inline(always)]
-pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
-}
-
 impl Ip {
     pub const EMPTY: Self = Self {
         l3: 0,
@@ -149,8 +205,8 @@ impl Ip {
         l4: 0,
         protocol: 0,
         fragment: Fragment::No,
-        src: [0; 16],
-        dst: [0; 16],
+        src: Addr::ZERO,
+        dst: Addr::ZERO,
         tos: 0,
         len: 0,
         dont_fragment: false,
@@ -169,8 +225,8 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     }
     let payload_len: [u8; 2] = read(ctx, l3 + 4).ok_or(IpError::Malformed)?;
     ip.protocol = read(ctx, l3 + 6).ok_or(IpError::Malformed)?;
-    ip.src = read(ctx, l3 + 8).ok_or(IpError::Malformed)?;
-    ip.dst = read(ctx, l3 + 24).ok_or(IpError::Malformed)?;
+    ip.src = read_addr(ctx, l3 + 8).ok_or(IpError::Malformed)?;
+    ip.dst = read_addr(ctx, l3 + 24).ok_or(IpError::Malformed)?;
     ip.l3 = l3;
     ip.v6 = true;
     ip.l4 = l3 + size_of::<Ipv6Hdr>();
@@ -212,9 +268,9 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     }
 }
 
-/// Parses an IPv4 header (options included by IHL).
+/// Checks an IPv4 header (version, IHL, options present in full); returns it and its length.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+pub fn ipv4_header(ctx: &XdpContext, l3: usize) -> Result<(Ipv4Hdr, usize), IpError> {
     let hdr: Ipv4Hdr = read(ctx, l3).ok_or(IpError::Malformed)?;
     let header_len = hdr.header_len();
     if hdr.version() != 4 || header_len < size_of::<Ipv4Hdr>() {
@@ -222,6 +278,13 @@ pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     }
     // The options must be present in full too.
     read::<u8>(ctx, l3 + header_len - 1).ok_or(IpError::Malformed)?;
+    Ok((hdr, header_len))
+}
+
+/// Parses an IPv4 header (options included by IHL).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+    let (hdr, header_len) = ipv4_header(ctx, l3)?;
     let frag = u16::from_be_bytes(hdr.frag_off);
     ip.fragment = match (frag & 0x1fff, frag & 0x2000 != 0) {
         (0, false) => Fragment::No,
@@ -232,8 +295,8 @@ pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     ip.v6 = false;
     ip.l4 = l3 + header_len;
     ip.protocol = hdr.protocol;
-    ip.src = v4_mapped(hdr.src);
-    ip.dst = v4_mapped(hdr.dst);
+    ip.src = Addr::v4_mapped(hdr.src);
+    ip.dst = Addr::v4_mapped(hdr.dst);
     ip.tos = hdr.tos;
     ip.len = u16::from_be_bytes(hdr.total_len) as usize;
     ip.dont_fragment = frag & 0x4000 != 0;
@@ -270,8 +333,3 @@ pub const fn has_ports(protocol: u8) -> bool {
     matches!(protocol, proto::TCP | proto::UDP | proto::SCTP)
 }
 
-/// The L4 ports at `offset`.
-#[inline(always)]
-pub fn ports(ctx: &XdpContext, offset: usize) -> Option<Ports> {
-    read(ctx, offset)
-}

@@ -1,12 +1,14 @@
 //! `cpn_steer`: service lookup → flow affinity → ring → node → SRv6 encapsulation → FIB.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     headers::{IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
     maps::{
-        ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, SERVICE_AFFINITY, ServiceEntry,
-        ServiceKey, ring_index,
+        ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, SERVICE_AFFINITY, SERVICE_PORTS,
+        SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, ring_index,
     },
     stats::{ProtoCounter, Reason},
 };
@@ -16,9 +18,15 @@ use crate::{
     fib::{self, Fib},
     icmp as icmp_error,
     maps::{FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO},
-    parse::{self, Fragment, Ip, IpError, L2, L3},
+    nexthop,
+    parse::{self, Addr, Fragment, Ip, IpError, L2, L3},
     stats,
 };
+
+/// How often at most an affinity hit refreshes its entry's last-seen time: a hit then reads
+/// the shared entry without writing it (no cache line bouncing between CPUs on every packet),
+/// and idle timeouts (whole seconds) stay exact to within this.
+const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Parses the network layer, counts it, and steers it. A subprogram: the parsed headers live
 /// in its frame, not in the entry function's. ICMP errors come back as requests
@@ -56,18 +64,11 @@ pub fn run(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
 #[inline(always)]
 pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     let len = parse::frame_len(ctx) as u64;
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        src_port: [0; 2],
-        dst_port: [0; 2],
-        protocol: 0,
-        _pad: [0; 3],
-    };
+    let mut key = MaybeUninit::<FlowKey>::uninit();
     let kind = flow_of(ctx, ip, &mut key);
     if kind == FlowKind::Truncated {
         // Only worth a counter (or a drop) if it was meant for a service.
-        if lookup_service(ip.dst, [0; 2], ANY_PROTOCOL).is_some() {
+        if service_address(ip.dst).is_some() {
             if let Some(reason) = length_error(ctx, ip) {
                 stats::reason(reason, len);
                 return xdp_action::XDP_DROP;
@@ -76,8 +77,10 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
         }
         return xdp_action::XDP_PASS;
     }
+    // SAFETY: `flow_of` writes the whole key unless it answers `Truncated`.
+    let key = unsafe { key.assume_init_ref() };
     let following_error = kind == FlowKind::IcmpError;
-    let Some(service) = lookup_service(key.dst, key.dst_port, key.protocol) else {
+    let Some(service) = lookup_service(key) else {
         return xdp_action::XDP_PASS;
     };
     if let Some(reason) = length_error(ctx, ip) {
@@ -90,8 +93,8 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
         stats::reason(Reason::Fragment, len);
     }
 
-    let hash = flow_hash(&key, FLOW_HASH_SEED);
-    let Some((node_id, node)) = pick_node(&service, &key, hash, !following_error) else {
+    let hash = flow_hash(key, FLOW_HASH_SEED);
+    let Some((node_id, node)) = pick_node(service, key, hash, !following_error) else {
         stats::reason(Reason::NoUsableNode, len);
         return xdp_action::XDP_PASS;
     };
@@ -100,16 +103,14 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let outer_len = plan.outer_len();
-    let first_segment = plan.first_segment;
-    let fib = fib::lookup(
+    let route = next_hop(
         ctx,
-        true,
-        first_segment,
+        node_id,
+        plan.first_segment,
         ingress_ifindex,
-        (outer_len + ip.len) as u16,
-        0,
+        outer_len + ip.len,
     );
-    let action = match fib {
+    let action = match route {
         Fib::Forward {
             ifindex,
             src_mac,
@@ -139,6 +140,29 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     stats::add(&SERVICE_STATS, service.id, len);
     stats::add(&NODE_STATS, node_id, len);
     action
+}
+
+/// Where the encapsulated packet (`tot_len` bytes) goes: the node's cached next hop if the
+/// agent keeps one, else the kernel's FIB, asked as for a packet received on the ingress.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    node_id: u32,
+    first_segment: Addr,
+    ingress_ifindex: u32,
+    tot_len: usize,
+) -> Fib {
+    match nexthop::cached(node_id) {
+        Some(cached) if tot_len > cached.mtu as usize => Fib::FragNeeded {
+            mtu: cached.mtu.min(u32::from(u16::MAX)) as u16,
+        },
+        Some(cached) => Fib::Forward {
+            ifindex: cached.ifindex,
+            src_mac: cached.src_mac,
+            dst_mac: cached.dst_mac,
+        },
+        None => fib::lookup(ctx, true, first_segment, ingress_ifindex, tot_len as u16, 0),
+    }
 }
 
 /// RFC 8200 / RFC 791: the IP header's length defines the packet. A packet to a service whose
@@ -191,39 +215,36 @@ enum FlowKind {
     Truncated,
 }
 
-/// Fills `key` with the flow a packet belongs to. Fragments have no ports (later ones carry no
-/// L4 header), so every fragment of a datagram, the first included, hashes the same way.
+/// Writes into `key` the flow a packet belongs to (all of it, unless the answer is
+/// `Truncated`). Fragments have no ports (later ones carry no L4 header), so every fragment of
+/// a datagram, the first included, hashes the same way.
 // No Rust enums with data in a subprogram's signature: the kernel rejects their BTF.
 #[inline(never)]
-fn flow_of(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> FlowKind {
-    key.src = ip.src;
-    key.dst = ip.dst;
-    key.src_port = [0; 2];
-    key.dst_port = [0; 2];
-    key.protocol = ip.protocol;
+fn flow_of(ctx: &XdpContext, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> FlowKind {
     if ip.fragment != Fragment::No {
+        write_flow(key, ip.src, ip.dst, 0, ip.protocol);
         return FlowKind::Direct;
     }
     if parse::has_ports(ip.protocol) {
-        let Some(ports) = parse::ports(ctx, ip.l4) else {
+        let Some(ports) = parse::read::<u32>(ctx, ip.l4) else {
             return FlowKind::Truncated;
         };
-        key.src_port = ports.src;
-        key.dst_port = ports.dst;
+        write_flow(key, ip.src, ip.dst, ports, ip.protocol);
         return FlowKind::Direct;
     }
     let is_error = match ip.protocol {
         proto::ICMPV6 => matches!(
-            parse::read::<IcmpHdr>(ctx, ip.l4).map(|h| h.kind),
+            parse::read::<u8>(ctx, ip.l4),
             Some(icmp::V6_DEST_UNREACHABLE..=icmp::V6_PARAMETER_PROBLEM)
         ),
         proto::ICMP => matches!(
-            parse::read::<IcmpHdr>(ctx, ip.l4).map(|h| h.kind),
+            parse::read::<u8>(ctx, ip.l4),
             Some(icmp::V4_DEST_UNREACHABLE | icmp::V4_TIME_EXCEEDED | icmp::V4_PARAMETER_PROBLEM)
         ),
         _ => false,
     };
     if !is_error {
+        write_flow(key, ip.src, ip.dst, 0, ip.protocol);
         return FlowKind::Direct;
     }
     if quoted_flow(ctx, ip, key) {
@@ -233,24 +254,65 @@ fn flow_of(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> FlowKind {
     }
 }
 
-/// Fills `key` with the flow an ICMP error is about: the quoted packet went from the service
-/// to the client, so the flow is that packet reversed. False if the quote is cut short.
-/// (Fields go straight into `key`: whole-header copies cost stack.)
+/// A [`FlowKey`] as words (the same bytes), so that it is built in five stores.
+#[repr(C, align(8))]
+struct FlowKeyWords {
+    src: Addr,
+    dst: Addr,
+    /// Source and destination ports, as they lie in the packet.
+    ports: u32,
+    /// The protocol byte, then the three padding bytes.
+    protocol: u32,
+}
+
+/// A [`ServiceKey`] as words (the same bytes).
+#[repr(C, align(8))]
+struct ServiceKeyWords {
+    addr: Addr,
+    /// Port, protocol, padding.
+    rest: u64,
+}
+
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<FlowKeyWords>() == size_of::<FlowKey>());
+    assert!(align_of::<FlowKeyWords>() == align_of::<FlowKey>());
+    assert!(offset_of!(FlowKey, dst) == 16 && offset_of!(FlowKey, src_port) == 32);
+    assert!(offset_of!(FlowKey, dst_port) == 34 && offset_of!(FlowKey, protocol) == 36);
+    assert!(size_of::<ServiceKeyWords>() == size_of::<ServiceKey>());
+    assert!(align_of::<ServiceKeyWords>() == align_of::<ServiceKey>());
+    assert!(offset_of!(ServiceKey, port) == 16 && offset_of!(ServiceKey, protocol) == 18);
+};
+
+/// Writes a whole flow key. `ports` holds the source and destination ports as they lie in the
+/// packet (4 bytes, network order each).
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> bool {
+fn write_flow(key: &mut MaybeUninit<FlowKey>, src: Addr, dst: Addr, ports: u32, protocol: u8) {
+    let words = FlowKeyWords {
+        src,
+        dst,
+        ports,
+        protocol: u32::from_ne_bytes([protocol, 0, 0, 0]),
+    };
+    // SAFETY: `FlowKeyWords` has `FlowKey`'s size, alignment and byte layout (asserted above),
+    // and every byte pattern is a valid `FlowKey`.
+    unsafe { key.as_mut_ptr().cast::<FlowKeyWords>().write(words) };
+}
+
+/// Writes into `key` the flow an ICMP error is about: the quoted packet went from the service
+/// to the client, so the flow is that packet reversed. False if the quote is cut short.
+#[inline(always)]
+fn quoted_flow(ctx: &XdpContext, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> bool {
     let quoted = ip.l4 + core::mem::size_of::<IcmpHdr>();
-    let l4 = if ip.v6 {
+    let (src, dst, protocol, l4) = if ip.v6 {
         let (Some(src), Some(dst), Some(next)) = (
-            parse::read::<[u8; 16]>(ctx, quoted + 8),
-            parse::read::<[u8; 16]>(ctx, quoted + 24),
+            parse::read_addr(ctx, quoted + 8),
+            parse::read_addr(ctx, quoted + 24),
             parse::read::<u8>(ctx, quoted + 6),
         ) else {
             return false;
         };
-        key.src = dst;
-        key.dst = src;
-        key.protocol = next;
-        quoted + core::mem::size_of::<Ipv6Hdr>()
+        (dst, src, next, quoted + core::mem::size_of::<Ipv6Hdr>())
     } else {
         let Some(q) = parse::read::<Ipv4Hdr>(ctx, quoted) else {
             return false;
@@ -259,48 +321,67 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip, key: &mut FlowKey) -> bool {
         if header_len < core::mem::size_of::<Ipv4Hdr>() || header_len > 60 {
             return false;
         }
-        key.src = parse::v4_mapped(q.dst);
-        key.dst = parse::v4_mapped(q.src);
-        key.protocol = q.protocol;
-        quoted + header_len
+        (
+            Addr::v4_mapped(q.dst),
+            Addr::v4_mapped(q.src),
+            q.protocol,
+            quoted + header_len,
+        )
     };
-    key.src_port = [0; 2];
-    key.dst_port = [0; 2];
-    if parse::has_ports(key.protocol) {
-        let Some(ports) = parse::ports(ctx, l4) else {
+    let mut ports = 0;
+    if parse::has_ports(protocol) {
+        let Some(quoted_ports) = parse::read::<u32>(ctx, l4) else {
             return false;
         };
-        key.src_port = ports.dst;
-        key.dst_port = ports.src;
+        // The quoted packet's source port is the flow's destination port: swap the halves.
+        ports = quoted_ports.rotate_left(16);
     }
+    write_flow(key, src, dst, ports, protocol);
     true
 }
 
-/// The exact (address, port, protocol) service, else the address alone.
+/// A services-map key, built in word stores.
 #[inline(always)]
-fn lookup_service(addr: [u8; 16], port: [u8; 2], protocol: u8) -> Option<ServiceEntry> {
-    let exact = ServiceKey {
+fn service_key(addr: Addr, port: [u8; 2], protocol: u8) -> ServiceKey {
+    let [p0, p1] = port;
+    let words = ServiceKeyWords {
         addr,
-        port,
-        protocol,
-        _pad: 0,
+        rest: u64::from_ne_bytes([p0, p1, protocol, 0, 0, 0, 0, 0]),
     };
-    // SAFETY: a shared lookup whose value we copy out at once.
-    if let Some(entry) = unsafe { SERVICES.get(exact) } {
-        return Some(*entry);
+    // SAFETY: `ServiceKeyWords` has `ServiceKey`'s size, alignment and byte layout (asserted
+    // above), and every byte pattern is a valid `ServiceKey`.
+    unsafe { core::mem::transmute::<ServiceKeyWords, ServiceKey>(words) }
+}
+
+/// The entry of a destination address in the services map, if it has one (a service, or a
+/// marker saying that some of its ports are).
+#[inline(always)]
+fn service_address(addr: Addr) -> Option<&'static ServiceEntry> {
+    let key = service_key(addr, [0; 2], ANY_PROTOCOL);
+    // SAFETY: a shared lookup; the entry is borrowed from the map for this run, and the agent
+    // replaces entries whole.
+    unsafe { SERVICES.get(key) }
+}
+
+/// The service of a flow: one lookup by address; only an address that has port entries costs
+/// a second lookup, by (address, port, protocol), whose entry wins.
+#[inline(always)]
+fn lookup_service(key: &FlowKey) -> Option<&'static ServiceEntry> {
+    let dst = Addr::from_field(&key.dst);
+    let by_address = service_address(dst)?;
+    if by_address.flags & SERVICE_PORTS != 0 {
+        let exact = service_key(dst, key.dst_port, key.protocol);
+        // SAFETY: as in `service_address`.
+        if let Some(entry) = unsafe { SERVICES.get(exact) } {
+            return Some(entry);
+        }
     }
-    let any = ServiceKey {
-        addr,
-        port: [0; 2],
-        protocol: ANY_PROTOCOL,
-        _pad: 0,
-    };
-    // SAFETY: as above.
-    unsafe { SERVICES.get(any) }.copied()
+    (by_address.flags & SERVICE_PORTS_ONLY == 0).then_some(by_address)
 }
 
 /// Flow affinity first (if the service wants it and the node still takes flows), else the
-/// ring. `remember` records the choice (not for ICMP errors, which are not flows).
+/// ring. `remember` records the choice (not for ICMP errors, which are not flows). Only
+/// affinity reads the clock, and the coarse one (its idle timeouts are whole seconds).
 #[inline(always)]
 fn pick_node(
     service: &ServiceEntry,
@@ -309,20 +390,25 @@ fn pick_node(
     remember: bool,
 ) -> Option<(u32, &'static NodeEntry)> {
     let affinity = service.flags & SERVICE_AFFINITY != 0;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if affinity && let Some(entry) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the pointer comes from a successful lookup; a racing update on another CPU
-        // can at worst make us read the node of the same flow written a moment earlier.
-        let (node_id, last_seen) = unsafe { ((*entry).node, (*entry).last_seen_ns) };
-        let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
-        let fresh = timeout_ns == 0 || now.saturating_sub(last_seen) < timeout_ns;
-        if fresh && let Some(node) = usable_node(node_id) {
-            if remember {
-                // SAFETY: as above.
-                unsafe { (*entry).last_seen_ns = now };
+    let mut now = 0;
+    if affinity {
+        // SAFETY: plain helper call.
+        now = unsafe { bpf_ktime_get_coarse_ns() };
+        if let Some(entry) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: the pointer comes from a successful lookup; a racing update on another
+            // CPU can at worst make us read the node of the same flow written a moment earlier.
+            let (node_id, last_seen) = unsafe { ((*entry).node, (*entry).last_seen_ns) };
+            let idle = now.saturating_sub(last_seen);
+            let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
+            if (timeout_ns == 0 || idle < timeout_ns)
+                && let Some(node) = usable_node(node_id)
+            {
+                if remember && idle >= AFFINITY_REFRESH_NS {
+                    // SAFETY: as above.
+                    unsafe { (*entry).last_seen_ns = now };
+                }
+                return Some((node_id, node));
             }
-            return Some((node_id, node));
         }
     }
     let selector = RING_SELECTORS.get(service.id).copied()?;

@@ -30,7 +30,7 @@ fn ebpf_cargo(subcommand: &str) -> Result<Command> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env(
             "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C debuginfo=2 -C link-arg=--btf",
+            "-C debuginfo=2 -C link-arg=--btf -C link-arg=--disable-expand-memcpy-in-order",
         )
         .arg(format!("+{toolchain}"))
         .args([

@@ -16,8 +16,8 @@ use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
         self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NodeEntry, NodeState, RING_CAPACITY,
-        RingSelector, SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
-        ring_index,
+        RingSelector, SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry,
+        ServiceKey, SidEntry, TokenBucket, ring_index,
     },
     stats::Counter,
 };
@@ -235,6 +235,8 @@ impl Pinned {
         let mut rows: Vec<ServiceRow> = services
             .iter()
             .filter_map(Result::ok)
+            // An address's marker for its port entries is no service of its own.
+            .filter(|(_, v)| v.flags & SERVICE_PORTS_ONLY == 0)
             .map(|(k, v)| service_row(&k, &v))
             .collect();
         rows.sort_by_key(|r| r.service);
@@ -470,29 +472,36 @@ impl Pinned {
         Ok(lookup)
     }
 
-    /// The exact service key, else the address alone (as `cpn_steer` looks it up).
+    /// The service of a flow as `cpn_steer` finds it: the address entry, and the exact key
+    /// first when that entry says the address has port entries.
     fn service_of(&self, flow: &FlowKey) -> Result<Option<(ServiceKey, ServiceEntry)>, Error> {
         let services: HashMap<_, ServiceKey, ServiceEntry> =
             HashMap::try_from(self.open(maps::SERVICES)?).map_err(map_error(maps::SERVICES))?;
-        let exact = ServiceKey {
-            addr: flow.dst,
-            port: flow.dst_port,
-            protocol: flow.protocol,
-            _pad: 0,
+        let get = |key: &ServiceKey| match services.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(maps::SERVICES)(e)),
         };
         let any = ServiceKey {
+            addr: flow.dst,
             port: [0; 2],
             protocol: ANY_PROTOCOL,
-            ..exact
+            _pad: [0; 5],
         };
-        for key in [exact, any] {
-            match services.get(&key, 0) {
-                Ok(entry) => return Ok(Some((key, entry))),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error(maps::SERVICES)(e)),
+        let Some(by_address) = get(&any)? else {
+            return Ok(None);
+        };
+        if by_address.flags & SERVICE_PORTS != 0 {
+            let exact = ServiceKey {
+                port: flow.dst_port,
+                protocol: flow.protocol,
+                ..any
+            };
+            if let Some(entry) = get(&exact)? {
+                return Ok(Some((exact, entry)));
             }
         }
-        Ok(None)
+        Ok((by_address.flags & SERVICE_PORTS_ONLY == 0).then_some((any, by_address)))
     }
 
     fn flow_entry(&self, key: &FlowKey) -> Result<Option<FlowEntry>, Error> {

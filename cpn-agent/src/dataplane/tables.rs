@@ -14,7 +14,8 @@ use cpn_common::{
     maps::{
         self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES,
         MAX_SIDS, NODE_REDUCED, NodeEntry, NodeState, RING_CAPACITY, RingSelector,
-        SERVICE_AFFINITY, ServiceEntry, ServiceKey, SidEntry, ring_index,
+        SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry,
+        ring_index,
     },
     stats::{Counter, Reason},
 };
@@ -36,7 +37,7 @@ impl ServiceAddr {
             addr: addr16(self.addr),
             port: port.to_be_bytes(),
             protocol,
-            _pad: 0,
+            _pad: [0; 5],
         }
     }
 }
@@ -180,6 +181,10 @@ impl Dataplane {
     }
 
     /// Adds or replaces a service address.
+    ///
+    /// `cpn_steer` looks up the address alone first and the exact (address, port, protocol)
+    /// key only when that entry has [`SERVICE_PORTS`]: so an address with port entries always
+    /// has an address entry, its own service or a [`SERVICE_PORTS_ONLY`] marker.
     pub fn set_service(&mut self, addr: &ServiceAddr, config: &ServiceConfig) -> Result<(), Error> {
         check("service id", config.id, MAX_SERVICES)?;
         let (flags, timeout) = match config.affinity {
@@ -195,24 +200,70 @@ impl Dataplane {
             affinity_timeout_s: timeout,
             _pad: 0,
         };
-        let name = maps::SERVICES;
-        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
-            HashMap::try_from(self.map_mut(name)?)
-                .map_err(|source| Error::Map { map: name, source })?;
-        services
-            .insert(addr.key(), entry, 0)
-            .map_err(|source| Error::Map { map: name, source })
+        let address = ServiceAddr {
+            addr: addr.addr,
+            port: None,
+        };
+        let mut services = self.services_mut()?;
+        if addr.port.is_some() {
+            insert(&mut services, addr.key(), entry)?;
+            let marker = match get(&services, &address.key())? {
+                Some(existing) => ServiceEntry {
+                    flags: existing.flags | SERVICE_PORTS,
+                    ..existing
+                },
+                None => ServiceEntry {
+                    flags: SERVICE_PORTS | SERVICE_PORTS_ONLY,
+                    ..ServiceEntry::default()
+                },
+            };
+            insert(&mut services, address.key(), marker)
+        } else {
+            let ports = has_port_entries(&services, addr.addr)?;
+            let flags = entry.flags | if ports { SERVICE_PORTS } else { 0 };
+            insert(&mut services, addr.key(), ServiceEntry { flags, ..entry })
+        }
     }
 
     /// Removes a service address (its id's ring stays for other addresses that share it).
     pub fn remove_service(&mut self, addr: &ServiceAddr) -> Result<(), Error> {
-        let name = maps::SERVICES;
-        let mut services: HashMap<_, ServiceKey, ServiceEntry> =
-            HashMap::try_from(self.map_mut(name)?)
-                .map_err(|source| Error::Map { map: name, source })?;
-        services
-            .remove(&addr.key())
-            .map_err(|source| Error::Map { map: name, source })
+        let address = ServiceAddr {
+            addr: addr.addr,
+            port: None,
+        };
+        let mut services = self.services_mut()?;
+        let ports_left = |services: &Services<'_>| has_port_entries(services, addr.addr);
+        if addr.port.is_some() {
+            remove(&mut services, &addr.key())?;
+            if !ports_left(&services)?
+                && let Some(existing) = get(&services, &address.key())?
+            {
+                if existing.flags & SERVICE_PORTS_ONLY != 0 {
+                    remove(&mut services, &address.key())?;
+                } else {
+                    let flags = existing.flags & !SERVICE_PORTS;
+                    insert(
+                        &mut services,
+                        address.key(),
+                        ServiceEntry { flags, ..existing },
+                    )?;
+                }
+            }
+            Ok(())
+        } else if ports_left(&services)? {
+            // Its port entries stay: leave the marker they need.
+            let marker = ServiceEntry {
+                flags: SERVICE_PORTS | SERVICE_PORTS_ONLY,
+                ..ServiceEntry::default()
+            };
+            insert(&mut services, address.key(), marker)
+        } else {
+            remove(&mut services, &addr.key())
+        }
+    }
+
+    fn services_mut(&mut self) -> Result<Services<'_>, Error> {
+        HashMap::try_from(self.map_mut(maps::SERVICES)?).map_err(services_error)
     }
 
     /// Adds or replaces node `id`.
@@ -362,6 +413,44 @@ impl Dataplane {
             .map(|&r| Ok((r, self.counter(maps::REASON_STATS, r as u32)?)))
             .collect()
     }
+}
+
+type Services<'a> = HashMap<&'a mut aya::maps::MapData, ServiceKey, ServiceEntry>;
+
+fn services_error(source: aya::maps::MapError) -> Error {
+    Error::Map {
+        map: maps::SERVICES,
+        source,
+    }
+}
+
+fn get(services: &Services<'_>, key: &ServiceKey) -> Result<Option<ServiceEntry>, Error> {
+    match services.get(key, 0) {
+        Ok(entry) => Ok(Some(entry)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(services_error(source)),
+    }
+}
+
+fn insert(services: &mut Services<'_>, key: ServiceKey, entry: ServiceEntry) -> Result<(), Error> {
+    services.insert(key, entry, 0).map_err(services_error)
+}
+
+fn remove(services: &mut Services<'_>, key: &ServiceKey) -> Result<(), Error> {
+    services.remove(key).map_err(services_error)
+}
+
+/// Whether `addr` has (address, port, protocol) entries (the map holds at most
+/// `SERVICE_KEYS` keys: a walk is cheap next to a ring).
+fn has_port_entries(services: &Services<'_>, addr: IpAddr) -> Result<bool, Error> {
+    let addr = addr16(addr);
+    for key in services.keys() {
+        let key = key.map_err(services_error)?;
+        if key.addr == addr && (key.port != [0; 2] || key.protocol != ANY_PROTOCOL) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
