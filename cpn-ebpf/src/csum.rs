@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 
 /// Bytes summed per helper call.
-const CHUNK: usize = 128;
+const CHUNK: usize = 256;
 
 /// Adds `bytes` (an even number of them) as 16-bit words in the CPU's byte order.
 #[inline(always)]

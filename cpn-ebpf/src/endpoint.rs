@@ -65,7 +65,10 @@ enum ChainError {
     ToKernel(Reason),
 }
 
-#[inline(always)]
+/// Processes a packet addressed to a local SID; anything else passes. A subprogram: its frame
+/// is not on the stack when the entry function sends the ICMP error a verdict may ask for
+/// ([`icmp_error::answer`]).
+#[inline(never)]
 pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
     if l2.ether_type != ether_type::IPV6 {
         return xdp_action::XDP_PASS;
@@ -121,11 +124,7 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
         }
         Err(ChainError::UnknownRoutingType(at)) => {
             stats::reason(Reason::UnknownRoutingType, len);
-            return icmp_error::answer(
-                ctx,
-                l2.l3,
-                parameter_problem(l2.l3, icmp::V6_ERRONEOUS_HEADER, at),
-            );
+            return parameter_problem(l2.l3, icmp::V6_ERRONEOUS_HEADER, at);
         }
         Err(ChainError::ToKernel(reason)) => return to_kernel(reason, len),
     };
@@ -143,7 +142,7 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
         Behavior::End | Behavior::EndX => transit(&packet, &chain, sid, behavior),
         _ => decapsulate(&packet, &chain, sid, behavior),
     };
-    icmp_error::answer(ctx, l2.l3, verdict)
+    verdict
 }
 
 /// Hands the packet, untouched, to the kernel's own route for the SID.

@@ -89,7 +89,7 @@ fn endpoint_entry(ctx: &XdpContext) -> u32 {
     if proto != ProtoCounter::Ipv6 {
         return xdp_action::XDP_PASS;
     }
-    endpoint::endpoint(ctx, &l2, ifindex)
+    icmp::answer(ctx, l2.l3, endpoint::endpoint(ctx, &l2, ifindex))
 }
 
 /// Parses the link layer and counts VLAN tags and malformed frames; `None` ends processing.

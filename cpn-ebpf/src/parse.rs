@@ -332,4 +332,3 @@ pub fn ip(ctx: &XdpContext, l2: &L2, out: &mut Ip) -> L3 {
 pub const fn has_ports(protocol: u8) -> bool {
     matches!(protocol, proto::TCP | proto::UDP | proto::SCTP)
 }
-
