@@ -152,6 +152,6 @@ pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool
 
 /// Rewrites the Ethernet addresses for the next hop.
 #[inline(always)]
-pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> bool {
-    parse::write(ctx, 0, parse::mac_words(dst)) && parse::write(ctx, 6, parse::mac_words(src))
+pub fn set_macs(ctx: &XdpContext, src: [u16; 3], dst: [u16; 3]) -> bool {
+    parse::write(ctx, 0, dst) && parse::write(ctx, 6, src)
 }

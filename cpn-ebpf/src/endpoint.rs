@@ -450,9 +450,9 @@ fn parameter_problem(l3: usize, code: u8, at: usize) -> u32 {
 
 /// Rewrites the Ethernet header in front of `l3` for the next hop.
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, l3: usize, src: [u8; 6], dst: [u8; 6]) -> bool {
+fn set_macs(ctx: &XdpContext, l3: usize, src: [u16; 3], dst: [u16; 3]) -> bool {
     let at = l3 - ETH;
-    parse::write(ctx, at, parse::mac_words(dst)) && parse::write(ctx, at + 6, parse::mac_words(src))
+    parse::write(ctx, at, dst) && parse::write(ctx, at + 6, src)
 }
 
 /// Decrements the inner hop limit / TTL of the packet now at `ETH`, as a forwarding router

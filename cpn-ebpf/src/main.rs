@@ -1,7 +1,8 @@
 //! cpn's XDP programs.
 //!
 //! ```text
-//!   cpn_steer     parse → service → affinity / ring → node → H.Encaps(.Red) → FIB → redirect
+//!   cpn_steer     parse → service → affinity / ring → node → H.Encaps(.Red) → next hop
+//!                 (cached, else FIB) → redirect
 //!   cpn_endpoint  parse → local SID → End / End.X / End.DX* / End.DT* → FIB → redirect | pass
 //! ```
 //! Entry points stay thin. Where something that cannot fail on a verified program fails anyway
@@ -61,7 +62,13 @@ fn steer_entry(ctx: &XdpContext) -> u32 {
     let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
         return xdp_action::XDP_PASS;
     };
-    icmp::answer(ctx, l2.l3, steer::run(ctx, &l2, ifindex))
+    let mut ip = parse::Ip::EMPTY;
+    let parsed = steer::cpn_parse_ip(ctx.ctx, l2.l3 as u32, u32::from(l2.ether_type), &raw mut ip);
+    let verdict = match parsed {
+        steer::PARSED => steer::cpn_steer_ip(ctx.ctx, &raw const ip, ifindex),
+        verdict => verdict,
+    };
+    icmp::answer(ctx, l2.l3, verdict)
 }
 
 #[inline(always)]

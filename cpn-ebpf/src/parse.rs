@@ -13,6 +13,10 @@ use cpn_common::{
 pub const MAX_EXT_HEADERS: usize = 4;
 /// Largest header offset we follow; keeps every variable offset provably bounded.
 pub const MAX_HEADER_OFFSET: usize = 512;
+/// Where the network header starts at the latest: after Ethernet and one VLAN tag.
+pub const MAX_L2_LEN: usize = size_of::<EthHdr>() + size_of::<VlanHdr>();
+/// The longest IP packet a header can describe: IPv6's 40 bytes plus a 16-bit payload length.
+pub const MAX_IP_LEN: usize = size_of::<Ipv6Hdr>() + u16::MAX as usize;
 
 /// A pointer to a `T` at byte `offset` of the packet, if the whole `T` lies inside it.
 ///

@@ -30,7 +30,7 @@ fn ebpf_cargo(subcommand: &str) -> Result<Command> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env(
             "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C debuginfo=2 -C link-arg=--btf -C link-arg=--disable-expand-memcpy-in-order",
+            ebpf_rustflags(),
         )
         .arg(format!("+{toolchain}"))
         .args([
@@ -43,6 +43,20 @@ fn ebpf_cargo(subcommand: &str) -> Result<Command> {
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(target_dir());
     Ok(command)
+}
+
+/// BPF global functions of the object (`cpn-ebpf/src/steer.rs`): bpf-linker keeps them
+/// global only when exported, and the kernel then verifies each once, on its own.
+const GLOBAL_FUNCTIONS: [&str; 2] = ["cpn_parse_ip", "cpn_steer_ip"];
+
+/// BTF in the object; `memset`/`memmove` expanded inline like `memcpy` (bpf-linker's default
+/// "in order" expansion makes them calls to byte-at-a-time loops); the global functions kept.
+fn ebpf_rustflags() -> String {
+    format!(
+        "-C debuginfo=2 -C link-arg=--btf -C link-arg=--disable-expand-memcpy-in-order \
+         -C link-arg=--export={}",
+        GLOBAL_FUNCTIONS.join(",")
+    )
 }
 
 fn target_dir() -> PathBuf {
