@@ -245,8 +245,47 @@ fn configure(dp: &mut Dataplane) -> Result<()> {
         },
     )?;
     dp.publish_ring(20, &[2])?;
+    // The same one-SID node once more, for the arm that asks the FIB on every packet: the
+    // agent leaves a node there when it cannot cache its next hop (ECMP, policy rules...).
+    dp.set_node(
+        FIB_NODE,
+        &Node {
+            segments: segments(2, 1),
+            encap_src: ENCAP_SRC,
+            reduced: false,
+            state: NodeState::Active,
+        },
+    )?;
+    dp.set_service(
+        &ServiceAddr {
+            addr: FIB_SVC.into(),
+            port: None,
+        },
+        &ServiceConfig {
+            id: 21,
+            affinity: None,
+        },
+    )?;
+    dp.publish_ring(21, &[FIB_NODE])?;
     dp.set_sid(DT6, SidBehavior::EndDt6 { table: 0 }, 0)?;
     dp.set_sid(DT4, SidBehavior::EndDt4 { table: 0 }, 1)?;
+    cache_next_hops(dp)
+}
+
+/// Node whose next hop stays uncached: `cpn_steer` asks `bpf_fib_lookup` for its packets.
+const FIB_NODE: u32 = 9;
+const FIB_SVC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+
+/// Caches the measured nodes' next hops as the agent does: resolved by the agent's resolver
+/// from the dut namespace's routes and neighbours (this thread is inside it).
+fn cache_next_hops(dp: &mut Dataplane) -> Result<()> {
+    for (i, (_, count, _)) in encaps().into_iter().enumerate() {
+        let node = u16::try_from(i + 1)?;
+        let first = segments(node, count)[0];
+        let next_hop = cpn_agent::dataplane::resolver::resolve_now(first)?
+            .map_err(|why| anyhow::anyhow!("the next hop of {first} is not cacheable: {why}"))?;
+        dp.set_nexthop(u32::from(node), Some(next_hop))?;
+    }
     Ok(())
 }
 
@@ -445,6 +484,15 @@ fn arms(settings: &Settings, dut: &Dut, katran: &(Vec<u8>, Vec<u8>)) -> Vec<Arm>
             XDP_PASS,
         ),
     ];
+    arms.push(arm(
+        "steer, IPv6 inner, 1 SID, next hop by bpf_fib_lookup".into(),
+        "steer",
+        Prog::Steer(0),
+        "IPv6",
+        dut.eth0,
+        Packets::Fixed(udp6(FIB_SVC)),
+        XDP_REDIRECT,
+    ));
     for (i, (label, _, _)) in encaps().into_iter().enumerate() {
         let node = u16::try_from(i + 1).expect("few encaps");
         arms.push(arm(

@@ -260,7 +260,8 @@ fn window(
     ))
 }
 
-/// cpn's data plane with one service (the VIP) to one node (the SID, with an SRH).
+/// cpn's data plane with one service (the VIP) to one node (the SID, with an SRH), its next
+/// hop cached.
 fn steer_dataplane() -> Result<Dataplane> {
     let mut dataplane = Dataplane::load(&Pinning::Unpinned)?;
     dataplane.set_node(
@@ -283,6 +284,10 @@ fn steer_dataplane() -> Result<Dataplane> {
         },
     )?;
     dataplane.publish_ring(0, &[1])?;
+    // The next hop cached as the agent caches it (this thread is in the dut namespace).
+    let next_hop = cpn_agent::dataplane::resolver::resolve_now(SID)?
+        .map_err(|why| anyhow::anyhow!("the next hop of {SID} is not cacheable: {why}"))?;
+    dataplane.set_nexthop(1, Some(next_hop))?;
     Ok(dataplane)
 }
 

@@ -138,11 +138,10 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
         len,
         ingress_ifindex,
     };
-    let verdict = match behavior {
+    match behavior {
         Behavior::End | Behavior::EndX => transit(&packet, &chain, sid, behavior),
         _ => decapsulate(&packet, &chain, sid, behavior),
-    };
-    verdict
+    }
 }
 
 /// Hands the packet, untouched, to the kernel's own route for the SID.
