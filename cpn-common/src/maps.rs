@@ -73,8 +73,17 @@ pub const MAX_SIDS: usize = 6;
 /// Destinations of ICMP errors whose rate is tracked each (least recently used ones go).
 pub const ICMP_PEERS_ENTRIES: u32 = 8192;
 
+/// LRU [`FibKey`] → [`FibCacheEntry`]: answers of `bpf_fib_lookup` that ended in a forward,
+/// reused while their generation is [`FIB_GENERATION`]'s and younger than the load-time TTL.
+pub const FIB_CACHE: &str = "fib_cache";
+/// One `u64`: the generation of the kernel's routing state, which the agent bumps on every
+/// route, neighbour, link or rule notification; a cached answer of another generation is stale.
+pub const FIB_GENERATION: &str = "fib_gen";
+/// Entries of the FIB answer cache (destinations forwarded to at once).
+pub const FIB_CACHE_ENTRIES: u32 = 16_384;
+
 /// Every map the object defines; the agent pins exactly these.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 18] = [
     STEER_PROTO_STATS,
     ENDPOINT_PROTO_STATS,
     SERVICES,
@@ -91,6 +100,8 @@ pub const ALL: [&str; 16] = [
     ICMP_PEERS,
     NEXTHOP_SELECTORS,
     NEXTHOPS,
+    FIB_CACHE,
+    FIB_GENERATION,
 ];
 
 /// `protocol` value of a service key that matches any protocol (with `port == 0`).
@@ -262,7 +273,7 @@ pub const fn nexthop_index(id: u32, half: u32) -> u32 {
 
 /// A resolved next hop towards a node's first segment: what `bpf_fib_lookup` would answer
 /// for it (route and neighbour), so that the data plane can redirect without asking.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHopEntry {
     /// The egress interface.
@@ -273,6 +284,37 @@ pub struct NextHopEntry {
     /// The neighbour's MAC (the gateway's, or the first segment's when it is on-link).
     pub dst_mac: [u8; 6],
     /// The egress interface's MAC.
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// What a FIB answer depends on: `bpf_fib_lookup` is asked with nothing else (no source, no
+/// ports, no mark), so the answer for the same key and kernel state is the same.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FibKey {
+    /// The destination; IPv4 as IPv4-mapped IPv6 (one key type for both families).
+    pub dst: [u8; 16],
+    /// The interface the packet came in on (policy rules may select by it), or the one an
+    /// End.X / End.DX* looks up from.
+    pub ifindex: u32,
+    /// The routing table looked up alone (RFC 8986 §4.6), or 0 for the policy rules.
+    pub table: u32,
+}
+
+/// A FIB answer that ended in a forward.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibCacheEntry {
+    /// [`FIB_GENERATION`] when the answer was taken (read before the lookup).
+    pub generation: u64,
+    /// `bpf_ktime_get_coarse_ns` when the answer was taken.
+    pub taken_ns: u64,
+    pub ifindex: u32,
+    /// The largest packet (IP length) the FIB let through to this destination: a larger one is
+    /// asked again (the helper checks the MTU only when it refuses).
+    pub fits_len: u32,
+    pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     pub _pad: [u8; 4],
 }
@@ -394,6 +436,8 @@ const _: () = {
     assert!(core::mem::size_of::<SidEntry>() == 32);
     assert!(core::mem::size_of::<TokenBucket>() == 16);
     assert!(core::mem::size_of::<NextHopEntry>() == 24);
+    assert!(core::mem::size_of::<FibKey>() == 24);
+    assert!(core::mem::size_of::<FibCacheEntry>() == 40);
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 
@@ -421,6 +465,10 @@ mod pod {
     unsafe impl aya::Pod for super::NextHopSelector {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::NextHopEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FibKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FibCacheEntry {}
 }
 
 #[cfg(test)]

@@ -9,11 +9,16 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID,
         bpf_fib_lookup as FibParams,
     },
-    helpers::bpf_fib_lookup,
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
 
-use crate::parse::Addr;
+use cpn_common::maps::{FibCacheEntry, FibKey};
+
+use crate::{
+    maps::{FIB_CACHE, FIB_GENERATION},
+    parse::{self, Addr},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -38,26 +43,51 @@ pub enum Fib {
     NoRoute,
 }
 
-/// A lookup and its answer, kept small: the 64-byte helper struct lives only in [`call`]'s
-/// frame, which keeps the callers' stacks within the verifier's 512-byte budget.
+/// A lookup and its answer. The 64-byte helper struct lives only in [`call`]'s frame, and the
+/// answer has the cache's layout, so that nothing is built twice on the callers' stacks (the
+/// verifier allows 512 bytes for a whole call chain).
 #[repr(C, align(8))]
 struct Query {
-    dst: Addr,
-    ifindex: u32,
-    table: u32,
+    /// The question, as the cache keys it (a [`FibKey`]).
+    key: FibKeyWords,
     tot_len: u16,
     v6: u8,
     _pad: u8,
-    // Answer.
-    out_ifindex: u32,
-    mtu: u16,
-    src_mac: [u16; 3],
-    dst_mac: [u16; 3],
+    /// The MTU the FIB answered "fragmentation needed" with.
+    mtu: u32,
+    /// The answer, as the cache keeps it.
+    answer: FibCacheEntry,
 }
 
-/// Looks up `dst` (16 bytes, IPv4-mapped for IPv4) for a packet of `tot_len` bytes that came in
-/// on `ifindex`: through the policy rules as the kernel routes a received packet (`table` 0),
-/// or in routing table `table` alone (RFC 8986 §4.6: End.DT6 looks up its table only).
+// How long a cached FIB answer may be used, in nanoseconds; 0 turns the cache off (the
+// default: fixture tests change routes between packets without an agent to bump the
+// generation). A load-time global the agent sets. The TTL bounds how long an answer outlives a
+// change the agent did not see (an agent that is not running bumps nothing).
+#[unsafe(no_mangle)]
+static FIB_CACHE_TTL_NS: u64 = 0;
+
+/// A [`FibKey`] as words (the same bytes), built without byte copies.
+#[repr(C, align(8))]
+struct FibKeyWords {
+    dst: Addr,
+    ifindex: u32,
+    table: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FibKeyWords>() == core::mem::size_of::<FibKey>());
+    assert!(core::mem::align_of::<FibKeyWords>() == core::mem::align_of::<FibKey>());
+    assert!(core::mem::offset_of!(FibKey, ifindex) == 16);
+};
+
+/// Looks up `dst` (IPv4-mapped for IPv4) for a packet of `tot_len` bytes that came in on
+/// `ifindex`: through the policy rules as the kernel routes a received packet (`table` 0), or
+/// in routing table `table` alone (RFC 8986 §4.6: End.DT6 looks up its table only).
+///
+/// A forward the FIB answered is cached: the same question (destination, interface, table)
+/// gets the same answer until the agent bumps the generation (any route, neighbour, link or
+/// rule change) or the TTL runs out; a longer packet than the FIB let through is asked again.
+/// Only forwards are cached: every other answer goes to the kernel, which decides afresh.
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
@@ -67,28 +97,64 @@ pub fn lookup(
     tot_len: u16,
     table: u32,
 ) -> Fib {
+    // SAFETY: a read of a global the loader may have patched; volatile so it is not folded.
+    let ttl = unsafe { core::ptr::read_volatile(&raw const FIB_CACHE_TTL_NS) };
     let mut query = Query {
-        dst,
-        ifindex,
-        table,
+        key: FibKeyWords {
+            dst,
+            ifindex,
+            table,
+        },
         tot_len,
         v6: u8::from(v6),
         _pad: 0,
-        out_ifindex: 0,
         mtu: 0,
-        src_mac: [0; 3],
-        dst_mac: [0; 3],
+        answer: FibCacheEntry::default(),
     };
+    // SAFETY: same size, alignment and bytes (asserted above); any bytes are a valid key.
+    let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
+    if ttl != 0 {
+        // SAFETY: plain helper call.
+        query.answer.taken_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        // Read before the lookup: a change during it makes the answer stale at once.
+        query.answer.generation = FIB_GENERATION.get(0).copied().unwrap_or(0);
+        // SAFETY: a shared lookup; the entry is borrowed for this run.
+        if let Some(hit) = unsafe { FIB_CACHE.get(key) }
+            && hit.generation == query.answer.generation
+            && query.answer.taken_ns.saturating_sub(hit.taken_ns) < ttl
+        {
+            if u32::from(tot_len) <= hit.fits_len {
+                return forward(hit);
+            }
+            query.answer.fits_len = hit.fits_len;
+        }
+    }
     match call(ctx, &mut query) {
-        BPF_FIB_LKUP_RET_SUCCESS => Fib::Forward {
-            ifindex: query.out_ifindex,
-            src_mac: query.src_mac,
-            dst_mac: query.dst_mac,
-        },
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            query.answer.fits_len = query.answer.fits_len.max(u32::from(tot_len));
+            if ttl != 0 {
+                // SAFETY: as above.
+                let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
+                // Best effort: a full LRU evicts the least recent destination.
+                let _ = FIB_CACHE.insert(key, &query.answer, 0);
+            }
+            forward(&query.answer)
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeighbour,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded { mtu: query.mtu },
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded {
+            mtu: query.mtu.min(u32::from(u16::MAX)) as u16,
+        },
         BPF_FIB_LKUP_RET_NOT_FWDED => Fib::NotForwarded,
         _ => Fib::NoRoute,
+    }
+}
+
+#[inline(always)]
+fn forward(answer: &FibCacheEntry) -> Fib {
+    Fib::Forward {
+        ifindex: answer.ifindex,
+        src_mac: parse::mac_field_words(&answer.src_mac),
+        dst_mac: parse::mac_field_words(&answer.dst_mac),
     }
 }
 
@@ -97,10 +163,10 @@ pub fn lookup(
 fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.ifindex = query.ifindex;
+    params.ifindex = query.key.ifindex;
     params.__bindgen_anon_1.tot_len = query.tot_len;
     // The address words hold the bytes in order; split them into the helper's 32-bit words.
-    let [w0, w1] = query.dst.0;
+    let [w0, w1] = query.key.dst.0;
     let halves = |w: u64| {
         let [a, b, c, d, e, f, g, h] = w.to_ne_bytes();
         [
@@ -117,9 +183,9 @@ fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
         params.__bindgen_anon_4.ipv4_dst = d3;
     }
     let mut flags = 0;
-    if query.table != 0 {
+    if query.key.table != 0 {
         // TBID is only honoured together with DIRECT (which skips the policy rules).
-        params.__bindgen_anon_5.tbid = query.table;
+        params.__bindgen_anon_5.tbid = query.key.table;
         flags |= BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_TBID;
     }
     // SAFETY: `params` is a valid, fully initialised lookup struct of the size we pass.
@@ -131,11 +197,11 @@ fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
             flags,
         )
     } as u32;
-    query.out_ifindex = params.ifindex;
+    query.answer.ifindex = params.ifindex;
     // SAFETY: the kernel writes `mtu_result` into the union on FRAG_NEEDED; otherwise it still
     // holds `tot_len`, which nobody reads.
-    query.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-    query.src_mac = crate::parse::mac_words(params.smac);
-    query.dst_mac = crate::parse::mac_words(params.dmac);
+    query.mtu = u32::from(unsafe { params.__bindgen_anon_1.mtu_result });
+    query.answer.src_mac = params.smac;
+    query.answer.dst_mac = params.dmac;
     rc
 }

@@ -112,6 +112,14 @@ pub fn mac_words(mac: [u8; 6]) -> [u16; 3] {
     ]
 }
 
+/// A MAC field of a map value or an 8-aligned struct as words, read in three loads. The fields
+/// sit at even offsets (`NextHopEntry`, `FibCacheEntry`).
+#[inline(always)]
+pub fn mac_field_words(field: &[u8; 6]) -> [u16; 3] {
+    // SAFETY: same size; the field is 2-aligned (see above).
+    unsafe { (field as *const [u8; 6]).cast::<[u16; 3]>().read() }
+}
+
 /// Reads a 16-byte address at `offset` in two loads.
 #[inline(always)]
 pub fn read_addr(ctx: &XdpContext, offset: usize) -> Option<Addr> {

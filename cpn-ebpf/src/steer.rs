@@ -205,8 +205,8 @@ fn next_hop(
         },
         Some(cached) => Fib::Forward {
             ifindex: cached.ifindex,
-            src_mac: parse::mac_words(cached.src_mac),
-            dst_mac: parse::mac_words(cached.dst_mac),
+            src_mac: parse::mac_field_words(&cached.src_mac),
+            dst_mac: parse::mac_field_words(&cached.dst_mac),
         },
         None => fib::lookup(ctx, true, first_segment, ingress_ifindex, tot_len as u16, 0),
     }

@@ -5,9 +5,12 @@
     reason = "fixture tables are long lists of cases"
 )]
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use cpn_agent::dataplane::{LoadOptions, Program, SidBehavior};
+use cpn_agent::dataplane::{IcmpRateLimit, LoadOptions, Program, SidBehavior};
 use cpn_common::stats::Reason;
 use cpn_tests::{
     dut::{
@@ -728,4 +731,125 @@ fn truncated_ipv6_headers_pass_untouched() {
         })
         .collect();
     bench.runner.check_table(&fixtures);
+}
+
+/// The FIB answer cache: a forward the FIB answered is reused, byte for byte the same output,
+/// until the agent bumps the generation (here by hand: no agent runs), then asked again.
+#[test]
+fn fib_answers_are_cached_until_the_generation_changes() {
+    let mut bench = sids(
+        DutRunner::with_options(
+            |dut| dut.eth1,
+            &LoadOptions {
+                icmp: IcmpRateLimit::OFF,
+                fib_cache_ttl: Duration::from_secs(60),
+                ..LoadOptions::default()
+            },
+        )
+        .expect("a fixture namespace and data plane"),
+    );
+    let input = srv6(
+        &[END, "fc00:2::d6"],
+        false,
+        &inner6(a("2001:db8:5::1"), CLIENT6, 64),
+    );
+    let forwarded = after_end(&input, "fc00:2::d6");
+    let check = |bench: &DutRunner, name: &str, output: &[u8]| {
+        bench.runner.check(&fixture(
+            name,
+            input.clone(),
+            XdpAction::Redirect,
+            output.to_vec(),
+        ))
+    };
+    check(&bench, "first packet: asked and cached", &forwarded).unwrap();
+    let moved = [0x02, 0, 0, 0, 1, 0x77];
+    bench
+        .dut
+        .lab
+        .node("dut")
+        .unwrap()
+        .run(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &NEXT_HOP6.to_string(),
+            "lladdr",
+            "02:00:00:00:01:77",
+            "nud",
+            "permanent",
+            "dev",
+            "eth1",
+        ])
+        .unwrap();
+    check(&bench, "same generation: the cached answer", &forwarded).unwrap();
+    bench.runner.dataplane().bump_fib_generation().unwrap();
+    let mut moved_output = forwarded.clone();
+    moved_output[0..6].copy_from_slice(&moved);
+    check(&bench, "new generation: asked again", &moved_output).unwrap();
+}
+
+/// An answer also ages out on its own (the TTL bounds what an agent that is not running, or
+/// that missed a change, leaves stale).
+#[test]
+fn fib_answers_age_out_after_the_ttl() {
+    let bench = sids(
+        DutRunner::with_options(
+            |dut| dut.eth1,
+            &LoadOptions {
+                icmp: IcmpRateLimit::OFF,
+                fib_cache_ttl: Duration::from_millis(200),
+                ..LoadOptions::default()
+            },
+        )
+        .expect("a fixture namespace and data plane"),
+    );
+    let input = srv6(
+        &[END, "fc00:2::d6"],
+        false,
+        &inner6(a("2001:db8:5::1"), CLIENT6, 64),
+    );
+    let forwarded = after_end(&input, "fc00:2::d6");
+    bench
+        .runner
+        .check(&fixture(
+            "cached",
+            input.clone(),
+            XdpAction::Redirect,
+            forwarded.clone(),
+        ))
+        .unwrap();
+    bench
+        .dut
+        .lab
+        .node("dut")
+        .unwrap()
+        .run(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &NEXT_HOP6.to_string(),
+            "lladdr",
+            "02:00:00:00:01:78",
+            "nud",
+            "permanent",
+            "dev",
+            "eth1",
+        ])
+        .unwrap();
+    // The coarse clock ticks in jiffies: well past the TTL.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut moved = forwarded;
+    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x78]);
+    bench
+        .runner
+        .check(&fixture(
+            "aged out: asked again",
+            input,
+            XdpAction::Redirect,
+            moved,
+        ))
+        .unwrap();
 }

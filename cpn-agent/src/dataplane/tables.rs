@@ -266,6 +266,21 @@ impl Dataplane {
         HashMap::try_from(self.map_mut(maps::SERVICES)?).map_err(services_error)
     }
 
+    /// Makes every cached FIB answer stale (`fib_cache`): the kernel's routes, neighbours,
+    /// links or rules changed.
+    pub fn bump_fib_generation(&mut self) -> Result<(), Error> {
+        let name = maps::FIB_GENERATION;
+        let mut generation: Array<_, u64> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| Error::Map { map: name, source })?;
+        let next = generation
+            .get(&0, 0)
+            .map_err(|source| Error::Map { map: name, source })?
+            .wrapping_add(1);
+        generation
+            .set(0, next, 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
     /// Adds or replaces node `id`.
     pub fn set_node(&mut self, id: u32, node: &Node) -> Result<(), Error> {
         check("node id", id, MAX_NODES)?;
