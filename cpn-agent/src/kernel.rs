@@ -137,6 +137,11 @@ impl KernelRoutes {
         Ok(Self { handle })
     }
 
+    /// The rtnetlink handle, for the next-hop resolver's own requests.
+    pub const fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// `ip -6 route replace SID/128 encap seg6local action ... dev DEV proto static`.
     pub async fn set_seg6local(&self, sid: Ipv6Addr, what: KernelSid, dev: u32) -> Result<()> {
         let mut tunnel = vec![];

@@ -5,6 +5,7 @@
 
 mod nexthops;
 mod pinned;
+pub mod resolver;
 mod stats;
 mod tables;
 
@@ -31,6 +32,7 @@ pub use self::{
         AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NextHopRow, NodeRow,
         Pinned, RingRow, RingStep, ServiceRow, SidRow, ip_of, state_name,
     },
+    resolver::{NotCached, resolve, resolve_now},
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},
 };
