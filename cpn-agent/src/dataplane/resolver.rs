@@ -204,6 +204,9 @@ fn is_default_rule(rule: &RuleMessage) -> bool {
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Table(t) => table = *t,
             RuleAttribute::Protocol(_) => {}
+            // The kernel reports "no suppression" as -1 on every rule.
+            RuleAttribute::SuppressPrefixLen(u32::MAX)
+            | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
             // Any selector (source, destination, interfaces, mark, ports, …), goto, suppress.
             _ => return false,
         }
@@ -231,7 +234,9 @@ fn describe_rule(rule: &RuleMessage) -> String {
             RuleAttribute::Iifname(i) => parts.push(format!("iif {i}")),
             RuleAttribute::Oifname(o) => parts.push(format!("oif {o}")),
             RuleAttribute::FwMark(m) => parts.push(format!("fwmark {m:#x}")),
-            RuleAttribute::Protocol(_) => {}
+            RuleAttribute::Protocol(_)
+            | RuleAttribute::SuppressPrefixLen(u32::MAX)
+            | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
             other => parts.push(format!("{other:?}")),
         }
     }
@@ -785,8 +790,10 @@ mod tests {
             action: RuleAction::ToTable,
             ..RuleHeader::default()
         };
+        // As the kernel dumps its own rules.
         rule.attributes = vec![
             RuleAttribute::Table(u32::from(table)),
+            RuleAttribute::SuppressPrefixLen(u32::MAX),
             RuleAttribute::Priority(priority),
             RuleAttribute::Protocol(RouteProtocol::Kernel),
         ];
@@ -819,7 +826,14 @@ mod tests {
         inverted.header.flags = RuleFlags::Invert;
         let mut blackhole = rule(0, 255, vec![]);
         blackhole.header.action = RuleAction::Blackhole;
-        for odd in [&mut moved, &mut marked, &mut inverted, &mut blackhole] {
+        let mut suppressing = rule(32_766, 254, vec![RuleAttribute::SuppressPrefixLen(0)]);
+        for odd in [
+            &mut moved,
+            &mut marked,
+            &mut inverted,
+            &mut blackhole,
+            &mut suppressing,
+        ] {
             let mut rules = defaults.clone();
             rules.push(odd.clone());
             assert!(
