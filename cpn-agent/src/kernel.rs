@@ -388,6 +388,18 @@ impl KernelRoutes {
     }
 }
 
+/// An interface's name (`#INDEX` if there is none by that index here).
+pub fn interface_name(index: u32) -> String {
+    let mut name = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return format!("#{index}");
+    }
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
 /// Parses `addr/len` (IPv6).
 pub fn parse_prefix(text: &str) -> Option<(Ipv6Addr, u8)> {
     let (addr, len) = text.split_once('/')?;
