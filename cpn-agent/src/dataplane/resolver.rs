@@ -203,9 +203,9 @@ fn is_default_rule(rule: &RuleMessage) -> bool {
         match attribute {
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::Table(t) => table = *t,
-            RuleAttribute::Protocol(_) => {}
             // The kernel reports "no suppression" as -1 on every rule.
-            RuleAttribute::SuppressPrefixLen(u32::MAX)
+            RuleAttribute::Protocol(_)
+            | RuleAttribute::SuppressPrefixLen(u32::MAX)
             | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
             // Any selector (source, destination, interfaces, mark, ports, …), goto, suppress.
             _ => return false,
