@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
 
-pub use self::owner::{Command, FirstSegments};
+pub use self::owner::{Command, FirstSegment, FirstSegments};
 use crate::{
     config::{Config, Decap, Protocol},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},

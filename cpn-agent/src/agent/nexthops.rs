@@ -151,7 +151,8 @@ pub async fn run(kernel: KernelRoutes, io: Io) {
     loop {
         let current = nodes.borrow_and_update().clone();
         if current != cache.nodes {
-            // The owner turned off the next hop of every node whose first segment changed.
+            // The owner turned off the next hop of every node whose first segment changed (or
+            // that was removed and written again: a new epoch).
             cache
                 .sent
                 .retain(|id, _| cache.nodes.get(id) == current.get(id));
@@ -279,7 +280,7 @@ impl Cache {
         let allowed = self.allowed.clone().unwrap_or(Ok(()));
         let mut memo = Memo::default();
         for id in ids {
-            let Some(&first_segment) = self.nodes.get(&id) else {
+            let Some(first_segment) = self.nodes.get(&id).map(|f| f.address) else {
                 continue;
             };
             let answer = match &allowed {
