@@ -308,6 +308,7 @@ mod tests {
                 locators: None,
                 explanations,
                 drained: Drained::default(),
+                nexthops: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
                 node_ids: NodeIds::default(),
                 pin_dir: None,
             },

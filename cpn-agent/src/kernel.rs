@@ -137,6 +137,11 @@ impl KernelRoutes {
         Ok(Self { handle })
     }
 
+    /// The rtnetlink handle, for the next-hop resolver's own requests.
+    pub const fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// `ip -6 route replace SID/128 encap seg6local action ... dev DEV proto static`.
     pub async fn set_seg6local(&self, sid: Ipv6Addr, what: KernelSid, dev: u32) -> Result<()> {
         let mut tunnel = vec![];
@@ -381,6 +386,18 @@ impl KernelRoutes {
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
         self.handle.route().add(route).replace().execute().await
     }
+}
+
+/// An interface's name (`#INDEX` if there is none by that index here).
+pub fn interface_name(index: u32) -> String {
+    let mut name = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return format!("#{index}");
+    }
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    String::from_utf8_lossy(&name[..end]).into_owned()
 }
 
 /// Parses `addr/len` (IPv6).

@@ -24,7 +24,7 @@ use crate::{
         policy::{Import, Imported},
         speaker::SharedRib,
     },
-    kernel::{self, KernelRoutes, Resolved, Unresolved},
+    kernel::{self, KernelRoutes, Resolved, Unresolved, interface_name},
 };
 
 /// What the kernel has for a learned locator.
@@ -57,17 +57,6 @@ impl Locator {
             Self::Unresolved { why, .. } => format!("not installed: {why}"),
         }
     }
-}
-
-fn interface_name(index: u32) -> String {
-    let mut name = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: `name` has the IF_NAMESIZE bytes the call may write.
-    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr().cast()) };
-    if found.is_null() {
-        return format!("#{index}");
-    }
-    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-    String::from_utf8_lossy(&name[..end]).into_owned()
 }
 
 /// The learned locators by prefix and length, and what the kernel has for each.

@@ -6,12 +6,16 @@
 //!   [[remote]] + their metrics files ──▶ steering ──┐                    (ingress role)
 //!                                                   │ Command (mpsc, in order)
 //!   config at start / on SIGHUP ──▶ reconcile ──────┼──▶ owner ──▶ pinned BPF maps
+//!                                                   │      │ node id → first segment (watch)
+//!   netlink (routes, rules, neighbours) ──▶ nexthops ◀──────┘
 //! ```
 //! The owner task is the only one that touches the maps.
 
 mod locators;
 
 pub use self::locators::{Installed as Locators, Locator};
+mod nexthops;
+pub use self::nexthops::{Answers as NextHopAnswers, Resolution};
 mod owner;
 mod reporting;
 mod steering;
@@ -28,7 +32,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
 
-pub use self::owner::Command;
+pub use self::owner::{Command, FirstSegment, FirstSegments};
 use crate::{
     config::{Config, Decap, Protocol},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
@@ -111,6 +115,8 @@ pub struct Agent {
     kernel: Option<KernelRoutes>,
     /// Locator routes learned in BGP and installed in the kernel.
     learned_locators: locators::Installed,
+    /// The managed neighbour entries the next-hop cache made.
+    managed_neighbours: nexthops::ManagedNeighbours,
 }
 
 #[derive(Debug, Default)]
@@ -126,7 +132,9 @@ impl Agent {
     /// runtime.
     pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
         let (commands, receiver) = mpsc::channel(1024);
-        let owner = tokio::task::spawn_blocking(move || owner::run(dataplane, receiver));
+        let (first_segments, nodes) = watch::channel(FirstSegments::new());
+        let owner =
+            tokio::task::spawn_blocking(move || owner::run(dataplane, receiver, &first_segments));
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
         let mut agent = Self {
@@ -143,7 +151,9 @@ impl Agent {
             tasks: Vec::new(),
             kernel: None,
             learned_locators: locators::Installed::default(),
+            managed_neighbours: nexthops::ManagedNeighbours::default(),
         };
+        let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
         let (in_use, nodes_in_use) = watch::channel(std::collections::BTreeSet::new());
         if let Some(bgp) = &config.bgp {
@@ -210,7 +220,7 @@ impl Agent {
             outputs,
             drained.clone(),
         )));
-        let state = agent.control_state(config, explanations, drained);
+        let state = agent.control_state(config, explanations, drained, nexthop_answers);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
@@ -221,12 +231,37 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Starts the next-hop cache on the nodes the owner writes; its answers.
+    fn spawn_nexthop_cache(
+        &mut self,
+        nodes: watch::Receiver<FirstSegments>,
+    ) -> watch::Receiver<nexthops::Answers> {
+        let (answers, receiver) = watch::channel(nexthops::Answers::new());
+        match KernelRoutes::connect() {
+            Ok(kernel) => self.tasks.push(tokio::spawn(nexthops::run(
+                kernel,
+                nexthops::Io {
+                    nodes,
+                    commands: self.commands.clone(),
+                    answers,
+                    managed: self.managed_neighbours.clone(),
+                },
+            ))),
+            Err(error) => tracing::warn!(
+                error = %format!("{error:#}"),
+                "no next-hop cache: every packet takes the FIB path"
+            ),
+        }
+        receiver
+    }
+
     /// What the control socket and the exporter read.
     fn control_state(
         &self,
         config: &Config,
         explanations: watch::Receiver<Vec<Explanation>>,
         drained: Drained,
+        nexthops: watch::Receiver<nexthops::Answers>,
     ) -> crate::control::AgentState {
         crate::control::AgentState {
             neighbors: config
@@ -240,6 +275,7 @@ impl Agent {
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
             drained,
+            nexthops,
             node_ids: self.node_ids.clone(),
             pin_dir: match config.pinning() {
                 crate::dataplane::Pinning::Dir(dir) => Some(dir),
@@ -450,6 +486,20 @@ impl Agent {
     pub async fn stop(self, remove_kernel_routes: bool) -> Result<Dataplane> {
         for task in &self.tasks {
             task.abort();
+        }
+        if !self
+            .managed_neighbours
+            .lock()
+            .expect("managed lock")
+            .is_empty()
+        {
+            match KernelRoutes::connect() {
+                Ok(kernel) => nexthops::release_all(&kernel, &self.managed_neighbours).await,
+                Err(error) => tracing::warn!(
+                    error = %format!("{error:#}"),
+                    "the managed neighbour entries stay (ip -6 neigh show proto 201)"
+                ),
+            }
         }
         if remove_kernel_routes && let Some(kernel) = &self.kernel {
             for (prefix, len) in &self.applied.kernel_routes {

@@ -6,8 +6,8 @@
 mod views;
 
 pub use views::{
-    Count, ExplainRequest, Explained, ExplainedFlow, FlowFilter, FlowView, NodeView, RingShare,
-    SidView, Stats, protocol_name,
+    CacheState, Count, ExplainRequest, Explained, ExplainedFlow, FlowFilter, FlowView, NextHopView,
+    NodeView, RingShare, SidView, Stats, protocol_name,
 };
 
 use std::{
@@ -51,6 +51,8 @@ pub enum Request {
     Flows(FlowFilter),
     Sids,
     Stats,
+    /// The next-hop cache: per node, its cached next hop or why it has none.
+    NextHops,
     /// Where the data plane sends a flow, and why.
     Explain(ExplainRequest),
     /// No new flows to the node (by name); its open flows stay. Answers the drained nodes.
@@ -129,6 +131,8 @@ pub struct AgentState {
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
     pub drained: Drained,
+    /// The next-hop cache's latest answers, by node id.
+    pub nexthops: watch::Receiver<crate::agent::NextHopAnswers>,
     /// Node ids and names, as the agent numbers nodes in the maps.
     pub node_ids: crate::agent::NodeIds,
     /// Where the data plane's maps are pinned (none: unpinned, no data-plane views).
@@ -145,6 +149,7 @@ impl AgentState {
             Request::Flows(filter) => serde_json::to_value(self.flows(filter)?)?,
             Request::Sids => serde_json::to_value(self.sids()?)?,
             Request::Stats => serde_json::to_value(self.stats()?)?,
+            Request::NextHops => serde_json::to_value(self.nexthops()?)?,
             Request::Explain(asked) => serde_json::to_value(self.explain(asked)?)?,
             Request::Drain { node } | Request::Undrain { node } => {
                 let mut drained = self.drained.lock().expect("drained lock");
@@ -349,6 +354,10 @@ mod tests {
             Request::Routes
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::NextHops).unwrap(),
+            r#"{"command":"next_hops"}"#
+        );
         let explain = Request::Explain(ExplainRequest {
             client: "2001:db8:1::1".parse().unwrap(),
             service: "2001:db8:cafe::1".parse().unwrap(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::AgentState;
 use crate::{
     agent::Explanation,
-    dataplane::{Flow, FlowRow, Lookup, NodeRow, Pinned, Program, SidRow},
+    dataplane::{Flow, FlowRow, Lookup, MacAddr, NodeRow, NotCached, Pinned, Program, SidRow},
 };
 use cpn_common::{
     maps,
@@ -26,6 +26,39 @@ pub struct NodeView {
     pub slots: BTreeMap<String, u32>,
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// One node's next-hop cache entry (`cpnctl show nexthops`): the agent's latest answer for its
+/// first segment, and what the data plane's map holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopView {
+    pub node: u32,
+    pub name: Option<String>,
+    pub first_segment: std::net::Ipv6Addr,
+    #[serde(flatten)]
+    pub state: CacheState,
+    /// From the live map entry (none: the data plane asks the FIB for every packet).
+    pub ifindex: Option<u32>,
+    pub dev: Option<String>,
+    /// The gateway (or the first segment itself, on-link) whose MAC is cached.
+    pub gateway: Option<std::net::Ipv6Addr>,
+    pub dst_mac: Option<MacAddr>,
+    pub src_mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    /// Which of the node's two next-hop slots is live.
+    pub half: Option<u32>,
+}
+
+/// Whether a node's next hop is cached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CacheState {
+    /// The data plane uses the cached next hop.
+    Cached,
+    /// The FIB path, for this reason.
+    NotCached { why: NotCached },
+    /// Resolved, not (yet) in the map: the owner has not applied it.
+    Pending,
 }
 
 /// An affinity entry with its node's name (`cpnctl show flows`).
@@ -168,6 +201,41 @@ impl AgentState {
                     slots,
                     packets: counter.map_or(0, |c| c.packets),
                     bytes: counter.map_or(0, |c| c.bytes),
+                }
+            })
+            .collect())
+    }
+
+    pub(super) fn nexthops(&self) -> anyhow::Result<Vec<NextHopView>> {
+        let pinned = self.pinned()?;
+        let names = self.names();
+        let live: BTreeMap<u32, _> = pinned
+            .nexthops()?
+            .into_iter()
+            .map(|row| (row.node, row))
+            .collect();
+        let answers = self.nexthops.borrow().clone();
+        Ok(answers
+            .into_iter()
+            .map(|(node, resolution)| {
+                let row = live.get(&node);
+                let state = match (&resolution.answer, row) {
+                    (Err(why), _) => CacheState::NotCached { why: why.clone() },
+                    (Ok(_), Some(_)) => CacheState::Cached,
+                    (Ok(_), None) => CacheState::Pending,
+                };
+                NextHopView {
+                    node,
+                    name: names.get(&node).cloned(),
+                    first_segment: resolution.first_segment,
+                    state,
+                    ifindex: row.map(|r| r.ifindex),
+                    dev: row.map(|r| crate::kernel::interface_name(r.ifindex)),
+                    gateway: resolution.answer.as_ref().ok().map(|n| n.neighbour),
+                    dst_mac: row.map(|r| r.dst_mac),
+                    src_mac: row.map(|r| r.src_mac),
+                    mtu: row.map(|r| r.mtu),
+                    half: row.map(|r| r.half),
                 }
             })
             .collect())

@@ -1,7 +1,8 @@
 //! `cpnctl maps dump [NAME]`: the data plane's maps, read straight from their pins (so it
 //! works with the agent stopped), decoded into named fields. Rows are JSON objects; the table
-//! view shows their fields as columns. Empty slots and zero counters are left out, and a ring
-//! is summarised as slots per node of its live half.
+//! view shows their fields as columns. Empty slots and zero counters are left out, a ring is
+//! summarised as slots per node of its live half, and the next-hop selectors show only the
+//! nodes with a live cached next hop (the others take the FIB path).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -15,11 +16,13 @@ use serde_json::{Value, json};
 use crate::dataplane::Pinned;
 
 /// The maps `dump` knows, in the order it prints them.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 14] = [
     maps::SERVICES,
     maps::RING_SELECTORS,
     maps::RINGS,
     maps::NODES,
+    maps::NEXTHOP_SELECTORS,
+    maps::NEXTHOPS,
     maps::FLOWS,
     maps::LOCAL_SIDS,
     maps::SERVICE_STATS,
@@ -82,6 +85,20 @@ fn rows(pinned: &Pinned, name: &'static str) -> Result<Vec<Value>> {
             })
             .collect()),
         maps::NODES => each(pinned.nodes()?),
+        maps::NEXTHOP_SELECTORS => Ok(pinned
+            .nexthop_selectors()?
+            .into_iter()
+            .map(|(node, selector)| json!({ "node": node, "half": selector.half() }))
+            .collect()),
+        maps::NEXTHOPS => pinned
+            .nexthop_slots()?
+            .into_iter()
+            .map(|(row, live)| {
+                let mut value = serde_json::to_value(row)?;
+                value["live"] = json!(live);
+                Ok(value)
+            })
+            .collect(),
         maps::FLOWS => each(pinned.flows()?),
         maps::LOCAL_SIDS => each(pinned.sids()?),
         maps::ICMP_BUDGET => each(pinned.icmp_budget()?),

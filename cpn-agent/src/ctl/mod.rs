@@ -6,6 +6,7 @@ mod explain;
 mod flows;
 mod maps;
 mod neighbors;
+mod nexthops;
 mod nodes;
 mod routes;
 mod services;
@@ -69,8 +70,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Maps {
-    /// Decode one map (`services`, `ring_sel`, `rings`, `nodes`, `flows`, `local_sids`, and the
-    /// counters) or all of them.
+    /// Decode one map (`services`, `ring_sel`, `rings`, `nodes`, `flows`, `local_sids`,
+    /// `nexthop_sel`, `nexthops`, and the counters) or all of them.
     Dump {
         name: Option<String>,
         /// The agent's `[dataplane] pin_dir`.
@@ -104,6 +105,9 @@ pub enum Show {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// The next-hop cache: per node, the cached egress interface, gateway, MAC and MTU (the
+    /// data plane then needs no FIB lookup), or why its packets take the FIB path.
+    Nexthops,
     /// The local SIDs and the packets each processed.
     Sids,
     /// The data-plane counters by service, node, SID, exception reason and protocol.
@@ -143,6 +147,7 @@ pub fn run(cli: &Cli) -> Result<String> {
                 limit: *limit,
             }),
             Show::Sids => Request::Sids,
+            Show::Nexthops => Request::NextHops,
             Show::Stats => Request::Stats,
         },
         Command::Explain {
@@ -172,6 +177,7 @@ pub fn run(cli: &Cli) -> Result<String> {
         Request::Nodes => nodes::table_and_warnings(serde_json::from_value(answer)?),
         Request::Flows(_) => flows::table(serde_json::from_value(answer)?),
         Request::Sids => sids::table(serde_json::from_value(answer)?),
+        Request::NextHops => nexthops::table(serde_json::from_value(answer)?),
         Request::Stats => stats::table(&serde_json::from_value(answer)?),
         Request::Explain(_) => explain::text(&answer),
         Request::Drain { .. } | Request::Undrain { .. } => {

@@ -3,7 +3,9 @@
 //! [`Dataplane`] is the single owner of the loaded object; everything that touches the programs
 //! or the maps goes through it.
 
+mod nexthops;
 mod pinned;
+pub mod resolver;
 mod stats;
 mod tables;
 
@@ -25,10 +27,12 @@ use cpn_common::{maps, programs};
 use serde::Deserialize;
 
 pub use self::{
+    nexthops::{BadMac, MacAddr, NextHop},
     pinned::{
-        AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NodeRow, Pinned, RingRow,
-        RingStep, ServiceRow, SidRow, ip_of, state_name,
+        AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NextHopRow, NodeRow,
+        Pinned, RingRow, RingStep, ServiceRow, SidRow, ip_of, state_name,
     },
+    resolver::{NotCached, resolve, resolve_now},
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},
 };

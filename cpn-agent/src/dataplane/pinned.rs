@@ -15,15 +15,16 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashM
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
-        self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NodeEntry, NodeState, RING_CAPACITY,
-        RingSelector, SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry,
-        ServiceKey, SidEntry, TokenBucket, ring_index,
+        self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NextHopEntry, NextHopSelector, NodeEntry,
+        NodeState, RING_CAPACITY, RingSelector, SERVICE_AFFINITY, SERVICE_PORTS,
+        SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry, TokenBucket, nexthop_index,
+        ring_index,
     },
     stats::Counter,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Error, addr16};
+use super::{Error, MacAddr, addr16, nexthops};
 
 /// The maps pinned under one directory (the agent's `[dataplane] pin_dir`).
 #[derive(Clone, Debug)]
@@ -65,6 +66,21 @@ pub struct NodeRow {
     pub encap_src: Ipv6Addr,
     /// H.Encaps.Red.
     pub reduced: bool,
+}
+
+/// A cached next hop (one half of a node's two next-hop slots).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopRow {
+    pub node: u32,
+    /// Which of the node's two slots.
+    pub half: u32,
+    /// The egress interface.
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// The neighbour's MAC (gateway, or the first segment on a connected subnet).
+    pub dst_mac: MacAddr,
+    /// The egress interface's MAC.
+    pub src_mac: MacAddr,
 }
 
 /// One ICMP rate-limit bucket (`icmp_budget`, or `icmp_peers` with its destination).
@@ -289,6 +305,57 @@ impl Pinned {
             .filter(|(_, n)| n.state != NodeState::Unused as u8)
             .map(|(id, n)| node_row(id, &n))
             .collect())
+    }
+
+    /// The live selector of every node with a cached next hop, by node id.
+    pub fn nexthop_selectors(&self) -> Result<BTreeMap<u32, NextHopSelector>, Error> {
+        let name = maps::NEXTHOP_SELECTORS;
+        let selectors: Array<_, NextHopSelector> =
+            Array::try_from(self.open(name)?).map_err(map_error(name))?;
+        let mut live = BTreeMap::new();
+        for (id, selector) in selectors.iter().enumerate() {
+            let selector = selector.map_err(map_error(name))?;
+            if selector.is_live() {
+                live.insert(u32::try_from(id).unwrap_or(u32::MAX), selector);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The live cached next hop of every node that has one (the others take the FIB path).
+    pub fn nexthops(&self) -> Result<Vec<NextHopRow>, Error> {
+        let name = maps::NEXTHOPS;
+        let entries: Array<_, NextHopEntry> =
+            Array::try_from(self.open(name)?).map_err(map_error(name))?;
+        self.nexthop_selectors()?
+            .into_iter()
+            .map(|(id, selector)| {
+                let entry = entries
+                    .get(&nexthop_index(id, selector.half()), 0)
+                    .map_err(map_error(name))?;
+                Ok(nexthops::row(id, selector.half(), &entry))
+            })
+            .collect()
+    }
+
+    /// Every next-hop slot that was ever written (not all zero), live or idle: the raw map.
+    pub fn nexthop_slots(&self) -> Result<Vec<(NextHopRow, bool)>, Error> {
+        let name = maps::NEXTHOPS;
+        let live = self.nexthop_selectors()?;
+        let entries: Array<_, NextHopEntry> =
+            Array::try_from(self.open(name)?).map_err(map_error(name))?;
+        let mut rows = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let entry = entry.map_err(map_error(name))?;
+            if entry == NextHopEntry::default() {
+                continue;
+            }
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let (node, half) = (index / 2, index % 2);
+            let is_live = live.get(&node).is_some_and(|s| s.half() == half);
+            rows.push((nexthops::row(node, half, &entry), is_live));
+        }
+        Ok(rows)
     }
 
     /// The flow affinity table.

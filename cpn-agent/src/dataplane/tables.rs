@@ -1,4 +1,5 @@
-//! Writing the data plane's tables: services, nodes, rings and local SIDs.
+//! Writing the data plane's tables: services, nodes, rings and local SIDs (next hops:
+//! nexthops.rs).
 //!
 //! This is the only way anything (agent, tests, tools) sets up the maps, so the layouts and the
 //! update order live in one place. A ring switch writes the inactive half first and then flips
@@ -163,7 +164,7 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-fn check(what: &'static str, value: u32, limit: u32) -> Result<(), Error> {
+pub(super) fn check(what: &'static str, value: u32, limit: u32) -> Result<(), Error> {
     if value < limit {
         Ok(())
     } else {
@@ -172,11 +173,11 @@ fn check(what: &'static str, value: u32, limit: u32) -> Result<(), Error> {
 }
 
 impl Dataplane {
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
+    pub(super) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, Error> {
         self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
+    pub(super) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, Error> {
         self.ebpf.map(name).ok_or(Error::MissingMap(name))
     }
 
@@ -281,7 +282,8 @@ impl Dataplane {
             .map_err(|source| Error::Map { map: name, source })
     }
 
-    /// Adds or replaces node `id`.
+    /// Adds or replaces node `id`. A cached next hop for another first segment is turned off
+    /// first (the next-hop cache resolves the new one).
     pub fn set_node(&mut self, id: u32, node: &Node) -> Result<(), Error> {
         check("node id", id, MAX_NODES)?;
         let count = node.segments.len();
@@ -297,25 +299,37 @@ impl Dataplane {
         entry.encap_src = node.encap_src.octets();
         entry.flags = if node.reduced { NODE_REDUCED } else { 0 };
         entry.state = node.state as u8;
+        let old = self.node_entry(id)?;
+        self.forget_nexthop_unless(
+            id,
+            super::nexthops::first_segment(&old),
+            node.segments.first().copied(),
+        )?;
         self.write_node(id, entry)
+    }
+
+    fn node_entry(&self, id: u32) -> Result<NodeEntry, Error> {
+        let name = maps::NODES;
+        let nodes: Array<_, NodeEntry> =
+            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
+        nodes
+            .get(&id, 0)
+            .map_err(|source| Error::Map { map: name, source })
     }
 
     /// Changes a node's state (drain, down, back up) without touching its segments.
     pub fn set_node_state(&mut self, id: u32, state: NodeState) -> Result<(), Error> {
         check("node id", id, MAX_NODES)?;
-        let name = maps::NODES;
-        let nodes: Array<_, NodeEntry> =
-            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
-        let mut entry = nodes
-            .get(&id, 0)
-            .map_err(|source| Error::Map { map: name, source })?;
+        let mut entry = self.node_entry(id)?;
         entry.state = state as u8;
         self.write_node(id, entry)
     }
 
-    /// Removes node `id`: flows that were on it are re-steered by the ring.
+    /// Removes node `id` and its cached next hop: flows that were on it are re-steered by the
+    /// ring.
     pub fn remove_node(&mut self, id: u32) -> Result<(), Error> {
         check("node id", id, MAX_NODES)?;
+        self.set_nexthop(id, None)?;
         self.write_node(id, NodeEntry::EMPTY)
     }
 
