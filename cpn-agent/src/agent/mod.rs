@@ -231,11 +231,14 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Starts the next-hop cache on the nodes the owner writes; its answers.
+    /// Starts the caches that follow the kernel's routing: the next-hop cache on the nodes the
+    /// owner writes (its answers are returned), and the FIB answer cache's generation.
     fn spawn_nexthop_cache(
         &mut self,
         nodes: watch::Receiver<FirstSegments>,
     ) -> watch::Receiver<nexthops::Answers> {
+        self.tasks
+            .push(tokio::spawn(follow_routing_changes(self.commands.clone())));
         let (answers, receiver) = watch::channel(nexthops::Answers::new());
         match KernelRoutes::connect() {
             Ok(kernel) => self.tasks.push(tokio::spawn(nexthops::run(
@@ -714,6 +717,32 @@ fn ifindex(name: &str) -> Result<u32> {
         "no interface `{name}` here (check `ip link` in this namespace)"
     );
     Ok(index)
+}
+
+/// Makes the data plane's cached FIB answers stale (`fib_cache`) on every change of the
+/// kernel's routes, rules, neighbours, links or forwarding, in both families: a burst of
+/// notifications is one bump. A lost batch (overflow) is a change too; a broken subscription
+/// is renewed after a second, with a bump (the TTL covers the gap).
+async fn follow_routing_changes(commands: mpsc::Sender<Command>) {
+    use crate::dataplane::resolver::Changes;
+    loop {
+        match Changes::subscribe_both_families() {
+            Ok(mut changes) => loop {
+                // Also right after subscribing: what changed before it is unknown.
+                if commands.send(Command::BumpFibGeneration).await.is_err() {
+                    return;
+                }
+                if let Err(error) = changes.next().await {
+                    tracing::warn!(%error, "routing notifications lost; subscribing again");
+                    break;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot follow routing changes; cached FIB answers only age out");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub enum Command {
         first_segment: Ipv6Addr,
         next_hop: Option<NextHop>,
     },
+    /// The kernel's routing state changed: every cached FIB answer is stale.
+    BumpFibGeneration,
 }
 
 /// Applies commands until every sender is gone, then hands the data plane back (to detach).
@@ -145,6 +147,7 @@ fn apply(dp: &mut Dataplane, command: &Command) -> Result<(), crate::dataplane::
             dp.publish_ring(*service, ring)
         }
         Command::SetNextHop { node, next_hop, .. } => dp.set_nexthop(*node, *next_hop),
+        Command::BumpFibGeneration => dp.bump_fib_generation(),
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::dataplane::Pinned;
 
 /// The maps `dump` knows, in the order it prints them.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 18] = [
     maps::SERVICES,
     maps::RING_SELECTORS,
     maps::RINGS,
@@ -31,6 +31,10 @@ pub const NAMES: [&str; 14] = [
     maps::REASON_STATS,
     maps::STEER_PROTO_STATS,
     maps::ENDPOINT_PROTO_STATS,
+    maps::ICMP_BUDGET,
+    maps::ICMP_PEERS,
+    maps::FIB_CACHE,
+    maps::FIB_GENERATION,
 ];
 
 /// Each requested map (all by default) as rows; a map that is not pinned is skipped when
@@ -103,6 +107,10 @@ fn rows(pinned: &Pinned, name: &'static str) -> Result<Vec<Value>> {
         maps::LOCAL_SIDS => each(pinned.sids()?),
         maps::ICMP_BUDGET => each(pinned.icmp_budget()?),
         maps::ICMP_PEERS => each(pinned.icmp_destinations()?),
+        maps::FIB_CACHE => each(pinned.fib_cache()?),
+        maps::FIB_GENERATION => Ok(vec![serde_json::json!({
+            "generation": pinned.fib_generation()?,
+        })]),
         _ => Ok(pinned
             .counters(name)?
             .into_iter()

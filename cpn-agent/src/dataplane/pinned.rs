@@ -15,10 +15,10 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashM
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
-        self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, NextHopEntry, NextHopSelector, NodeEntry,
-        NodeState, RING_CAPACITY, RingSelector, SERVICE_AFFINITY, SERVICE_PORTS,
-        SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry, TokenBucket, nexthop_index,
-        ring_index,
+        self, ANY_PROTOCOL, Behavior, FibCacheEntry, FibKey, FlowEntry, FlowKey, NextHopEntry,
+        NextHopSelector, NodeEntry, NodeState, RING_CAPACITY, RingSelector, SERVICE_AFFINITY,
+        SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        nexthop_index, ring_index,
     },
     stats::Counter,
 };
@@ -81,6 +81,25 @@ pub struct NextHopRow {
     pub dst_mac: MacAddr,
     /// The egress interface's MAC.
     pub src_mac: MacAddr,
+}
+
+/// A cached FIB answer (`fib_cache`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FibCacheRow {
+    pub destination: IpAddr,
+    /// The interface the question came from (0: none).
+    pub from_ifindex: u32,
+    /// The table looked up alone; 0: through the policy rules.
+    pub table: u32,
+    pub ifindex: u32,
+    pub dst_mac: super::nexthops::MacAddr,
+    pub src_mac: super::nexthops::MacAddr,
+    /// The longest packet the FIB let through.
+    pub fits_len: u32,
+    /// `bpf_ktime_get_coarse_ns` when it was asked.
+    pub taken_ns: u64,
+    /// Taken in an older generation than `fib_gen`'s: never used again.
+    pub stale: bool,
 }
 
 /// One ICMP rate-limit bucket (`icmp_budget`, or `icmp_peers` with its destination).
@@ -444,6 +463,39 @@ impl Pinned {
                 last_ns: b.last_ns,
             })
             .collect())
+    }
+
+    /// The generation of the kernel's routing state the cached FIB answers must carry.
+    pub fn fib_generation(&self) -> Result<u64, Error> {
+        let name = maps::FIB_GENERATION;
+        let generation: Array<_, u64> =
+            Array::try_from(self.open(name)?).map_err(map_error(name))?;
+        generation.get(&0, 0).map_err(map_error(name))
+    }
+
+    /// The cached FIB answers.
+    pub fn fib_cache(&self) -> Result<Vec<FibCacheRow>, Error> {
+        let current = self.fib_generation()?;
+        let name = maps::FIB_CACHE;
+        let cache: HashMap<_, FibKey, FibCacheEntry> =
+            HashMap::try_from(self.open(name)?).map_err(map_error(name))?;
+        let mut rows = Vec::new();
+        for entry in &cache {
+            let (key, answer) = entry.map_err(map_error(name))?;
+            rows.push(FibCacheRow {
+                destination: ip_of(key.dst),
+                from_ifindex: key.ifindex,
+                table: key.table,
+                ifindex: answer.ifindex,
+                dst_mac: super::nexthops::MacAddr(answer.dst_mac),
+                src_mac: super::nexthops::MacAddr(answer.src_mac),
+                fits_len: answer.fits_len,
+                taken_ns: answer.taken_ns,
+                stale: answer.generation != current,
+            });
+        }
+        rows.sort_by_key(|r| (r.destination, r.from_ifindex, r.table));
+        Ok(rows)
     }
 
     /// The ICMP rate limit's buckets per destination, per CPU that has sent errors there.

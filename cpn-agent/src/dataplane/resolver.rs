@@ -627,6 +627,9 @@ const fn group_bit(group: u32) -> u32 {
 }
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV4_NETCONF: u32 = 24;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const RTNLGRP_IPV6_RULE: u32 = 19;
 /// Forwarding switches (`RTM_NEWNETCONF`).
@@ -654,17 +657,36 @@ impl std::fmt::Debug for Changes {
 impl Changes {
     /// Subscribes (in the calling thread's network namespace); call inside a tokio runtime.
     pub fn subscribe() -> Result<Self> {
-        let mut socket =
-            TokioSocket::new(protocols::NETLINK_ROUTE).context("opening an rtnetlink socket")?;
-        let groups = [
+        Self::subscribe_to(&[
             RTNLGRP_LINK,
             RTNLGRP_NEIGH,
             RTNLGRP_IPV6_ROUTE,
             RTNLGRP_IPV6_RULE,
             RTNLGRP_IPV6_NETCONF,
-        ]
-        .into_iter()
-        .fold(0, |bits, group| bits | group_bit(group));
+        ])
+    }
+
+    /// [`Changes::subscribe`] with IPv4's routes, rules and forwarding too: everything a
+    /// cached FIB answer (`fib_cache`, both families) depends on.
+    pub fn subscribe_both_families() -> Result<Self> {
+        Self::subscribe_to(&[
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV4_RULE,
+            RTNLGRP_IPV4_NETCONF,
+            RTNLGRP_IPV6_ROUTE,
+            RTNLGRP_IPV6_RULE,
+            RTNLGRP_IPV6_NETCONF,
+        ])
+    }
+
+    fn subscribe_to(groups: &[u32]) -> Result<Self> {
+        let mut socket =
+            TokioSocket::new(protocols::NETLINK_ROUTE).context("opening an rtnetlink socket")?;
+        let groups = groups
+            .iter()
+            .fold(0, |bits, &group| bits | group_bit(group));
         let raw = socket.socket_mut();
         raw.bind(&SocketAddr::new(0, groups))
             .context("subscribing to link, neighbour, route and rule changes")?;
