@@ -742,7 +742,7 @@ fn fib_answers_are_cached_until_the_generation_changes() {
             |dut| dut.eth1,
             &LoadOptions {
                 icmp: IcmpRateLimit::OFF,
-                fib_cache_ttl: Duration::from_secs(60),
+                fib_cache_ttl: Duration::from_mins(1),
                 ..LoadOptions::default()
             },
         )
