@@ -101,17 +101,6 @@ impl Addr {
     }
 }
 
-/// A MAC address as three 16-bit words (their bytes in order), for three stores instead of six.
-#[inline(always)]
-pub fn mac_words(mac: [u8; 6]) -> [u16; 3] {
-    let [a, b, c, d, e, f] = mac;
-    [
-        u16::from_ne_bytes([a, b]),
-        u16::from_ne_bytes([c, d]),
-        u16::from_ne_bytes([e, f]),
-    ]
-}
-
 /// A MAC field of a map value or an 8-aligned struct as words, read in three loads. The fields
 /// sit at even offsets (`NextHopEntry`, `FibCacheEntry`).
 #[inline(always)]
