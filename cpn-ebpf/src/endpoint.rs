@@ -173,12 +173,14 @@ fn walk(ctx: &XdpContext, l3: usize, first: u8, end: usize) -> Result<Chain, Cha
         let at = chain.upper;
         match chain.upper_protocol {
             proto::HOP_BY_HOP | proto::DEST_OPTS => {
-                let ext: ExtHdr = parse::read(ctx, at).ok_or(ChainError::BeyondLength)?;
+                let ext: ExtHdr =
+                    parse::read_as::<u16, _>(ctx, at).ok_or(ChainError::BeyondLength)?;
                 chain.upper_protocol = ext.next_header;
                 chain.upper = at + (ext.hdr_ext_len as usize + 1) * 8;
             }
             proto::ROUTING => {
-                let srh: SrhHdr = parse::read(ctx, at).ok_or(ChainError::SrhTruncated)?;
+                let srh: SrhHdr =
+                    parse::read_as::<u64, _>(ctx, at).ok_or(ChainError::SrhTruncated)?;
                 let next = at + (srh.hdr_ext_len as usize + 1) * 8;
                 if srh.routing_type == SrhHdr::ROUTING_TYPE {
                     if next > end {
@@ -195,7 +197,8 @@ fn walk(ctx: &XdpContext, l3: usize, first: u8, end: usize) -> Result<Chain, Cha
                 chain.upper = next;
             }
             proto::FRAGMENT => {
-                let frag: FragHdr = parse::read(ctx, at).ok_or(ChainError::BeyondLength)?;
+                let frag: FragHdr =
+                    parse::read_as::<u64, _>(ctx, at).ok_or(ChainError::BeyondLength)?;
                 if !frag.is_atomic() {
                     // The kernel reassembles; its route for the SID takes the whole packet.
                     return Err(ChainError::ToKernel(Reason::SidToKernel));
@@ -400,7 +403,7 @@ fn deliver(ctx: &XdpContext, upper: usize, v6: bool, len: u64) -> u32 {
 /// Removes everything between the Ethernet header and the inner packet at `upper`.
 #[inline(always)]
 fn strip(ctx: &XdpContext, upper: usize, v6: bool) -> bool {
-    let Some(eth) = parse::read::<EthHdr>(ctx, 0) else {
+    let Some(macs) = parse::read::<[u16; 6]>(ctx, 0) else {
         return false;
     };
     let inner_type = if v6 {
@@ -414,11 +417,7 @@ fn strip(ctx: &XdpContext, upper: usize, v6: bool) -> bool {
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), (upper - ETH) as i32) } != 0 {
         return false;
     }
-    let eth = EthHdr {
-        ether_type: inner_type.to_be_bytes(),
-        ..eth
-    };
-    parse::write(ctx, 0, eth)
+    parse::write(ctx, 0, macs) && parse::write(ctx, 12, inner_type.to_be_bytes())
 }
 
 /// Whether the inner packet at `at` may be forwarded once more (hop limit / TTL above 1).
@@ -465,7 +464,7 @@ fn decrement_ttl(ctx: &XdpContext, v6: bool) -> bool {
             _ => false,
         }
     } else {
-        let Some(ip) = parse::read::<Ipv4Hdr>(ctx, ETH) else {
+        let Some(ip) = parse::read_as::<[u32; 5], Ipv4Hdr>(ctx, ETH) else {
             return false;
         };
         if ip.ttl <= 1 {

@@ -109,7 +109,9 @@ pub fn lookup(
         v6: u8::from(v6),
         _pad: 0,
         mtu: 0,
-        answer: FibCacheEntry::default(),
+        // SAFETY: all-zero is a valid answer (integers and byte arrays); zeroed as one block,
+        // which LLVM writes in words (field by field, it writes the MACs a byte at a time).
+        answer: unsafe { core::mem::zeroed() },
     };
     // SAFETY: same size, alignment and bytes (asserted above); any bytes are a valid key.
     let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };

@@ -68,6 +68,16 @@ pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
     }
 }
 
+/// Reads a header `T` of byte fields as the words `W` (same size) and hands it out as `T`: LLVM
+/// loads a struct of byte arrays one byte at a time, words in one instruction each.
+#[inline(always)]
+pub fn read_as<W: Copy, T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    const { assert!(size_of::<W>() == size_of::<T>()) };
+    // SAFETY: same size (asserted); the headers read this way are plain byte arrays, valid
+    // for any bytes.
+    read::<W>(ctx, offset).map(|words| unsafe { core::mem::transmute_copy::<W, T>(&words) })
+}
+
 /// A 16-byte address (network order) held as two 8-byte words, so that it moves in two
 /// instructions: LLVM copies a `[u8; 16]` value one byte at a time. It has the bytes' layout,
 /// so it is read from packets and from the 8-aligned `[u8; 16]` fields of the map types
@@ -220,12 +230,16 @@ impl Ip {
 /// Parses an IPv6 header and walks its extension headers.
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
-    let vtc: [u8; 4] = read(ctx, l3).ok_or(IpError::Malformed)?;
-    if vtc[0] >> 4 != 6 {
+    // Version, traffic class, flow label, payload length, next header, hop limit: one word.
+    let [v0, v1, v2, v3, len_hi, len_lo, next_header, _] = read::<u64>(ctx, l3)
+        .ok_or(IpError::Malformed)?
+        .to_ne_bytes();
+    let vtc = [v0, v1, v2, v3];
+    if v0 >> 4 != 6 {
         return Err(IpError::Malformed);
     }
-    let payload_len: [u8; 2] = read(ctx, l3 + 4).ok_or(IpError::Malformed)?;
-    ip.protocol = read(ctx, l3 + 6).ok_or(IpError::Malformed)?;
+    let payload_len = [len_hi, len_lo];
+    ip.protocol = next_header;
     ip.src = read_addr(ctx, l3 + 8).ok_or(IpError::Malformed)?;
     ip.dst = read_addr(ctx, l3 + 24).ok_or(IpError::Malformed)?;
     ip.l3 = l3;
@@ -238,12 +252,12 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     for _ in 0..MAX_EXT_HEADERS {
         match ip.protocol {
             proto::HOP_BY_HOP | proto::ROUTING | proto::DEST_OPTS => {
-                let ext: ExtHdr = read(ctx, ip.l4).ok_or(IpError::Malformed)?;
+                let ext: ExtHdr = read_as::<u16, _>(ctx, ip.l4).ok_or(IpError::Malformed)?;
                 ip.protocol = ext.next_header;
                 ip.l4 += (ext.hdr_ext_len as usize + 1) * 8;
             }
             proto::FRAGMENT => {
-                let frag: FragHdr = read(ctx, ip.l4).ok_or(IpError::Malformed)?;
+                let frag: FragHdr = read_as::<u64, _>(ctx, ip.l4).ok_or(IpError::Malformed)?;
                 ip.protocol = frag.next_header;
                 // An atomic fragment (RFC 6946) is a whole packet: it stays `Fragment::No`.
                 ip.fragment = if frag.is_atomic() {
@@ -272,7 +286,7 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
 /// Checks an IPv4 header (version, IHL, options present in full); returns it and its length.
 #[inline(always)]
 pub fn ipv4_header(ctx: &XdpContext, l3: usize) -> Result<(Ipv4Hdr, usize), IpError> {
-    let hdr: Ipv4Hdr = read(ctx, l3).ok_or(IpError::Malformed)?;
+    let hdr: Ipv4Hdr = read_as::<[u32; 5], _>(ctx, l3).ok_or(IpError::Malformed)?;
     let header_len = hdr.header_len();
     if hdr.version() != 4 || header_len < size_of::<Ipv4Hdr>() {
         return Err(IpError::Malformed);

@@ -361,7 +361,7 @@ fn quoted_flow(ctx: &XdpContext, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> boo
         };
         (dst, src, next, quoted + core::mem::size_of::<Ipv6Hdr>())
     } else {
-        let Some(q) = parse::read::<Ipv4Hdr>(ctx, quoted) else {
+        let Some(q) = parse::read_as::<[u32; 5], Ipv4Hdr>(ctx, quoted) else {
             return false;
         };
         let header_len = q.header_len();
