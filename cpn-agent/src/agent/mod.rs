@@ -132,9 +132,7 @@ impl Agent {
     /// runtime.
     pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
         let (commands, receiver) = mpsc::channel(1024);
-        let (first_segments, nodes) = watch::channel(FirstSegments::new());
-        let owner =
-            tokio::task::spawn_blocking(move || owner::run(dataplane, receiver, &first_segments));
+        let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
         let mut agent = Self {
@@ -216,7 +214,7 @@ impl Agent {
         };
         agent.tasks.push(tokio::spawn(steering::run(
             plans,
-            agent.commands.clone(),
+            (agent.commands.clone(), applied),
             outputs,
             drained.clone(),
         )));

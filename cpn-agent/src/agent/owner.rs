@@ -63,6 +63,27 @@ pub enum Command {
     },
     /// The kernel's routing state changed: every cached FIB answer is stale.
     BumpFibGeneration,
+    /// Every command sent before it is applied: the owner publishes the number on its
+    /// `applied` watch, which steering waits for before it reports a step (its weights, the
+    /// nodes in use) as done, so that what it reports is what the data plane does.
+    Barrier(u64),
+}
+
+/// Runs [`run`] on a thread of its own; the nodes' first segments it publishes, and the
+/// barriers it has applied.
+pub fn spawn(
+    dataplane: Dataplane,
+    commands: mpsc::Receiver<Command>,
+) -> (
+    tokio::task::JoinHandle<Dataplane>,
+    watch::Receiver<FirstSegments>,
+    watch::Receiver<u64>,
+) {
+    let (first_segments, nodes) = watch::channel(FirstSegments::new());
+    let (barriers, applied) = watch::channel(0);
+    let owner =
+        tokio::task::spawn_blocking(move || run(dataplane, commands, &first_segments, &barriers));
+    (owner, nodes, applied)
 }
 
 /// Applies commands until every sender is gone, then hands the data plane back (to detach).
@@ -73,10 +94,15 @@ pub fn run(
     mut dataplane: Dataplane,
     mut commands: mpsc::Receiver<Command>,
     first_segments: &watch::Sender<FirstSegments>,
+    applied: &watch::Sender<u64>,
 ) -> Dataplane {
     clear_nexthops(&mut dataplane);
     let mut epochs = 0..;
     while let Some(command) = commands.blocking_recv() {
+        if let Command::Barrier(mark) = command {
+            applied.send_replace(mark);
+            continue;
+        }
         if let Command::SetNextHop {
             node,
             first_segment,
@@ -148,6 +174,8 @@ fn apply(dp: &mut Dataplane, command: &Command) -> Result<(), crate::dataplane::
         }
         Command::SetNextHop { node, next_hop, .. } => dp.set_nexthop(*node, *next_hop),
         Command::BumpFibGeneration => dp.bump_fib_generation(),
+        // Handled by `run` before it applies anything.
+        Command::Barrier(_) => Ok(()),
     }
 }
 

@@ -224,12 +224,49 @@ pub struct Outputs {
     pub in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
 }
 
+/// Publishes why each service's ring is what it is (and writes it to the explain file).
+fn explain(
+    plan: &Plan,
+    states: &HashMap<u32, ServiceState>,
+    explained: &watch::Sender<Vec<Explanation>>,
+) {
+    let explanations: Vec<Explanation> = plan
+        .services
+        .iter()
+        .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.clone()))
+        .collect();
+    if let Some(path) = &plan.explain_file
+        && let Err(error) = write_json(path, &explanations)
+    {
+        tracing::warn!(path = %path.display(), %error, "writing the explanation");
+    }
+    explained.send_replace(explanations);
+}
+
+/// Sends the owner a barrier and waits until it has applied everything sent before it; false
+/// once the owner is gone.
+async fn applied_by_owner(
+    commands: &mpsc::Sender<Command>,
+    applied: &mut watch::Receiver<u64>,
+    barriers: &mut u64,
+) -> bool {
+    *barriers += 1;
+    let mark = *barriers;
+    commands.send(Command::Barrier(mark)).await.is_ok()
+        && applied.wait_for(|&done| done >= mark).await.is_ok()
+}
+
+/// Follows the plans until their sender goes. `owner` is the data-plane owner's command
+/// channel and its watch of applied barriers: a step's weights and nodes in use are reported
+/// once the owner has applied what the step sent.
 pub async fn run(
     mut plans: watch::Receiver<Plan>,
-    commands: mpsc::Sender<Command>,
+    owner: (mpsc::Sender<Command>, watch::Receiver<u64>),
     outputs: Outputs,
     drained: Drained,
 ) {
+    let (commands, mut applied) = owner;
+    let mut barriers = 0u64;
     let Outputs {
         settled,
         explained,
@@ -240,6 +277,7 @@ pub async fn run(
     let mut programmed: BTreeMap<u32, Node> = BTreeMap::new();
     loop {
         let plan = plans.borrow_and_update().clone();
+        let mut sent = false;
         states.retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
             Some(learning) => learned_candidates(learning),
@@ -260,6 +298,7 @@ pub async fn run(
                 {
                     return;
                 }
+                sent = true;
             }
         }
         for service in &plan.services {
@@ -270,16 +309,18 @@ pub async fn run(
                 .map(|(_, _, c)| c.1.clone())
                 .collect();
             let drained = drained.lock().expect("drained lock").clone();
-            if let Some(ring) = step(&plan, service, &extra, &drained, state)
-                && commands
+            if let Some(ring) = step(&plan, service, &extra, &drained, state) {
+                if commands
                     .send(Command::PublishRing {
                         service: service.id,
                         ring,
                     })
                     .await
                     .is_err()
-            {
-                return;
+                {
+                    return;
+                }
+                sent = true;
             }
         }
         // Nodes no longer learned go once the rings above no longer name them.
@@ -296,6 +337,11 @@ pub async fn run(
             if commands.send(Command::RemoveNode(id)).await.is_err() {
                 return;
             }
+            sent = true;
+        }
+        // Report the step only once the data plane does what it says.
+        if sent && !applied_by_owner(&commands, &mut applied, &mut barriers).await {
+            return;
         }
         settled.send_replace(plan.generation);
         in_use.send_if_modified(|used| {
@@ -307,17 +353,7 @@ pub async fn run(
             *used = now;
             changed
         });
-        let explanations: Vec<Explanation> = plan
-            .services
-            .iter()
-            .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.clone()))
-            .collect();
-        if let Some(path) = &plan.explain_file
-            && let Err(error) = write_json(path, &explanations)
-        {
-            tracing::warn!(path = %path.display(), %error, "writing the explanation");
-        }
-        explained.send_replace(explanations);
+        explain(&plan, &states, &explained);
         tokio::select! {
             () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
             changed = plans.changed() => if changed.is_err() { return },
