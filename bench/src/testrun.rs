@@ -269,6 +269,8 @@ fn configure(dp: &mut Dataplane) -> Result<()> {
     dp.publish_ring(21, &[FIB_NODE])?;
     dp.set_sid(DT6, SidBehavior::EndDt6 { table: 0 }, 0)?;
     dp.set_sid(DT4, SidBehavior::EndDt4 { table: 0 }, 1)?;
+    // The FIB answer cache on, as the agent's routing follower turns it on when it starts.
+    dp.bump_fib_generation()?;
     cache_next_hops(dp)
 }
 

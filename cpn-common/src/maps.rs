@@ -74,10 +74,11 @@ pub const MAX_SIDS: usize = 6;
 pub const ICMP_PEERS_ENTRIES: u32 = 8192;
 
 /// LRU [`FibKey`] → [`FibCacheEntry`]: answers of `bpf_fib_lookup` that ended in a forward,
-/// reused while their generation is [`FIB_GENERATION`]'s and younger than the load-time TTL.
+/// reused while their generation is [`FIB_GENERATION`]'s.
 pub const FIB_CACHE: &str = "fib_cache";
 /// One `u64`: the generation of the kernel's routing state, which the agent bumps on every
 /// route, neighbour, link or rule notification; a cached answer of another generation is stale.
+/// 0 (no agent started, or the agent stopped) turns the cache off.
 pub const FIB_GENERATION: &str = "fib_gen";
 /// Entries of the FIB answer cache (destinations forwarded to at once).
 pub const FIB_CACHE_ENTRIES: u32 = 16_384;
@@ -308,8 +309,6 @@ pub struct FibKey {
 pub struct FibCacheEntry {
     /// [`FIB_GENERATION`] when the answer was taken (read before the lookup).
     pub generation: u64,
-    /// `bpf_ktime_get_coarse_ns` when the answer was taken.
-    pub taken_ns: u64,
     pub ifindex: u32,
     /// The largest packet (IP length) the FIB let through to this destination: a larger one is
     /// asked again (the helper checks the MTU only when it refuses).
@@ -437,7 +436,7 @@ const _: () = {
     assert!(core::mem::size_of::<TokenBucket>() == 16);
     assert!(core::mem::size_of::<NextHopEntry>() == 24);
     assert!(core::mem::size_of::<FibKey>() == 24);
-    assert!(core::mem::size_of::<FibCacheEntry>() == 40);
+    assert!(core::mem::size_of::<FibCacheEntry>() == 32);
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID,
         bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
 
@@ -59,13 +59,6 @@ struct Query {
     answer: FibCacheEntry,
 }
 
-// How long a cached FIB answer may be used, in nanoseconds; 0 turns the cache off (the
-// default: fixture tests change routes between packets without an agent to bump the
-// generation). A load-time global the agent sets. The TTL bounds how long an answer outlives a
-// change the agent did not see (an agent that is not running bumps nothing).
-#[unsafe(no_mangle)]
-static FIB_CACHE_TTL_NS: u64 = 0;
-
 /// A [`FibKey`] as words (the same bytes), built without byte copies.
 #[repr(C, align(8))]
 struct FibKeyWords {
@@ -86,8 +79,10 @@ const _: () = {
 ///
 /// A forward the FIB answered is cached: the same question (destination, interface, table)
 /// gets the same answer until the agent bumps the generation (any route, neighbour, link or
-/// rule change) or the TTL runs out; a longer packet than the FIB let through is asked again.
-/// Only forwards are cached: every other answer goes to the kernel, which decides afresh.
+/// rule change); a longer packet than the FIB let through is asked again. Generation 0 (no
+/// agent has started, or it stopped) turns the cache off. Only forwards are cached: every
+/// other answer goes to the kernel, which decides afresh. No clock: reading one cost as much
+/// as the rest of a decapsulation.
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
@@ -97,8 +92,6 @@ pub fn lookup(
     tot_len: u16,
     table: u32,
 ) -> Fib {
-    // SAFETY: a read of a global the loader may have patched; volatile so it is not folded.
-    let ttl = unsafe { core::ptr::read_volatile(&raw const FIB_CACHE_TTL_NS) };
     let mut query = Query {
         key: FibKeyWords {
             dst,
@@ -115,15 +108,13 @@ pub fn lookup(
     };
     // SAFETY: same size, alignment and bytes (asserted above); any bytes are a valid key.
     let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
-    if ttl != 0 {
-        // SAFETY: plain helper call.
-        query.answer.taken_ns = unsafe { bpf_ktime_get_coarse_ns() };
-        // Read before the lookup: a change during it makes the answer stale at once.
-        query.answer.generation = FIB_GENERATION.get(0).copied().unwrap_or(0);
+    // Read before the lookup: a change during it makes the answer stale at once.
+    query.answer.generation = FIB_GENERATION.get(0).copied().unwrap_or(0);
+    let cached = query.answer.generation != 0;
+    if cached {
         // SAFETY: a shared lookup; the entry is borrowed for this run.
         if let Some(hit) = unsafe { FIB_CACHE.get(key) }
             && hit.generation == query.answer.generation
-            && query.answer.taken_ns.saturating_sub(hit.taken_ns) < ttl
         {
             if u32::from(tot_len) <= hit.fits_len {
                 return forward(hit);
@@ -134,7 +125,7 @@ pub fn lookup(
     match call(ctx, &mut query) {
         BPF_FIB_LKUP_RET_SUCCESS => {
             query.answer.fits_len = query.answer.fits_len.max(u32::from(tot_len));
-            if ttl != 0 {
+            if cached {
                 // SAFETY: as above.
                 let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
                 // Best effort: a full LRU evicts the least recent destination.

@@ -62,14 +62,12 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A data plane without the ICMP rate limit and without the FIB answer cache: fixture
-    /// tables send many errors to one client in a row, and change routes between packets with
-    /// no agent to bump the cache's generation (both have fixtures of their own, through
-    /// [`Runner::with_options`]).
+    /// A data plane without the ICMP rate limit: fixture tables send many errors to one client
+    /// in a row (the limit has fixtures of its own, through [`Runner::with_options`]). Its FIB
+    /// answer cache is off, as on any data plane no agent has turned it on (generation 0).
     pub fn new() -> Result<Self> {
         Self::with_options(&LoadOptions {
             icmp: IcmpRateLimit::OFF,
-            fib_cache_ttl: std::time::Duration::ZERO,
             ..LoadOptions::default()
         })
     }

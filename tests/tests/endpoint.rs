@@ -5,12 +5,9 @@
     reason = "fixture tables are long lists of cases"
 )]
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use cpn_agent::dataplane::{IcmpRateLimit, LoadOptions, Program, SidBehavior};
+use cpn_agent::dataplane::{LoadOptions, Program, SidBehavior};
 use cpn_common::stats::Reason;
 use cpn_tests::{
     dut::{
@@ -737,17 +734,10 @@ fn truncated_ipv6_headers_pass_untouched() {
 /// until the agent bumps the generation (here by hand: no agent runs), then asked again.
 #[test]
 fn fib_answers_are_cached_until_the_generation_changes() {
-    let mut bench = sids(
-        DutRunner::with_options(
-            |dut| dut.eth1,
-            &LoadOptions {
-                icmp: IcmpRateLimit::OFF,
-                fib_cache_ttl: Duration::from_mins(1),
-                ..LoadOptions::default()
-            },
-        )
-        .expect("a fixture namespace and data plane"),
-    );
+    let mut bench =
+        sids(DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"));
+    // What the agent's routing follower does when it starts.
+    bench.runner.dataplane().bump_fib_generation().unwrap();
     let input = srv6(
         &[END, "fc00:2::d6"],
         false,
@@ -763,63 +753,49 @@ fn fib_answers_are_cached_until_the_generation_changes() {
         ))
     };
     check(&bench, "first packet: asked and cached", &forwarded).unwrap();
-    let moved = [0x02, 0, 0, 0, 1, 0x77];
-    bench
-        .dut
-        .lab
-        .node("dut")
-        .unwrap()
-        .run(&[
-            "ip",
-            "-6",
-            "neigh",
-            "replace",
-            &NEXT_HOP6.to_string(),
-            "lladdr",
-            "02:00:00:00:01:77",
-            "nud",
-            "permanent",
-            "dev",
-            "eth1",
-        ])
-        .unwrap();
+    move_next_hop(&bench, "02:00:00:00:01:77");
     check(&bench, "same generation: the cached answer", &forwarded).unwrap();
     bench.runner.dataplane().bump_fib_generation().unwrap();
-    let mut moved_output = forwarded.clone();
-    moved_output[0..6].copy_from_slice(&moved);
-    check(&bench, "new generation: asked again", &moved_output).unwrap();
+    let mut moved = forwarded.clone();
+    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x77]);
+    check(&bench, "new generation: asked again", &moved).unwrap();
 }
 
-/// An answer also ages out on its own (the TTL bounds what an agent that is not running, or
-/// that missed a change, leaves stale).
+/// Generation 0 (no agent started, or it stopped) turns the cache off: every packet asks the
+/// FIB, so a change is followed at once.
 #[test]
-fn fib_answers_age_out_after_the_ttl() {
-    let bench = sids(
-        DutRunner::with_options(
-            |dut| dut.eth1,
-            &LoadOptions {
-                icmp: IcmpRateLimit::OFF,
-                fib_cache_ttl: Duration::from_millis(200),
-                ..LoadOptions::default()
-            },
-        )
-        .expect("a fixture namespace and data plane"),
-    );
+fn without_a_generation_the_fib_is_asked_every_time() {
+    let mut bench =
+        sids(DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"));
     let input = srv6(
         &[END, "fc00:2::d6"],
         false,
         &inner6(a("2001:db8:5::1"), CLIENT6, 64),
     );
     let forwarded = after_end(&input, "fc00:2::d6");
-    bench
-        .runner
-        .check(&fixture(
-            "cached",
+    let check = |bench: &DutRunner, name: &str, output: &[u8]| {
+        bench.runner.check(&fixture(
+            name,
             input.clone(),
             XdpAction::Redirect,
-            forwarded.clone(),
+            output.to_vec(),
         ))
-        .unwrap();
+    };
+    check(&bench, "no generation: asked", &forwarded).unwrap();
+    move_next_hop(&bench, "02:00:00:00:01:78");
+    let mut moved = forwarded.clone();
+    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x78]);
+    check(&bench, "no generation: asked again", &moved).unwrap();
+    // On, then off again (what the agent does when it stops): asked again.
+    bench.runner.dataplane().bump_fib_generation().unwrap();
+    check(&bench, "cached", &moved).unwrap();
+    bench.runner.dataplane().disable_fib_cache().unwrap();
+    move_next_hop(&bench, "02:00:00:00:01:01");
+    check(&bench, "cache off: asked", &forwarded).unwrap();
+}
+
+/// Gives the core next hop (`NEXT_HOP6` on eth1) another MAC in the dut.
+fn move_next_hop(bench: &DutRunner, mac: &str) {
     bench
         .dut
         .lab
@@ -832,24 +808,11 @@ fn fib_answers_age_out_after_the_ttl() {
             "replace",
             &NEXT_HOP6.to_string(),
             "lladdr",
-            "02:00:00:00:01:78",
+            mac,
             "nud",
             "permanent",
             "dev",
             "eth1",
         ])
-        .unwrap();
-    // The coarse clock ticks in jiffies: well past the TTL.
-    std::thread::sleep(Duration::from_millis(500));
-    let mut moved = forwarded;
-    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x78]);
-    bench
-        .runner
-        .check(&fixture(
-            "aged out: asked again",
-            input,
-            XdpAction::Redirect,
-            moved,
-        ))
         .unwrap();
 }

@@ -122,9 +122,14 @@ pub fn run(
     dataplane
 }
 
+/// Turns the caches that only a running agent keeps current off: the cached next hops, and the
+/// FIB answer cache (its generation 0; the routing follower turns it on with its first bump).
 fn clear_nexthops(dataplane: &mut Dataplane) {
     if let Err(error) = dataplane.clear_nexthops() {
         tracing::error!(%error, "turning the cached next hops off failed");
+    }
+    if let Err(error) = dataplane.disable_fib_cache() {
+        tracing::error!(%error, "turning the FIB answer cache off failed");
     }
 }
 

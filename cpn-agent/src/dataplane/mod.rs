@@ -178,15 +178,6 @@ pub struct LoadOptions {
     /// Entries of the flow-affinity table.
     pub flows: u32,
     pub icmp: IcmpRateLimit,
-    /// How long a cached FIB answer may be used (`fib_cache`); zero: every lookup asks the
-    /// kernel. The agent bumps the cache's generation on every routing change it is told
-    /// about ([`Dataplane::bump_fib_generation`]); the TTL bounds the rest.
-    pub fib_cache_ttl: Duration,
-}
-
-impl LoadOptions {
-    /// What the agent loads: Linux's ICMP rate limit, FIB answers cached for a second.
-    pub const AGENT_FIB_CACHE_TTL: Duration = Duration::from_secs(1);
 }
 
 impl Default for LoadOptions {
@@ -194,7 +185,6 @@ impl Default for LoadOptions {
         Self {
             flows: maps::FLOWS_ENTRIES,
             icmp: IcmpRateLimit::LINUX,
-            fib_cache_ttl: Self::AGENT_FIB_CACHE_TTL,
         }
     }
 }
@@ -286,7 +276,6 @@ impl Dataplane {
                 nanos(icmp.per_destination_interval),
             ),
             ("ICMP_PEER_BURST", u64::from(icmp.per_destination_burst)),
-            ("FIB_CACHE_TTL_NS", nanos(options.fib_cache_ttl)),
         ];
         for (name, value) in &tunables {
             loader.override_global(name, value, true);

@@ -96,8 +96,6 @@ pub struct FibCacheRow {
     pub src_mac: super::nexthops::MacAddr,
     /// The longest packet the FIB let through.
     pub fits_len: u32,
-    /// `bpf_ktime_get_coarse_ns` when it was asked.
-    pub taken_ns: u64,
     /// Taken in an older generation than `fib_gen`'s: never used again.
     pub stale: bool,
 }
@@ -490,7 +488,6 @@ impl Pinned {
                 dst_mac: super::nexthops::MacAddr(answer.dst_mac),
                 src_mac: super::nexthops::MacAddr(answer.src_mac),
                 fits_len: answer.fits_len,
-                taken_ns: answer.taken_ns,
                 stale: answer.generation != current,
             });
         }

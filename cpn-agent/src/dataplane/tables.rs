@@ -268,17 +268,35 @@ impl Dataplane {
     }
 
     /// Makes every cached FIB answer stale (`fib_cache`): the kernel's routes, neighbours,
-    /// links or rules changed.
+    /// links or rules changed. The first bump turns the cache on.
     pub fn bump_fib_generation(&mut self) -> Result<(), Error> {
+        let next = match self.fib_generation()?.wrapping_add(1) {
+            0 => 1,
+            next => next,
+        };
+        self.set_fib_generation(next)
+    }
+
+    /// Turns the FIB answer cache off (generation 0): no agent keeps it current any more.
+    pub fn disable_fib_cache(&mut self) -> Result<(), Error> {
+        self.set_fib_generation(0)
+    }
+
+    fn fib_generation(&self) -> Result<u64, Error> {
+        let name = maps::FIB_GENERATION;
+        let generation: Array<_, u64> =
+            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
+        generation
+            .get(&0, 0)
+            .map_err(|source| Error::Map { map: name, source })
+    }
+
+    fn set_fib_generation(&mut self, value: u64) -> Result<(), Error> {
         let name = maps::FIB_GENERATION;
         let mut generation: Array<_, u64> = Array::try_from(self.map_mut(name)?)
             .map_err(|source| Error::Map { map: name, source })?;
-        let next = generation
-            .get(&0, 0)
-            .map_err(|source| Error::Map { map: name, source })?
-            .wrapping_add(1);
         generation
-            .set(0, next, 0)
+            .set(0, value, 0)
             .map_err(|source| Error::Map { map: name, source })
     }
 
