@@ -126,7 +126,7 @@ pub struct MultiQueue {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LoadSpread {
     pub arm: String,
-    /// Frames sent, per generator thread (in the order of `generator_cpus`).
+    /// Frames sent, per generator thread (in the order of `generator_cpus`; warm-up included).
     pub generator_sent: Vec<u64>,
     /// Frames per receive queue of the dut's ingress veth d0 (`ethtool -S`:
     /// `rx_queue_N_xdp_packets`, every frame its NAPI handled).
