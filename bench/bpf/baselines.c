@@ -5,6 +5,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -47,16 +48,31 @@ int xdp_sink(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
-// Set at load time: the interface the generator's frames leave by, and the headers of its
-// frame (Ethernet, IPv6, UDP).
+// Set at load time: the interface the generator's frames leave by, the headers of its
+// frame (Ethernet, IPv6, UDP), and how many flows it cycles through (UDP source ports from
+// the headers' own onwards).
 #define GEN_HEADERS 62
+#define GEN_UDP_OFFSET (sizeof(struct ethhdr) + sizeof(struct ipv6hdr))
 volatile const __u32 gen_ifindex = 0;
 volatile const __u8 gen_headers[GEN_HEADERS] = {0};
+volatile const __u32 gen_flows = 1;
+
+// Frames this CPU's generator sent: picks the next flow. A generator thread is pinned to one
+// CPU, so its count is its own.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_sent SEC(".maps");
 
 // The traffic generator, run with BPF_PROG_TEST_RUN in live-frames mode: every run sends the
 // test packet out of gen_ifindex. Live frames are recycled pages, and whoever handled a frame
 // downstream (the dut's forwarding, an encapsulation) may have rewritten its headers in place,
-// so they are written afresh on every run.
+// so they are written afresh on every run. With several flows, run n takes the source port
+// `port + n % gen_flows` and the UDP checksum follows (RFC 1624 incremental update), so
+// every frame stays a valid IPv6/UDP datagram. gen_flows is a load-time constant: with one
+// flow the verifier drops that branch and the program is the single-flow one.
 SEC("xdp")
 int xdp_gen(struct xdp_md *ctx)
 {
@@ -69,6 +85,26 @@ int xdp_gen(struct xdp_md *ctx)
 #pragma clang loop unroll(full)
 	for (int i = 0; i < GEN_HEADERS; i++)
 		bytes[i] = gen_headers[i];
+	if (gen_flows > 1) {
+		struct udphdr *udp = data + GEN_UDP_OFFSET;
+		__u32 zero = 0;
+		__u64 *sent = bpf_map_lookup_elem(&gen_sent, &zero);
+		__u16 port, step, check;
+		__u32 sum;
+
+		if (!sent)
+			return XDP_ABORTED;
+		step = *sent % gen_flows;
+		*sent += 1;
+		port = bpf_ntohs(udp->source);
+		sum = (__u16)~bpf_ntohs(udp->check) + (__u16)~port + (__u16)(port + step);
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		check = ~sum;
+		udp->source = bpf_htons(port + step);
+		// A UDP checksum over IPv6 that comes out 0 is sent as 0xffff (RFC 8200, 8.1).
+		udp->check = bpf_htons(check ? check : 0xffff);
+	}
 	return bpf_redirect(gen_ifindex, 0);
 }
 

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   peers (clang, at bench time) ──▶ part 1: BPF_PROG_TEST_RUN per-packet cost
-//!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer
+//!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer:
+//!                                            1 flow, 1 queue; 64 flows, 1 queue per CPU
 //!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec,
 //!                                            100 / 1000 simulated agents per mode
 //!   namespace labs of agents    ──▶ part 3: metric change → ring / first packet,
@@ -90,16 +91,30 @@ fn main() -> Result<()> {
         not_measured.push("affinity with 1M flows in the table (full run only)".to_owned());
     }
 
-    let throughput = if wanted(Part::Throughput) {
-        Some(throughput::run(
+    let (throughput, throughput_multi_queue) = if wanted(Part::Throughput) {
+        let single = throughput::run(
             &throughput::Settings {
                 rounds: if quick { 1 } else { 7 },
                 window: std::time::Duration::from_secs(if quick { 1 } else { 3 }),
             },
             &peers.baselines,
-        )?)
+        )?;
+        let multi = throughput::run_multi_queue(
+            &throughput::Settings {
+                rounds: if quick { 1 } else { 7 },
+                window: std::time::Duration::from_millis(if quick { 500 } else { 3000 }),
+            },
+            &peers.baselines,
+        )?;
+        if let Some(limit) = &multi.limit {
+            not_measured.push(format!(
+                "throughput with {} flows over a {}-queue veth: {limit}",
+                multi.flows, multi.queues
+            ));
+        }
+        (Some(single), Some(multi))
     } else {
-        None
+        (None, None)
     };
 
     let control = if wanted(Part::Control) {
@@ -156,6 +171,7 @@ fn main() -> Result<()> {
         machine: report::Machine::probe(),
         per_packet,
         throughput,
+        throughput_multi_queue,
         control,
         simulation,
         labs: lab_runs,

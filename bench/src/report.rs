@@ -7,8 +7,13 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::{
-    bigtable::BigTable, control::Control, labs::LabRun, sim::Simulation, stats::Spread,
-    testrun::PerPacket, throughput::Throughput,
+    bigtable::BigTable,
+    control::Control,
+    labs::LabRun,
+    sim::Simulation,
+    stats::Spread,
+    testrun::PerPacket,
+    throughput::{MultiQueue, Throughput, ThroughputArm},
 };
 
 /// Debian's `DejaVu` Sans (package fonts-dejavu-core, installed by `cargo xtask setup`).
@@ -57,6 +62,8 @@ pub struct Report {
     pub machine: Machine,
     pub per_packet: Option<PerPacket>,
     pub throughput: Option<Throughput>,
+    /// The same arms with several flows over multi-queue veths.
+    pub throughput_multi_queue: Option<MultiQueue>,
     pub control: Option<Control>,
     pub simulation: Option<Simulation>,
     pub labs: Vec<LabRun>,
@@ -228,23 +235,10 @@ pub fn markdown(report: &Report) -> String {
     if let Some(t) = &report.throughput {
         let _ = writeln!(md, "## Throughput through a veth path\n");
         let _ = writeln!(md, "{}\n", t.method);
-        let _ = writeln!(
-            md,
-            "| arm | Mpps at sink | × plain forwarding | sink / sent | Mpps per busy core |"
-        );
-        let _ = writeln!(md, "|---|---|---|---|---|");
-        for a in &t.arms {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                a.name,
-                a.mpps.show(3),
-                a.vs_plain.show(2),
-                a.delivered.show(2),
-                a.mpps_per_busy_core.show(3)
-            );
-        }
-        let _ = writeln!(md);
+        throughput_table(&mut md, &t.arms);
+    }
+    if let Some(t) = &report.throughput_multi_queue {
+        multi_queue_markdown(&mut md, t);
     }
     if let Some(c) = &report.control {
         let _ = writeln!(md, "## Control plane, in process\n");
@@ -336,6 +330,87 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     md
+}
+
+fn throughput_table(md: &mut String, arms: &[ThroughputArm]) {
+    let _ = writeln!(
+        md,
+        "| arm | Mpps at sink | × plain forwarding | sink / sent | Mpps per busy core |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for a in arms {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            a.name,
+            a.mpps.show(3),
+            a.vs_plain.show(2),
+            a.delivered.show(2),
+            a.mpps_per_busy_core.show(3)
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn multi_queue_markdown(md: &mut String, t: &MultiQueue) {
+    let _ = writeln!(
+        md,
+        "## Throughput, {} flows over a {}-queue veth\n",
+        t.flows, t.queues
+    );
+    let _ = writeln!(md, "{}\n", t.method);
+    if let Some(limit) = &t.limit {
+        let _ = writeln!(md, "**Not a multi-queue measurement**: {limit}\n");
+    } else {
+        throughput_table(md, &t.arms);
+    }
+    if t.spread.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Where the frames went (share of each arm's frames, all rounds):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| arm | sent per generator thread | d0 (dut ingress) rx queues | s1 (sink) rx queues | sink's CPUs |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for s in &t.spread {
+        let generators: Vec<String> = t
+            .generator_cpus
+            .iter()
+            .map(|cpu| format!("on CPU {cpu}"))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            s.arm,
+            shares(&s.generator_sent, |i| generators
+                .get(i)
+                .cloned()
+                .unwrap_or_default()),
+            shares(&s.dut_rx_queues, |i| format!("q{i}")),
+            shares(&s.sink_rx_queues, |i| format!("q{i}")),
+            shares(&s.sink_cpus, |i| format!("CPU {i}"))
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// `q0 51% · q1 49%`, from counts.
+#[expect(clippy::cast_precision_loss, reason = "counts fit f64")]
+fn shares(counts: &[u64], label: impl Fn(usize) -> String) -> String {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return "none".to_owned();
+    }
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} {:.0}%", label(i), c as f64 * 100.0 / total as f64))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 fn bigtable_markdown(md: &mut String, b: &BigTable) {

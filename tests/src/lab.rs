@@ -39,7 +39,15 @@ pub type Port<'a> = (&'a str, &'a str);
 pub struct LabBuilder {
     name: String,
     nodes: Vec<String>,
-    links: Vec<[(String, String); 2]>,
+    links: Vec<Link>,
+}
+
+/// A veth pair to create: its two ends, and how many queues each end has (`None`: veth's
+/// default, one).
+#[derive(Debug)]
+struct Link {
+    ends: [(String, String); 2],
+    queues: Option<u32>,
 }
 
 impl LabBuilder {
@@ -53,10 +61,25 @@ impl LabBuilder {
     /// Adds a veth link between two ports; both ends are brought up.
     #[must_use]
     pub fn link(mut self, a: Port<'_>, b: Port<'_>) -> Self {
-        self.links.push([
-            (a.0.to_owned(), a.1.to_owned()),
-            (b.0.to_owned(), b.1.to_owned()),
-        ]);
+        self.links.push(Link {
+            ends: [
+                (a.0.to_owned(), a.1.to_owned()),
+                (b.0.to_owned(), b.1.to_owned()),
+            ],
+            queues: None,
+        });
+        self
+    }
+
+    /// Adds a veth link whose two ends have `queues` transmit and `queues` receive queues each
+    /// (`numtxqueues`/`numrxqueues`): XDP on a veth refuses fewer receive queues than its peer
+    /// has transmit queues, so both ends get the same number.
+    #[must_use]
+    pub fn multi_queue_link(mut self, a: Port<'_>, b: Port<'_>, queues: u32) -> Self {
+        self = self.link(a, b);
+        if let Some(link) = self.links.last_mut() {
+            link.queues = Some(queues);
+        }
         self
     }
 
@@ -96,13 +119,22 @@ impl LabBuilder {
             });
             lab.node(node)?.run(&["ip", "link", "set", "lo", "up"])?;
         }
-        for [(a_node, a_if), (b_node, b_if)] in &self.links {
+        for link in &self.links {
+            let [(a_node, a_if), (b_node, b_if)] = &link.ends;
             let a_ns = lab.node(a_node)?.netns.clone();
             let b_ns = lab.node(b_node)?.netns.clone();
-            run_checked(Command::new("ip").args([
-                "link", "add", "name", a_if, "netns", &a_ns, "type", "veth", "peer", "name", b_if,
-                "netns", &b_ns,
-            ]))
+            let queues = link.queues.map(|n| n.to_string());
+            let queue_args: Vec<&str> = queues
+                .as_deref()
+                .map(|n| vec!["numtxqueues", n, "numrxqueues", n])
+                .unwrap_or_default();
+            run_checked(
+                Command::new("ip")
+                    .args(["link", "add", "name", a_if, "netns", &a_ns])
+                    .args(&queue_args)
+                    .args(["type", "veth", "peer", "name", b_if, "netns", &b_ns])
+                    .args(&queue_args),
+            )
             .with_context(|| format!("linking {a_node}:{a_if} to {b_node}:{b_if}"))?;
             lab.node(a_node)?.run(&["ip", "link", "set", a_if, "up"])?;
             lab.node(b_node)?.run(&["ip", "link", "set", b_if, "up"])?;

@@ -141,3 +141,25 @@ fn lab_removes_its_namespaces_on_drop_even_after_a_panic() -> Result<()> {
         .then_some(()))
     })
 }
+
+#[test]
+fn multi_queue_link_gives_both_ends_the_queues() -> Result<()> {
+    let lab = Lab::builder("queues")
+        .node("a")
+        .node("b")
+        .multi_queue_link(("a", "eth0"), ("b", "eth0"), 2)
+        .build()?;
+    for node in ["a", "b"] {
+        let out = lab.node(node)?.run(&["ethtool", "-l", "eth0"])?;
+        let text = String::from_utf8(out.stdout)?;
+        let current = text
+            .split("Current hardware settings:")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            current.contains("RX:\t\t2") && current.contains("TX:\t\t2"),
+            "{node}: {text}"
+        );
+    }
+    Ok(())
+}
