@@ -73,15 +73,17 @@ pub const MAX_SIDS: usize = 6;
 /// Destinations of ICMP errors whose rate is tracked each (least recently used ones go).
 pub const ICMP_PEERS_ENTRIES: u32 = 8192;
 
-/// LRU [`FibKey`] → [`FibCacheEntry`]: answers of `bpf_fib_lookup` that ended in a forward,
-/// reused while their generation is [`FIB_GENERATION`]'s.
+/// Per-CPU array of [`FibCacheSlot`]s, direct-mapped by [`fib_slot`]: answers of
+/// `bpf_fib_lookup` that ended in a forward, reused while their generation is
+/// [`FIB_GENERATION`]'s. A question whose slot holds another one asks the FIB and takes the
+/// slot: no hashing, no locks, no cross-CPU writes.
 pub const FIB_CACHE: &str = "fib_cache";
 /// One `u64`: the generation of the kernel's routing state, which the agent bumps on every
 /// route, neighbour, link or rule notification; a cached answer of another generation is stale.
 /// 0 (no agent started, or the agent stopped) turns the cache off.
 pub const FIB_GENERATION: &str = "fib_gen";
-/// Entries of the FIB answer cache (destinations forwarded to at once).
-pub const FIB_CACHE_ENTRIES: u32 = 16_384;
+/// Slots of the FIB answer cache, per CPU (a power of two).
+pub const FIB_CACHE_ENTRIES: u32 = 4096;
 
 /// Every map the object defines; the agent pins exactly these.
 pub const ALL: [&str; 18] = [
@@ -303,6 +305,33 @@ pub struct FibKey {
     pub table: u32,
 }
 
+/// The slot of a question in the FIB answer cache: a multiplicative hash of its words (a
+/// collision only costs a lookup).
+#[expect(
+    clippy::inline_always,
+    reason = "the eBPF programs call it; a BPF-to-BPF call would cost stack and verifier work"
+)]
+#[inline(always)]
+pub const fn fib_slot(words: [u64; 3]) -> u32 {
+    let mixed = (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The top bits: fewer than 32 of them (asserted below).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the shift leaves at most 12 bits"
+    )]
+    let slot = (mixed >> (64 - FIB_CACHE_ENTRIES.trailing_zeros())) as u32;
+    slot
+}
+
+/// A question and its answer, as a slot of the FIB answer cache holds them.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibCacheSlot {
+    pub key: FibKey,
+    pub answer: FibCacheEntry,
+}
+
 /// A FIB answer that ended in a forward.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -437,6 +466,8 @@ const _: () = {
     assert!(core::mem::size_of::<NextHopEntry>() == 24);
     assert!(core::mem::size_of::<FibKey>() == 24);
     assert!(core::mem::size_of::<FibCacheEntry>() == 32);
+    assert!(core::mem::size_of::<FibCacheSlot>() == 56);
+    assert!(FIB_CACHE_ENTRIES.is_power_of_two());
     assert!(RING_CAPACITY as u64 * 2 * MAX_SERVICES as u64 <= u32::MAX as u64);
 };
 
@@ -468,6 +499,8 @@ mod pod {
     unsafe impl aya::Pod for super::FibKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::FibCacheEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::FibCacheSlot {}
 }
 
 #[cfg(test)]

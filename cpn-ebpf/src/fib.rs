@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use cpn_common::maps::{FibCacheEntry, FibKey};
+use cpn_common::maps::{FibCacheEntry, FibKey, fib_slot};
 
 use crate::{
     maps::{FIB_CACHE, FIB_GENERATION},
@@ -67,6 +67,23 @@ struct FibKeyWords {
     table: u32,
 }
 
+impl FibKeyWords {
+    /// The question as three words (for the slot's hash and comparison).
+    #[inline(always)]
+    fn words(&self) -> [u64; 3] {
+        let [a, b] = self.dst.0;
+        let c = u64::from(self.ifindex) | u64::from(self.table) << 32;
+        [a, b, c]
+    }
+
+    /// A stored key read as words.
+    #[inline(always)]
+    fn of(key: &FibKey) -> &Self {
+        // SAFETY: same size, alignment and bytes (asserted below).
+        unsafe { &*(key as *const FibKey).cast::<Self>() }
+    }
+}
+
 const _: () = {
     assert!(core::mem::size_of::<FibKeyWords>() == core::mem::size_of::<FibKey>());
     assert!(core::mem::align_of::<FibKeyWords>() == core::mem::align_of::<FibKey>());
@@ -106,34 +123,44 @@ pub fn lookup(
         // which LLVM writes in words (field by field, it writes the MACs a byte at a time).
         answer: unsafe { core::mem::zeroed() },
     };
-    // SAFETY: same size, alignment and bytes (asserted above); any bytes are a valid key.
-    let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
     // Read before the lookup: a change during it makes the answer stale at once.
     query.answer.generation = FIB_GENERATION.get(0).copied().unwrap_or(0);
-    let cached = query.answer.generation != 0;
-    if cached {
-        // SAFETY: a shared lookup; the entry is borrowed for this run.
-        if let Some(hit) = unsafe { FIB_CACHE.get(key) }
-            && hit.generation == query.answer.generation
+    let words = query.key.words();
+    // This CPU's slot for the question; only this CPU writes it. Generation 0: no cache. A
+    // null pointer rather than an `Option`: LLVM leaves the payload of a `None` undefined, and
+    // the verifier refuses a program that moves an unset register around.
+    let slot = if query.answer.generation == 0 {
+        core::ptr::null_mut()
+    } else {
+        FIB_CACHE
+            .get_ptr_mut(fib_slot(words))
+            .unwrap_or(core::ptr::null_mut())
+    };
+    if !slot.is_null() {
+        // SAFETY: a per-CPU value from a successful lookup, valid for this run.
+        let held = unsafe { &*slot };
+        let [a, b, c] = FibKeyWords::of(&held.key).words();
+        // Word by word: an array comparison would become a call to `memcmp`.
+        if held.answer.generation == query.answer.generation
+            && a == words[0]
+            && b == words[1]
+            && c == words[2]
         {
-            if u32::from(tot_len) <= hit.fits_len {
-                return forward(hit);
+            if u32::from(tot_len) <= held.answer.fits_len {
+                return forward(&held.answer);
             }
-            query.answer.fits_len = hit.fits_len;
+            query.answer.fits_len = held.answer.fits_len;
         }
     }
     match call(ctx, &mut query) {
         BPF_FIB_LKUP_RET_SUCCESS => {
             query.answer.fits_len = query.answer.fits_len.max(u32::from(tot_len));
-            if cached {
-                // SAFETY: as above.
-                let key = unsafe { &*(&raw const query.key).cast::<FibKey>() };
-                // Best effort: a full LRU evicts the least recent destination.
-                #[expect(
-                    clippy::needless_borrows_for_generic_args,
-                    reason = "by value, the answer would take another 40 bytes of stack"
-                )]
-                let _ = FIB_CACHE.insert(key, &query.answer, 0);
+            if !slot.is_null() {
+                // SAFETY: as above; the slot takes this question and its answer.
+                unsafe {
+                    (&raw mut (*slot).key).cast::<[u64; 3]>().write(words);
+                    (*slot).answer = query.answer;
+                }
             }
             forward(&query.answer)
         }

@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use cpn_common::{
     maps::{
-        FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheEntry, FibKey, FlowEntry, FlowKey,
-        ICMP_PEERS_ENTRIES, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector,
-        NodeEntry, PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector,
-        SERVICE_KEYS, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
+        MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
+        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector, SERVICE_KEYS,
+        ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
 };
@@ -70,8 +70,8 @@ pub static NEXTHOP_SELECTORS: Array<NextHopSelector, { MAX_NODES as usize }> = A
 pub static NEXTHOPS: Array<NextHopEntry, { 2 * MAX_NODES as usize }> = Array::new();
 
 #[btf_map(name = "fib_cache")]
-pub static FIB_CACHE: LruHashMap<FibKey, FibCacheEntry, { FIB_CACHE_ENTRIES as usize }> =
-    LruHashMap::new();
+pub static FIB_CACHE: PerCpuArray<FibCacheSlot, { FIB_CACHE_ENTRIES as usize }> =
+    PerCpuArray::new();
 
 #[btf_map(name = "fib_gen")]
 pub static FIB_GENERATION: Array<u64, 1> = Array::new();

@@ -98,8 +98,19 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
         "{text}"
     );
 
-    // The ingress's service: three candidates, weights that sum to 1.
-    let services = json(&lab, "ingress", "services")?;
+    // The ingress's service: three candidates (once the transit's paths reached it and its
+    // steering applied them), weights that sum to 1.
+    let services = wait_for(
+        "three candidates at the ingress",
+        Duration::from_secs(20),
+        || {
+            let services = json(&lab, "ingress", "services")?;
+            let candidates = services[0]["decision"]["evaluations"]
+                .as_array()
+                .map_or(0, Vec::len);
+            Ok((candidates == 3).then_some(services))
+        },
+    )?;
     let service = &services[0];
     let weights: f64 = service["decision"]["evaluations"]
         .as_array()

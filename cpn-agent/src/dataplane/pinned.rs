@@ -15,7 +15,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashM
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
-        self, ANY_PROTOCOL, Behavior, FibCacheEntry, FibKey, FlowEntry, FlowKey, NextHopEntry,
+        self, ANY_PROTOCOL, Behavior, FibCacheSlot, FlowEntry, FlowKey, NextHopEntry,
         NextHopSelector, NodeEntry, NodeState, RING_CAPACITY, RingSelector, SERVICE_AFFINITY,
         SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
         nexthop_index, ring_index,
@@ -91,6 +91,8 @@ pub struct FibCacheRow {
     pub from_ifindex: u32,
     /// The table looked up alone; 0: through the policy rules.
     pub table: u32,
+    /// The CPU whose slot holds it (each CPU caches its own answers).
+    pub cpu: u32,
     pub ifindex: u32,
     pub dst_mac: super::nexthops::MacAddr,
     pub src_mac: super::nexthops::MacAddr,
@@ -471,27 +473,34 @@ impl Pinned {
         generation.get(&0, 0).map_err(map_error(name))
     }
 
-    /// The cached FIB answers.
+    /// The cached FIB answers, per CPU.
     pub fn fib_cache(&self) -> Result<Vec<FibCacheRow>, Error> {
         let current = self.fib_generation()?;
         let name = maps::FIB_CACHE;
-        let cache: HashMap<_, FibKey, FibCacheEntry> =
-            HashMap::try_from(self.open(name)?).map_err(map_error(name))?;
+        let cache: PerCpuArray<_, FibCacheSlot> =
+            PerCpuArray::try_from(self.open(name)?).map_err(map_error(name))?;
         let mut rows = Vec::new();
-        for entry in &cache {
-            let (key, answer) = entry.map_err(map_error(name))?;
-            rows.push(FibCacheRow {
-                destination: ip_of(key.dst),
-                from_ifindex: key.ifindex,
-                table: key.table,
-                ifindex: answer.ifindex,
-                dst_mac: super::nexthops::MacAddr(answer.dst_mac),
-                src_mac: super::nexthops::MacAddr(answer.src_mac),
-                fits_len: answer.fits_len,
-                stale: answer.generation != current,
-            });
+        for values in cache.iter() {
+            let values = values.map_err(map_error(name))?;
+            for (cpu, slot) in values.iter().enumerate() {
+                // Never written: generation 0 is no answer.
+                if slot.answer.generation == 0 {
+                    continue;
+                }
+                rows.push(FibCacheRow {
+                    destination: ip_of(slot.key.dst),
+                    from_ifindex: slot.key.ifindex,
+                    table: slot.key.table,
+                    cpu: u32::try_from(cpu).unwrap_or(u32::MAX),
+                    ifindex: slot.answer.ifindex,
+                    dst_mac: super::nexthops::MacAddr(slot.answer.dst_mac),
+                    src_mac: super::nexthops::MacAddr(slot.answer.src_mac),
+                    fits_len: slot.answer.fits_len,
+                    stale: slot.answer.generation != current,
+                });
+            }
         }
-        rows.sort_by_key(|r| (r.destination, r.from_ifindex, r.table));
+        rows.sort_by_key(|r| (r.destination, r.from_ifindex, r.table, r.cpu));
         Ok(rows)
     }
 
