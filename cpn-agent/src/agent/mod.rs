@@ -115,8 +115,6 @@ pub struct Agent {
     kernel: Option<KernelRoutes>,
     /// Locator routes learned in BGP and installed in the kernel.
     learned_locators: locators::Installed,
-    /// The managed neighbour entries the next-hop cache made.
-    managed_neighbours: nexthops::ManagedNeighbours,
 }
 
 #[derive(Debug, Default)]
@@ -149,7 +147,6 @@ impl Agent {
             tasks: Vec::new(),
             kernel: None,
             learned_locators: locators::Installed::default(),
-            managed_neighbours: nexthops::ManagedNeighbours::default(),
         };
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
@@ -245,7 +242,6 @@ impl Agent {
                     nodes,
                     commands: self.commands.clone(),
                     answers,
-                    managed: self.managed_neighbours.clone(),
                 },
             ))),
             Err(error) => tracing::warn!(
@@ -488,19 +484,12 @@ impl Agent {
         for task in &self.tasks {
             task.abort();
         }
-        if !self
-            .managed_neighbours
-            .lock()
-            .expect("managed lock")
-            .is_empty()
-        {
-            match KernelRoutes::connect() {
-                Ok(kernel) => nexthops::release_all(&kernel, &self.managed_neighbours).await,
-                Err(error) => tracing::warn!(
-                    error = %format!("{error:#}"),
-                    "the managed neighbour entries stay (ip -6 neigh show proto 201)"
-                ),
-            }
+        match KernelRoutes::connect() {
+            Ok(kernel) => nexthops::release_all(&kernel).await,
+            Err(error) => tracing::warn!(
+                error = %format!("{error:#}"),
+                "the managed neighbour entries stay (ip -6 neigh show proto 201)"
+            ),
         }
         if remove_kernel_routes && let Some(kernel) = &self.kernel {
             for (prefix, len) in &self.applied.kernel_routes {

@@ -18,7 +18,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry},
     net::Ipv6Addr,
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -47,8 +46,8 @@ pub struct Resolution {
 pub type Answers = BTreeMap<u32, Resolution>;
 
 /// The managed neighbour entries this agent made (interface, address), to remove when no node
-/// uses them and when the agent stops.
-pub type ManagedNeighbours = Arc<Mutex<BTreeSet<(u32, Ipv6Addr)>>>;
+/// uses them; the task owns them (at stop, the agent removes every entry tagged as ours).
+type ManagedNeighbours = BTreeSet<(u32, Ipv6Addr)>;
 
 /// How long to wait before subscribing again when the notification socket failed.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
@@ -62,7 +61,6 @@ pub struct Io {
     pub nodes: watch::Receiver<FirstSegments>,
     pub commands: mpsc::Sender<Command>,
     pub answers: watch::Sender<Answers>,
-    pub managed: ManagedNeighbours,
 }
 
 /// What one pass resolves again.
@@ -135,11 +133,11 @@ pub async fn run(kernel: KernelRoutes, io: Io) {
         mut nodes,
         commands,
         answers,
-        managed,
     } = io;
+    let mut managed = ManagedNeighbours::new();
     match resolver::our_managed_neighbours(&kernel).await {
         // Left by an agent that did not stop cleanly: ours again, removed if unused.
-        Ok(left) => managed.lock().expect("managed lock").extend(left),
+        Ok(left) => managed.extend(left),
         Err(error) => {
             tracing::debug!(error = %format!("{error:#}"), "looking for managed neighbours left behind");
         }
@@ -160,7 +158,7 @@ pub async fn run(kernel: KernelRoutes, io: Io) {
             scope = Scope::Everything;
         }
         let retry = match cache
-            .pass(&kernel, &scope, &managed, &mut managed_supported)
+            .pass(&kernel, &scope, &mut managed, &mut managed_supported)
             .await
         {
             Ok(()) => None,
@@ -260,7 +258,7 @@ impl Cache {
         &mut self,
         kernel: &KernelRoutes,
         scope: &Scope,
-        managed: &ManagedNeighbours,
+        managed: &mut ManagedNeighbours,
         managed_supported: &mut bool,
     ) -> Result<()> {
         self.answers.retain(|id, _| self.nodes.contains_key(id));
@@ -328,7 +326,7 @@ impl Cache {
         id: u32,
         first_segment: Ipv6Addr,
         memo: &mut Memo,
-        managed: &ManagedNeighbours,
+        managed: &mut ManagedNeighbours,
         managed_supported: &mut bool,
     ) -> Result<Result<NextHop, NotCached>> {
         let route = if let Some(route) = memo.routes.get(&first_segment) {
@@ -372,12 +370,10 @@ impl Cache {
     }
 
     /// Removes the managed entries we made that no node goes through any more.
-    async fn release_unused(&self, kernel: &KernelRoutes, managed: &ManagedNeighbours) {
+    async fn release_unused(&self, kernel: &KernelRoutes, managed: &mut ManagedNeighbours) {
         let used: BTreeSet<(u32, Ipv6Addr)> =
             self.routes.values().map(|r| (r.oif, r.neighbour)).collect();
         let unused: Vec<(u32, Ipv6Addr)> = managed
-            .lock()
-            .expect("managed lock")
             .iter()
             .filter(|n| !used.contains(n))
             .copied()
@@ -391,10 +387,7 @@ impl Cache {
                     tracing::warn!(error = %format!("{error:#}"), "removing a managed neighbour");
                 }
             }
-            managed
-                .lock()
-                .expect("managed lock")
-                .remove(&(ifindex, address));
+            managed.remove(&(ifindex, address));
         }
     }
 }
@@ -406,15 +399,10 @@ async fn keep_resolved(
     kernel: &KernelRoutes,
     (ifindex, address): (u32, Ipv6Addr),
     neighbour: Option<&Neighbour>,
-    managed: &ManagedNeighbours,
+    managed: &mut ManagedNeighbours,
     supported: &mut bool,
 ) -> bool {
-    if managed
-        .lock()
-        .expect("managed lock")
-        .contains(&(ifindex, address))
-        && neighbour.is_some_and(|n| n.managed)
-    {
+    if managed.contains(&(ifindex, address)) && neighbour.is_some_and(|n| n.managed) {
         return false;
     }
     match neighbour {
@@ -426,10 +414,7 @@ async fn keep_resolved(
     match resolver::manage_neighbour(kernel, ifindex, address).await {
         Ok(()) => {
             tracing::info!(%address, ifindex, "gateway kept resolved by a managed neighbour entry");
-            managed
-                .lock()
-                .expect("managed lock")
-                .insert((ifindex, address));
+            managed.insert((ifindex, address));
             true
         }
         Err(error) => {
@@ -444,10 +429,17 @@ async fn keep_resolved(
     }
 }
 
-/// Removes the managed neighbour entries the agent made (at shutdown).
-pub async fn release_all(kernel: &KernelRoutes, managed: &ManagedNeighbours) {
-    let all = std::mem::take(&mut *managed.lock().expect("managed lock"));
-    for (ifindex, address) in all {
+/// Removes the managed neighbour entries the agent made (at shutdown): every one the kernel
+/// holds with the agent's tag.
+pub async fn release_all(kernel: &KernelRoutes) {
+    let ours = match resolver::our_managed_neighbours(kernel).await {
+        Ok(ours) => ours,
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "the managed neighbour entries stay (ip -6 neigh show proto 201)");
+            return;
+        }
+    };
+    for (ifindex, address) in ours {
         if let Err(error) = resolver::unmanage_neighbour(kernel, ifindex, address).await {
             tracing::warn!(error = %format!("{error:#}"), "removing a managed neighbour");
         }
