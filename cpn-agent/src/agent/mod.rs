@@ -6,10 +6,12 @@
 //!   [[remote]] + their metrics files ──▶ steering ──┐                    (ingress role)
 //!                                                   │ Command (mpsc, in order)
 //!   config at start / on SIGHUP ──▶ reconcile ──────┼──▶ owner ──▶ pinned BPF maps
-//!                                                   │      │ node id → first segment (watch)
+//!                     steering ◀── barriers applied ─┤      │ node id → first segment (watch)
 //!   netlink (routes, rules, neighbours) ──▶ nexthops ◀──────┘
+//!   netlink (both families, all of it) ──▶ follow_routing_changes ──▶ owner (FIB generation)
 //! ```
-//! The owner task is the only one that touches the maps.
+//! The owner task is the only one that touches the maps. Steering reports a step once the
+//! owner has applied it (a barrier).
 
 mod locators;
 
