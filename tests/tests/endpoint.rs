@@ -734,85 +734,104 @@ fn truncated_ipv6_headers_pass_untouched() {
 /// until the agent bumps the generation (here by hand: no agent runs), then asked again.
 #[test]
 fn fib_answers_are_cached_until_the_generation_changes() {
-    let mut bench =
-        sids(DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"));
+    let mut cache = CacheBench::new();
     // What the agent's routing follower does when it starts.
-    bench.runner.dataplane().bump_fib_generation().unwrap();
-    let input = srv6(
-        &[END, "fc00:2::d6"],
-        false,
-        &inner6(a("2001:db8:5::1"), CLIENT6, 64),
-    );
-    let forwarded = after_end(&input, "fc00:2::d6");
-    let check = |bench: &DutRunner, name: &str, output: &[u8]| {
-        bench.runner.check(&fixture(
-            name,
-            input.clone(),
-            XdpAction::Redirect,
-            output.to_vec(),
-        ))
-    };
-    check(&bench, "first packet: asked and cached", &forwarded).unwrap();
-    move_next_hop(&bench, "02:00:00:00:01:77");
-    check(&bench, "same generation: the cached answer", &forwarded).unwrap();
-    bench.runner.dataplane().bump_fib_generation().unwrap();
-    let mut moved = forwarded.clone();
-    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x77]);
-    check(&bench, "new generation: asked again", &moved).unwrap();
+    cache
+        .bench
+        .runner
+        .dataplane()
+        .bump_fib_generation()
+        .unwrap();
+    cache.expect("first packet: asked and cached", 0x01);
+    cache.move_next_hop(0x77);
+    cache.expect("same generation: the cached answer", 0x01);
+    cache
+        .bench
+        .runner
+        .dataplane()
+        .bump_fib_generation()
+        .unwrap();
+    cache.expect("new generation: asked again", 0x77);
 }
 
 /// Generation 0 (no agent started, or it stopped) turns the cache off: every packet asks the
 /// FIB, so a change is followed at once.
 #[test]
 fn without_a_generation_the_fib_is_asked_every_time() {
-    let mut bench =
-        sids(DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"));
-    let input = srv6(
-        &[END, "fc00:2::d6"],
-        false,
-        &inner6(a("2001:db8:5::1"), CLIENT6, 64),
-    );
-    let forwarded = after_end(&input, "fc00:2::d6");
-    let check = |bench: &DutRunner, name: &str, output: &[u8]| {
-        bench.runner.check(&fixture(
-            name,
-            input.clone(),
-            XdpAction::Redirect,
-            output.to_vec(),
-        ))
-    };
-    check(&bench, "no generation: asked", &forwarded).unwrap();
-    move_next_hop(&bench, "02:00:00:00:01:78");
-    let mut moved = forwarded.clone();
-    moved[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, 0x78]);
-    check(&bench, "no generation: asked again", &moved).unwrap();
+    let mut cache = CacheBench::new();
+    cache.expect("no generation: asked", 0x01);
+    cache.move_next_hop(0x78);
+    cache.expect("no generation: asked again", 0x78);
     // On, then off again (what the agent does when it stops): asked again.
-    bench.runner.dataplane().bump_fib_generation().unwrap();
-    check(&bench, "cached", &moved).unwrap();
-    bench.runner.dataplane().disable_fib_cache().unwrap();
-    move_next_hop(&bench, "02:00:00:00:01:01");
-    check(&bench, "cache off: asked", &forwarded).unwrap();
+    cache
+        .bench
+        .runner
+        .dataplane()
+        .bump_fib_generation()
+        .unwrap();
+    cache.expect("cached", 0x78);
+    cache.bench.runner.dataplane().disable_fib_cache().unwrap();
+    cache.move_next_hop(0x01);
+    cache.expect("cache off: asked", 0x01);
 }
 
-/// Gives the core next hop (`NEXT_HOP6` on eth1) another MAC in the dut.
-fn move_next_hop(bench: &DutRunner, mac: &str) {
-    bench
-        .dut
-        .lab
-        .node("dut")
-        .unwrap()
-        .run(&[
-            "ip",
-            "-6",
-            "neigh",
-            "replace",
-            &NEXT_HOP6.to_string(),
-            "lladdr",
-            mac,
-            "nud",
-            "permanent",
-            "dev",
-            "eth1",
-        ])
-        .unwrap();
+/// A packet at End whose next segment goes out to the core next hop, whose MAC the test moves.
+struct CacheBench {
+    bench: DutRunner,
+    input: Vec<u8>,
+}
+
+impl CacheBench {
+    fn new() -> Self {
+        let input = srv6(
+            &[END, "fc00:2::d6"],
+            false,
+            &inner6(a("2001:db8:5::1"), CLIENT6, 64),
+        );
+        Self {
+            bench: sids(
+                DutRunner::new(|dut| dut.eth1).expect("a fixture namespace and data plane"),
+            ),
+            input,
+        }
+    }
+
+    /// Checks that the packet leaves for the next hop's MAC `02:00:00:00:01:<last>`.
+    fn expect(&self, name: &str, last: u8) {
+        let mut output = after_end(&self.input, "fc00:2::d6");
+        output[0..6].copy_from_slice(&[0x02, 0, 0, 0, 1, last]);
+        self.bench
+            .runner
+            .check(&fixture(
+                name,
+                self.input.clone(),
+                XdpAction::Redirect,
+                output,
+            ))
+            .unwrap();
+    }
+
+    /// Gives the core next hop (`NEXT_HOP6` on eth1) the MAC `02:00:00:00:01:<last>`.
+    fn move_next_hop(&self, last: u8) {
+        let mac = format!("02:00:00:00:01:{last:02x}");
+        self.bench
+            .dut
+            .lab
+            .node("dut")
+            .unwrap()
+            .run(&[
+                "ip",
+                "-6",
+                "neigh",
+                "replace",
+                &NEXT_HOP6.to_string(),
+                "lladdr",
+                &mac,
+                "nud",
+                "permanent",
+                "dev",
+                "eth1",
+            ])
+            .unwrap();
+    }
 }
