@@ -496,10 +496,6 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::NextHopEntry {}
     // SAFETY: see above.
-    unsafe impl aya::Pod for super::FibKey {}
-    // SAFETY: see above.
-    unsafe impl aya::Pod for super::FibCacheEntry {}
-    // SAFETY: see above.
     unsafe impl aya::Pod for super::FibCacheSlot {}
 }
 

@@ -736,21 +736,11 @@ fn truncated_ipv6_headers_pass_untouched() {
 fn fib_answers_are_cached_until_the_generation_changes() {
     let mut cache = CacheBench::new();
     // What the agent's routing follower does when it starts.
-    cache
-        .bench
-        .runner
-        .dataplane()
-        .bump_fib_generation()
-        .unwrap();
+    cache.bump_generation();
     cache.expect("first packet: asked and cached", 0x01);
     cache.move_next_hop(0x77);
     cache.expect("same generation: the cached answer", 0x01);
-    cache
-        .bench
-        .runner
-        .dataplane()
-        .bump_fib_generation()
-        .unwrap();
+    cache.bump_generation();
     cache.expect("new generation: asked again", 0x77);
 }
 
@@ -763,14 +753,9 @@ fn without_a_generation_the_fib_is_asked_every_time() {
     cache.move_next_hop(0x78);
     cache.expect("no generation: asked again", 0x78);
     // On, then off again (what the agent does when it stops): asked again.
-    cache
-        .bench
-        .runner
-        .dataplane()
-        .bump_fib_generation()
-        .unwrap();
+    cache.bump_generation();
     cache.expect("cached", 0x78);
-    cache.bench.runner.dataplane().disable_fib_cache().unwrap();
+    cache.disable();
     cache.move_next_hop(0x01);
     cache.expect("cache off: asked", 0x01);
 }
@@ -794,6 +779,16 @@ impl CacheBench {
             ),
             input,
         }
+    }
+
+    /// Bumps the FIB answer cache's generation, as the agent does on a routing change.
+    fn bump_generation(&mut self) {
+        self.bench.runner.dataplane().bump_fib_generation().unwrap();
+    }
+
+    /// Turns the cache off, as the agent does when it stops.
+    fn disable(&mut self) {
+        self.bench.runner.dataplane().disable_fib_cache().unwrap();
     }
 
     /// Checks that the packet leaves for the next hop's MAC `02:00:00:00:01:<last>`.
