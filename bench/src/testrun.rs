@@ -337,7 +337,7 @@ fn fill_flows(dp: &Dataplane, n: u32) -> Result<f64> {
     let entry = FlowEntry {
         node: 2,
         _pad: 0,
-        last_seen_ns: 0,
+        last_seen_jiffies: 0,
     };
     for i in 0..n {
         table.insert(flow_key(i), entry, 0)?;

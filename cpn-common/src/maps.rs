@@ -140,9 +140,13 @@ pub struct ServiceEntry {
     pub id: u32,
     /// `SERVICE_*` flags.
     pub flags: u32,
-    /// Affinity idle timeout in seconds; 0 keeps entries until the LRU evicts them.
-    pub affinity_timeout_s: u32,
-    pub _pad: u32,
+    /// Affinity idle timeout in kernel ticks (jiffies, `CONFIG_HZ` a second); 0 keeps entries
+    /// until the LRU evicts them.
+    pub affinity_timeout_jiffies: u32,
+    /// How stale an entry's last-seen time may get before a hit rewrites it (a second, or a
+    /// quarter of a shorter timeout): hits read the shared entry without writing it, so its
+    /// cache line does not bounce between CPUs on every packet.
+    pub affinity_refresh_jiffies: u32,
 }
 
 /// Which ring half is live and how many of its slots are used, packed in one `u32` so that
@@ -241,8 +245,9 @@ pub struct FlowKey {
 pub struct FlowEntry {
     pub node: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` of the flow's last packet.
-    pub last_seen_ns: u64,
+    /// `bpf_jiffies64` of the flow's last packet, at most its service's
+    /// `affinity_refresh_jiffies` old.
+    pub last_seen_jiffies: u64,
 }
 
 /// Which half of a node's two [`NEXTHOPS`] slots is live, packed in one `u32` so that

@@ -4,7 +4,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::bpf_jiffies64,
     programs::XdpContext,
 };
 use cpn_common::{
@@ -26,11 +26,6 @@ use crate::{
     parse::{self, Addr, Fragment, Ip, IpError, L2, L3},
     stats,
 };
-
-/// How often at most an affinity hit refreshes its entry's last-seen time: a hit then reads
-/// the shared entry without writing it (no cache line bouncing between CPUs on every packet),
-/// and idle timeouts (whole seconds) stay exact to within this.
-const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 
 /// What [`parse`] answers for an IP packet to hand to [`cpn_steer_ip`] (no XDP action has
 /// this value).
@@ -428,7 +423,8 @@ fn lookup_service(key: &FlowKey) -> Option<&'static ServiceEntry> {
 
 /// Flow affinity first (if the service wants it and the node still takes flows), else the
 /// ring. `remember` records the choice (not for ICMP errors, which are not flows). Only
-/// affinity reads the clock, and the coarse one (its idle timeouts are whole seconds).
+/// affinity reads the clock, and the tick counter (`bpf_jiffies64`, a few ns where even the
+/// coarse clock costs ~30): idle timeouts are whole seconds.
 #[inline(always)]
 fn pick_node(
     service: &ServiceEntry,
@@ -440,19 +436,20 @@ fn pick_node(
     let mut now = 0;
     if affinity {
         // SAFETY: plain helper call.
-        now = unsafe { bpf_ktime_get_coarse_ns() };
+        now = unsafe { bpf_jiffies64() };
         if let Some(entry) = FLOWS.get_ptr_mut(key) {
             // SAFETY: the pointer comes from a successful lookup; a racing update on another
             // CPU can at worst make us read the node of the same flow written a moment earlier.
-            let (node_id, last_seen) = unsafe { ((*entry).node, (*entry).last_seen_ns) };
+            let (node_id, last_seen) = unsafe { ((*entry).node, (*entry).last_seen_jiffies) };
             let idle = now.saturating_sub(last_seen);
-            let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
-            if (timeout_ns == 0 || idle < timeout_ns)
+            let timeout = u64::from(service.affinity_timeout_jiffies);
+            if (timeout == 0 || idle < timeout)
                 && let Some(node) = usable_node(node_id)
             {
-                if remember && idle >= AFFINITY_REFRESH_NS {
+                // Hits leave the shared entry alone until it is a refresh interval stale.
+                if remember && idle >= u64::from(service.affinity_refresh_jiffies) {
                     // SAFETY: as above.
-                    unsafe { (*entry).last_seen_ns = now };
+                    unsafe { (*entry).last_seen_jiffies = now };
                 }
                 return Some((node_id, node));
             }
@@ -472,7 +469,7 @@ fn pick_node(
             FlowEntry {
                 node: node_id,
                 _pad: 0,
-                last_seen_ns: now,
+                last_seen_jiffies: now,
             },
             0,
         );

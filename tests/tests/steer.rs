@@ -6,9 +6,12 @@
     reason = "fixture tables are long lists of cases"
 )]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use cpn_agent::dataplane::{Node, NodeState, Program, ServiceAddr, ServiceConfig};
+use cpn_agent::dataplane::{Node, NodeState, Program, ServiceAddr, ServiceConfig, TickClock};
 use cpn_common::{
     hash::flow_hash,
     maps::{FlowKey, MAX_SIDS},
@@ -631,6 +634,66 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
         .runner
         .check_table(&[redirect("dead node: flow re-hashed", flow, 1, label)]);
     assert_eq!(bench.runner.reason_packets(Reason::IcmpErrorFollowed), 1);
+}
+
+/// The data plane stamps flows with the kernel's tick counter and the agent converts the
+/// service's timeout into ticks: the two must agree, with real time passing.
+#[test]
+fn affinity_idles_out_on_the_kernel_tick_clock() {
+    let mut bench = bench();
+    let service = svc6(0x201);
+    bench.runner.dataplane().set_service(
+        &ServiceAddr {
+            addr: service.into(),
+            port: None,
+        },
+        &ServiceConfig {
+            id: 21,
+            affinity: Some(Some(Duration::from_secs(1))),
+        },
+    )
+    .unwrap();
+    bench.runner.dataplane().publish_ring(21, &[2]).unwrap();
+    let flow = udp6(service, 10);
+    let label = label6(service);
+    let key = FlowKey {
+        src: CLIENT6.octets(),
+        dst: service.octets(),
+        src_port: 40000u16.to_be_bytes(),
+        dst_port: 443u16.to_be_bytes(),
+        protocol: 17,
+        _pad: [0; 3],
+    };
+    let clock = TickClock::kernel().unwrap();
+    let last_seen = |bench: &mut DutRunner| {
+        let entry = bench.runner.dataplane().flow(&key).unwrap();
+        entry.expect("the flow is remembered").last_seen_jiffies
+    };
+    bench
+        .runner
+        .check_table(&[redirect("affinity miss: ring", flow.clone(), 2, label)]);
+    assert!(
+        last_seen(&mut bench).abs_diff(clock.now()) <= 2,
+        "bpf_jiffies64 and the agent's tick clock disagree"
+    );
+    bench.runner.dataplane().publish_ring(21, &[1]).unwrap();
+    // Past the refresh interval (a quarter of the timeout), a hit renews the entry ...
+    std::thread::sleep(Duration::from_millis(300));
+    let stamped = last_seen(&mut bench);
+    bench
+        .runner
+        .check_table(&[redirect("hit after 0.3 s", flow.clone(), 2, label)]);
+    assert!(last_seen(&mut bench) > stamped, "the hit did not refresh its entry");
+    // ... so 1.1 s after the first packet, 0.8 s after the last, the flow still holds.
+    std::thread::sleep(Duration::from_millis(800));
+    bench
+        .runner
+        .check_table(&[redirect("hit 0.8 s after the last", flow.clone(), 2, label)]);
+    // Idle past the timeout: the ring decides again.
+    std::thread::sleep(Duration::from_millis(1100));
+    bench
+        .runner
+        .check_table(&[redirect("idle 1.1 s: the ring again", flow, 1, label)]);
 }
 
 fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {

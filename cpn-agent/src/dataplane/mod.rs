@@ -3,6 +3,7 @@
 //! [`Dataplane`] is the single owner of the loaded object; everything that touches the programs
 //! or the maps goes through it.
 
+mod clock;
 mod nexthops;
 mod pinned;
 pub mod resolver;
@@ -27,6 +28,7 @@ use cpn_common::{maps, programs};
 use serde::Deserialize;
 
 pub use self::{
+    clock::TickClock,
     nexthops::{BadMac, MacAddr, NextHop},
     pinned::{
         AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NextHopRow, NodeRow,
@@ -115,6 +117,8 @@ pub enum Error {
          rebuild cpn-agent"
     )]
     NoObject,
+    #[error("reading the kernel's tick clock for flow affinity: {0}")]
+    TickClock(String),
     #[error(
         "{} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`. Inside \
          `ip netns exec`, /sys is remounted and the host's bpffs is hidden: start the agent with \

@@ -24,7 +24,7 @@ use cpn_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Error, MacAddr, addr16, nexthops};
+use super::{Error, MacAddr, TickClock, addr16, nexthops};
 
 /// The maps pinned under one directory (the agent's `[dataplane] pin_dir`).
 #[derive(Clone, Debug)]
@@ -212,17 +212,6 @@ pub struct RingStep {
     pub usable: bool,
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
-}
-
 /// An address from 16 bytes: IPv4-mapped ones as IPv4.
 pub fn ip_of(bytes: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
@@ -273,7 +262,7 @@ impl Pinned {
             // An address's marker for its port entries is no service of its own.
             .filter(|(_, v)| v.flags & SERVICE_PORTS_ONLY == 0)
             .map(|(k, v)| service_row(&k, &v))
-            .collect();
+            .collect::<Result<_, _>>()?;
         rows.sort_by_key(|r| r.service);
         Ok(rows)
     }
@@ -382,7 +371,8 @@ impl Pinned {
         let map = self.open(maps::FLOWS)?;
         let flows: HashMap<_, FlowKey, FlowEntry> =
             HashMap::try_from(map).map_err(map_error(maps::FLOWS))?;
-        let now = monotonic_ns();
+        let clock = TickClock::kernel()?;
+        let now = clock.now();
         Ok(flows
             .iter()
             .filter_map(Result::ok)
@@ -393,7 +383,7 @@ impl Pinned {
                 source_port: u16::from_be_bytes(k.src_port),
                 destination_port: u16::from_be_bytes(k.dst_port),
                 node: v.node,
-                idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
+                idle_ms: clock.ticks_to_ms(now.saturating_sub(v.last_seen_jiffies)),
             })
             .collect())
     }
@@ -541,7 +531,7 @@ impl Pinned {
         let Some((service_key, service)) = self.service_of(&key)? else {
             return Ok(lookup);
         };
-        lookup.service = Some(service_row(&service_key, &service));
+        lookup.service = Some(service_row(&service_key, &service)?);
         let nodes: Array<_, NodeEntry> =
             Array::try_from(self.open(maps::NODES)?).map_err(map_error(maps::NODES))?;
         let usable = |id: u32| {
@@ -552,12 +542,13 @@ impl Pinned {
         if service.flags & SERVICE_AFFINITY != 0
             && let Some(entry) = self.flow_entry(&key)?
         {
-            let idle_ns = monotonic_ns().saturating_sub(entry.last_seen_ns);
-            let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
+            let clock = TickClock::kernel()?;
+            let idle = clock.now().saturating_sub(entry.last_seen_jiffies);
+            let timeout = u64::from(service.affinity_timeout_jiffies);
             let step = AffinityStep {
                 node: entry.node,
-                idle_ms: idle_ns / 1_000_000,
-                fresh: timeout_ns == 0 || idle_ns < timeout_ns,
+                idle_ms: clock.ticks_to_ms(idle),
+                fresh: timeout == 0 || idle < timeout,
                 usable: usable(entry.node),
             };
             if step.fresh && step.usable {
@@ -640,15 +631,21 @@ impl Pinned {
     }
 }
 
-fn service_row(key: &ServiceKey, entry: &ServiceEntry) -> ServiceRow {
-    ServiceRow {
+fn service_row(key: &ServiceKey, entry: &ServiceEntry) -> Result<ServiceRow, Error> {
+    let timeout = entry.affinity_timeout_jiffies;
+    let idle_timeout_s = if timeout == 0 {
+        0
+    } else {
+        TickClock::kernel()?.ticks_to_seconds(timeout)
+    };
+    Ok(ServiceRow {
         address: ip_of(key.addr),
         protocol: key.protocol,
         port: u16::from_be_bytes(key.port),
         service: entry.id,
         affinity: entry.flags & SERVICE_AFFINITY != 0,
-        idle_timeout_s: entry.affinity_timeout_s,
-    }
+        idle_timeout_s,
+    })
 }
 
 fn node_row(id: u32, n: &NodeEntry) -> NodeRow {

@@ -21,7 +21,7 @@ use cpn_common::{
     stats::{Counter, Reason},
 };
 
-use super::{Dataplane, Error};
+use super::{Dataplane, Error, TickClock};
 
 /// A service address as the data plane matches it: address, and optionally protocol and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -188,18 +188,25 @@ impl Dataplane {
     /// has an address entry, its own service or a [`SERVICE_PORTS_ONLY`] marker.
     pub fn set_service(&mut self, addr: &ServiceAddr, config: &ServiceConfig) -> Result<(), Error> {
         check("service id", config.id, MAX_SERVICES)?;
-        let (flags, timeout) = match config.affinity {
-            None => (0, 0),
-            Some(timeout) => (
-                SERVICE_AFFINITY,
-                timeout.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX).max(1)),
-            ),
+        let (flags, timeout, refresh) = match config.affinity {
+            None => (0, 0, 0),
+            Some(timeout) => {
+                let clock = TickClock::kernel()?;
+                let timeout = timeout.map_or(0, |t| clock.seconds_to_ticks(t.as_secs().max(1)));
+                let second = clock.seconds_to_ticks(1);
+                let refresh = if timeout == 0 {
+                    second
+                } else {
+                    second.min(timeout / 4).max(1)
+                };
+                (SERVICE_AFFINITY, timeout, refresh)
+            }
         };
         let entry = ServiceEntry {
             id: config.id,
             flags,
-            affinity_timeout_s: timeout,
-            _pad: 0,
+            affinity_timeout_jiffies: timeout,
+            affinity_refresh_jiffies: refresh,
         };
         let address = ServiceAddr {
             addr: addr.addr,
