@@ -119,6 +119,8 @@ pub const METHOD: &str = "BPF_PROG_TEST_RUN, repeat=1 per call on a fresh copy o
 #[derive(Clone, Copy, Debug)]
 enum Prog {
     Noop,
+    /// The LRU floor: one lookup and one insert, nothing else (`bench/bpf/baselines.c`).
+    FlowInsert,
     KatranV4,
     KatranV6,
     /// `cpn_steer` of the data plane at this index.
@@ -167,6 +169,7 @@ impl Loaded {
     fn xdp(&self, prog: Prog) -> Result<&Xdp> {
         let (ebpf, name) = match prog {
             Prog::Noop => (&self.noop, "xdp_noop"),
+            Prog::FlowInsert => (&self.noop, "xdp_flow_insert"),
             Prog::KatranV4 => (&self.katran, "balancer_ingress_v4"),
             Prog::KatranV6 => (&self.katran, "balancer_ingress_v6"),
             Prog::Steer(i) => return Ok(self.planes[i].program(Program::Steer)?),
@@ -292,6 +295,26 @@ fn cache_next_hops(dp: &mut Dataplane) -> Result<()> {
 }
 
 /// The data plane's flow table, opened by id (the data plane keeps it private).
+/// The floor program's LRU hash (`floor_flows`, keyed by the two IPv6 addresses and 8 zero
+/// bytes, values of 16 bytes).
+fn floor_table(xdp: &Xdp) -> Result<HashMap<MapData, [u8; 40], [u8; 16]>> {
+    for id in xdp.info()?.map_ids()?.unwrap_or_default() {
+        if MapInfo::from_id(id)?.name_as_str() == Some("floor_flows") {
+            let map = Map::from_map_data(MapData::from_id(id)?)?;
+            return Ok(HashMap::try_from(map)?);
+        }
+    }
+    bail!("xdp_flow_insert has no floor_flows map")
+}
+
+/// The floor program's key of a packet from `src` to the affinity service.
+fn floor_key(src: &Ipv6Addr) -> [u8; 40] {
+    let mut key = [0; 40];
+    key[..16].copy_from_slice(&src.octets());
+    key[16..32].copy_from_slice(&AFFINITY_SVC.octets());
+    key
+}
+
 fn flow_table(dp: &Dataplane) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {
     let info = dp.program(Program::Steer)?.info()?;
     for id in info.map_ids()?.unwrap_or_default() {
@@ -544,6 +567,18 @@ fn arms(settings: &Settings, dut: &Dut, katran: &(Vec<u8>, Vec<u8>)) -> Vec<Arm>
             XDP_REDIRECT,
         ));
     }
+    arms.push(arm(
+        "floor: kernel LRU hash, lookup + insert alone".into(),
+        "floor",
+        Prog::FlowInsert,
+        "IPv6",
+        dut.eth0,
+        Packets::Miss {
+            template: template.clone(),
+            first: 0x4000_0000,
+        },
+        XDP_DROP,
+    ));
     let inner6 = {
         let mut v = Vec::new();
         etherparse::PacketBuilder::ipv6(svc6(1).octets(), CLIENT6.octets(), 63)
@@ -666,12 +701,21 @@ fn batch(
         );
         times.push(ns as f64);
     }
-    if !misses.is_empty()
-        && let Prog::Steer(table) = arm.prog
-    {
-        let mut flows = flow_table(&loaded.planes[table])?;
-        for i in misses {
-            flows.remove(&flow_key(i))?;
+    if !misses.is_empty() {
+        match arm.prog {
+            Prog::Steer(table) => {
+                let mut flows = flow_table(&loaded.planes[table])?;
+                for i in misses {
+                    flows.remove(&flow_key(i))?;
+                }
+            }
+            Prog::FlowInsert => {
+                let mut flows = floor_table(xdp)?;
+                for i in misses {
+                    flows.remove(&floor_key(&flow_src(i)))?;
+                }
+            }
+            _ => {}
         }
     }
     Ok(crate::stats::median(&mut times))
@@ -691,7 +735,7 @@ fn program_size(name: &str, xdp: &Xdp) -> Result<ProgramSize> {
 pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     let dut = Dut::new()?;
     let _inside = dut.enter()?;
-    let noop = load_object(&peers.baselines, &["xdp_noop"])?;
+    let noop = load_object(&peers.baselines, &["xdp_noop", "xdp_flow_insert"])?;
     let mut katran = load_object(
         &peers.katran,
         &["balancer_ingress_v4", "balancer_ingress_v6"],
@@ -835,10 +879,12 @@ fn check_outputs(loaded: &Loaded, arms: &[Arm]) -> Result<()> {
             _ => {}
         }
     }
-    // The miss arm's probe flow went in; take it out again.
+    // The miss arms' probe flow went in; take it out again.
     for plane in &loaded.planes {
         let _ = flow_table(plane)?.remove(&flow_key(0x4000_0000 - 1));
     }
+    let _ =
+        floor_table(loaded.xdp(Prog::FlowInsert)?)?.remove(&floor_key(&flow_src(0x4000_0000 - 1)));
     Ok(())
 }
 
@@ -935,6 +981,7 @@ fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Ve
             group: arm.group,
             program: match arm.prog {
                 Prog::Noop => "xdp_noop".to_owned(),
+                Prog::FlowInsert => "xdp_flow_insert".to_owned(),
                 Prog::KatranV4 => "balancer_ingress_v4".to_owned(),
                 Prog::KatranV6 => "balancer_ingress_v6".to_owned(),
                 p => loaded

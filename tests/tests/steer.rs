@@ -642,17 +642,20 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
 fn affinity_idles_out_on_the_kernel_tick_clock() {
     let mut bench = bench();
     let service = svc6(0x201);
-    bench.runner.dataplane().set_service(
-        &ServiceAddr {
-            addr: service.into(),
-            port: None,
-        },
-        &ServiceConfig {
-            id: 21,
-            affinity: Some(Some(Duration::from_secs(1))),
-        },
-    )
-    .unwrap();
+    bench
+        .runner
+        .dataplane()
+        .set_service(
+            &ServiceAddr {
+                addr: service.into(),
+                port: None,
+            },
+            &ServiceConfig {
+                id: 21,
+                affinity: Some(Some(Duration::from_secs(1))),
+            },
+        )
+        .unwrap();
     bench.runner.dataplane().publish_ring(21, &[2]).unwrap();
     let flow = udp6(service, 10);
     let label = label6(service);
@@ -683,7 +686,10 @@ fn affinity_idles_out_on_the_kernel_tick_clock() {
     bench
         .runner
         .check_table(&[redirect("hit after 0.3 s", flow.clone(), 2, label)]);
-    assert!(last_seen(&mut bench) > stamped, "the hit did not refresh its entry");
+    assert!(
+        last_seen(&mut bench) > stamped,
+        "the hit did not refresh its entry"
+    );
     // ... so 1.1 s after the first packet, 0.8 s after the last, the flow still holds.
     std::thread::sleep(Duration::from_millis(800));
     bench

@@ -128,9 +128,7 @@ fn read_sample() -> Result<Sample, std::io::Error> {
         )
     })?;
     parse_sample(BufReader::new(file)).ok_or_else(|| {
-        std::io::Error::other(format!(
-            "{TIMER_LIST} has no `now at` and `jiffies:` lines"
-        ))
+        std::io::Error::other(format!("{TIMER_LIST} has no `now at` and `jiffies:` lines"))
     })
 }
 
@@ -192,7 +190,10 @@ mod tests {
             })
         );
         // `.idle_jiffies` is not `jiffies:`; a file without either gives nothing.
-        assert_eq!(parse_sample("now at 5 nsecs\n.idle_jiffies : 3\n".as_bytes()), None);
+        assert_eq!(
+            parse_sample("now at 5 nsecs\n.idle_jiffies : 3\n".as_bytes()),
+            None
+        );
         assert_eq!(parse_sample("jiffies: 3\n".as_bytes()), None);
     }
 
