@@ -77,14 +77,12 @@ impl Plan {
     }
 }
 
-/// Pushes the encapsulation. The frame leaves untagged with the received MACs (for the kernel
-/// to forward); [`set_macs`] rewrites them for the next hop. False if the packet could not be
-/// resized or written.
+/// Pushes the encapsulation. The frame leaves untagged with Ethernet addresses `macs`
+/// (destination, then source): the next hop's, or the received ones for the kernel to forward.
+/// False if the packet could not be resized or written.
 #[inline(never)]
-pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool {
-    let Some(macs) = parse::read::<[u16; 6]>(ctx, 0) else {
-        return false;
-    };
+pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry, macs: &[u16; 6]) -> bool {
+    let macs = *macs;
     // Drop Ethernet padding after the inner packet so that only the packet is encapsulated.
     let padding = parse::frame_len(ctx) as i32 - (inner.l3 + inner.len) as i32;
     let grow = (ETH + plan.outer_len()) as i32 - inner.l3 as i32;
@@ -108,7 +106,6 @@ pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool
     let [len_hi, len_lo] = ((srh_len + inner.len) as u16).to_be_bytes();
     let [t0, t1] = ether_type::IPV6.to_be_bytes();
     let [v0, v1, v2, v3] = plan.vtc_flow;
-    // The received MACs stay (the kernel forwards on the pass path); `set_macs` replaces them.
     let written = parse::write(ctx, 0, macs)
         && parse::write(ctx, 12, [t0, t1])
         && parse::write(
@@ -150,8 +147,9 @@ pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry) -> bool
     true
 }
 
-/// Rewrites the Ethernet addresses for the next hop.
+/// The Ethernet addresses of a frame to the next hop `dst` from `src`, as they lie in it.
 #[inline(always)]
-pub fn set_macs(ctx: &XdpContext, src: [u16; 3], dst: [u16; 3]) -> bool {
-    parse::write(ctx, 0, dst) && parse::write(ctx, 6, src)
+pub fn macs(src: [u16; 3], dst: [u16; 3]) -> [u16; 6] {
+    let ([d0, d1, d2], [s0, s1, s2]) = (dst, src);
+    [d0, d1, d2, s0, s1, s2]
 }

@@ -158,7 +158,9 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
             src_mac,
             dst_mac,
         } => {
-            if !(encap::push(ctx, ip, &plan, node) && encap::set_macs(ctx, src_mac, dst_mac)) {
+            // The next hop's MACs go in with the headers (one write, not the received ones
+            // copied and then overwritten).
+            if !encap::push(ctx, ip, &plan, node, &encap::macs(src_mac, dst_mac)) {
                 stats::reason(Reason::NoHeadroom, len);
                 return xdp_action::XDP_ABORTED;
             }
@@ -166,7 +168,11 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
             unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
         }
         Fib::NoNeighbour => {
-            if !encap::push(ctx, ip, &plan, node) {
+            // The kernel forwards it (and resolves the neighbour): the received MACs stay.
+            let Some(received) = parse::read::<[u16; 6]>(ctx, 0) else {
+                return xdp_action::XDP_PASS;
+            };
+            if !encap::push(ctx, ip, &plan, node, &received) {
                 stats::reason(Reason::NoHeadroom, len);
                 return xdp_action::XDP_ABORTED;
             }
