@@ -173,6 +173,30 @@ pub const fn ring_index(id: u32, half: u32, slot: u32) -> u32 {
     (id * 2 + half) * RING_CAPACITY + slot
 }
 
+/// Slots a flow tries in its service's ring before it gives up: its own, then re-hashed ones.
+pub const RING_ATTEMPTS: u32 = 4;
+
+/// The slot of a flow's `attempt`th try in a ring of `size` (> 0) slots: its own slot,
+/// `hash % size`, first. When the node there is down (the agent marks a dead node at once,
+/// one map write, before it has built a ring without it), the flow tries slots re-hashed from
+/// its hash: the dead node's flows spread over the live nodes by their share of the ring, and
+/// no other flow moves. A flow whose every try names a dead node is passed
+/// (`no_usable_node`): with a quarter of the ring dead, 1 flow in 256.
+#[inline]
+pub const fn ring_slot(hash: u32, attempt: u32, size: u32) -> u32 {
+    if attempt == 0 {
+        return hash % size;
+    }
+    // MurmurHash3's 32-bit finalizer over the hash and the attempt.
+    let mut h = hash ^ attempt.wrapping_mul(0x9e37_79b9);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h % size
+}
+
 /// Node state, as the data plane sees it.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -506,7 +530,7 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{RING_ATTEMPTS, TokenBucket, ring_slot};
 
     const SECOND: u64 = 1_000_000_000;
 
@@ -527,5 +551,23 @@ mod tests {
     fn interval_zero_means_no_limit() {
         let mut bucket = TokenBucket::default();
         assert!((0..1000).all(|_| bucket.take(0, 0, 0)));
+    }
+
+    #[test]
+    fn a_flow_tries_its_own_slot_then_spread_ones() {
+        let size = 7;
+        let mut seen = [0u32; 7];
+        let mut stuck = 0;
+        for hash in 0..70_000u32 {
+            let h = hash.wrapping_mul(2_654_435_761);
+            assert_eq!(ring_slot(h, 0, size), h % size);
+            seen[ring_slot(h, 1, size) as usize] += 1;
+            stuck += u32::from((1..RING_ATTEMPTS).all(|a| ring_slot(h, a, size) == h % size));
+        }
+        for n in seen {
+            assert!((9_000..11_000).contains(&n), "{seen:?}");
+        }
+        // Every try in the own slot again: (1/7)^3 of the flows, about 200.
+        assert!(stuck < 400, "{stuck}");
     }
 }

@@ -64,7 +64,8 @@ impl ProtoCounter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
-    /// Passed: the service has no ring, or its slot names a node that is not usable.
+    /// Passed: the service has no ring, or every slot the flow tried names a node that is not
+    /// usable.
     NoUsableNode = 0,
     /// Passed: the next hop's MAC is not resolved yet; the kernel forwards and resolves it.
     FibNoNeighbour = 1,
@@ -124,10 +125,14 @@ pub enum Reason {
     /// than the IPv6 minimum MTU (1280), so no Packet Too Big can help: the path's MTU is too
     /// small for the encapsulation (see docs/OPERATIONS.md, "MTU").
     MtuBelowMinimum = 24,
+    /// Counted: the flow's ring slot names a node that is down (or gone); it went to a live
+    /// node in a re-hashed slot (`maps::ring_slot`) until the agent publishes a ring without
+    /// the dead node.
+    DownNodeRehashed = 25,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoUsableNode,
@@ -155,6 +160,7 @@ impl Reason {
         Self::IcmpRateLimited,
         Self::SidToKernel,
         Self::MtuBelowMinimum,
+        Self::DownNodeRehashed,
     ];
 
     /// The stable name operators see.
@@ -185,6 +191,7 @@ impl Reason {
             Self::IcmpRateLimited => "icmp_rate_limited",
             Self::SidToKernel => "sid_to_kernel",
             Self::MtuBelowMinimum => "mtu_below_minimum",
+            Self::DownNodeRehashed => "down_node_rehashed",
         }
     }
 }

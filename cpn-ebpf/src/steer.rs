@@ -11,8 +11,8 @@ use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     headers::{IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
     maps::{
-        ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, SERVICE_AFFINITY, SERVICE_PORTS,
-        SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, ring_index,
+        ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, RING_ATTEMPTS, SERVICE_AFFINITY,
+        SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, ring_index, ring_slot,
     },
     stats::{ProtoCounter, Reason},
 };
@@ -136,7 +136,7 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
     }
 
     let hash = flow_hash(key, FLOW_HASH_SEED);
-    let Some((node_id, node)) = pick_node(service, key, hash, !following_error) else {
+    let Some((node_id, node)) = pick_node(service, key, hash, !following_error, len) else {
         stats::reason(Reason::NoUsableNode, len);
         return xdp_action::XDP_PASS;
     };
@@ -428,7 +428,7 @@ fn lookup_service(key: &FlowKey) -> Option<&'static ServiceEntry> {
 }
 
 /// Flow affinity first (if the service wants it and the node still takes flows), else the
-/// ring. `remember` records the choice (not for ICMP errors, which are not flows). Only
+/// ring (the flow's slot, or re-hashed ones while its node is down). `remember` records the choice (not for ICMP errors, which are not flows). Only
 /// affinity reads the clock, and the tick counter (`bpf_jiffies64`, a few ns where even the
 /// coarse clock costs ~30): idle timeouts are whole seconds.
 #[inline(always)]
@@ -437,6 +437,7 @@ fn pick_node(
     key: &FlowKey,
     hash: u32,
     remember: bool,
+    len: u64,
 ) -> Option<(u32, &'static NodeEntry)> {
     let affinity = service.flags & SERVICE_AFFINITY != 0;
     let mut now = 0;
@@ -466,8 +467,22 @@ fn pick_node(
     if size == 0 {
         return None;
     }
-    let node_id = *RINGS.get(ring_index(service.id, selector.half(), hash % size))?;
-    let node = usable_node(node_id)?;
+    // The flow's own slot; if its node is down, re-hashed ones (see `ring_slot`).
+    let mut attempt = 0;
+    let (node_id, node) = loop {
+        if attempt == RING_ATTEMPTS {
+            return None;
+        }
+        let slot = ring_slot(hash, attempt, size);
+        let node_id = *RINGS.get(ring_index(service.id, selector.half(), slot))?;
+        if let Some(node) = usable_node(node_id) {
+            break (node_id, node);
+        }
+        attempt += 1;
+    };
+    if attempt > 0 {
+        stats::reason(Reason::DownNodeRehashed, len);
+    }
     if affinity && remember {
         // Best effort: a full LRU evicts an old flow; a failure leaves the flow to the ring.
         let _ = FLOWS.insert(

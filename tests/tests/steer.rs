@@ -14,7 +14,7 @@ use std::{
 use cpn_agent::dataplane::{Node, NodeState, Program, ServiceAddr, ServiceConfig, TickClock};
 use cpn_common::{
     hash::flow_hash,
-    maps::{FlowKey, MAX_SIDS},
+    maps::{FlowKey, MAX_SIDS, RING_ATTEMPTS, ring_slot},
     stats::{ProtoCounter, Reason},
 };
 use cpn_tests::{
@@ -659,14 +659,7 @@ fn affinity_idles_out_on_the_kernel_tick_clock() {
     bench.runner.dataplane().publish_ring(21, &[2]).unwrap();
     let flow = udp6(service, 10);
     let label = label6(service);
-    let key = FlowKey {
-        src: CLIENT6.octets(),
-        dst: service.octets(),
-        src_port: 40000u16.to_be_bytes(),
-        dst_port: 443u16.to_be_bytes(),
-        protocol: 17,
-        _pad: [0; 3],
-    };
+    let key = flow_key(service, 40_000);
     let clock = TickClock::kernel().unwrap();
     let last_seen = |bench: &mut DutRunner| {
         let entry = bench.runner.dataplane().flow(&key).unwrap();
@@ -700,6 +693,96 @@ fn affinity_idles_out_on_the_kernel_tick_clock() {
     bench
         .runner
         .check_table(&[redirect("idle 1.1 s: the ring again", flow, 1, label)]);
+}
+
+/// A node marked down (one write, before any new ring) loses its flows to the live nodes of
+/// the same ring at once: they re-hash (`ring_slot`), the flows of the live nodes stay.
+#[test]
+fn a_down_nodes_flows_rehash_over_the_ring_at_once() {
+    let mut bench = bench();
+    let service = svc6(0x202);
+    bench
+        .runner
+        .dataplane()
+        .set_service(
+            &ServiceAddr {
+                addr: service.into(),
+                port: None,
+            },
+            &ServiceConfig {
+                id: 22,
+                affinity: None,
+            },
+        )
+        .unwrap();
+    // Slot 0 node 2, slots 1-3 node 1.
+    bench
+        .runner
+        .dataplane()
+        .publish_ring(22, &[2, 1, 1, 1])
+        .unwrap();
+    let hash = |port: u16| flow_hash(&flow_key(service, port), 0);
+    let label = |port: u16| hash(port) & 0xf_ffff;
+    let on_node2 = (40_000..41_000).find(|&p| hash(p) % 4 == 0).unwrap();
+    let on_node1 = (40_000..41_000).find(|&p| hash(p) % 4 == 1).unwrap();
+    bench.runner.check_table(&[
+        redirect(
+            "its slot: node 2",
+            udp6_from(service, on_node2),
+            2,
+            label(on_node2),
+        ),
+        redirect(
+            "its slot: node 1",
+            udp6_from(service, on_node1),
+            1,
+            label(on_node1),
+        ),
+    ]);
+    bench
+        .runner
+        .dataplane()
+        .set_node_state(2, NodeState::Down)
+        .unwrap();
+    // The first re-hashed slot that names node 1 decides (three of four slots do).
+    let tries = (1..RING_ATTEMPTS).map(|a| ring_slot(hash(on_node2), a, 4));
+    assert!(tries.clone().any(|slot| slot != 0), "pick another port");
+    bench.runner.check_table(&[
+        redirect(
+            "node 2 down: re-hashed to node 1",
+            udp6_from(service, on_node2),
+            1,
+            label(on_node2),
+        ),
+        redirect(
+            "node 1's flow stays",
+            udp6_from(service, on_node1),
+            1,
+            label(on_node1),
+        ),
+    ]);
+    assert_eq!(bench.runner.reason_packets(Reason::DownNodeRehashed), 1);
+    // Every node of the ring down: nothing to re-hash to, the kernel gets the packet.
+    bench
+        .runner
+        .dataplane()
+        .set_node_state(1, NodeState::Down)
+        .unwrap();
+    bench
+        .runner
+        .check_table(&[untouched("all down: passed", udp6_from(service, on_node1))]);
+    assert_eq!(bench.runner.reason_packets(Reason::NoUsableNode), 1);
+}
+
+fn flow_key(service: Ipv6Addr, source_port: u16) -> FlowKey {
+    FlowKey {
+        src: CLIENT6.octets(),
+        dst: service.octets(),
+        src_port: source_port.to_be_bytes(),
+        dst_port: 443u16.to_be_bytes(),
+        protocol: 17,
+        _pad: [0; 3],
+    }
 }
 
 fn udp6_from(dst: Ipv6Addr, port: u16) -> Vec<u8> {

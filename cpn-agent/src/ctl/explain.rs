@@ -171,14 +171,28 @@ fn steps_text(out: &mut String, f: &Value, node: &dyn Fn(&Value) -> String) {
         out.push_str("  affinity  no entry: a new flow\n");
     }
     let r = &f["ring"];
+    let skipped = |r: &Value| {
+        let down: Vec<String> = r["skipped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(node)
+            .collect();
+        if down.is_empty() {
+            String::new()
+        } else {
+            format!(" (re-hashed past {}, not usable)", down.join(", "))
+        }
+    };
     if !r.is_null() {
         let _ = writeln!(
             out,
-            "  ring      half {}, slot {} of {} -> {}{}",
+            "  ring      half {}, slot {} of {} -> {}{}{}",
             r["half"],
             r["slot"],
             r["size"],
             node(&r["node"]),
+            skipped(r),
             if decided == Some("ring") {
                 "  <- decides"
             } else {

@@ -16,9 +16,9 @@ use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
     maps::{
         self, ANY_PROTOCOL, Behavior, FibCacheSlot, FlowEntry, FlowKey, NextHopEntry,
-        NextHopSelector, NodeEntry, NodeState, RING_CAPACITY, RingSelector, SERVICE_AFFINITY,
-        SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
-        nexthop_index, ring_index,
+        NextHopSelector, NodeEntry, NodeState, RING_ATTEMPTS, RING_CAPACITY, RingSelector,
+        SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry,
+        TokenBucket, nexthop_index, ring_index, ring_slot,
     },
     stats::Counter,
 };
@@ -206,10 +206,14 @@ pub struct AffinityStep {
 pub struct RingStep {
     pub half: u32,
     pub size: u32,
-    /// `hash % size`.
+    /// The slot that decided: `hash % size`, or a re-hashed one (`maps::ring_slot`) when the
+    /// node of the slots tried before is not usable.
     pub slot: u32,
     pub node: u32,
     pub usable: bool,
+    /// The nodes of the slots tried before this one (down or gone), in order.
+    #[serde(default)]
+    pub skipped: Vec<u32>,
 }
 
 /// An address from 16 bytes: IPv4-mapped ones as IPv4.
@@ -569,17 +573,29 @@ impl Pinned {
         }
         let rings: Array<_, u32> =
             Array::try_from(self.open(maps::RINGS)?).map_err(map_error(maps::RINGS))?;
-        let slot = hash % selector.size();
-        let node = rings
-            .get(&ring_index(service.id, selector.half(), slot), 0)
-            .map_err(map_error(maps::RINGS))?;
-        let step = RingStep {
+        // As `cpn_steer` does: the flow's own slot, then re-hashed ones past unusable nodes.
+        let mut step = RingStep {
             half: selector.half(),
             size: selector.size(),
-            slot,
-            node,
-            usable: usable(node),
+            slot: 0,
+            node: 0,
+            usable: false,
+            skipped: Vec::new(),
         };
+        for attempt in 0..RING_ATTEMPTS {
+            if attempt > 0 {
+                step.skipped.push(step.node);
+            }
+            step.slot = ring_slot(hash, attempt, selector.size());
+            step.node = rings
+                .get(&ring_index(service.id, selector.half(), step.slot), 0)
+                .map_err(map_error(maps::RINGS))?;
+            step.usable = usable(step.node);
+            if step.usable {
+                break;
+            }
+        }
+        let node = step.node;
         if step.usable {
             lookup.node = Some(node);
             lookup.decided_by = Some("ring".to_owned());
