@@ -69,6 +69,8 @@ fn topology(computes: usize) -> Result<Topology> {
             "\n[[compute]]\nname = \"c{n}\"\ncapacity = {{ cpu = 1e12 }}\nlatency_ms = 0\n"
         );
     }
+    // Neighbours notice a dead link after 3 silent probes 30 ms apart.
+    text.push_str("\n[detection]\ninterval_ms = 30\nmultiplier = 3\n");
     Topology::parse(Path::new("bench-lab.toml"), &text)
 }
 

@@ -47,6 +47,29 @@ pub struct Topology {
     pub clients: Vec<ClientSpec>,
     #[serde(rename = "compute")]
     pub computes: Vec<ComputeSpec>,
+    /// Link probes between the agents (default: the agent's, 3 × 100 ms).
+    pub detection: Option<Detection>,
+}
+
+/// How fast neighbouring agents notice a dead link: a probe every `interval_ms`, dead after
+/// `multiplier` silent intervals.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detection {
+    pub interval_ms: u64,
+    pub multiplier: u32,
+}
+
+impl Topology {
+    /// The `[bgp]` lines every agent gets for [`Detection`].
+    fn detection_lines(&self) -> String {
+        self.detection.map_or_else(String::new, |d| {
+            format!(
+                "probe_interval_ms = {}\nprobe_multiplier = {}\n",
+                d.interval_ms, d.multiplier
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -196,7 +219,7 @@ impl CpnLab {
                 start_service(&mut lab, &compute.name, service, &inflight, &knob)?;
                 served.push((service, inflight));
             }
-            let config = compute_config(n, compute, &served);
+            let config = compute_config(n, compute, &served, &topology.detection_lines());
             agents.insert(
                 compute.name.clone(),
                 lab.start_agent(&compute.name, &config)?,
@@ -318,7 +341,7 @@ impl CpnLab {
                 (s, inflight)
             })
             .collect();
-        let config = compute_config(n, spec, &served);
+        let config = compute_config(n, spec, &served, &self.topology.detection_lines());
         let agent = self.lab.start_agent(compute, &config)?;
         self.agents.insert(compute.to_owned(), agent);
         Ok(())
@@ -455,7 +478,7 @@ fn ingress_config(topology: &Topology, explain: &Path) -> String {
     text.push_str(&bgp_section(
         INGRESS_AS,
         "10.0.0.100",
-        "",
+        &topology.detection_lines(),
         &[("2001:db8:100::2".into(), TRANSIT_AS, "")],
     ));
     text
@@ -473,7 +496,12 @@ fn transit_config(topology: &Topology) -> String {
     format!(
         "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
-        bgp_section(TRANSIT_AS, "10.0.0.50", "", &neighbors)
+        bgp_section(
+            TRANSIT_AS,
+            "10.0.0.50",
+            &topology.detection_lines(),
+            &neighbors
+        )
     )
 }
 
@@ -481,7 +509,12 @@ fn compute_as(n: usize) -> u32 {
     4_200_000_000 + u32::try_from(n).expect("at most 99 nodes")
 }
 
-fn compute_config(n: usize, spec: &ComputeSpec, served: &[(&ServiceSpec, PathBuf)]) -> String {
+fn compute_config(
+    n: usize,
+    spec: &ComputeSpec,
+    served: &[(&ServiceSpec, PathBuf)],
+    detection: &str,
+) -> String {
     let capacity = spec
         .capacity
         .iter()
@@ -508,15 +541,15 @@ fn compute_config(n: usize, spec: &ComputeSpec, served: &[(&ServiceSpec, PathBuf
     text.push_str(&bgp_section(
         compute_as(n),
         &format!("10.0.1.{n}"),
-        "",
+        detection,
         &[(format!("2001:db8:2{n:02}::1"), TRANSIT_AS, "")],
     ));
     text
 }
 
 /// A TCP service answering every line with `<node> <requests in flight>`; like a real service
-/// it keeps rewriting its in-flight count (every 0.2 s): its open connections plus the extra
-/// load a test or the demo puts in the knob file.
+/// it reports its in-flight count (its open connections plus the extra load a test or the demo
+/// puts in the knob file) when it changes, renaming the new value into place.
 pub const SERVICE: &str = r#"
 import os, socket, sys, threading, time
 name, addr, port, inflight, knob = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
@@ -528,11 +561,17 @@ def load():
     except (OSError, ValueError):
         return active
 def report():
+    # Pushes its load: at once when it changes (seen within 10 ms), and every 0.2 s anyway.
+    last, quiet = None, 0
     while True:
-        with open(inflight + ".tmp", "w") as f:
-            f.write(f"{load()}\n")
-        os.replace(inflight + ".tmp", inflight)
-        time.sleep(0.2)
+        now = load()
+        if now != last or quiet >= 20:
+            with open(inflight + ".tmp", "w") as f:
+                f.write(f"{now}\n")
+            os.replace(inflight + ".tmp", inflight)
+            last, quiet = now, 0
+        quiet += 1
+        time.sleep(0.01)
 threading.Thread(target=report, daemon=True).start()
 s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,13 +1,20 @@
 //! The compute node's reporting loop: sample the host and each service; publish the result to
 //! a file for static peers and, with `[bgp]`, as this node's service routes (re-advertised when
 //! a value moves by more than the threshold, and at least every refresh interval).
+//!
+//! A service's load is pushed, not only sampled: the loop wakes when an in-flight file is
+//! written and closed, or renamed into place (inotify on its directory), and advertises at once
+//! if the value moved, at most once per [`ADVERTISE_GAP`]. The host's own samples (CPU, memory)
+//! follow `[metrics] interval_ms`.
 
 use std::{
     net::{IpAddr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path as FsPath, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::StreamExt as _;
+use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::watch;
 
 use crate::{
@@ -79,13 +86,21 @@ pub fn spawn(
     Some(tokio::spawn(async move {
         let mut sampler = host::HostSampler::new();
         let mut last_sent: Option<(Vec<NodeMetrics>, Instant)> = None;
+        let files: Vec<&FsPath> = services
+            .iter()
+            .filter_map(|s| s.in_flight_file.as_deref())
+            .collect();
+        let mut written = InFlightWrites::watch(&files);
+        let mut next_sample = Instant::now();
+        let mut host = host::HostSamples::default();
+        // The host is sampled on the interval only (its CPU utilisation is over the time since
+        // the last sample); a written in-flight file re-reads the services alone.
+        let mut periodic = true;
         loop {
             let now = SystemTime::now();
-            let host = if sample_host {
-                sampler.sample(now)
-            } else {
-                host::HostSamples::default()
-            };
+            if sample_host && periodic {
+                host = sampler.sample(now);
+            }
             let metrics: Vec<NodeMetrics> =
                 services.iter().map(|s| sample(s, &host, now)).collect();
             if let Some(file) = &file {
@@ -114,7 +129,14 @@ pub fn spawn(
                             .zip(&metrics)
                             .any(|(a, b)| moved(a, b, origin.threshold))
                 });
-                if due {
+                // At most one advertisement per gap: a change inside it waits for its end.
+                let held = last_sent
+                    .as_ref()
+                    .map(|(_, at)| *at + ADVERTISE_GAP)
+                    .filter(|end| *end > Instant::now());
+                if due && let Some(end) = held {
+                    next_sample = next_sample.min(end);
+                } else if due {
                     let routes = origin
                         .locator
                         .iter()
@@ -130,9 +152,91 @@ pub fn spawn(
                     last_sent = Some((metrics.clone(), Instant::now()));
                 }
             }
-            tokio::time::sleep(interval).await;
+            let woke = Instant::now();
+            if next_sample <= woke {
+                next_sample = woke + interval;
+            }
+            periodic = tokio::select! {
+                () = tokio::time::sleep_until(next_sample.into()) => true,
+                () = written.next() => false,
+            };
         }
     }))
+}
+
+/// The shortest time between two advertisements of this node's routes.
+pub const ADVERTISE_GAP: Duration = Duration::from_millis(10);
+
+/// Writes to the services' in-flight files, from inotify on their directories. A file counts
+/// as written when closed after writing or renamed into place, so a half-written value is never
+/// read. Without inotify (it failed to start: a warning says why) the loop samples on its
+/// interval alone.
+struct InFlightWrites {
+    events: Option<inotify::EventStream<[u8; 4096]>>,
+    names: Vec<std::ffi::OsString>,
+}
+
+impl InFlightWrites {
+    fn watch(files: &[&FsPath]) -> Self {
+        let names = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
+        let events = (!files.is_empty())
+            .then(|| Self::events(files))
+            .and_then(|started| {
+                started
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "not watching in-flight files: sampling them on the interval only");
+                    })
+                    .ok()
+            });
+        Self { events, names }
+    }
+
+    fn events(files: &[&FsPath]) -> std::io::Result<inotify::EventStream<[u8; 4096]>> {
+        let inotify = Inotify::init()?;
+        for file in files {
+            let dir = match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => FsPath::new("."),
+            };
+            inotify
+                .watches()
+                .add(dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        }
+        inotify.into_event_stream([0; 4096])
+    }
+
+    /// The next write to one of the files; never, without inotify.
+    async fn next(&mut self) {
+        let Some(events) = &mut self.events else {
+            return std::future::pending().await;
+        };
+        loop {
+            match events.next().await {
+                Some(Ok(event))
+                    if event
+                        .mask
+                        .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+                        && event.name.as_ref().is_some_and(|n| self.names.contains(n)) =>
+                {
+                    return;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "reading inotify events: sampling on the interval only");
+                    self.events = None;
+                    return std::future::pending().await;
+                }
+                None => {
+                    self.events = None;
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
 }
 
 /// Each `[[service]]` with what the loop needs of it.
@@ -290,5 +394,34 @@ fn behavior_code(name: &str) -> u16 {
         "End.DT4" => behavior::END_DT4,
         "End.DT46" => behavior::END_DT46,
         _ => behavior::END_DT6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::InFlightWrites;
+
+    #[tokio::test]
+    async fn a_written_in_flight_file_wakes_the_loop_and_its_neighbours_do_not() {
+        let dir = std::env::temp_dir().join(format!("cpn-in-flight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("in_flight");
+        std::fs::write(&file, "1\n").unwrap();
+        let mut written = InFlightWrites::watch(&[file.as_path()]);
+        let soon = Duration::from_millis(300);
+        // Another file in the same directory: no wake-up.
+        std::fs::write(dir.join("other"), "2\n").unwrap();
+        assert!(tokio::time::timeout(soon, written.next()).await.is_err());
+        // Written and closed: a wake-up.
+        std::fs::write(&file, "3\n").unwrap();
+        assert!(tokio::time::timeout(soon, written.next()).await.is_ok());
+        // Renamed into place (an atomic replace): a wake-up.
+        let fresh = dir.join("in_flight.new");
+        std::fs::write(&fresh, "4\n").unwrap();
+        std::fs::rename(&fresh, &file).unwrap();
+        assert!(tokio::time::timeout(soon, written.next()).await.is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

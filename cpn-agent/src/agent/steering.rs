@@ -275,31 +275,34 @@ pub async fn run(
     let mut states: HashMap<u32, ServiceState> = HashMap::new();
     // BGP-learned nodes programmed into the data plane, by id.
     let mut programmed: BTreeMap<u32, Node> = BTreeMap::new();
+    // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more).
+    let mut rib_changes: Option<watch::Receiver<u64>> = None;
     loop {
         let plan = plans.borrow_and_update().clone();
+        if rib_changes.is_none()
+            && let Some(learning) = &plan.learned
+        {
+            // Subscribed before the RIB is read below, so no change between is missed.
+            rib_changes = Some(learning.rib.lock().expect("rib lock").subscribe());
+        }
+        if let Some(changes) = &mut rib_changes {
+            changes.mark_unchanged();
+        }
         let mut sent = false;
         states.retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
             Some(learning) => learned_candidates(learning),
             None => Vec::new(),
         };
-        // New or changed nodes first: rings may name them from this step on.
-        for (id, node, (_, candidate)) in &learned {
-            if programmed.get(id) != Some(node) {
-                programmed.insert(*id, node.clone());
-                warn_if_path_too_small(candidate.name.clone(), node);
-                if commands
-                    .send(Command::SetNode {
-                        id: *id,
-                        node: node.clone(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                sent = true;
-            }
+        // Nodes no longer learned (withdrawn, their session or link down).
+        let vanished: Vec<u32> = programmed
+            .keys()
+            .copied()
+            .filter(|id| !learned.iter().any(|(l, _, _)| l == id))
+            .collect();
+        match program_nodes(&learned, &vanished, &mut programmed, &commands).await {
+            Some(any) => sent |= any,
+            None => return,
         }
         for service in &plan.services {
             let state = states.entry(service.id).or_default();
@@ -323,13 +326,8 @@ pub async fn run(
                 sent = true;
             }
         }
-        // Nodes no longer learned go once the rings above no longer name them.
-        let gone: Vec<u32> = programmed
-            .keys()
-            .copied()
-            .filter(|id| !learned.iter().any(|(l, _, _)| l == id))
-            .collect();
-        for id in gone {
+        // Vanished nodes go once the rings above no longer name them.
+        for id in vanished {
             programmed.remove(&id);
             if let Some(learning) = &plan.learned {
                 learning.node_ids.lock().expect("ids lock").forget(id);
@@ -357,8 +355,53 @@ pub async fn run(
         tokio::select! {
             () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
             changed = plans.changed() => if changed.is_err() { return },
+            () = changed_or_never(rib_changes.as_mut()) => {}
         }
     }
+}
+
+/// Programs the learned nodes that are new or changed (before any ring names them) and marks
+/// the vanished ones down: they stop taking flows now, one write each, and the data plane
+/// re-hashes their flows over the ring (`ring_slot`) while rings without them are built and
+/// written. Whether anything was sent; `None` once the owner is gone.
+async fn program_nodes(
+    learned: &[(u32, Node, (IpAddr, Candidate))],
+    vanished: &[u32],
+    programmed: &mut BTreeMap<u32, Node>,
+    commands: &mpsc::Sender<Command>,
+) -> Option<bool> {
+    let mut sent = false;
+    for (id, node, (_, candidate)) in learned {
+        if programmed.get(id) != Some(node) {
+            programmed.insert(*id, node.clone());
+            warn_if_path_too_small(candidate.name.clone(), node);
+            let program = Command::SetNode {
+                id: *id,
+                node: node.clone(),
+            };
+            commands.send(program).await.ok()?;
+            sent = true;
+        }
+    }
+    for &id in vanished {
+        let down = Command::SetNodeState {
+            id,
+            state: NodeState::Down,
+        };
+        commands.send(down).await.ok()?;
+        sent = true;
+    }
+    Some(sent)
+}
+
+/// Resolves when the watched value changes; never without one (or once its sender is gone).
+async fn changed_or_never(changes: Option<&mut watch::Receiver<u64>>) {
+    if let Some(changes) = changes
+        && changes.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Warns (in the background) when a node's encapsulated packets would leave by an interface
