@@ -62,6 +62,9 @@ pub const SERVICE_KEYS: u32 = 1024;
 pub const RING_CAPACITY: u32 = 65_537;
 /// Entries of the rings map.
 pub const RINGS_ENTRIES: u32 = MAX_SERVICES * 2 * RING_CAPACITY;
+/// Map flags of the rings map: `BPF_F_MMAPABLE`, so that the agent writes a ring's 65 537
+/// slots as stores into its mapping instead of one syscall each.
+pub const RINGS_FLAGS: usize = 1 << 10;
 /// Node ids are `0..MAX_NODES`.
 pub const MAX_NODES: u32 = 1024;
 /// Default capacity of the flow affinity table (the agent may load it larger).

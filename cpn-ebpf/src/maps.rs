@@ -11,7 +11,7 @@ use cpn_common::{
     maps::{
         FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
         MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
-        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RingSelector, SERVICE_KEYS,
+        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector, SERVICE_KEYS,
         ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
@@ -32,7 +32,7 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry, { SERVICE_KEYS as usize }
 pub static RING_SELECTORS: Array<RingSelector, { MAX_SERVICES as usize }> = Array::new();
 
 #[btf_map(name = "rings")]
-pub static RINGS: Array<u32, { RINGS_ENTRIES as usize }> = Array::new();
+pub static RINGS: Array<u32, { RINGS_ENTRIES as usize }, RINGS_FLAGS> = Array::new();
 
 #[btf_map(name = "nodes")]
 pub static NODES: Array<NodeEntry, { MAX_NODES as usize }> = Array::new();

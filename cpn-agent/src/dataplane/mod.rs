@@ -7,6 +7,7 @@ mod clock;
 mod nexthops;
 mod pinned;
 pub mod resolver;
+mod ring_memory;
 mod stats;
 mod tables;
 
@@ -243,6 +244,8 @@ pub struct Dataplane {
     /// attached while the agent restarts.
     links_dir: Option<PathBuf>,
     attachments: Vec<Attachment>,
+    /// The rings map in our memory, when it is mappable (see `ring_memory`).
+    ring_memory: Option<ring_memory::RingMemory>,
 }
 
 #[derive(Debug)]
@@ -324,10 +327,23 @@ impl Dataplane {
             }
             Pinning::Unpinned => None,
         };
+        let ring_memory = match ebpf.map(maps::RINGS) {
+            Some(aya::maps::Map::Array(rings)) => ring_memory::RingMemory::map(rings)
+                .inspect_err(|error| {
+                    tracing::info!(
+                        %error,
+                        "the rings map cannot be mapped (pinned by an older agent?): rings are \
+                         written slot by slot"
+                    );
+                })
+                .ok(),
+            _ => None,
+        };
         Ok(Self {
             ebpf,
             links_dir,
             attachments: Vec::new(),
+            ring_memory,
         })
     }
 

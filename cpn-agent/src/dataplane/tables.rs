@@ -388,13 +388,17 @@ impl Dataplane {
         }
         let selector = self.ring_selector(id)?;
         let half = selector.half() ^ 1;
-        let name = maps::RINGS;
-        let mut rings: Array<_, u32> = Array::try_from(self.map_mut(name)?)
-            .map_err(|source| Error::Map { map: name, source })?;
-        for (slot, &node) in (0..).zip(ring) {
-            rings
-                .set(ring_index(id, half, slot), node, 0)
+        if let Some(memory) = &mut self.ring_memory {
+            memory.write(id, half, ring);
+        } else {
+            let name = maps::RINGS;
+            let mut rings: Array<_, u32> = Array::try_from(self.map_mut(name)?)
                 .map_err(|source| Error::Map { map: name, source })?;
+            for (slot, &node) in (0..).zip(ring) {
+                rings
+                    .set(ring_index(id, half, slot), node, 0)
+                    .map_err(|source| Error::Map { map: name, source })?;
+            }
         }
         let name = maps::RING_SELECTORS;
         let mut selectors: Array<_, RingSelector> = Array::try_from(self.map_mut(name)?)
