@@ -11,8 +11,8 @@ use cpn_common::{
     maps::{
         FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
         MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
-        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector, SERVICE_KEYS,
-        ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector,
+        SERVICE_KEYS, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
 };
