@@ -276,7 +276,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        agent::{Drained, NodeIds},
+        agent::NodeIds,
         metrics::Measure,
         probe::{LinkStats, SharedLinks},
     };
@@ -307,7 +307,7 @@ mod tests {
                 links: Some(links),
                 locators: None,
                 explanations,
-                drained: Drained::default(),
+                steering: tokio::sync::mpsc::channel(1).0,
                 nexthops: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
                 node_ids: NodeIds::default(),
                 pin_dir: None,

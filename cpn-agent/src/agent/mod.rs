@@ -22,7 +22,7 @@ mod owner;
 mod reporting;
 mod steering;
 
-pub use steering::{Drained, Explanation};
+pub use steering::{Explanation, Operator};
 
 use std::{
     collections::BTreeMap,
@@ -205,7 +205,7 @@ impl Agent {
             local_routes = Some(local);
         }
         let (explained, explanations) = watch::channel(Vec::new());
-        let drained = Drained::default();
+        let (operator, requests) = mpsc::channel(16);
         let outputs = steering::Outputs {
             settled: settle,
             explained,
@@ -215,9 +215,9 @@ impl Agent {
             plans,
             (agent.commands.clone(), applied),
             outputs,
-            drained.clone(),
+            requests,
         )));
-        let state = agent.control_state(config, explanations, drained, nexthop_answers);
+        let state = agent.control_state(config, explanations, operator, nexthop_answers);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
@@ -259,7 +259,7 @@ impl Agent {
         &self,
         config: &Config,
         explanations: watch::Receiver<Vec<Explanation>>,
-        drained: Drained,
+        steering: mpsc::Sender<Operator>,
         nexthops: watch::Receiver<nexthops::Answers>,
     ) -> crate::control::AgentState {
         crate::control::AgentState {
@@ -273,7 +273,7 @@ impl Agent {
             links: self.learning.as_ref().map(|l| l.links.clone()),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
-            drained,
+            steering,
             nexthops,
             node_ids: self.node_ids.clone(),
             pin_dir: match config.pinning() {

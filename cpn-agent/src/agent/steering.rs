@@ -3,14 +3,14 @@
 //! churn.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv6Addr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Command, Ids};
 use crate::{
@@ -211,7 +211,17 @@ pub struct Explanation {
 }
 
 /// Nodes an operator drained (`cpnctl drain`), by name: they get no new flows.
-pub type Drained = Arc<Mutex<std::collections::BTreeSet<String>>>;
+/// What the operator asks of steering (over the control socket).
+#[derive(Debug)]
+pub enum Operator {
+    /// No new flows to `node` (by name; its open flows stay, by affinity), or new flows again
+    /// (`drain` false). Answered with the drained nodes once the rings say so.
+    Drain {
+        node: String,
+        drain: bool,
+        answer: oneshot::Sender<Vec<String>>,
+    },
+}
 
 /// What steering reports back to the agent's other tasks.
 #[derive(Debug)]
@@ -221,7 +231,7 @@ pub struct Outputs {
     pub explained: watch::Sender<Vec<Explanation>>,
     /// The segments of the learned nodes in the data plane: their locators' kernel routes must
     /// stay until the nodes are gone (make before break; see locators.rs).
-    pub in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
+    pub in_use: watch::Sender<BTreeSet<Ipv6Addr>>,
 }
 
 /// Publishes why each service's ring is what it is (and writes it to the explain file).
@@ -256,25 +266,19 @@ async fn applied_by_owner(
         && applied.wait_for(|&done| done >= mark).await.is_ok()
 }
 
-/// Follows the plans until their sender goes. `owner` is the data-plane owner's command
-/// channel and its watch of applied barriers: a step's weights and nodes in use are reported
-/// once the owner has applied what the step sent.
+/// Follows the plans until their sender goes, and the operator's requests. `owner` is the
+/// data-plane owner's command channel and its watch of applied barriers: a step's weights and
+/// nodes in use are reported once the owner has applied what the step sent. A step runs on a
+/// new plan, on every change of the Adj-RIB-In, on a request, and at least every
+/// `plan.interval` (metric ages, dwell times).
 pub async fn run(
     mut plans: watch::Receiver<Plan>,
     owner: (mpsc::Sender<Command>, watch::Receiver<u64>),
     outputs: Outputs,
-    drained: Drained,
+    operator: mpsc::Receiver<Operator>,
 ) {
-    let (commands, mut applied) = owner;
-    let mut barriers = 0u64;
-    let Outputs {
-        settled,
-        explained,
-        in_use,
-    } = outputs;
-    let mut states: HashMap<u32, ServiceState> = HashMap::new();
-    // BGP-learned nodes programmed into the data plane, by id.
-    let mut programmed: BTreeMap<u32, Node> = BTreeMap::new();
+    let mut steering = Steering::new(owner, outputs);
+    let mut operator = Some(operator);
     // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more).
     let mut rib_changes: Option<watch::Receiver<u64>> = None;
     loop {
@@ -288,61 +292,122 @@ pub async fn run(
         if let Some(changes) = &mut rib_changes {
             changes.mark_unchanged();
         }
+        if steering.step(&plan).await.is_none() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
+            changed = plans.changed() => if changed.is_err() { return },
+            () = changed_or_never(rib_changes.as_mut()) => {}
+            request = next_or_never(&mut operator) => steering.ask(request),
+        }
+    }
+}
+
+/// Steering's own state between steps.
+struct Steering {
+    commands: mpsc::Sender<Command>,
+    applied: watch::Receiver<u64>,
+    barriers: u64,
+    outputs: Outputs,
+    states: HashMap<u32, ServiceState>,
+    /// BGP-learned nodes programmed into the data plane, by id.
+    programmed: BTreeMap<u32, Node>,
+    /// Nodes the operator drained, by name: no new flows.
+    drained: BTreeSet<String>,
+    /// Drain requests to answer once a step has applied them.
+    answers: Vec<oneshot::Sender<Vec<String>>>,
+}
+
+impl Steering {
+    fn new(owner: (mpsc::Sender<Command>, watch::Receiver<u64>), outputs: Outputs) -> Self {
+        let (commands, applied) = owner;
+        Self {
+            commands,
+            applied,
+            barriers: 0,
+            outputs,
+            states: HashMap::new(),
+            programmed: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            answers: Vec::new(),
+        }
+    }
+
+    fn ask(&mut self, request: Operator) {
+        match request {
+            Operator::Drain {
+                node,
+                drain,
+                answer,
+            } => {
+                if drain {
+                    tracing::info!(%node, "drained by the operator");
+                    self.drained.insert(node);
+                } else {
+                    tracing::info!(%node, "undrained by the operator");
+                    self.drained.remove(&node);
+                }
+                self.answers.push(answer);
+            }
+        }
+    }
+
+    /// One step: nodes, rings, removals, then the reports. `None` once the owner is gone.
+    async fn step(&mut self, plan: &Plan) -> Option<()> {
         let mut sent = false;
-        states.retain(|id, _| plan.services.iter().any(|s| s.id == *id));
+        self.states
+            .retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
             Some(learning) => learned_candidates(learning),
             None => Vec::new(),
         };
         // Nodes no longer learned (withdrawn, their session or link down).
-        let vanished: Vec<u32> = programmed
+        let vanished: Vec<u32> = self
+            .programmed
             .keys()
             .copied()
             .filter(|id| !learned.iter().any(|(l, _, _)| l == id))
             .collect();
-        match program_nodes(&learned, &vanished, &mut programmed, &commands).await {
-            Some(any) => sent |= any,
-            None => return,
-        }
+        sent |= program_nodes(&learned, &vanished, &mut self.programmed, &self.commands).await?;
         for service in &plan.services {
-            let state = states.entry(service.id).or_default();
+            let state = self.states.entry(service.id).or_default();
             let extra: Vec<Candidate> = learned
                 .iter()
                 .filter(|(_, _, c)| c.0 == service.address)
                 .map(|(_, _, c)| c.1.clone())
                 .collect();
-            let drained = drained.lock().expect("drained lock").clone();
-            if let Some(ring) = step(&plan, service, &extra, &drained, state) {
-                if commands
-                    .send(Command::PublishRing {
-                        service: service.id,
-                        ring,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            if let Some(ring) = step(plan, service, &extra, &self.drained, state) {
+                let publish = Command::PublishRing {
+                    service: service.id,
+                    ring,
+                };
+                self.commands.send(publish).await.ok()?;
                 sent = true;
             }
         }
         // Vanished nodes go once the rings above no longer name them.
         for id in vanished {
-            programmed.remove(&id);
+            self.programmed.remove(&id);
             if let Some(learning) = &plan.learned {
                 learning.node_ids.lock().expect("ids lock").forget(id);
             }
-            if commands.send(Command::RemoveNode(id)).await.is_err() {
-                return;
-            }
+            self.commands.send(Command::RemoveNode(id)).await.ok()?;
             sent = true;
         }
         // Report the step only once the data plane does what it says.
-        if sent && !applied_by_owner(&commands, &mut applied, &mut barriers).await {
-            return;
+        if sent && !applied_by_owner(&self.commands, &mut self.applied, &mut self.barriers).await
+        {
+            return None;
         }
-        settled.send_replace(plan.generation);
-        in_use.send_if_modified(|used| {
+        self.report(plan);
+        Some(())
+    }
+
+    fn report(&mut self, plan: &Plan) {
+        self.outputs.settled.send_replace(plan.generation);
+        let programmed = &self.programmed;
+        self.outputs.in_use.send_if_modified(|used| {
             let now = programmed
                 .values()
                 .flat_map(|n| n.segments.iter().copied())
@@ -351,13 +416,24 @@ pub async fn run(
             *used = now;
             changed
         });
-        explain(&plan, &states, &explained);
-        tokio::select! {
-            () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
-            changed = plans.changed() => if changed.is_err() { return },
-            () = changed_or_never(rib_changes.as_mut()) => {}
+        explain(plan, &self.states, &self.outputs.explained);
+        let drained: Vec<String> = self.drained.iter().cloned().collect();
+        for answer in self.answers.drain(..) {
+            // The operator may have given up waiting; nothing to tell then.
+            let _ = answer.send(drained.clone());
         }
     }
+}
+
+/// The next request; never, once the control socket is gone.
+async fn next_or_never(requests: &mut Option<mpsc::Receiver<Operator>>) -> Operator {
+    if let Some(receiver) = requests {
+        if let Some(request) = receiver.recv().await {
+            return request;
+        }
+        *requests = None;
+    }
+    std::future::pending().await
 }
 
 /// Programs the learned nodes that are new or changed (before any ring names them) and marks
@@ -528,7 +604,7 @@ fn step(
     plan: &Plan,
     service: &PlannedService,
     learned: &[Candidate],
-    drained: &std::collections::BTreeSet<String>,
+    drained: &BTreeSet<String>,
     state: &mut ServiceState,
 ) -> Option<Vec<u32>> {
     let now = SystemTime::now();

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::{Drained, Explanation},
+    agent::{Explanation, Operator},
     bgp::{
         fsm,
         graceful::Family,
@@ -130,7 +130,8 @@ pub struct AgentState {
     pub locators: Option<crate::agent::Locators>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
-    pub drained: Drained,
+    /// Steering, which owns the drained nodes.
+    pub steering: tokio::sync::mpsc::Sender<Operator>,
     /// The next-hop cache's latest answers, by node id.
     pub nexthops: watch::Receiver<crate::agent::NextHopAnswers>,
     /// Node ids and names, as the agent numbers nodes in the maps.
@@ -152,15 +153,20 @@ impl AgentState {
             Request::NextHops => serde_json::to_value(self.nexthops()?)?,
             Request::Explain(asked) => serde_json::to_value(self.explain(asked)?)?,
             Request::Drain { node } | Request::Undrain { node } => {
-                let mut drained = self.drained.lock().expect("drained lock");
-                if matches!(request, Request::Drain { .. }) {
-                    tracing::info!(%node, "drained by the operator");
-                    drained.insert(node.clone());
-                } else {
-                    tracing::info!(%node, "undrained by the operator");
-                    drained.remove(node);
-                }
-                serde_json::to_value(&*drained)?
+                // Blocking is fine here: requests are answered off the runtime's threads.
+                let (answer, drained) = tokio::sync::oneshot::channel();
+                let ask = Operator::Drain {
+                    node: node.clone(),
+                    drain: matches!(request, Request::Drain { .. }),
+                    answer,
+                };
+                self.steering
+                    .blocking_send(ask)
+                    .map_err(|_| anyhow::anyhow!("steering has stopped"))?;
+                let drained = drained
+                    .blocking_recv()
+                    .map_err(|_| anyhow::anyhow!("steering stopped before the drain applied"))?;
+                serde_json::to_value(drained)?
             }
         })
     }
