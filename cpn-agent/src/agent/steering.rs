@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv6Addr},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -396,8 +396,7 @@ impl Steering {
             sent = true;
         }
         // Report the step only once the data plane does what it says.
-        if sent && !applied_by_owner(&self.commands, &mut self.applied, &mut self.barriers).await
-        {
+        if sent && !applied_by_owner(&self.commands, &mut self.applied, &mut self.barriers).await {
             return None;
         }
         self.report(plan);
@@ -695,6 +694,8 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::bgp::route::{Route, ServiceSid};
 
     /// The example ingress sets latency but no loss for its remotes: loss is unknown, not 0.
