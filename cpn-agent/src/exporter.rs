@@ -276,7 +276,6 @@ mod tests {
 
     use super::*;
     use crate::{
-        agent::NodeIds,
         metrics::Measure,
         probe::{LinkStats, SharedLinks},
     };
@@ -309,7 +308,7 @@ mod tests {
                 explanations,
                 steering: tokio::sync::mpsc::channel(1).0,
                 nexthops: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
-                node_ids: NodeIds::default(),
+                node_names: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
                 pin_dir: None,
             },
             scrapes: AtomicU64::new(0),

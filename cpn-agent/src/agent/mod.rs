@@ -1,16 +1,19 @@
 //! The running agent: who talks to whom.
 //!
 //! ```text
-//!   /proc, in-flight files ──▶ reporting ──▶ publish_file (JSON)        (compute role)
+//!   /proc ──(interval)──▶ reporting ◀──(inotify)── in-flight files        (compute role)
+//!                             └──▶ publish_file (JSON), own routes (watch) ──▶ BGP
 //!
-//!   [[remote]] + their metrics files ──▶ steering ──┐                    (ingress role)
-//!                                                   │ Command (mpsc, in order)
-//!   config at start / on SIGHUP ──▶ reconcile ──────┼──▶ owner ──▶ pinned BPF maps
-//!                     steering ◀── barriers applied ─┤      │ node id → first segment (watch)
-//!   netlink (routes, rules, neighbours) ──▶ nexthops ◀──────┘
-//!   netlink (both families, all of it) ──▶ follow_routing_changes ──▶ owner (FIB generation)
+//!   Adj-RIB-In changes (watch) ──┐                                        (ingress role)
+//!   [[remote]] + metrics files ──┼──▶ steering ── Command (mpsc, in order) ──┐
+//!   control socket: drain ───────┘    (owns node ids, the drained set)      │
+//!   config at start / on SIGHUP ──▶ reconcile ──────────────────────────────┼──▶ owner
+//!                     steering ◀── barriers applied ────────────────────────┤      │
+//!   netlink (routes, rules, neighbours) ──▶ nexthops ◀── first segments ─────┘  pinned
+//!   netlink (both families, all of it) ──▶ follow_routing_changes ──▶ owner     BPF maps
 //! ```
-//! The owner task is the only one that touches the maps. Steering reports a step once the
+//! The owner task is the only one that touches the maps. Steering steps on every RIB change,
+//! request and plan, and at least every `[selection] interval_ms`; it reports a step once the
 //! owner has applied it (a barrier).
 
 mod locators;
@@ -27,7 +30,6 @@ pub use steering::{Explanation, Operator};
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -90,10 +92,6 @@ impl<K: Ord + Clone> Ids<K> {
     }
 }
 
-/// The node ids the agent writes into the maps, by node name; shared by steering (which names
-/// BGP-learned nodes) and the control socket.
-pub type NodeIds = Arc<Mutex<Ids<String>>>;
-
 type ServiceKey = (IpAddr, Option<u8>, Option<u16>);
 
 /// The agent's long-lived state.
@@ -102,8 +100,6 @@ pub struct Agent {
     commands: mpsc::Sender<Command>,
     owner: tokio::task::JoinHandle<Dataplane>,
     service_ids: Ids<ServiceKey>,
-    /// Shared with steering, which names BGP-learned nodes too.
-    node_ids: NodeIds,
     /// BGP-learned candidates, when `[bgp]` is configured.
     learning: Option<steering::Learning>,
     /// What was applied from the last configuration (to remove what a reload drops).
@@ -117,6 +113,13 @@ pub struct Agent {
     kernel: Option<KernelRoutes>,
     /// Locator routes learned in BGP and installed in the kernel.
     learned_locators: locators::Installed,
+}
+
+/// What steering shows the operator's interfaces, and its request channel.
+struct SteeringViews {
+    explanations: watch::Receiver<Vec<Explanation>>,
+    operator: mpsc::Sender<Operator>,
+    node_names: watch::Receiver<BTreeMap<u32, String>>,
 }
 
 #[derive(Debug, Default)]
@@ -139,8 +142,6 @@ impl Agent {
             commands,
             owner,
             service_ids: Ids::starting_at(0),
-            // Node 0 stays unused: a zeroed ring slot then never names a real node.
-            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
             learning: None,
             applied: Applied::default(),
             steering,
@@ -197,27 +198,14 @@ impl Agent {
             agent.learning = Some(steering::Learning {
                 rib,
                 links,
-                node_ids: agent.node_ids.clone(),
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
                 locators,
                 import: bgp.import(),
             });
             local_routes = Some(local);
         }
-        let (explained, explanations) = watch::channel(Vec::new());
-        let (operator, requests) = mpsc::channel(16);
-        let outputs = steering::Outputs {
-            settled: settle,
-            explained,
-            in_use,
-        };
-        agent.tasks.push(tokio::spawn(steering::run(
-            plans,
-            (agent.commands.clone(), applied),
-            outputs,
-            requests,
-        )));
-        let state = agent.control_state(config, explanations, operator, nexthop_answers);
+        let steering = agent.spawn_steering(plans, applied, settle, in_use);
+        let state = agent.control_state(config, steering, nexthop_answers);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
@@ -254,14 +242,48 @@ impl Agent {
         receiver
     }
 
+    /// Starts steering on `plans`; returns what the operator's interfaces need of it.
+    fn spawn_steering(
+        &mut self,
+        plans: watch::Receiver<steering::Plan>,
+        applied: watch::Receiver<u64>,
+        settled: watch::Sender<u64>,
+        in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
+    ) -> SteeringViews {
+        let (explained, explanations) = watch::channel(Vec::new());
+        let (operator, requests) = mpsc::channel(16);
+        let (names, node_names) = watch::channel(BTreeMap::new());
+        let outputs = steering::Outputs {
+            settled,
+            explained,
+            in_use,
+            names,
+        };
+        self.tasks.push(tokio::spawn(steering::run(
+            plans,
+            (self.commands.clone(), applied),
+            outputs,
+            requests,
+        )));
+        SteeringViews {
+            explanations,
+            operator,
+            node_names,
+        }
+    }
+
     /// What the control socket and the exporter read.
     fn control_state(
         &self,
         config: &Config,
-        explanations: watch::Receiver<Vec<Explanation>>,
-        steering: mpsc::Sender<Operator>,
+        steering: SteeringViews,
         nexthops: watch::Receiver<nexthops::Answers>,
     ) -> crate::control::AgentState {
+        let SteeringViews {
+            explanations,
+            operator,
+            node_names,
+        } = steering;
         crate::control::AgentState {
             neighbors: config
                 .bgp
@@ -273,9 +295,9 @@ impl Agent {
             links: self.learning.as_ref().map(|l| l.links.clone()),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
-            steering,
+            steering: operator,
             nexthops,
-            node_ids: self.node_ids.clone(),
+            node_names,
             pin_dir: match config.pinning() {
                 crate::dataplane::Pinning::Dir(dir) => Some(dir),
                 crate::dataplane::Pinning::Unpinned => None,
@@ -298,8 +320,6 @@ impl Agent {
         for gone in self.applied.sids.iter().filter(|s| !sid_addrs.contains(s)) {
             commands.push(Command::RemoveSid(*gone));
         }
-        // Nodes before the services and rings that name them.
-        commands.extend(self.node_commands(config));
         let (service_commands, services, plan) = self.services(config);
         commands.extend(service_commands);
         for command in commands {
@@ -308,21 +328,10 @@ impl Agent {
                 .await
                 .context("the data-plane owner stopped")?;
         }
-        // Removed nodes go only once steering has published rings without them (a membership
-        // change skips the dwell time): until then their slots still lead somewhere that works.
-        let names: Vec<String> = config.remotes.iter().map(|r| r.name.clone()).collect();
-        let removed = self
-            .node_ids
-            .lock()
-            .expect("ids lock")
-            .forget_except(&names);
+        // Steering programs the nodes before its rings name them, and removes the nodes gone
+        // from the configuration once its rings no longer name them (a membership change skips
+        // the dwell time): until then their slots still lead somewhere that works.
         self.steer(plan).await;
-        for id in removed {
-            self.commands
-                .send(Command::RemoveNode(id))
-                .await
-                .context("the data-plane owner stopped")?;
-        }
         let kernel_routes = self.reconcile_kernel_routes(config).await?;
         self.applied = Applied {
             sids: sid_addrs,
@@ -346,21 +355,6 @@ impl Agent {
         }
     }
 
-    fn node_commands(&mut self, config: &Config) -> Vec<Command> {
-        config
-            .remotes
-            .iter()
-            .map(|remote| {
-                let node = static_node(config, remote);
-                steering::warn_if_path_too_small(remote.name.clone(), &node);
-                Command::SetNode {
-                    id: self.node_ids.lock().expect("ids lock").get(&remote.name),
-                    node,
-                }
-            })
-            .collect()
-    }
-
     /// The service commands, the services now configured, and the steering plan.
     fn services(&mut self, config: &Config) -> (Vec<Command>, Vec<ServiceAddr>, steering::Plan) {
         let mut plan = steering::Plan {
@@ -373,6 +367,14 @@ impl Agent {
             interval: Duration::from_millis(config.selection.interval_ms.max(10)),
             services: Vec::new(),
             explain_file: config.selection.explain_file.clone(),
+            remotes: config
+                .remotes
+                .iter()
+                .map(|remote| steering::PlannedRemote {
+                    name: remote.name.clone(),
+                    node: static_node(config, remote),
+                })
+                .collect(),
             generation: 0, // set by `steer`
             learned: self.learning.clone(),
         };
@@ -396,12 +398,8 @@ impl Agent {
                 config: ServiceConfig { id, affinity },
             });
             services.push(addr);
-            plan.services.push(steering::planned_service(
-                id,
-                policy,
-                config,
-                &self.node_ids,
-            ));
+            plan.services
+                .push(steering::planned_service(id, policy, config));
         }
         for gone in self
             .applied

@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv6Addr},
     path::PathBuf,
-    sync::Mutex,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -37,6 +36,8 @@ pub struct Plan {
     pub interval: Duration,
     pub services: Vec<PlannedService>,
     pub explain_file: Option<PathBuf>,
+    /// The configured compute nodes (`[[remote]]`), programmed before any ring names them.
+    pub remotes: Vec<PlannedRemote>,
     /// Increases with every new plan; `run` reports the last one it has published rings for.
     pub generation: u64,
     /// Nodes learned over BGP, when the node speaks it.
@@ -49,7 +50,6 @@ pub struct Learning {
     pub rib: SharedRib,
     /// Link statistics per neighbor: the last hop of each learned path.
     pub links: crate::probe::SharedLinks,
-    pub node_ids: super::NodeIds,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
@@ -58,6 +58,13 @@ pub struct Learning {
     pub locators: Option<super::locators::Installed>,
     /// Which learned routes are cpn locators.
     pub import: crate::bgp::policy::Import,
+}
+
+/// A `[[remote]]` and its data-plane node.
+#[derive(Clone, Debug)]
+pub struct PlannedRemote {
+    pub name: String,
+    pub node: Node,
 }
 
 #[derive(Clone, Debug)]
@@ -75,7 +82,7 @@ pub struct PlannedService {
 /// A `[[remote]]` that serves the service.
 #[derive(Clone, Debug)]
 pub struct StaticCandidate {
-    pub node: u32,
+    /// The `[[remote]]`'s name (steering gives it its node id).
     pub name: String,
     pub capacity: CapacityConfig,
     pub path: Path,
@@ -84,12 +91,7 @@ pub struct StaticCandidate {
     pub service: (IpAddr, Option<u8>, Option<u16>),
 }
 
-pub fn planned_service(
-    id: u32,
-    policy: &PolicyConfig,
-    config: &Config,
-    node_ids: &Mutex<Ids<String>>,
-) -> PlannedService {
+pub fn planned_service(id: u32, policy: &PolicyConfig, config: &Config) -> PlannedService {
     let address = policy.service;
     let protocol = policy.protocol.map(Protocol::number);
     let candidates = config
@@ -102,7 +104,6 @@ pub fn planned_service(
                     && s.port == policy.port
             })?;
             Some(StaticCandidate {
-                node: node_ids.lock().expect("ids lock").get(&remote.name),
                 name: remote.name.clone(),
                 capacity: served.capacity,
                 path: Path {
@@ -133,7 +134,7 @@ impl StaticCandidate {
     /// The candidate with its current metrics: from its published file if it has one (a node
     /// whose file is missing has no fresh metrics and is excluded as stale), else idle at its
     /// configured capacity.
-    fn resolve(&self, now: SystemTime) -> Candidate {
+    fn resolve(&self, node: u32, now: SystemTime) -> Candidate {
         let metrics = match &self.metrics_file {
             Some(path) => read_published(path, self.service).unwrap_or_default(),
             None => NodeMetrics {
@@ -149,7 +150,7 @@ impl StaticCandidate {
             },
         };
         Candidate {
-            node: self.node,
+            node,
             name: self.name.clone(),
             metrics,
             path: self.path,
@@ -232,6 +233,8 @@ pub struct Outputs {
     /// The segments of the learned nodes in the data plane: their locators' kernel routes must
     /// stay until the nodes are gone (make before break; see locators.rs).
     pub in_use: watch::Sender<BTreeSet<Ipv6Addr>>,
+    /// Node id → name, for the operator's views.
+    pub names: watch::Sender<BTreeMap<u32, String>>,
 }
 
 /// Publishes why each service's ring is what it is (and writes it to the explain file).
@@ -313,6 +316,9 @@ struct Steering {
     states: HashMap<u32, ServiceState>,
     /// BGP-learned nodes programmed into the data plane, by id.
     programmed: BTreeMap<u32, Node>,
+    /// Node ids by name, static and learned alike, stable while the node exists (node 0 stays
+    /// unused: a zeroed ring slot then never names a real node).
+    ids: Ids<String>,
     /// Nodes the operator drained, by name: no new flows.
     drained: BTreeSet<String>,
     /// Drain requests to answer once a step has applied them.
@@ -329,6 +335,7 @@ impl Steering {
             outputs,
             states: HashMap::new(),
             programmed: BTreeMap::new(),
+            ids: Ids::starting_at(1),
             drained: BTreeSet::new(),
             answers: Vec::new(),
         }
@@ -359,25 +366,42 @@ impl Steering {
         self.states
             .retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
-            Some(learning) => learned_candidates(learning),
+            Some(learning) => learned_candidates(learning, &mut self.ids),
             None => Vec::new(),
         };
-        // Nodes no longer learned (withdrawn, their session or link down).
+        // Every node the rings may name: the configured ones, then the learned ones (a name
+        // both configured and learned is the configured node).
+        let mut nodes: BTreeMap<u32, (&Node, &str)> = BTreeMap::new();
+        for remote in &plan.remotes {
+            nodes.insert(self.ids.get(&remote.name), (&remote.node, &remote.name));
+        }
+        for (id, node, (_, candidate)) in &learned {
+            nodes.entry(*id).or_insert((node, &candidate.name));
+        }
+        // Nodes no longer there (removed from the configuration, withdrawn, their session or
+        // link down).
         let vanished: Vec<u32> = self
             .programmed
             .keys()
             .copied()
-            .filter(|id| !learned.iter().any(|(l, _, _)| l == id))
+            .filter(|id| !nodes.contains_key(id))
             .collect();
-        sent |= program_nodes(&learned, &vanished, &mut self.programmed, &self.commands).await?;
+        sent |= program_nodes(&nodes, &vanished, &mut self.programmed, &self.commands).await?;
+        let now = SystemTime::now();
         for service in &plan.services {
             let state = self.states.entry(service.id).or_default();
-            let extra: Vec<Candidate> = learned
+            let candidates: Vec<Candidate> = service
+                .candidates
                 .iter()
-                .filter(|(_, _, c)| c.0 == service.address)
-                .map(|(_, _, c)| c.1.clone())
+                .map(|c| c.resolve(self.ids.get(&c.name), now))
+                .chain(
+                    learned
+                        .iter()
+                        .filter(|(_, _, c)| c.0 == service.address)
+                        .map(|(_, _, c)| c.1.clone()),
+                )
                 .collect();
-            if let Some(ring) = step(plan, service, &extra, &self.drained, state) {
+            if let Some(ring) = step(plan, service, &candidates, &self.drained, state) {
                 let publish = Command::PublishRing {
                     service: service.id,
                     ring,
@@ -389,9 +413,7 @@ impl Steering {
         // Vanished nodes go once the rings above no longer name them.
         for id in vanished {
             self.programmed.remove(&id);
-            if let Some(learning) = &plan.learned {
-                learning.node_ids.lock().expect("ids lock").forget(id);
-            }
+            self.ids.forget(id);
             self.commands.send(Command::RemoveNode(id)).await.ok()?;
             sent = true;
         }
@@ -416,6 +438,12 @@ impl Steering {
             changed
         });
         explain(plan, &self.states, &self.outputs.explained);
+        let names = self.ids.names();
+        self.outputs.names.send_if_modified(|shown| {
+            let changed = *shown != names;
+            *shown = names;
+            changed
+        });
         let drained: Vec<String> = self.drained.iter().cloned().collect();
         for answer in self.answers.drain(..) {
             // The operator may have given up waiting; nothing to tell then.
@@ -435,23 +463,23 @@ async fn next_or_never(requests: &mut Option<mpsc::Receiver<Operator>>) -> Opera
     std::future::pending().await
 }
 
-/// Programs the learned nodes that are new or changed (before any ring names them) and marks
+/// Programs the nodes (configured and learned) that are new or changed (before any ring names them) and marks
 /// the vanished ones down: they stop taking flows now, one write each, and the data plane
 /// re-hashes their flows over the ring (`ring_slot`) while rings without them are built and
 /// written. Whether anything was sent; `None` once the owner is gone.
 async fn program_nodes(
-    learned: &[(u32, Node, (IpAddr, Candidate))],
+    nodes: &BTreeMap<u32, (&Node, &str)>,
     vanished: &[u32],
     programmed: &mut BTreeMap<u32, Node>,
     commands: &mpsc::Sender<Command>,
 ) -> Option<bool> {
     let mut sent = false;
-    for (id, node, (_, candidate)) in learned {
-        if programmed.get(id) != Some(node) {
-            programmed.insert(*id, node.clone());
-            warn_if_path_too_small(candidate.name.clone(), node);
+    for (&id, &(node, name)) in nodes {
+        if programmed.get(&id) != Some(node) {
+            programmed.insert(id, node.clone());
+            warn_if_path_too_small(name.to_owned(), node);
             let program = Command::SetNode {
-                id: *id,
+                id,
                 node: node.clone(),
             };
             commands.send(program).await.ok()?;
@@ -505,7 +533,10 @@ pub fn warn_if_path_too_small(name: String, node: &Node) {
 /// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
 /// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
 /// several paths is one candidate, by its best-known path (`best_known_first`).
-fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate))> {
+fn learned_candidates(
+    learning: &Learning,
+    ids: &mut Ids<String>,
+) -> Vec<(u32, Node, (IpAddr, Candidate))> {
     let routes: Vec<Learned> = learning
         .rib
         .lock()
@@ -515,7 +546,6 @@ fn learned_candidates(learning: &Learning) -> Vec<(u32, Node, (IpAddr, Candidate
         .collect();
     let links = learning.links.lock().expect("links lock").clone();
     let unrouted = unrouted_locators(learning);
-    let mut ids = learning.node_ids.lock().expect("ids lock");
     let mut candidates: Vec<_> = routes
         .into_iter()
         .filter_map(|Learned { neighbor, route }| {
@@ -602,14 +632,12 @@ fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
 fn step(
     plan: &Plan,
     service: &PlannedService,
-    learned: &[Candidate],
+    candidates: &[Candidate],
     drained: &BTreeSet<String>,
     state: &mut ServiceState,
 ) -> Option<Vec<u32>> {
     let now = SystemTime::now();
-    let mut candidates: Vec<Candidate> =
-        service.candidates.iter().map(|c| c.resolve(now)).collect();
-    candidates.extend(learned.iter().cloned());
+    let mut candidates = candidates.to_vec();
     for c in candidates.iter_mut().filter(|c| drained.contains(&c.name)) {
         c.admin = Admin::Drained;
     }
@@ -694,8 +722,6 @@ pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
     use crate::bgp::route::{Route, ServiceSid};
 
     /// The example ingress sets latency but no loss for its remotes: loss is unknown, not 0.
@@ -704,8 +730,7 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/ingress.toml");
         let config = crate::config::load(&path).unwrap();
-        let ids = Mutex::new(Ids::starting_at(1));
-        let planned = planned_service(0, &config.policies[0], &config, &ids);
+        let planned = planned_service(0, &config.policies[0], &config);
         let edge1 = planned
             .candidates
             .iter()
@@ -776,12 +801,11 @@ mod tests {
         let learning = Learning {
             rib,
             links,
-            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
             encap_src: Ipv6Addr::LOCALHOST,
             locators: None,
             import: crate::bgp::policy::Import::default(),
         };
-        let paths: BTreeMap<String, Path> = learned_candidates(&learning)
+        let paths: BTreeMap<String, Path> = learned_candidates(&learning, &mut Ids::starting_at(1))
             .into_iter()
             .map(|(_, _, (_, c))| (c.name, c.path))
             .collect();
@@ -812,13 +836,12 @@ mod tests {
         let mut learning = Learning {
             rib,
             links: crate::probe::SharedLinks::default(),
-            node_ids: Arc::new(Mutex::new(Ids::starting_at(1))),
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
             import: crate::bgp::policy::Import::default(),
         };
         assert!(
-            learned_candidates(&learning).is_empty(),
+            learned_candidates(&learning, &mut Ids::starting_at(1)).is_empty(),
             "no route to fc00:1::/32 yet"
         );
         let next_hop = "2001:db8:100::2".parse().unwrap();
@@ -830,7 +853,7 @@ mod tests {
             },
         );
         assert!(
-            learned_candidates(&learning).is_empty(),
+            learned_candidates(&learning, &mut Ids::starting_at(1)).is_empty(),
             "the locator's next hop does not resolve"
         );
         installed.lock().unwrap().insert(
@@ -843,7 +866,7 @@ mod tests {
                 },
             },
         );
-        let joined = learned_candidates(&learning);
+        let joined = learned_candidates(&learning, &mut Ids::starting_at(1));
         assert_eq!(joined.len(), 1);
         assert_eq!(
             joined[0].1.segments,
@@ -852,6 +875,9 @@ mod tests {
         // An agent that installs no locator routes relies on other routing.
         installed.lock().unwrap().clear();
         learning.locators = None;
-        assert_eq!(learned_candidates(&learning).len(), 1);
+        assert_eq!(
+            learned_candidates(&learning, &mut Ids::starting_at(1)).len(),
+            1
+        );
     }
 }

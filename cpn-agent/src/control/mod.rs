@@ -135,7 +135,8 @@ pub struct AgentState {
     /// The next-hop cache's latest answers, by node id.
     pub nexthops: watch::Receiver<crate::agent::NextHopAnswers>,
     /// Node ids and names, as the agent numbers nodes in the maps.
-    pub node_ids: crate::agent::NodeIds,
+    /// Node id → name, as steering numbers them.
+    pub node_names: tokio::sync::watch::Receiver<std::collections::BTreeMap<u32, String>>,
     /// Where the data plane's maps are pinned (none: unpinned, no data-plane views).
     pub pin_dir: Option<PathBuf>,
 }

@@ -169,7 +169,7 @@ impl AgentState {
 
     /// Node id → name, for every node the agent has named.
     fn names(&self) -> BTreeMap<u32, String> {
-        self.node_ids.lock().expect("ids lock").names()
+        self.node_names.borrow().clone()
     }
 
     pub(super) fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
