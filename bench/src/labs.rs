@@ -32,7 +32,7 @@ use cpn_common::{
     maps::{self, MAX_NODES, MAX_SERVICES, NodeEntry, RingSelector, SidEntry},
     stats::Counter,
 };
-use cpn_tests::cpn_lab::{CpnLab, Topology};
+use cpn_tests::cpn_lab::{CpnLab, Mode, Topology};
 use serde::Serialize;
 
 use crate::stats::Spread;
@@ -47,6 +47,8 @@ const DEADLINE: Duration = Duration::from_secs(15);
 pub struct LabRun {
     /// Agents in the lab: ingress, transit and compute nodes.
     pub agents: usize,
+    /// `distributed` (eBGP hop by hop) or `reflector` (iBGP, the transit reflecting).
+    pub mode: &'static str,
     pub rounds: usize,
     /// Seconds from starting the lab until the service answered through the ingress.
     pub start_s: f64,
@@ -58,7 +60,7 @@ pub struct LabRun {
     pub death_to_last_packet_ms: Spread,
 }
 
-fn topology(computes: usize) -> Result<Topology> {
+fn topology(computes: usize, mode: Mode) -> Result<Topology> {
     let mut text = format!(
         "[[service]]\nname = \"web\"\naddress = \"{SERVICE}\"\nkind = \"cpu\"\n\
          latency_weight = 0\nload_weight = 1\n\n[[client]]\nname = \"client1\"\n"
@@ -71,6 +73,9 @@ fn topology(computes: usize) -> Result<Topology> {
     }
     // Neighbours notice a dead link after 3 silent probes 30 ms apart.
     text.push_str("\n[detection]\ninterval_ms = 30\nmultiplier = 3\n");
+    if mode == Mode::Reflector {
+        text.insert_str(0, "mode = \"reflector\"\n\n");
+    }
     Topology::parse(Path::new("bench-lab.toml"), &text)
 }
 
@@ -202,9 +207,9 @@ fn sid_of(n: usize) -> Ipv6Addr {
     )
 }
 
-pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
+pub fn run(computes: usize, mode: Mode, rounds: usize) -> Result<LabRun> {
     let started = Instant::now();
-    let mut lab = CpnLab::start("bench-cp", topology(computes)?)?;
+    let mut lab = CpnLab::start("bench-cp", topology(computes, mode)?)?;
     let start_s = started.elapsed().as_secs_f64();
     let pin_dir = lab
         .agents
@@ -257,6 +262,10 @@ pub fn run(computes: usize, rounds: usize) -> Result<LabRun> {
     result.map_err(|e| e.context(format!("agent logs:\n{}", tail(&lab.logs()))))?;
     Ok(LabRun {
         agents: computes + 2,
+        mode: match mode {
+            Mode::Distributed => "distributed",
+            Mode::Reflector => "reflector",
+        },
         rounds,
         start_s,
         metric_to_ring_ms: Spread::of(&to_ring),

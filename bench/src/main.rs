@@ -141,10 +141,22 @@ fn main() -> Result<()> {
 
     let mut lab_runs = Vec::new();
     if wanted(Part::Labs) {
-        let lab_sizes: &[usize] = if quick { &[3] } else { &[3, 18] };
-        for &computes in lab_sizes {
-            lab_runs.push(labs::run(computes, if quick { 1 } else { 5 })?);
-            eprintln!("bench: namespace lab with {} agents done", computes + 2);
+        use cpn_tests::cpn_lab::Mode;
+        let labs: &[(usize, Mode)] = if quick {
+            &[(3, Mode::Distributed)]
+        } else {
+            &[
+                (3, Mode::Distributed),
+                (18, Mode::Distributed),
+                (3, Mode::Reflector),
+            ]
+        };
+        for &(computes, mode) in labs {
+            lab_runs.push(labs::run(computes, mode, if quick { 1 } else { 5 })?);
+            eprintln!(
+                "bench: namespace lab with {} agents ({mode:?}) done",
+                computes + 2
+            );
         }
     }
     if quick && wanted(Part::Labs) {

@@ -265,10 +265,7 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md);
     }
     if !report.labs.is_empty() {
-        let _ = writeln!(
-            md,
-            "## Control plane in namespace labs (distributed mode)\n"
-        );
+        let _ = writeln!(md, "## Control plane in namespace labs\n");
         let _ = writeln!(
             md,
             "Real agents over veth links; the client sends one new UDP flow per millisecond; \
@@ -278,14 +275,15 @@ pub fn markdown(report: &Report) -> String {
         );
         let _ = writeln!(
             md,
-            "| agents | rounds | lab start s | metric change → new ring ms | → first packet steered to the node ms | → first packet at the node ms | death → last packet steered to it ms |"
+            "| agents | mode | rounds | lab start s | metric change → new ring ms | → first packet steered to the node ms | → first packet at the node ms | death → last packet steered to it ms |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for l in &report.labs {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {} | {} | {} | {} |",
                 l.agents,
+                l.mode,
                 l.rounds,
                 l.start_s,
                 l.metric_to_ring_ms.show(0),

@@ -49,7 +49,26 @@ pub struct Topology {
     pub computes: Vec<ComputeSpec>,
     /// Link probes between the agents (default: the agent's, 3 × 100 ms).
     pub detection: Option<Detection>,
+    /// How routes travel (default: distributed).
+    #[serde(default)]
+    pub mode: Mode,
 }
+
+/// The lab's BGP design.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One AS per node, eBGP everywhere: each hop passes routes on with itself as next hop.
+    #[default]
+    Distributed,
+    /// One AS, iBGP: the transit agent is the route reflector of every other agent (RFC 4456).
+    /// Routes keep the compute node's own address as next hop, which the ingress reaches over
+    /// a static route through the transit (what an IGP would give it): not on-link.
+    Reflector,
+}
+
+/// The AS of every agent in [`Mode::Reflector`].
+const LAB_AS: u32 = 4_200_000_000;
 
 /// How fast neighbouring agents notice a dead link: a probe every `interval_ms`, dead after
 /// `multiplier` silent intervals.
@@ -61,6 +80,33 @@ pub struct Detection {
 }
 
 impl Topology {
+    fn ingress_as(&self) -> u32 {
+        self.asn(INGRESS_AS)
+    }
+
+    fn transit_as(&self) -> u32 {
+        self.asn(TRANSIT_AS)
+    }
+
+    fn compute_as(&self, n: usize) -> u32 {
+        self.asn(4_200_000_000 + u32::try_from(n).expect("at most 99 nodes"))
+    }
+
+    fn asn(&self, distributed: u32) -> u32 {
+        match self.mode {
+            Mode::Distributed => distributed,
+            Mode::Reflector => LAB_AS,
+        }
+    }
+
+    /// How the transit's neighbors are configured: passive, and its clients if it reflects.
+    fn transit_neighbor_lines(&self) -> &'static str {
+        match self.mode {
+            Mode::Distributed => "passive = true\n",
+            Mode::Reflector => "passive = true\nroute_reflector_client = true\n",
+        }
+    }
+
     /// The `[bgp]` lines every agent gets for [`Detection`].
     fn detection_lines(&self) -> String {
         self.detection.map_or_else(String::new, |d| {
@@ -219,7 +265,7 @@ impl CpnLab {
                 start_service(&mut lab, &compute.name, service, &inflight, &knob)?;
                 served.push((service, inflight));
             }
-            let config = compute_config(n, compute, &served, &topology.detection_lines());
+            let config = compute_config(n, compute, &served, &topology);
             agents.insert(
                 compute.name.clone(),
                 lab.start_agent(&compute.name, &config)?,
@@ -341,7 +387,7 @@ impl CpnLab {
                 (s, inflight)
             })
             .collect();
-        let config = compute_config(n, spec, &served, &self.topology.detection_lines());
+        let config = compute_config(n, spec, &served, &self.topology);
         let agent = self.lab.start_agent(compute, &config)?;
         self.agents.insert(compute.to_owned(), agent);
         Ok(())
@@ -374,6 +420,10 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
     ingress.add_address("eth0", "2001:db8:100::1/64")?;
     ingress.add_address("eth0", "10.100.0.1/24")?;
     ingress.enable_forwarding()?;
+    if topology.mode == Mode::Reflector {
+        // The compute nodes' links, through the transit: the next hops of their routes.
+        ingress.add_route(&["2001:db8:200::/40", "via", "2001:db8:100::2"])?;
+    }
     let transit = lab.node("transit")?;
     transit.add_address("eth0", "2001:db8:100::2/64")?;
     transit.add_address("eth0", "10.100.0.2/24")?;
@@ -476,28 +526,29 @@ fn ingress_config(topology: &Topology, explain: &Path) -> String {
         explain.display()
     );
     text.push_str(&bgp_section(
-        INGRESS_AS,
+        topology.ingress_as(),
         "10.0.0.100",
         &topology.detection_lines(),
-        &[("2001:db8:100::2".into(), TRANSIT_AS, "")],
+        &[("2001:db8:100::2".into(), topology.transit_as(), "")],
     ));
     text
 }
 
 fn transit_config(topology: &Topology) -> String {
-    let mut neighbors = vec![("2001:db8:100::1".to_owned(), INGRESS_AS, "passive = true\n")];
+    let client = topology.transit_neighbor_lines();
+    let mut neighbors = vec![("2001:db8:100::1".to_owned(), topology.ingress_as(), client)];
     for n in 1..=topology.computes.len() {
         neighbors.push((
             format!("2001:db8:2{n:02}::2"),
-            compute_as(n),
-            "passive = true\n",
+            topology.compute_as(n),
+            client,
         ));
     }
     format!(
         "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
         bgp_section(
-            TRANSIT_AS,
+            topology.transit_as(),
             "10.0.0.50",
             &topology.detection_lines(),
             &neighbors
@@ -505,15 +556,11 @@ fn transit_config(topology: &Topology) -> String {
     )
 }
 
-fn compute_as(n: usize) -> u32 {
-    4_200_000_000 + u32::try_from(n).expect("at most 99 nodes")
-}
-
 fn compute_config(
     n: usize,
     spec: &ComputeSpec,
     served: &[(&ServiceSpec, PathBuf)],
-    detection: &str,
+    topology: &Topology,
 ) -> String {
     let capacity = spec
         .capacity
@@ -539,10 +586,10 @@ fn compute_config(
     }
     text.push_str("[metrics]\ninterval_ms = 200\nsample_host = false\n\n");
     text.push_str(&bgp_section(
-        compute_as(n),
+        topology.compute_as(n),
         &format!("10.0.1.{n}"),
-        detection,
-        &[(format!("2001:db8:2{n:02}::1"), TRANSIT_AS, "")],
+        &topology.detection_lines(),
+        &[(format!("2001:db8:2{n:02}::1"), topology.transit_as(), "")],
     ));
     text
 }

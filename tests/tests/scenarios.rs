@@ -245,6 +245,53 @@ fn services_reach_only_nodes_of_their_kind_and_grade() -> Result<()> {
     Ok(())
 }
 
+/// Centralized mode: one AS, the transit agent reflecting every route (RFC 4456). The ingress
+/// learns the compute nodes' routes with their own addresses as next hops, which it reaches
+/// only through the transit (a static route here, an IGP in a network): steering and the data
+/// path must work on next hops that are not on-link.
+#[test]
+fn a_reflector_lab_steers_by_capacity_over_next_hops_not_on_link() -> Result<()> {
+    let (_one, lab) = lab(
+        "reflector",
+        r#"
+        mode = "reflector"
+        [[service]]
+        name = "web"
+        address = "2001:db8:6c::1"
+        latency_weight = 0
+        [[client]]
+        name = "client1"
+        [[compute]]
+        name = "small"
+        capacity = { cpu = 1e12 }
+        [[compute]]
+        name = "big"
+        capacity = { cpu = 3e12 }
+        "#,
+    )?;
+    let web = service(&lab, "web");
+    wait_weights(&lab, web, "both nodes weighed", |w, _| {
+        w.values().filter(|v| **v > 0.0).count() == 2
+    })?;
+    let routes = lab
+        .lab
+        .node("ingress")?
+        .ip("-6 route show root fc00::/16")?;
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    ensure!(
+        routes.contains("via 2001:db8:201::2") && routes.contains("via 2001:db8:202::2"),
+        "the ingress's locator routes lead to the compute nodes' own addresses:\n{routes}"
+    );
+    let split = lab.split("client1", web, 400)?;
+    eprintln!("web: {split:?}");
+    let big = share(&split, "big");
+    ensure!(
+        (big - 0.75).abs() < 0.1 && split.len() == 2,
+        "spread by CPU capacity 1:3 through the reflector: {split:?}"
+    );
+    Ok(())
+}
+
 /// Flow affinity: 1000 TCP connections stay open and on their node through three load changes
 /// that each move the ring.
 #[test]

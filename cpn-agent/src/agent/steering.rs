@@ -211,7 +211,6 @@ pub struct Explanation {
     pub ring_updates: u64,
 }
 
-/// Nodes an operator drained (`cpnctl drain`), by name: they get no new flows.
 /// What the operator asks of steering (over the control socket).
 #[derive(Debug)]
 pub enum Operator {
@@ -230,8 +229,8 @@ pub struct Outputs {
     /// The plan generation rings have been published for.
     pub settled: watch::Sender<u64>,
     pub explained: watch::Sender<Vec<Explanation>>,
-    /// The segments of the learned nodes in the data plane: their locators' kernel routes must
-    /// stay until the nodes are gone (make before break; see locators.rs).
+    /// The segments of the nodes in the data plane: the kernel routes of learned locators must
+    /// stay until no node needs them (make before break; see locators.rs).
     pub in_use: watch::Sender<BTreeSet<Ipv6Addr>>,
     /// Node id → name, for the operator's views.
     pub names: watch::Sender<BTreeMap<u32, String>>,
