@@ -275,18 +275,14 @@ mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::{
-        metrics::Measure,
-        probe::{LinkStats, SharedLinks},
-    };
+    use crate::{metrics::Measure, probe::LinkStats};
 
     /// A neighbor that never answered a probe exports no RTT or loss at all (not 0, not 1).
     #[test]
     fn unknown_link_gauges_are_left_out() {
         let measured: IpAddr = "2001:db8::1".parse().unwrap();
         let silent: IpAddr = "2001:db8::2".parse().unwrap();
-        let links = SharedLinks::default();
-        links.lock().unwrap().extend([
+        let (_, links) = tokio::sync::watch::channel(HashMap::from([
             (
                 measured,
                 LinkStats {
@@ -297,7 +293,7 @@ mod tests {
                 },
             ),
             (silent, LinkStats::default()),
-        ]);
+        ]));
         let (_explained, explanations) = tokio::sync::watch::channel(Vec::new());
         let sources = Sources {
             state: AgentState {

@@ -14,7 +14,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -208,8 +207,9 @@ impl Link {
     }
 }
 
-/// Every neighbor's link statistics, for path metrics and operators.
-pub type SharedLinks = Arc<Mutex<HashMap<IpAddr, LinkStats>>>;
+/// Every neighbor's link statistics, for path metrics and operators: a snapshot the probe
+/// task publishes on every probe interval.
+pub type Links = watch::Receiver<HashMap<IpAddr, LinkStats>>;
 
 /// Liveness per neighbor: becomes `false` when a live link dies.
 pub type Liveness = HashMap<IpAddr, watch::Receiver<bool>>;
@@ -220,13 +220,13 @@ pub async fn spawn(
     neighbors: &[IpAddr],
     interval: Duration,
     multiplier: u32,
-) -> std::io::Result<(SharedLinks, Liveness, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<(Links, Liveness, tokio::task::JoinHandle<()>)> {
     let socket = UdpSocket::bind(SocketAddr::new(
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         port,
     ))
     .await?;
-    let links = SharedLinks::default();
+    let (publish, links) = watch::channel(HashMap::new());
     let mut liveness = Liveness::new();
     let mut watched = HashMap::new();
     for &neighbor in neighbors {
@@ -234,7 +234,7 @@ pub async fn spawn(
         liveness.insert(neighbor, rx);
         watched.insert(neighbor, (Link::new(interval, multiplier), tx));
     }
-    let task = tokio::spawn(run(socket, port, watched, links.clone(), interval));
+    let task = tokio::spawn(run(socket, port, watched, publish, interval));
     Ok((links, liveness, task))
 }
 
@@ -242,7 +242,7 @@ async fn run(
     socket: UdpSocket,
     port: u16,
     mut watched: HashMap<IpAddr, (Link, watch::Sender<bool>)>,
-    links: SharedLinks,
+    links: watch::Sender<HashMap<IpAddr, LinkStats>>,
     interval: Duration,
 ) {
     let epoch = Instant::now();
@@ -261,8 +261,9 @@ async fn run(
                     let probe = link.request(now, epoch);
                     // A send error (no route yet) is just a lost probe.
                     let _ = socket.send_to(&probe.encode(), SocketAddr::new(*neighbor, port)).await;
-                    links.lock().expect("links lock").insert(*neighbor, link.stats());
                 }
+                let stats = watched.iter().map(|(n, (link, _))| (*n, link.stats())).collect();
+                links.send_replace(stats);
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else { continue };

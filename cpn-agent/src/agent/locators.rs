@@ -13,7 +13,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv6Addr,
-    sync::{Arc, Mutex},
 };
 
 use ipnet::{IpNet, Ipv6Net};
@@ -60,7 +59,10 @@ impl Locator {
 }
 
 /// The learned locators by prefix and length, and what the kernel has for each.
-pub type Installed = Arc<Mutex<BTreeMap<(Ipv6Addr, u8), Locator>>>;
+pub type Locators = BTreeMap<(Ipv6Addr, u8), Locator>;
+
+/// The locators task's snapshot of [`Locators`], republished on every change.
+pub type Installed = watch::Receiver<Locators>;
 
 /// The locator routes `rib` asks for: for each cpn locator (`import`) other than `own`, the
 /// next hop of the path with the lowest AIGP, then the shortest `AS_PATH`.
@@ -108,7 +110,7 @@ pub struct Inputs {
 /// resolved through the kernel's FIB (next-hop tracking), and resolved again whenever the
 /// kernel's routes or interfaces change, so a locator behind a reflector or an IGP follows
 /// the path to its next hop.
-pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: Installed) {
+pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<Locators>) {
     let Inputs {
         rib,
         own,
@@ -126,7 +128,7 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: Installed) {
     loop {
         let used = in_use.borrow_and_update().clone();
         let want = wanted(&rib, own, &import);
-        let have = installed.lock().expect("installed lock").clone();
+        let have = installed.borrow().clone();
         for (&(prefix, len), &next_hop) in &want {
             let state = match kernel.resolve(next_hop).await {
                 Ok(Ok(via)) => Locator::Installed { next_hop, via },
@@ -157,10 +159,9 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: Installed) {
                     }
                 }
             }
-            installed
-                .lock()
-                .expect("installed lock")
-                .insert((prefix, len), state);
+            installed.send_modify(|now| {
+                now.insert((prefix, len), state);
+            });
         }
         let still_used = |(prefix, len): &(Ipv6Addr, u8)| {
             Ipv6Net::new(*prefix, *len).is_ok_and(|net| used.iter().any(|a| net.contains(a)))
@@ -172,7 +173,9 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: Installed) {
             if state.is_installed() {
                 remove(&kernel, key.0, key.1).await;
             }
-            installed.lock().expect("installed lock").remove(key);
+            installed.send_modify(|now| {
+                now.remove(key);
+            });
         }
         let wake = tokio::select! {
             rib = changes.changed() => rib.map(|()| true).map_err(drop),

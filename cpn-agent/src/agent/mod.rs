@@ -18,7 +18,7 @@
 
 mod locators;
 
-pub use self::locators::{Installed as Locators, Locator};
+pub use self::locators::{Installed as InstalledLocators, Locator};
 mod nexthops;
 pub use self::nexthops::{Answers as NextHopAnswers, Resolution};
 mod owner;
@@ -149,7 +149,8 @@ impl Agent {
             generation: 0,
             tasks: Vec::new(),
             kernel: None,
-            learned_locators: locators::Installed::default(),
+            // Nothing learned until a locators task publishes.
+            learned_locators: watch::channel(locators::Locators::new()).1,
         };
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
@@ -178,7 +179,9 @@ impl Agent {
             agent.tasks.extend(tasks);
             let mut locators = None;
             if !config.interfaces.is_empty() {
-                locators = Some(agent.learned_locators.clone());
+                let (publish, installed) = watch::channel(locators::Locators::new());
+                agent.learned_locators = installed.clone();
+                locators = Some(installed);
                 let own = own_locator.and_then(|r| match r.prefix {
                     ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
                     ipnet::IpNet::V4(_) => None,
@@ -192,7 +195,7 @@ impl Agent {
                 agent.tasks.push(tokio::spawn(locators::run(
                     inputs,
                     KernelRoutes::connect()?,
-                    agent.learned_locators.clone(),
+                    publish,
                 )));
             }
             agent.learning = Some(steering::Learning {
@@ -498,7 +501,8 @@ impl Agent {
                 }
             }
         }
-        let learned = std::mem::take(&mut *self.learned_locators.lock().expect("locators lock"));
+        // The tasks are aborted: this is the last of what the locators task installed.
+        let learned = self.learned_locators.borrow().clone();
         if remove_kernel_routes && !learned.is_empty() {
             let kernel = KernelRoutes::connect()?;
             for (prefix, len) in learned

@@ -49,7 +49,7 @@ pub struct Plan {
 pub struct Learning {
     pub rib: SharedRib,
     /// Link statistics per neighbor: the last hop of each learned path.
-    pub links: crate::probe::SharedLinks,
+    pub links: crate::probe::Links,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
@@ -281,8 +281,10 @@ pub async fn run(
 ) {
     let mut steering = Steering::new(owner, outputs);
     let mut operator = Some(operator);
-    // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more).
+    // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more), and
+    // so does every installed locator route (a node waiting for its route joins at once).
     let mut rib_changes: Option<watch::Receiver<u64>> = None;
+    let mut locator_changes: Option<super::locators::Installed> = None;
     loop {
         let plan = plans.borrow_and_update().clone();
         if rib_changes.is_none()
@@ -290,8 +292,12 @@ pub async fn run(
         {
             // Subscribed before the RIB is read below, so no change between is missed.
             rib_changes = Some(learning.rib.lock().expect("rib lock").subscribe());
+            locator_changes.clone_from(&learning.locators);
         }
         if let Some(changes) = &mut rib_changes {
+            changes.mark_unchanged();
+        }
+        if let Some(changes) = &mut locator_changes {
             changes.mark_unchanged();
         }
         if steering.step(&plan).await.is_none() {
@@ -301,6 +307,7 @@ pub async fn run(
             () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
             changed = plans.changed() => if changed.is_err() { return },
             () = changed_or_never(rib_changes.as_mut()) => {}
+            () = changed_or_never(locator_changes.as_mut()) => {}
             request = next_or_never(&mut operator) => steering.ask(request),
         }
     }
@@ -497,7 +504,7 @@ async fn program_nodes(
 }
 
 /// Resolves when the watched value changes; never without one (or once its sender is gone).
-async fn changed_or_never(changes: Option<&mut watch::Receiver<u64>>) {
+async fn changed_or_never<T>(changes: Option<&mut watch::Receiver<T>>) {
     if let Some(changes) = changes
         && changes.changed().await.is_ok()
     {
@@ -543,7 +550,7 @@ fn learned_candidates(
         .routes()
         .filter(|l| l.route.is_service())
         .collect();
-    let links = learning.links.lock().expect("links lock").clone();
+    let links = learning.links.borrow().clone();
     let unrouted = unrouted_locators(learning);
     let mut candidates: Vec<_> = routes
         .into_iter()
@@ -614,7 +621,7 @@ fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
     let Some(installed) = &learning.locators else {
         return Vec::new();
     };
-    let installed = installed.lock().expect("installed lock").clone();
+    let installed = installed.borrow().clone();
     super::locators::wanted(&learning.rib, None, &learning.import)
         .into_keys()
         .filter(|key| {
@@ -785,18 +792,17 @@ mod tests {
             rib.insert_for_test(reflector, via(3, "fc00:3::d6", "2001:db8:15::2", None));
             rib.insert_for_test(silent, via(1, "fc00:4::d6", "2001:db8:14::2", None));
         }
-        let links = crate::probe::SharedLinks::default();
         let measured = |rtt_ms, loss| LinkStats {
             rtt: Measure::Known(Duration::from_millis(rtt_ms)),
             jitter: Measure::Known(Duration::ZERO),
             loss: Measure::Known(loss),
             alive: Measure::Known(true),
         };
-        links.lock().unwrap().extend([
+        let (_, links) = watch::channel(HashMap::from([
             (direct, measured(2, 0.02)),
             (reflector, measured(40, 1.0)),
             (silent, LinkStats::default()),
-        ]);
+        ]));
         let learning = Learning {
             rib,
             links,
@@ -831,10 +837,10 @@ mod tests {
             rib.insert_for_test(neighbor, route("2001:db8:cafe::1/128", Some("fc00:1::d6")));
             rib.insert_for_test(neighbor, route("fc00:1::/32", None));
         }
-        let installed = super::super::locators::Installed::default();
+        let (publish, installed) = watch::channel(super::super::locators::Locators::new());
         let mut learning = Learning {
             rib,
-            links: crate::probe::SharedLinks::default(),
+            links: watch::channel(HashMap::new()).1,
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
             import: crate::bgp::policy::Import::default(),
@@ -844,27 +850,31 @@ mod tests {
             "no route to fc00:1::/32 yet"
         );
         let next_hop = "2001:db8:100::2".parse().unwrap();
-        installed.lock().unwrap().insert(
-            ("fc00:1::".parse().unwrap(), 32),
-            super::super::locators::Locator::Unresolved {
-                next_hop,
-                why: crate::kernel::Unresolved::NoRoute,
-            },
-        );
+        publish.send_modify(|l| {
+            l.insert(
+                ("fc00:1::".parse().unwrap(), 32),
+                super::super::locators::Locator::Unresolved {
+                    next_hop,
+                    why: crate::kernel::Unresolved::NoRoute,
+                },
+            );
+        });
         assert!(
             learned_candidates(&learning, &mut Ids::starting_at(1)).is_empty(),
             "the locator's next hop does not resolve"
         );
-        installed.lock().unwrap().insert(
-            ("fc00:1::".parse().unwrap(), 32),
-            super::super::locators::Locator::Installed {
-                next_hop,
-                via: crate::kernel::Resolved {
-                    gateway: next_hop,
-                    oif: 2,
+        publish.send_modify(|l| {
+            l.insert(
+                ("fc00:1::".parse().unwrap(), 32),
+                super::super::locators::Locator::Installed {
+                    next_hop,
+                    via: crate::kernel::Resolved {
+                        gateway: next_hop,
+                        oif: 2,
+                    },
                 },
-            },
-        );
+            );
+        });
         let joined = learned_candidates(&learning, &mut Ids::starting_at(1));
         assert_eq!(joined.len(), 1);
         assert_eq!(
@@ -872,7 +882,7 @@ mod tests {
             vec!["fc00:1::d6".parse::<Ipv6Addr>().unwrap()]
         );
         // An agent that installs no locator routes relies on other routing.
-        installed.lock().unwrap().clear();
+        publish.send_modify(BTreeMap::clear);
         learning.locators = None;
         assert_eq!(
             learned_candidates(&learning, &mut Ids::starting_at(1)).len(),

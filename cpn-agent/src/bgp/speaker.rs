@@ -41,7 +41,7 @@ use super::{
     policy::{self, Local, PathIds, Peer, Received},
     route::{self, AddPath, Route},
 };
-use crate::probe::{Liveness, SharedLinks};
+use crate::probe::{Links, Liveness};
 
 /// The speaker's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -285,7 +285,7 @@ pub async fn spawn(
     config: SpeakerConfig,
     local: watch::Receiver<Vec<Route>>,
     mut liveness: Liveness,
-    links: SharedLinks,
+    links: Links,
 ) -> std::io::Result<(SharedRib, Vec<tokio::task::JoinHandle<()>>)> {
     let rib = SharedRib::default();
     if config.graceful.enabled() && config.graceful.forwarding_preserved {
@@ -408,7 +408,7 @@ struct Session {
     originated_complete: bool,
     /// The neighbor's link liveness, when it is probed.
     alive: Option<watch::Receiver<bool>>,
-    links: SharedLinks,
+    links: Links,
 }
 
 impl Session {
@@ -786,7 +786,7 @@ impl Session {
             rib.routes.values().cloned().collect()
         };
         {
-            let links = self.links.lock().expect("links lock");
+            let links = self.links.borrow();
             for r in &mut received {
                 // AIGP has no "unknown": an unmeasured link adds nothing to it.
                 r.link_us = links
@@ -1003,9 +1003,14 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let (rib, _tasks) = spawn(config, local, Liveness::default(), SharedLinks::default())
-            .await
-            .unwrap();
+        let (rib, _tasks) = spawn(
+            config,
+            local,
+            Liveness::default(),
+            watch::channel(HashMap::new()).1,
+        )
+        .await
+        .unwrap();
         (rib, listen, tx)
     }
 

@@ -32,7 +32,7 @@ use crate::{
         speaker::{MessageCounts, SharedRib},
     },
     metrics::NodeMetrics,
-    probe::SharedLinks,
+    probe::Links,
 };
 
 /// Where the agent listens unless `[control] socket` says otherwise.
@@ -125,9 +125,9 @@ pub struct AgentState {
     /// Configured neighbors and their AS numbers.
     pub neighbors: Vec<(IpAddr, u32)>,
     pub rib: Option<SharedRib>,
-    pub links: Option<SharedLinks>,
+    pub links: Option<Links>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
-    pub locators: Option<crate::agent::Locators>,
+    pub locators: Option<crate::agent::InstalledLocators>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
     /// Steering, which owns the drained nodes.
@@ -178,7 +178,7 @@ impl AgentState {
         let links = self
             .links
             .as_ref()
-            .map(|l| l.lock().expect("links lock").clone())
+            .map(|l| l.borrow().clone())
             .unwrap_or_default();
         self.neighbors
             .iter()
@@ -225,7 +225,7 @@ impl AgentState {
         let locators = self
             .locators
             .as_ref()
-            .map(|l| l.lock().expect("locators lock").clone())
+            .map(|l| l.borrow().clone())
             .unwrap_or_default();
         let rib = rib.lock().expect("rib lock");
         rib.routes()
