@@ -282,7 +282,7 @@ mod tests {
     fn unknown_link_gauges_are_left_out() {
         let measured: IpAddr = "2001:db8::1".parse().unwrap();
         let silent: IpAddr = "2001:db8::2".parse().unwrap();
-        let (_, links) = tokio::sync::watch::channel(HashMap::from([
+        let (_, links) = tokio::sync::watch::channel(std::collections::HashMap::from([
             (
                 measured,
                 LinkStats {
