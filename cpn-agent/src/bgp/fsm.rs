@@ -89,7 +89,7 @@ pub enum Action {
     Up(Negotiated),
     /// The session went down; `retain` says what becomes of the peer's paths.
     Down {
-        why: String,
+        why: Down,
         retain: Retain,
     },
     /// An UPDATE to process (Established only).
@@ -108,6 +108,66 @@ pub enum Action {
     /// The colliding connection wins: send the current one a Cease (Connection Collision
     /// Resolution), close it, and carry on over the colliding one.
     AdoptColliding,
+}
+
+/// A session's end, for operators (what becomes of the peer's paths is [`Retain`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Down {
+    pub reason: DownReason,
+    /// Whether the session had come up (Established) before it ended.
+    pub established: bool,
+}
+
+/// Why a session ended, named after the RFC 4271 §8.1 event where there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownReason {
+    /// Event 2, ManualStop: the agent stops (or the neighbor left the configuration).
+    ManualStop,
+    /// Event 10, HoldTimer_Expires.
+    HoldTimerExpires,
+    /// Event 18, TcpConnectionFails: the connection failed or closed.
+    TcpConnectionFails,
+    /// Link sensing lost the neighbor (probe.rs), ended with Cease / BFD Down (RFC 9384).
+    PeerDead,
+    /// Events 24 and 25, NotifMsgVerErr / NotifMsg: the peer's NOTIFICATION.
+    NotificationReceived(String),
+    /// Events 21 and 28, BGPHeaderErr / UpdateMsgErr: a message that ends the session
+    /// (errors.rs), and what was wrong with it.
+    MalformedMessage(String),
+    /// Event 22, BGPOpenMsgErr: the peer's OPEN was refused, and why.
+    OpenRefused(String),
+    /// A message the state does not take (a Finite State Machine Error, RFC 6608).
+    UnexpectedMessage { message: String, state: State },
+    /// More paths than the neighbor's `max_prefixes` (Cease, RFC 4486).
+    TooManyPrefixes(usize),
+    /// The peer connected again while the session was up: it restarted (RFC 4724 §4.2).
+    PeerRestarted,
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.established && self.reason != DownReason::ManualStop {
+            f.write_str("session not established: ")?;
+        }
+        match &self.reason {
+            DownReason::ManualStop => f.write_str("stopped by the operator"),
+            DownReason::HoldTimerExpires => f.write_str("hold timer expired"),
+            DownReason::TcpConnectionFails => f.write_str("the TCP connection closed"),
+            DownReason::PeerDead => f.write_str("link probe: the neighbor stopped answering"),
+            DownReason::NotificationReceived(n) => write!(f, "the peer sent {n}"),
+            DownReason::MalformedMessage(why) => write!(f, "malformed message: {why}"),
+            DownReason::OpenRefused(why) => write!(f, "OPEN refused: {why}"),
+            DownReason::UnexpectedMessage { message, state } => {
+                write!(f, "unexpected {message} in {state:?}")
+            }
+            DownReason::TooManyPrefixes(limit) => {
+                write!(f, "more than {limit} prefixes received")
+            }
+            DownReason::PeerRestarted => {
+                f.write_str("the peer restarted: it connected again while the session was up")
+            }
+        }
+    }
 }
 
 /// What both sides agreed on.
@@ -277,7 +337,7 @@ impl Fsm {
                 vec![]
             }
             (_, Event::TcpFailed) => {
-                self.reset(now, "the TCP connection closed", Ending::ConnectionLost)
+                self.reset(now, DownReason::TcpConnectionFails, Ending::ConnectionLost)
             }
             (State::Established, Event::TooManyPrefixes(limit)) => {
                 self.too_many_prefixes(now, limit)
@@ -293,7 +353,7 @@ impl Fsm {
                 let mut actions: Vec<Action> = n.into_iter().map(notification).collect();
                 actions.extend(self.reset(
                     now,
-                    &format!("malformed message: {why}"),
+                    DownReason::MalformedMessage(why),
                     Ending::Notification,
                 ));
                 actions
@@ -307,7 +367,7 @@ impl Fsm {
             (_, Event::PeerDead) => self.cease(
                 now,
                 CeaseError::BfdDown { value: empty() },
-                "link probe: the neighbor stopped answering",
+                DownReason::PeerDead,
             ),
             (State::OpenSent, Event::Message(BgpMessage::Open(open))) => {
                 self.open_received(now, &open)
@@ -324,9 +384,11 @@ impl Fsm {
                 self.hold_at = self.hold_deadline(now);
                 vec![Action::ResendAll]
             }
-            (_, Event::Message(BgpMessage::Notification(n))) => {
-                self.reset(now, &format!("the peer sent {n:?}"), Ending::Notification)
-            }
+            (_, Event::Message(BgpMessage::Notification(n))) => self.reset(
+                now,
+                DownReason::NotificationReceived(format!("{n:?}")),
+                Ending::Notification,
+            ),
             (state, Event::Message(m)) => self.unexpected(now, state, &m),
         }
     }
@@ -354,7 +416,10 @@ impl Fsm {
         )];
         actions.extend(self.reset(
             now,
-            &format!("unexpected {:?} in {state:?}", m.get_type()),
+            DownReason::UnexpectedMessage {
+                message: format!("{:?}", m.get_type()),
+                state,
+            },
             Ending::Notification,
         ));
         actions
@@ -400,7 +465,7 @@ impl Fsm {
                     value: empty(),
                 },
             ))];
-            actions.extend(self.reset(now, "hold timer expired", Ending::Notification));
+            actions.extend(self.reset(now, DownReason::HoldTimerExpires, Ending::Notification));
             return actions;
         }
         if due(self.keepalive_at) {
@@ -428,7 +493,7 @@ impl Fsm {
         let error = CeaseError::MaximumNumberOfPrefixesReached {
             value: value.into_boxed_slice(),
         };
-        let actions = self.cease(now, error, &format!("more than {limit} prefixes received"));
+        let actions = self.cease(now, error, DownReason::TooManyPrefixes(limit));
         // A peer that floods us would flood us again at once: stay down longer.
         self.restart_at = self.restart_at.map(|_| now + MAX_PREFIX_IDLE_HOLD);
         actions
@@ -445,7 +510,7 @@ impl Fsm {
                 CeaseError::AdministrativeShutdown { value: empty() },
             )));
         }
-        actions.extend(self.reset(now, "stopped by the operator", Ending::Stopped));
+        actions.extend(self.reset(now, DownReason::ManualStop, Ending::Stopped));
         actions
     }
 
@@ -487,7 +552,7 @@ impl Fsm {
             let mut actions = vec![notification(BgpNotificationMessage::OpenMessageError(
                 error,
             ))];
-            actions.extend(self.reset(now, &why, Ending::Notification));
+            actions.extend(self.reset(now, DownReason::OpenRefused(why), Ending::Notification));
             return actions;
         }
         let (add_path_tx, add_path_rx) = add_path(open);
@@ -546,13 +611,13 @@ impl Fsm {
 
     /// Back to Idle; restarts automatically after the connect-retry time unless stopped.
     /// Ends the session with a Cease NOTIFICATION.
-    fn cease(&mut self, now: Instant, error: CeaseError, why: &str) -> Vec<Action> {
+    fn cease(&mut self, now: Instant, error: CeaseError, why: DownReason) -> Vec<Action> {
         let mut actions = vec![notification(BgpNotificationMessage::CeaseError(error))];
         actions.extend(self.reset(now, why, Ending::Notification));
         actions
     }
 
-    fn reset(&mut self, now: Instant, why: &str, ending: Ending) -> Vec<Action> {
+    fn reset(&mut self, now: Instant, reason: DownReason, ending: Ending) -> Vec<Action> {
         let was_up = self.state == State::Established;
         let retain = self.retain(now, was_up, ending);
         self.state = State::Idle;
@@ -561,10 +626,9 @@ impl Fsm {
         self.keepalive_at = None;
         self.connect_retry_at = None;
         self.restart_at = (!self.stopped).then(|| now + self.config.connect_retry);
-        let why = if was_up || ending == Ending::Stopped {
-            why.to_owned()
-        } else {
-            format!("session not established: {why}")
+        let why = Down {
+            reason,
+            established: was_up,
         };
         vec![Action::Disconnect, Action::Down { why, retain }]
     }
@@ -643,7 +707,10 @@ impl Fsm {
         let retain = self.retain(now, true, Ending::ConnectionLost);
         let mut actions = vec![
             Action::Down {
-                why: "the peer restarted: it connected again while the session was up".into(),
+                why: Down {
+                    reason: DownReason::PeerRestarted,
+                    established: true,
+                },
                 retain,
             },
             Action::AdoptColliding,
@@ -972,7 +1039,7 @@ mod tests {
         assert!(down.contains(&Action::Disconnect));
         assert!(
             down.iter()
-                .any(|x| matches!(x, Action::Down { why, retain: Retain::Nothing } if why.contains("hold timer"))),
+                .any(|x| matches!(x, Action::Down { why, retain: Retain::Nothing } if why.reason == DownReason::HoldTimerExpires)),
             "a hold timer expiry sends a NOTIFICATION: no Graceful Restart (RFC 4724 §4)"
         );
         assert_eq!(a.state(), State::Idle);
@@ -1172,7 +1239,7 @@ mod tests {
         assert!(
             actions
                 .iter()
-                .any(|x| matches!(x, Action::Down { why, .. } if why.contains("too long")))
+                .any(|x| matches!(x, Action::Down { why, .. } if why.reason == DownReason::MalformedMessage("too long".into())))
         );
         assert_eq!(a.state(), State::Idle);
     }
@@ -1272,7 +1339,10 @@ mod tests {
         assert_eq!(
             down[1],
             Action::Down {
-                why: "the TCP connection closed".into(),
+                why: Down {
+                    reason: DownReason::TcpConnectionFails,
+                    established: true,
+                },
                 retain: Retain::MarkStale(Families::ALL),
             },
             "RFC 4724 §4.2: the families of the peer's capability stay"
@@ -1310,7 +1380,10 @@ mod tests {
         assert_eq!(
             a.handle(retry, Event::TcpFailed)[1],
             Action::Down {
-                why: "session not established: the TCP connection closed".into(),
+                why: Down {
+                    reason: DownReason::TcpConnectionFails,
+                    established: false,
+                },
                 retain: Retain::StaleOnly,
             }
         );

@@ -36,7 +36,7 @@ use tokio_util::codec::Framed;
 use super::{
     attributes::Malformed,
     errors::{self, Verdict},
-    fsm::{Action, Event, Fsm, Negotiated, PeerConfig, State},
+    fsm::{Action, Down, Event, Fsm, Negotiated, PeerConfig, State},
     graceful::{self, Deferral, Families, Family, Retain},
     policy::{self, Local, PathIds, Peer, Received},
     route::{self, AddPath, Route},
@@ -631,7 +631,7 @@ impl Session {
     }
 
     /// The session is down: the neighbor's paths go, or stay stale while it restarts.
-    fn down(&mut self, why: &str, retain: Retain) -> Vec<Action> {
+    fn down(&mut self, why: &Down, retain: Retain) -> Vec<Action> {
         let mut rib = self.rib.lock().expect("rib lock");
         rib.session_down(self.neighbor.address, retain);
         let stale = rib
