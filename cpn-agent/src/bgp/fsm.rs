@@ -121,20 +121,20 @@ pub struct Down {
 /// Why a session ended, named after the RFC 4271 §8.1 event where there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DownReason {
-    /// Event 2, ManualStop: the agent stops (or the neighbor left the configuration).
+    /// Event 2, `ManualStop`: the agent stops (or the neighbor left the configuration).
     ManualStop,
-    /// Event 10, HoldTimer_Expires.
+    /// Event 10, `HoldTimer_Expires`.
     HoldTimerExpires,
-    /// Event 18, TcpConnectionFails: the connection failed or closed.
+    /// Event 18, `TcpConnectionFails`: the connection failed or closed.
     TcpConnectionFails,
     /// Link sensing lost the neighbor (probe.rs), ended with Cease / BFD Down (RFC 9384).
     PeerDead,
-    /// Events 24 and 25, NotifMsgVerErr / NotifMsg: the peer's NOTIFICATION.
+    /// Events 24 and 25, `NotifMsgVerErr` / `NotifMsg`: the peer's NOTIFICATION.
     NotificationReceived(String),
-    /// Events 21 and 28, BGPHeaderErr / UpdateMsgErr: a message that ends the session
+    /// Events 21 and 28, `BGPHeaderErr` / `UpdateMsgErr`: a message that ends the session
     /// (errors.rs), and what was wrong with it.
     MalformedMessage(String),
-    /// Event 22, BGPOpenMsgErr: the peer's OPEN was refused, and why.
+    /// Event 22, `BGPOpenMsgErr`: the peer's OPEN was refused, and why.
     OpenRefused(String),
     /// A message the state does not take (a Finite State Machine Error, RFC 6608).
     UnexpectedMessage { message: String, state: State },
