@@ -578,21 +578,15 @@ fn every_truncation_passes_untouched() {
 fn affinity_keeps_flows_and_icmp_errors_follow_them() {
     let mut bench = bench();
     let service = svc6(0x200);
-    {
-        let dp = bench.runner.dataplane();
-        dp.set_service(
-            &ServiceAddr {
-                addr: service.into(),
-                port: None,
-            },
-            &ServiceConfig {
-                id: 20,
-                affinity: Some(None),
-            },
-        )
-        .unwrap();
-        dp.publish_ring(20, &[2]).unwrap();
-    }
+    add_service(
+        &mut bench,
+        service,
+        &ServiceConfig {
+            id: 20,
+            affinity: Some(None),
+        },
+        &[2],
+    );
     let flow = udp6(service, 10);
     let label = label6(service);
     // Miss: the ring picks node 2 and the flow is remembered.
@@ -642,21 +636,15 @@ fn affinity_keeps_flows_and_icmp_errors_follow_them() {
 fn affinity_idles_out_on_the_kernel_tick_clock() {
     let mut bench = bench();
     let service = svc6(0x201);
-    bench
-        .runner
-        .dataplane()
-        .set_service(
-            &ServiceAddr {
-                addr: service.into(),
-                port: None,
-            },
-            &ServiceConfig {
-                id: 21,
-                affinity: Some(Some(Duration::from_secs(1))),
-            },
-        )
-        .unwrap();
-    bench.runner.dataplane().publish_ring(21, &[2]).unwrap();
+    add_service(
+        &mut bench,
+        service,
+        &ServiceConfig {
+            id: 21,
+            affinity: Some(Some(Duration::from_secs(1))),
+        },
+        &[2],
+    );
     let flow = udp6(service, 10);
     let label = label6(service);
     let key = flow_key(service, 40_000);
@@ -701,26 +689,16 @@ fn affinity_idles_out_on_the_kernel_tick_clock() {
 fn a_down_nodes_flows_rehash_over_the_ring_at_once() {
     let mut bench = bench();
     let service = svc6(0x202);
-    bench
-        .runner
-        .dataplane()
-        .set_service(
-            &ServiceAddr {
-                addr: service.into(),
-                port: None,
-            },
-            &ServiceConfig {
-                id: 22,
-                affinity: None,
-            },
-        )
-        .unwrap();
     // Slot 0 node 2, slots 1-3 node 1.
-    bench
-        .runner
-        .dataplane()
-        .publish_ring(22, &[2, 1, 1, 1])
-        .unwrap();
+    add_service(
+        &mut bench,
+        service,
+        &ServiceConfig {
+            id: 22,
+            affinity: None,
+        },
+        &[2, 1, 1, 1],
+    );
     let hash = |port: u16| flow_hash(&flow_key(service, port), 0);
     let label = |port: u16| hash(port) & 0xf_ffff;
     let on_node2 = (40_000..41_000).find(|&p| hash(p) % 4 == 0).unwrap();
@@ -772,6 +750,17 @@ fn a_down_nodes_flows_rehash_over_the_ring_at_once() {
         .runner
         .check_table(&[untouched("all down: passed", udp6_from(service, on_node1))]);
     assert_eq!(bench.runner.reason_packets(Reason::NoUsableNode), 1);
+}
+
+/// A service on address `service` (every port and protocol), with its ring.
+fn add_service(bench: &mut DutRunner, service: Ipv6Addr, config: &ServiceConfig, ring: &[u32]) {
+    let dp = bench.runner.dataplane();
+    let addr = ServiceAddr {
+        addr: service.into(),
+        port: None,
+    };
+    dp.set_service(&addr, config).unwrap();
+    dp.publish_ring(config.id, ring).unwrap();
 }
 
 fn flow_key(service: Ipv6Addr, source_port: u16) -> FlowKey {
