@@ -94,12 +94,14 @@ pub fn spawn(
         let mut next_sample = Instant::now();
         let mut host = host::HostSamples::default();
         // The host is sampled on the interval only (its CPU utilisation is over the time since
-        // the last sample); a written in-flight file re-reads the services alone.
-        let mut periodic = true;
+        // the last sample); a written in-flight file, or the end of an advertisement gap,
+        // re-reads the services alone.
+        let mut next_host_sample = Instant::now();
         loop {
             let now = SystemTime::now();
-            if sample_host && periodic {
+            if sample_host && Instant::now() >= next_host_sample {
                 host = sampler.sample(now);
+                next_host_sample = Instant::now() + interval;
             }
             let metrics: Vec<NodeMetrics> =
                 services.iter().map(|s| sample(s, &host, now)).collect();
@@ -156,10 +158,10 @@ pub fn spawn(
             if next_sample <= woke {
                 next_sample = woke + interval;
             }
-            periodic = tokio::select! {
-                () = tokio::time::sleep_until(next_sample.into()) => true,
-                () = written.next() => false,
-            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next_sample.into()) => {}
+                () = written.next() => {}
+            }
         }
     }))
 }
