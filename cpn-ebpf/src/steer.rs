@@ -428,9 +428,10 @@ fn lookup_service(key: &FlowKey) -> Option<&'static ServiceEntry> {
 }
 
 /// Flow affinity first (if the service wants it and the node still takes flows), else the
-/// ring (the flow's slot, or re-hashed ones while its node is down). `remember` records the choice (not for ICMP errors, which are not flows). Only
-/// affinity reads the clock, and the tick counter (`bpf_jiffies64`, a few ns where even the
-/// coarse clock costs ~30): idle timeouts are whole seconds.
+/// ring (the flow's slot, or re-hashed ones while its node is down). `remember` records the
+/// choice (not for ICMP errors, which are not flows). Only affinity reads the clock, and the
+/// tick counter (`bpf_jiffies64`, a few ns where even the coarse clock costs ~30): idle
+/// timeouts are whole seconds.
 #[inline(always)]
 fn pick_node(
     service: &ServiceEntry,
