@@ -61,15 +61,11 @@ impl TickClock {
                 "two samples {first:?} and {second:?} give no tick rate"
             ))
         })?;
-        Ok(Self {
-            hz,
-            sample_ns: second.monotonic_ns,
-            sample_jiffies: second.jiffies,
-        })
+        Ok(Self::new(hz, second.monotonic_ns, second.jiffies))
     }
 
     /// A clock of `hz` ticks a second that read `jiffies` at monotonic time `monotonic_ns`.
-    pub const fn new(hz: u32, monotonic_ns: u64, jiffies: u64) -> Self {
+    const fn new(hz: u32, monotonic_ns: u64, jiffies: u64) -> Self {
         Self {
             hz,
             sample_ns: monotonic_ns,
@@ -110,7 +106,7 @@ impl TickClock {
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns` and of `/proc/timer_list`'s `now at`.
-pub fn monotonic_ns() -> u64 {
+fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
