@@ -214,18 +214,20 @@ impl Show<'_> {
             .iter()
             .find(|r| r.node.as_deref() == Some(preferred))
             .map(|r| r.at.saturating_sub(start));
-        let disrupted = during.iter().filter(|r| r.disrupted()).count();
+        let disrupted: Vec<&Request> = during.iter().filter(|r| r.disrupted()).collect();
         self.record.verdicts.push(Verdict {
             act: "recovery",
             expected: format!("{preferred} takes new flows again, none disrupted"),
             observed: format!(
-                "{}; first new flow on {preferred} {} s after the restart; {disrupted} of {} new \
-                 flows disrupted",
+                "{}; first new flow on {preferred} {} s after the restart; {} of {} new flows \
+                 disrupted{}",
                 describe(&recovered),
                 first_back.map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
-                during.len()
+                disrupted.len(),
+                during.len(),
+                describe_disrupted(&disrupted, start),
             ),
-            passed: back > 0.0 && disrupted == 0,
+            passed: back > 0.0 && disrupted.is_empty(),
         });
         Ok(())
     }
@@ -291,6 +293,23 @@ pub fn shares(requests: &[Request]) -> BTreeMap<String, f64> {
         *share /= f64::from(u32::try_from(total).unwrap_or(u32::MAX));
     }
     out
+}
+
+/// The disrupted requests, each with when it started (since `since`), who sent it, who
+/// answered and how long it took: what tells a lost SYN from a slow service.
+fn describe_disrupted(requests: &[&Request], since: Duration) -> String {
+    requests
+        .iter()
+        .map(|r| {
+            format!(
+                "\n               {} at +{:.2} s: {} after {:.2} s",
+                r.client,
+                r.at.saturating_sub(since).as_secs_f64(),
+                r.node.as_deref().unwrap_or("no answer"),
+                r.took.as_secs_f64()
+            )
+        })
+        .collect()
 }
 
 fn describe(shares: &BTreeMap<String, f64>) -> String {
