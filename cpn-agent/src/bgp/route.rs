@@ -264,7 +264,9 @@ pub fn announce(route: &Route, encoding: Encoding) -> BgpMessage {
 
 /// The UPDATEs that take a neighbor from the routes it was sent (`advertised`) to `current`:
 /// withdrawals for the (prefix, path id) pairs gone, an announcement for each route new or
-/// changed (the same path id replaces a path).
+/// changed (the same path id replaces a path). Plain prefixes (locators) are announced before
+/// the services whose SIDs they route: a receiver that takes a service before the locator
+/// reaches it would steer flows into a SID it has no route for.
 pub fn changes(advertised: &[Route], current: &[Route], encoding: Encoding) -> Vec<BgpMessage> {
     let key = |r: &Route| (r.prefix, r.path_id);
     let withdrawn: Vec<Withdrawn> = advertised
@@ -276,10 +278,14 @@ pub fn changes(advertised: &[Route], current: &[Route], encoding: Encoding) -> V
         })
         .collect();
     let mut messages = withdraw(&withdrawn, encoding.add_path);
+    let (services, plain): (Vec<&Route>, Vec<&Route>) = current
+        .iter()
+        .filter(|r| !advertised.contains(r))
+        .partition(|r| r.is_service());
     messages.extend(
-        current
-            .iter()
-            .filter(|r| !advertised.contains(r))
+        plain
+            .into_iter()
+            .chain(services)
             .map(|r| announce(r, encoding)),
     );
     messages
@@ -659,6 +665,30 @@ mod tests {
             .map(|r| r.path_id)
             .collect();
         assert_eq!((withdrawn, announced), (vec![3], vec![2, 4]));
+    }
+
+    /// A locator goes out before the service whose SID it routes, whatever their order.
+    #[test]
+    fn changes_announce_locators_before_services() {
+        let service = route("2001:db8:cafe::1".parse().unwrap());
+        assert!(service.is_service());
+        let locator = Route {
+            prefix: "fc00:1::/32".parse().unwrap(),
+            service: None,
+            ..service.clone()
+        };
+        let messages = changes(&[], &[service, locator], EBGP);
+        let prefixes: Vec<String> = messages
+            .into_iter()
+            .flat_map(|m| {
+                let BgpMessage::Update(u) = unwire(&wire(m)) else {
+                    panic!("not an UPDATE")
+                };
+                parse(&u, 255).announced
+            })
+            .map(|r| r.prefix.to_string())
+            .collect();
+        assert_eq!(prefixes, ["fc00:1::/32", "2001:db8:cafe::1/128"]);
     }
 
     /// The attributes we add carry the bytes their RFCs define.
