@@ -124,7 +124,7 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
         filtered.get_or_create(&l).inc_by(n.filtered);
         established
             .get_or_create(&l)
-            .set(i64::from(n.state == "Established"));
+            .set(i64::from(n.state == crate::bgp::fsm::State::Established));
         paths
             .get_or_create(&l)
             .set(i64::try_from(n.paths).unwrap_or(i64::MAX));
@@ -299,6 +299,7 @@ mod tests {
             state: AgentState {
                 neighbors: vec![(measured, 65001), (silent, 65002)],
                 rib: None,
+                sessions: std::collections::BTreeMap::new(),
                 links: Some(links),
                 locators: None,
                 explanations,

@@ -298,18 +298,18 @@ pub fn shares(requests: &[Request]) -> BTreeMap<String, f64> {
 /// The disrupted requests, each with when it started (since `since`), who sent it, who
 /// answered and how long it took: what tells a lost SYN from a slow service.
 fn describe_disrupted(requests: &[&Request], since: Duration) -> String {
-    requests
-        .iter()
-        .map(|r| {
-            format!(
-                "\n               {} at +{:.2} s: {} after {:.2} s",
-                r.client,
-                r.at.saturating_sub(since).as_secs_f64(),
-                r.node.as_deref().unwrap_or("no answer"),
-                r.took.as_secs_f64()
-            )
-        })
-        .collect()
+    let mut text = String::new();
+    for r in requests {
+        let _ = write!(
+            text,
+            "\n               {} at +{:.2} s: {} after {:.2} s",
+            r.client,
+            r.at.saturating_sub(since).as_secs_f64(),
+            r.node.as_deref().unwrap_or("no answer"),
+            r.took.as_secs_f64()
+        );
+    }
+    text
 }
 
 fn describe(shares: &BTreeMap<String, f64>) -> String {

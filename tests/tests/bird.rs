@@ -222,7 +222,7 @@ fn bird_ebgp_peer_reads_our_service_route_and_its_routes_are_filtered() -> Resul
         counts.get(kind).copied().unwrap_or(0)
     };
     ensure!(
-        now.state == "Established"
+        now.state == cpn_agent::bgp::fsm::State::Established
             && count(&now.messages.received, "open") == 1
             && count(&now.messages.sent, "open") == 1
             && count(&now.messages.received, "notification") == 0

@@ -248,7 +248,7 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
         .find(|n| n.address == COMPUTE.parse::<IpAddr>().unwrap())
         .context("the compute neighbor")?;
     ensure!(
-        compute.state == "Established",
+        compute.state == cpn_agent::bgp::fsm::State::Established,
         "{compute:?}\n{}",
         logs(&lab)
     );

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::{
     bgp::{
         policy::{Import, Imported},
-        speaker::SharedRib,
+        rib::{RibIn, RibView},
     },
     kernel::{self, KernelRoutes, Resolved, Unresolved, interface_name},
 };
@@ -67,12 +67,12 @@ pub type Installed = watch::Receiver<Locators>;
 /// The locator routes `rib` asks for: for each cpn locator (`import`) other than `own`, the
 /// next hop of the path with the lowest AIGP, then the shortest `AS_PATH`.
 pub fn wanted(
-    rib: &SharedRib,
+    rib: &RibIn,
     own: Option<(Ipv6Addr, u8)>,
     import: &Import,
 ) -> BTreeMap<(Ipv6Addr, u8), Ipv6Addr> {
     let mut best: BTreeMap<(Ipv6Addr, u8), (u64, usize, Ipv6Addr)> = BTreeMap::new();
-    for learned in rib.lock().expect("rib lock").routes() {
+    for learned in rib.routes() {
         let route = learned.route;
         let IpNet::V6(net) = route.prefix else {
             continue;
@@ -98,7 +98,7 @@ pub fn wanted(
 
 /// What the locators task follows.
 pub struct Inputs {
-    pub rib: SharedRib,
+    pub rib: RibView,
     /// This node's own locator (never installed from BGP).
     pub own: Option<(Ipv6Addr, u8)>,
     pub import: Import,
@@ -112,12 +112,11 @@ pub struct Inputs {
 /// the path to its next hop.
 pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<Locators>) {
     let Inputs {
-        rib,
+        mut rib,
         own,
         import,
         mut in_use,
     } = inputs;
-    let mut changes = rib.lock().expect("rib lock").subscribe();
     let mut route_changes = match kernel::route_changes() {
         Ok(changes) => Some(changes),
         Err(error) => {
@@ -127,7 +126,7 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<
     };
     loop {
         let used = in_use.borrow_and_update().clone();
-        let want = wanted(&rib, own, &import);
+        let want = wanted(&rib.borrow_and_update(), own, &import);
         let have = installed.borrow().clone();
         for (&(prefix, len), &next_hop) in &want {
             let state = match kernel.resolve(next_hop).await {
@@ -178,7 +177,7 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<
             });
         }
         let wake = tokio::select! {
-            rib = changes.changed() => rib.map(|()| true).map_err(drop),
+            rib = rib.changed() => rib.map(|()| true).map_err(drop),
             nodes = in_use.changed() => nodes.map(|()| true).map_err(drop),
             open = next_change(&mut route_changes) => Ok(open),
         };

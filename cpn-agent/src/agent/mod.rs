@@ -4,7 +4,7 @@
 //!   /proc ──(interval)──▶ reporting ◀──(inotify)── in-flight files        (compute role)
 //!                             └──▶ publish_file (JSON), own routes (watch) ──▶ BGP
 //!
-//!   Adj-RIB-In changes (watch) ──┐                                        (ingress role)
+//!   rib task snapshot (watch) ───┐                                        (ingress role)
 //!   [[remote]] + metrics files ──┼──▶ steering ── Command (mpsc, in order) ──┐
 //!   control socket: drain ───────┘    (owns node ids, the drained set)      │
 //!   config at start / on SIGHUP ──▶ reconcile ──────────────────────────────┼──▶ owner
@@ -113,6 +113,8 @@ pub struct Agent {
     kernel: Option<KernelRoutes>,
     /// Locator routes learned in BGP and installed in the kernel.
     learned_locators: locators::Installed,
+    /// Each BGP session's state and counters, for operators.
+    sessions: BTreeMap<IpAddr, watch::Receiver<crate::bgp::session::SessionStats>>,
 }
 
 /// What steering shows the operator's interfaces, and its request channel.
@@ -151,6 +153,7 @@ impl Agent {
             kernel: None,
             // Nothing learned until a locators task publishes.
             learned_locators: watch::channel(locators::Locators::new()).1,
+            sessions: BTreeMap::new(),
         };
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
@@ -168,7 +171,7 @@ impl Agent {
             .await
             .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
             agent.tasks.push(prober);
-            let (rib, tasks) = crate::bgp::speaker::spawn(
+            let speaker = crate::bgp::speaker::spawn(
                 speaker_config(config, bgp),
                 routes,
                 liveness,
@@ -176,7 +179,9 @@ impl Agent {
             )
             .await
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;
-            agent.tasks.extend(tasks);
+            agent.tasks.extend(speaker.tasks);
+            agent.sessions = speaker.sessions;
+            let rib = speaker.rib;
             let mut locators = None;
             if !config.interfaces.is_empty() {
                 let (publish, installed) = watch::channel(locators::Locators::new());
@@ -295,6 +300,7 @@ impl Agent {
                 .map(|n| (n.address, n.asn))
                 .collect(),
             rib: self.learning.as_ref().map(|l| l.rib.clone()),
+            sessions: self.sessions.clone(),
             links: self.learning.as_ref().map(|l| l.links.clone()),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,

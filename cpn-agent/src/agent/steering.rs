@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{Command, Ids};
 use crate::{
     bgp::{
+        rib::{Learned, RibView},
         route::Route,
-        speaker::{Learned, SharedRib},
     },
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
     dataplane::{Node, NodeState},
@@ -47,7 +47,7 @@ pub struct Plan {
 /// Where BGP-learned candidates come from, and how to program their nodes.
 #[derive(Clone, Debug)]
 pub struct Learning {
-    pub rib: SharedRib,
+    pub rib: RibView,
     /// Link statistics per neighbor: the last hop of each learned path.
     pub links: crate::probe::Links,
     /// Outer source address for their encapsulation.
@@ -283,15 +283,15 @@ pub async fn run(
     let mut operator = Some(operator);
     // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more), and
     // so does every installed locator route (a node waiting for its route joins at once).
-    let mut rib_changes: Option<watch::Receiver<u64>> = None;
+    let mut rib_changes: Option<RibView> = None;
     let mut locator_changes: Option<super::locators::Installed> = None;
     loop {
         let plan = plans.borrow_and_update().clone();
         if rib_changes.is_none()
             && let Some(learning) = &plan.learned
         {
-            // Subscribed before the RIB is read below, so no change between is missed.
-            rib_changes = Some(learning.rib.lock().expect("rib lock").subscribe());
+            // Marked seen before the RIB is read below, so no change between is missed.
+            rib_changes = Some(learning.rib.clone());
             locator_changes.clone_from(&learning.locators);
         }
         if let Some(changes) = &mut rib_changes {
@@ -545,8 +545,7 @@ fn learned_candidates(
 ) -> Vec<(u32, Node, (IpAddr, Candidate))> {
     let routes: Vec<Learned> = learning
         .rib
-        .lock()
-        .expect("rib lock")
+        .borrow()
         .routes()
         .filter(|l| l.route.is_service())
         .collect();
@@ -622,7 +621,7 @@ fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
         return Vec::new();
     };
     let installed = installed.borrow().clone();
-    super::locators::wanted(&learning.rib, None, &learning.import)
+    super::locators::wanted(&learning.rib.borrow(), None, &learning.import)
         .into_keys()
         .filter(|key| {
             !installed
@@ -782,16 +781,16 @@ mod tests {
             aigp,
             ..route("2001:db8:cafe::1/128", Some(sid))
         };
-        let rib = SharedRib::default();
-        {
-            let mut rib = rib.lock().unwrap();
+        let rib = {
+            let mut rib = crate::bgp::rib::RibIn::default();
             rib.insert_for_test(direct, via(1, "fc00:1::d6", "2001:db8:11::2", Some(100)));
             // compute1 again through the reflector: the measured path above wins.
             rib.insert_for_test(reflector, via(1, "fc00:1::d6", "2001:db8:11::2", Some(0)));
             rib.insert_for_test(reflector, via(2, "fc00:2::d6", "2001:db8:12::2", Some(300)));
             rib.insert_for_test(reflector, via(3, "fc00:3::d6", "2001:db8:15::2", None));
             rib.insert_for_test(silent, via(1, "fc00:4::d6", "2001:db8:14::2", None));
-        }
+            watch::channel(std::sync::Arc::new(rib)).1
+        };
         let measured = |rtt_ms, loss| LinkStats {
             rtt: Measure::Known(Duration::from_millis(rtt_ms)),
             jitter: Measure::Known(Duration::ZERO),
@@ -830,13 +829,13 @@ mod tests {
 
     #[test]
     fn a_learned_node_joins_once_its_locator_is_routed() {
-        let rib = SharedRib::default();
         let neighbor: IpAddr = "2001:db8:100::2".parse().unwrap();
-        {
-            let mut rib = rib.lock().unwrap();
+        let rib = {
+            let mut rib = crate::bgp::rib::RibIn::default();
             rib.insert_for_test(neighbor, route("2001:db8:cafe::1/128", Some("fc00:1::d6")));
             rib.insert_for_test(neighbor, route("fc00:1::/32", None));
-        }
+            watch::channel(std::sync::Arc::new(rib)).1
+        };
         let (publish, installed) = watch::channel(super::super::locators::Locators::new());
         let mut learning = Learning {
             rib,

@@ -29,7 +29,7 @@ use super::{
 };
 
 /// RFC 4271 §8.2.2 states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Idle,
     Connect,

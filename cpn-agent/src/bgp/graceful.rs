@@ -283,15 +283,24 @@ impl Deferral {
         }
     }
 
-    /// Whether we may send End-of-RIB at `now`; once over, the wait stays over.
-    pub fn over(&mut self, now: Instant) -> bool {
+    /// Ends the wait once every peer's End-of-RIB is in; once over, it stays over.
+    pub fn settle(&mut self) {
         let all_in = self
             .awaited
             .values()
             .all(|a| a.is_some_and(Families::is_empty));
-        if all_in || self.until.is_some_and(|t| now >= t) {
+        if all_in {
             self.until = None;
         }
+    }
+
+    /// Ends the wait: its deadline has passed.
+    pub const fn expire(&mut self) {
+        self.until = None;
+    }
+
+    /// Whether we may send End-of-RIB.
+    pub const fn over(&self) -> bool {
         self.until.is_none()
     }
 
@@ -412,26 +421,30 @@ mod tests {
             IpAddr::from([10, 0, 0, 2]),
             IpAddr::from([10, 0, 0, 3]),
         );
-        let now = Instant::now();
-        let until = now + Duration::from_secs(30);
+        let until = Instant::now() + Duration::from_secs(30);
         let mut wait = Deferral::new([a, b, c], until);
-        assert!(!wait.over(now), "no peer is up yet");
+        wait.settle();
+        assert!(!wait.over(), "no peer is up yet");
         wait.peer_up(a, Families::ALL);
         wait.peer_up(b, Families::NONE); // restarted itself, or no Graceful Restart
         wait.peer_up(c, [Family::Ipv6Unicast].into_iter().collect());
         wait.end_of_rib(a, Family::Ipv6Unicast);
         wait.end_of_rib(c, Family::Ipv6Unicast);
-        assert!(!wait.over(now), "a's IPv4 End-of-RIB is missing");
+        wait.settle();
+        assert!(!wait.over(), "a's IPv4 End-of-RIB is missing");
         assert_eq!(wait.deadline(), Some(until));
         wait.end_of_rib(a, Family::Ipv4Unicast);
-        assert!(wait.over(now));
+        wait.settle();
+        assert!(wait.over());
         assert_eq!(wait.deadline(), None);
 
         let mut silent = Deferral::new([a], until);
-        assert!(!silent.over(now + Duration::from_secs(29)));
-        assert!(silent.over(until), "the deadline ends it");
+        assert!(!silent.over());
+        silent.expire();
+        assert!(silent.over(), "the deadline ends it");
         silent.peer_up(a, Families::ALL);
-        assert!(silent.over(now), "and it stays over");
-        assert!(Deferral::none().over(now));
+        silent.settle();
+        assert!(silent.over(), "and it stays over");
+        assert!(Deferral::none().over());
     }
 }

@@ -11,6 +11,7 @@ pub use views::{
 };
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -29,7 +30,8 @@ use crate::{
         fsm,
         graceful::Family,
         metric_attr::NodeScore,
-        speaker::{MessageCounts, SharedRib},
+        rib::RibView,
+        session::{MessageCounts, SessionStats},
     },
     metrics::NodeMetrics,
     probe::Links,
@@ -69,8 +71,9 @@ pub enum Request {
 pub struct Neighbor {
     pub address: IpAddr,
     pub asn: u32,
-    /// RFC 4271 state: `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`.
-    pub state: String,
+    /// RFC 4271 §8.2.2 state: `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`,
+    /// `Established`.
+    pub state: fsm::State,
     /// Paths received from it (Adj-RIB-In).
     pub paths: usize,
     /// Of those, the ones kept while it restarts (RFC 4724), not sent again yet.
@@ -124,7 +127,9 @@ pub struct LearnedPath {
 pub struct AgentState {
     /// Configured neighbors and their AS numbers.
     pub neighbors: Vec<(IpAddr, u32)>,
-    pub rib: Option<SharedRib>,
+    pub rib: Option<RibView>,
+    /// Each BGP session's state and counters.
+    pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
     pub links: Option<Links>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
     pub locators: Option<crate::agent::InstalledLocators>,
@@ -174,7 +179,7 @@ impl AgentState {
 
     /// The configured neighbors with their sessions and links now.
     pub fn neighbors(&self) -> Vec<Neighbor> {
-        let rib = self.rib.as_ref().map(|r| r.lock().expect("rib lock"));
+        let rib = self.rib.as_ref().map(|r| r.borrow().clone());
         let links = self
             .links
             .as_ref()
@@ -184,19 +189,17 @@ impl AgentState {
             .iter()
             .map(|&(address, asn)| {
                 let link = links.get(&address);
+                let session = self
+                    .sessions
+                    .get(&address)
+                    .map(|s| s.borrow().clone())
+                    .unwrap_or_default();
                 Neighbor {
                     address,
                     asn,
-                    state: rib
-                        .as_ref()
-                        .and_then(|r| r.sessions.get(&address))
-                        .map_or_else(|| format!("{:?}", fsm::State::Idle), |s| format!("{s:?}")),
+                    state: session.state,
                     paths: rib.as_ref().map_or(0, |r| r.paths_from(address)),
-                    stale_paths: rib.as_ref().map_or(0, |r| {
-                        r.routes()
-                            .filter(|l| l.neighbor == address && r.is_stale(l))
-                            .count()
-                    }),
+                    stale_paths: rib.as_ref().map_or(0, |r| r.stale_from(address)),
                     end_of_rib: rib
                         .as_ref()
                         .map(|r| r.end_of_rib(address).iter().collect())
@@ -205,14 +208,8 @@ impl AgentState {
                     jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
                     loss: link.and_then(|l| l.loss.known()),
                     link_alive: link.and_then(|l| l.alive.known()),
-                    messages: rib
-                        .as_ref()
-                        .and_then(|r| r.messages.get(&address).cloned())
-                        .unwrap_or_default(),
-                    filtered: rib
-                        .as_ref()
-                        .and_then(|r| r.filtered.get(&address).copied())
-                        .unwrap_or(0),
+                    messages: session.messages,
+                    filtered: session.filtered,
                 }
             })
             .collect()
@@ -227,7 +224,7 @@ impl AgentState {
             .as_ref()
             .map(|l| l.borrow().clone())
             .unwrap_or_default();
-        let rib = rib.lock().expect("rib lock");
+        let rib = rib.borrow().clone();
         rib.routes()
             .map(|l| {
                 let stale = rib.is_stale(&l);

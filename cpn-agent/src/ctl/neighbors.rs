@@ -10,7 +10,7 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
             vec![
                 n.address.to_string(),
                 n.asn.to_string(),
-                n.state,
+                format!("{:?}", n.state),
                 if n.stale_paths > 0 {
                     format!("{} ({} stale)", n.paths, n.stale_paths)
                 } else {
@@ -63,7 +63,7 @@ mod tests {
         let neighbor = |address: &str, answered: bool| Neighbor {
             address: address.parse().unwrap(),
             asn: 65000,
-            state: "Established".into(),
+            state: crate::bgp::fsm::State::Established,
             paths: 2,
             stale_paths: 0,
             end_of_rib: Vec::new(),
@@ -71,7 +71,7 @@ mod tests {
             jitter_us: answered.then_some(100),
             loss: answered.then_some(0.02),
             link_alive: answered.then_some(true),
-            messages: crate::bgp::speaker::MessageCounts::default(),
+            messages: crate::bgp::session::MessageCounts::default(),
             filtered: 0,
         };
         let text = table(vec![
