@@ -131,10 +131,12 @@ fn cloud_gaming_prefers_the_nearest_edge_and_never_the_far_cloud() -> Result<()>
     wait_weights(
         &lab,
         game,
-        "both edges weighed, the cloud excluded",
+        "both edges weighed, the nearer one more (its path latency measured), the cloud \
+         excluded",
         |w, x| {
-            w.get("near").is_some_and(|v| *v > 0.0)
-                && w.get("next").is_some_and(|v| *v > 0.0)
+            let (near, next) = (w.get("near").copied(), w.get("next").copied());
+            near.zip(next)
+                .is_some_and(|(near, next)| next > 0.0 && near > next)
                 && x.get("cloud")
                     .is_some_and(|why| why.contains("latency_too_high"))
         },
