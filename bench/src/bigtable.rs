@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use cpn_agent::control::{self, Neighbor, NodeView, Request};
+use cpn_agent::api::{self, Neighbor, NodeView, Request};
 use cpn_tests::lab::{Lab, wait_for};
 use serde::Serialize;
 
@@ -390,10 +390,8 @@ struct Count {
 fn count(peer: Peer, lab: &Lab) -> Result<Count> {
     match peer {
         Peer::Cpn => {
-            let neighbors: Vec<Neighbor> = serde_json::from_value(control::ask(
-                &lab.control_socket("dut"),
-                &Request::Neighbors,
-            )?)?;
+            let neighbors: Vec<Neighbor> =
+                serde_json::from_value(api::ask(&lab.control_socket("dut"), &Request::Neighbors)?)?;
             let n = neighbors
                 .iter()
                 .find(|n| n.address == GEN_V4)
@@ -477,7 +475,7 @@ fn kernel_routes(lab: &Lab) -> Result<BTreeSet<String>> {
 /// Ring slots of the static node `c1` at the ingress.
 fn ring_slots(lab: &Lab) -> Result<u32> {
     let nodes: Vec<NodeView> =
-        serde_json::from_value(control::ask(&lab.control_socket("dut"), &Request::Nodes)?)?;
+        serde_json::from_value(api::ask(&lab.control_socket("dut"), &Request::Nodes)?)?;
     Ok(nodes
         .iter()
         .filter(|n| n.name.as_deref() == Some("c1"))

@@ -641,7 +641,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         ));
     }
     if let Some(locator) = &config.srv6.locator
-        && crate::kernel::parse_prefix(locator).is_none()
+        && crate::dataplane::kernel::parse_prefix(locator).is_none()
     {
         return Err(error(
             None,
@@ -910,7 +910,8 @@ fn validate_ingress(
             ));
         }
         if let Some(locator) = &remote.locator
-            && (crate::kernel::parse_prefix(locator.get_ref()).is_none() || remote.via.is_none())
+            && (crate::dataplane::kernel::parse_prefix(locator.get_ref()).is_none()
+                || remote.via.is_none())
         {
             return Err(error(
                 Some(locator.span().start),

@@ -56,7 +56,7 @@ fn run_cli() -> Result<()> {
                 let first = *node.segments.first()?;
                 Some((remote.name.clone(), first, node.encap_len()))
             });
-            match cpn_agent::kernel::encap_mtu_warnings_now(paths) {
+            match cpn_agent::dataplane::kernel::encap_mtu_warnings_now(paths) {
                 Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
                 Err(error) => eprintln!("note: egress MTUs not checked: {error:#}"),
             }

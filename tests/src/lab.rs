@@ -313,13 +313,13 @@ impl Lab {
     }
 
     /// Asks `node`'s agent over its control socket, as `cpnctl --json` does, and reads the
-    /// answer as a `T` (e.g. `Vec<cpn_agent::control::Neighbor>`).
+    /// answer as a `T` (e.g. `Vec<cpn_agent::api::Neighbor>`).
     pub fn ask<T: serde::de::DeserializeOwned>(
         &self,
         node: &str,
-        request: &cpn_agent::control::Request,
+        request: &cpn_agent::api::Request,
     ) -> Result<T> {
-        let answer = cpn_agent::control::ask(&self.control_socket(node), request)?;
+        let answer = cpn_agent::api::ask(&self.control_socket(node), request)?;
         Ok(serde_json::from_value(answer)?)
     }
 

@@ -18,7 +18,7 @@
 use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_agent::control::{LearnedPath, Neighbor, Request};
+use cpn_agent::api::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
     bgp_lab::{address_star, bgp_section, compute_config},
     bird::{Bird, BirdConfig},

@@ -15,7 +15,7 @@
 use std::{fs, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_agent::control::{LearnedPath, Neighbor, Request};
+use cpn_agent::api::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
     bgp_lab::{bgp_section, compute_config},
     lab::{Lab, wait_for},

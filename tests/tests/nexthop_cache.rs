@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use clap::Parser as _;
 use cpn_agent::{
-    control::{CacheState, NextHopView, Request},
+    api::{CacheState, NextHopView, Request},
     dataplane::{Dataplane, MacAddr, NextHop, Node, NodeState, NotCached, Pinned, Pinning},
 };
 use cpn_tests::lab::{Lab, Node as LabNode, wait_for};
@@ -216,8 +216,8 @@ fn show_nexthops(lab: &Lab) -> Result<String> {
 
 fn cpnctl(args: &[&str]) -> Result<String> {
     let cli =
-        cpn_agent::ctl::Cli::try_parse_from(std::iter::once("cpnctl").chain(args.iter().copied()))?;
-    cpn_agent::ctl::run(&cli)
+        cpn_agent::cli::Cli::try_parse_from(std::iter::once("cpnctl").chain(args.iter().copied()))?;
+    cpn_agent::cli::run(&cli)
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::{
         policy::{Import, Imported},
         rib::{RibIn, RibView},
     },
-    kernel::{self, KernelRoutes, Resolved, Unresolved, interface_name},
+    dataplane::kernel::{self, KernelRoutes, Resolved, Unresolved, interface_name},
 };
 
 /// What the kernel has for a learned locator.

@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, watch};
 pub use self::owner::{Command, FirstSegment, FirstSegments};
 use crate::{
     config::{Config, Decap, Protocol},
+    dataplane::kernel::{KernelRoutes, KernelSid},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
-    kernel::{KernelRoutes, KernelSid},
 };
 
 /// Stable small ids for named things (services, nodes), kept across reloads so that a flow's
@@ -162,7 +162,7 @@ impl Agent {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
             let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
-            let (links, liveness, prober) = crate::probe::spawn(
+            let (links, liveness, prober) = crate::sensing::probe::spawn(
                 bgp.probe_port,
                 &neighbors,
                 Duration::from_millis(bgp.probe_interval_ms.max(1)),
@@ -286,13 +286,13 @@ impl Agent {
         config: &Config,
         steering: SteeringViews,
         nexthops: watch::Receiver<nexthops::Answers>,
-    ) -> crate::control::AgentState {
+    ) -> crate::api::AgentState {
         let SteeringViews {
             explanations,
             operator,
             node_names,
         } = steering;
-        crate::control::AgentState {
+        crate::api::AgentState {
             neighbors: config
                 .bgp
                 .iter()
@@ -544,20 +544,20 @@ pub fn static_node(config: &Config, remote: &crate::config::RemoteNode) -> Node 
 /// The control socket for `cpnctl` and, if configured, Prometheus `/metrics`.
 async fn operator_interfaces(
     config: &Config,
-    state: crate::control::AgentState,
+    state: crate::api::AgentState,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     if let Some(address) = config.control.prometheus {
-        let exporter = crate::exporter::spawn(address, state.clone());
+        let exporter = crate::api::prometheus::spawn(address, state.clone());
         tasks.push(
             exporter
                 .await
                 .with_context(|| format!("serving Prometheus metrics on {address}"))?,
         );
     }
-    let socket = crate::control::socket_of(config.control.socket.as_ref());
+    let socket = crate::api::socket_of(config.control.socket.as_ref());
     tasks.push(
-        crate::control::spawn(&socket, state)
+        crate::api::spawn(&socket, state)
             .with_context(|| format!("opening the control socket {}", socket.display()))?,
     );
     Ok(tasks)
@@ -662,7 +662,7 @@ fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
     }
     for remote in &config.remotes {
         if let (Some(locator), Some(via)) = (&remote.locator, remote.via)
-            && let Some((prefix, len)) = crate::kernel::parse_prefix(locator.get_ref())
+            && let Some((prefix, len)) = crate::dataplane::kernel::parse_prefix(locator.get_ref())
         {
             routes.push(KernelRoute::Locator { prefix, len, via });
         }
@@ -747,7 +747,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::kernel_sid;
-    use crate::{dataplane::SidBehavior, kernel::KernelSid};
+    use crate::dataplane::{SidBehavior, kernel::KernelSid};
 
     #[test]
     fn the_kernel_owns_each_sid_with_the_same_behaviour() {

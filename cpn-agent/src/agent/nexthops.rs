@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Command, owner::FirstSegments};
 use crate::{
+    dataplane::kernel::KernelRoutes,
     dataplane::{
         NextHop, NotCached,
         resolver::{self, Change, Changes, Link, Neighbour, Route},
     },
-    kernel::KernelRoutes,
 };
 
 /// The resolver's latest answer for one node.

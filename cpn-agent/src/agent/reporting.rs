@@ -371,7 +371,7 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
 /// locator from other routes (`bgp::policy::Import`) and install it.
 pub fn locator_route(config: &Config) -> Option<Route> {
     let bgp = config.bgp.as_ref()?;
-    let (prefix, len) = crate::kernel::parse_prefix(config.srv6.locator.as_deref()?)?;
+    let (prefix, len) = crate::dataplane::kernel::parse_prefix(config.srv6.locator.as_deref()?)?;
     Some(Route {
         prefix: ipnet::IpNet::V6(ipnet::Ipv6Net::new(prefix, len).ok()?.trunc()),
         path_id: u32::from(bgp.router_id),

@@ -20,12 +20,12 @@ use crate::{
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
     dataplane::{Node, NodeState},
     metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Published, Sample, Unit},
-    probe::LinkStats,
     selection::{
         self, Admin, Candidate, Path, Policy,
         hysteresis::{Hysteresis, Settings, Verdict},
         maglev,
     },
+    sensing::probe::LinkStats,
 };
 
 /// What to steer, derived from the configuration.
@@ -49,7 +49,7 @@ pub struct Plan {
 pub struct Learning {
     pub rib: RibView,
     /// Link statistics per neighbor: the last hop of each learned path.
-    pub links: crate::probe::Links,
+    pub links: crate::sensing::probe::Links,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
@@ -521,7 +521,7 @@ pub fn warn_if_path_too_small(name: String, node: &Node) {
     };
     let encap_len = node.encap_len();
     tokio::spawn(async move {
-        let checked = match crate::kernel::KernelRoutes::connect() {
+        let checked = match crate::dataplane::kernel::KernelRoutes::connect() {
             Ok(kernel) => kernel.encap_mtu_warnings([(name, first, encap_len)]).await,
             Err(error) => Err(error),
         };
@@ -854,7 +854,7 @@ mod tests {
                 ("fc00:1::".parse().unwrap(), 32),
                 super::super::locators::Locator::Unresolved {
                     next_hop,
-                    why: crate::kernel::Unresolved::NoRoute,
+                    why: crate::dataplane::kernel::Unresolved::NoRoute,
                 },
             );
         });
@@ -867,7 +867,7 @@ mod tests {
                 ("fc00:1::".parse().unwrap(), 32),
                 super::super::locators::Locator::Installed {
                     next_hop,
-                    via: crate::kernel::Resolved {
+                    via: crate::dataplane::kernel::Resolved {
                         gateway: next_hop,
                         oif: 2,
                     },

@@ -1,8 +1,12 @@
-//! The agent's control socket: a Unix stream socket (owner-only, 0600) where `cpnctl` asks
-//! for the agent's state. One request per connection: a JSON line in, a JSON line out
-//! (`{"ok": …}` or `{"error": "…"}`). The answers' shapes are documented in
-//! docs/OPERATIONS.md and are what `cpnctl --json` prints.
+//! What operators ask the agent: the control socket (here) and Prometheus (`prometheus`),
+//! both answered from the same typed views (`views`) that `cpnctl` deserializes.
+//!
+//! The control socket is a Unix stream socket (owner-only, 0600) where `cpnctl` asks for the
+//! agent's state. One request per connection: a JSON line in, a JSON line out (`{"ok": …}` or
+//! `{"error": "…"}`). The answers' shapes are documented in docs/OPERATIONS.md and are what
+//! `cpnctl --json` prints.
 
+pub mod prometheus;
 mod views;
 
 pub use views::{
@@ -34,7 +38,7 @@ use crate::{
         session::{MessageCounts, SessionStats},
     },
     metrics::NodeMetrics,
-    probe::Links,
+    sensing::probe::Links,
 };
 
 /// Where the agent listens unless `[control] socket` says otherwise.

@@ -20,7 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::control::{AgentState, Count};
+use crate::api::{AgentState, Count};
 
 type Labels = Vec<(String, String)>;
 /// The labels of one data-plane counter.
@@ -275,7 +275,7 @@ mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::{metrics::Measure, probe::LinkStats};
+    use crate::{metrics::Measure, sensing::probe::LinkStats};
 
     /// A neighbor that never answered a probe exports no RTT or loss at all (not 0, not 1).
     #[test]

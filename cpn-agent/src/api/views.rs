@@ -230,7 +230,7 @@ impl AgentState {
                     first_segment: resolution.first_segment,
                     state,
                     ifindex: row.map(|r| r.ifindex),
-                    dev: row.map(|r| crate::kernel::interface_name(r.ifindex)),
+                    dev: row.map(|r| crate::dataplane::kernel::interface_name(r.ifindex)),
                     gateway: resolution.answer.as_ref().ok().map(|n| n.neighbour),
                     dst_mac: row.map(|r| r.dst_mac),
                     src_mac: row.map(|r| r.src_mac),

@@ -21,7 +21,7 @@ use super::{
     rib::{PathChange, RibIn},
     route::{self, Route},
 };
-use crate::probe::LinkStats;
+use crate::sensing::probe::LinkStats;
 
 /// What an UPDATE does.
 #[derive(Debug, PartialEq)]

@@ -36,7 +36,7 @@ use super::{
     route::{self, AddPath, Route},
     speaker::{NeighborConfig, canonical, codec},
 };
-use crate::probe::Links;
+use crate::sensing::probe::Links;
 
 /// BGP messages received from and sent to one neighbor, by type (`open`, `update`,
 /// `notification`, `keepalive`, `route_refresh`), over the agent's lifetime.

@@ -28,7 +28,7 @@ use super::{
     route::{AddPath, Route},
     session::{Session, SessionStats},
 };
-use crate::probe::{Links, Liveness};
+use crate::sensing::probe::{Links, Liveness};
 
 /// The speaker's configuration.
 #[derive(Clone, Debug, PartialEq)]

@@ -106,7 +106,7 @@ fn flow_text(out: &mut String, f: &Value, name: &dyn Fn(&Value) -> String) {
     let _ = writeln!(
         out,
         "flow {} {} -> {}",
-        crate::control::protocol_name(protocol),
+        crate::api::protocol_name(protocol),
         at(&flow["source"], &flow["source_port"]),
         at(&flow["destination"], &flow["destination_port"]),
     );
@@ -120,7 +120,7 @@ fn flow_text(out: &mut String, f: &Value, name: &dyn Fn(&Value) -> String) {
         "  service   {} (id {}, key {}/{}), affinity {}",
         service["address"].as_str().unwrap_or("?"),
         service["service"],
-        crate::control::protocol_name(
+        crate::api::protocol_name(
             service["protocol"]
                 .as_u64()
                 .and_then(|p| u8::try_from(p).ok())

@@ -1,7 +1,7 @@
 //! `cpnctl show flows`: the flow affinity table, most recently active first.
 
 use super::{columns, or_dash};
-use crate::control::{FlowView, protocol_name};
+use crate::api::{FlowView, protocol_name};
 
 pub fn table(flows: Vec<FlowView>) -> String {
     let rows: Vec<Vec<String>> = flows

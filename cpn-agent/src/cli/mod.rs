@@ -17,13 +17,13 @@ use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 
-use crate::control::{self, ExplainRequest, FlowFilter, Request};
+use crate::api::{self, ExplainRequest, FlowFilter, Request};
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "cpnctl", version, about = "Inspect a running cpn agent")]
 pub struct Cli {
     /// The agent's control socket (its `[control] socket`).
-    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, global = true, default_value = api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Print the agent's answer as JSON (schemas in docs/OPERATIONS.md).
     #[arg(long, global = true)]
@@ -166,7 +166,7 @@ pub fn run(cli: &Cli) -> Result<String> {
         Command::Drain { node } => Request::Drain { node: node.clone() },
         Command::Undrain { node } => Request::Undrain { node: node.clone() },
     };
-    let answer = control::ask(&cli.socket, &request)?;
+    let answer = api::ask(&cli.socket, &request)?;
     if cli.json {
         return Ok(serde_json::to_string_pretty(&answer)? + "\n");
     }

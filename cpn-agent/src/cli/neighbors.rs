@@ -1,7 +1,7 @@
 //! `cpnctl show neighbors`.
 
 use super::{columns, millis, or_unknown};
-use crate::control::Neighbor;
+use crate::api::Neighbor;
 
 pub fn table(neighbors: Vec<Neighbor>) -> String {
     let rows: Vec<Vec<String>> = neighbors

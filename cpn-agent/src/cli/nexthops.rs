@@ -1,7 +1,7 @@
 //! `cpnctl show nexthops`: the next-hop cache, one row per node.
 
 use super::{columns, or_dash};
-use crate::control::{CacheState, NextHopView};
+use crate::api::{CacheState, NextHopView};
 
 pub fn table(nexthops: Vec<NextHopView>) -> String {
     let rows: Vec<Vec<String>> = nexthops

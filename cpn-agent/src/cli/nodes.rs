@@ -3,7 +3,10 @@
 use std::fmt::Write as _;
 
 use super::{columns, or_dash};
-use crate::{control::NodeView, dataplane::Node, kernel};
+use crate::{
+    api::NodeView,
+    dataplane::{Node, kernel},
+};
 
 /// The table, then a warning for each node whose encapsulated packets would leave this host by
 /// an interface too small for them (looked up in this host's routes, as the agent does).

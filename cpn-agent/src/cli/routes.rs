@@ -1,7 +1,7 @@
 //! `cpnctl show routes`.
 
 use super::{columns, millis, or_dash};
-use crate::control::LearnedPath;
+use crate::api::LearnedPath;
 
 pub fn table(paths: Vec<LearnedPath>) -> String {
     let rows: Vec<Vec<String>> = paths

@@ -1,7 +1,7 @@
 //! `cpnctl show sids`: the local SIDs `cpn_endpoint` processes.
 
 use super::{columns, or_dash};
-use crate::control::SidView;
+use crate::api::SidView;
 
 pub fn table(sids: Vec<SidView>) -> String {
     let rows: Vec<Vec<String>> = sids

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::columns;
-use crate::control::{Count, Stats};
+use crate::api::{Count, Stats};
 
 pub fn table(stats: &Stats) -> String {
     let mut out = String::new();

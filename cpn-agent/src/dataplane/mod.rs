@@ -4,6 +4,7 @@
 //! or the maps goes through it.
 
 mod clock;
+pub mod kernel;
 mod nexthops;
 mod pinned;
 pub mod resolver;

@@ -42,7 +42,7 @@ use rtnetlink::{
 use serde::{Deserialize, Serialize};
 
 use super::{MacAddr, NextHop};
-use crate::kernel::KernelRoutes;
+use crate::dataplane::kernel::KernelRoutes;
 
 /// Why a node has no cached next hop (its packets take the FIB path).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
