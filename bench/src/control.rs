@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use cpn_agent::{
     bgp::{
         metric_attr::{CpnMetrics, NodeScore},
-        route::{self, AddPath, Encoding, Route, ServiceSid, behavior},
+        route::{self, AddPath, Encoding, Route, ServiceSid},
         speaker,
     },
     metrics::{Capacity, ComputeKind, NodeMetrics, Sample, Unit},
@@ -77,7 +77,7 @@ pub fn sample_route(i: u32) -> Route {
         next_hop: Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 2),
         service: Some(ServiceSid {
             sid: Ipv6Addr::new(0xfc00, 1, 0, 0, 0, 0, 0, 0xd6),
-            behavior: behavior::END_DT6,
+            behavior: cpn_common::maps::Behavior::EndDt6.code_point(),
         }),
         aigp: Some(2500),
         metrics: Some(CpnMetrics {

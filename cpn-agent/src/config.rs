@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use cpn_common::maps::Behavior;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -711,12 +712,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     Ok(config)
 }
 
-const BEHAVIORS: &str = "End, End.X, End.DT6, End.DT4, End.DT46, End.DX6, End.DX4";
-
 impl SidConfig {
     /// The checked behaviour (interfaces by name), or what is wrong with it.
     pub fn spec(&self) -> Result<SidBehavior<String>, String> {
         let name = self.behavior.get_ref().as_str();
+        let Some(kind) = Behavior::from_name(name) else {
+            let known: Vec<&str> = Behavior::ALL.iter().map(|b| b.name()).collect();
+            return Err(format!(
+                "unknown behavior {name:?}: use one of {}",
+                known.join(", ")
+            ));
+        };
         let table = self.table.unwrap_or(0);
         let nexthop = self.nexthop.as_ref().map(|n| *n.get_ref());
         let interface = || {
@@ -724,35 +730,35 @@ impl SidConfig {
                 .clone()
                 .ok_or_else(|| format!("{name} needs `interface` (towards its next hop)"))
         };
-        let cross_connect = matches!(name, "End.X" | "End.DX6" | "End.DX4");
-        if !cross_connect && (nexthop.is_some() || self.interface.is_some()) {
+        if !kind.cross_connects() && (nexthop.is_some() || self.interface.is_some()) {
             return Err(format!(
                 "{name} takes no `nexthop` or `interface`; only End.X and End.DX* do"
             ));
         }
-        if !name.starts_with("End.DT") && self.table.is_some() {
+        if !kind.looks_up() && self.table.is_some() {
             return Err(format!("{name} takes no `table`; only End.DT4/6/46 do"));
         }
-        Ok(match (name, nexthop) {
-            ("End", _) => SidBehavior::End,
-            ("End.DT6", _) => SidBehavior::EndDt6 { table },
-            ("End.DT4", _) => SidBehavior::EndDt4 { table },
-            ("End.DT46", _) => SidBehavior::EndDt46 { table },
-            ("End.X", Some(IpAddr::V6(nexthop))) => SidBehavior::EndX {
+        Ok(match (kind, nexthop) {
+            (Behavior::End, _) => SidBehavior::End,
+            (Behavior::EndDt6, _) => SidBehavior::EndDt6 { table },
+            (Behavior::EndDt4, _) => SidBehavior::EndDt4 { table },
+            (Behavior::EndDt46, _) => SidBehavior::EndDt46 { table },
+            (Behavior::EndX, Some(IpAddr::V6(nexthop))) => SidBehavior::EndX {
                 nexthop,
                 oif: interface()?,
             },
-            ("End.DX6", Some(IpAddr::V6(nexthop))) => SidBehavior::EndDx6 {
+            (Behavior::EndDx6, Some(IpAddr::V6(nexthop))) => SidBehavior::EndDx6 {
                 nexthop,
                 oif: interface()?,
             },
-            ("End.DX4", Some(IpAddr::V4(nexthop))) => SidBehavior::EndDx4 {
+            (Behavior::EndDx4, Some(IpAddr::V4(nexthop))) => SidBehavior::EndDx4 {
                 nexthop,
                 oif: interface()?,
             },
-            ("End.X" | "End.DX6", _) => return Err(format!("{name} needs an IPv6 `nexthop`")),
-            ("End.DX4", _) => return Err("End.DX4 needs an IPv4 `nexthop`".into()),
-            _ => return Err(format!("unknown behavior {name:?}: use one of {BEHAVIORS}")),
+            (Behavior::EndX | Behavior::EndDx6, _) => {
+                return Err(format!("{name} needs an IPv6 `nexthop`"));
+            }
+            (Behavior::EndDx4, _) => return Err("End.DX4 needs an IPv4 `nexthop`".into()),
         })
     }
 }
@@ -803,18 +809,32 @@ fn validate_compute(
         })?;
     }
     for service in &config.services {
-        if !config
+        let Some(sid) = config
             .srv6
             .sids
             .iter()
-            .any(|s| s.sid == *service.sid.get_ref())
-        {
+            .find(|s| s.sid == *service.sid.get_ref())
+        else {
             return Err(error(
                 Some(service.sid.span().start),
                 format!(
                     "[[service]] sid = \"{}\": not one of this node's [[srv6.sid]]; add it there \
                      (e.g. behavior = \"End.DT6\") or use one of them",
                     service.sid.get_ref()
+                ),
+            ));
+        };
+        if let Ok(spec) = sid.spec()
+            && !spec.kind().decapsulates()
+        {
+            return Err(error(
+                Some(service.sid.span().start),
+                format!(
+                    "[[service]] sid = \"{}\": its behavior {} does not decapsulate, so the \
+                     service would never see the client's packet; use an End.DT6, End.DT4, \
+                     End.DT46, End.DX6 or End.DX4 SID",
+                    service.sid.get_ref(),
+                    spec.kind().name()
                 ),
             ));
         }
@@ -1226,6 +1246,24 @@ mode = "generic"
     fn a_service_names_one_of_our_sids() {
         let err = with("[[service]]\naddress = \"2001:db8::1\"\nsid = \"fc00::9\"\ncapacity = { cpu = 1e12 }\n").unwrap_err();
         assert!(err.contains("not one of this node's [[srv6.sid]]"), "{err}");
+    }
+
+    #[test]
+    fn a_service_sid_decapsulates() {
+        let service = "[[service]]\naddress = \"2001:db8::1\"\nsid = \"fc00::9\"\n\
+                       capacity = { cpu = 1e12 }\n";
+        let sid = |behavior| {
+            format!("[srv6]\n[[srv6.sid]]\nsid = \"fc00::9\"\nbehavior = \"{behavior}\"\n")
+        };
+        let err = with(&format!("{}{service}", sid("End"))).unwrap_err();
+        assert!(
+            err.contains("its behavior End does not decapsulate"),
+            "{err}"
+        );
+        let config = with(&format!("{}{service}", sid("End.DT46"))).unwrap();
+        let spec = config.srv6.sids[0].spec().unwrap();
+        assert_eq!(spec.kind(), Behavior::EndDt46);
+        assert_eq!(spec.kind().code_point(), 20, "RFC 8986 §10.2");
     }
 
     #[test]

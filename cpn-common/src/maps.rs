@@ -379,20 +379,39 @@ pub struct FibCacheEntry {
     pub _pad: [u8; 4],
 }
 
-/// SRv6 endpoint behaviours (RFC 8986 §4) that `cpn_endpoint` implements.
+/// SRv6 endpoint behaviours (RFC 8986 §4) that `cpn_endpoint` implements: the one type for a
+/// behaviour across the configuration (its RFC name), the SID map (its discriminant) and BGP
+/// (its RFC 8986 §10.2 code point).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub enum Behavior {
     End = 1,
+    #[cfg_attr(feature = "user", serde(rename = "End.X"))]
     EndX = 2,
+    #[cfg_attr(feature = "user", serde(rename = "End.DX6"))]
     EndDx6 = 3,
+    #[cfg_attr(feature = "user", serde(rename = "End.DX4"))]
     EndDx4 = 4,
+    #[cfg_attr(feature = "user", serde(rename = "End.DT6"))]
     EndDt6 = 5,
+    #[cfg_attr(feature = "user", serde(rename = "End.DT4"))]
     EndDt4 = 6,
+    #[cfg_attr(feature = "user", serde(rename = "End.DT46"))]
     EndDt46 = 7,
 }
 
 impl Behavior {
+    pub const ALL: [Self; 7] = [
+        Self::End,
+        Self::EndX,
+        Self::EndDx6,
+        Self::EndDx4,
+        Self::EndDt6,
+        Self::EndDt4,
+        Self::EndDt46,
+    ];
+
     pub const fn from_u32(value: u32) -> Option<Self> {
         Some(match value {
             1 => Self::End,
@@ -417,6 +436,45 @@ impl Behavior {
             Self::EndDt4 => "End.DT4",
             Self::EndDt46 => "End.DT46",
         }
+    }
+
+    /// The behaviour of an RFC 8986 name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Its "SRv6 Endpoint Behaviors" code point (RFC 8986 §10.2), as BGP carries it in the
+    /// SRv6 SID Information sub-TLV (RFC 9252 §3.1).
+    pub const fn code_point(self) -> u16 {
+        match self {
+            Self::End => 1,
+            Self::EndX => 5,
+            Self::EndDx6 => 16,
+            Self::EndDx4 => 17,
+            Self::EndDt6 => 18,
+            Self::EndDt4 => 19,
+            Self::EndDt46 => 20,
+        }
+    }
+
+    /// The behaviour of an RFC 8986 §10.2 code point, if it is one of ours.
+    pub fn from_code_point(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.code_point() == code)
+    }
+
+    /// It decapsulates: the behaviour of a service SID, where the inner packet is delivered.
+    pub const fn decapsulates(self) -> bool {
+        !matches!(self, Self::End | Self::EndX)
+    }
+
+    /// It takes an outgoing interface and a next hop (End.X, End.DX*).
+    pub const fn cross_connects(self) -> bool {
+        matches!(self, Self::EndX | Self::EndDx6 | Self::EndDx4)
+    }
+
+    /// It looks the inner packet up in a routing table (End.DT*).
+    pub const fn looks_up(self) -> bool {
+        matches!(self, Self::EndDt6 | Self::EndDt4 | Self::EndDt46)
     }
 }
 
@@ -533,7 +591,22 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::{RING_ATTEMPTS, TokenBucket, ring_slot};
+    use super::{Behavior, RING_ATTEMPTS, TokenBucket, ring_slot};
+
+    /// One type, three spellings: the map's discriminant, the RFC 8986 name and the RFC 8986
+    /// §10.2 code point, each of which names the behaviour back.
+    #[test]
+    fn a_behavior_reads_back_from_its_map_code_name_and_code_point() {
+        let points: [u16; 7] = Behavior::ALL.map(Behavior::code_point);
+        assert_eq!(points, [1, 5, 16, 17, 18, 19, 20]);
+        for b in Behavior::ALL {
+            assert_eq!(Behavior::from_u32(b as u32), Some(b));
+            assert_eq!(Behavior::from_name(b.name()), Some(b));
+            assert_eq!(Behavior::from_code_point(b.code_point()), Some(b));
+        }
+        assert_eq!(Behavior::from_name("End.DT5"), None);
+        assert_eq!(Behavior::from_code_point(9), None, "End.T: not ours");
+    }
 
     const SECOND: u64 = 1_000_000_000;
 

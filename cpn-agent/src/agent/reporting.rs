@@ -17,10 +17,12 @@ use futures_util::StreamExt as _;
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::watch;
 
+use cpn_common::maps::Behavior;
+
 use crate::{
     bgp::{
         metric_attr::{CpnMetrics, NodeScore},
-        route::{Route, ServiceSid, behavior},
+        route::{Route, ServiceSid},
     },
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
     metrics::{
@@ -256,7 +258,9 @@ fn served(config: &Config) -> Vec<Served> {
                 .sids
                 .iter()
                 .find(|c| c.sid == *s.sid.get_ref())
-                .map_or(behavior::END_DT6, |c| behavior_code(c.behavior.get_ref())),
+                .and_then(|c| c.spec().ok())
+                .map_or(Behavior::EndDt6, |spec| spec.kind())
+                .code_point(),
             capacity: s.capacity,
             in_flight_file: s.in_flight_file.clone(),
             max_in_flight: s.max_in_flight,
@@ -387,16 +391,6 @@ pub fn locator_route(config: &Config) -> Option<Route> {
         originator_id: None,
         cluster_list: Vec::new(),
     })
-}
-
-fn behavior_code(name: &str) -> u16 {
-    match name {
-        "End.DX6" => behavior::END_DX6,
-        "End.DX4" => behavior::END_DX4,
-        "End.DT4" => behavior::END_DT4,
-        "End.DT46" => behavior::END_DT46,
-        _ => behavior::END_DT6,
-    }
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ mod tests {
             next_hop: "fc00:9::1".parse().unwrap(),
             service: Some(ServiceSid {
                 sid: "fc00:9::d6".parse().unwrap(),
-                behavior: super::super::route::behavior::END_DT6,
+                behavior: cpn_common::maps::Behavior::EndDt6.code_point(),
             }),
             aigp: Some(500),
             metrics: None,

@@ -26,15 +26,6 @@ use netgauze_parse_utils::WritablePdu as _;
 
 use super::metric_attr::{self, CpnMetrics};
 
-/// RFC 8986 §10.2 endpoint behaviour codes for the SIDs we advertise.
-pub mod behavior {
-    pub const END_DX6: u16 = 16;
-    pub const END_DX4: u16 = 17;
-    pub const END_DT6: u16 = 18;
-    pub const END_DT4: u16 = 19;
-    pub const END_DT46: u16 = 20;
-}
-
 /// A route as we send and learn it: a service site (its anycast address as /128 or /32, with
 /// a service SID) or a node's SRv6 locator (a plain prefix, no SID).
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +47,9 @@ pub struct Route {
     pub cluster_list: Vec<Ipv4Addr>,
 }
 
-/// An SRv6 service SID and its RFC 8986 behaviour code (RFC 9252 SRv6 L3 Service TLV).
+/// An SRv6 service SID and its RFC 8986 §10.2 behaviour code point (RFC 9252 SRv6 L3 Service
+/// TLV): a peer's may be one cpn does not implement, so it stays the number on the wire
+/// (`Behavior::from_code_point` names ours).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceSid {
     pub sid: Ipv6Addr,
@@ -544,7 +537,7 @@ mod tests {
             next_hop: "2001:db8:3::2".parse().unwrap(),
             service: Some(ServiceSid {
                 sid: "fc00:1::d6".parse().unwrap(),
-                behavior: behavior::END_DT6,
+                behavior: cpn_common::maps::Behavior::EndDt6.code_point(),
             }),
             aigp: Some(2500),
             metrics: Some(CpnMetrics {

@@ -8,14 +8,15 @@ pub fn table(sids: Vec<SidView>) -> String {
         .into_iter()
         .map(|s| {
             let e = s.entry;
-            let target = match e.behavior.as_str() {
-                "End.DT6" | "End.DT4" | "End.DT46" => format!("table {}", e.oif_or_table),
-                "End" => String::new(),
-                _ => format!("oif {}", e.oif_or_table),
+            let target = match e.behavior {
+                Some(b) if b.looks_up() => format!("table {}", e.oif_or_table),
+                Some(b) if b.cross_connects() => format!("oif {}", e.oif_or_table),
+                _ => String::new(),
             };
             vec![
                 e.sid.to_string(),
-                e.behavior,
+                e.behavior
+                    .map_or_else(|| format!("unknown({})", e.code), |b| b.name().to_owned()),
                 target,
                 or_dash(e.nexthop),
                 s.packets.to_string(),

@@ -132,8 +132,11 @@ pub struct FlowRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SidRow {
     pub sid: Ipv6Addr,
-    /// RFC 8986 name (`End.DT6`, …).
-    pub behavior: String,
+    /// Its behaviour, by its RFC 8986 name in JSON (`End.DT6`, …); `None` for a code this
+    /// agent does not know (a map written by another version), shown in `code`.
+    pub behavior: Option<Behavior>,
+    /// The behaviour's code in the SID map.
+    pub code: u32,
     /// End.X / End.DX*: the outgoing interface index; End.DT*: the lookup table.
     pub oif_or_table: u32,
     pub nexthop: Option<IpAddr>,
@@ -402,16 +405,11 @@ impl Pinned {
             .filter_map(Result::ok)
             .map(|(sid, e)| {
                 let behavior = Behavior::from_u32(e.behavior);
-                let has_nexthop = matches!(
-                    behavior,
-                    Some(Behavior::EndX | Behavior::EndDx6 | Behavior::EndDx4)
-                );
+                let has_nexthop = behavior.is_some_and(Behavior::cross_connects);
                 SidRow {
                     sid: Ipv6Addr::from(sid),
-                    behavior: behavior.map_or_else(
-                        || format!("unknown({})", e.behavior),
-                        |b| b.name().to_owned(),
-                    ),
+                    behavior,
+                    code: e.behavior,
                     oif_or_table: e.oif_or_table,
                     nexthop: has_nexthop.then(|| ip_of(e.nexthop)),
                     counter: e.stats_index,

@@ -107,6 +107,19 @@ pub enum SidBehavior<Interface = u32> {
 }
 
 impl<I> SidBehavior<I> {
+    /// Which behaviour it is, without its parameters.
+    pub const fn kind(&self) -> Behavior {
+        match self {
+            Self::End => Behavior::End,
+            Self::EndX { .. } => Behavior::EndX,
+            Self::EndDx6 { .. } => Behavior::EndDx6,
+            Self::EndDx4 { .. } => Behavior::EndDx4,
+            Self::EndDt6 { .. } => Behavior::EndDt6,
+            Self::EndDt4 { .. } => Behavior::EndDt4,
+            Self::EndDt46 { .. } => Behavior::EndDt46,
+        }
+    }
+
     /// The same behaviour with its interface named another way (e.g. name → index).
     pub fn map_interface<J, E>(
         self,
@@ -135,19 +148,16 @@ impl<I> SidBehavior<I> {
 
 impl SidBehavior {
     fn entry(self, stats_index: u32) -> SidEntry {
-        let (behavior, oif_or_table, nexthop) = match self {
-            Self::End => (Behavior::End, 0, [0; 16]),
-            Self::EndX { nexthop, oif } => (Behavior::EndX, oif, nexthop.octets()),
-            Self::EndDx6 { nexthop, oif } => (Behavior::EndDx6, oif, nexthop.octets()),
-            Self::EndDx4 { nexthop, oif } => {
-                (Behavior::EndDx4, oif, nexthop.to_ipv6_mapped().octets())
+        let (oif_or_table, nexthop) = match self {
+            Self::End => (0, [0; 16]),
+            Self::EndX { nexthop, oif } | Self::EndDx6 { nexthop, oif } => (oif, nexthop.octets()),
+            Self::EndDx4 { nexthop, oif } => (oif, nexthop.to_ipv6_mapped().octets()),
+            Self::EndDt6 { table } | Self::EndDt4 { table } | Self::EndDt46 { table } => {
+                (table, [0; 16])
             }
-            Self::EndDt6 { table } => (Behavior::EndDt6, table, [0; 16]),
-            Self::EndDt4 { table } => (Behavior::EndDt4, table, [0; 16]),
-            Self::EndDt46 { table } => (Behavior::EndDt46, table, [0; 16]),
         };
         SidEntry {
-            behavior: behavior as u32,
+            behavior: self.kind() as u32,
             stats_index,
             oif_or_table,
             _pad: 0,
