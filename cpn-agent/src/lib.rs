@@ -3,7 +3,9 @@
 //! part of DESIGN.md "How data flows":
 //!
 //! - `metrics/`: samplers of host and service load; `sensing/`: link probes;
-//! - `bgp/`: sessions (I/O), peer logic (sans-I/O), the FSM and the RIB task;
+//! - `bgp/`: sessions (I/O), peer logic (sans-I/O), the FSM and the RIB;
+//! - `core`: the routing core, the one task that owns the RIB, the links and the drains and
+//!   publishes them as snapshots;
 //! - `selection/`: policy, score, hysteresis, Maglev; `agent/`: the tasks wired together
 //!   (steering, reporting, next hops, locators, the map owner);
 //! - `dataplane/`: the pinned maps, netlink (kernel routes, the next-hop resolver);
@@ -14,6 +16,7 @@ pub mod api;
 pub mod bgp;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod dataplane;
 pub mod metrics;
 pub mod selection;

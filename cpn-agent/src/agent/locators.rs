@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv6Addr,
+    sync::Arc,
 };
 
 use ipnet::{IpNet, Ipv6Net};
@@ -21,8 +22,9 @@ use tokio::sync::watch;
 use crate::{
     bgp::{
         policy::{Import, Imported},
-        rib::{RibIn, RibView},
+        rib::RibIn,
     },
+    core::View,
     dataplane::kernel::{self, KernelRoutes, Resolved, Unresolved, interface_name},
 };
 
@@ -98,7 +100,8 @@ pub fn wanted(
 
 /// What the locators task follows.
 pub struct Inputs {
-    pub rib: RibView,
+    /// The routing core's snapshots: their RIB.
+    pub core: View,
     /// This node's own locator (never installed from BGP).
     pub own: Option<(Ipv6Addr, u8)>,
     pub import: Import,
@@ -112,7 +115,7 @@ pub struct Inputs {
 /// the path to its next hop.
 pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<Locators>) {
     let Inputs {
-        mut rib,
+        mut core,
         own,
         import,
         mut in_use,
@@ -126,7 +129,8 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<
     };
     loop {
         let used = in_use.borrow_and_update().clone();
-        let want = wanted(&rib.borrow_and_update(), own, &import);
+        let rib = core.borrow_and_update().rib.clone();
+        let want = wanted(&rib, own, &import);
         let have = installed.borrow().clone();
         for (&(prefix, len), &next_hop) in &want {
             let state = match kernel.resolve(next_hop).await {
@@ -177,7 +181,7 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<
             });
         }
         let wake = tokio::select! {
-            rib = rib.changed() => rib.map(|()| true).map_err(drop),
+            changed = rib_changed(&mut core, &rib) => changed.map(|()| true),
             nodes = in_use.changed() => nodes.map(|()| true).map_err(drop),
             open = next_change(&mut route_changes) => Ok(open),
         };
@@ -189,6 +193,17 @@ pub async fn run(inputs: Inputs, kernel: KernelRoutes, installed: watch::Sender<
         if let Some(pending) = &mut route_changes {
             // A burst of route changes (ours included) is one pass.
             while pending.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Resolves once the core publishes a RIB other than `seen` (its snapshots with new link
+/// measurements alone change no locator); an error once the core is gone.
+async fn rib_changed(core: &mut View, seen: &Arc<RibIn>) -> Result<(), ()> {
+    loop {
+        core.changed().await.map_err(drop)?;
+        if !Arc::ptr_eq(&core.borrow().rib, seen) {
+            return Ok(());
         }
     }
 }

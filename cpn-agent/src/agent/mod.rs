@@ -4,17 +4,20 @@
 //!   /proc ──(interval)──▶ reporting ◀──(inotify)── in-flight files        (compute role)
 //!                             └──▶ publish_file (JSON), own routes (watch) ──▶ BGP
 //!
-//!   rib task snapshot (watch) ───┐                                        (ingress role)
-//!   [[remote]] + metrics files ──┼──▶ steering ── Command (mpsc, in order) ──┐
-//!   control socket: drain ───────┘    (owns node ids, the drained set)      │
-//!   config at start / on SIGHUP ──▶ reconcile ──────────────────────────────┼──▶ owner
+//!   BGP sessions ── RibCommand ──┐                                         (ingress role)
+//!   link probes ── LinkTable ────┼──▶ routing core ── Snapshot (watch) ──┬──▶ sessions (export)
+//!   control socket: drain ───────┘    (crate::core)                      ├──▶ locators ──▶ kernel
+//!                                                                        ▼
+//!   [[remote]] + metrics files ─────▶ steering ── Command (mpsc, in order) ──┐
+//!   config at start / on SIGHUP ──▶ reconcile ──(owns node ids)─────────────┼──▶ owner
 //!                     steering ◀── barriers applied ────────────────────────┤      │
 //!   netlink (routes, rules, neighbours) ──▶ nexthops ◀── first segments ─────┘  pinned
 //!   netlink (both families, all of it) ──▶ follow_routing_changes ──▶ owner     BPF maps
 //! ```
-//! The owner task is the only one that touches the maps. Steering steps on every RIB change,
-//! request and plan, and at least every `[selection] interval_ms`; it reports a step once the
-//! owner has applied it (a barrier).
+//! The owner task is the only one that touches the maps. Steering steps on news in the core's
+//! snapshot (routes, drains, a link's liveness), on a new plan and an installed locator, and
+//! at least every `[selection] interval_ms`; it reports a step once the owner has applied it
+//! (a barrier).
 
 mod locators;
 
@@ -25,7 +28,7 @@ mod owner;
 mod reporting;
 mod steering;
 
-pub use steering::{Explanation, Operator};
+pub use steering::Explanation;
 
 use std::{
     collections::BTreeMap,
@@ -38,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use self::owner::{Command, FirstSegment, FirstSegments};
 use crate::{
+    bgp::rib::RibIn,
     config::{Config, Decap, Protocol},
     dataplane::kernel::{KernelRoutes, KernelSid},
     dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
@@ -117,10 +121,11 @@ pub struct Agent {
     sessions: BTreeMap<IpAddr, watch::Receiver<crate::bgp::session::SessionStats>>,
 }
 
-/// What steering shows the operator's interfaces, and its request channel.
+/// What steering shows the operator's interfaces.
 struct SteeringViews {
     explanations: watch::Receiver<Vec<Explanation>>,
-    operator: mpsc::Sender<Operator>,
+    /// The version of the core's snapshot the last applied step acted on.
+    steered: watch::Receiver<u64>,
     node_names: watch::Receiver<BTreeMap<u32, String>>,
 }
 
@@ -158,6 +163,7 @@ impl Agent {
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
         let (in_use, nodes_in_use) = watch::channel(std::collections::BTreeSet::new());
+        let mut core = None;
         if let Some(bgp) = &config.bgp {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
@@ -171,17 +177,23 @@ impl Agent {
             .await
             .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
             agent.tasks.push(prober);
+            let speaker_config = speaker_config(config, bgp);
+            let started = crate::core::spawn(
+                RibIn::new(crate::bgp::speaker::deferral(&speaker_config)),
+                Some(links),
+            );
+            let view = started.view.clone();
             let speaker = crate::bgp::speaker::spawn(
-                speaker_config(config, bgp),
+                speaker_config,
+                (started.events.clone(), view.clone()),
                 routes,
                 liveness,
-                links.clone(),
             )
             .await
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(speaker.tasks);
             agent.sessions = speaker.sessions;
-            let rib = speaker.rib;
+            core = Some(started);
             let mut locators = None;
             if !config.interfaces.is_empty() {
                 let (publish, installed) = watch::channel(locators::Locators::new());
@@ -192,7 +204,7 @@ impl Agent {
                     ipnet::IpNet::V4(_) => None,
                 });
                 let inputs = locators::Inputs {
-                    rib: rib.clone(),
+                    core: view,
                     own,
                     import: bgp.import(),
                     in_use: nodes_in_use,
@@ -204,16 +216,18 @@ impl Agent {
                 )));
             }
             agent.learning = Some(steering::Learning {
-                rib,
-                links,
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
                 locators,
                 import: bgp.import(),
             });
             local_routes = Some(local);
         }
-        let steering = agent.spawn_steering(plans, applied, settle, in_use);
-        let state = agent.control_state(config, steering, nexthop_answers);
+        // Without BGP the core holds only the operator's drains.
+        let core = core.unwrap_or_else(|| crate::core::spawn(RibIn::default(), None));
+        agent.tasks.push(core.task);
+        let steering = agent.spawn_steering(plans, core.view.clone(), applied, settle, in_use);
+        let state =
+            agent.control_state(config, (core.events, core.view), steering, nexthop_answers);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
@@ -254,28 +268,30 @@ impl Agent {
     fn spawn_steering(
         &mut self,
         plans: watch::Receiver<steering::Plan>,
+        core: crate::core::View,
         applied: watch::Receiver<u64>,
         settled: watch::Sender<u64>,
         in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
     ) -> SteeringViews {
         let (explained, explanations) = watch::channel(Vec::new());
-        let (operator, requests) = mpsc::channel(16);
         let (names, node_names) = watch::channel(BTreeMap::new());
+        let (stepped, steered) = watch::channel(0);
         let outputs = steering::Outputs {
             settled,
+            stepped,
             explained,
             in_use,
             names,
         };
         self.tasks.push(tokio::spawn(steering::run(
             plans,
+            core,
             (self.commands.clone(), applied),
             outputs,
-            requests,
         )));
         SteeringViews {
             explanations,
-            operator,
+            steered,
             node_names,
         }
     }
@@ -284,12 +300,13 @@ impl Agent {
     fn control_state(
         &self,
         config: &Config,
+        core: (mpsc::Sender<crate::core::Event>, crate::core::View),
         steering: SteeringViews,
         nexthops: watch::Receiver<nexthops::Answers>,
     ) -> crate::api::AgentState {
         let SteeringViews {
             explanations,
-            operator,
+            steered,
             node_names,
         } = steering;
         crate::api::AgentState {
@@ -299,12 +316,12 @@ impl Agent {
                 .flat_map(|b| &b.neighbors)
                 .map(|n| (n.address, n.asn))
                 .collect(),
-            rib: self.learning.as_ref().map(|l| l.rib.clone()),
+            core: core.1,
+            operator: core.0,
+            steered,
             sessions: self.sessions.clone(),
-            links: self.learning.as_ref().map(|l| l.links.clone()),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
-            steering: operator,
             nexthops,
             node_names,
             pin_dir: match config.pinning() {

@@ -9,15 +9,16 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::{Command, Ids};
 use crate::{
     bgp::{
-        rib::{Learned, RibView},
+        rib::{Learned, RibIn},
         route::Route,
     },
     config::{CapacityConfig, Config, PolicyConfig, Protocol},
+    core::{Snapshot, View},
     dataplane::{Node, NodeState},
     metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Published, Sample, Unit},
     selection::{
@@ -44,12 +45,10 @@ pub struct Plan {
     pub learned: Option<Learning>,
 }
 
-/// Where BGP-learned candidates come from, and how to program their nodes.
+/// How to program the nodes of BGP-learned candidates (the routing core's snapshot has the
+/// routes and the links they come over).
 #[derive(Clone, Debug)]
 pub struct Learning {
-    pub rib: RibView,
-    /// Link statistics per neighbor: the last hop of each learned path.
-    pub links: crate::sensing::probe::Links,
     /// Outer source address for their encapsulation.
     pub encap_src: Ipv6Addr,
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
@@ -211,23 +210,14 @@ pub struct Explanation {
     pub ring_updates: u64,
 }
 
-/// What the operator asks of steering (over the control socket).
-#[derive(Debug)]
-pub enum Operator {
-    /// No new flows to `node` (by name; its open flows stay, by affinity), or new flows again
-    /// (`drain` false). Answered with the drained nodes once the rings say so.
-    Drain {
-        node: String,
-        drain: bool,
-        answer: oneshot::Sender<Vec<String>>,
-    },
-}
-
 /// What steering reports back to the agent's other tasks.
 #[derive(Debug)]
 pub struct Outputs {
     /// The plan generation rings have been published for.
     pub settled: watch::Sender<u64>,
+    /// The version of the routing core's snapshot the last applied step acted on (an
+    /// operator's drain is in the rings once this reaches the version that published it).
+    pub stepped: watch::Sender<u64>,
     pub explained: watch::Sender<Vec<Explanation>>,
     /// The segments of the nodes in the data plane: the kernel routes of learned locators must
     /// stay until no node needs them (make before break; see locators.rs).
@@ -268,47 +258,50 @@ async fn applied_by_owner(
         && applied.wait_for(|&done| done >= mark).await.is_ok()
 }
 
-/// Follows the plans until their sender goes, and the operator's requests. `owner` is the
-/// data-plane owner's command channel and its watch of applied barriers: a step's weights and
-/// nodes in use are reported once the owner has applied what the step sent. A step runs on a
-/// new plan, on every change of the Adj-RIB-In, on a request, and at least every
-/// `plan.interval` (metric ages, dwell times).
+/// Follows the plans until their sender goes, and the routing core's snapshots. `owner` is
+/// the data-plane owner's command channel and its watch of applied barriers: a step's weights
+/// and nodes in use are reported once the owner has applied what the step sent. A step runs on
+/// a new plan, on news in the core's snapshot (routes, drains, a link's liveness), on every
+/// installed locator route (a node waiting for its route joins at once), and at least every
+/// `plan.interval` (metric ages, dwell times, link measurements).
 pub async fn run(
     mut plans: watch::Receiver<Plan>,
+    mut core: View,
     owner: (mpsc::Sender<Command>, watch::Receiver<u64>),
     outputs: Outputs,
-    operator: mpsc::Receiver<Operator>,
 ) {
     let mut steering = Steering::new(owner, outputs);
-    let mut operator = Some(operator);
-    // Every change of the Adj-RIB-In wakes a step (a burst while one runs wakes one more), and
-    // so does every installed locator route (a node waiting for its route joins at once).
-    let mut rib_changes: Option<RibView> = None;
     let mut locator_changes: Option<super::locators::Installed> = None;
+    let mut core_running = true;
     loop {
         let plan = plans.borrow_and_update().clone();
-        if rib_changes.is_none()
+        if locator_changes.is_none()
             && let Some(learning) = &plan.learned
         {
-            // Marked seen before the RIB is read below, so no change between is missed.
-            rib_changes = Some(learning.rib.clone());
             locator_changes.clone_from(&learning.locators);
         }
-        if let Some(changes) = &mut rib_changes {
-            changes.mark_unchanged();
-        }
+        // Marked seen before they are read below, so no change between is missed.
         if let Some(changes) = &mut locator_changes {
             changes.mark_unchanged();
         }
-        if steering.step(&plan).await.is_none() {
+        let snapshot = core.borrow_and_update().clone();
+        if steering.step(&plan, &snapshot).await.is_none() {
             return;
         }
-        tokio::select! {
-            () = tokio::time::sleep(plan.interval.max(Duration::from_millis(10))) => {}
-            changed = plans.changed() => if changed.is_err() { return },
-            () = changed_or_never(rib_changes.as_mut()) => {}
-            () = changed_or_never(locator_changes.as_mut()) => {}
-            request = next_or_never(&mut operator) => steering.ask(request),
+        let regular = tokio::time::Instant::now() + plan.interval.max(Duration::from_millis(10));
+        // A burst of snapshots while the step ran is one wake; one without news waits on.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(regular) => break,
+                changed = plans.changed() => if changed.is_err() { return } else { break },
+                changed = core.changed(), if core_running => match changed {
+                    Ok(()) if core.borrow().news_since(&snapshot) => break,
+                    Ok(()) => {}
+                    // The agent is stopping; the plans' sender goes next.
+                    Err(_) => core_running = false,
+                },
+                () = changed_or_never(locator_changes.as_mut()) => break,
+            }
         }
     }
 }
@@ -323,12 +316,9 @@ struct Steering {
     /// BGP-learned nodes programmed into the data plane, by id.
     programmed: BTreeMap<u32, Node>,
     /// Node ids by name, static and learned alike, stable while the node exists (node 0 stays
-    /// unused: a zeroed ring slot then never names a real node).
+    /// unused: a zeroed ring slot then never names a real node). Steering owns them, not the
+    /// routing core: an id is free again only once no ring names it.
     ids: Ids<String>,
-    /// Nodes the operator drained, by name: no new flows.
-    drained: BTreeSet<String>,
-    /// Drain requests to answer once a step has applied them.
-    answers: Vec<oneshot::Sender<Vec<String>>>,
 }
 
 impl Steering {
@@ -342,37 +332,17 @@ impl Steering {
             states: HashMap::new(),
             programmed: BTreeMap::new(),
             ids: Ids::starting_at(1),
-            drained: BTreeSet::new(),
-            answers: Vec::new(),
         }
     }
 
-    fn ask(&mut self, request: Operator) {
-        match request {
-            Operator::Drain {
-                node,
-                drain,
-                answer,
-            } => {
-                if drain {
-                    tracing::info!(%node, "drained by the operator");
-                    self.drained.insert(node);
-                } else {
-                    tracing::info!(%node, "undrained by the operator");
-                    self.drained.remove(&node);
-                }
-                self.answers.push(answer);
-            }
-        }
-    }
-
-    /// One step: nodes, rings, removals, then the reports. `None` once the owner is gone.
-    async fn step(&mut self, plan: &Plan) -> Option<()> {
+    /// One step on `snapshot`: nodes, rings, removals, then the reports. `None` once the owner
+    /// is gone.
+    async fn step(&mut self, plan: &Plan, snapshot: &Snapshot) -> Option<()> {
         let mut sent = false;
         self.states
             .retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
-            Some(learning) => learned_candidates(learning, &mut self.ids),
+            Some(learning) => learned_candidates(learning, snapshot, &mut self.ids),
             None => Vec::new(),
         };
         // Every node the rings may name: the configured ones, then the learned ones (a name
@@ -407,7 +377,7 @@ impl Steering {
                         .map(|(_, _, c)| c.1.clone()),
                 )
                 .collect();
-            if let Some(ring) = step(plan, service, &candidates, &self.drained, state) {
+            if let Some(ring) = step(plan, service, &candidates, &snapshot.drained, state) {
                 let publish = Command::PublishRing {
                     service: service.id,
                     ring,
@@ -427,12 +397,13 @@ impl Steering {
         if sent && !applied_by_owner(&self.commands, &mut self.applied, &mut self.barriers).await {
             return None;
         }
-        self.report(plan);
+        self.report(plan, snapshot.version);
         Some(())
     }
 
-    fn report(&mut self, plan: &Plan) {
+    fn report(&self, plan: &Plan, version: u64) {
         self.outputs.settled.send_replace(plan.generation);
+        self.outputs.stepped.send_replace(version);
         let programmed = &self.programmed;
         self.outputs.in_use.send_if_modified(|used| {
             let now = programmed
@@ -450,23 +421,7 @@ impl Steering {
             *shown = names;
             changed
         });
-        let drained: Vec<String> = self.drained.iter().cloned().collect();
-        for answer in self.answers.drain(..) {
-            // The operator may have given up waiting; nothing to tell then.
-            let _ = answer.send(drained.clone());
-        }
     }
-}
-
-/// The next request; never, once the control socket is gone.
-async fn next_or_never(requests: &mut Option<mpsc::Receiver<Operator>>) -> Operator {
-    if let Some(receiver) = requests {
-        if let Some(request) = receiver.recv().await {
-            return request;
-        }
-        *requests = None;
-    }
-    std::future::pending().await
 }
 
 /// Programs the nodes (configured and learned) that are new or changed (before any ring names them) and marks
@@ -536,21 +491,21 @@ pub fn warn_if_path_too_small(name: String, node: &Node) {
     });
 }
 
-/// Candidates from the Adj-RIB-In: (node id, its node entry, (service address, candidate)).
-/// A node is named by the name in its CPN metric attribute, else by its SID. A site heard over
-/// several paths is one candidate, by its best-known path (`best_known_first`).
+/// Candidates from the snapshot's Adj-RIB-In: (node id, its node entry, (service address,
+/// candidate)). A node is named by the name in its CPN metric attribute, else by its SID. A
+/// site heard over several paths is one candidate, by its best-known path (`best_known_first`).
 fn learned_candidates(
     learning: &Learning,
+    snapshot: &Snapshot,
     ids: &mut Ids<String>,
 ) -> Vec<(u32, Node, (IpAddr, Candidate))> {
-    let routes: Vec<Learned> = learning
+    let routes: Vec<Learned> = snapshot
         .rib
-        .borrow()
         .routes()
         .filter(|l| l.route.is_service())
         .collect();
-    let links = learning.links.borrow().clone();
-    let unrouted = unrouted_locators(learning);
+    let links = &snapshot.links;
+    let unrouted = unrouted_locators(learning, &snapshot.rib);
     let mut candidates: Vec<_> = routes
         .into_iter()
         .filter_map(|Learned { neighbor, route }| {
@@ -616,12 +571,12 @@ fn best_known_first(path: &Path) -> (usize, Option<Duration>) {
 
 /// The locators learned in BGP whose kernel route is not installed yet (none when this agent
 /// does not install locator routes).
-fn unrouted_locators(learning: &Learning) -> Vec<ipnet::Ipv6Net> {
+fn unrouted_locators(learning: &Learning, rib: &RibIn) -> Vec<ipnet::Ipv6Net> {
     let Some(installed) = &learning.locators else {
         return Vec::new();
     };
     let installed = installed.borrow().clone();
-    super::locators::wanted(&learning.rib.borrow(), None, &learning.import)
+    super::locators::wanted(rib, None, &learning.import)
         .into_keys()
         .filter(|key| {
             !installed
@@ -789,7 +744,7 @@ mod tests {
             rib.insert_for_test(reflector, via(2, "fc00:2::d6", "2001:db8:12::2", Some(300)));
             rib.insert_for_test(reflector, via(3, "fc00:3::d6", "2001:db8:15::2", None));
             rib.insert_for_test(silent, via(1, "fc00:4::d6", "2001:db8:14::2", None));
-            watch::channel(std::sync::Arc::new(rib)).1
+            std::sync::Arc::new(rib)
         };
         let measured = |rtt_ms, loss| LinkStats {
             rtt: Measure::Known(Duration::from_millis(rtt_ms)),
@@ -797,22 +752,26 @@ mod tests {
             loss: Measure::Known(loss),
             alive: Measure::Known(true),
         };
-        let (_, links) = watch::channel(HashMap::from([
+        let links = std::sync::Arc::new(HashMap::from([
             (direct, measured(2, 0.02)),
             (reflector, measured(40, 1.0)),
             (silent, LinkStats::default()),
         ]));
-        let learning = Learning {
+        let snapshot = Snapshot {
             rib,
             links,
+            ..Snapshot::default()
+        };
+        let learning = Learning {
             encap_src: Ipv6Addr::LOCALHOST,
             locators: None,
             import: crate::bgp::policy::Import::default(),
         };
-        let paths: BTreeMap<String, Path> = learned_candidates(&learning, &mut Ids::starting_at(1))
-            .into_iter()
-            .map(|(_, _, (_, c))| (c.name, c.path))
-            .collect();
+        let paths: BTreeMap<String, Path> =
+            learned_candidates(&learning, &snapshot, &mut Ids::starting_at(1))
+                .into_iter()
+                .map(|(_, _, (_, c))| (c.name, c.path))
+                .collect();
         let us = |us| Measure::Known(Duration::from_micros(us));
         let expected = [
             // AIGP plus the measured one-way link.
@@ -834,18 +793,19 @@ mod tests {
             let mut rib = crate::bgp::rib::RibIn::default();
             rib.insert_for_test(neighbor, route("2001:db8:cafe::1/128", Some("fc00:1::d6")));
             rib.insert_for_test(neighbor, route("fc00:1::/32", None));
-            watch::channel(std::sync::Arc::new(rib)).1
+            Snapshot {
+                rib: std::sync::Arc::new(rib),
+                ..Snapshot::default()
+            }
         };
         let (publish, installed) = watch::channel(super::super::locators::Locators::new());
         let mut learning = Learning {
-            rib,
-            links: watch::channel(HashMap::new()).1,
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
             import: crate::bgp::policy::Import::default(),
         };
         assert!(
-            learned_candidates(&learning, &mut Ids::starting_at(1)).is_empty(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).is_empty(),
             "no route to fc00:1::/32 yet"
         );
         let next_hop = "2001:db8:100::2".parse().unwrap();
@@ -859,7 +819,7 @@ mod tests {
             );
         });
         assert!(
-            learned_candidates(&learning, &mut Ids::starting_at(1)).is_empty(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).is_empty(),
             "the locator's next hop does not resolve"
         );
         publish.send_modify(|l| {
@@ -874,7 +834,7 @@ mod tests {
                 },
             );
         });
-        let joined = learned_candidates(&learning, &mut Ids::starting_at(1));
+        let joined = learned_candidates(&learning, &rib, &mut Ids::starting_at(1));
         assert_eq!(joined.len(), 1);
         assert_eq!(
             joined[0].1.segments,
@@ -884,7 +844,7 @@ mod tests {
         publish.send_modify(BTreeMap::clear);
         learning.locators = None;
         assert_eq!(
-            learned_candidates(&learning, &mut Ids::starting_at(1)).len(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).len(),
             1
         );
     }

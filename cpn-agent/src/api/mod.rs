@@ -29,16 +29,15 @@ use tokio::{
 };
 
 use crate::{
-    agent::{Explanation, Operator},
+    agent::Explanation,
     bgp::{
         fsm,
         graceful::Family,
         metric_attr::NodeScore,
-        rib::RibView,
         session::{MessageCounts, SessionStats},
     },
+    core::{Event as CoreEvent, View as CoreView},
     metrics::NodeMetrics,
-    sensing::probe::Links,
 };
 
 /// Where the agent listens unless `[control] socket` says otherwise.
@@ -131,16 +130,18 @@ pub struct LearnedPath {
 pub struct AgentState {
     /// Configured neighbors and their AS numbers.
     pub neighbors: Vec<(IpAddr, u32)>,
-    pub rib: Option<RibView>,
+    /// The routing core's snapshots (RIB, links, drains) ...
+    pub core: CoreView,
+    /// ... and its inbox, for the operator's drains.
+    pub operator: tokio::sync::mpsc::Sender<CoreEvent>,
+    /// The version of the core's snapshot the last step of steering applied.
+    pub steered: watch::Receiver<u64>,
     /// Each BGP session's state and counters.
     pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
-    pub links: Option<Links>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
     pub locators: Option<crate::agent::InstalledLocators>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
-    /// Steering, which owns the drained nodes.
-    pub steering: tokio::sync::mpsc::Sender<Operator>,
     /// The next-hop cache's latest answers, by node id.
     pub nexthops: watch::Receiver<crate::agent::NextHopAnswers>,
     /// Node ids and names, as the agent numbers nodes in the maps.
@@ -163,32 +164,39 @@ impl AgentState {
             Request::NextHops => serde_json::to_value(self.nexthops()?)?,
             Request::Explain(asked) => serde_json::to_value(self.explain(asked)?)?,
             Request::Drain { node } | Request::Undrain { node } => {
-                // Blocking is fine here: requests are answered off the runtime's threads.
-                let (answer, drained) = tokio::sync::oneshot::channel();
-                let ask = Operator::Drain {
-                    node: node.clone(),
-                    drain: matches!(request, Request::Drain { .. }),
-                    answer,
-                };
-                self.steering
-                    .blocking_send(ask)
-                    .map_err(|_| anyhow::anyhow!("steering has stopped"))?;
-                let drained = drained
-                    .blocking_recv()
-                    .map_err(|_| anyhow::anyhow!("steering stopped before the drain applied"))?;
-                serde_json::to_value(drained)?
+                let drain = matches!(request, Request::Drain { .. });
+                serde_json::to_value(self.drain(node, drain)?)?
             }
         })
     }
 
+    /// Drains `node` (or undrains it), through the routing core; answers the drained nodes
+    /// once steering has stepped on the core's snapshot that says so (the rings do). Blocking
+    /// is fine here: requests are answered off the runtime's threads.
+    fn drain(&self, node: &str, drain: bool) -> anyhow::Result<Vec<String>> {
+        let (published, version) = tokio::sync::oneshot::channel();
+        let event = CoreEvent::Drain {
+            node: node.to_owned(),
+            drain,
+            published,
+        };
+        self.operator
+            .blocking_send(event)
+            .map_err(|_| anyhow::anyhow!("the routing core has stopped"))?;
+        let version = version
+            .blocking_recv()
+            .map_err(|_| anyhow::anyhow!("the routing core stopped before the drain applied"))?;
+        let mut steered = self.steered.clone();
+        tokio::runtime::Handle::current()
+            .block_on(steered.wait_for(|&stepped| stepped >= version))
+            .map_err(|_| anyhow::anyhow!("steering stopped before the drain applied"))?;
+        Ok(self.core.borrow().drained.iter().cloned().collect())
+    }
+
     /// The configured neighbors with their sessions and links now.
     pub fn neighbors(&self) -> Vec<Neighbor> {
-        let rib = self.rib.as_ref().map(|r| r.borrow().clone());
-        let links = self
-            .links
-            .as_ref()
-            .map(|l| l.borrow().clone())
-            .unwrap_or_default();
+        let snapshot = self.core.borrow().clone();
+        let (rib, links) = (snapshot.rib, snapshot.links);
         self.neighbors
             .iter()
             .map(|&(address, asn)| {
@@ -202,12 +210,9 @@ impl AgentState {
                     address,
                     asn,
                     state: session.state,
-                    paths: rib.as_ref().map_or(0, |r| r.paths_from(address)),
-                    stale_paths: rib.as_ref().map_or(0, |r| r.stale_from(address)),
-                    end_of_rib: rib
-                        .as_ref()
-                        .map(|r| r.end_of_rib(address).iter().collect())
-                        .unwrap_or_default(),
+                    paths: rib.paths_from(address),
+                    stale_paths: rib.stale_from(address),
+                    end_of_rib: rib.end_of_rib(address).iter().collect(),
                     rtt_us: link.and_then(|l| l.rtt.known()).map(micros),
                     jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
                     loss: link.and_then(|l| l.loss.known()),
@@ -220,15 +225,12 @@ impl AgentState {
     }
 
     fn paths(&self) -> Vec<LearnedPath> {
-        let Some(rib) = &self.rib else {
-            return Vec::new();
-        };
         let locators = self
             .locators
             .as_ref()
             .map(|l| l.borrow().clone())
             .unwrap_or_default();
-        let rib = rib.borrow().clone();
+        let rib = self.core.borrow().rib.clone();
         rib.routes()
             .map(|l| {
                 let stale = rib.is_stale(&l);

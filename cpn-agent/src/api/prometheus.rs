@@ -282,7 +282,7 @@ mod tests {
     fn unknown_link_gauges_are_left_out() {
         let measured: IpAddr = "2001:db8::1".parse().unwrap();
         let silent: IpAddr = "2001:db8::2".parse().unwrap();
-        let (_, links) = tokio::sync::watch::channel(std::collections::HashMap::from([
+        let links = std::sync::Arc::new(std::collections::HashMap::from([
             (
                 measured,
                 LinkStats {
@@ -298,12 +298,16 @@ mod tests {
         let sources = Sources {
             state: AgentState {
                 neighbors: vec![(measured, 65001), (silent, 65002)],
-                rib: None,
+                core: tokio::sync::watch::channel(crate::core::Snapshot {
+                    links,
+                    ..crate::core::Snapshot::default()
+                })
+                .1,
+                operator: tokio::sync::mpsc::channel(1).0,
+                steered: tokio::sync::watch::channel(0).1,
                 sessions: std::collections::BTreeMap::new(),
-                links: Some(links),
                 locators: None,
                 explanations,
-                steering: tokio::sync::mpsc::channel(1).0,
                 nexthops: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
                 node_names: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
                 pin_dir: None,

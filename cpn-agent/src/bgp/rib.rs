@@ -1,30 +1,20 @@
-//! The Adj-RIB-In and the task that owns it: the routing core's BGP state.
-//!
-//! ```text
-//!   session(neighbor) ──RibCommand──▶ rib task (owns RibIn) ──Arc<RibIn> snapshot──▶ steering,
-//!   session(neighbor) ──RibCommand──▶        │                                       locators,
-//!                                            └─────────────────snapshot──────────▶ every session
-//!                                                                                  (export), api
-//! ```
-//!
-//! Sessions send what their peer changed as typed commands; the task applies them in order,
-//! coalesces a burst (everything already queued) into one snapshot, and publishes it. Nobody
-//! else writes the RIB, and nobody reads it under a lock: readers hold a snapshot.
+//! The Adj-RIB-In: every path from every neighbor, as the routing core (core.rs) owns it.
+//! Sessions describe what their peer changed as typed commands ([`RibCommand`]); the core
+//! applies them in order and publishes the RIB in its snapshots.
 //!
 //! A peer with Graceful Restart whose connection closes without a NOTIFICATION keeps its paths,
 //! marked stale, until it sends them again and its End-of-RIB, or until its restart time
-//! (RFC 4724 §4.2). After our own restart, the task also owns the wait for the peers'
-//! End-of-RIB (RFC 4724 §4.1) and ends it at its deadline.
+//! (RFC 4724 §4.2). After our own restart, the RIB also holds the wait for the peers'
+//! End-of-RIB (RFC 4724 §4.1), which the core ends at its deadline.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::Arc,
     time::Instant,
 };
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::{
     fsm::Down,
@@ -121,8 +111,18 @@ impl RibIn {
     }
 
     /// When the wait for the peers' End-of-RIB ends at the latest, while it lasts.
-    const fn deferral_deadline(&self) -> Option<Instant> {
+    pub(crate) const fn deferral_deadline(&self) -> Option<Instant> {
         self.deferral.deadline()
+    }
+
+    /// The wait for the peers' End-of-RIB has reached its deadline (RFC 4724 §4.1).
+    pub(crate) fn expire_deferral(&mut self) {
+        self.deferral.expire();
+    }
+
+    /// Ends the wait for the peers' End-of-RIB if every peer it waits for has sent its own.
+    pub(crate) fn settle_deferral(&mut self) {
+        self.deferral.settle();
     }
 
     /// `neighbor`'s session is up: its End-of-RIB is awaited again, and after our restart we
@@ -229,7 +229,7 @@ impl RibIn {
     }
 
     /// Applies one command; whether the RIB (or the wait for End-of-RIB) changed.
-    fn apply(&mut self, command: RibCommand) -> bool {
+    pub(crate) fn apply(&mut self, command: RibCommand) -> bool {
         match command {
             RibCommand::Up { neighbor, awaited } => {
                 self.session_up(neighbor, awaited);
@@ -296,7 +296,7 @@ impl RibIn {
     }
 }
 
-/// What a session tells the RIB task, in the order it happens.
+/// What a session tells the routing core of its peer's paths, in the order it happens.
 #[derive(Debug)]
 pub enum RibCommand {
     /// The session is up; after our restart we wait for its End-of-RIB of `awaited`.
@@ -323,67 +323,12 @@ pub enum RibCommand {
     },
 }
 
-/// The RIB as last published.
-pub type RibView = watch::Receiver<Arc<RibIn>>;
-
-/// Starts the RIB task with `rib`; its inbox and its snapshots.
-pub fn spawn(
-    rib: RibIn,
-) -> (
-    mpsc::Sender<RibCommand>,
-    RibView,
-    tokio::task::JoinHandle<()>,
-) {
-    let (commands, inbox) = mpsc::channel(256);
-    let (publish, view) = watch::channel(Arc::new(rib.clone()));
-    let task = tokio::spawn(run(rib, inbox, publish));
-    (commands, view, task)
-}
-
-async fn run(
-    mut rib: RibIn,
-    mut inbox: mpsc::Receiver<RibCommand>,
-    publish: watch::Sender<Arc<RibIn>>,
-) {
-    loop {
-        let deadline = rib.deferral_deadline();
-        let command = tokio::select! {
-            command = inbox.recv() => command,
-            () = sleep_until(deadline) => {
-                tracing::info!("the wait for the peers' End-of-RIB is over: its deadline passed (RFC 4724 §4.1)");
-                rib.deferral.expire();
-                publish.send_replace(Arc::new(rib.clone()));
-                continue;
-            }
-        };
-        let Some(command) = command else {
-            return; // every session has ended
-        };
-        let mut changed = rib.apply(command);
-        // A burst (a full table, several peers at once) becomes one snapshot.
-        while let Ok(command) = inbox.try_recv() {
-            changed |= rib.apply(command);
-        }
-        if changed {
-            rib.deferral.settle();
-            publish.send_replace(Arc::new(rib.clone()));
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::bgp::{fsm::DownReason, policy::Peer, route::AddPath};
+    use crate::bgp::{policy::Peer, route::AddPath};
 
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
@@ -415,17 +360,6 @@ mod tests {
             route: route(prefix, path_id),
             link_us: 0,
         }))
-    }
-
-    fn down(neighbor: IpAddr, retain: Retain) -> RibCommand {
-        RibCommand::Down {
-            neighbor,
-            why: Down {
-                reason: DownReason::TcpConnectionFails,
-                established: true,
-            },
-            retain,
-        }
     }
 
     #[test]
@@ -481,78 +415,5 @@ mod tests {
             .map(|l| (l.route.prefix.to_string(), rib.is_stale(&l)))
             .collect();
         assert_eq!(fresh, [("fc00:1::/32".to_owned(), false)]);
-    }
-
-    #[tokio::test]
-    async fn the_task_applies_commands_in_order_and_publishes_one_snapshot_per_burst() {
-        let (commands, mut view, _task) = spawn(RibIn::default());
-        let (fresh, answer) = oneshot::channel();
-        // Queued before the task runs: one burst.
-        commands
-            .send(RibCommand::Learn {
-                neighbor: A,
-                changes: vec![announce(A, "fc00:1::/32", 1)],
-                fresh: None,
-            })
-            .await
-            .unwrap();
-        commands
-            .send(RibCommand::Learn {
-                neighbor: A,
-                changes: vec![announce(A, "fc00:2::/32", 1)],
-                fresh: Some(fresh),
-            })
-            .await
-            .unwrap();
-        assert_eq!(answer.await.unwrap(), 2);
-        view.changed().await.unwrap();
-        assert_eq!(view.borrow_and_update().routes().count(), 2);
-        assert!(!view.has_changed().unwrap(), "one snapshot for the burst");
-        commands.send(down(A, Retain::Nothing)).await.unwrap();
-        view.changed().await.unwrap();
-        assert_eq!(view.borrow().routes().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_wait_for_end_of_rib_ends_at_its_deadline_or_when_every_peer_sent_its_own() {
-        let wait = std::time::Duration::from_millis(200);
-        let until = Instant::now() + wait;
-        let (commands, mut view, _task) = spawn(RibIn::new(Deferral::new([A, B], until)));
-        assert!(!view.borrow().deferral_over());
-        commands
-            .send(RibCommand::Up {
-                neighbor: A,
-                awaited: [Family::Ipv6Unicast].into_iter().collect(),
-            })
-            .await
-            .unwrap();
-        commands
-            .send(RibCommand::Up {
-                neighbor: B,
-                awaited: Families::NONE,
-            })
-            .await
-            .unwrap();
-        view.changed().await.unwrap();
-        assert!(
-            !view.borrow_and_update().deferral_over(),
-            "A's End-of-RIB is awaited"
-        );
-        commands
-            .send(RibCommand::EndOfRib {
-                neighbor: A,
-                family: Family::Ipv6Unicast,
-            })
-            .await
-            .unwrap();
-        view.changed().await.unwrap();
-        assert!(view.borrow_and_update().deferral_over());
-
-        // A peer that never comes up: the wait ends at the deadline.
-        let started = Instant::now();
-        let (_commands, mut view, _task) = spawn(RibIn::new(Deferral::new([A], started + wait)));
-        view.changed().await.unwrap();
-        assert!(view.borrow().deferral_over());
-        assert!(started.elapsed() >= wait);
     }
 }

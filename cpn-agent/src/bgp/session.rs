@@ -1,15 +1,17 @@
 //! One task per neighbor: it drives the neighbor's [`Fsm`] over a framed TCP connection,
-//! hands what the peer sends to the RIB task as typed commands (rib.rs) after peer.rs has
-//! weighed it, and exports to the peer whenever our routes or the RIB's snapshot change.
+//! hands what the peer sends to the routing core as typed commands (rib.rs) after peer.rs has
+//! weighed it, and exports to the peer whenever our routes or the RIB in the core's snapshot
+//! change.
 //!
 //! ```text
 //!   listener ──accepted stream──▶ session ◀──▶ TCP ◀──▶ peer
-//!   local routes (watch) ───────▶ session ──RibCommand──▶ rib task ──snapshot──▶ session
+//!   local routes (watch) ───────▶ session ──RibCommand──▶ core ──snapshot──▶ session
 //! ```
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -32,11 +34,11 @@ use super::{
     fsm::{Action, Down, Event, Fsm, Negotiated, State},
     graceful::{Families, Retain},
     peer::{Learnt, PeerState},
-    rib::{RibCommand, RibView},
+    rib::{RibCommand, RibIn},
     route::{self, AddPath, Route},
     speaker::{NeighborConfig, canonical, codec},
 };
-use crate::sensing::probe::Links;
+use crate::core::{Event as CoreEvent, View as CoreView};
 
 /// BGP messages received from and sent to one neighbor, by type (`open`, `update`,
 /// `notification`, `keepalive`, `route_refresh`), over the agent's lifetime.
@@ -89,13 +91,15 @@ pub(super) struct Session {
     neighbor: NeighborConfig,
     fsm: Fsm,
     peer: PeerState,
-    rib: mpsc::Sender<RibCommand>,
-    view: RibView,
+    core: mpsc::Sender<CoreEvent>,
+    view: CoreView,
+    /// The RIB of the core's snapshot last exported from: a snapshot with another one is
+    /// exported again (one with new link measurements alone is not).
+    exported: Arc<RibIn>,
     /// The routes this node originates.
     local: watch::Receiver<Vec<Route>>,
     /// The neighbor's link liveness, when it is probed.
     alive: Option<watch::Receiver<bool>>,
-    links: Links,
     stats: watch::Sender<SessionStats>,
     conn: Option<Framed<TcpStream, errors::Codec>>,
     /// A second connection to the same peer, held until its OPEN settles the collision
@@ -112,30 +116,26 @@ pub(super) struct Session {
 }
 
 impl Session {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the session's wiring, named at its one caller"
-    )]
     pub fn new(
         neighbor: NeighborConfig,
         fsm: Fsm,
         peer: PeerState,
-        rib: mpsc::Sender<RibCommand>,
-        view: RibView,
+        core: (mpsc::Sender<CoreEvent>, CoreView),
         local: watch::Receiver<Vec<Route>>,
         alive: Option<watch::Receiver<bool>>,
-        links: Links,
     ) -> (Self, watch::Receiver<SessionStats>) {
         let (stats, seen) = watch::channel(SessionStats::default());
+        let (core, view) = core;
+        let exported = view.borrow().rib.clone();
         let session = Self {
             neighbor,
             fsm,
             peer,
-            rib,
+            core,
+            exported,
             view,
             local,
             alive,
-            links,
             stats,
             conn: None,
             colliding: None,
@@ -239,7 +239,7 @@ impl Session {
                 }
                 // The RIB changed (or the wait for the peers' End-of-RIB ended): export.
                 changed = self.view.changed(), if self.fsm.state() == State::Established => {
-                    if changed.is_ok() {
+                    if changed.is_ok() && !Arc::ptr_eq(&self.view.borrow().rib, &self.exported) {
                         actions = self.advertise().await;
                     }
                     continue;
@@ -333,9 +333,9 @@ impl Session {
         }
     }
 
-    /// Hands a command to the RIB task (gone only when the agent stops).
+    /// Hands a command to the routing core (gone only when the agent stops).
     async fn tell(&self, command: RibCommand) {
-        let _ = self.rib.send(command).await;
+        let _ = self.core.send(CoreEvent::Bgp(command)).await;
     }
 
     /// The session is up: per-session settings from what was negotiated, then our routes.
@@ -458,8 +458,10 @@ impl Session {
         // loop has published.
         self.originated_complete |= self.local.has_changed().unwrap_or(true);
         let originated = self.local.borrow_and_update().clone();
-        let rib = self.view.borrow_and_update().clone();
-        let messages = self.peer.export(&originated, &rib, &self.links.borrow());
+        let snapshot = self.view.borrow_and_update().clone();
+        self.exported = snapshot.rib.clone();
+        let rib = snapshot.rib;
+        let messages = self.peer.export(&originated, &rib, &snapshot.links);
         let mut actions = Vec::new();
         for message in messages {
             actions.extend(self.send(message).await);

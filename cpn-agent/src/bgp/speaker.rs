@@ -1,11 +1,11 @@
-//! The BGP speaker: the listener, one session task per neighbor (session.rs) and the RIB
-//! task they report to (rib.rs).
+//! The BGP speaker: the listener and one session task per neighbor (session.rs), reporting to
+//! the routing core (core.rs), which owns the RIB (rib.rs).
 //!
 //! ```text
 //!   listener ──accepted stream──▶ session(neighbor) ◀──▶ TCP ◀──▶ peer
 //!   local routes (watch) ───────▶ session: announce / withdraw on change
-//!   session ──RibCommand──▶ rib task ──snapshot──▶ steering, locators, api
-//!                                      └─────────▶ every session: export (peer.rs) to its peer
+//!   session ──RibCommand──▶ core ──snapshot──▶ steering, locators, api
+//!                                  └─────────▶ every session: export (peer.rs) to its peer
 //! ```
 
 use std::{
@@ -24,11 +24,13 @@ use super::{
     graceful::{self, Deferral},
     peer::PeerState,
     policy::{self, Local, Peer},
-    rib::{self, RibIn, RibView},
     route::{AddPath, Route},
     session::{Session, SessionStats},
 };
-use crate::sensing::probe::{Links, Liveness};
+use crate::{
+    core::{Event as CoreEvent, View as CoreView},
+    sensing::probe::Liveness,
+};
 
 /// The speaker's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,36 +70,40 @@ pub struct NeighborConfig {
     pub md5_key: Option<Vec<u8>>,
 }
 
-/// A running speaker: the RIB's snapshots and each session's state, for the rest of the
-/// agent; the tasks, for shutdown.
+/// A running speaker: each session's state, for the rest of the agent; the tasks, for
+/// shutdown.
 #[derive(Debug)]
 pub struct Speaker {
-    pub rib: RibView,
     pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Starts the RIB task, the listener and the sessions. `local` holds the routes this node
-/// originates; `liveness` and `links` come from link sensing (probe.rs).
-pub async fn spawn(
-    config: SpeakerConfig,
-    local: watch::Receiver<Vec<Route>>,
-    mut liveness: Liveness,
-    links: Links,
-) -> std::io::Result<Speaker> {
-    let deferral = if config.graceful.enabled() && config.graceful.forwarding_preserved {
+/// What the routing core's RIB waits for at start: after our restart with our forwarding
+/// state kept, the neighbors' End-of-RIB, until `selection_deferral` from now (RFC 4724 §4.1).
+pub fn deferral(config: &SpeakerConfig) -> Deferral {
+    if config.graceful.enabled() && config.graceful.forwarding_preserved {
         let until = Instant::now() + config.selection_deferral;
         Deferral::new(config.neighbors.iter().map(|n| n.address), until)
     } else {
         Deferral::none()
-    };
+    }
+}
+
+/// Starts the listener and the sessions, which report to the routing core `core` (its inbox
+/// and its snapshots). `local` holds the routes this node originates; `liveness` comes from
+/// link sensing (probe.rs).
+pub async fn spawn(
+    config: SpeakerConfig,
+    core: (mpsc::Sender<CoreEvent>, CoreView),
+    local: watch::Receiver<Vec<Route>>,
+    mut liveness: Liveness,
+) -> std::io::Result<Speaker> {
     let listener = TcpListener::bind(config.listen).await?;
     for neighbor in &config.neighbors {
         if let Some(key) = &neighbor.md5_key {
             super::md5::set_key(&listener, neighbor.address, key)?;
         }
     }
-    let (commands, view, rib_task) = rib::spawn(RibIn::new(deferral));
     let me = Local {
         asn: config.asn,
         router_id: config.router_id,
@@ -106,7 +112,7 @@ pub async fn spawn(
     };
     let mut inboxes = HashMap::new();
     let mut sessions = BTreeMap::new();
-    let mut tasks = vec![rib_task];
+    let mut tasks = Vec::new();
     for neighbor in &config.neighbors {
         let (tx, rx) = mpsc::channel(4);
         inboxes.insert(neighbor.address, tx);
@@ -134,11 +140,9 @@ pub async fn spawn(
             neighbor.clone(),
             fsm,
             peer,
-            commands.clone(),
-            view.clone(),
+            core.clone(),
             local.clone(),
             liveness.remove(&neighbor.address),
-            links.clone(),
         );
         sessions.insert(neighbor.address, stats);
         tasks.push(tokio::spawn(session.run(rx)));
@@ -155,11 +159,7 @@ pub async fn spawn(
             }
         }
     }));
-    Ok(Speaker {
-        rib: view,
-        sessions,
-        tasks,
-    })
+    Ok(Speaker { sessions, tasks })
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
@@ -191,17 +191,18 @@ mod tests {
     use tokio_util::codec::Framed;
 
     use super::*;
+    use crate::bgp::rib::RibIn;
     use crate::bgp::{errors, fsm::State, graceful::Family, route};
 
     const US: u32 = 65001;
     const PEER: u32 = 65002;
 
     /// Our speaker listening on a loopback port for one passive neighbor, 127.0.0.1.
-    async fn speaker() -> (Speaker, SocketAddr) {
+    async fn speaker() -> (Running, SocketAddr) {
         speaker_with(None).await
     }
 
-    async fn speaker_with(max_prefixes: Option<usize>) -> (Speaker, SocketAddr) {
+    async fn speaker_with(max_prefixes: Option<usize>) -> (Running, SocketAddr) {
         // Dropping the sender: this node originates nothing.
         let (rib, listen, _) = launch(max_prefixes).await;
         (rib, listen)
@@ -210,7 +211,7 @@ mod tests {
     /// Our speaker, and the sender of the routes it originates.
     async fn launch(
         max_prefixes: Option<usize>,
-    ) -> (Speaker, SocketAddr, watch::Sender<Vec<Route>>) {
+    ) -> (Running, SocketAddr, watch::Sender<Vec<Route>>) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -244,15 +245,18 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let speaker = spawn(
-            config,
-            local,
-            Liveness::default(),
-            watch::channel(HashMap::new()).1,
-        )
-        .await
-        .unwrap();
-        (speaker, listen, tx)
+        let core = crate::core::spawn(RibIn::new(deferral(&config)), None);
+        let view = core.view.clone();
+        let speaker = spawn(config, (core.events, core.view), local, Liveness::default())
+            .await
+            .unwrap();
+        (Running { speaker, view }, listen, tx)
+    }
+
+    /// A speaker and the routing core its sessions report to.
+    struct Running {
+        speaker: Speaker,
+        view: CoreView,
     }
 
     /// Graceful Restart as agents have it with their data plane kept attached.
@@ -356,9 +360,9 @@ mod tests {
         conn.get_mut().write_all(bytes).await.unwrap();
     }
 
-    async fn eventually(speaker: &Speaker, what: &str, f: impl Fn(&RibIn) -> bool) {
+    async fn eventually(speaker: &Running, what: &str, f: impl Fn(&RibIn) -> bool) {
         for _ in 0..200 {
-            if f(&speaker.rib.borrow()) {
+            if f(&speaker.view.borrow().rib) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -487,7 +491,7 @@ mod tests {
     }
 
     /// Waits until the session is Active again: the speaker takes a new connection.
-    async fn until_active(speaker: &Speaker) {
+    async fn until_active(speaker: &Running) {
         for _ in 0..200 {
             if state(speaker) == State::Active {
                 return;
@@ -498,8 +502,8 @@ mod tests {
     }
 
     /// The session's state as it publishes it.
-    fn state(speaker: &Speaker) -> State {
-        speaker.sessions[&NEIGHBOR].borrow().state
+    fn state(speaker: &Running) -> State {
+        speaker.speaker.sessions[&NEIGHBOR].borrow().state
     }
 
     #[tokio::test]

@@ -1,0 +1,247 @@
+//! The routing core: the one task that owns what this agent knows of the network (the
+//! Adj-RIB-In, the state of its links, the nodes the operator drained) and publishes it as
+//! snapshots.
+//!
+//! ```text
+//!   BGP sessions ──Event::Bgp──────┐
+//!   operator (api) ──Event::Drain──┼──▶ core task ──Snapshot (watch)──▶ selection (steering),
+//!   link sensing ──LinkTable (watch)┘   (owns RIB,                      sessions (export),
+//!                                        links, drains)                 locators, api
+//! ```
+//!
+//! Everything that changes this state is a typed event, applied in the order it arrives; a
+//! burst (everything already queued: a full table, several peers at once) becomes one
+//! snapshot. Nobody else writes it and nobody reads it under a lock: readers hold a snapshot,
+//! whose parts are shared (`Arc`) so that a reader can tell cheaply which of them changed.
+//!
+//! Node ids are not here: an id is a slot in the data plane's node map, free again only once
+//! no ring names it, and only selection, which writes the rings, knows when that is.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    bgp::rib::{RibCommand, RibIn},
+    sensing::probe::LinkStats,
+};
+
+/// What link sensing measured of each probed neighbor, as it last published it.
+pub type LinkTable = HashMap<IpAddr, LinkStats>;
+
+/// A change to the core's state, from whoever saw it.
+#[derive(Debug)]
+pub enum Event {
+    /// What a BGP session's peer changed (or the session itself).
+    Bgp(RibCommand),
+    /// The operator drains `node` (no new flows; its open flows stay) or, with `drain` false,
+    /// gives it new flows again. Answered with the version of the first snapshot that says so.
+    Drain {
+        node: String,
+        drain: bool,
+        published: oneshot::Sender<u64>,
+    },
+}
+
+/// What the core knows, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Counts the snapshots published: whoever has acted on version `n` has acted on every
+    /// event the core took before publishing it.
+    pub version: u64,
+    pub rib: Arc<RibIn>,
+    pub links: Arc<LinkTable>,
+    /// The nodes the operator drained, by name.
+    pub drained: Arc<BTreeSet<String>>,
+}
+
+impl Snapshot {
+    /// Whether the routes, the drains or a link's liveness changed since `seen`. Link
+    /// measurements alone (a new round-trip time every probe interval) are not news: readers
+    /// take them up at their next regular step.
+    pub fn news_since(&self, seen: &Self) -> bool {
+        !Arc::ptr_eq(&self.rib, &seen.rib)
+            || !Arc::ptr_eq(&self.drained, &seen.drained)
+            || self.links.len() != seen.links.len()
+            || self.links.iter().any(|(neighbor, link)| {
+                seen.links.get(neighbor).map(|l| l.alive) != Some(link.alive)
+            })
+    }
+}
+
+/// The core's snapshots, as last published.
+pub type View = watch::Receiver<Snapshot>;
+
+/// The core's inbox and snapshots, and its task.
+#[derive(Debug)]
+pub struct Core {
+    pub events: mpsc::Sender<Event>,
+    pub view: View,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the core with `rib` (empty, or waiting for the peers' End-of-RIB after our restart)
+/// and the link statistics of link sensing, when there is any. It runs until every sender of
+/// events is gone.
+pub fn spawn(rib: RibIn, links: Option<watch::Receiver<LinkTable>>) -> Core {
+    let (events, inbox) = mpsc::channel(256);
+    let state = State {
+        rib,
+        links: links
+            .as_ref()
+            .map(|l| Arc::new(l.borrow().clone()))
+            .unwrap_or_default(),
+        drained: BTreeSet::new(),
+    };
+    let (publish, view) = watch::channel(state.snapshot(0));
+    let task = tokio::spawn(run(state, inbox, links, publish));
+    Core { events, view, task }
+}
+
+/// The core's own state between events.
+struct State {
+    rib: RibIn,
+    links: Arc<LinkTable>,
+    drained: BTreeSet<String>,
+}
+
+impl State {
+    fn snapshot(&self, version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            rib: Arc::new(self.rib.clone()),
+            links: self.links.clone(),
+            drained: Arc::new(self.drained.clone()),
+        }
+    }
+}
+
+/// What changed in one burst of events, to publish.
+#[derive(Default)]
+struct Changed {
+    rib: bool,
+    drained: bool,
+    links: bool,
+    /// Drain requests to answer with the version that publishes them.
+    answers: Vec<oneshot::Sender<u64>>,
+}
+
+impl Changed {
+    const fn any(&self) -> bool {
+        self.rib || self.drained || self.links
+    }
+}
+
+async fn run(
+    mut state: State,
+    mut inbox: mpsc::Receiver<Event>,
+    mut links: Option<watch::Receiver<LinkTable>>,
+    publish: watch::Sender<Snapshot>,
+) {
+    loop {
+        let mut changed = Changed::default();
+        let deadline = state.rib.deferral_deadline();
+        tokio::select! {
+            event = inbox.recv() => {
+                let Some(event) = event else {
+                    return; // the agent is stopping
+                };
+                state.apply(event, &mut changed);
+                while let Ok(event) = inbox.try_recv() {
+                    state.apply(event, &mut changed);
+                }
+            }
+            measured = changed_or_gone(&mut links) => {
+                if let Some(table) = measured {
+                    state.links = Arc::new(table);
+                    changed.links = true;
+                }
+            }
+            () = sleep_until(deadline) => {
+                tracing::info!("the wait for the peers' End-of-RIB is over: its deadline passed (RFC 4724 §4.1)");
+                state.rib.expire_deferral();
+                changed.rib = true;
+            }
+        }
+        if changed.any() {
+            state.publish(&publish, changed);
+        }
+    }
+}
+
+impl State {
+    fn apply(&mut self, event: Event, changed: &mut Changed) {
+        match event {
+            Event::Bgp(command) => changed.rib |= self.rib.apply(command),
+            Event::Drain {
+                node,
+                drain,
+                published,
+            } => {
+                if drain {
+                    tracing::info!(%node, "drained by the operator");
+                    self.drained.insert(node);
+                } else {
+                    tracing::info!(%node, "undrained by the operator");
+                    self.drained.remove(&node);
+                }
+                changed.drained = true;
+                changed.answers.push(published);
+            }
+        }
+    }
+
+    /// Publishes a snapshot that shares the parts a burst left as they were.
+    fn publish(&mut self, publish: &watch::Sender<Snapshot>, changed: Changed) {
+        if changed.rib {
+            self.rib.settle_deferral();
+        }
+        let last = publish.borrow().clone();
+        let version = last.version + 1;
+        let snapshot = Snapshot {
+            version,
+            rib: if changed.rib {
+                Arc::new(self.rib.clone())
+            } else {
+                last.rib
+            },
+            links: self.links.clone(),
+            drained: if changed.drained {
+                Arc::new(self.drained.clone())
+            } else {
+                last.drained
+            },
+        };
+        publish.send_replace(snapshot);
+        for answer in changed.answers {
+            // The operator may have given up waiting; nothing to tell then.
+            let _ = answer.send(version);
+        }
+    }
+}
+
+/// The next table link sensing publishes; never, once it is gone (or there is none).
+async fn changed_or_gone(links: &mut Option<watch::Receiver<LinkTable>>) -> Option<LinkTable> {
+    if let Some(receiver) = links {
+        if receiver.changed().await.is_ok() {
+            return Some(receiver.borrow_and_update().clone());
+        }
+        *links = None;
+    }
+    std::future::pending().await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;
