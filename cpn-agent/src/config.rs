@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    dataplane::{AttachMode, Pinning, Program, SidBehavior, default_pin_dir},
+    dataplane::{AttachMode, Pinning, Program, ServiceAddr, SidBehavior, default_pin_dir},
     metrics::ComputeKind,
     selection::Objective,
 };
@@ -457,10 +457,49 @@ impl PolicyConfig {
         }
     }
 
-    /// Whether this policy is for that service.
-    pub fn is_for(&self, address: IpAddr, protocol: Option<Protocol>, port: Option<u16>) -> bool {
-        self.service == address && self.protocol == protocol && self.port == port
+    /// The service this policy steers.
+    pub fn key(&self) -> ServiceAddr {
+        service_key(self.service, self.protocol, self.port)
     }
+}
+
+impl ServedService {
+    /// The service this node serves.
+    pub fn key(&self) -> ServiceAddr {
+        service_key(self.address, self.protocol, self.port)
+    }
+}
+
+impl RemoteService {
+    /// The service the remote serves.
+    pub fn key(&self) -> ServiceAddr {
+        service_key(self.address, self.protocol, self.port)
+    }
+}
+
+/// A service's key from its table's `address`, `protocol` and `port` (validation has checked
+/// that the last two come together).
+fn service_key(address: IpAddr, protocol: Option<Protocol>, port: Option<u16>) -> ServiceAddr {
+    ServiceAddr {
+        addr: address,
+        port: protocol.map(Protocol::number).zip(port),
+    }
+}
+
+/// The error for a service table that gives only one of `protocol` and `port`.
+fn check_transport(
+    table: &str,
+    address: IpAddr,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+) -> Result<(), String> {
+    if protocol.is_some() == port.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "{table} {address}: give `protocol` and `port` together (e.g. protocol = \"tcp\", \
+         port = 443), or neither (every protocol and port)"
+    ))
 }
 
 fn default_grade() -> Spanned<u8> {
@@ -838,6 +877,13 @@ fn validate_compute(
                 ),
             ));
         }
+        check_transport(
+            "[[service]]",
+            service.address,
+            service.protocol,
+            service.port,
+        )
+        .map_err(|m| error(Some(service.sid.span().start), m))?;
         let c = service.capacity;
         if [c.cpu, c.gpu, c.npu]
             .iter()
@@ -883,22 +929,19 @@ fn validate_ingress(
                 ),
             ));
         }
-        let key = (policy.service, policy.protocol, policy.port);
-        if !keys.insert(key) {
+        check_transport(
+            "[[policy]] service =",
+            policy.service,
+            policy.protocol,
+            policy.port,
+        )
+        .map_err(|m| error(None, m))?;
+        if !keys.insert(policy.key()) {
             return Err(error(
                 None,
                 format!(
                     "[[policy]] service = \"{}\" (protocol {:?}, port {:?}) is configured twice",
                     policy.service, policy.protocol, policy.port
-                ),
-            ));
-        }
-        if policy.port.is_some() != policy.protocol.is_some() {
-            return Err(error(
-                None,
-                format!(
-                    "[[policy]] service = \"{}\": give `protocol` and `port` together, or neither",
-                    policy.service
                 ),
             ));
         }
@@ -948,6 +991,15 @@ fn validate_ingress(
                 Some(remote.segments.span().start),
                 format!("[[remote]] name = {:?} is used twice", remote.name),
             ));
+        }
+        for service in &remote.services {
+            check_transport(
+                &format!("[[remote]] {}: [[remote.service]]", remote.name),
+                service.address,
+                service.protocol,
+                service.port,
+            )
+            .map_err(|m| error(Some(remote.segments.span().start), m))?;
         }
     }
     Ok(())
@@ -1264,6 +1316,47 @@ mode = "generic"
         let spec = config.srv6.sids[0].spec().unwrap();
         assert_eq!(spec.kind(), Behavior::EndDt46);
         assert_eq!(spec.kind().code_point(), 20, "RFC 8986 §10.2");
+    }
+
+    /// A service is one key everywhere: address, and protocol with port or neither; a table
+    /// that gives only one of them fails at load, whichever table it is.
+    #[test]
+    fn a_service_gives_protocol_and_port_together() {
+        let sid = "[srv6]\nsource = \"2001:db8::1\"\n[[srv6.sid]]\nsid = \"fc00::9\"\nbehavior = \"End.DT6\"\n";
+        let service = |extra: &str| {
+            format!(
+                "{sid}[[service]]\naddress = \"2001:db8::5\"\nsid = \"fc00::9\"\n\
+                 capacity = {{ cpu = 1e12 }}\n{extra}"
+            )
+        };
+        let err = with(&service("protocol = \"tcp\"\n")).unwrap_err();
+        assert!(
+            err.contains("[[service]] 2001:db8::5: give `protocol` and `port` together"),
+            "{err}"
+        );
+        let config = with(&service("protocol = \"tcp\"\nport = 443\n")).unwrap();
+        let key = config.services[0].key();
+        assert_eq!((key.protocol(), key.port_number()), (Some(6), Some(443)));
+
+        let remote = |extra: &str| {
+            format!(
+                "{sid}[[remote]]\nname = \"edge1\"\nsegments = [\"fc00:1::d6\"]\n\
+                 [[remote.service]]\naddress = \"2001:db8::5\"\ncapacity = {{ cpu = 1e12 }}\n{extra}"
+            )
+        };
+        let err = with(&remote("port = 443\n")).unwrap_err();
+        assert!(
+            err.contains(
+                "[[remote]] edge1: [[remote.service]] 2001:db8::5: give `protocol` and `port`"
+            ),
+            "{err}"
+        );
+        let config = with(&remote("")).unwrap();
+        assert_eq!(
+            config.remotes[0].services[0].key().port,
+            None,
+            "every protocol and port"
+        );
     }
 
     #[test]

@@ -19,17 +19,6 @@
 //! at least every `[selection] interval_ms`; it reports a step once the owner has applied it
 //! (a barrier).
 
-mod locators;
-
-pub use self::locators::{Installed as InstalledLocators, Locator};
-mod nexthops;
-pub use self::nexthops::{Answers as NextHopAnswers, Resolution};
-mod owner;
-mod reporting;
-mod steering;
-
-pub use steering::Explanation;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
@@ -39,71 +28,25 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
 
-pub use self::owner::{Command, FirstSegment, FirstSegments};
 use crate::{
     bgp::rib::RibIn,
-    config::{Config, Decap, Protocol},
-    dataplane::kernel::{KernelRoutes, KernelSid},
-    dataplane::{Dataplane, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior},
+    config::{Config, Decap},
+    dataplane::{
+        Dataplane, Ids, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior,
+        kernel::{KernelRoutes, KernelSid},
+        locators, nexthop_cache,
+        owner::{self, Command, FirstSegments},
+    },
+    metrics::reporting,
+    selection::steering::{self, Explanation},
 };
-
-/// Stable small ids for named things (services, nodes), kept across reloads so that a flow's
-/// node id means the same node before and after.
-#[derive(Debug, Default)]
-pub struct Ids<K: Ord> {
-    ids: BTreeMap<K, u32>,
-    first: u32,
-}
-
-impl<K: Ord + Clone> Ids<K> {
-    fn starting_at(first: u32) -> Self {
-        Self {
-            ids: BTreeMap::new(),
-            first,
-        }
-    }
-
-    fn get(&mut self, key: &K) -> u32 {
-        if let Some(id) = self.ids.get(key) {
-            return *id;
-        }
-        let used: std::collections::BTreeSet<u32> = self.ids.values().copied().collect();
-        let mut id = self.first;
-        while used.contains(&id) {
-            id += 1;
-        }
-        self.ids.insert(key.clone(), id);
-        id
-    }
-
-    /// Id → name, for the operator's views.
-    pub fn names(&self) -> BTreeMap<u32, K> {
-        self.ids.iter().map(|(k, v)| (*v, k.clone())).collect()
-    }
-
-    fn forget(&mut self, id: u32) {
-        self.ids.retain(|_, v| *v != id);
-    }
-
-    fn forget_except(&mut self, keep: &[K]) -> Vec<u32> {
-        let gone: Vec<K> = self
-            .ids
-            .keys()
-            .filter(|k| !keep.contains(k))
-            .cloned()
-            .collect();
-        gone.iter().filter_map(|k| self.ids.remove(k)).collect()
-    }
-}
-
-type ServiceKey = (IpAddr, Option<u8>, Option<u16>);
 
 /// The agent's long-lived state.
 #[derive(Debug)]
 pub struct Agent {
     commands: mpsc::Sender<Command>,
     owner: tokio::task::JoinHandle<Dataplane>,
-    service_ids: Ids<ServiceKey>,
+    service_ids: Ids<ServiceAddr>,
     /// BGP-learned candidates, when `[bgp]` is configured.
     learning: Option<steering::Learning>,
     /// What was applied from the last configuration (to remove what a reload drops).
@@ -243,14 +186,14 @@ impl Agent {
     fn spawn_nexthop_cache(
         &mut self,
         nodes: watch::Receiver<FirstSegments>,
-    ) -> watch::Receiver<nexthops::Answers> {
+    ) -> watch::Receiver<nexthop_cache::Answers> {
         self.tasks
             .push(tokio::spawn(follow_routing_changes(self.commands.clone())));
-        let (answers, receiver) = watch::channel(nexthops::Answers::new());
+        let (answers, receiver) = watch::channel(nexthop_cache::Answers::new());
         match KernelRoutes::connect() {
-            Ok(kernel) => self.tasks.push(tokio::spawn(nexthops::run(
+            Ok(kernel) => self.tasks.push(tokio::spawn(nexthop_cache::run(
                 kernel,
-                nexthops::Io {
+                nexthop_cache::Io {
                     nodes,
                     commands: self.commands.clone(),
                     answers,
@@ -302,7 +245,7 @@ impl Agent {
         config: &Config,
         core: (mpsc::Sender<crate::core::Event>, crate::core::View),
         steering: SteeringViews,
-        nexthops: watch::Receiver<nexthops::Answers>,
+        nexthops: watch::Receiver<nexthop_cache::Answers>,
     ) -> crate::api::AgentState {
         let SteeringViews {
             explanations,
@@ -406,16 +349,9 @@ impl Agent {
         };
         let mut commands = Vec::new();
         let mut services = Vec::new();
-        let mut keys = Vec::new();
         for policy in &config.policies {
-            let protocol = policy.protocol.map(Protocol::number);
-            let key: ServiceKey = (policy.service, protocol, policy.port);
-            let id = self.service_ids.get(&key);
-            keys.push(key);
-            let addr = ServiceAddr {
-                addr: policy.service,
-                port: protocol.map(|p| (p, policy.port.unwrap_or(0))),
-            };
+            let addr = policy.key();
+            let id = self.service_ids.get(&addr);
             let affinity = policy
                 .affinity
                 .then(|| policy.idle_timeout_s.map(Duration::from_secs));
@@ -435,7 +371,7 @@ impl Agent {
         {
             commands.push(Command::RemoveService(*gone));
         }
-        for id in self.service_ids.forget_except(&keys) {
+        for id in self.service_ids.forget_except(&services) {
             commands.push(Command::PublishRing {
                 service: id,
                 ring: Vec::new(),
@@ -511,7 +447,7 @@ impl Agent {
             task.abort();
         }
         match KernelRoutes::connect() {
-            Ok(kernel) => nexthops::release_all(&kernel).await,
+            Ok(kernel) => nexthop_cache::release_all(&kernel).await,
             Err(error) => tracing::warn!(
                 error = %format!("{error:#}"),
                 "the managed neighbour entries stay (ip -6 neigh show proto 201)"

@@ -29,7 +29,6 @@ use tokio::{
 };
 
 use crate::{
-    agent::Explanation,
     bgp::{
         fsm,
         graceful::Family,
@@ -38,6 +37,7 @@ use crate::{
     },
     core::{Event as CoreEvent, View as CoreView},
     metrics::NodeMetrics,
+    selection::steering::Explanation,
 };
 
 /// Where the agent listens unless `[control] socket` says otherwise.
@@ -139,11 +139,11 @@ pub struct AgentState {
     /// Each BGP session's state and counters.
     pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
-    pub locators: Option<crate::agent::InstalledLocators>,
+    pub locators: Option<crate::dataplane::locators::Installed>,
     /// The latest selection explanations, one per service.
     pub explanations: watch::Receiver<Vec<Explanation>>,
     /// The next-hop cache's latest answers, by node id.
-    pub nexthops: watch::Receiver<crate::agent::NextHopAnswers>,
+    pub nexthops: watch::Receiver<crate::dataplane::nexthop_cache::Answers>,
     /// Node ids and names, as the agent numbers nodes in the maps.
     /// Node id → name, as steering numbers them.
     pub node_names: tokio::sync::watch::Receiver<std::collections::BTreeMap<u32, String>>,
@@ -239,7 +239,7 @@ impl AgentState {
                     ipnet::IpNet::V6(net) => locators
                         .get(&(net.network(), net.prefix_len()))
                         .filter(|locator| locator.next_hop() == r.next_hop)
-                        .map(crate::agent::Locator::describe),
+                        .map(crate::dataplane::locators::Locator::describe),
                     ipnet::IpNet::V4(_) => None,
                 };
                 LearnedPath {

@@ -171,11 +171,14 @@ fn selection(registry: &mut Registry, state: &AgentState) {
     let changes = Family::<Labels, Counter>::default();
     let updates = Family::<Labels, Counter>::default();
     for e in state.explanations.borrow().iter() {
-        let l = labels(&[("service", e.address.to_string())]);
+        let l = labels(&[("service", e.key.addr.to_string())]);
         changes.get_or_create(&l).inc_by(e.target_changes);
         updates.get_or_create(&l).inc_by(e.ring_updates);
         for c in &e.decision.evaluations {
-            let l = labels(&[("service", e.address.to_string()), ("node", c.name.clone())]);
+            let l = labels(&[
+                ("service", e.key.addr.to_string()),
+                ("node", c.name.clone()),
+            ]);
             weight.get_or_create(&l).set(c.weight);
             if let Some(s) = c.scores {
                 score.get_or_create(&l).set(s.l2);

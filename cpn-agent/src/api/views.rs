@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::AgentState;
 use crate::{
-    agent::Explanation,
     dataplane::{Flow, FlowRow, Lookup, MacAddr, NodeRow, NotCached, Pinned, Program, SidRow},
+    selection::steering::Explanation,
 };
 use cpn_common::{
     maps,

@@ -4,8 +4,12 @@
 //! or the maps goes through it.
 
 mod clock;
+mod ids;
 pub mod kernel;
+pub mod locators;
+pub mod nexthop_cache;
 mod nexthops;
+pub mod owner;
 mod pinned;
 pub mod resolver;
 mod ring_memory;
@@ -31,6 +35,7 @@ use serde::Deserialize;
 
 pub use self::{
     clock::TickClock,
+    ids::Ids,
     nexthops::{BadMac, MacAddr, NextHop},
     pinned::{
         AffinityStep, CounterRow, Flow, FlowRow, IcmpBucketRow, Lookup, NextHopRow, NodeRow,

@@ -23,15 +23,76 @@ use cpn_common::{
 
 use super::{Dataplane, Error, TickClock};
 
-/// A service address as the data plane matches it: address, and optionally protocol and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A service: its address, and optionally protocol and port. The one key of a service in the
+/// configuration, the data plane's service map, steering and the published metrics (as JSON
+/// `address`, `protocol`, `port`, the last two both present or both absent).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "ServiceFields", into = "ServiceFields")]
 pub struct ServiceAddr {
     pub addr: IpAddr,
     /// `(protocol, port)`, e.g. `(6, 443)`; `None` matches any protocol and port.
     pub port: Option<(u8, u16)>,
 }
 
+/// How a [`ServiceAddr`] reads in JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ServiceFields {
+    address: IpAddr,
+    protocol: Option<u8>,
+    port: Option<u16>,
+}
+
+impl TryFrom<ServiceFields> for ServiceAddr {
+    type Error = String;
+
+    fn try_from(fields: ServiceFields) -> Result<Self, String> {
+        Self::new(fields.address, fields.protocol, fields.port).ok_or_else(|| {
+            format!(
+                "service {}: protocol and port go together, or neither",
+                fields.address
+            )
+        })
+    }
+}
+
+impl From<ServiceAddr> for ServiceFields {
+    fn from(service: ServiceAddr) -> Self {
+        Self {
+            address: service.addr,
+            protocol: service.protocol(),
+            port: service.port_number(),
+        }
+    }
+}
+
 impl ServiceAddr {
+    /// The service at `addr`, for `protocol` and `port` if given; `None` when only one of the
+    /// two is.
+    pub const fn new(addr: IpAddr, protocol: Option<u8>, port: Option<u16>) -> Option<Self> {
+        let port = match (protocol, port) {
+            (Some(protocol), Some(port)) => Some((protocol, port)),
+            (None, None) => None,
+            _ => return None,
+        };
+        Some(Self { addr, port })
+    }
+
+    pub const fn protocol(&self) -> Option<u8> {
+        match self.port {
+            Some((protocol, _)) => Some(protocol),
+            None => None,
+        }
+    }
+
+    pub const fn port_number(&self) -> Option<u16> {
+        match self.port {
+            Some((_, port)) => Some(port),
+            None => None,
+        }
+    }
+
     fn key(&self) -> ServiceKey {
         let (protocol, port) = self.port.unwrap_or((ANY_PROTOCOL, 0));
         ServiceKey {

@@ -2,6 +2,7 @@
 //! with its unit, source, statistic and timestamp so that a receiver can judge them.
 
 pub mod host;
+pub mod reporting;
 
 use std::time::SystemTime;
 
@@ -217,8 +218,42 @@ pub struct Published {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PublishedService {
-    pub address: std::net::IpAddr,
-    pub protocol: Option<u8>,
-    pub port: Option<u16>,
+    /// As `address`, `protocol`, `port`.
+    #[serde(flatten)]
+    pub service: crate::dataplane::ServiceAddr,
     pub metrics: NodeMetrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Other agents and operators read the published file: a service in it is `address`,
+    /// `protocol` and `port`, as before the key had one type, and a file that gives only one
+    /// of the last two is refused rather than read as another service.
+    #[test]
+    fn a_published_service_reads_as_address_protocol_and_port() {
+        let service = crate::dataplane::ServiceAddr {
+            addr: "2001:db8::5".parse().unwrap(),
+            port: Some((6, 443)),
+        };
+        let published = PublishedService {
+            service,
+            metrics: NodeMetrics::default(),
+        };
+        let json = serde_json::to_value(&published).unwrap();
+        assert_eq!(json["address"], "2001:db8::5");
+        assert_eq!(json["protocol"], 6);
+        assert_eq!(json["port"], 443);
+        let back: PublishedService = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, published);
+
+        let mut half = json;
+        half["port"] = serde_json::Value::Null;
+        let err = serde_json::from_value::<PublishedService>(half).unwrap_err();
+        assert!(
+            err.to_string().contains("protocol and port go together"),
+            "{err}"
+        );
+    }
 }

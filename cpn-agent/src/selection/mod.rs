@@ -7,6 +7,7 @@
 pub mod hysteresis;
 pub mod maglev;
 pub mod score;
+pub mod steering;
 
 use std::time::{Duration, SystemTime};
 

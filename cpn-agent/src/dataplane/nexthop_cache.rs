@@ -25,7 +25,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::{Command, owner::FirstSegments};
+use super::owner::{Command, FirstSegments};
 use crate::{
     dataplane::kernel::KernelRoutes,
     dataplane::{

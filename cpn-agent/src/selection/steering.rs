@@ -11,15 +11,15 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Command, Ids};
+use crate::dataplane::{Ids, locators, owner::Command};
 use crate::{
     bgp::{
         rib::{Learned, RibIn},
         route::Route,
     },
-    config::{CapacityConfig, Config, PolicyConfig, Protocol},
+    config::{CapacityConfig, Config, PolicyConfig},
     core::{Snapshot, View},
-    dataplane::{Node, NodeState},
+    dataplane::{Node, NodeState, ServiceAddr},
     metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Published, Sample, Unit},
     selection::{
         self, Admin, Candidate, Path, Policy,
@@ -54,7 +54,7 @@ pub struct Learning {
     /// The learned locator routes in the kernel, when this agent installs them: a node whose
     /// SID lies in a learned locator joins the rings only once that route is in (make before
     /// break, the joining side).
-    pub locators: Option<super::locators::Installed>,
+    pub locators: Option<locators::Installed>,
     /// Which learned routes are cpn locators.
     pub import: crate::bgp::policy::Import,
 }
@@ -69,11 +69,9 @@ pub struct PlannedRemote {
 #[derive(Clone, Debug)]
 pub struct PlannedService {
     pub id: u32,
-    /// The service address (BGP routes are per address).
-    pub address: IpAddr,
-    /// Its protocol and port, if its policy names them.
-    pub protocol: Option<u8>,
-    pub port: Option<u16>,
+    /// The service (BGP routes are per address: its learned candidates are those of its
+    /// address).
+    pub key: ServiceAddr,
     pub policy: Policy,
     pub candidates: Vec<StaticCandidate>,
 }
@@ -87,21 +85,16 @@ pub struct StaticCandidate {
     pub path: Path,
     pub metrics_file: Option<PathBuf>,
     pub drained: bool,
-    pub service: (IpAddr, Option<u8>, Option<u16>),
+    pub service: ServiceAddr,
 }
 
 pub fn planned_service(id: u32, policy: &PolicyConfig, config: &Config) -> PlannedService {
-    let address = policy.service;
-    let protocol = policy.protocol.map(Protocol::number);
+    let key = policy.key();
     let candidates = config
         .remotes
         .iter()
         .filter_map(|remote| {
-            let served = remote.services.iter().find(|s| {
-                s.address == policy.service
-                    && s.protocol.map(Protocol::number) == protocol
-                    && s.port == policy.port
-            })?;
+            let served = remote.services.iter().find(|s| s.key() == key)?;
             Some(StaticCandidate {
                 name: remote.name.clone(),
                 capacity: served.capacity,
@@ -113,18 +106,14 @@ pub fn planned_service(id: u32, policy: &PolicyConfig, config: &Config) -> Plann
                 },
                 metrics_file: remote.metrics_file.clone(),
                 drained: remote.drained,
-                service: (policy.service, protocol, policy.port),
+                service: key,
             })
         })
         .collect();
-    let policy_port = policy.port;
-    let policy = policy.policy();
     PlannedService {
         id,
-        address,
-        protocol,
-        port: policy_port,
-        policy,
+        key,
+        policy: policy.policy(),
         candidates,
     }
 }
@@ -162,10 +151,7 @@ impl StaticCandidate {
     }
 }
 
-fn read_published(
-    path: &std::path::Path,
-    service: (IpAddr, Option<u8>, Option<u16>),
-) -> Option<NodeMetrics> {
+fn read_published(path: &std::path::Path, service: ServiceAddr) -> Option<NodeMetrics> {
     let text = std::fs::read_to_string(path).ok()?;
     let published: Published = serde_json::from_str(&text)
         .inspect_err(
@@ -175,7 +161,7 @@ fn read_published(
     published
         .services
         .into_iter()
-        .find(|s| (s.address, s.protocol, s.port) == service)
+        .find(|s| s.service == service)
         .map(|s| s.metrics)
 }
 
@@ -193,10 +179,11 @@ struct ServiceState {
 /// Why a service's flows go where they go: the latest decision and the hysteresis state.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Explanation {
+    /// The service's id (its ring, its counters) ...
     pub service: u32,
-    pub address: IpAddr,
-    pub protocol: Option<u8>,
-    pub port: Option<u16>,
+    /// ... and the service (as `address`, `protocol`, `port`).
+    #[serde(flatten)]
+    pub key: ServiceAddr,
     pub decision: selection::Decision,
     /// What hysteresis made of the latest weights.
     pub verdict: Verdict,
@@ -238,7 +225,7 @@ fn explain(
         .filter_map(|s| states.get(&s.id).and_then(|st| st.explanation.clone()))
         .collect();
     if let Some(path) = &plan.explain_file
-        && let Err(error) = write_json(path, &explanations)
+        && let Err(error) = crate::write_json(path, &explanations)
     {
         tracing::warn!(path = %path.display(), %error, "writing the explanation");
     }
@@ -271,7 +258,7 @@ pub async fn run(
     outputs: Outputs,
 ) {
     let mut steering = Steering::new(owner, outputs);
-    let mut locator_changes: Option<super::locators::Installed> = None;
+    let mut locator_changes: Option<locators::Installed> = None;
     let mut core_running = true;
     loop {
         let plan = plans.borrow_and_update().clone();
@@ -373,7 +360,7 @@ impl Steering {
                 .chain(
                     learned
                         .iter()
-                        .filter(|(_, _, c)| c.0 == service.address)
+                        .filter(|(_, _, c)| c.0 == service.key.addr)
                         .map(|(_, _, c)| c.1.clone()),
                 )
                 .collect();
@@ -576,12 +563,12 @@ fn unrouted_locators(learning: &Learning, rib: &RibIn) -> Vec<ipnet::Ipv6Net> {
         return Vec::new();
     };
     let installed = installed.borrow().clone();
-    super::locators::wanted(rib, None, &learning.import)
+    locators::wanted(rib, None, &learning.import)
         .into_keys()
         .filter(|key| {
             !installed
                 .get(key)
-                .is_some_and(super::locators::Locator::is_installed)
+                .is_some_and(locators::Locator::is_installed)
         })
         .filter_map(|(prefix, len)| ipnet::Ipv6Net::new(prefix, len).ok())
         .collect()
@@ -629,9 +616,7 @@ fn step(
         + state.current.len().abs_diff(state.target.len());
     state.explanation = Some(Explanation {
         service: service.id,
-        address: service.address,
-        protocol: service.protocol,
-        port: service.port,
+        key: service.key,
         decision,
         verdict,
         published: state.hysteresis.published().cloned(),
@@ -670,13 +655,6 @@ fn step(
         e.ring_updates = state.ring_updates;
     }
     Some(next)
-}
-
-/// Readers never see half a file: write a sibling, then rename over.
-pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]
@@ -798,7 +776,7 @@ mod tests {
                 ..Snapshot::default()
             }
         };
-        let (publish, installed) = watch::channel(super::super::locators::Locators::new());
+        let (publish, installed) = watch::channel(locators::Locators::new());
         let mut learning = Learning {
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
@@ -812,7 +790,7 @@ mod tests {
         publish.send_modify(|l| {
             l.insert(
                 ("fc00:1::".parse().unwrap(), 32),
-                super::super::locators::Locator::Unresolved {
+                locators::Locator::Unresolved {
                     next_hop,
                     why: crate::dataplane::kernel::Unresolved::NoRoute,
                 },
@@ -825,7 +803,7 @@ mod tests {
         publish.send_modify(|l| {
             l.insert(
                 ("fc00:1::".parse().unwrap(), 32),
-                super::super::locators::Locator::Installed {
+                locators::Locator::Installed {
                     next_hop,
                     via: crate::dataplane::kernel::Resolved {
                         gateway: next_hop,

@@ -3,7 +3,7 @@
 //! node in the data plane uses an address in it any more (make before break): until steering
 //! has moved the rings off those nodes, flows still hashed to them would meet "no route". The
 //! joining side mirrors it: steering gives a learned node ring slots only once the locator
-//! route covering its SID is installed (steering.rs, `unrouted_locators`).
+//! route covering its SID is installed (selection/steering.rs, `unrouted_locators`).
 //!
 //! Only cpn locators become routes (the import policy, `bgp::policy::Import`), each through
 //! its BGP next hop resolved in the kernel's FIB: a next hop behind a reflector or reached
@@ -99,6 +99,7 @@ pub fn wanted(
 }
 
 /// What the locators task follows.
+#[derive(Debug)]
 pub struct Inputs {
     /// The routing core's snapshots: their RIB.
     pub core: View,

@@ -8,7 +8,7 @@
 //! follow `[metrics] interval_ms`.
 
 use std::{
-    net::{IpAddr, Ipv6Addr},
+    net::Ipv6Addr,
     path::{Path as FsPath, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -24,7 +24,8 @@ use crate::{
         metric_attr::{CpnMetrics, NodeScore},
         route::{Route, ServiceSid},
     },
-    config::{CapacityConfig, Config, PolicyConfig, Protocol},
+    config::{CapacityConfig, Config, PolicyConfig},
+    dataplane::ServiceAddr,
     metrics::{
         Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Source, Unit, host,
     },
@@ -34,9 +35,7 @@ use crate::{
 /// One `[[service]]`, as the loop needs it.
 #[derive(Clone, Debug)]
 struct Served {
-    address: IpAddr,
-    protocol: Option<u8>,
-    port: Option<u16>,
+    key: ServiceAddr,
     sid: Ipv6Addr,
     behavior: u16,
     capacity: CapacityConfig,
@@ -114,14 +113,12 @@ pub fn spawn(
                         .iter()
                         .zip(&metrics)
                         .map(|(s, m)| PublishedService {
-                            address: s.address,
-                            protocol: s.protocol,
-                            port: s.port,
+                            service: s.key,
                             metrics: m.clone(),
                         })
                         .collect(),
                 };
-                if let Err(e) = super::steering::write_json(file, &published) {
+                if let Err(e) = crate::write_json(file, &published) {
                     tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
                 }
             }
@@ -249,9 +246,7 @@ fn served(config: &Config) -> Vec<Served> {
         .services
         .iter()
         .map(|s| Served {
-            address: s.address,
-            protocol: s.protocol.map(Protocol::number),
-            port: s.port,
+            key: s.key(),
             sid: *s.sid.get_ref(),
             behavior: config
                 .srv6
@@ -269,7 +264,7 @@ fn served(config: &Config) -> Vec<Served> {
             policy: config
                 .policies
                 .iter()
-                .find(|p| p.is_for(s.address, s.protocol, s.port))
+                .find(|p| p.key() == s.key())
                 .map_or_else(
                     || {
                         let main_kind = ComputeKind::ALL
@@ -344,7 +339,7 @@ fn route(origin: &Origin, node: &str, s: &Served, metrics: NodeMetrics) -> Route
     };
     let scores = score::score(&s.policy, &me, std::slice::from_ref(&me));
     Route {
-        prefix: s.address.into(),
+        prefix: s.key.addr.into(),
         path_id: origin.path_id,
         next_hop: origin.next_hop,
         service: Some(ServiceSid {
