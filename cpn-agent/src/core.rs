@@ -1,12 +1,12 @@
 //! The routing core: the one task that owns what this agent knows of the network (the
-//! Adj-RIB-In, the state of its links, the nodes the operator drained) and publishes it as
-//! snapshots.
+//! Adj-RIB-In, the state of its links, the metrics static nodes publish, the nodes the
+//! operator drained) and publishes it as snapshots.
 //!
 //! ```text
-//!   BGP sessions ──Event::Bgp──────┐
-//!   operator (api) ──Event::Drain──┼──▶ core task ──Snapshot (watch)──▶ selection (steering),
-//!   link sensing ──LinkTable (watch)┘   (owns RIB,                      sessions (export),
-//!                                        links, drains)                 locators, api
+//!   BGP sessions ──Event::Bgp──────────────┐
+//!   [[remote]] files ──Event::RemoteMetrics┼──▶ core task ──Snapshot (watch)──▶ steering,
+//!   operator (api) ──Event::Drain──────────┤   (owns RIB, links,              sessions (export),
+//!   link sensing ──LinkTable (watch)───────┘    remote metrics, drains)       locators, api
 //! ```
 //!
 //! Everything that changes this state is a typed event, applied in the order it arrives; a
@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     bgp::rib::{RibCommand, RibIn},
+    metrics::files::RemoteMetrics,
     sensing::probe::LinkStats,
 };
 
@@ -39,6 +40,12 @@ pub type LinkTable = HashMap<IpAddr, LinkStats>;
 pub enum Event {
     /// What a BGP session's peer changed (or the session itself).
     Bgp(RibCommand),
+    /// What the `[[remote]]` metrics files hold now (all of them); with `published`, answered
+    /// with the version of the first snapshot that has it.
+    RemoteMetrics {
+        metrics: RemoteMetrics,
+        published: Option<oneshot::Sender<u64>>,
+    },
     /// The operator drains `node` (no new flows; its open flows stay) or, with `drain` false,
     /// gives it new flows again. Answered with the version of the first snapshot that says so.
     Drain {
@@ -56,16 +63,19 @@ pub struct Snapshot {
     pub version: u64,
     pub rib: Arc<RibIn>,
     pub links: Arc<LinkTable>,
+    /// What the `[[remote]]` metrics files hold.
+    pub remote: Arc<RemoteMetrics>,
     /// The nodes the operator drained, by name.
     pub drained: Arc<BTreeSet<String>>,
 }
 
 impl Snapshot {
-    /// Whether the routes, the drains or a link's liveness changed since `seen`. Link
-    /// measurements alone (a new round-trip time every probe interval) are not news: readers
-    /// take them up at their next regular step.
+    /// Whether the routes, the remote metrics, the drains or a link's liveness changed since
+    /// `seen`. Link measurements alone (a new round-trip time every probe interval) are not
+    /// news: readers take them up at their next regular step.
     pub fn news_since(&self, seen: &Self) -> bool {
         !Arc::ptr_eq(&self.rib, &seen.rib)
+            || !Arc::ptr_eq(&self.remote, &seen.remote)
             || !Arc::ptr_eq(&self.drained, &seen.drained)
             || self.links.len() != seen.links.len()
             || self.links.iter().any(|(neighbor, link)| {
@@ -96,6 +106,7 @@ pub fn spawn(rib: RibIn, links: Option<watch::Receiver<LinkTable>>) -> Core {
             .as_ref()
             .map(|l| Arc::new(l.borrow().clone()))
             .unwrap_or_default(),
+        remote: Arc::default(),
         drained: BTreeSet::new(),
     };
     let (publish, view) = watch::channel(state.snapshot(0));
@@ -107,6 +118,7 @@ pub fn spawn(rib: RibIn, links: Option<watch::Receiver<LinkTable>>) -> Core {
 struct State {
     rib: RibIn,
     links: Arc<LinkTable>,
+    remote: Arc<RemoteMetrics>,
     drained: BTreeSet<String>,
 }
 
@@ -116,6 +128,7 @@ impl State {
             version,
             rib: Arc::new(self.rib.clone()),
             links: self.links.clone(),
+            remote: self.remote.clone(),
             drained: Arc::new(self.drained.clone()),
         }
     }
@@ -126,14 +139,15 @@ impl State {
 struct Changed {
     rib: bool,
     drained: bool,
-    links: bool,
-    /// Drain requests to answer with the version that publishes them.
+    /// Links and remote metrics, shared as they are kept.
+    shared: bool,
+    /// Requests to answer with the version that publishes them.
     answers: Vec<oneshot::Sender<u64>>,
 }
 
 impl Changed {
     const fn any(&self) -> bool {
-        self.rib || self.drained || self.links
+        self.rib || self.drained || self.shared
     }
 }
 
@@ -159,7 +173,7 @@ async fn run(
             measured = changed_or_gone(&mut links) => {
                 if let Some(table) = measured {
                     state.links = Arc::new(table);
-                    changed.links = true;
+                    changed.shared = true;
                 }
             }
             () = sleep_until(deadline) => {
@@ -170,6 +184,12 @@ async fn run(
         }
         if changed.any() {
             state.publish(&publish, changed);
+        } else {
+            // Nothing new: the snapshot out already has it.
+            let version = publish.borrow().version;
+            for answer in changed.answers {
+                let _ = answer.send(version);
+            }
         }
     }
 }
@@ -178,6 +198,13 @@ impl State {
     fn apply(&mut self, event: Event, changed: &mut Changed) {
         match event {
             Event::Bgp(command) => changed.rib |= self.rib.apply(command),
+            Event::RemoteMetrics { metrics, published } => {
+                if *self.remote != metrics {
+                    self.remote = Arc::new(metrics);
+                    changed.shared = true;
+                }
+                changed.answers.extend(published);
+            }
             Event::Drain {
                 node,
                 drain,
@@ -211,6 +238,7 @@ impl State {
                 last.rib
             },
             links: self.links.clone(),
+            remote: self.remote.clone(),
             drained: if changed.drained {
                 Arc::new(self.drained.clone())
             } else {

@@ -45,6 +45,10 @@ use crate::{
 #[derive(Debug)]
 pub struct Agent {
     commands: mpsc::Sender<Command>,
+    /// The routing core's inbox.
+    core: mpsc::Sender<crate::core::Event>,
+    /// The task that follows the `[[remote]]` metrics files, and the files it follows.
+    remote_metrics: Option<(Vec<std::path::PathBuf>, tokio::task::JoinHandle<()>)>,
     owner: tokio::task::JoinHandle<Dataplane>,
     service_ids: Ids<ServiceAddr>,
     /// BGP-learned candidates, when `[bgp]` is configured.
@@ -88,8 +92,31 @@ impl Agent {
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
+        // Link sensing feeds the routing core, which every other task below talks to.
+        let mut tasks = Vec::new();
+        let mut liveness = crate::sensing::probe::Liveness::new();
+        let mut links = None;
+        let mut rib = RibIn::default();
+        if let Some(bgp) = &config.bgp {
+            let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
+            let (table, alive, prober) = crate::sensing::probe::spawn(
+                bgp.probe_port,
+                &neighbors,
+                Duration::from_millis(bgp.probe_interval_ms.max(1)),
+                bgp.probe_multiplier.max(1),
+            )
+            .await
+            .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
+            tasks.push(prober);
+            (links, liveness) = (Some(table), alive);
+            rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
+        }
+        let core = crate::core::spawn(rib, links);
+        tasks.push(core.task);
         let mut agent = Self {
             commands,
+            core: core.events.clone(),
+            remote_metrics: None,
             owner,
             service_ids: Ids::starting_at(0),
             learning: None,
@@ -97,7 +124,7 @@ impl Agent {
             steering,
             settled,
             generation: 0,
-            tasks: Vec::new(),
+            tasks,
             kernel: None,
             // Nothing learned until a locators task publishes.
             learned_locators: watch::channel(locators::Locators::new()).1,
@@ -106,29 +133,12 @@ impl Agent {
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
         let (in_use, nodes_in_use) = watch::channel(std::collections::BTreeSet::new());
-        let mut core = None;
         if let Some(bgp) = &config.bgp {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
-            let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
-            let (links, liveness, prober) = crate::sensing::probe::spawn(
-                bgp.probe_port,
-                &neighbors,
-                Duration::from_millis(bgp.probe_interval_ms.max(1)),
-                bgp.probe_multiplier.max(1),
-            )
-            .await
-            .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
-            agent.tasks.push(prober);
-            let speaker_config = speaker_config(config, bgp);
-            let started = crate::core::spawn(
-                RibIn::new(crate::bgp::speaker::deferral(&speaker_config)),
-                Some(links),
-            );
-            let view = started.view.clone();
             let speaker = crate::bgp::speaker::spawn(
-                speaker_config,
-                (started.events.clone(), view.clone()),
+                speaker_config(config, bgp),
+                (core.events.clone(), core.view.clone()),
                 routes,
                 liveness,
             )
@@ -136,7 +146,6 @@ impl Agent {
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;
             agent.tasks.extend(speaker.tasks);
             agent.sessions = speaker.sessions;
-            core = Some(started);
             let mut locators = None;
             if !config.interfaces.is_empty() {
                 let (publish, installed) = watch::channel(locators::Locators::new());
@@ -147,7 +156,7 @@ impl Agent {
                     ipnet::IpNet::V4(_) => None,
                 });
                 let inputs = locators::Inputs {
-                    core: view,
+                    core: core.view.clone(),
                     own,
                     import: bgp.import(),
                     in_use: nodes_in_use,
@@ -165,9 +174,6 @@ impl Agent {
             });
             local_routes = Some(local);
         }
-        // Without BGP the core holds only the operator's drains.
-        let core = core.unwrap_or_else(|| crate::core::spawn(RibIn::default(), None));
-        agent.tasks.push(core.task);
         let steering = agent.spawn_steering(plans, core.view.clone(), applied, settle, in_use);
         let state =
             agent.control_state(config, (core.events, core.view), steering, nexthop_answers);
@@ -297,6 +303,7 @@ impl Agent {
                 .await
                 .context("the data-plane owner stopped")?;
         }
+        self.follow_remote_metrics(config).await?;
         // Steering programs the nodes before its rings name them, and removes the nodes gone
         // from the configuration once its rings no longer name them (a membership change skips
         // the dwell time): until then their slots still lead somewhere that works.
@@ -378,6 +385,42 @@ impl Agent {
             });
         }
         (commands, services, plan)
+    }
+
+    /// Follows the `[[remote]]` metrics files of `config` (a reload with other files starts
+    /// another follower). The core has their content before steering sees the plan that
+    /// names them, so the first step already weighs those nodes.
+    async fn follow_remote_metrics(&mut self, config: &Config) -> Result<()> {
+        let files: Vec<std::path::PathBuf> = config
+            .remotes
+            .iter()
+            .filter_map(|r| r.metrics_file.clone())
+            .collect();
+        if self
+            .remote_metrics
+            .as_ref()
+            .is_some_and(|(following, _)| *following == files)
+        {
+            return Ok(());
+        }
+        if let Some((_, task)) = self.remote_metrics.take() {
+            task.abort();
+        }
+        let watched = crate::metrics::files::RemoteFiles::watch(files.clone());
+        let (published, version) = tokio::sync::oneshot::channel();
+        let first = crate::core::Event::RemoteMetrics {
+            metrics: watched.metrics().clone(),
+            published: Some(published),
+        };
+        self.core
+            .send(first)
+            .await
+            .context("the routing core stopped")?;
+        version.await.context("the routing core stopped")?;
+        let fallback = Duration::from_millis(config.selection.interval_ms.max(10));
+        let task = tokio::spawn(watched.follow(self.core.clone(), fallback));
+        self.remote_metrics = Some((files, task));
+        Ok(())
     }
 
     /// Installs the kernel routes `config` asks for (seg6local SIDs, remote locators) and

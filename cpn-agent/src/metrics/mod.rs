@@ -1,6 +1,7 @@
 //! Compute metrics (the CATS C-SMA): L0 samples as the host and its services report them, each
 //! with its unit, source, statistic and timestamp so that a receiver can judge them.
 
+pub mod files;
 pub mod host;
 pub mod reporting;
 

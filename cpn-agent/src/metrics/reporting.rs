@@ -13,8 +13,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::StreamExt as _;
-use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::watch;
 
 use cpn_common::maps::Behavior;
@@ -91,7 +89,7 @@ pub fn spawn(
             .iter()
             .filter_map(|s| s.in_flight_file.as_deref())
             .collect();
-        let mut written = InFlightWrites::watch(&files);
+        let mut written = super::files::Writes::watch(&files, "in-flight files");
         let mut next_sample = Instant::now();
         let mut host = host::HostSamples::default();
         // The host is sampled on the interval only (its CPU utilisation is over the time since
@@ -167,78 +165,6 @@ pub fn spawn(
 
 /// The shortest time between two advertisements of this node's routes.
 pub const ADVERTISE_GAP: Duration = Duration::from_millis(10);
-
-/// Writes to the services' in-flight files, from inotify on their directories. A file counts
-/// as written when closed after writing or renamed into place, so a half-written value is never
-/// read. Without inotify (it failed to start: a warning says why) the loop samples on its
-/// interval alone.
-struct InFlightWrites {
-    events: Option<inotify::EventStream<[u8; 4096]>>,
-    names: Vec<std::ffi::OsString>,
-}
-
-impl InFlightWrites {
-    fn watch(files: &[&FsPath]) -> Self {
-        let names = files
-            .iter()
-            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
-            .collect();
-        let events = (!files.is_empty())
-            .then(|| Self::events(files))
-            .and_then(|started| {
-                started
-                    .inspect_err(|e| {
-                        tracing::warn!(error = %e, "not watching in-flight files: sampling them on the interval only");
-                    })
-                    .ok()
-            });
-        Self { events, names }
-    }
-
-    fn events(files: &[&FsPath]) -> std::io::Result<inotify::EventStream<[u8; 4096]>> {
-        let inotify = Inotify::init()?;
-        for file in files {
-            let dir = match file.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => FsPath::new("."),
-            };
-            inotify
-                .watches()
-                .add(dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-        }
-        inotify.into_event_stream([0; 4096])
-    }
-
-    /// The next write to one of the files; never, without inotify.
-    async fn next(&mut self) {
-        let Some(events) = &mut self.events else {
-            return std::future::pending().await;
-        };
-        loop {
-            match events.next().await {
-                Some(Ok(event))
-                    if event
-                        .mask
-                        .intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
-                        && event.name.as_ref().is_some_and(|n| self.names.contains(n)) =>
-                {
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "reading inotify events: sampling on the interval only");
-                    self.events = None;
-                    return std::future::pending().await;
-                }
-                None => {
-                    self.events = None;
-                    return std::future::pending().await;
-                }
-            }
-        }
-    }
-}
 
 /// Each `[[service]]` with what the loop needs of it.
 fn served(config: &Config) -> Vec<Served> {
@@ -386,33 +312,4 @@ pub fn locator_route(config: &Config) -> Option<Route> {
         originator_id: None,
         cluster_list: Vec::new(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::InFlightWrites;
-
-    #[tokio::test]
-    async fn a_written_in_flight_file_wakes_the_loop_and_its_neighbours_do_not() {
-        let dir = std::env::temp_dir().join(format!("cpn-in-flight-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("in_flight");
-        std::fs::write(&file, "1\n").unwrap();
-        let mut written = InFlightWrites::watch(&[file.as_path()]);
-        let soon = Duration::from_millis(300);
-        // Another file in the same directory: no wake-up.
-        std::fs::write(dir.join("other"), "2\n").unwrap();
-        assert!(tokio::time::timeout(soon, written.next()).await.is_err());
-        // Written and closed: a wake-up.
-        std::fs::write(&file, "3\n").unwrap();
-        assert!(tokio::time::timeout(soon, written.next()).await.is_ok());
-        // Renamed into place (an atomic replace): a wake-up.
-        let fresh = dir.join("in_flight.new");
-        std::fs::write(&fresh, "4\n").unwrap();
-        std::fs::rename(&fresh, &file).unwrap();
-        assert!(tokio::time::timeout(soon, written.next()).await.is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -20,7 +20,7 @@ use crate::{
     config::{CapacityConfig, Config, PolicyConfig},
     core::{Snapshot, View},
     dataplane::{Node, NodeState, ServiceAddr},
-    metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Published, Sample, Unit},
+    metrics::{Capacity, ComputeKind, Measure, NodeMetrics, Sample, Unit, files::RemoteMetrics},
     selection::{
         self, Admin, Candidate, Path, Policy,
         hysteresis::{Hysteresis, Settings, Verdict},
@@ -119,12 +119,21 @@ pub fn planned_service(id: u32, policy: &PolicyConfig, config: &Config) -> Plann
 }
 
 impl StaticCandidate {
-    /// The candidate with its current metrics: from its published file if it has one (a node
-    /// whose file is missing has no fresh metrics and is excluded as stale), else idle at its
-    /// configured capacity.
-    fn resolve(&self, node: u32, now: SystemTime) -> Candidate {
+    /// The candidate with its current metrics: from its published file if it has one, as the
+    /// core last read it (a node whose file is missing has no fresh metrics and is excluded
+    /// as stale), else idle at its configured capacity.
+    fn resolve(&self, node: u32, remote: &RemoteMetrics, now: SystemTime) -> Candidate {
         let metrics = match &self.metrics_file {
-            Some(path) => read_published(path, self.service).unwrap_or_default(),
+            Some(path) => remote
+                .get(path)
+                .and_then(|published| {
+                    published
+                        .services
+                        .iter()
+                        .find(|s| s.service == self.service)
+                })
+                .map(|s| s.metrics.clone())
+                .unwrap_or_default(),
             None => NodeMetrics {
                 capacity: ComputeKind::ALL
                     .iter()
@@ -149,20 +158,6 @@ impl StaticCandidate {
             },
         }
     }
-}
-
-fn read_published(path: &std::path::Path, service: ServiceAddr) -> Option<NodeMetrics> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let published: Published = serde_json::from_str(&text)
-        .inspect_err(
-            |e| tracing::warn!(path = %path.display(), error = %e, "unreadable metrics file"),
-        )
-        .ok()?;
-    published
-        .services
-        .into_iter()
-        .find(|s| s.service == service)
-        .map(|s| s.metrics)
 }
 
 #[derive(Debug, Default)]
@@ -356,7 +351,7 @@ impl Steering {
             let candidates: Vec<Candidate> = service
                 .candidates
                 .iter()
-                .map(|c| c.resolve(self.ids.get(&c.name), now))
+                .map(|c| c.resolve(self.ids.get(&c.name), &snapshot.remote, now))
                 .chain(
                     learned
                         .iter()
