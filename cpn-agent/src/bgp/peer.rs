@@ -301,16 +301,9 @@ mod tests {
     fn export_sends_only_what_changed_and_everything_again_after_a_reset() {
         let mut peer = state(65002);
         let locator = Route {
-            prefix: "fc00:1::/32".parse().unwrap(),
-            path_id: 1,
             next_hop: Ipv6Addr::UNSPECIFIED,
-            service: None,
             aigp: Some(0),
-            metrics: None,
-            link_bandwidth: None,
-            as_path: Vec::new(),
-            originator_id: None,
-            cluster_list: Vec::new(),
+            ..Route::for_test("fc00:1::/32")
         };
         let rib = RibIn::default();
         let links = HashMap::new();

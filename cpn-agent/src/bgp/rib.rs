@@ -296,6 +296,25 @@ impl RibIn {
     }
 }
 
+#[cfg(test)]
+impl PathChange {
+    /// `route` as `neighbor` (AS 65002) announced it, for other modules' tests.
+    pub fn announce_for_test(neighbor: IpAddr, route: Route) -> Self {
+        use super::{policy::Peer, route::AddPath};
+        Self::Announce(Box::new(Received {
+            from: Peer {
+                address: neighbor,
+                asn: 65002,
+                rr_client: false,
+                add_path: AddPath::default(),
+            },
+            from_id: std::net::Ipv4Addr::UNSPECIFIED,
+            route,
+            link_us: 0,
+        }))
+    }
+}
+
 /// What a session tells the routing core of its peer's paths, in the order it happens.
 #[derive(Debug)]
 pub enum RibCommand {
@@ -325,41 +344,23 @@ pub enum RibCommand {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::bgp::{policy::Peer, route::AddPath};
 
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
     fn route(prefix: &str, path_id: u32) -> Route {
         Route {
-            prefix: prefix.parse().unwrap(),
             path_id,
-            next_hop: Ipv6Addr::LOCALHOST,
-            service: None,
-            aigp: None,
-            metrics: None,
-            link_bandwidth: None,
             as_path: vec![65002],
-            originator_id: None,
-            cluster_list: Vec::new(),
+            ..Route::for_test(prefix)
         }
     }
 
     fn announce(neighbor: IpAddr, prefix: &str, path_id: u32) -> PathChange {
-        PathChange::Announce(Box::new(Received {
-            from: Peer {
-                address: neighbor,
-                asn: 65002,
-                rr_client: false,
-                add_path: AddPath::default(),
-            },
-            from_id: Ipv4Addr::UNSPECIFIED,
-            route: route(prefix, path_id),
-            link_us: 0,
-        }))
+        PathChange::announce_for_test(neighbor, route(prefix, path_id))
     }
 
     #[test]

@@ -56,6 +56,26 @@ pub struct ServiceSid {
     pub behavior: u16,
 }
 
+#[cfg(test)]
+impl Route {
+    /// A plain route to `prefix` (path 1, next hop `::1`, no attributes, an empty AS path), for
+    /// tests to build on with struct update syntax.
+    pub fn for_test(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.parse().unwrap(),
+            path_id: 1,
+            next_hop: Ipv6Addr::LOCALHOST,
+            service: None,
+            aigp: None,
+            metrics: None,
+            link_bandwidth: None,
+            as_path: Vec::new(),
+            originator_id: None,
+            cluster_list: Vec::new(),
+        }
+    }
+}
+
 impl Route {
     /// A service site: its SID, and its address as a host prefix.
     pub fn is_service(&self) -> bool {

@@ -456,16 +456,8 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(300), next_non_keepalive(&mut conn));
         assert!(early.await.is_err(), "nothing before the originated routes");
         let locator = Route {
-            prefix: "fc00:1::/32".parse().unwrap(),
-            path_id: 1,
-            next_hop: Ipv6Addr::LOCALHOST,
-            service: None,
             aigp: Some(0),
-            metrics: None,
-            link_bandwidth: None,
-            as_path: Vec::new(),
-            originator_id: None,
-            cluster_list: Vec::new(),
+            ..Route::for_test("fc00:1::/32")
         };
         local.send_replace(vec![locator]);
         let Some(BgpMessage::Update(first)) = next_non_keepalive(&mut conn).await else {

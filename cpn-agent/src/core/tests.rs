@@ -1,16 +1,12 @@
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use super::*;
 use crate::{
     bgp::{
         fsm::{Down, DownReason},
         graceful::{Deferral, Families, Family, Retain},
-        policy::{Peer, Received},
         rib::PathChange,
-        route::{AddPath, Route},
+        route::Route,
     },
     metrics::Measure,
 };
@@ -19,32 +15,10 @@ const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
 fn learn(neighbor: IpAddr, prefix: &str, fresh: Option<oneshot::Sender<usize>>) -> Event {
-    let route = Route {
-        prefix: prefix.parse().unwrap(),
-        path_id: 1,
-        next_hop: Ipv6Addr::LOCALHOST,
-        service: None,
-        aigp: None,
-        metrics: None,
-        link_bandwidth: None,
-        as_path: vec![65002],
-        originator_id: None,
-        cluster_list: Vec::new(),
-    };
-    let received = Received {
-        from: Peer {
-            address: neighbor,
-            asn: 65002,
-            rr_client: false,
-            add_path: AddPath::default(),
-        },
-        from_id: Ipv4Addr::UNSPECIFIED,
-        route,
-        link_us: 0,
-    };
+    let route = Route::for_test(prefix);
     Event::Bgp(RibCommand::Learn {
         neighbor,
-        changes: vec![PathChange::Announce(Box::new(received))],
+        changes: vec![PathChange::announce_for_test(neighbor, route)],
         fresh,
     })
 }
