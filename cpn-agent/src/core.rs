@@ -87,18 +87,20 @@ impl Snapshot {
 /// The core's snapshots, as last published.
 pub type View = watch::Receiver<Snapshot>;
 
-/// The core's inbox and snapshots, and its task.
+/// The core's inbox and snapshots.
 #[derive(Debug)]
 pub struct Core {
     pub events: mpsc::Sender<Event>,
     pub view: View,
-    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the core with `rib` (empty, or waiting for the peers' End-of-RIB after our restart)
 /// and the link statistics of link sensing, when there is any. It runs until every sender of
 /// events is gone.
-pub fn spawn(rib: RibIn, links: Option<watch::Receiver<LinkTable>>) -> Core {
+pub fn spawn(
+    rib: RibIn,
+    links: Option<watch::Receiver<LinkTable>>,
+) -> (Core, tokio::task::JoinHandle<()>) {
     let (events, inbox) = mpsc::channel(256);
     let state = State {
         rib,
@@ -111,7 +113,7 @@ pub fn spawn(rib: RibIn, links: Option<watch::Receiver<LinkTable>>) -> Core {
     };
     let (publish, view) = watch::channel(state.snapshot(0));
     let task = tokio::spawn(run(state, inbox, links, publish));
-    Core { events, view, task }
+    (Core { events, view }, task)
 }
 
 /// The core's own state between events.

@@ -133,6 +133,7 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
     data_plane_views(&lab)?;
     explain_agrees_with_the_data_plane(&lab)?;
     drain_and_undrain(&lab)?;
+    load_reports_reach_the_transit(&lab)?;
     maps_dump_with_the_agent_stopped(&mut lab)
 }
 
@@ -480,6 +481,47 @@ fn drain_and_undrain(lab: &CpnLab) -> Result<()> {
         let c = cloud(lab)?;
         Ok(c["weight"].as_f64().is_some_and(|w| w > 0.0).then_some(()))
     })?;
+    Ok(())
+}
+
+/// A service's own load report (`cpnctl load` on its compute node) is advertised at once and
+/// reaches the transit's RIB; a report for what is not one of the node's services is refused
+/// with the reason.
+fn load_reports_reach_the_transit(lab: &CpnLab) -> Result<()> {
+    let address = lab.topology.services[0].address.to_string();
+    let said = cpnctl(lab, "edge1", &["load", &address, "37"])?;
+    ensure!(
+        said == format!("reported: 37 requests in flight at {address}\n"),
+        "{said}"
+    );
+    let in_flight_at_transit = |expected: f64| {
+        move || -> Result<Option<()>> {
+            let routes = json(lab, "transit", "routes")?;
+            Ok(routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["node"] == "edge1" && p["metrics"]["in_flight"]["value"] == expected)
+                .then_some(()))
+        }
+    };
+    wait_for(
+        "edge1's reported load at the transit",
+        Duration::from_secs(5),
+        in_flight_at_transit(37.0),
+    )?;
+    let refused = cpnctl(lab, "edge1", &["load", "2001:db8:dead::1", "3"]).unwrap_err();
+    ensure!(
+        format!("{refused:#}").contains("2001:db8:dead::1: not one of this node's [[service]]s"),
+        "{refused:#}"
+    );
+    // Idle again, as the service would say.
+    cpnctl(lab, "edge1", &["load", &address, "0"])?;
+    wait_for(
+        "edge1 idle again at the transit",
+        Duration::from_secs(5),
+        in_flight_at_transit(0.0),
+    )?;
     Ok(())
 }
 

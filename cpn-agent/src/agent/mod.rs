@@ -68,6 +68,39 @@ pub struct Agent {
     sessions: BTreeMap<IpAddr, watch::Receiver<crate::bgp::session::SessionStats>>,
 }
 
+/// Starts link sensing (with BGP) and the routing core it feeds, which every other task talks
+/// to: the core, the links' liveness for the BGP sessions, and the tasks (the core's among
+/// them).
+async fn start_core(
+    config: &Config,
+) -> Result<(
+    crate::core::Core,
+    crate::sensing::probe::Liveness,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    let mut tasks = Vec::new();
+    let mut liveness = crate::sensing::probe::Liveness::new();
+    let mut links = None;
+    let mut rib = RibIn::default();
+    if let Some(bgp) = &config.bgp {
+        let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
+        let (table, alive, prober) = crate::sensing::probe::spawn(
+            bgp.probe_port,
+            &neighbors,
+            Duration::from_millis(bgp.probe_interval_ms.max(1)),
+            bgp.probe_multiplier.max(1),
+        )
+        .await
+        .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
+        tasks.push(prober);
+        (links, liveness) = (Some(table), alive);
+        rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
+    }
+    let (core, task) = crate::core::spawn(rib, links);
+    tasks.push(task);
+    Ok((core, liveness, tasks))
+}
+
 /// What steering shows the operator's interfaces.
 struct SteeringViews {
     explanations: watch::Receiver<Vec<Explanation>>,
@@ -92,27 +125,7 @@ impl Agent {
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
-        // Link sensing feeds the routing core, which every other task below talks to.
-        let mut tasks = Vec::new();
-        let mut liveness = crate::sensing::probe::Liveness::new();
-        let mut links = None;
-        let mut rib = RibIn::default();
-        if let Some(bgp) = &config.bgp {
-            let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
-            let (table, alive, prober) = crate::sensing::probe::spawn(
-                bgp.probe_port,
-                &neighbors,
-                Duration::from_millis(bgp.probe_interval_ms.max(1)),
-                bgp.probe_multiplier.max(1),
-            )
-            .await
-            .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
-            tasks.push(prober);
-            (links, liveness) = (Some(table), alive);
-            rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
-        }
-        let core = crate::core::spawn(rib, links);
-        tasks.push(core.task);
+        let (core, liveness, tasks) = start_core(config).await?;
         let mut agent = Self {
             commands,
             core: core.events.clone(),
@@ -175,13 +188,19 @@ impl Agent {
             local_routes = Some(local);
         }
         let steering = agent.spawn_steering(plans, core.view.clone(), applied, settle, in_use);
-        let state =
-            agent.control_state(config, (core.events, core.view), steering, nexthop_answers);
+        let (reports, report_inbox) = mpsc::channel(64);
+        let state = agent.control_state(
+            config,
+            (core.events, core.view),
+            steering,
+            nexthop_answers,
+            reports,
+        );
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
         agent.reconcile(config).await?;
-        if let Some(task) = reporting::spawn(config, local_routes) {
+        if let Some(task) = reporting::spawn(config, local_routes, report_inbox) {
             agent.tasks.push(task);
         }
         Ok(agent)
@@ -252,6 +271,7 @@ impl Agent {
         core: (mpsc::Sender<crate::core::Event>, crate::core::View),
         steering: SteeringViews,
         nexthops: watch::Receiver<nexthop_cache::Answers>,
+        reports: mpsc::Sender<reporting::LoadReport>,
     ) -> crate::api::AgentState {
         let SteeringViews {
             explanations,
@@ -267,6 +287,7 @@ impl Agent {
                 .collect(),
             core: core.1,
             operator: core.0,
+            reports,
             steered,
             sessions: self.sessions.clone(),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),

@@ -9,9 +9,10 @@
 pub mod prometheus;
 mod views;
 
+pub use crate::dataplane::protocol_name;
 pub use views::{
     CacheState, Count, ExplainRequest, Explained, ExplainedFlow, FlowFilter, FlowView, NextHopView,
-    NodeView, RingShare, SidView, Stats, protocol_name,
+    NodeView, RingShare, SidView, Stats,
 };
 
 use std::{
@@ -67,7 +68,21 @@ pub enum Request {
     Undrain {
         node: String,
     },
+    /// A service's requests in flight now, from the service itself: advertised at once.
+    /// Answers the report.
+    Load(LoadRequest),
 }
+
+/// A service's own load report (`cpnctl load`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    /// The service, as one of this node's `[[service]]`s names it.
+    #[serde(flatten)]
+    pub service: crate::dataplane::ServiceAddr,
+    pub in_flight: f64,
+}
+
+impl Eq for LoadRequest {}
 
 /// One BGP neighbor (`cpnctl show neighbors`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +149,9 @@ pub struct AgentState {
     pub core: CoreView,
     /// ... and its inbox, for the operator's drains.
     pub operator: tokio::sync::mpsc::Sender<CoreEvent>,
+    /// The reporting loop's inbox for the services' own load reports (closed when this node
+    /// reports nothing).
+    pub reports: tokio::sync::mpsc::Sender<crate::metrics::reporting::LoadReport>,
     /// The version of the core's snapshot the last step of steering applied.
     pub steered: watch::Receiver<u64>,
     /// Each BGP session's state and counters.
@@ -167,6 +185,10 @@ impl AgentState {
                 let drain = matches!(request, Request::Drain { .. });
                 serde_json::to_value(self.drain(node, drain)?)?
             }
+            Request::Load(load) => {
+                self.report_load(load)?;
+                serde_json::to_value(load)?
+            }
         })
     }
 
@@ -191,6 +213,27 @@ impl AgentState {
             .block_on(steered.wait_for(|&stepped| stepped >= version))
             .map_err(|_| anyhow::anyhow!("steering stopped before the drain applied"))?;
         Ok(self.core.borrow().drained.iter().cloned().collect())
+    }
+
+    /// Hands a service's load report to the reporting loop; once it has taken it (it
+    /// advertises it at once), or why it refused it.
+    fn report_load(&self, load: &LoadRequest) -> anyhow::Result<()> {
+        let (taken, answer) = tokio::sync::oneshot::channel();
+        let report = crate::metrics::reporting::LoadReport {
+            service: load.service,
+            in_flight: load.in_flight,
+            taken,
+        };
+        self.reports.blocking_send(report).map_err(|_| {
+            anyhow::anyhow!(
+                "this node reports no load: it serves no [[service]], or has neither [bgp] \
+                 nor [metrics] publish_file to report it to"
+            )
+        })?;
+        answer
+            .blocking_recv()
+            .map_err(|_| anyhow::anyhow!("the reporting loop stopped"))?
+            .map_err(anyhow::Error::msg)
     }
 
     /// The configured neighbors with their sessions and links now.

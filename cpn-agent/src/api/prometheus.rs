@@ -307,6 +307,7 @@ mod tests {
                 })
                 .1,
                 operator: tokio::sync::mpsc::channel(1).0,
+                reports: tokio::sync::mpsc::channel(1).0,
                 steered: tokio::sync::watch::channel(0).1,
                 sessions: std::collections::BTreeMap::new(),
                 locators: None,

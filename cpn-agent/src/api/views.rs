@@ -416,25 +416,12 @@ fn service_names(pinned: &Pinned) -> anyhow::Result<BTreeMap<u32, String>> {
         .services()?
         .into_iter()
         .map(|s| {
-            let name = if s.port == 0 && s.protocol == maps::ANY_PROTOCOL {
-                s.address.to_string()
-            } else {
-                format!("{} {}/{}", s.address, protocol_name(s.protocol), s.port)
+            let any = s.port == 0 && s.protocol == maps::ANY_PROTOCOL;
+            let service = crate::dataplane::ServiceAddr {
+                addr: s.address,
+                port: (!any).then_some((s.protocol, s.port)),
             };
-            (s.service, name)
+            (s.service, service.to_string())
         })
         .collect())
-}
-
-/// `tcp`, `udp`, … or the number.
-pub fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        0 => "any".into(),
-        n => n.to_string(),
-    }
 }

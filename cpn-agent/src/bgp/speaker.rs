@@ -245,7 +245,7 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let core = crate::core::spawn(RibIn::new(deferral(&config)), None);
+        let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config)), None);
         let view = core.view.clone();
         let speaker = spawn(config, (core.events, core.view), local, Liveness::default())
             .await

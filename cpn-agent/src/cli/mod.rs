@@ -15,7 +15,7 @@ mod stats;
 
 use std::{net::IpAddr, path::PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::api::{self, ExplainRequest, FlowFilter, Request};
 
@@ -61,6 +61,21 @@ pub enum Command {
     Drain { node: String },
     /// Give a drained node new flows again.
     Undrain { node: String },
+    /// Report a service's requests in flight now, as the service itself would (on a compute
+    /// node): the agent advertises it at once, without waiting for the in-flight file or the
+    /// sampling interval. It counts until a newer report or a newer write of the file.
+    Load {
+        /// The service address, as the node's `[[service]]` gives it.
+        service: IpAddr,
+        /// Requests in flight (0 or more).
+        in_flight: f64,
+        /// The service's protocol (`tcp`, `udp`, ... or a number), when its `[[service]]`
+        /// names one; give `--port` with it.
+        #[arg(long, value_parser = explain::protocol)]
+        protocol: Option<u8>,
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// The data plane's pinned maps, read directly (works with the agent stopped).
     Maps {
         #[command(subcommand)]
@@ -165,6 +180,16 @@ pub fn run(cli: &Cli) -> Result<String> {
         }),
         Command::Drain { node } => Request::Drain { node: node.clone() },
         Command::Undrain { node } => Request::Undrain { node: node.clone() },
+        Command::Load {
+            service,
+            in_flight,
+            protocol,
+            port,
+        } => Request::Load(api::LoadRequest {
+            service: crate::dataplane::ServiceAddr::new(*service, *protocol, *port)
+                .context("give --protocol and --port together, or neither")?,
+            in_flight: *in_flight,
+        }),
     };
     let answer = api::ask(&cli.socket, &request)?;
     if cli.json {
@@ -180,6 +205,10 @@ pub fn run(cli: &Cli) -> Result<String> {
         Request::NextHops => nexthops::table(serde_json::from_value(answer)?),
         Request::Stats => stats::table(&serde_json::from_value(answer)?),
         Request::Explain(_) => explain::text(&answer),
+        Request::Load(load) => format!(
+            "reported: {} requests in flight at {}\n",
+            load.in_flight, load.service
+        ),
         Request::Drain { .. } | Request::Undrain { .. } => {
             let drained: Vec<String> = serde_json::from_value(answer)?;
             format!(

@@ -43,7 +43,7 @@ pub use self::{
     },
     resolver::{NotCached, resolve, resolve_now},
     stats::{ProtoStats, pinned_proto_stats},
-    tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16},
+    tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16, protocol_name},
 };
 pub use cpn_common::maps::NodeState;
 

@@ -67,6 +67,29 @@ impl From<ServiceAddr> for ServiceFields {
     }
 }
 
+/// `tcp`, `udp`, … or the number.
+pub fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        0 => "any".into(),
+        n => n.to_string(),
+    }
+}
+
+/// As operators write a service: `ADDRESS`, or `ADDRESS PROTOCOL/PORT` (`2001:db8::1 tcp/443`).
+impl std::fmt::Display for ServiceAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some((protocol, port)) => write!(f, "{} {}/{port}", self.addr, protocol_name(protocol)),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 impl ServiceAddr {
     /// The service at `addr`, for `protocol` and `port` if given; `None` when only one of the
     /// two is.

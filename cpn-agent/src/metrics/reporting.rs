@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use cpn_common::maps::Behavior;
 
@@ -58,10 +58,23 @@ struct Origin {
     locator: Option<Route>,
 }
 
-/// Starts the loop if this node serves anything and has somewhere to report it.
+/// A service's own report of its requests in flight, pushed over the control socket
+/// (`cpnctl load`): it counts from now, as a newer in-flight file would, and the loop
+/// advertises it at once (within [`ADVERTISE_GAP`]).
+#[derive(Debug)]
+pub struct LoadReport {
+    pub service: ServiceAddr,
+    pub in_flight: f64,
+    /// Answered once the loop has taken the report, or why it refused it.
+    pub taken: oneshot::Sender<Result<(), String>>,
+}
+
+/// Starts the loop if this node serves anything and has somewhere to report it; it also takes
+/// the services' own `reports`.
 pub fn spawn(
     config: &Config,
     routes: Option<watch::Sender<Vec<Route>>>,
+    mut reports: mpsc::Receiver<LoadReport>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let file = config.metrics.publish_file.clone();
     if config.services.is_empty() || (file.is_none() && routes.is_none()) {
@@ -90,6 +103,7 @@ pub fn spawn(
             .filter_map(|s| s.in_flight_file.as_deref())
             .collect();
         let mut written = super::files::Writes::watch(&files, "in-flight files");
+        let mut pushed = Pushed::new();
         let mut next_sample = Instant::now();
         let mut host = host::HostSamples::default();
         // The host is sampled on the interval only (its CPU utilisation is over the time since
@@ -102,8 +116,10 @@ pub fn spawn(
                 host = sampler.sample(now);
                 next_host_sample = Instant::now() + interval;
             }
-            let metrics: Vec<NodeMetrics> =
-                services.iter().map(|s| sample(s, &host, now)).collect();
+            let metrics: Vec<NodeMetrics> = services
+                .iter()
+                .map(|s| sample(s, &host, pushed.get(&s.key).copied(), now))
+                .collect();
             if let Some(file) = &file {
                 let published = Published {
                     node: node.clone(),
@@ -158,6 +174,7 @@ pub fn spawn(
             tokio::select! {
                 () = tokio::time::sleep_until(next_sample.into()) => {}
                 () = written.next() => {}
+                Some(report) = reports.recv() => take(report, &services, &mut pushed),
             }
         }
     }))
@@ -165,6 +182,32 @@ pub fn spawn(
 
 /// The shortest time between two advertisements of this node's routes.
 pub const ADVERTISE_GAP: Duration = Duration::from_millis(10);
+
+/// The in-flight counts services pushed, by service.
+type Pushed = std::collections::HashMap<ServiceAddr, Sample>;
+
+/// Takes a service's report if it is one of ours and its count makes sense.
+fn take(report: LoadReport, services: &[Served], pushed: &mut Pushed) {
+    let answer = if !services.iter().any(|s| s.key == report.service) {
+        Err(format!(
+            "{}: not one of this node's [[service]]s",
+            report.service
+        ))
+    } else if !report.in_flight.is_finite() || report.in_flight < 0.0 {
+        Err(format!(
+            "{} requests in flight: give a count of 0 or more",
+            report.in_flight
+        ))
+    } else {
+        let now = SystemTime::now();
+        let sample = Sample::measured(report.in_flight, Unit::Requests, now);
+        tracing::debug!(service = %report.service, in_flight = report.in_flight, "load reported");
+        pushed.insert(report.service, sample);
+        Ok(())
+    };
+    // The operator may have given up waiting; nothing to tell then.
+    let _ = report.taken.send(answer);
+}
 
 /// Each `[[service]]` with what the loop needs of it.
 fn served(config: &Config) -> Vec<Served> {
@@ -205,8 +248,14 @@ fn served(config: &Config) -> Vec<Served> {
         .collect()
 }
 
-/// One service's L0 metrics now. Free capacity is estimated from the host's CPU utilisation.
-fn sample(s: &Served, host: &host::HostSamples, now: SystemTime) -> NodeMetrics {
+/// One service's L0 metrics now. Free capacity is estimated from the host's CPU utilisation;
+/// the requests in flight are the newer of its file's count and the one it `pushed`.
+fn sample(
+    s: &Served,
+    host: &host::HostSamples,
+    pushed: Option<Sample>,
+    now: SystemTime,
+) -> NodeMetrics {
     let busy = host.cpu_utilisation.map_or(0.0, |u| u.value);
     let capacity = ComputeKind::ALL
         .iter()
@@ -226,11 +275,15 @@ fn sample(s: &Served, host: &host::HostSamples, now: SystemTime) -> NodeMetrics 
             )
         })
         .collect();
-    let in_flight = s.in_flight_file.as_deref().and_then(|path| {
+    let from_file = s.in_flight_file.as_deref().and_then(|path| {
         host::read_in_flight(path)
             .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "in-flight source"))
             .ok()
     });
+    let in_flight = match (from_file, pushed) {
+        (Some(file), Some(pushed)) => Some(if pushed.at > file.at { pushed } else { file }),
+        (file, pushed) => file.or(pushed),
+    };
     NodeMetrics {
         capacity,
         cpu_utilisation: host.cpu_utilisation,
@@ -312,4 +365,98 @@ pub fn locator_route(config: &Config) -> Option<Route> {
         originator_id: None,
         cluster_list: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(in_flight_file: Option<PathBuf>) -> Served {
+        Served {
+            key: ServiceAddr {
+                addr: "2001:db8:cafe::1".parse().unwrap(),
+                port: None,
+            },
+            sid: "fc00:1::d6".parse().unwrap(),
+            behavior: Behavior::EndDt6.code_point(),
+            capacity: CapacityConfig {
+                cpu: 1e12,
+                ..CapacityConfig::default()
+            },
+            in_flight_file,
+            max_in_flight: Some(100.0),
+            power: None,
+            price: None,
+            policy: Policy::default_for(ComputeKind::Cpu),
+        }
+    }
+
+    fn report(
+        service: ServiceAddr,
+        in_flight: f64,
+    ) -> (LoadReport, oneshot::Receiver<Result<(), String>>) {
+        let (taken, answer) = oneshot::channel();
+        let report = LoadReport {
+            service,
+            in_flight,
+            taken,
+        };
+        (report, answer)
+    }
+
+    /// A report counts from the moment it is taken, as a newer write of the in-flight file
+    /// would; the file counts again once it is written after it. What is not one of this node's
+    /// services, or not a count, is refused with the reason.
+    #[test]
+    fn a_pushed_load_counts_until_the_file_is_newer() {
+        let dir = std::env::temp_dir().join(format!("cpn-pushed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("in_flight");
+        std::fs::write(&file, "5\n").unwrap();
+        let services = [served(Some(file.clone()))];
+        let mut pushed = Pushed::new();
+        let in_flight = |pushed: &Pushed| {
+            let s = &services[0];
+            let metrics = sample(
+                s,
+                &host::HostSamples::default(),
+                pushed.get(&s.key).copied(),
+                SystemTime::now(),
+            );
+            metrics.in_flight.map(|i| i.value)
+        };
+        assert_eq!(in_flight(&pushed), Some(5.0), "the file alone");
+
+        // File times come from the kernel's coarse clock: well apart.
+        std::thread::sleep(Duration::from_millis(50));
+        let (taken, mut answer) = report(services[0].key, 42.0);
+        take(taken, &services, &mut pushed);
+        assert_eq!(answer.try_recv().unwrap(), Ok(()));
+        assert_eq!(in_flight(&pushed), Some(42.0), "the newer report");
+
+        // File times come from the kernel's coarse clock: well apart.
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::write(&file, "7\n").unwrap();
+        assert_eq!(
+            in_flight(&pushed),
+            Some(7.0),
+            "the file, written after the report"
+        );
+
+        let elsewhere = ServiceAddr {
+            port: Some((6, 443)),
+            ..services[0].key
+        };
+        let (taken, mut answer) = report(elsewhere, 1.0);
+        take(taken, &services, &mut pushed);
+        let refused = answer.try_recv().unwrap().unwrap_err();
+        assert!(
+            refused.contains("2001:db8:cafe::1 tcp/443: not one of this node's [[service]]s"),
+            "{refused}"
+        );
+        let (taken, mut answer) = report(services[0].key, -1.0);
+        take(taken, &services, &mut pushed);
+        assert!(answer.try_recv().unwrap().is_err(), "a count below 0");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -385,7 +385,6 @@ impl Steering {
 
     fn report(&self, plan: &Plan, version: u64) {
         self.outputs.settled.send_replace(plan.generation);
-        self.outputs.stepped.send_replace(version);
         let programmed = &self.programmed;
         self.outputs.in_use.send_if_modified(|used| {
             let now = programmed
@@ -403,6 +402,8 @@ impl Steering {
             *shown = names;
             changed
         });
+        // Last: whoever waits for this version finds the views above up to date.
+        self.outputs.stepped.send_replace(version);
     }
 }
 
