@@ -2,7 +2,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use cpn_common::{
     headers::{EthHdr, ExtHdr, FragHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ether_type, proto},
     stats::ProtoCounter,
@@ -18,12 +18,43 @@ pub const MAX_L2_LEN: usize = size_of::<EthHdr>() + size_of::<VlanHdr>();
 /// The longest IP packet a header can describe: IPv6's 40 bytes plus a 16-bit payload length.
 pub const MAX_IP_LEN: usize = size_of::<Ipv6Hdr>() + u16::MAX as usize;
 
+/// A packet the programs read and write in place, with the same bounds checks: an XDP frame,
+/// or a socket buffer's linear part (TC; the entry pulls in the headers it needs first).
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at byte `offset` of the packet, if the whole `T` lies inside it.
 ///
 /// Every packet access goes through here or [`ptr_at_mut`], so the verifier sees one
 /// bounds-check pattern. Pointers must be taken again after `bpf_xdp_adjust_*`.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &impl Frame, offset: usize) -> Option<*const T> {
     // Check the very pointer we hand out, so the verifier ties the bound to it even when the
     // offset is a variable.
     let ptr = ctx.data() + offset;
@@ -35,7 +66,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 
 /// Mutable variant of [`ptr_at`].
 #[inline(always)]
-pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at_mut<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
 }
 
@@ -50,14 +81,14 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 
 /// Reads a `T` at `offset` (see above for the access width).
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &impl Frame, offset: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked the bounds; alignment: see above.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read() })
 }
 
 /// Writes a `T` at `offset` (see above for the access width); false if it does not fit.
 #[inline(always)]
-pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
+pub fn write<T>(ctx: &impl Frame, offset: usize, value: T) -> bool {
     match ptr_at_mut::<T>(ctx, offset) {
         // SAFETY: bounds checked by `ptr_at_mut`; alignment: see above.
         Some(p) => {
@@ -71,7 +102,7 @@ pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> bool {
 /// Reads a header `T` of byte fields as the words `W` (same size) and hands it out as `T`: LLVM
 /// loads a struct of byte arrays one byte at a time, words in one instruction each.
 #[inline(always)]
-pub fn read_as<W: Copy, T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read_as<W: Copy, T: Copy>(ctx: &impl Frame, offset: usize) -> Option<T> {
     const { assert!(size_of::<W>() == size_of::<T>()) };
     // SAFETY: same size (asserted); the headers read this way are plain byte arrays, valid
     // for any bytes.
@@ -121,13 +152,13 @@ pub fn mac_field_words(field: &[u8; 6]) -> [u16; 3] {
 
 /// Reads a 16-byte address at `offset` in two loads.
 #[inline(always)]
-pub fn read_addr(ctx: &XdpContext, offset: usize) -> Option<Addr> {
+pub fn read_addr(ctx: &impl Frame, offset: usize) -> Option<Addr> {
     read(ctx, offset)
 }
 
 /// Frame length as the program sees it.
 #[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
+pub fn frame_len(ctx: &impl Frame) -> usize {
     ctx.data_end() - ctx.data()
 }
 
@@ -141,7 +172,7 @@ pub struct L2 {
 
 /// Parses Ethernet and at most one VLAN tag. `Err` carries whether a VLAN tag was seen.
 #[inline(always)]
-pub fn l2(ctx: &XdpContext) -> Result<L2, bool> {
+pub fn l2(ctx: &impl Frame) -> Result<L2, bool> {
     let eth: EthHdr = read(ctx, 0).ok_or(false)?;
     let ether_type = u16::from_be_bytes(eth.ether_type);
     if ether_type == ether_type::VLAN_8021Q || ether_type == ether_type::VLAN_8021AD {
@@ -229,7 +260,7 @@ impl Ip {
 
 /// Parses an IPv6 header and walks its extension headers.
 #[inline(always)]
-pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+pub fn ipv6(ctx: &impl Frame, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     // Version, traffic class, flow label, payload length, next header, hop limit: one word.
     let [v0, v1, v2, v3, len_hi, len_lo, next_header, _] = read::<u64>(ctx, l3)
         .ok_or(IpError::Malformed)?
@@ -285,7 +316,7 @@ pub fn ipv6(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
 
 /// Checks an IPv4 header (version, IHL, options present in full); returns it and its length.
 #[inline(always)]
-pub fn ipv4_header(ctx: &XdpContext, l3: usize) -> Result<(Ipv4Hdr, usize), IpError> {
+pub fn ipv4_header(ctx: &impl Frame, l3: usize) -> Result<(Ipv4Hdr, usize), IpError> {
     let hdr: Ipv4Hdr = read_as::<[u32; 5], _>(ctx, l3).ok_or(IpError::Malformed)?;
     let header_len = hdr.header_len();
     if hdr.version() != 4 || header_len < size_of::<Ipv4Hdr>() {
@@ -298,7 +329,7 @@ pub fn ipv4_header(ctx: &XdpContext, l3: usize) -> Result<(Ipv4Hdr, usize), IpEr
 
 /// Parses an IPv4 header (options included by IHL).
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
+pub fn ipv4(ctx: &impl Frame, l3: usize, ip: &mut Ip) -> Result<(), IpError> {
     let (hdr, header_len) = ipv4_header(ctx, l3)?;
     let frag = u16::from_be_bytes(hdr.frag_off);
     ip.fragment = match (frag & 0x1fff, frag & 0x2000 != 0) {
@@ -330,7 +361,7 @@ pub enum L3 {
 
 /// Parses the network layer after `l2` into `out`, if it is IP.
 #[inline(always)]
-pub fn ip(ctx: &XdpContext, l2: &L2, out: &mut Ip) -> L3 {
+pub fn ip(ctx: &impl Frame, l2: &L2, out: &mut Ip) -> L3 {
     let parsed = match l2.ether_type {
         ether_type::IPV6 => ipv6(ctx, l2.l3, out),
         ether_type::IPV4 => ipv4(ctx, l2.l3, out),
