@@ -618,6 +618,15 @@ impl Config {
         }
     }
 
+    /// The interfaces `cpn_steer` is attached to (in XDP).
+    pub fn steering_interfaces(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.program == Program::Steer)
+            .map(|i| i.name.get_ref().clone())
+            .collect()
+    }
+
     pub fn pinning(&self) -> Pinning {
         Pinning::Dir(
             self.dataplane

@@ -60,6 +60,11 @@ fn run_cli() -> Result<()> {
                 Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
                 Err(error) => eprintln!("note: egress MTUs not checked: {error:#}"),
             }
+            let steering = config.steering_interfaces();
+            match cpn_agent::dataplane::kernel::xdp_steer_on_veth_warnings_now(steering) {
+                Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
+                Err(error) => eprintln!("note: interface kinds not checked: {error:#}"),
+            }
             println!("{}: ok", path.display());
             Ok(())
         }
@@ -95,6 +100,11 @@ fn run(config_path: &std::path::Path) -> Result<()> {
         // Leave no interface half-configured.
         dataplane.detach_all()?;
         return Err(error);
+    }
+    match cpn_agent::dataplane::kernel::xdp_steer_on_veth_warnings_now(config.steering_interfaces())
+    {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(error) => tracing::debug!(error = %format!("{error:#}"), "interface kinds not checked"),
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -224,6 +224,13 @@ fn cpnctl(args: &[&str]) -> Result<String> {
 fn nexthop_cache_follows_routes_neighbours_rules_and_forwarding() -> Result<()> {
     let mut lab = topology()?;
     let agent = lab.start_agent("ingress", &ingress_config())?;
+    // The lab's links are veths with their default offloads: the agent says what that costs.
+    wait_for("the veth warning", Duration::from_secs(5), || {
+        Ok(lab
+            .logs(["ingress"])
+            .contains("interface eth0: cpn_steer runs in XDP on a veth")
+            .then_some(()))
+    })?;
     let pinned = Pinned::new(&agent.pin_dir);
     let edge1 = first_resolution(&lab, &pinned)?;
     follows_the_gateway_and_the_route(&lab, &pinned, &edge1)?;

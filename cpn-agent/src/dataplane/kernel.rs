@@ -9,7 +9,7 @@ use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
-        link::LinkAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo},
         route::{
             RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol,
             RouteSeg6LocalTunnel, RouteType, Seg6LocalAction,
@@ -383,6 +383,45 @@ impl KernelRoutes {
         Ok(warnings)
     }
 
+    /// Whether interface `name` is a veth (its link kind, as `ip -d link` shows it).
+    pub async fn is_veth(&self, name: &str) -> Result<bool> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("reading interface {name}"))?
+            .with_context(|| format!("no interface {name}"))?;
+        Ok(link.attributes.iter().any(|attribute| {
+            matches!(attribute, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        }))
+    }
+
+    /// A warning for each of `interfaces` (those `cpn_steer` runs on in XDP) that is a veth.
+    pub async fn xdp_steer_on_veth_warnings(
+        &self,
+        interfaces: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for name in interfaces {
+            if self.is_veth(&name).await? {
+                warnings.push(format!(
+                    "interface {name}: cpn_steer runs in XDP on a veth. A client behind it (a \
+                     container or a namespace) hands over TCP and UDP whose checksums are still \
+                     to be completed (the veth's default tx checksum offload), which XDP cannot \
+                     see, so they reach the service with bad checksums (ICMP still works). Turn \
+                     the offload off on the client's side (`ethtool -K PEER tx off`)"
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
     async fn replace(&self, route: RouteMessage) -> Result<(), rtnetlink::Error> {
         self.handle.route().add(route).replace().execute().await
     }
@@ -421,6 +460,22 @@ pub fn encap_mtu_warnings_now(
         .build()
         .context("starting an async runtime for netlink")?;
     runtime.block_on(async { KernelRoutes::connect()?.encap_mtu_warnings(nodes).await })
+}
+
+/// [`KernelRoutes::xdp_steer_on_veth_warnings`] for a program without a runtime (the agent
+/// before its runtime starts, `--check-config`), in the calling thread's network namespace.
+pub fn xdp_steer_on_veth_warnings_now(
+    interfaces: impl IntoIterator<Item = String>,
+) -> Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting an async runtime for netlink")?;
+    runtime.block_on(async {
+        KernelRoutes::connect()?
+            .xdp_steer_on_veth_warnings(interfaces)
+            .await
+    })
 }
 
 #[cfg(test)]
