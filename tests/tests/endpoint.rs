@@ -760,6 +760,27 @@ fn without_a_generation_the_fib_is_asked_every_time() {
     cache.expect("cache off: asked", 0x01);
 }
 
+/// Keeps the calling thread on the first CPU it may run on.
+fn pin_to_one_cpu() {
+    // SAFETY: plain libc calls on a zeroed `cpu_set_t` for the calling thread (pid 0).
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut allowed),
+            0
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+            .expect("a CPU to run on");
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut one);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const one),
+            0
+        );
+    }
+}
+
 /// A packet at End whose next segment goes out to the core next hop, whose MAC the test moves.
 struct CacheBench {
     bench: DutRunner,
@@ -767,7 +788,11 @@ struct CacheBench {
 }
 
 impl CacheBench {
+    /// The cache is per CPU and `BPF_PROG_TEST_RUN` runs on the caller's: the test's thread
+    /// stays on one CPU, or a packet run on another would find that CPU's slot empty (a
+    /// flake: "same generation" then asked the FIB again).
     fn new() -> Self {
+        pin_to_one_cpu();
         let input = srv6(
             &[END, "fc00:2::d6"],
             false,
