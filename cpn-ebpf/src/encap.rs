@@ -8,6 +8,28 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
+
+/// A packet that can make room for an encapsulation in front of its network header.
+pub trait Room: Frame {
+    /// Drops `padding` bytes of link-layer padding after the IP packet (which starts at `l3`)
+    /// and makes `outer` bytes of room between the Ethernet header (at 0, 14 bytes, written
+    /// afresh by the caller) and the IP packet; false if that cannot be done.
+    fn make_room(&self, l3: usize, outer: usize, padding: usize) -> bool;
+}
+
+impl Room for XdpContext {
+    #[inline(always)]
+    fn make_room(&self, l3: usize, outer: usize, padding: usize) -> bool {
+        let grow = (ETH + outer) as i32 - l3 as i32;
+        // SAFETY: helper calls on our context; callers take every pointer again after them.
+        unsafe {
+            if padding > 0 && bpf_xdp_adjust_tail(self.as_ptr().cast(), -(padding as i32)) != 0 {
+                return false;
+            }
+            bpf_xdp_adjust_head(self.as_ptr().cast(), -grow) == 0
+        }
+    }
+}
 use cpn_common::{
     headers::{EthHdr, Ipv6Hdr, SrhHdr, ether_type, proto},
     maps::{MAX_SIDS, NODE_REDUCED, NodeEntry},
@@ -15,7 +37,7 @@ use cpn_common::{
 
 use crate::{
     hop_limit,
-    parse::{self, Addr, Ip},
+    parse::{self, Addr, Frame, Ip},
 };
 
 const ETH: usize = size_of::<EthHdr>();
@@ -81,19 +103,12 @@ impl Plan {
 /// (destination, then source): the next hop's, or the received ones for the kernel to forward.
 /// False if the packet could not be resized or written.
 #[inline(never)]
-pub fn push(ctx: &XdpContext, inner: &Ip, plan: &Plan, node: &NodeEntry, macs: &[u16; 6]) -> bool {
+pub fn push(ctx: &impl Room, inner: &Ip, plan: &Plan, node: &NodeEntry, macs: &[u16; 6]) -> bool {
     let macs = *macs;
     // Drop Ethernet padding after the inner packet so that only the packet is encapsulated.
-    let padding = parse::frame_len(ctx) as i32 - (inner.l3 + inner.len) as i32;
-    let grow = (ETH + plan.outer_len()) as i32 - inner.l3 as i32;
-    // SAFETY: helper calls on our context; every pointer is re-derived after them.
-    unsafe {
-        if padding > 0 && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), -padding) != 0 {
-            return false;
-        }
-        if bpf_xdp_adjust_head(ctx.as_ptr().cast(), -grow) != 0 {
-            return false;
-        }
+    let padding = parse::frame_len(ctx).saturating_sub(inner.l3 + inner.len);
+    if !ctx.make_room(inner.l3, plan.outer_len(), padding) {
+        return false;
     }
     // Headers are written in words straight into the packet (and segments straight from the
     // map value): building them on the stack first would cost copies and stack.

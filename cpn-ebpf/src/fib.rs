@@ -3,21 +3,19 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, BPF_FIB_LOOKUP_TBID,
         bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
-    programs::XdpContext,
 };
 
 use cpn_common::maps::{FibCacheEntry, FibKey, fib_slot};
 
 use crate::{
     maps::{FIB_CACHE, FIB_GENERATION},
-    parse::{self, Addr},
+    parse::{self, Addr, Frame},
 };
 
 const AF_INET: u8 = 2;
@@ -102,7 +100,7 @@ const _: () = {
 /// as the rest of a decapsulation.
 #[inline(always)]
 pub fn lookup(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     v6: bool,
     dst: Addr,
     ifindex: u32,
@@ -184,7 +182,7 @@ fn forward(answer: &FibCacheEntry) -> Fib {
 
 /// A BPF subprogram of its own; its signature has no Rust enums, whose BTF the kernel rejects.
 #[inline(never)]
-fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
+fn call(ctx: &impl Frame, query: &mut Query) -> u32 {
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = query.key.ifindex;
@@ -215,7 +213,7 @@ fn call(ctx: &XdpContext, query: &mut Query) -> u32 {
     // SAFETY: `params` is a valid, fully initialised lookup struct of the size we pass.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.as_ptr(),
+            ctx.context(),
             &raw mut params,
             size_of::<FibParams>() as i32,
             flags,

@@ -23,6 +23,8 @@ pub const MAX_IP_LEN: usize = size_of::<Ipv6Hdr>() + u16::MAX as usize;
 pub trait Frame {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The program's context, for helpers that take either kind (`bpf_fib_lookup`).
+    fn context(&self) -> *mut core::ffi::c_void;
 }
 
 impl Frame for XdpContext {
@@ -35,6 +37,11 @@ impl Frame for XdpContext {
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
     }
+
+    #[inline(always)]
+    fn context(&self) -> *mut core::ffi::c_void {
+        self.ctx.cast()
+    }
 }
 
 impl Frame for TcContext {
@@ -46,6 +53,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn context(&self) -> *mut core::ffi::c_void {
+        self.skb.skb.cast()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     icmp as icmp_error,
     maps::{FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO},
     nexthop,
-    parse::{self, Addr, Fragment, Ip, IpError, L2, L3},
+    parse::{self, Addr, Fragment, Frame, Ip, IpError, L2, L3},
     stats,
 };
 
@@ -104,7 +104,7 @@ pub extern "C" fn cpn_steer_ip(ctx: *mut xdp_md, ip: *const Ip, ingress_ifindex:
 /// The heavier steps are BPF subprograms (`#[inline(never)]`) so that their stack frames are
 /// not summed into one over the 512-byte limit.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
+pub fn steer(ctx: &impl encap::Room, ip: &Ip, ingress_ifindex: u32) -> u32 {
     let len = parse::frame_len(ctx) as u64;
     let mut key = MaybeUninit::<FlowKey>::uninit();
     let kind = flow_of(ctx, ip, &mut key);
@@ -194,7 +194,7 @@ pub fn steer(ctx: &XdpContext, ip: &Ip, ingress_ifindex: u32) -> u32 {
 /// agent keeps one, else the kernel's FIB, asked as for a packet received on the ingress.
 #[inline(always)]
 fn next_hop(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     node_id: u32,
     first_segment: Addr,
     ingress_ifindex: u32,
@@ -216,7 +216,7 @@ fn next_hop(
 /// RFC 8200 / RFC 791: the IP header's length defines the packet. A packet to a service whose
 /// length lies is not steered (the kernel would drop it as truncated too).
 #[inline(always)]
-fn length_error(ctx: &XdpContext, ip: &Ip) -> Option<Reason> {
+fn length_error(ctx: &impl Frame, ip: &Ip) -> Option<Reason> {
     let end = ip.l3 + ip.len;
     if end > parse::frame_len(ctx) {
         Some(Reason::LengthBeyondFrame)
@@ -268,7 +268,7 @@ enum FlowKind {
 /// a datagram, the first included, hashes the same way.
 // No Rust enums with data in a subprogram's signature: the kernel rejects their BTF.
 #[inline(never)]
-fn flow_of(ctx: &XdpContext, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> FlowKind {
+fn flow_of(ctx: &impl Frame, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> FlowKind {
     if ip.fragment != Fragment::No {
         write_flow(key, ip.src, ip.dst, 0, ip.protocol);
         return FlowKind::Direct;
@@ -350,7 +350,7 @@ fn write_flow(key: &mut MaybeUninit<FlowKey>, src: Addr, dst: Addr, ports: u32, 
 /// Writes into `key` the flow an ICMP error is about: the quoted packet went from the service
 /// to the client, so the flow is that packet reversed. False if the quote is cut short.
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> bool {
+fn quoted_flow(ctx: &impl Frame, ip: &Ip, key: &mut MaybeUninit<FlowKey>) -> bool {
     let quoted = ip.l4 + core::mem::size_of::<IcmpHdr>();
     let (src, dst, protocol, l4) = if ip.v6 {
         let (Some(src), Some(dst), Some(next)) = (
