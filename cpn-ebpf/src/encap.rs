@@ -5,9 +5,35 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
+    bindings::{BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
 };
+
+/// A socket buffer: the room goes in after the Ethernet header (`BPF_ADJ_ROOM_MAC`), marked
+/// as an IPv6 encapsulation, so that the kernel keeps what it still has to do to the inner
+/// packet (a partial checksum's start moves with it; a GSO packet is segmented as IP in IPv6,
+/// each segment smaller by the encapsulation) and takes the packet as IPv6 from now on.
+impl Room for TcContext {
+    #[inline(always)]
+    fn make_room(&self, l3: usize, outer: usize, padding: usize) -> bool {
+        // A VLAN tag inside the frame (the entry passes such packets untouched: the kernel
+        // keeps tags outside the data).
+        if l3 != ETH {
+            return false;
+        }
+        if padding > 0 {
+            let keep = self.len().saturating_sub(padding as u32);
+            // SAFETY: helper call on our context; callers take every pointer again after it.
+            if unsafe { bpf_skb_change_tail(self.skb.skb, keep, 0) } != 0 {
+                return false;
+            }
+        }
+        let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV6);
+        self.adjust_room(outer as i32, BPF_ADJ_ROOM_MAC, flags)
+            .is_ok()
+    }
+}
 
 /// A packet that can make room for an encapsulation in front of its network header.
 pub trait Room: Frame {

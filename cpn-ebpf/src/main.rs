@@ -22,10 +22,14 @@ mod parse;
 mod stats;
 mod steer;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use cpn_common::{headers::ether_type, stats::ProtoCounter};
 
-use crate::parse::L2;
+use crate::parse::{Frame, L2};
 
 /// Hop limit of the headers we create (outer IPv6, ICMP errors); a load-time global the agent
 /// may override.
@@ -46,6 +50,14 @@ pub fn cpn_steer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn cpn_endpoint(ctx: XdpContext) -> u32 {
     endpoint_entry(&ctx)
+}
+
+/// `cpn_steer` as a TC program: the same parse, steering and encapsulation over the socket
+/// buffer, for what XDP never sees (a host's own packets, on egress) or cannot finish (a
+/// partial checksum or a GSO packet from a container behind a veth, on ingress).
+#[classifier]
+pub fn cpn_steer_tc(ctx: TcContext) -> i32 {
+    steer_tc_entry(&ctx)
 }
 
 /// The ingress interface, read once at entry: LLVM may otherwise split the context field
@@ -69,6 +81,48 @@ fn steer_entry(ctx: &XdpContext) -> u32 {
         verdict => verdict,
     };
     icmp::answer(ctx, l2.l3, verdict)
+}
+
+/// The headers the TC program reads in place are pulled into the socket buffer's linear part
+/// first (a local socket's packet may hold them in its fragments): up to the deepest header
+/// parsing follows, plus an ICMP error's quote.
+const TC_PULL: u32 = (parse::MAX_HEADER_OFFSET + 128) as u32;
+
+#[inline(always)]
+fn steer_tc_entry(ctx: &TcContext) -> i32 {
+    let pull = ctx.len().min(TC_PULL);
+    if ctx.pull_data(pull).is_err() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: the program's context, valid for the whole run; volatile, read once (as XDP's).
+    let ifindex = unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).ifindex) };
+    let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
+        return TC_ACT_OK;
+    };
+    // The kernel keeps VLAN tags outside a socket buffer's data; one inside is not ours.
+    if l2.l3 != core::mem::size_of::<cpn_common::headers::EthHdr>() {
+        return TC_ACT_OK;
+    }
+    let mut ip = parse::Ip::EMPTY;
+    let skb = ctx.skb.skb;
+    let parsed = steer::cpn_parse_ip_tc(skb, l2.l3 as u32, u32::from(l2.ether_type), &raw mut ip);
+    let verdict = match parsed {
+        steer::PARSED => steer::cpn_steer_ip_tc(skb, &raw const ip, ifindex),
+        verdict => verdict,
+    };
+    tc_action(verdict)
+}
+
+/// The TC action for a steering verdict. `bpf_redirect` answers `TC_ACT_REDIRECT` in a TC
+/// program, which passes through; drops, aborts and requested ICMP errors (a Packet Too Big:
+/// the TC program does not send them yet, its counter says how many) are shot.
+#[inline(always)]
+fn tc_action(verdict: u32) -> i32 {
+    match verdict {
+        xdp_action::XDP_PASS => TC_ACT_OK,
+        v if v == TC_ACT_REDIRECT as u32 => TC_ACT_REDIRECT,
+        _ => TC_ACT_SHOT,
+    }
 }
 
 #[inline(always)]
@@ -101,7 +155,7 @@ fn endpoint_entry(ctx: &XdpContext) -> u32 {
 
 /// Parses the link layer and counts VLAN tags and malformed frames; `None` ends processing.
 #[inline(always)]
-fn count_l2(ctx: &XdpContext, counters: &maps::ProtoStats) -> Option<L2> {
+fn count_l2(ctx: &impl Frame, counters: &maps::ProtoStats) -> Option<L2> {
     match parse::l2(ctx) {
         Ok(l2) => {
             if l2.vlan_tagged {
@@ -129,7 +183,7 @@ fn non_ip(l2: &L2) -> ProtoCounter {
 }
 
 #[inline(always)]
-fn count(counters: &maps::ProtoStats, which: ProtoCounter, ctx: &XdpContext) {
+fn count(counters: &maps::ProtoStats, which: ProtoCounter, ctx: &impl Frame) {
     stats::add(counters, which as u32, parse::frame_len(ctx) as u64);
 }
 

@@ -25,6 +25,10 @@ pub trait Frame {
     fn data_end(&self) -> usize;
     /// The program's context, for helpers that take either kind (`bpf_fib_lookup`).
     fn context(&self) -> *mut core::ffi::c_void;
+    /// The whole packet's length (a socket buffer's may go beyond `data_end`).
+    fn len(&self) -> usize {
+        self.data_end() - self.data()
+    }
 }
 
 impl Frame for XdpContext {
@@ -58,6 +62,11 @@ impl Frame for TcContext {
     #[inline(always)]
     fn context(&self) -> *mut core::ffi::c_void {
         self.skb.skb.cast()
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
     }
 }
 
@@ -168,10 +177,10 @@ pub fn read_addr(ctx: &impl Frame, offset: usize) -> Option<Addr> {
     read(ctx, offset)
 }
 
-/// Frame length as the program sees it.
+/// The packet's length: all of it, also what a socket buffer holds beyond its linear part.
 #[inline(always)]
 pub fn frame_len(ctx: &impl Frame) -> usize {
-    ctx.data_end() - ctx.data()
+    ctx.len()
 }
 
 /// The link layer: where the network header starts and what it is.

@@ -3,9 +3,9 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
+    bindings::{__sk_buff, xdp_action, xdp_md},
     helpers::bpf_jiffies64,
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use cpn_common::{
     hash::{FLOW_HASH_SEED, flow_hash},
@@ -39,10 +39,26 @@ pub const PARSED: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn cpn_parse_ip(ctx: *mut xdp_md, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
+    parse_ip(&XdpContext::new(ctx), l3, ether_type, ip)
+}
+
+/// [`cpn_parse_ip`] for the TC program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn cpn_parse_ip_tc(
+    ctx: *mut __sk_buff,
+    l3: u32,
+    ether_type: u32,
+    ip: *mut Ip,
+) -> u32 {
+    parse_ip(&TcContext::new(ctx), l3, ether_type, ip)
+}
+
+#[inline(always)]
+fn parse_ip(ctx: &impl Frame, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
     if ip.is_null() || l3 as usize > parse::MAX_L2_LEN {
         return xdp_action::XDP_PASS;
     }
-    let ctx = &XdpContext::new(ctx);
     let l2 = &L2 {
         l3: l3 as usize,
         ether_type: ether_type as u16,
@@ -82,6 +98,18 @@ pub extern "C" fn cpn_parse_ip(ctx: *mut xdp_md, l3: u32, ether_type: u32, ip: *
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn cpn_steer_ip(ctx: *mut xdp_md, ip: *const Ip, ingress_ifindex: u32) -> u32 {
+    steer_ip(&XdpContext::new(ctx), ip, ingress_ifindex)
+}
+
+/// [`cpn_steer_ip`] for the TC program; its verdicts are XDP's (the entry maps them).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn cpn_steer_ip_tc(ctx: *mut __sk_buff, ip: *const Ip, ifindex: u32) -> u32 {
+    steer_ip(&TcContext::new(ctx), ip, ifindex)
+}
+
+#[inline(always)]
+fn steer_ip(ctx: &impl encap::Room, ip: *const Ip, ingress_ifindex: u32) -> u32 {
     // The kernel cannot know that the pointer is never null: it checks, so we do.
     if ip.is_null() {
         return xdp_action::XDP_PASS;
@@ -96,7 +124,7 @@ pub extern "C" fn cpn_steer_ip(ctx: *mut xdp_md, ip: *const Ip, ingress_ifindex:
     if !bounded {
         return xdp_action::XDP_PASS;
     }
-    steer(&XdpContext::new(ctx), &ip, ingress_ifindex)
+    steer(ctx, &ip, ingress_ifindex)
 }
 
 /// Steers one IP packet; anything that is not for a service passes untouched.

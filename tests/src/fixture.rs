@@ -1,4 +1,5 @@
-//! Fixture runner: one packet through one XDP program via `BPF_PROG_TEST_RUN`.
+//! Fixture runner: one packet through one XDP program via `BPF_PROG_TEST_RUN`, and the
+//! steering fixtures again through `cpn_steer_tc` (the same program over a socket buffer).
 //!
 //! The programs are loaded unpinned, so fixtures never touch a running agent's maps; maps are
 //! set up through the agent's own data-plane API ([`Runner::dataplane`]).
@@ -143,6 +144,87 @@ impl Runner {
         })
     }
 
+    /// Runs `input` through `cpn_steer_tc` once, as a socket buffer on the runner's interface;
+    /// its TC action reads as the XDP verdict it stands for (`TC_ACT_OK`: pass, `TC_ACT_SHOT`:
+    /// drop, `TC_ACT_REDIRECT`: redirect).
+    pub fn run_tc(&self, input: &[u8]) -> Result<Outcome> {
+        let tc = self.dataplane.steer_tc()?;
+        let mut output = vec![0u8; input.len() + OUTPUT_HEADROOM];
+        // struct __sk_buff with only `ifindex` (offset 40) set: the kernel gives the test's
+        // socket buffer that device.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&self.ingress_ifindex.to_ne_bytes());
+        let result = tc
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut output),
+                ctx_in: (self.ingress_ifindex > 1).then_some(ctx.as_slice()),
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN of cpn_steer_tc")?;
+        output.truncate(usize::try_from(result.data_size_out)?);
+        let action = match result.return_value {
+            0 => XdpAction::Pass,
+            2 => XdpAction::Drop,
+            7 => XdpAction::Redirect,
+            other => XdpAction::Unknown(other),
+        };
+        Ok(Outcome { action, output })
+    }
+
+    /// The steering fixtures of `fixtures` again, through `cpn_steer_tc`: the same bytes and
+    /// verdict (an abort is a drop there). Left out, so the answer counts only the rest:
+    /// - what the TC program does not do yet: the ICMP errors XDP sends back (`Tx`; it drops
+    ///   those packets and counts them), and VLAN tags in the frame (it passes them: the
+    ///   kernel keeps a socket buffer's tag outside its data);
+    /// - what the kernel's test run builds no socket buffer from: a frame shorter than
+    ///   Ethernet, or whose IPv4 or IPv6 header is cut short.
+    ///
+    /// Panics with every failure at once; the number of fixtures checked otherwise.
+    pub fn check_table_tc(&self, fixtures: &[Fixture]) -> usize {
+        let mut failures = Vec::new();
+        let mut checked = 0;
+        for f in fixtures {
+            let runs = f.program == Program::Steer
+                && f.expect.action != XdpAction::Tx
+                && builds_socket_buffer(&f.input)
+                && !is_vlan_tagged(&f.input);
+            if !runs {
+                continue;
+            }
+            checked += 1;
+            let expect = Outcome {
+                action: match f.expect.action {
+                    XdpAction::Aborted => XdpAction::Drop,
+                    action => action,
+                },
+                output: f.expect.output.clone(),
+            };
+            match self.run_tc(&f.input) {
+                Ok(got) if got == expect => {}
+                Ok(got) => failures.push(format!(
+                    "{}",
+                    Mismatch {
+                        fixture: Fixture {
+                            name: format!("{} (TC)", f.name),
+                            expect,
+                            ..f.clone()
+                        },
+                        got
+                    }
+                )),
+                Err(e) => failures.push(format!("fixture `{}` (TC): {e:#}", f.name)),
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {checked} fixtures failed through cpn_steer_tc:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        checked
+    }
+
     /// Runs a table of fixtures and panics with every failure at once. Outputs that leave the
     /// program (passed, sent back, redirected) and differ from their input are also decoded by
     /// etherparse ([`crate::packet::verify`]), so a fixture cannot pass by agreeing with a
@@ -191,6 +273,24 @@ impl Runner {
             got
         }))
     }
+}
+
+/// Whether `BPF_PROG_TEST_RUN` of a TC program takes `frame`: Ethernet, and a whole network
+/// header when it is IPv4 or IPv6.
+fn builds_socket_buffer(frame: &[u8]) -> bool {
+    let Some(ether_type) = frame.get(12..14) else {
+        return false;
+    };
+    match u16::from_be_bytes([ether_type[0], ether_type[1]]) {
+        0x86dd => frame.len() >= 14 + 40,
+        0x0800 => frame.len() >= 14 + 20,
+        _ => true,
+    }
+}
+
+/// An 802.1Q or 802.1ad tag right after the Ethernet addresses.
+fn is_vlan_tagged(frame: &[u8]) -> bool {
+    matches!(frame.get(12..14), Some([0x81, 0x00] | [0x88, 0xa8]))
 }
 
 /// A fixture whose outcome differed from the expected one.

@@ -343,6 +343,8 @@ fn encapsulation_table() {
     assert_eq!(count(Reason::FibNoNeighbour), 1);
     assert_eq!(count(Reason::FibNoRoute), 1);
     assert_eq!(count(Reason::NoUsableNode), 2);
+    // The same table through the TC program.
+    assert!(bench.runner.check_table_tc(&fixtures) > 0);
 }
 
 #[test]
@@ -410,6 +412,8 @@ fn mtu_table() {
     bench.runner.check_table(&fixtures);
     assert_eq!(bench.runner.reason_packets(Reason::MtuBelowMinimum), 2);
     assert_eq!(bench.runner.reason_packets(Reason::PacketTooBig), 1);
+    // The same table through the TC program.
+    assert!(bench.runner.check_table_tc(&fixtures) > 0);
 }
 
 fn set_df(frame: &mut [u8], df: bool) {
@@ -460,6 +464,8 @@ fn fragments_follow_their_first_fragment() {
     ];
     bench.runner.check_table(&fixtures);
     assert_eq!(bench.runner.reason_packets(Reason::Fragment), 4);
+    // The same table through the TC program.
+    assert!(bench.runner.check_table_tc(&fixtures) > 0);
 }
 
 /// RFC 8200 / RFC 791: the IP header's length defines the packet. A packet to a service that
@@ -501,6 +507,8 @@ fn length_lies_padding_and_atomic_fragments() {
     bench.runner.check_table(&fixtures);
     assert_eq!(bench.runner.reason_packets(Reason::LengthBeyondFrame), 2);
     assert_eq!(bench.runner.reason_packets(Reason::Fragment), 0);
+    // The same table through the TC program.
+    assert!(bench.runner.check_table_tc(&fixtures) > 0);
 }
 
 #[test]
@@ -572,6 +580,8 @@ fn every_truncation_passes_untouched() {
         4 + 6
     );
     assert_eq!(bench.runner.reason_packets(Reason::Truncated), 4);
+    // The same table through the TC program.
+    assert!(bench.runner.check_table_tc(&fixtures) > 0);
 }
 
 #[test]

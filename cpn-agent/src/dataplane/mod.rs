@@ -25,7 +25,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -149,6 +149,13 @@ pub enum Error {
     #[error("program {program}")]
     Program {
         program: Program,
+        source: ProgramError,
+    },
+    #[error("the eBPF object has no TC program `{0}`")]
+    MissingTcProgram(&'static str),
+    #[error("program {name}")]
+    TcProgram {
+        name: &'static str,
         source: ProgramError,
     },
     #[error(
@@ -306,22 +313,16 @@ impl Dataplane {
         let mut ebpf = loader.load(OBJECT)?;
         check_maps(&ebpf)?;
         for program in Program::ALL {
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                match xdp_mut(&mut ebpf, program)?.load() {
-                    Ok(()) => break,
-                    // The verifier stops with EAGAIN when a signal arrives while it checks a
-                    // program; like libbpf, try again a few times.
-                    Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
-                    {
-                        tracing::debug!(%program, "verifier interrupted, loading again");
-                    }
-                    Err(source) => return Err(Error::Program { program, source }),
-                }
-            }
+            let xdp = xdp_mut(&mut ebpf, program)?;
+            verified(program.name(), || xdp.load())
+                .map_err(|source| Error::Program { program, source })?;
         }
+        let name = programs::STEER_TC;
+        let tc = ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(Error::MissingTcProgram(name))?;
+        verified(name, || tc.load()).map_err(|source| Error::TcProgram { name, source })?;
         let links_dir = match pinning {
             Pinning::Dir(dir) => {
                 let links = dir.join("links");
@@ -486,6 +487,16 @@ impl Dataplane {
     }
 
     /// The loaded program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
+    /// `cpn_steer` as a TC program (fixtures run through it; attaching it comes with the TC
+    /// hooks).
+    pub fn steer_tc(&self) -> Result<&SchedClassifier, Error> {
+        let name = programs::STEER_TC;
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .ok_or(Error::MissingTcProgram(name))
+    }
+
     pub fn program(&self, program: Program) -> Result<&Xdp, Error> {
         self.ebpf
             .program(program.name())
@@ -511,6 +522,26 @@ impl Dataplane {
         let name = program.proto_stats_map();
         let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
         ProtoStats::read(map).map_err(|source| Error::Map { map: name, source })
+    }
+}
+
+/// Loads a program through the verifier. The verifier stops with EAGAIN when a signal arrives
+/// while it checks a program; like libbpf, try again a few times.
+fn verified(
+    name: &str,
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+            {
+                tracing::debug!(program = name, "verifier interrupted, loading again");
+            }
+            done => return done,
+        }
     }
 }
 
