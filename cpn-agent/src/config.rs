@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    dataplane::{AttachMode, Pinning, Program, ServiceAddr, SidBehavior, default_pin_dir},
+    dataplane::{AttachMode, Hook, Pinning, Program, ServiceAddr, SidBehavior, default_pin_dir},
     metrics::ComputeKind,
     selection::Objective,
 };
@@ -306,9 +306,12 @@ pub struct Interface {
     pub name: Spanned<String>,
     /// `steer` (ingress: clients' side) or `endpoint` (compute node or transit: SIDs).
     pub program: Program,
-    /// `native` (default), `generic` or `offload`.
+    /// `native` (default), `generic` or `offload`: how XDP is attached.
     #[serde(default)]
     pub mode: AttachMode,
+    /// Where `steer` runs: `xdp` (default), `tc-ingress` or `tc-egress`.
+    #[serde(default = "xdp_hook")]
+    pub hook: Spanned<Hook>,
 }
 
 /// `[srv6]`: this node's locator, encapsulation source and local SIDs.
@@ -502,6 +505,10 @@ fn check_transport(
     ))
 }
 
+fn xdp_hook() -> Spanned<Hook> {
+    Spanned::new(0..0, Hook::Xdp)
+}
+
 fn default_grade() -> Spanned<u8> {
     Spanned::new(0..0, 4)
 }
@@ -618,11 +625,11 @@ impl Config {
         }
     }
 
-    /// The interfaces `cpn_steer` is attached to (in XDP).
+    /// The interfaces `cpn_steer` is attached to in XDP.
     pub fn steering_interfaces(&self) -> Vec<String> {
         self.interfaces
             .iter()
-            .filter(|i| i.program == Program::Steer)
+            .filter(|i| i.program == Program::Steer && *i.hook.get_ref() == Hook::Xdp)
             .map(|i| i.name.get_ref().clone())
             .collect()
     }
@@ -733,29 +740,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 .into(),
         ));
     }
-    let mut seen = HashMap::new();
-    for interface in &config.interfaces {
-        let name = interface.name.get_ref();
-        let at = Some(interface.name.span().start);
-        if name.is_empty() || name.len() > MAX_INTERFACE_NAME || name.contains(['/', ' ']) {
-            return Err(error(
-                at,
-                format!(
-                    "[[interface]] name = {name:?}: not a Linux interface name (1 to \
-                     {MAX_INTERFACE_NAME} bytes, no '/' or spaces)"
-                ),
-            ));
-        }
-        if let Some(first) = seen.insert(name.clone(), line_of(text, interface.name.span().start)) {
-            return Err(error(
-                at,
-                format!(
-                    "[[interface]] name = {name:?}: already configured at line {first}; an \
-                     interface runs one XDP program"
-                ),
-            ));
-        }
-    }
+    validate_interfaces(&config, text, &error)?;
     validate(&config, &error)?;
     Ok(config)
 }
@@ -818,6 +803,60 @@ fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) ->
     validate_ingress(config, error)?;
     validate_selection(config, error)?;
     validate_bgp(config, error)
+}
+
+/// `[[interface]]`: names, and one program per interface and hook.
+fn validate_interfaces(
+    config: &Config,
+    text: &str,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    let mut seen = HashMap::new();
+    for interface in &config.interfaces {
+        let name = interface.name.get_ref();
+        let at = Some(interface.name.span().start);
+        if name.is_empty() || name.len() > MAX_INTERFACE_NAME || name.contains(['/', ' ']) {
+            return Err(error(
+                at,
+                format!(
+                    "[[interface]] name = {name:?}: not a Linux interface name (1 to \
+                     {MAX_INTERFACE_NAME} bytes, no '/' or spaces)"
+                ),
+            ));
+        }
+        let hook = *interface.hook.get_ref();
+        if hook != Hook::Xdp && interface.program != Program::Steer {
+            return Err(error(
+                Some(interface.hook.span().start),
+                format!(
+                    "[[interface]] name = {name:?}: hook = \"{hook}\" is for program = \"steer\" \
+                     only; {} runs in XDP (remove `hook`)",
+                    interface.program
+                ),
+            ));
+        }
+        // One XDP program per interface; each TC hook once.
+        let slot = if hook == Hook::Xdp {
+            "xdp"
+        } else {
+            hook.name()
+        };
+        let line = line_of(text, interface.name.span().start);
+        if let Some(first) = seen.insert((name.clone(), slot), line) {
+            let what = if hook == Hook::Xdp {
+                "an interface runs one XDP program".to_owned()
+            } else {
+                format!("an interface runs one program at {hook}")
+            };
+            return Err(error(
+                at,
+                format!(
+                    "[[interface]] name = {name:?}: already configured at line {first}; {what}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[bgp]`.
@@ -1401,6 +1440,47 @@ mode = "generic"
     fn remote_segments_are_bounded() {
         let err = with("[[remote]]\nname = \"a\"\nsegments = []\n").unwrap_err();
         assert!(err.contains("1 to 6 SIDs"), "{err}");
+    }
+
+    /// `steer` runs at XDP and at both TC hooks of one interface, each once; `endpoint` only
+    /// in XDP.
+    #[test]
+    fn hooks_are_checked() {
+        let node = "[node]\nname = \"host\"\n";
+        let interface = |program: &str, hook: &str| {
+            format!("[[interface]]\nname = \"eth0\"\nprogram = \"{program}\"\n{hook}")
+        };
+        let config = parse_str(&format!(
+            "{node}{}{}{}",
+            interface("steer", ""),
+            interface("steer", "hook = \"tc-egress\"\n"),
+            interface("steer", "hook = \"tc-ingress\"\n")
+        ))
+        .unwrap();
+        let hooks: Vec<Hook> = config
+            .interfaces
+            .iter()
+            .map(|i| *i.hook.get_ref())
+            .collect();
+        assert_eq!(hooks, [Hook::Xdp, Hook::TcEgress, Hook::TcIngress]);
+        assert_eq!(config.steering_interfaces(), ["eth0"], "XDP's alone");
+        let err = parse_str(&format!(
+            "{node}{}{}",
+            interface("steer", "hook = \"tc-egress\"\n"),
+            interface("steer", "hook = \"tc-egress\"\n")
+        ))
+        .unwrap_err();
+        assert!(err.contains("one program at tc-egress"), "{err}");
+        let err = parse_str(&format!(
+            "{node}{}",
+            interface("endpoint", "hook = \"tc-ingress\"\n")
+        ))
+        .unwrap_err();
+        assert!(err.contains("is for program = \"steer\" only"), "{err}");
+        assert!(err.starts_with("agent.toml:6: "), "names the line: {err}");
+        let err =
+            parse_str(&format!("{node}{}", interface("steer", "hook = \"tc\"\n"))).unwrap_err();
+        assert!(err.contains("tc-ingress"), "lists the hooks: {err}");
     }
 
     #[test]

@@ -4,7 +4,11 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use cpn_agent::{agent::Agent, config, dataplane::Dataplane};
+use cpn_agent::{
+    agent::Agent,
+    config,
+    dataplane::{Dataplane, Hook},
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -82,19 +86,23 @@ fn run(config_path: &std::path::Path) -> Result<()> {
     tracing::info!(node = %config.node.name, ?pinning, "data plane loaded");
 
     let attached = config.interfaces.iter().try_for_each(|interface| {
-        dataplane.attach(interface.program, interface.name.get_ref(), interface.mode)?;
-        tracing::info!(
-            program = %interface.program,
-            interface = %interface.name.get_ref(),
-            mode = interface.mode.name(),
-            "attached"
-        );
+        let name = interface.name.get_ref();
+        match *interface.hook.get_ref() {
+            Hook::Xdp => {
+                dataplane.attach(interface.program, name, interface.mode)?;
+                tracing::info!(program = %interface.program, interface = %name, mode = interface.mode.name(), "attached");
+            }
+            hook => {
+                dataplane.attach_tc(name, hook)?;
+                tracing::info!(program = %interface.program, interface = %name, %hook, "attached");
+            }
+        }
         anyhow::Ok(())
     });
     let configured: Vec<_> = config
         .interfaces
         .iter()
-        .map(|i| (i.program, i.name.get_ref().as_str()))
+        .map(|i| (i.program, *i.hook.get_ref(), i.name.get_ref().as_str()))
         .collect();
     if let Err(error) = attached.and_then(|()| Ok(dataplane.detach_unconfigured(&configured)?)) {
         // Leave no interface half-configured.

@@ -5,8 +5,11 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
-    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    bindings::{__sk_buff, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{
+        bpf_check_mtu, bpf_l4_csum_replace, bpf_skb_change_tail, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -33,7 +36,134 @@ impl Room for TcContext {
         self.adjust_room(outer as i32, BPF_ADJ_ROOM_MAC, flags)
             .is_ok()
     }
+
+    /// A GSO socket buffer goes out as the segments the kernel cuts it into: their headers
+    /// and `gso_size` bytes each, which making the room lowers by the encapsulation, so each
+    /// encapsulated segment is as long as one was before.
+    #[inline(always)]
+    fn encapsulated_len(&self, inner: &Ip, outer: usize) -> usize {
+        // SAFETY: the program's context, valid for the whole run.
+        let gso_size = unsafe { core::ptr::read_volatile(&raw const (*self.skb.skb).gso_size) };
+        if gso_size == 0 {
+            return outer + inner.len;
+        }
+        let transport = match inner.protocol {
+            proto::TCP => parse::read::<[u8; 2]>(self, inner.l4 + 12)
+                .map_or(MAX_TCP_HEADER, |[data_offset, _]| {
+                    usize::from(data_offset >> 4) * 4
+                }),
+            proto::UDP => 8,
+            _ => 0,
+        };
+        (inner.l4 - inner.l3) + transport + gso_size as usize
+    }
+
+    #[inline(always)]
+    fn encapsulated(&self, inner: &Ip, outer: usize) {
+        if inner.protocol == proto::TCP && inner.fragment == Fragment::No {
+            // The inner TCP header, moved by the encapsulation (TC takes `l3 == ETH`).
+            let tcp = inner.l4 + outer;
+            let headers = outer + (inner.l4 - inner.l3) + TCP_HEADER;
+            cpn_clamp_mss(self.skb.skb, tcp as u32, headers as u32);
+        }
+    }
 }
+
+/// A steered TCP SYN offers the server no larger segments than fit the device's MTU once
+/// encapsulated (what Cilium and Calico do), so that a host's or a container's bulk upload
+/// never needs fragmenting or a Packet Too Big. Only a smaller value is written, and the TCP
+/// checksum is updated the way the kernel does (left alone while it is still partial).
+///
+/// A BPF global function, verified once on its own: its walk over the options, inlined, made
+/// the verifier follow every steering path through it again (a million instructions). `tcp`
+/// is the TCP header's offset, `headers` the bytes in front of a segment's payload once
+/// encapsulated. Global functions must answer a scalar: 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn cpn_clamp_mss(skb: *mut __sk_buff, tcp: u32, headers: u32) -> u32 {
+    clamp_mss(skb, tcp, headers);
+    0
+}
+
+#[inline(always)]
+fn clamp_mss(skb: *mut __sk_buff, tcp: u32, headers: u32) {
+    let (tcp, headers) = (tcp as usize, headers as usize);
+    if tcp > MAX_TCP_OFFSET {
+        return;
+    }
+    let ctx = &TcContext::new(skb);
+    let Some([data_offset, flags]) = parse::read::<[u8; 2]>(ctx, tcp + 12) else {
+        return;
+    };
+    if flags & TCP_SYN == 0 {
+        return;
+    }
+    // Asks for the device's MTU (a 1-byte length always fits).
+    let mut mtu: u32 = 1;
+    // SAFETY: helper call on our context with a pointer to our stack.
+    if unsafe { bpf_check_mtu(skb.cast(), 0, &raw mut mtu, 0, 0) } < 0 {
+        return;
+    }
+    let Some(fits) = (mtu as usize).checked_sub(headers) else {
+        return;
+    };
+    let fits = fits.min(usize::from(u16::MAX)) as u16;
+    let end = tcp + (usize::from(data_offset >> 4) * 4).min(MAX_TCP_HEADER);
+    let mut at = tcp + TCP_HEADER;
+    for _ in 0..MAX_TCP_HEADER - TCP_HEADER {
+        // A bound the verifier can see on every turn (`at < end` alone it loses).
+        if at >= end || at > MAX_OPTION_OFFSET {
+            return;
+        }
+        // Kind and length together: a 1-byte read's bounds check LLVM turns into one the
+        // verifier does not take (`ptr >= end`). A NOP in the packet's last byte ends the walk.
+        let Some([kind, len]) = parse::read::<[u8; 2]>(ctx, at) else {
+            return;
+        };
+        match kind {
+            TCP_OPT_END => return,
+            TCP_OPT_NOP => {
+                at += 1;
+                continue;
+            }
+            TCP_OPT_MSS => {
+                let Some([_, 4, hi, lo]) = parse::read::<[u8; 4]>(ctx, at) else {
+                    return;
+                };
+                if u16::from_be_bytes([hi, lo]) <= fits {
+                    return;
+                }
+                let (old, new) = ([hi, lo], fits.to_be_bytes());
+                // SAFETY: helper call on our context; the write below takes its pointer anew.
+                let updated = unsafe {
+                    bpf_l4_csum_replace(
+                        skb,
+                        (tcp + 16) as u32,
+                        u64::from(u16::from_ne_bytes(old)),
+                        u64::from(u16::from_ne_bytes(new)),
+                        2,
+                    )
+                };
+                if updated == 0 {
+                    parse::write(ctx, at + 2, new);
+                }
+                return;
+            }
+            _ if len < 2 => return,
+            _ => at += usize::from(len),
+        }
+    }
+}
+
+const TCP_HEADER: usize = 20;
+/// The deepest TCP header the clamp looks at: parsing's deepest plus the largest encapsulation.
+const MAX_TCP_OFFSET: usize = parse::MAX_HEADER_OFFSET + 512;
+const MAX_OPTION_OFFSET: usize = MAX_TCP_OFFSET + MAX_TCP_HEADER;
+const MAX_TCP_HEADER: usize = 60;
+const TCP_SYN: u8 = 0x02;
+const TCP_OPT_END: u8 = 0;
+const TCP_OPT_NOP: u8 = 1;
+const TCP_OPT_MSS: u8 = 2;
 
 /// A packet that can make room for an encapsulation in front of its network header.
 pub trait Room: Frame {
@@ -41,6 +171,15 @@ pub trait Room: Frame {
     /// and makes `outer` bytes of room between the Ethernet header (at 0, 14 bytes, written
     /// afresh by the caller) and the IP packet; false if that cannot be done.
     fn make_room(&self, l3: usize, outer: usize, padding: usize) -> bool;
+
+    /// The longest packet `inner` goes out as once encapsulated with `outer` bytes.
+    fn encapsulated_len(&self, inner: &Ip, outer: usize) -> usize {
+        outer + inner.len
+    }
+
+    /// What the context adds once the packet is encapsulated (`outer` bytes in front of the
+    /// inner packet): nothing in XDP; TC clamps a SYN's MSS.
+    fn encapsulated(&self, _inner: &Ip, _outer: usize) {}
 }
 
 impl Room for XdpContext {
@@ -63,7 +202,7 @@ use cpn_common::{
 
 use crate::{
     hop_limit,
-    parse::{self, Addr, Frame, Ip},
+    parse::{self, Addr, Fragment, Frame, Ip},
 };
 
 const ETH: usize = size_of::<EthHdr>();
@@ -160,6 +299,7 @@ pub fn push(ctx: &impl Room, inner: &Ip, plan: &Plan, node: &NodeEntry, macs: &[
         return false;
     }
     if srh_len == 0 {
+        ctx.encapsulated(inner, plan.outer_len());
         return true;
     }
     let srh = ETH + size_of::<Ipv6Hdr>();
@@ -185,6 +325,7 @@ pub fn push(ctx: &impl Room, inner: &Ip, plan: &Plan, node: &NodeEntry, macs: &[
             return false;
         }
     }
+    ctx.encapsulated(inner, plan.outer_len());
     true
 }
 

@@ -178,7 +178,7 @@ pub fn steer(ctx: &impl encap::Room, ip: &Ip, ingress_ifindex: u32) -> u32 {
         node_id,
         plan.first_segment,
         ingress_ifindex,
-        outer_len + ip.len,
+        ctx.encapsulated_len(ip, outer_len),
     );
     let action = match route {
         Fib::Forward {

@@ -45,9 +45,15 @@ fn ebpf_cargo(subcommand: &str) -> Result<Command> {
     Ok(command)
 }
 
-/// BPF global functions of the object (`cpn-ebpf/src/steer.rs`): bpf-linker keeps them
-/// global only when exported, and the kernel then verifies each once, on its own.
-const GLOBAL_FUNCTIONS: [&str; 2] = ["cpn_parse_ip", "cpn_steer_ip"];
+/// BPF global functions of the object (`cpn-ebpf/src/steer.rs`, `encap.rs`): bpf-linker keeps
+/// them global only when exported, and the kernel then verifies each once, on its own.
+const GLOBAL_FUNCTIONS: [&str; 5] = [
+    "cpn_parse_ip",
+    "cpn_steer_ip",
+    "cpn_parse_ip_tc",
+    "cpn_steer_ip_tc",
+    "cpn_clamp_mss",
+];
 
 /// BTF in the object; `memset`/`memmove` expanded inline like `memcpy` (bpf-linker's default
 /// "in order" expansion makes them calls to byte-at-a-time loops); the global functions kept.

@@ -414,8 +414,9 @@ impl KernelRoutes {
                     "interface {name}: cpn_steer runs in XDP on a veth. A client behind it (a \
                      container or a namespace) hands over TCP and UDP whose checksums are still \
                      to be completed (the veth's default tx checksum offload), which XDP cannot \
-                     see, so they reach the service with bad checksums (ICMP still works). Turn \
-                     the offload off on the client's side (`ethtool -K PEER tx off`)"
+                     see, so they reach the service with bad checksums (ICMP still works). Steer \
+                     them with `hook = \"tc-ingress\"` instead, or turn the offload off on the \
+                     client's side (`ethtool -K PEER tx off`)"
                 ));
             }
         }

@@ -25,8 +25,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -81,6 +82,45 @@ impl Program {
 }
 
 impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where `cpn_steer` runs on an interface: in XDP on what the interface receives, or as the
+/// TC program on what it receives (`tc-ingress`: clients in containers or namespaces behind a
+/// veth) or sends (`tc-egress`: what the host itself sends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hook {
+    #[default]
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+impl Hook {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::TcIngress => "tc-ingress",
+            Self::TcEgress => "tc-egress",
+        }
+    }
+
+    /// What an attachment of `program` at this hook is called: its pinned link's file name
+    /// (`cpn_steer-eth0`, `cpn_steer_tc-ingress-eth0`).
+    pub fn link_name(self, program: Program, interface: &str) -> String {
+        match self {
+            Self::Xdp => format!("{}-{interface}", program.name()),
+            Self::TcIngress | Self::TcEgress => {
+                format!("{}-{}-{interface}", programs::STEER_TC, &self.name()[3..])
+            }
+        }
+    }
+}
+
+impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -167,6 +207,13 @@ pub enum Error {
         interface: String,
         mode: AttachMode,
         // Not a `source`: the message shows it inline, before the hint.
+        error: ProgramError,
+        hint: &'static str,
+    },
+    #[error("attaching cpn_steer_tc to interface `{interface}` at {hook} failed: {error}{hint}")]
+    AttachTc {
+        interface: String,
+        hook: Hook,
         error: ProgramError,
         hint: &'static str,
     },
@@ -264,6 +311,7 @@ pub struct Dataplane {
 #[derive(Debug)]
 struct Attachment {
     program: Program,
+    hook: Hook,
     interface: String,
     link: FdLink,
     pin: Option<PathBuf>,
@@ -407,6 +455,7 @@ impl Dataplane {
             })?;
             self.attachments.push(Attachment {
                 program,
+                hook: Hook::Xdp,
                 interface: interface.to_owned(),
                 link: pinned.into(),
                 pin,
@@ -415,6 +464,84 @@ impl Dataplane {
         }
         self.attachments.push(Attachment {
             program,
+            hook: Hook::Xdp,
+            interface: interface.to_owned(),
+            link,
+            pin,
+        });
+        Ok(())
+    }
+
+    /// Attaches `cpn_steer_tc` to `interface` at `hook` (a TC one) through a TCX link (Linux
+    /// 6.6 or later), taking over a pinned link a previous agent left there as
+    /// [`Dataplane::attach`] does, else making one (pinned, when the maps are).
+    pub fn attach_tc(&mut self, interface: &str, hook: Hook) -> Result<(), Error> {
+        let attach_type = match hook {
+            Hook::TcIngress => TcAttachType::Ingress,
+            Hook::TcEgress => TcAttachType::Egress,
+            Hook::Xdp => return self.attach(Program::Steer, interface, AttachMode::Native),
+        };
+        let pin = self
+            .links_dir
+            .as_ref()
+            .map(|dir| dir.join(hook.link_name(Program::Steer, interface)));
+        let attach_error = |error: ProgramError| Error::AttachTc {
+            interface: interface.to_owned(),
+            hook,
+            hint: if matches!(error, ProgramError::SyscallError(_)) {
+                " (TC hooks take TCX links: Linux 6.6 or later)"
+            } else {
+                ""
+            },
+            error,
+        };
+        let name = programs::STEER_TC;
+        let tc = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(Error::MissingTcProgram(name))?;
+        let id = if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            let link_error = |e: &dyn std::fmt::Display| Error::Link {
+                path: path.clone(),
+                error: e.to_string(),
+            };
+            let pinned = PinnedLink::from_pin(path).map_err(|e| link_error(&e))?;
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| link_error(&e))?;
+            let id = tc.attach_to_link(link).map_err(attach_error)?;
+            tracing::info!(program = name, %interface, %hook, "took over the pinned link: program replaced in place");
+            id
+        } else {
+            tc.attach_with_options(
+                interface,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_error)?
+        };
+        let link = tc
+            .take_link(id)
+            .map_err(|source| Error::TcProgram { name, source })?;
+        let mut link = FdLink::try_from(link).map_err(|e| Error::Link {
+            path: pin.clone().unwrap_or_default(),
+            error: e.to_string(),
+        })?;
+        if let Some(path) = &pin
+            && !path.exists()
+        {
+            // Pinning consumes the link and hands back the same fd, now also held by bpffs.
+            link = link
+                .pin(path)
+                .map_err(|e| Error::Link {
+                    path: path.clone(),
+                    error: e.to_string(),
+                })?
+                .into();
+        }
+        self.attachments.push(Attachment {
+            program: Program::Steer,
+            hook,
             interface: interface.to_owned(),
             link,
             pin,
@@ -423,13 +550,16 @@ impl Dataplane {
     }
 
     /// Detaches links a previous agent pinned for interfaces that are no longer configured.
-    pub fn detach_unconfigured(&mut self, configured: &[(Program, &str)]) -> Result<(), Error> {
+    pub fn detach_unconfigured(
+        &mut self,
+        configured: &[(Program, Hook, &str)],
+    ) -> Result<(), Error> {
         let Some(dir) = &self.links_dir else {
             return Ok(());
         };
         let keep: Vec<String> = configured
             .iter()
-            .map(|(p, i)| format!("{}-{i}", p.name()))
+            .map(|(program, hook, interface)| hook.link_name(*program, interface))
             .collect();
         let entries = std::fs::read_dir(dir).map_err(|source| Error::PinDir {
             path: dir.clone(),
@@ -452,6 +582,7 @@ impl Dataplane {
     pub fn detach_all(&mut self) -> Result<(), Error> {
         while let Some(Attachment {
             program,
+            hook,
             interface,
             link,
             pin,
@@ -462,7 +593,7 @@ impl Dataplane {
             }
             // Closing the last reference to the link detaches the program.
             drop(link);
-            tracing::info!(%program, %interface, "detached");
+            tracing::info!(%program, %interface, %hook, "detached");
         }
         Ok(())
     }
@@ -472,6 +603,7 @@ impl Dataplane {
     pub fn leave_attached(mut self) {
         for Attachment {
             program,
+            hook,
             interface,
             pin,
             ..
@@ -482,13 +614,11 @@ impl Dataplane {
             } else {
                 "detached"
             };
-            tracing::info!(%program, %interface, "{what}");
+            tracing::info!(%program, %interface, %hook, "{what}");
         }
     }
 
-    /// The loaded program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
-    /// `cpn_steer` as a TC program (fixtures run through it; attaching it comes with the TC
-    /// hooks).
+    /// `cpn_steer` as a TC program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
     pub fn steer_tc(&self) -> Result<&SchedClassifier, Error> {
         let name = programs::STEER_TC;
         self.ebpf
@@ -497,6 +627,7 @@ impl Dataplane {
             .ok_or(Error::MissingTcProgram(name))
     }
 
+    /// The loaded program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
     pub fn program(&self, program: Program) -> Result<&Xdp, Error> {
         self.ebpf
             .program(program.name())
