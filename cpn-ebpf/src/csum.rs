@@ -4,11 +4,9 @@
 //! complement addition commutes with byte swapping (RFC 1071 §2 B), so the folded sum, stored
 //! as it is, is the checksum in network order.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_csum_diff, bpf_xdp_load_bytes},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::bpf_csum_diff;
+
+use crate::parse::Frame;
 
 /// Bytes summed per helper call.
 const CHUNK: usize = 256;
@@ -31,7 +29,7 @@ pub fn add_bytes<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
 /// quote cost it tens of thousands of instructions.
 #[inline(always)]
 pub fn add_packet<const MAX: usize>(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     mut sum: u32,
     offset: usize,
     len: usize,
@@ -54,18 +52,11 @@ pub fn add_packet<const MAX: usize>(
         }
         // SAFETY: helper calls on our context and a stack buffer of at least `n` bytes; the
         // load helper checks the packet bounds itself.
-        let folded = unsafe {
-            if bpf_xdp_load_bytes(
-                ctx.as_ptr().cast(),
-                (offset + done) as u32,
-                buf.as_mut_ptr().cast(),
-                n,
-            ) != 0
-            {
-                return None;
-            }
-            bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr().cast(), n, sum)
-        };
+        if !ctx.load_bytes((offset + done) as u32, buf.as_mut_ptr().cast(), n) {
+            return None;
+        }
+        let folded =
+            unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr().cast(), n, sum) };
         if folded < 0 {
             return None;
         }

@@ -6,9 +6,9 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
+    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
 };
 use cpn_common::{
     headers::{EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, ether_type, icmp, proto},
@@ -19,8 +19,46 @@ use cpn_common::{
 use crate::{
     csum, hop_limit,
     maps::{ICMP_BUDGET, ICMP_PEERS},
-    parse,
+    parse::{self, Frame},
 };
+
+/// A packet that can be rewritten into an ICMP error: cut to `l3 + quote` bytes, with `front`
+/// bytes of new headers (Ethernet included) in front of the quoted part, replacing the `l3`
+/// bytes of link-layer headers. The entry sends the result back (`XDP_TX`, or TC's redirect).
+pub trait Reply: Frame {
+    fn resize_for_reply(&self, l3: usize, quote: usize, front: usize) -> bool;
+}
+
+impl Reply for XdpContext {
+    #[inline(always)]
+    fn resize_for_reply(&self, l3: usize, quote: usize, front: usize) -> bool {
+        let tail = (l3 + quote) as i32 - parse::frame_len(self) as i32;
+        // SAFETY: plain helper calls on our own context; pointers are re-derived afterwards.
+        unsafe {
+            if tail != 0 && bpf_xdp_adjust_tail(self.as_ptr().cast(), tail) != 0 {
+                return false;
+            }
+            bpf_xdp_adjust_head(self.as_ptr().cast(), l3 as i32 - front as i32) == 0
+        }
+    }
+}
+
+/// A socket buffer: cut with `bpf_skb_change_tail`, the headers' room made after the Ethernet
+/// header (the TC program takes `l3 == ETH` only).
+impl Reply for TcContext {
+    #[inline(always)]
+    fn resize_for_reply(&self, l3: usize, quote: usize, front: usize) -> bool {
+        if l3 != ETH || front < ETH {
+            return false;
+        }
+        // SAFETY: helper call on our context; pointers are re-derived afterwards.
+        if unsafe { bpf_skb_change_tail(self.skb.skb, (l3 + quote) as u32, 0) } != 0 {
+            return false;
+        }
+        self.adjust_room((front - ETH) as i32, BPF_ADJ_ROOM_MAC, 0)
+            .is_ok()
+    }
+}
 
 // Load-time tunables of the rate limit, which the agent may override. The defaults are Linux's:
 // all errors at most 1000/s with a burst of 50 (`net.ipv6.icmp_msgs_per_sec`, `_burst`), and
@@ -99,7 +137,7 @@ pub const fn request_v4_frag_needed(mtu: u16) -> u32 {
 /// Carries out a verdict from [`request_v6`] or [`request_v4_frag_needed`], or returns a
 /// plain XDP action unchanged.
 #[inline(always)]
-pub fn answer(ctx: &XdpContext, l3: usize, verdict: u32) -> u32 {
+pub fn answer(ctx: &impl Reply, l3: usize, verdict: u32) -> u32 {
     if verdict & 1 << 30 != 0 {
         return v4_frag_needed(ctx, l3, verdict as u16);
     }
@@ -142,13 +180,13 @@ fn verdict(sent: Result<(), NotSent>) -> u32 {
 /// field `rest` (MTU or pointer), quoting the invoking packet.
 // A BPF subprogram of its own: its stack frame is not added to every caller's.
 #[inline(never)]
-pub fn v6_error(ctx: &XdpContext, l3: usize, kind: u8, code: u8, rest: u32) -> u32 {
+pub fn v6_error(ctx: &impl Reply, l3: usize, kind: u8, code: u8, rest: u32) -> u32 {
     verdict(build_v6_error(ctx, l3, kind, code, rest.to_be_bytes()))
 }
 
 #[inline(always)]
 fn build_v6_error(
-    ctx: &XdpContext,
+    ctx: &impl Reply,
     l3: usize,
     kind: u8,
     code: u8,
@@ -201,7 +239,7 @@ fn build_v6_error(
 /// Writes the Ethernet header of a reply: back to where `macs` (destination, source of the
 /// invoking frame, as 16-bit words) came from.
 #[inline(always)]
-fn write_reply_macs(ctx: &XdpContext, macs: [u16; 6], ether_type: u16) -> bool {
+fn write_reply_macs(ctx: &impl Reply, macs: [u16; 6], ether_type: u16) -> bool {
     let [d0, d1, d2, s0, s1, s2] = macs;
     parse::write(ctx, 0, [s0, s1, s2, d0, d1, d2])
         && parse::write(ctx, 12, ether_type.to_be_bytes())
@@ -210,12 +248,12 @@ fn write_reply_macs(ctx: &XdpContext, macs: [u16; 6], ether_type: u16) -> bool {
 /// Rewrites the packet (IPv4 at `l3`) into an ICMPv4 Fragmentation Needed carrying `mtu`;
 /// returns the verdict.
 #[inline(never)]
-pub fn v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> u32 {
+pub fn v4_frag_needed(ctx: &impl Reply, l3: usize, mtu: u16) -> u32 {
     verdict(build_v4_frag_needed(ctx, l3, mtu))
 }
 
 #[inline(always)]
-fn build_v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> Result<(), NotSent> {
+fn build_v4_frag_needed(ctx: &impl Reply, l3: usize, mtu: u16) -> Result<(), NotSent> {
     let macs: [u16; 6] = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
     let orig_src: [u8; 4] = parse::read(ctx, l3 + 12).ok_or(NotSent::NoRoom)?;
     let orig_dst: [u8; 4] = parse::read(ctx, l3 + 16).ok_or(NotSent::NoRoom)?;
@@ -274,19 +312,12 @@ fn build_v4_frag_needed(ctx: &XdpContext, l3: usize, mtu: u16) -> Result<(), Not
     }
 }
 
-/// Cuts the packet to `l3 + quote` bytes, then makes room for `front` bytes of new headers
-/// before the quoted part (replacing the `l3` bytes of link-layer headers).
+/// Cuts the packet and makes room for the reply's headers ([`Reply::resize_for_reply`]).
 #[inline(always)]
-fn resize(ctx: &XdpContext, l3: usize, quote: usize, front: usize) -> Result<(), NotSent> {
-    let tail = (l3 + quote) as i32 - parse::frame_len(ctx) as i32;
-    // SAFETY: plain helper calls on our own context; pointers are re-derived afterwards.
-    unsafe {
-        if tail != 0 && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), tail) != 0 {
-            return Err(NotSent::NoRoom);
-        }
-        if bpf_xdp_adjust_head(ctx.as_ptr().cast(), l3 as i32 - front as i32) != 0 {
-            return Err(NotSent::NoRoom);
-        }
+fn resize(ctx: &impl Reply, l3: usize, quote: usize, front: usize) -> Result<(), NotSent> {
+    if ctx.resize_for_reply(l3, quote, front) {
+        Ok(())
+    } else {
+        Err(NotSent::NoRoom)
     }
-    Ok(())
 }

@@ -23,7 +23,8 @@ mod stats;
 mod steer;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -53,11 +54,18 @@ pub fn cpn_endpoint(ctx: XdpContext) -> u32 {
 }
 
 /// `cpn_steer` as a TC program: the same parse, steering and encapsulation over the socket
-/// buffer, for what XDP never sees (a host's own packets, on egress) or cannot finish (a
-/// partial checksum or a GSO packet from a container behind a veth, on ingress).
+/// buffer, for what XDP cannot finish (a partial checksum or a GSO packet from a container
+/// behind a veth): on ingress, an ICMP error goes back out of the interface.
 #[classifier]
-pub fn cpn_steer_tc(ctx: TcContext) -> i32 {
-    steer_tc_entry(&ctx)
+pub fn cpn_steer_tc_ingress(ctx: TcContext) -> i32 {
+    steer_tc_entry(&ctx, 0)
+}
+
+/// The same on egress, for what XDP never sees (what the host sends): an ICMP error is
+/// received on the interface, as if it came from the network, for the host's own stack.
+#[classifier]
+pub fn cpn_steer_tc_egress(ctx: TcContext) -> i32 {
+    steer_tc_entry(&ctx, u64::from(BPF_F_INGRESS))
 }
 
 /// The ingress interface, read once at entry: LLVM may otherwise split the context field
@@ -88,8 +96,9 @@ fn steer_entry(ctx: &XdpContext) -> u32 {
 /// parsing follows, plus an ICMP error's quote.
 const TC_PULL: u32 = (parse::MAX_HEADER_OFFSET + 128) as u32;
 
+/// `reply_flags`: how an ICMP error the program sends goes (`bpf_redirect`'s flags).
 #[inline(always)]
-fn steer_tc_entry(ctx: &TcContext) -> i32 {
+fn steer_tc_entry(ctx: &TcContext, reply_flags: u64) -> i32 {
     let pull = ctx.len().min(TC_PULL);
     if ctx.pull_data(pull).is_err() {
         return TC_ACT_OK;
@@ -110,17 +119,12 @@ fn steer_tc_entry(ctx: &TcContext) -> i32 {
         steer::PARSED => steer::cpn_steer_ip_tc(skb, &raw const ip, ifindex),
         verdict => verdict,
     };
-    tc_action(verdict)
-}
-
-/// The TC action for a steering verdict. `bpf_redirect` answers `TC_ACT_REDIRECT` in a TC
-/// program, which passes through; drops, aborts and requested ICMP errors (a Packet Too Big:
-/// the TC program does not send them yet, its counter says how many) are shot.
-#[inline(always)]
-fn tc_action(verdict: u32) -> i32 {
-    match verdict {
+    match icmp::answer(ctx, l2.l3, verdict) {
         xdp_action::XDP_PASS => TC_ACT_OK,
+        // `bpf_redirect` answers `TC_ACT_REDIRECT` in a TC program.
         v if v == TC_ACT_REDIRECT as u32 => TC_ACT_REDIRECT,
+        // SAFETY: plain helper call.
+        xdp_action::XDP_TX => unsafe { bpf_redirect(ifindex, reply_flags) as i32 },
         _ => TC_ACT_SHOT,
     }
 }

@@ -29,6 +29,9 @@ pub trait Frame {
     fn len(&self) -> usize {
         self.data_end() - self.data()
     }
+    /// Copies `len` packet bytes from `offset` to `to` (the helper checks the bounds); false if
+    /// they are not there.
+    fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> bool;
 }
 
 impl Frame for XdpContext {
@@ -45,6 +48,12 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn context(&self) -> *mut core::ffi::c_void {
         self.ctx.cast()
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> bool {
+        // SAFETY: helper call on our context; `to` holds `len` bytes (the caller's promise).
+        unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(self.ctx, offset, to, len) == 0 }
     }
 }
 
@@ -67,6 +76,12 @@ impl Frame for TcContext {
     #[inline(always)]
     fn len(&self) -> usize {
         TcContext::len(self) as usize
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, to: *mut core::ffi::c_void, len: u32) -> bool {
+        // SAFETY: helper call on our context; `to` holds `len` bytes (the caller's promise).
+        unsafe { aya_ebpf::helpers::bpf_skb_load_bytes(self.skb.skb.cast(), offset, to, len) == 0 }
     }
 }
 

@@ -8,7 +8,9 @@ use std::fmt::{self, Write as _};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions};
-use cpn_agent::dataplane::{Dataplane, IcmpRateLimit, LoadOptions, Pinning, Program, ProtoStats};
+use cpn_agent::dataplane::{
+    Dataplane, Hook, IcmpRateLimit, LoadOptions, Pinning, Program, ProtoStats,
+};
 use cpn_common::stats::Reason;
 
 /// Room for headers a program may push in front of the packet.
@@ -144,11 +146,11 @@ impl Runner {
         })
     }
 
-    /// Runs `input` through `cpn_steer_tc` once, as a socket buffer on the runner's interface;
+    /// Runs `input` through `cpn_steer_tc_ingress` once, as a socket buffer on the runner's interface;
     /// its TC action reads as the XDP verdict it stands for (`TC_ACT_OK`: pass, `TC_ACT_SHOT`:
     /// drop, `TC_ACT_REDIRECT`: redirect).
     pub fn run_tc(&self, input: &[u8]) -> Result<Outcome> {
-        let tc = self.dataplane.steer_tc()?;
+        let tc = self.dataplane.steer_tc(Hook::TcIngress)?;
         let mut output = vec![0u8; input.len() + OUTPUT_HEADROOM];
         // struct __sk_buff with only `ifindex` (offset 40) set: the kernel gives the test's
         // socket buffer that device.
@@ -172,11 +174,12 @@ impl Runner {
         Ok(Outcome { action, output })
     }
 
-    /// The steering fixtures of `fixtures` again, through `cpn_steer_tc`: the same bytes and
-    /// verdict (an abort is a drop there). Left out, so the answer counts only the rest:
-    /// - what the TC program does not do yet: the ICMP errors XDP sends back (`Tx`; it drops
-    ///   those packets and counts them), and VLAN tags in the frame (it passes them: the
-    ///   kernel keeps a socket buffer's tag outside its data);
+    /// The steering fixtures of `fixtures` again, through `cpn_steer_tc_ingress`: the same
+    /// bytes and verdict (an abort is a drop there; an ICMP error XDP sends back, `Tx`, the TC
+    /// program redirects back out of the interface). Left out, so the answer counts only the
+    /// rest:
+    /// - VLAN tags in the frame (the TC program passes them: the kernel keeps a socket
+    ///   buffer's tag outside its data);
     /// - what the kernel's test run builds no socket buffer from: a frame shorter than
     ///   Ethernet, or whose IPv4 or IPv6 header is cut short.
     ///
@@ -186,7 +189,6 @@ impl Runner {
         let mut checked = 0;
         for f in fixtures {
             let runs = f.program == Program::Steer
-                && f.expect.action != XdpAction::Tx
                 && builds_socket_buffer(&f.input)
                 && !is_vlan_tagged(&f.input);
             if !runs {
@@ -196,6 +198,7 @@ impl Runner {
             let expect = Outcome {
                 action: match f.expect.action {
                     XdpAction::Aborted => XdpAction::Drop,
+                    XdpAction::Tx => XdpAction::Redirect,
                     action => action,
                 },
                 output: f.expect.output.clone(),

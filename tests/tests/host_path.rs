@@ -219,15 +219,14 @@ fn tc_egress_steers_what_the_host_sends() -> Result<()> {
 
 /// A client behind a veth with its default offloads (its TCP and UDP leave with partial
 /// checksums, GSO on): `tc-ingress` on the host's side of the veth. XDP there fails every TCP
-/// connection and UDP datagram (the checksums stay partial); here all are answered. A bulk
-/// upload is not asked for yet: a full-size segment the client's TCP sends unsegmented does
-/// not fit once encapsulated, and the TC program drops it (`packet_too_big`) where it should
-/// answer Packet Too Big, so the upload can stall (1 run in 7 did).
+/// connection and UDP datagram (the checksums stay partial); here all are answered, and the
+/// 20 MB upload arrives: a full-size segment the client's TCP sends unsegmented, too big once
+/// encapsulated, is answered with a Packet Too Big, and the client's TCP follows it.
 #[test]
 fn tc_ingress_steers_a_client_behind_a_veth_with_default_offloads() -> Result<()> {
     let mut lab = topology("tc-ingress")?;
     let dp = steer(&lab, "eth0", Hook::TcIngress)?;
-    traffic(&mut lab, "client", &dp, false)
+    traffic(&mut lab, "client", &dp, true)
 }
 
 /// An agent steering with `hook = "tc-egress"` from its configuration, restarted while a TCP

@@ -114,8 +114,19 @@ impl Hook {
         match self {
             Self::Xdp => format!("{}-{interface}", program.name()),
             Self::TcIngress | Self::TcEgress => {
-                format!("{}-{}-{interface}", programs::STEER_TC, &self.name()[3..])
+                format!("{}-{interface}", self.tc_program().unwrap_or_default())
             }
+        }
+    }
+}
+
+impl Hook {
+    /// The TC program that runs at this hook (none at XDP).
+    pub const fn tc_program(self) -> Option<&'static str> {
+        match self {
+            Self::Xdp => None,
+            Self::TcIngress => Some(programs::STEER_TC_INGRESS),
+            Self::TcEgress => Some(programs::STEER_TC_EGRESS),
         }
     }
 }
@@ -365,12 +376,13 @@ impl Dataplane {
             verified(program.name(), || xdp.load())
                 .map_err(|source| Error::Program { program, source })?;
         }
-        let name = programs::STEER_TC;
-        let tc = ebpf
-            .program_mut(name)
-            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-            .ok_or(Error::MissingTcProgram(name))?;
-        verified(name, || tc.load()).map_err(|source| Error::TcProgram { name, source })?;
+        for name in [programs::STEER_TC_INGRESS, programs::STEER_TC_EGRESS] {
+            let tc = ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                .ok_or(Error::MissingTcProgram(name))?;
+            verified(name, || tc.load()).map_err(|source| Error::TcProgram { name, source })?;
+        }
         let links_dir = match pinning {
             Pinning::Dir(dir) => {
                 let links = dir.join("links");
@@ -495,7 +507,7 @@ impl Dataplane {
             },
             error,
         };
-        let name = programs::STEER_TC;
+        let name = hook.tc_program().unwrap_or_default();
         let tc = self
             .ebpf
             .program_mut(name)
@@ -618,9 +630,10 @@ impl Dataplane {
         }
     }
 
-    /// `cpn_steer` as a TC program, e.g. to run packets through it with `BPF_PROG_TEST_RUN`.
-    pub fn steer_tc(&self) -> Result<&SchedClassifier, Error> {
-        let name = programs::STEER_TC;
+    /// `cpn_steer` as the TC program of `hook`, e.g. to run packets through it with
+    /// `BPF_PROG_TEST_RUN`.
+    pub fn steer_tc(&self, hook: Hook) -> Result<&SchedClassifier, Error> {
+        let name = hook.tc_program().ok_or(Error::MissingTcProgram("(xdp)"))?;
         self.ebpf
             .program(name)
             .and_then(|p| <&SchedClassifier>::try_from(p).ok())
