@@ -1,8 +1,11 @@
-//! cpn's XDP programs.
+//! cpn's XDP and TC programs.
 //!
 //! ```text
 //!   cpn_steer     parse → service → affinity / ring → node → H.Encaps(.Red) → next hop
 //!                 (cached, else FIB) → redirect
+//!   cpn_steer_tc_ingress, cpn_steer_tc_egress
+//!                 the same code over the socket buffer (parse::Frame, encap::Room,
+//!                 icmp::Reply), plus the MSS clamp of steered SYNs
 //!   cpn_endpoint  parse → local SID → End / End.X / End.DX* / End.DT* → FIB → redirect | pass
 //! ```
 //! Entry points stay thin. Where something that cannot fail on a verified program fails anyway
