@@ -3,8 +3,10 @@
 //! encapsulated by us and decapsulated by Linux `seg6local` End.DT6.
 //!
 //! ```text
-//!   client ── ingress ── transit ── compute
-//!    .1.1    .1.2  .2.1  .2.2 .3.1   .3.2
+//!   client ──┐
+//!    .1.1    ingress ── transit ── compute
+//!   client2 ─┘.1.2/.5.2 .2.1  .2.2 .3.1   .3.2
+//!    .5.1
 //!   VIP 2001:db8:cafe::1 on compute's lo, SID fc00:c::d6 (Linux End.DT6)
 //! ```
 //! Only steered packets reach the VIP: the transit has no route to it. Replies go straight
@@ -80,10 +82,12 @@ else:
 fn topology(name: &str) -> Result<Lab> {
     let lab = Lab::builder(name)
         .node("client")
+        .node("client2")
         .node("ingress")
         .node("transit")
         .node("compute")
         .link(("client", "eth0"), ("ingress", "eth0"))
+        .link(("client2", "eth0"), ("ingress", "eth2"))
         .link(("ingress", "eth1"), ("transit", "eth0"))
         .link(("transit", "eth1"), ("compute", "eth0"))
         .build()?;
@@ -94,6 +98,8 @@ fn topology(name: &str) -> Result<Lab> {
     addr("client", "eth0", 1, 1)?;
     addr("ingress", "eth0", 1, 2)?;
     addr("ingress", "eth1", 2, 1)?;
+    addr("client2", "eth0", 5, 1)?;
+    addr("ingress", "eth2", 5, 2)?;
     addr("transit", "eth0", 2, 2)?;
     addr("transit", "eth1", 3, 1)?;
     addr("compute", "eth0", 3, 2)?;
@@ -108,6 +114,8 @@ fn topology(name: &str) -> Result<Lab> {
     compute.ip("-6 route add fc00:c::d6/128 encap seg6local action End.DT6 table 255 dev eth0")?;
     let route = |node: &str, args: &[&str]| lab.node(node)?.add_route(args);
     route("client", &["default", "via", "2001:db8:1::2"])?;
+    route("client2", &["default", "via", "2001:db8:5::2"])?;
+    route("transit", &["2001:db8:5::/64", "via", "2001:db8:2::1"])?;
     route("ingress", &["default", "via", "2001:db8:2::2"])?;
     route("transit", &["fc00:c::/32", "via", "2001:db8:3::2"])?;
     route("transit", &["2001:db8:1::/64", "via", "2001:db8:2::1"])?;
@@ -115,12 +123,14 @@ fn topology(name: &str) -> Result<Lab> {
     Ok(lab)
 }
 
-/// `cpn_steer_tc` at `hook` of ingress's `interface`, steering the VIP to `fc00:c::d6`; attached
-/// while the returned value lives.
-fn steer(lab: &Lab, interface: &str, hook: Hook) -> Result<Dataplane> {
+/// `cpn_steer_tc` at `hook` of ingress's `interfaces`, steering the VIP to `fc00:c::d6`;
+/// attached while the returned value lives.
+fn steer(lab: &Lab, interfaces: &[&str], hook: Hook) -> Result<Dataplane> {
     let _inside = lab.node("ingress")?.enter()?;
     let mut dp = Dataplane::load(&Pinning::Unpinned)?;
-    dp.attach_tc(interface, hook)?;
+    for interface in interfaces {
+        dp.attach_tc(interface, hook)?;
+    }
     dp.set_node(
         1,
         &Node {
@@ -144,6 +154,14 @@ fn steer(lab: &Lab, interface: &str, hook: Hook) -> Result<Dataplane> {
     Ok(dp)
 }
 
+/// The compute node's servers: TCP echo, TCP byte count, UDP echo.
+fn serve(lab: &mut Lab) -> Result<()> {
+    for (mode, port) in [("echo", "9101"), ("count", "9102"), ("udp", "9103")] {
+        lab.spawn("compute", &["python3", "-c", SERVER, mode, port], None)?;
+    }
+    Ok(())
+}
+
 /// From `node`: a ping, 100 TCP connections, 200 UDP datagrams and, with `upload`, a 20 MB
 /// upload to the VIP, all answered; then at least that many packets went through the TC
 /// program.
@@ -154,9 +172,6 @@ fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, upload: bool) -> Result<()
             .output(&["ping", "-c", "3", "-i", "0.1", "-W", "2", VIP6])?;
         Ok(out.status.success().then_some(()))
     })?;
-    for (mode, port) in [("echo", "9101"), ("count", "9102"), ("udp", "9103")] {
-        lab.spawn("compute", &["python3", "-c", SERVER, mode, port], None)?;
-    }
     let client = |args: &[&str]| -> Result<String> {
         let out = lab
             .node(node)?
@@ -213,20 +228,24 @@ fn reasons(dp: &Dataplane) -> String {
 #[test]
 fn tc_egress_steers_what_the_host_sends() -> Result<()> {
     let mut lab = topology("tc-egress")?;
-    let dp = steer(&lab, "eth1", Hook::TcEgress)?;
+    let dp = steer(&lab, &["eth1"], Hook::TcEgress)?;
+    serve(&mut lab)?;
     traffic(&mut lab, "ingress", &dp, true)
 }
 
-/// A client behind a veth with its default offloads (its TCP and UDP leave with partial
-/// checksums, GSO on): `tc-ingress` on the host's side of the veth. XDP there fails every TCP
-/// connection and UDP datagram (the checksums stay partial); here all are answered, and the
-/// 20 MB upload arrives: a full-size segment the client's TCP sends unsegmented, too big once
-/// encapsulated, is answered with a Packet Too Big, and the client's TCP follows it.
+/// Two clients (containers, namespaces), each behind a veth with its default offloads (their
+/// TCP and UDP leave with partial checksums, GSO on): `tc-ingress` on the host's side of each
+/// veth. XDP there fails every TCP connection and UDP datagram (the checksums stay partial);
+/// here all are answered, and each client's 20 MB upload arrives: a full-size segment a
+/// client's TCP sends unsegmented, too big once encapsulated, is answered with a Packet Too
+/// Big, and the client's TCP follows it.
 #[test]
-fn tc_ingress_steers_a_client_behind_a_veth_with_default_offloads() -> Result<()> {
+fn tc_ingress_steers_clients_behind_veths_with_default_offloads() -> Result<()> {
     let mut lab = topology("tc-ingress")?;
-    let dp = steer(&lab, "eth0", Hook::TcIngress)?;
-    traffic(&mut lab, "client", &dp, true)
+    let dp = steer(&lab, &["eth0", "eth2"], Hook::TcIngress)?;
+    serve(&mut lab)?;
+    traffic(&mut lab, "client", &dp, true)?;
+    traffic(&mut lab, "client2", &dp, true)
 }
 
 /// An agent steering with `hook = "tc-egress"` from its configuration, restarted while a TCP
