@@ -154,6 +154,19 @@ fn steer(lab: &Lab, interfaces: &[&str], hook: Hook) -> Result<Dataplane> {
     Ok(dp)
 }
 
+/// Runs [`CLIENT`] with `args` in `node`; what it printed.
+fn client(lab: &Lab, node: &str, args: &[&str]) -> Result<String> {
+    let out = lab
+        .node(node)?
+        .output(&[&["python3", "-c", CLIENT][..], args].concat())?;
+    ensure!(
+        out.status.success(),
+        "client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The compute node's servers: TCP echo, TCP byte count, UDP echo.
 fn serve(lab: &mut Lab) -> Result<()> {
     for (mode, port) in [("echo", "9101"), ("count", "9102"), ("udp", "9103")] {
@@ -172,17 +185,7 @@ fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, upload: bool) -> Result<()
             .output(&["ping", "-c", "3", "-i", "0.1", "-W", "2", VIP6])?;
         Ok(out.status.success().then_some(()))
     })?;
-    let client = |args: &[&str]| -> Result<String> {
-        let out = lab
-            .node(node)?
-            .output(&[&["python3", "-c", CLIENT][..], args].concat())?;
-        ensure!(
-            out.status.success(),
-            "client {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let client = |args: &[&str]| client(lab, node, args);
     // The servers may still be starting: the first exchange is waited for.
     wait_for("the first TCP exchange", Duration::from_secs(10), || {
         Ok(client(&["tcp", "1", "9101"]).ok().filter(|ok| ok == "1"))
@@ -269,20 +272,9 @@ fn tc_hooks_stay_attached_across_an_agent_restart() -> Result<()> {
         &["python3", "-c", SERVER, "stream", "9104"],
         None,
     )?;
-    let client = |lab: &Lab, args: &[&str]| -> Result<String> {
-        let out = lab
-            .node("ingress")?
-            .output(&[&["python3", "-c", CLIENT][..], args].concat())?;
-        ensure!(
-            out.status.success(),
-            "client {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
     // Steered from the configuration (the transit has no route to the VIP otherwise).
     wait_for("a steered exchange", Duration::from_secs(15), || {
-        Ok(client(&lab, &["stream", "1", "9104"])
+        Ok(client(&lab, "ingress", &["stream", "1", "9104"])
             .ok()
             .filter(|ok| ok == "1"))
     })
