@@ -836,13 +836,8 @@ fn validate_interfaces(
             ));
         }
         // One XDP program per interface; each TC hook once.
-        let slot = if hook == Hook::Xdp {
-            "xdp"
-        } else {
-            hook.name()
-        };
         let line = line_of(text, interface.name.span().start);
-        if let Some(first) = seen.insert((name.clone(), slot), line) {
+        if let Some(first) = seen.insert((name.clone(), hook), line) {
             let what = if hook == Hook::Xdp {
                 "an interface runs one XDP program".to_owned()
             } else {
