@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use cpn_agent::dataplane::{Node, NodeState, Program, ServiceAddr, ServiceConfig, TickClock};
+use cpn_agent::dataplane::{Hook, Node, NodeState, Program, ServiceAddr, ServiceConfig, TickClock};
 use cpn_common::{
     hash::flow_hash,
     maps::{FlowKey, MAX_SIDS, RING_ATTEMPTS, ring_slot},
@@ -93,6 +93,8 @@ fn services() -> Vec<(ServiceAddr, u32, Vec<u32>)> {
 fn bench() -> DutRunner {
     let mut bench = DutRunner::new(|dut| dut.eth0).expect("a fixture namespace and data plane");
     let dp = bench.runner.dataplane();
+    // The tables run through the TC program too.
+    dp.load_tc(Hook::TcIngress).unwrap();
     for (id, segments, reduced) in nodes() {
         let state = if id == 9 {
             NodeState::Down

@@ -376,13 +376,6 @@ impl Dataplane {
             verified(program.name(), || xdp.load())
                 .map_err(|source| Error::Program { program, source })?;
         }
-        for name in [programs::STEER_TC_INGRESS, programs::STEER_TC_EGRESS] {
-            let tc = ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-                .ok_or(Error::MissingTcProgram(name))?;
-            verified(name, || tc.load()).map_err(|source| Error::TcProgram { name, source })?;
-        }
         let links_dir = match pinning {
             Pinning::Dir(dir) => {
                 let links = dir.join("links");
@@ -507,12 +500,8 @@ impl Dataplane {
             },
             error,
         };
+        let tc = self.load_tc(hook)?;
         let name = hook.tc_program().unwrap_or_default();
-        let tc = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-            .ok_or(Error::MissingTcProgram(name))?;
         let id = if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
             let link_error = |e: &dyn std::fmt::Display| Error::Link {
                 path: path.clone(),
@@ -630,8 +619,24 @@ impl Dataplane {
         }
     }
 
-    /// `cpn_steer` as the TC program of `hook`, e.g. to run packets through it with
-    /// `BPF_PROG_TEST_RUN`.
+    /// Verifies and loads the TC program of `hook` unless it is loaded: only nodes that use a
+    /// TC hook (and the fixtures that run through it) pay for its verification, not every
+    /// agent start.
+    pub fn load_tc(&mut self, hook: Hook) -> Result<&mut SchedClassifier, Error> {
+        let name = hook.tc_program().ok_or(Error::MissingTcProgram("(xdp)"))?;
+        let tc = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .ok_or(Error::MissingTcProgram(name))?;
+        if tc.fd().is_err() {
+            verified(name, || tc.load()).map_err(|source| Error::TcProgram { name, source })?;
+        }
+        Ok(tc)
+    }
+
+    /// `cpn_steer` as the TC program of `hook` once [`Dataplane::load_tc`] has loaded it, e.g. to
+    /// run packets through it with `BPF_PROG_TEST_RUN`.
     pub fn steer_tc(&self, hook: Hook) -> Result<&SchedClassifier, Error> {
         let name = hook.tc_program().ok_or(Error::MissingTcProgram("(xdp)"))?;
         self.ebpf
