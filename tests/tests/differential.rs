@@ -10,7 +10,8 @@
 //!   kernel without `CONFIG_NET_VRF` the DT4 cases judge cpn by the RFC alone.
 //! - `steer_differential_*`: the same client packets through Linux's `encap seg6` routes and
 //!   through `cpn_steer`, H.Encaps and H.Encaps.Red; the outer headers captured at the egress
-//!   are compared field by field and the inner packet byte for byte.
+//!   are compared field by field and the inner packet byte for byte. `steer_differential_tc_*`
+//!   do the same with `cpn_steer_tc_ingress` (`hook = "tc-ingress"`) in place of XDP.
 //!
 //! Run: `CPN_EBPF_OBJECT=$PWD/target/ebpf/cpn.bpf.o CPN_AGENT_BIN=$PWD/target/debug/cpn-agent
 //! cargo test -p cpn-tests --test differential -- --nocapture --test-threads 1` (about 25 s;
@@ -34,6 +35,7 @@ use cpn_tests::differential::{
         Verdict, compare, report, sid,
     },
     outcome::{Outcome, icmp6},
+    steer::Ingress,
     wire::{self, Ipv6, Srh, proto, tlv},
 };
 
@@ -859,14 +861,15 @@ fn steer_cases() -> Vec<(&'static str, SteerVerdict, SteerPacket)> {
 
 /// The same client packets through Linux's `encap seg6` and through `cpn_steer`, in
 /// H.Encaps or H.Encaps.Red; the outer headers captured at the egress must agree field by
-/// field (see `Encapsulated` for what is not compared and why).
-fn steer_differential(reduced: bool) -> Result<()> {
-    use cpn_tests::differential::steer::{ClientPacket, Encapsulated, Ingress, SteerLab};
+/// field (see `Encapsulated` for what is not compared and why). `hook` is where cpn runs
+/// (`Ingress::Cpn` or `Ingress::CpnTc`).
+fn steer_differential(reduced: bool, hook: Ingress) -> Result<()> {
+    use cpn_tests::differential::steer::{ClientPacket, Encapsulated, SteerLab};
     let cases = steer_cases();
     let builders: Vec<ClientPacket<'_>> =
         cases.iter().map(|(_, _, build)| build.as_ref()).collect();
     let linux = SteerLab::start(Ingress::Linux, reduced)?.run(&builders)?;
-    let cpn = SteerLab::start(Ingress::Cpn, reduced)?.run(&builders)?;
+    let cpn = SteerLab::start(hook, reduced)?.run(&builders)?;
     let render = |seen: &[Encapsulated]| {
         if seen.is_empty() {
             return "nothing".to_owned();
@@ -877,7 +880,7 @@ fn steer_differential(reduced: bool) -> Result<()> {
             .join(" + ")
     };
     let mode = if reduced { "H.Encaps.Red" } else { "H.Encaps" };
-    println!("== steer, {mode}: {} cases", cases.len());
+    println!("== steer, {mode}, {hook:?}: {} cases", cases.len());
     let mut failures = Vec::new();
     for ((name, verdict, _), (linux, cpn)) in cases.iter().zip(linux.iter().zip(&cpn)) {
         let mut note = String::from("same");
@@ -911,7 +914,7 @@ fn steer_differential(reduced: bool) -> Result<()> {
     }
     ensure!(
         failures.is_empty(),
-        "{mode}: {} of {} cases disagree:\n{}",
+        "{mode}, {hook:?}: {} of {} cases disagree:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
@@ -921,10 +924,20 @@ fn steer_differential(reduced: bool) -> Result<()> {
 
 #[test]
 fn steer_differential_encap() -> Result<()> {
-    steer_differential(false)
+    steer_differential(false, Ingress::Cpn)
 }
 
 #[test]
 fn steer_differential_encap_red() -> Result<()> {
-    steer_differential(true)
+    steer_differential(true, Ingress::Cpn)
+}
+
+#[test]
+fn steer_differential_tc_encap() -> Result<()> {
+    steer_differential(false, Ingress::CpnTc)
+}
+
+#[test]
+fn steer_differential_tc_encap_red() -> Result<()> {
+    steer_differential(true, Ingress::CpnTc)
 }

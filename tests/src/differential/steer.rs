@@ -1,5 +1,6 @@
 //! The steering topology, built once with Linux `encap seg6` routes at the ingress and once
-//! with `cpn_steer` (started by the real agent, a static `[[remote]]` per compute node):
+//! with `cpn_steer` (started by the real agent, a static `[[remote]]` per compute node), in
+//! XDP or as the TC program on the client-facing interface:
 //!
 //! ```text
 //!   client eth0 ──── eth0 [ingress] eth1 ──── eth0 egress (captures the encapsulated packets)
@@ -50,8 +51,20 @@ pub const ENCAP_SOURCE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1
 pub enum Ingress {
     /// `ip route ... encap seg6 mode encap | encap.red`.
     Linux,
-    /// `cpn_steer`, configured by `cpn-agent`.
+    /// `cpn_steer` in XDP, configured by `cpn-agent`.
     Cpn,
+    /// `cpn_steer_tc_ingress` on the same interface (`hook = "tc-ingress"`).
+    CpnTc,
+}
+
+impl Ingress {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Linux => "linux",
+            Self::Cpn => "cpn",
+            Self::CpnTc => "cpn-tc",
+        }
+    }
 }
 
 /// The SRH of an encapsulated packet, field by field.
@@ -237,11 +250,11 @@ fn mac(bytes: [u8; 6]) -> String {
         .join(":")
 }
 
-fn agent_config(reduced: bool) -> String {
+fn agent_config(reduced: bool, hook: &str) -> String {
     let [a, b] = SEGMENTS;
     format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
-         [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\nhook = \"{hook}\"\n\n\
          [srv6]\nsource = \"{ENCAP_SOURCE}\"\n\n\
          [metrics]\nsample_host = false\n\n\
          [[policy]]\nservice = \"{VIP6}\"\nkind = \"cpu\"\n\n\
@@ -291,10 +304,7 @@ impl SteerLab {
     pub fn start(ingress: Ingress, reduced: bool) -> Result<Self> {
         let name = format!(
             "diff-steer-{}{}",
-            match ingress {
-                Ingress::Linux => "linux",
-                Ingress::Cpn => "cpn",
-            },
+            ingress.name(),
             if reduced { "-red" } else { "" }
         );
         let mut lab = Lab::builder(&name)
@@ -366,7 +376,10 @@ impl SteerLab {
         match ingress {
             Ingress::Linux => linux_routes(i, reduced)?,
             Ingress::Cpn => {
-                lab.start_agent("ingress", &agent_config(reduced))?;
+                lab.start_agent("ingress", &agent_config(reduced, "xdp"))?;
+            }
+            Ingress::CpnTc => {
+                lab.start_agent("ingress", &agent_config(reduced, "tc-ingress"))?;
             }
         }
         let tx = RawSocket::open(lab.node("client")?, "eth0")?;
