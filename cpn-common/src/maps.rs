@@ -9,12 +9,16 @@
 //! The control plane computes, the data plane indexes: segment lists are stored in the order the
 //! SRH carries them, and rings are plain arrays of node ids.
 
-use crate::stats::{ProtoCounter, Reason};
+use crate::{
+    programs::Hook,
+    stats::{ProtoCounter, Reason},
+};
 
 /// Directory under the BPF filesystem where every cpn map is pinned.
 pub const PIN_DIR: &str = "/sys/fs/bpf/cpn";
 
-/// Per-CPU packet/byte counters of `cpn_steer`, indexed by [`ProtoCounter`].
+/// Per-CPU packet/byte counters of the steering programs, one block of [`ProtoCounter`]s per
+/// [`Hook`] (see [`steer_proto_index`]).
 pub const STEER_PROTO_STATS: &str = "steer_proto";
 /// Per-CPU packet/byte counters of `cpn_endpoint`, indexed by [`ProtoCounter`].
 pub const ENDPOINT_PROTO_STATS: &str = "endpoint_proto";
@@ -50,8 +54,69 @@ pub const NEXTHOP_SELECTORS: &str = "nexthop_sel";
 /// neighbours.
 pub const NEXTHOPS: &str = "nexthops";
 
-/// Entries of each protocol counter map.
+/// Entries of `endpoint_proto`.
 pub const PROTO_STATS_ENTRIES: u32 = ProtoCounter::COUNT;
+/// Entries of `steer_proto`: a block per hook.
+pub const STEER_PROTO_STATS_ENTRIES: u32 = Hook::COUNT * ProtoCounter::COUNT;
+
+/// Who saw a packet: whose protocol counters count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Seen {
+    /// The steering code, at this hook (its block of `steer_proto`).
+    Steer(Hook),
+    /// `cpn_endpoint` (`endpoint_proto`).
+    Endpoint,
+}
+
+impl Seen {
+    /// Every program and hook that counts, in the order the agent reports them.
+    pub const ALL: [Self; 4] = [
+        Self::Steer(Hook::Xdp),
+        Self::Steer(Hook::TcIngress),
+        Self::Steer(Hook::TcEgress),
+        Self::Endpoint,
+    ];
+
+    /// The counter map.
+    pub const fn map(self) -> &'static str {
+        match self {
+            Self::Steer(_) => STEER_PROTO_STATS,
+            Self::Endpoint => ENDPOINT_PROTO_STATS,
+        }
+    }
+
+    /// Where `counter` is in [`Self::map`].
+    pub const fn index(self, counter: ProtoCounter) -> u32 {
+        match self {
+            Self::Steer(hook) => steer_proto_index(hook, counter),
+            Self::Endpoint => counter as u32,
+        }
+    }
+
+    /// The program that counts.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Steer(hook) => hook.program(),
+            Self::Endpoint => crate::programs::ENDPOINT,
+        }
+    }
+}
+
+/// Where `hook`'s `counter` is in `steer_proto`.
+pub const fn steer_proto_index(hook: Hook, counter: ProtoCounter) -> u32 {
+    hook as u32 * ProtoCounter::COUNT + counter as u32
+}
+
+/// The hook and counter at `index` of `steer_proto`, if there are such.
+pub const fn steer_proto_counter(index: u32) -> Option<(Hook, ProtoCounter)> {
+    match (
+        Hook::from_index(index / ProtoCounter::COUNT),
+        ProtoCounter::from_index(index % ProtoCounter::COUNT),
+    ) {
+        (Some(hook), Some(counter)) => Some((hook, counter)),
+        _ => None,
+    }
+}
 /// Entries of the reason counter map.
 pub const REASON_STATS_ENTRIES: u32 = Reason::COUNT;
 /// Service ids are `0..MAX_SERVICES`.
@@ -591,7 +656,26 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::{Behavior, RING_ATTEMPTS, TokenBucket, ring_slot};
+    use super::{
+        Behavior, Hook, ProtoCounter, RING_ATTEMPTS, STEER_PROTO_STATS_ENTRIES, TokenBucket,
+        ring_slot, steer_proto_counter, steer_proto_index,
+    };
+
+    /// Every (hook, counter) has its own index in `steer_proto`, and the index names it back.
+    #[test]
+    fn steer_proto_blocks_do_not_overlap() {
+        let mut seen = [false; STEER_PROTO_STATS_ENTRIES as usize];
+        for hook in Hook::ALL {
+            for counter in ProtoCounter::ALL {
+                let index = steer_proto_index(hook, counter);
+                let slot = &mut seen[index as usize];
+                assert!(!*slot, "{hook}/{} twice", counter.name());
+                *slot = true;
+                assert_eq!(steer_proto_counter(index), Some((hook, counter)));
+            }
+        }
+        assert_eq!(steer_proto_counter(STEER_PROTO_STATS_ENTRIES), None);
+    }
 
     /// One type, three spellings: the map's discriminant, the RFC 8986 name and the RFC 8986
     /// §10.2 code point, each of which names the behaviour back.

@@ -31,7 +31,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use cpn_common::{headers::ether_type, stats::ProtoCounter};
+use cpn_common::{headers::ether_type, maps::Seen, programs::Hook, stats::ProtoCounter};
 
 use crate::parse::{Frame, L2};
 
@@ -61,14 +61,14 @@ pub fn cpn_endpoint(ctx: XdpContext) -> u32 {
 /// behind a veth): on ingress, an ICMP error goes back out of the interface.
 #[classifier]
 pub fn cpn_steer_tc_ingress(ctx: TcContext) -> i32 {
-    steer_tc_entry(&ctx, 0)
+    steer_tc_entry(&ctx, Hook::TcIngress)
 }
 
 /// The same on egress, for what XDP never sees (what the host sends): an ICMP error is
 /// received on the interface, as if it came from the network, for the host's own stack.
 #[classifier]
 pub fn cpn_steer_tc_egress(ctx: TcContext) -> i32 {
-    steer_tc_entry(&ctx, u64::from(BPF_F_INGRESS))
+    steer_tc_entry(&ctx, Hook::TcEgress)
 }
 
 /// The ingress interface, read once at entry: LLVM may otherwise split the context field
@@ -82,7 +82,7 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn steer_entry(ctx: &XdpContext) -> u32 {
     let ifindex = ingress_ifindex(ctx);
-    let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
+    let Some(l2) = count_l2(ctx, Seen::Steer(Hook::Xdp)) else {
         return xdp_action::XDP_PASS;
     };
     let mut ip = parse::Ip::EMPTY;
@@ -99,30 +99,54 @@ fn steer_entry(ctx: &XdpContext) -> u32 {
 /// parsing follows, plus an ICMP error's quote.
 const TC_PULL: u32 = (parse::MAX_HEADER_OFFSET + 128) as u32;
 
-/// `reply_flags`: how an ICMP error the program sends goes (`bpf_redirect`'s flags).
+const ETH: usize = core::mem::size_of::<cpn_common::headers::EthHdr>();
+
 #[inline(always)]
-fn steer_tc_entry(ctx: &TcContext, reply_flags: u64) -> i32 {
+fn steer_tc_entry(ctx: &TcContext, hook: Hook) -> i32 {
     let pull = ctx.len().min(TC_PULL);
     if ctx.pull_data(pull).is_err() {
         return TC_ACT_OK;
     }
+    let skb = ctx.skb.skb;
     // SAFETY: the program's context, valid for the whole run; volatile, read once (as XDP's).
-    let ifindex = unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).ifindex) };
-    let Some(l2) = count_l2(ctx, &maps::STEER_PROTO) else {
+    let (ifindex, vlan_present) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).ifindex),
+            core::ptr::read_volatile(&raw const (*skb).vlan_present),
+        )
+    };
+    let seen = Seen::Steer(hook);
+    let Some(l2) = count_l2(ctx, seen) else {
         return TC_ACT_OK;
     };
-    // The kernel keeps VLAN tags outside a socket buffer's data; one inside is not ours.
-    if l2.l3 != core::mem::size_of::<cpn_common::headers::EthHdr>() {
+    // A tagged frame is counted and passed: the kernel takes a tag out of the data into the
+    // socket buffer before TC sees it (`vlan_present`), and hands the frame to the VLAN's
+    // interface after TC; a hook there steers it, with that interface's routes. A tag still
+    // in the data is not one the kernel knows.
+    let (l3, ether_type) = (l2.l3 as u32, u32::from(l2.ether_type));
+    if vlan_present != 0 || l2.l3 != ETH {
+        // Once per frame: a tag in the data `count_l2` counted.
+        if vlan_present != 0 && !l2.vlan_tagged {
+            count(seen, ProtoCounter::VlanTagged, ctx);
+        }
+        let mut ip = parse::Ip::EMPTY;
+        let counters = hook as u32 | steer::COUNT_ONLY;
+        steer::cpn_parse_ip_tc(skb, l3, ether_type, &raw mut ip, counters);
         return TC_ACT_OK;
     }
     let mut ip = parse::Ip::EMPTY;
-    let skb = ctx.skb.skb;
-    let parsed = steer::cpn_parse_ip_tc(skb, l2.l3 as u32, u32::from(l2.ether_type), &raw mut ip);
+    let parsed = steer::cpn_parse_ip_tc(skb, l3, ether_type, &raw mut ip, hook as u32);
     let verdict = match parsed {
         steer::PARSED => steer::cpn_steer_ip_tc(skb, &raw const ip, ifindex),
         verdict => verdict,
     };
-    match icmp::answer(ctx, l2.l3, verdict) {
+    // How an ICMP error the program sends goes: back out of the interface it came in on, or
+    // (egress: the host sent it) received on it, for the host's own stack.
+    let reply_flags = match hook {
+        Hook::TcEgress => u64::from(BPF_F_INGRESS),
+        _ => 0,
+    };
+    match icmp::answer(ctx, ETH, verdict) {
         xdp_action::XDP_PASS => TC_ACT_OK,
         // `bpf_redirect` answers `TC_ACT_REDIRECT` in a TC program.
         v if v == TC_ACT_REDIRECT as u32 => TC_ACT_REDIRECT,
@@ -135,7 +159,7 @@ fn steer_tc_entry(ctx: &TcContext, reply_flags: u64) -> i32 {
 #[inline(always)]
 fn endpoint_entry(ctx: &XdpContext) -> u32 {
     let ifindex = ingress_ifindex(ctx);
-    let Some(l2) = count_l2(ctx, &maps::ENDPOINT_PROTO) else {
+    let Some(l2) = count_l2(ctx, Seen::Endpoint) else {
         return xdp_action::XDP_PASS;
     };
     // The endpoint only needs the fixed IPv6 header to find its SIDs; count by it.
@@ -153,7 +177,7 @@ fn endpoint_entry(ctx: &XdpContext) -> u32 {
         },
         _ => non_ip(&l2),
     };
-    count(&maps::ENDPOINT_PROTO, proto, ctx);
+    count(Seen::Endpoint, proto, ctx);
     if proto != ProtoCounter::Ipv6 {
         return xdp_action::XDP_PASS;
     }
@@ -162,7 +186,7 @@ fn endpoint_entry(ctx: &XdpContext) -> u32 {
 
 /// Parses the link layer and counts VLAN tags and malformed frames; `None` ends processing.
 #[inline(always)]
-fn count_l2(ctx: &impl Frame, counters: &maps::ProtoStats) -> Option<L2> {
+fn count_l2(ctx: &impl Frame, counters: Seen) -> Option<L2> {
     match parse::l2(ctx) {
         Ok(l2) => {
             if l2.vlan_tagged {
@@ -190,8 +214,8 @@ fn non_ip(l2: &L2) -> ProtoCounter {
 }
 
 #[inline(always)]
-fn count(counters: &maps::ProtoStats, which: ProtoCounter, ctx: &impl Frame) {
-    stats::add(counters, which as u32, parse::frame_len(ctx) as u64);
+fn count(counters: Seen, which: ProtoCounter, ctx: &impl Frame) {
+    stats::protocol(counters, which, parse::frame_len(ctx) as u64);
 }
 
 #[cfg(not(test))]

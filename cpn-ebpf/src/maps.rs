@@ -12,18 +12,18 @@ use cpn_common::{
         FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
         MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
         PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector,
-        SERVICE_KEYS, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        SERVICE_KEYS, STEER_PROTO_STATS_ENTRIES, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
 };
 
-pub type ProtoStats = PerCpuArray<Counter, { PROTO_STATS_ENTRIES as usize }>;
-
 #[btf_map(name = "steer_proto")]
-pub static STEER_PROTO: ProtoStats = ProtoStats::new();
+pub static STEER_PROTO: PerCpuArray<Counter, { STEER_PROTO_STATS_ENTRIES as usize }> =
+    PerCpuArray::new();
 
 #[btf_map(name = "endpoint_proto")]
-pub static ENDPOINT_PROTO: ProtoStats = ProtoStats::new();
+pub static ENDPOINT_PROTO: PerCpuArray<Counter, { PROTO_STATS_ENTRIES as usize }> =
+    PerCpuArray::new();
 
 #[btf_map(name = "services")]
 pub static SERVICES: HashMap<ServiceKey, ServiceEntry, { SERVICE_KEYS as usize }> = HashMap::new();

@@ -1,9 +1,21 @@
 //! Per-CPU counters. Each CPU owns its slot, so plain adds are race-free.
 
 use aya_ebpf::btf_maps::PerCpuArray;
-use cpn_common::stats::{Counter, Reason};
+use cpn_common::{
+    maps::Seen,
+    stats::{Counter, ProtoCounter, Reason},
+};
 
-use crate::maps::REASON_STATS;
+use crate::maps::{ENDPOINT_PROTO, REASON_STATS, STEER_PROTO};
+
+/// Counts one packet of `bytes` under `counter`, in `seen`'s protocol counters.
+#[inline(always)]
+pub fn protocol(seen: Seen, counter: ProtoCounter, bytes: u64) {
+    match seen {
+        Seen::Steer(_) => add(&STEER_PROTO, seen.index(counter), bytes),
+        Seen::Endpoint => add(&ENDPOINT_PROTO, seen.index(counter), bytes),
+    }
+}
 
 #[inline(always)]
 pub fn add<const N: usize>(counters: &PerCpuArray<Counter, N>, index: u32, bytes: u64) {

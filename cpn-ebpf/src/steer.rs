@@ -14,6 +14,7 @@ use cpn_common::{
         ANY_PROTOCOL, FlowEntry, FlowKey, NodeEntry, NodeState, RING_ATTEMPTS, SERVICE_AFFINITY,
         SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, ring_index, ring_slot,
     },
+    programs::Hook,
     stats::{ProtoCounter, Reason},
 };
 
@@ -21,7 +22,9 @@ use crate::{
     encap,
     fib::{self, Fib},
     icmp as icmp_error,
-    maps::{FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO},
+    maps::{
+        FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO,
+    },
     nexthop,
     parse::{self, Addr, Fragment, Frame, Ip, IpError, L2, L3},
     stats,
@@ -31,15 +34,19 @@ use crate::{
 /// this value).
 pub const PARSED: u32 = u32::MAX;
 
-/// Parses the network layer (at `l3`, of `ether_type`) into `ip` and counts it: [`PARSED`]
-/// for an IP packet, else the verdict. A global function as [`cpn_steer_ip`] is, verified
+/// A flag to [`cpn_parse_ip_tc`]'s hook: count the packet, then pass it.
+pub const COUNT_ONLY: u32 = 1 << 31;
+
+/// Parses the network layer (at `l3`, of `ether_type`) into `ip` and counts it in the
+/// protocol counters of `hook` (a [`Hook`] number, plus [`COUNT_ONLY`] for a packet that is
+/// passed whatever it holds): [`PARSED`] for an IP packet to steer, else the verdict. A global function as [`cpn_steer_ip`] is, verified
 /// once; its frame is gone when the entry function calls [`cpn_steer_ip`] with the `Ip` that
 /// lives in the entry's frame (the two frames would not fit the verifier's 512 bytes
 /// together).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn cpn_parse_ip(ctx: *mut xdp_md, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
-    parse_ip(&XdpContext::new(ctx), l3, ether_type, ip)
+    parse_ip(&XdpContext::new(ctx), l3, ether_type, ip, Hook::Xdp as u32)
 }
 
 /// [`cpn_parse_ip`] for the TC program.
@@ -50,12 +57,21 @@ pub extern "C" fn cpn_parse_ip_tc(
     l3: u32,
     ether_type: u32,
     ip: *mut Ip,
+    hook: u32,
 ) -> u32 {
-    parse_ip(&TcContext::new(ctx), l3, ether_type, ip)
+    parse_ip(&TcContext::new(ctx), l3, ether_type, ip, hook)
 }
 
 #[inline(always)]
-fn parse_ip(ctx: &impl Frame, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
+fn parse_ip(ctx: &impl Frame, l3: u32, ether_type: u32, ip: *mut Ip, hook: u32) -> u32 {
+    let count_only = hook & COUNT_ONLY != 0;
+    // Where the hook's counters start in `steer_proto` (`maps::steer_proto_index`), kept a
+    // plain number: as a `Hook`, LLVM splits the parse into one copy per hook, and the
+    // verifier walks every copy. A number past the map finds no counter.
+    let first = (hook & !COUNT_ONLY).wrapping_mul(ProtoCounter::COUNT);
+    let count = |counter: ProtoCounter, bytes| {
+        stats::add(&STEER_PROTO, first.wrapping_add(counter as u32), bytes);
+    };
     if ip.is_null() || l3 as usize > parse::MAX_L2_LEN {
         return xdp_action::XDP_PASS;
     }
@@ -74,8 +90,12 @@ fn parse_ip(ctx: &impl Frame, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
             } else {
                 ProtoCounter::Ipv4
             };
-            stats::add(&STEER_PROTO, counter as u32, len);
-            return PARSED;
+            count(counter, len);
+            return if count_only {
+                xdp_action::XDP_PASS
+            } else {
+                PARSED
+            };
         }
         L3::Error(IpError::ChainTooLong) => {
             stats::reason(Reason::ExtHeaderChainTooLong, len);
@@ -85,7 +105,7 @@ fn parse_ip(ctx: &impl Frame, l3: u32, ether_type: u32, ip: *mut Ip) -> u32 {
         L3::NotIp if l2.ether_type == ether_type::ARP => ProtoCounter::Arp,
         L3::NotIp => ProtoCounter::OtherEthertype,
     };
-    stats::add(&STEER_PROTO, counter as u32, len);
+    count(counter, len);
     xdp_action::XDP_PASS
 }
 

@@ -437,7 +437,7 @@ fn maps_dump_with_the_agent_stopped(lab: &mut CpnLab) -> Result<()> {
             .as_array()
             .into_iter()
             .flatten()
-            .any(|c| c["counter"] == "ipv6" && c["packets"].as_u64().is_some_and(|p| p > 0)),
+            .any(|c| c["counter"] == "xdp/ipv6" && c["packets"].as_u64().is_some_and(|p| p > 0)),
         "{:#}",
         dump["steer_proto"]
     );

@@ -941,3 +941,40 @@ fn steer_differential_tc_encap() -> Result<()> {
 fn steer_differential_tc_encap_red() -> Result<()> {
     steer_differential(true, Ingress::CpnTc)
 }
+
+/// A frame tagged for `eth0.10` reaches the TC hook of `eth0` with its tag taken out into the
+/// socket buffer: that hook counts and passes it (steered with the tag still set, it would
+/// leave tagged on another link), and the hook of `eth0.10` steers it, once. On a kernel
+/// without VLAN devices the frame has nowhere to go after the first hook: nothing must come out.
+#[test]
+fn steer_tc_passes_vlan_tagged_frames_to_the_vlans_hook() -> Result<()> {
+    use cpn_agent::dataplane::{Hook, Seen, pinned_proto_stats};
+    use cpn_common::stats::ProtoCounter;
+    use cpn_tests::differential::steer::{SEGMENTS, SteerLab, VIP6, VLAN};
+    let lab = SteerLab::start(Ingress::CpnTc, false)?;
+    let agent = lab.agent.as_ref().expect("the cpn lab runs an agent");
+    let tagged = || -> Result<u64> {
+        let stats = pinned_proto_stats(&agent.pin_dir, Seen::Steer(Hook::TcIngress))?;
+        Ok(stats.get(ProtoCounter::VlanTagged).packets)
+    };
+    let before = tagged()?;
+    let udp = |c: &Client| wire::udp6(c.v6, VIP6, 64, (40000, 7000), DATA);
+    let seen = lab.run_tagged(&[&udp], Some(VLAN))?;
+    let seen = &seen[0];
+    if lab.vlan_device {
+        ensure!(
+            seen.len() == 1 && seen[0].inner_intact && seen[0].dst == SEGMENTS[0],
+            "one encapsulated packet to {} expected: {seen:?}",
+            SEGMENTS[0]
+        );
+    } else {
+        println!("this kernel has no VLAN devices: only the hook of eth0 is checked");
+        ensure!(seen.is_empty(), "the tagged frame was steered: {seen:?}");
+    }
+    let after = tagged()?;
+    ensure!(
+        after == before + 1,
+        "vlan_tagged went from {before} to {after}, not by 1"
+    );
+    Ok(())
+}

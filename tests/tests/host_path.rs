@@ -15,8 +15,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use cpn_agent::dataplane::{Dataplane, Hook, Node, NodeState, Pinning, ServiceAddr, ServiceConfig};
-use cpn_common::{maps, stats::Reason};
+use cpn_agent::dataplane::{
+    Dataplane, Hook, Node, NodeState, Pinning, Program, Seen, ServiceAddr, ServiceConfig,
+};
+use cpn_common::{
+    maps,
+    stats::{ProtoCounter, Reason},
+};
 use cpn_tests::lab::{Lab, wait_for};
 
 const VIP6: &str = "2001:db8:cafe::1";
@@ -175,10 +180,10 @@ fn serve(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-/// From `node`: a ping, 100 TCP connections, 200 UDP datagrams and, with `upload`, a 20 MB
-/// upload to the VIP, all answered; then at least that many packets went through the TC
-/// program.
-fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, upload: bool) -> Result<()> {
+/// From `node`: a ping, 100 TCP connections, 200 UDP datagrams and a 20 MB upload to the
+/// VIP, all answered; then at least that many packets went through the TC
+/// program, counted under its `hook` (and none under XDP's).
+fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, hook: Hook) -> Result<()> {
     wait_for("ping the VIP", Duration::from_secs(15), || {
         let out = lab
             .node(node)?
@@ -194,14 +199,6 @@ fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, upload: bool) -> Result<()
     ensure!(tcp == "100", "{tcp} of 100 TCP connections answered");
     let udp = client(&["udp", "200", "9103"])?;
     ensure!(udp == "200", "{udp} of 200 UDP datagrams answered");
-    if !upload {
-        let steered = dp.counter(maps::NODE_STATS, 1)?.packets;
-        ensure!(
-            steered > 300,
-            "only {steered} packets went through cpn_steer_tc"
-        );
-        return Ok(());
-    }
     let bulk = client(&["bulk", "20000000", "9102"]).map_err(|e| e.context(reasons(dp)))?;
     ensure!(
         bulk == "20000000",
@@ -211,6 +208,19 @@ fn traffic(lab: &mut Lab, node: &str, dp: &Dataplane, upload: bool) -> Result<()
     ensure!(
         steered > 1000,
         "only {steered} packets went through cpn_steer_tc"
+    );
+    let seen = dp
+        .proto_stats(Seen::Steer(hook))?
+        .get(ProtoCounter::Ipv6)
+        .packets;
+    ensure!(
+        seen >= steered,
+        "{hook} counted {seen} IPv6 packets, fewer than the {steered} it steered"
+    );
+    let xdp = dp.proto_stats(Program::Steer)?;
+    ensure!(
+        xdp.0.iter().all(|(_, c)| c.packets == 0),
+        "XDP counted packets it never saw: {xdp:?}"
     );
     Ok(())
 }
@@ -233,7 +243,7 @@ fn tc_egress_steers_what_the_host_sends() -> Result<()> {
     let mut lab = topology("tc-egress")?;
     let dp = steer(&lab, &["eth1"], Hook::TcEgress)?;
     serve(&mut lab)?;
-    traffic(&mut lab, "ingress", &dp, true)
+    traffic(&mut lab, "ingress", &dp, Hook::TcEgress)
 }
 
 /// Two clients (containers, namespaces), each behind a veth with its default offloads (their
@@ -247,8 +257,8 @@ fn tc_ingress_steers_clients_behind_veths_with_default_offloads() -> Result<()> 
     let mut lab = topology("tc-ingress")?;
     let dp = steer(&lab, &["eth0", "eth2"], Hook::TcIngress)?;
     serve(&mut lab)?;
-    traffic(&mut lab, "client", &dp, true)?;
-    traffic(&mut lab, "client2", &dp, true)
+    traffic(&mut lab, "client", &dp, Hook::TcIngress)?;
+    traffic(&mut lab, "client2", &dp, Hook::TcIngress)
 }
 
 /// An agent steering with `hook = "tc-egress"` from its configuration, restarted while a TCP

@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use cpn_agent::dataplane::{Hook, Node, NodeState, Program, ServiceAddr, ServiceConfig, TickClock};
+use cpn_agent::dataplane::{
+    Hook, Node, NodeState, Program, Seen, ServiceAddr, ServiceConfig, TickClock,
+};
 use cpn_common::{
     hash::flow_hash,
     maps::{FlowKey, MAX_SIDS, RING_ATTEMPTS, ring_slot},
@@ -582,8 +584,25 @@ fn every_truncation_passes_untouched() {
         4 + 6
     );
     assert_eq!(bench.runner.reason_packets(Reason::Truncated), 4);
-    // The same table through the TC program.
-    assert!(bench.runner.check_table_tc(&fixtures) > 0);
+    // The same table through the TC program, which counts in its own block: every frame it
+    // saw once under one protocol, and nothing more under XDP's.
+    let xdp = dp.proto_stats(Program::Steer).unwrap();
+    let checked = bench.runner.check_table_tc(&fixtures);
+    assert!(checked > 0);
+    let dp = bench.runner.dataplane_ref();
+    assert_eq!(dp.proto_stats(Program::Steer).unwrap(), xdp);
+    let tc = dp.proto_stats(Seen::Steer(Hook::TcIngress)).unwrap();
+    let partition = [
+        ProtoCounter::Ipv6,
+        ProtoCounter::Ipv4,
+        ProtoCounter::Arp,
+        ProtoCounter::OtherEthertype,
+        ProtoCounter::Malformed,
+    ];
+    let seen: u64 = partition.iter().map(|&p| tc.get(p).packets).sum();
+    assert_eq!(seen, u64::try_from(checked).unwrap());
+    let egress = dp.proto_stats(Seen::Steer(Hook::TcEgress)).unwrap();
+    assert!(egress.0.iter().all(|(_, c)| c.packets == 0), "{egress:?}");
 }
 
 #[test]

@@ -234,7 +234,7 @@ fn dataplane(registry: &mut Registry, agent: &AgentState) {
             "dataplane",
             &stats.protocols,
             &by_program,
-            "seen by the XDP program, by protocol",
+            "seen by the program (XDP, or TC at a hook), by protocol",
         ),
         (
             "service",

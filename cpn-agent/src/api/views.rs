@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AgentState;
 use crate::{
-    dataplane::{Flow, FlowRow, Lookup, MacAddr, NodeRow, NotCached, Pinned, Program, SidRow},
+    dataplane::{Flow, FlowRow, Lookup, MacAddr, NodeRow, NotCached, Pinned, Seen, SidRow},
     selection::steering::Explanation,
 };
 use cpn_common::{
@@ -311,14 +311,20 @@ impl AgentState {
             names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"))
         };
         let mut protocols = Vec::new();
-        for program in Program::ALL {
-            let map = program.proto_stats_map();
-            if pinned.has(map) {
-                protocols.extend(named(map, &|i| {
-                    let protocol = ProtoCounter::from_index(i).map_or("?", ProtoCounter::name);
-                    format!("{}/{protocol}", program.name())
-                })?);
+        for seen in Seen::ALL {
+            let map = seen.map();
+            if !pinned.has(map) {
+                continue;
             }
+            let counts = pinned.counters(map)?;
+            protocols.extend(ProtoCounter::ALL.iter().filter_map(|&counter| {
+                let c = counts.iter().find(|c| c.index == seen.index(counter))?;
+                Some(Count {
+                    name: format!("{}/{}", seen.program(), counter.name()),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                })
+            }));
         }
         Ok(Stats {
             services: named(maps::SERVICE_STATS, &|i| or_index(&services, i))?,

@@ -126,9 +126,9 @@ pub fn counter_name(map: &str, index: u32) -> String {
     let at = usize::try_from(index).unwrap_or(usize::MAX);
     match map {
         maps::REASON_STATS => Reason::ALL.get(at).map(|r| r.name().to_owned()),
-        maps::STEER_PROTO_STATS | maps::ENDPOINT_PROTO_STATS => {
-            ProtoCounter::ALL.get(at).map(|p| p.name().to_owned())
-        }
+        maps::STEER_PROTO_STATS => maps::steer_proto_counter(index)
+            .map(|(hook, counter)| format!("{hook}/{}", counter.name())),
+        maps::ENDPOINT_PROTO_STATS => ProtoCounter::ALL.get(at).map(|p| p.name().to_owned()),
         _ => None,
     }
     .unwrap_or_else(|| index.to_string())

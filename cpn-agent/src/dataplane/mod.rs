@@ -46,7 +46,10 @@ pub use self::{
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16, protocol_name},
 };
-pub use cpn_common::maps::NodeState;
+pub use cpn_common::{
+    maps::{NodeState, Seen},
+    programs::Hook,
+};
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty when the agent was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpn.bpf.o"));
@@ -71,12 +74,14 @@ impl Program {
             Self::Endpoint => programs::ENDPOINT,
         }
     }
+}
 
-    /// The map holding this program's per-protocol counters.
-    pub const fn proto_stats_map(self) -> &'static str {
-        match self {
-            Self::Steer => maps::STEER_PROTO_STATS,
-            Self::Endpoint => maps::ENDPOINT_PROTO_STATS,
+/// The XDP program's protocol counters.
+impl From<Program> for Seen {
+    fn from(program: Program) -> Self {
+        match program {
+            Program::Steer => Self::Steer(Hook::Xdp),
+            Program::Endpoint => Self::Endpoint,
         }
     }
 }
@@ -87,54 +92,11 @@ impl fmt::Display for Program {
     }
 }
 
-/// Where `cpn_steer` runs on an interface: in XDP on what the interface receives, or as the
-/// TC program on what it receives (`tc-ingress`: clients in containers or namespaces behind a
-/// veth) or sends (`tc-egress`: what the host itself sends).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Hook {
-    #[default]
-    Xdp,
-    TcIngress,
-    TcEgress,
-}
-
-impl Hook {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Xdp => "xdp",
-            Self::TcIngress => "tc-ingress",
-            Self::TcEgress => "tc-egress",
-        }
-    }
-
-    /// What an attachment of `program` at this hook is called: its pinned link's file name
-    /// (`cpn_steer-eth0`, `cpn_steer_tc-ingress-eth0`).
-    pub fn link_name(self, program: Program, interface: &str) -> String {
-        match self {
-            Self::Xdp => format!("{}-{interface}", program.name()),
-            Self::TcIngress | Self::TcEgress => {
-                format!("{}-{interface}", self.tc_program().unwrap_or_default())
-            }
-        }
-    }
-}
-
-impl Hook {
-    /// The TC program that runs at this hook (none at XDP).
-    pub const fn tc_program(self) -> Option<&'static str> {
-        match self {
-            Self::Xdp => None,
-            Self::TcIngress => Some(programs::STEER_TC_INGRESS),
-            Self::TcEgress => Some(programs::STEER_TC_EGRESS),
-        }
-    }
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// What an attachment of `program` at `hook` is called: its pinned link's file name
+/// (`cpn_steer-eth0`, `cpn_steer_tc_ingress-eth0`).
+pub fn link_name(program: Program, hook: Hook, interface: &str) -> String {
+    let name = hook.tc_program().unwrap_or(program.name());
+    format!("{name}-{interface}")
 }
 
 /// How an XDP program is attached to an interface (the names `ip link` uses).
@@ -489,7 +451,7 @@ impl Dataplane {
         let pin = self
             .links_dir
             .as_ref()
-            .map(|dir| dir.join(hook.link_name(Program::Steer, interface)));
+            .map(|dir| dir.join(link_name(Program::Steer, hook, interface)));
         let attach_error = |error: ProgramError| Error::AttachTc {
             interface: interface.to_owned(),
             hook,
@@ -560,7 +522,7 @@ impl Dataplane {
         };
         let keep: Vec<String> = configured
             .iter()
-            .map(|(program, hook, interface)| hook.link_name(*program, interface))
+            .map(|(program, hook, interface)| link_name(*program, *hook, interface))
             .collect();
         let entries = std::fs::read_dir(dir).map_err(|source| Error::PinDir {
             path: dir.clone(),
@@ -666,11 +628,13 @@ impl Dataplane {
         ))
     }
 
-    /// The per-protocol counters of `program`, summed over CPUs.
-    pub fn proto_stats(&self, program: Program) -> Result<ProtoStats, Error> {
-        let name = program.proto_stats_map();
+    /// The per-protocol counters of a program (a [`Program`] in XDP, or the steering code at
+    /// a [`Hook`]), summed over CPUs.
+    pub fn proto_stats(&self, seen: impl Into<Seen>) -> Result<ProtoStats, Error> {
+        let seen = seen.into();
+        let name = seen.map();
         let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
-        ProtoStats::read(map).map_err(|source| Error::Map { map: name, source })
+        ProtoStats::read(map, seen).map_err(|source| Error::Map { map: name, source })
     }
 }
 

@@ -3,21 +3,25 @@
 use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use cpn_common::stats::{Counter, ProtoCounter};
+use cpn_common::{
+    maps::Seen,
+    stats::{Counter, ProtoCounter},
+};
 
-use super::{Error, Program};
+use super::Error;
 
-/// Per-protocol counters of one program, summed over CPUs, in [`ProtoCounter`] order.
+/// Per-protocol counters of one program (at one hook), summed over CPUs, in [`ProtoCounter`]
+/// order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProtoStats(pub Vec<(ProtoCounter, Counter)>);
 
 impl ProtoStats {
-    /// Reads a protocol counter map (loaded by this process or opened from its pin).
-    pub fn read(map: &Map) -> Result<Self, MapError> {
+    /// Reads `seen`'s counters from its map (loaded by this process or opened from its pin).
+    pub fn read(map: &Map, seen: Seen) -> Result<Self, MapError> {
         let array = PerCpuArray::<_, Counter>::try_from(map)?;
         let mut out = Vec::with_capacity(ProtoCounter::ALL.len());
         for counter in ProtoCounter::ALL {
-            let per_cpu = array.get(&(counter as u32), 0)?;
+            let per_cpu = array.get(&seen.index(counter), 0)?;
             out.push((counter, Counter::sum(per_cpu.iter())));
         }
         Ok(Self(out))
@@ -33,11 +37,12 @@ impl ProtoStats {
     }
 }
 
-/// Reads `program`'s counters from the map pinned under `pin_dir`; works without the agent.
-pub fn pinned_proto_stats(pin_dir: &Path, program: Program) -> Result<ProtoStats, Error> {
-    let name = program.proto_stats_map();
+/// Reads `seen`'s counters from the map pinned under `pin_dir`; works without the agent.
+pub fn pinned_proto_stats(pin_dir: &Path, seen: impl Into<Seen>) -> Result<ProtoStats, Error> {
+    let seen = seen.into();
+    let name = seen.map();
     let map = MapData::from_pin(pin_dir.join(name))
         .and_then(Map::from_map_data)
         .map_err(|source| Error::Map { map: name, source })?;
-    ProtoStats::read(&map).map_err(|source| Error::Map { map: name, source })
+    ProtoStats::read(&map, seen).map_err(|source| Error::Map { map: name, source })
 }

@@ -28,7 +28,7 @@ use super::{
     outcome::Ignored,
     wire,
 };
-use crate::lab::{Lab, Node, wait_for};
+use crate::lab::{Agent, Lab, Node, wait_for};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0xdf, 0, 1, 1, 1];
 const INGRESS_MAC: [u8; 6] = [0x02, 0xdf, 0, 1, 1, 2];
@@ -250,11 +250,21 @@ fn mac(bytes: [u8; 6]) -> String {
         .join(":")
 }
 
-fn agent_config(reduced: bool, hook: &str) -> String {
+/// The VLAN the TC lab's client may also send on: `eth0.10` at the ingress, with its own hook.
+pub const VLAN: u16 = 10;
+
+/// `vlan`: the hook on `eth0.10` too.
+fn agent_config(reduced: bool, hook: &str, vlan: bool) -> String {
     let [a, b] = SEGMENTS;
+    let vlan = if !vlan {
+        String::new()
+    } else {
+        format!("[[interface]]\nname = \"eth0.{VLAN}\"\nprogram = \"steer\"\nhook = \"{hook}\"\n\n")
+    };
     format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\nhook = \"{hook}\"\n\n\
+         {vlan}\
          [srv6]\nsource = \"{ENCAP_SOURCE}\"\n\n\
          [metrics]\nsample_host = false\n\n\
          [[policy]]\nservice = \"{VIP6}\"\nkind = \"cpu\"\n\n\
@@ -296,6 +306,11 @@ pub struct SteerLab {
     tx: RawSocket,
     egress: RawSocket,
     _xdp_links: Vec<OwnedFd>,
+    /// The ingress's agent (cpn only).
+    pub agent: Option<Agent>,
+    /// The ingress has `eth0.10`, with the hook on it too (TC only, and only where the kernel
+    /// has VLAN devices).
+    pub vlan_device: bool,
     /// Last: the sockets close before the namespaces go.
     pub lab: Lab,
 }
@@ -354,6 +369,16 @@ impl SteerLab {
             capture::xdp_pass(lab.node("egress")?, "eth0")?,
         ];
         let i = lab.node("ingress")?;
+        // Before forwarding is on, so that it is on for the VLAN too. A kernel without
+        // `CONFIG_VLAN_8021Q` has no VLAN devices.
+        let vlan_device = ingress == Ingress::CpnTc
+            && i.ip(&format!(
+                "link add link eth0 name eth0.{VLAN} type vlan id {VLAN}"
+            ))
+            .is_ok();
+        if vlan_device {
+            i.ip(&format!("link set dev eth0.{VLAN} up"))?;
+        }
         i.enable_forwarding()?;
         for (address, dev, lladdr) in [
             ("2001:db8:1::1", "eth0", CLIENT_MAC),
@@ -373,15 +398,16 @@ impl SteerLab {
         ] {
             i.ip(route)?;
         }
-        match ingress {
-            Ingress::Linux => linux_routes(i, reduced)?,
-            Ingress::Cpn => {
-                lab.start_agent("ingress", &agent_config(reduced, "xdp"))?;
+        let agent = match ingress {
+            Ingress::Linux => {
+                linux_routes(i, reduced)?;
+                None
             }
+            Ingress::Cpn => Some(lab.start_agent("ingress", &agent_config(reduced, "xdp", false))?),
             Ingress::CpnTc => {
-                lab.start_agent("ingress", &agent_config(reduced, "tc-ingress"))?;
+                Some(lab.start_agent("ingress", &agent_config(reduced, "tc-ingress", vlan_device))?)
             }
-        }
+        };
         let tx = RawSocket::open(lab.node("client")?, "eth0")?;
         let egress = RawSocket::open(lab.node("egress")?, "eth0")?;
         let lab = Self {
@@ -391,6 +417,8 @@ impl SteerLab {
             tx,
             egress,
             _xdp_links: xdp_links,
+            agent,
+            vlan_device,
         };
         lab.warm_up()?;
         Ok(lab)
@@ -433,14 +461,27 @@ impl SteerLab {
     /// Sends each client packet (built for its own client addresses) and returns what the
     /// egress got for each.
     pub fn run(&self, packets: &[ClientPacket<'_>]) -> Result<Vec<Vec<Encapsulated>>> {
+        self.run_tagged(packets, None)
+    }
+
+    /// [`SteerLab::run`], the frames tagged with `vlan` if given.
+    pub fn run_tagged(
+        &self,
+        packets: &[ClientPacket<'_>],
+        vlan: Option<u16>,
+    ) -> Result<Vec<Vec<Encapsulated>>> {
         self.egress.drain();
         let clients: Vec<Client> = (1..).take(packets.len()).map(Client::new).collect();
         let mut sent = BTreeMap::new();
         let mut index = BTreeMap::new();
         for (i, (build, client)) in packets.iter().zip(&clients).enumerate() {
             let packet = build(client);
-            self.tx
-                .send(&wire::ethernet(INGRESS_MAC, CLIENT_MAC, &packet))?;
+            let mut frame = wire::ethernet(INGRESS_MAC, CLIENT_MAC, &packet);
+            if let Some(vid) = vlan {
+                let [high, low] = vid.to_be_bytes();
+                frame.splice(12..12, [0x81, 0x00, high & 0x0f, low]);
+            }
+            self.tx.send(&frame)?;
             let key = if packet.first().is_some_and(|b| b >> 4 == 4) {
                 IpAddr::V4(client.v4)
             } else {
