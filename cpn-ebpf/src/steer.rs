@@ -22,9 +22,7 @@ use crate::{
     encap,
     fib::{self, Fib},
     icmp as icmp_error,
-    maps::{
-        FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO,
-    },
+    maps::{FLOWS, NODE_STATS, NODES, RING_SELECTORS, RINGS, SERVICE_STATS, SERVICES, STEER_PROTO},
     nexthop,
     parse::{self, Addr, Fragment, Frame, Ip, IpError, L2, L3},
     stats,
