@@ -256,10 +256,10 @@ pub const VLAN: u16 = 10;
 /// `vlan`: the hook on `eth0.10` too.
 fn agent_config(reduced: bool, hook: &str, vlan: bool) -> String {
     let [a, b] = SEGMENTS;
-    let vlan = if !vlan {
-        String::new()
-    } else {
+    let vlan = if vlan {
         format!("[[interface]]\nname = \"eth0.{VLAN}\"\nprogram = \"steer\"\nhook = \"{hook}\"\n\n")
+    } else {
+        String::new()
     };
     format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
@@ -293,6 +293,19 @@ fn linux_routes(i: &Node, reduced: bool) -> Result<()> {
         "-6 route add {VIP6_ONE}/128 encap seg6 mode {mode} segs {ONE_SEGMENT} dev eth1"
     ))?;
     Ok(())
+}
+
+/// Adds `eth0.10` to the ingress, if the kernel has VLAN devices (`CONFIG_VLAN_8021Q`).
+fn add_vlan(ingress: &Node) -> Result<bool> {
+    let added = ingress
+        .ip(&format!(
+            "link add link eth0 name eth0.{VLAN} type vlan id {VLAN}"
+        ))
+        .is_ok();
+    if added {
+        ingress.ip(&format!("link set dev eth0.{VLAN} up"))?;
+    }
+    Ok(added)
 }
 
 /// Builds one client packet (IPv6 or IPv4, no link layer) for a case's addresses.
@@ -369,16 +382,8 @@ impl SteerLab {
             capture::xdp_pass(lab.node("egress")?, "eth0")?,
         ];
         let i = lab.node("ingress")?;
-        // Before forwarding is on, so that it is on for the VLAN too. A kernel without
-        // `CONFIG_VLAN_8021Q` has no VLAN devices.
-        let vlan_device = ingress == Ingress::CpnTc
-            && i.ip(&format!(
-                "link add link eth0 name eth0.{VLAN} type vlan id {VLAN}"
-            ))
-            .is_ok();
-        if vlan_device {
-            i.ip(&format!("link set dev eth0.{VLAN} up"))?;
-        }
+        // Before forwarding is on, so that it is on for the VLAN too.
+        let vlan_device = ingress == Ingress::CpnTc && add_vlan(i)?;
         i.enable_forwarding()?;
         for (address, dev, lladdr) in [
             ("2001:db8:1::1", "eth0", CLIENT_MAC),
