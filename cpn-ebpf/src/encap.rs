@@ -58,6 +58,21 @@ impl Room for TcContext {
         (inner.l4 - inner.l3) + transport + gso_size as usize
     }
 
+    /// On egress (the socket buffer was not received on the interface it leaves by: a
+    /// local socket's packet, or one forwarded from another interface).
+    #[inline(always)]
+    fn carries_on_out_of(&self, ifindex: u32) -> bool {
+        // SAFETY: the program's context, valid for the whole run.
+        let (leaving, received) = unsafe {
+            let skb = self.skb.skb;
+            (
+                core::ptr::read_volatile(&raw const (*skb).ifindex),
+                core::ptr::read_volatile(&raw const (*skb).ingress_ifindex),
+            )
+        };
+        ifindex == leaving && received != leaving
+    }
+
     #[inline(always)]
     fn encapsulated(&self, inner: &Ip, outer: usize) {
         if inner.protocol == proto::TCP && inner.fragment == Fragment::No {
@@ -180,6 +195,13 @@ pub trait Room: Frame {
     /// What the context adds once the packet is encapsulated (`outer` bytes in front of the
     /// inner packet): nothing in XDP; TC clamps a SYN's MSS.
     fn encapsulated(&self, _inner: &Ip, _outer: usize) {}
+
+    /// The encapsulated packet, whose next hop is out of `ifindex`, is already on its way out
+    /// of that interface and simply carries on there: no redirect into its queue (and
+    /// through the program) once more. Never so in XDP, which sees received packets only.
+    fn carries_on_out_of(&self, _ifindex: u32) -> bool {
+        false
+    }
 }
 
 impl Room for XdpContext {

@@ -210,8 +210,12 @@ pub fn steer(ctx: &impl encap::Room, ip: &Ip, ingress_ifindex: u32) -> u32 {
                 stats::reason(Reason::NoHeadroom, len);
                 return xdp_action::XDP_ABORTED;
             }
-            // SAFETY: plain helper call.
-            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+            if ctx.carries_on_out_of(ifindex) {
+                xdp_action::XDP_PASS
+            } else {
+                // SAFETY: plain helper call.
+                unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+            }
         }
         Fib::NoNeighbour => {
             // The kernel forwards it (and resolves the neighbour): the received MACs stay.
