@@ -235,6 +235,10 @@ pub struct DataplaneConfig {
     /// `[dataplane.icmp_rate_limit]`: how many ICMP errors the programs may send.
     #[serde(default)]
     pub icmp_rate_limit: IcmpRateLimitConfig,
+    /// How the TC hooks attach: `auto` (TCX links where the kernel has them, else a clsact
+    /// filter), `tcx` or `clsact`.
+    #[serde(default)]
+    pub tc_attach: crate::dataplane::TcAttach,
 }
 
 /// The ICMP error rate limit of both programs (RFC 4443 §2.4 f), kept per CPU. The defaults are
@@ -621,15 +625,21 @@ impl Config {
     pub fn load_options(&self) -> crate::dataplane::LoadOptions {
         crate::dataplane::LoadOptions {
             icmp: self.dataplane.icmp_rate_limit.limit(),
+            tc_attach: self.dataplane.tc_attach,
             ..crate::dataplane::LoadOptions::default()
         }
     }
 
     /// The interfaces `cpn_steer` is attached to in XDP.
     pub fn steering_interfaces(&self) -> Vec<String> {
+        self.interfaces_at(Hook::Xdp)
+    }
+
+    /// The interfaces `cpn_steer` runs on at `hook`.
+    pub fn interfaces_at(&self, hook: Hook) -> Vec<String> {
         self.interfaces
             .iter()
-            .filter(|i| i.program == Program::Steer && *i.hook.get_ref() == Hook::Xdp)
+            .filter(|i| i.program == Program::Steer && *i.hook.get_ref() == hook)
             .map(|i| i.name.get_ref().clone())
             .collect()
     }

@@ -69,6 +69,10 @@ fn run_cli() -> Result<()> {
                 Ok(warnings) => warnings.iter().for_each(|w| eprintln!("warning: {w}")),
                 Err(error) => eprintln!("note: interface kinds not checked: {error:#}"),
             }
+            let egress = config.interfaces_at(Hook::TcEgress);
+            for warning in cpn_agent::dataplane::kernel::tc_egress_forwarding_warnings(egress) {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: ok", path.display());
             Ok(())
         }
@@ -113,6 +117,10 @@ fn run(config_path: &std::path::Path) -> Result<()> {
     {
         Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
         Err(error) => tracing::debug!(error = %format!("{error:#}"), "interface kinds not checked"),
+    }
+    let egress = config.interfaces_at(Hook::TcEgress);
+    for warning in cpn_agent::dataplane::kernel::tc_egress_forwarding_warnings(egress) {
+        tracing::warn!("{warning}");
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -266,9 +266,23 @@ fn tc_ingress_steers_clients_behind_veths_with_default_offloads() -> Result<()> 
 /// pinned TCX link, which the new agent takes over in place, and not one message is lost.
 #[test]
 fn tc_hooks_stay_attached_across_an_agent_restart() -> Result<()> {
-    let mut lab = topology("tc-restart")?;
+    restart_keeps_steering("tcx", "took over the pinned link")
+}
+
+/// The same through a filter on the clsact qdisc (`tc_attach = "clsact"`, what an agent
+/// falls back to on kernels without TCX): the filter stays in the kernel, and the new agent
+/// replaces its program in place.
+#[test]
+fn tc_hooks_on_clsact_stay_attached_across_an_agent_restart() -> Result<()> {
+    restart_keeps_steering("clsact", "took over the clsact filter")
+}
+
+/// An agent attaching its TC hook with `tc_attach`, restarted mid-stream: the second agent's
+/// log says `took_over`, and every message is answered.
+fn restart_keeps_steering(tc_attach: &str, took_over: &str) -> Result<()> {
+    let mut lab = topology(&format!("tc-restart-{tc_attach}"))?;
     let config = format!(
-        "[dataplane]\nkeep_attached_on_exit = true\n\n\
+        "[dataplane]\nkeep_attached_on_exit = true\ntc_attach = \"{tc_attach}\"\n\n\
          [node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
          [[interface]]\nname = \"eth1\"\nprogram = \"steer\"\nhook = \"tc-egress\"\n\n\
          [srv6]\nsource = \"2001:db8:2::1\"\n\n\
@@ -300,9 +314,19 @@ fn tc_hooks_stay_attached_across_an_agent_restart() -> Result<()> {
     let second = lab.start_agent_pinned_at("ingress", &first.pin_dir, &config)?;
     let log = std::fs::read_to_string(&second.log)?;
     ensure!(
-        log.contains("took over the pinned link"),
-        "the second agent made a new link:\n{log}"
+        log.contains(took_over),
+        "the second agent did not take over ({took_over}):\n{log}"
     );
+    if tc_attach == "clsact" {
+        let filters = lab
+            .node("ingress")?
+            .output(&["tc", "filter", "show", "dev", "eth1", "egress"])?;
+        let filters = String::from_utf8_lossy(&filters.stdout);
+        ensure!(
+            filters.contains("cpn_steer_tc_egress") && filters.contains("direct-action"),
+            "no cpn filter on eth1's clsact qdisc:\n{filters}"
+        );
+    }
     wait_for("the stream to end", Duration::from_secs(10), || {
         let out = std::fs::read_to_string(&received).unwrap_or_default();
         Ok((!out.trim().is_empty()).then_some(out))

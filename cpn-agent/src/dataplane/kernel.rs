@@ -479,9 +479,50 @@ pub fn xdp_steer_on_veth_warnings_now(
     })
 }
 
+/// Warnings for the `tc-egress` hooks on interfaces that do not forward IPv6: the kernel's
+/// FIB helper refuses every lookup there (`BPF_FIB_LKUP_RET_FWD_DISABLED`), and the next-hop
+/// cache stays empty while forwarding is off, so what the host sends leaves unsteered
+/// (counted `fib_no_route`). Read from procfs, in the calling thread's network namespace.
+pub fn tc_egress_forwarding_warnings(interfaces: impl IntoIterator<Item = String>) -> Vec<String> {
+    interfaces
+        .into_iter()
+        .filter_map(|interface| {
+            let path = format!("/proc/sys/net/ipv6/conf/{interface}/forwarding");
+            let forwarding = std::fs::read_to_string(path)
+                .ok()
+                .map(|value| value.trim() != "0");
+            forwarding_warning(&interface, forwarding)
+        })
+        .collect()
+}
+
+/// The warning for a `tc-egress` hook on `interface` whose IPv6 forwarding is `forwarding`
+/// (unknown: no such interface yet, nothing to say).
+fn forwarding_warning(interface: &str, forwarding: Option<bool>) -> Option<String> {
+    (forwarding == Some(false)).then(|| {
+        format!(
+            "tc-egress on {interface}: IPv6 forwarding is off on {interface}, so the kernel's \
+             FIB helper answers no lookup and what this host sends leaves unsteered (counted \
+             fib_no_route); set net.ipv6.conf.{interface}.forwarding=1 (and accept_ra=2 if the \
+             host takes its routes from router advertisements)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Egress;
+    use super::{Egress, forwarding_warning};
+
+    #[test]
+    fn tc_egress_warns_where_ipv6_forwarding_is_off() {
+        let warning = forwarding_warning("eth0", Some(false)).unwrap();
+        assert!(
+            warning.contains("net.ipv6.conf.eth0.forwarding=1"),
+            "{warning}"
+        );
+        assert_eq!(forwarding_warning("eth0", Some(true)), None);
+        assert_eq!(forwarding_warning("eth0", None), None);
+    }
 
     #[test]
     fn a_path_must_carry_1280_bytes_plus_the_encapsulation() {

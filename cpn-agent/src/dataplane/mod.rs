@@ -15,6 +15,7 @@ pub mod resolver;
 mod ring_memory;
 mod stats;
 mod tables;
+mod tc;
 
 use std::{
     fmt,
@@ -25,9 +26,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -45,6 +45,7 @@ pub use self::{
     resolver::{NotCached, resolve, resolve_now},
     stats::{ProtoStats, pinned_proto_stats},
     tables::{Node, ServiceAddr, ServiceConfig, SidBehavior, addr16, protocol_name},
+    tc::{CLSACT_HANDLE, CLSACT_PRIORITY, TcAttach},
 };
 pub use cpn_common::{
     maps::{NodeState, Seen},
@@ -183,7 +184,11 @@ pub enum Error {
         error: ProgramError,
         hint: &'static str,
     },
-    #[error("attaching cpn_steer_tc to interface `{interface}` at {hook} failed: {error}{hint}")]
+    #[error(
+        "attaching {} to interface `{interface}` at {hook} failed: {error}{}{hint}",
+        hook.program(),
+        caused_by(error)
+    )]
     AttachTc {
         interface: String,
         hook: Hook,
@@ -216,6 +221,8 @@ pub struct LoadOptions {
     /// Entries of the flow-affinity table.
     pub flows: u32,
     pub icmp: IcmpRateLimit,
+    /// How the TC programs are attached.
+    pub tc_attach: TcAttach,
 }
 
 impl Default for LoadOptions {
@@ -223,6 +230,7 @@ impl Default for LoadOptions {
         Self {
             flows: maps::FLOWS_ENTRIES,
             icmp: IcmpRateLimit::LINUX,
+            tc_attach: TcAttach::Auto,
         }
     }
 }
@@ -269,6 +277,18 @@ pub enum Pinning {
     Unpinned,
 }
 
+/// `error`'s causes, each after a colon (a syscall's errno, a netlink answer).
+fn caused_by(error: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// The loaded object and the interfaces its programs are attached to.
 #[derive(Debug)]
 pub struct Dataplane {
@@ -277,6 +297,7 @@ pub struct Dataplane {
     /// attached while the agent restarts.
     links_dir: Option<PathBuf>,
     attachments: Vec<Attachment>,
+    tc_attach: TcAttach,
     /// The rings map in our memory, when it is mappable (see `ring_memory`).
     ring_memory: Option<ring_memory::RingMemory>,
 }
@@ -286,7 +307,7 @@ struct Attachment {
     program: Program,
     hook: Hook,
     interface: String,
-    link: FdLink,
+    link: tc::Held,
     pin: Option<PathBuf>,
 }
 
@@ -365,6 +386,7 @@ impl Dataplane {
             ebpf,
             links_dir,
             attachments: Vec::new(),
+            tc_attach: options.tc_attach,
             ring_memory,
         })
     }
@@ -424,7 +446,7 @@ impl Dataplane {
                 program,
                 hook: Hook::Xdp,
                 interface: interface.to_owned(),
-                link: pinned.into(),
+                link: tc::Held::Link(pinned.into()),
                 pin,
             });
             return Ok(());
@@ -433,75 +455,26 @@ impl Dataplane {
             program,
             hook: Hook::Xdp,
             interface: interface.to_owned(),
-            link,
+            link: tc::Held::Link(link),
             pin,
         });
         Ok(())
     }
 
-    /// Attaches `cpn_steer_tc` to `interface` at `hook` (a TC one) through a TCX link (Linux
-    /// 6.6 or later), taking over a pinned link a previous agent left there as
-    /// [`Dataplane::attach`] does, else making one (pinned, when the maps are).
+    /// Attaches `cpn_steer_tc` to `interface` at `hook` (a TC one), through a TCX link or a
+    /// clsact filter as the load options say (see the `tc` module), taking over what a
+    /// previous agent left there, as [`Dataplane::attach`] does.
     pub fn attach_tc(&mut self, interface: &str, hook: Hook) -> Result<(), Error> {
-        let attach_type = match hook {
-            Hook::TcIngress => TcAttachType::Ingress,
-            Hook::TcEgress => TcAttachType::Egress,
-            Hook::Xdp => return self.attach(Program::Steer, interface, AttachMode::Native),
-        };
+        if hook == Hook::Xdp {
+            return self.attach(Program::Steer, interface, AttachMode::Native);
+        }
         let pin = self
             .links_dir
             .as_ref()
             .map(|dir| dir.join(link_name(Program::Steer, hook, interface)));
-        let attach_error = |error: ProgramError| Error::AttachTc {
-            interface: interface.to_owned(),
-            hook,
-            hint: if matches!(error, ProgramError::SyscallError(_)) {
-                " (TC hooks take TCX links: Linux 6.6 or later)"
-            } else {
-                ""
-            },
-            error,
-        };
-        let tc = self.load_tc(hook)?;
-        let name = hook.tc_program().unwrap_or_default();
-        let id = if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
-            let link_error = |e: &dyn std::fmt::Display| Error::Link {
-                path: path.clone(),
-                error: e.to_string(),
-            };
-            let pinned = PinnedLink::from_pin(path).map_err(|e| link_error(&e))?;
-            let link =
-                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| link_error(&e))?;
-            let id = tc.attach_to_link(link).map_err(attach_error)?;
-            tracing::info!(program = name, %interface, %hook, "took over the pinned link: program replaced in place");
-            id
-        } else {
-            tc.attach_with_options(
-                interface,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(attach_error)?
-        };
-        let link = tc
-            .take_link(id)
-            .map_err(|source| Error::TcProgram { name, source })?;
-        let mut link = FdLink::try_from(link).map_err(|e| Error::Link {
-            path: pin.clone().unwrap_or_default(),
-            error: e.to_string(),
-        })?;
-        if let Some(path) = &pin
-            && !path.exists()
-        {
-            // Pinning consumes the link and hands back the same fd, now also held by bpffs.
-            link = link
-                .pin(path)
-                .map_err(|e| Error::Link {
-                    path: path.clone(),
-                    error: e.to_string(),
-                })?
-                .into();
-        }
+        let how = self.tc_attach;
+        let tc_program = self.load_tc(hook)?;
+        let link = tc::attach(tc_program, interface, hook, how, pin.as_deref())?;
         self.attachments.push(Attachment {
             program: Program::Steer,
             hook,
@@ -531,6 +504,10 @@ impl Dataplane {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) {
+                // A clsact filter stays without its pin: it is removed by its name.
+                if let Some((hook, interface)) = tc::attachment_of(&name) {
+                    tc::remove_clsact(interface, hook);
+                }
                 std::fs::remove_file(entry.path()).map_err(|source| Error::PinDir {
                     path: entry.path(),
                     source,
@@ -554,7 +531,8 @@ impl Dataplane {
             if let Some(path) = pin {
                 std::fs::remove_file(&path).map_err(|source| Error::PinDir { path, source })?;
             }
-            // Closing the last reference to the link detaches the program.
+            // Closing the last reference to the link (or dropping the filter's handle)
+            // detaches the program.
             drop(link);
             tracing::info!(%program, %interface, %hook, "detached");
         }
@@ -569,12 +547,14 @@ impl Dataplane {
             hook,
             interface,
             pin,
-            ..
+            link,
         } in self.attachments.drain(..)
         {
             let what = if pin.is_some() {
+                link.leave();
                 "left attached"
             } else {
+                drop(link);
                 "detached"
             };
             tracing::info!(%program, %interface, %hook, "{what}");
