@@ -6,6 +6,8 @@
 //!   peers (clang, at bench time) ──▶ part 1: BPF_PROG_TEST_RUN per-packet cost
 //!   gen ─veth─ dut ─veth─ sink  ──▶ part 2: throughput, plain / seg6 / cpn_steer:
 //!                                            1 flow, 1 queue; 64 flows, 1 queue per CPU
+//!   host ─veth─ compute          ──▶ part 2: a host's bulk TCP, cpn_steer_tc_egress
+//!                                            against the kernel's encap seg6 route
 //!   agent code, in process      ──▶ part 3: Maglev rebuild, UPDATE codec,
 //!                                            100 / 1000 simulated agents per mode
 //!   namespace labs of agents    ──▶ part 3: metric change → ring / first packet,
@@ -17,6 +19,7 @@
 
 mod bigtable;
 mod control;
+mod host_tcp;
 mod labs;
 mod peers;
 mod report;
@@ -53,6 +56,7 @@ struct Args {
 enum Part {
     PerPacket,
     Throughput,
+    HostTcp,
     Control,
     Simulation,
     Labs,
@@ -115,6 +119,14 @@ fn main() -> Result<()> {
         (Some(single), Some(multi))
     } else {
         (None, None)
+    };
+    let host_tcp = if wanted(Part::HostTcp) {
+        Some(host_tcp::run(&host_tcp::Settings {
+            rounds: if quick { 2 } else { 8 },
+            window: std::time::Duration::from_millis(if quick { 500 } else { 2000 }),
+        })?)
+    } else {
+        None
     };
 
     let control = if wanted(Part::Control) {
@@ -184,6 +196,7 @@ fn main() -> Result<()> {
         per_packet,
         throughput,
         throughput_multi_queue,
+        host_tcp,
         control,
         simulation,
         labs: lab_runs,

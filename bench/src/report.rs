@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     bigtable::BigTable,
     control::Control,
+    host_tcp::HostTcp,
     labs::LabRun,
     sim::Simulation,
     stats::Spread,
@@ -64,6 +65,8 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     /// The same arms with several flows over multi-queue veths.
     pub throughput_multi_queue: Option<MultiQueue>,
+    /// A host's bulk TCP through its own TC steering, against the kernel's seg6 route.
+    pub host_tcp: Option<HostTcp>,
     pub control: Option<Control>,
     pub simulation: Option<Simulation>,
     pub labs: Vec<LabRun>,
@@ -239,6 +242,23 @@ pub fn markdown(report: &Report) -> String {
     }
     if let Some(t) = &report.throughput_multi_queue {
         multi_queue_markdown(&mut md, t);
+    }
+    if let Some(h) = &report.host_tcp {
+        let _ = writeln!(md, "## A host's bulk TCP through its own steering\n");
+        let _ = writeln!(md, "{}; {} rounds.\n", h.method, h.rounds);
+        let _ = writeln!(md, "| arm | Gbit/s |");
+        let _ = writeln!(md, "|---|---|");
+        let _ = writeln!(
+            md,
+            "| kernel `encap seg6` route | {} |",
+            h.kernel_gbps.show(2)
+        );
+        let _ = writeln!(md, "| `cpn_steer_tc_egress` | {} |", h.cpn_gbps.show(2));
+        let _ = writeln!(
+            md,
+            "| cpn / kernel, per round (goal ≥ 1.0) | {} |\n",
+            h.ratio.show(2)
+        );
     }
     if let Some(c) = &report.control {
         let _ = writeln!(md, "## Control plane, in process\n");

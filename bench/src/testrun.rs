@@ -8,6 +8,10 @@
 //! net costs (arm minus no-op, per round) take it out. Arms run in interleaved rounds (each
 //! round one batch of every arm, in a rotated order); a round's figure is its batch median,
 //! and an arm reports the median and the 10th-90th percentiles over rounds.
+//!
+//! The TC arms run `cpn_steer_tc_ingress` on a socket buffer the kernel builds for each call;
+//! their no-op is a TC no-op (`tc_noop`), so their net cost is the program's own work, as the
+//! XDP arms' is.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -19,10 +23,14 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapInfo},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{
+        ProgramError, ProgramInfo, SchedClassifier, TestRun as _, TestRunOptions, TestRunResult,
+        Xdp,
+    },
 };
 use cpn_agent::dataplane::{
-    Dataplane, Node, NodeState, Pinning, Program, ServiceAddr, ServiceConfig, SidBehavior, addr16,
+    Dataplane, Hook, Node, NodeState, Pinning, Program, ServiceAddr, ServiceConfig, SidBehavior,
+    addr16,
 };
 use cpn_common::maps::{FlowEntry, FlowKey, MAX_SIDS};
 use cpn_tests::{
@@ -43,6 +51,8 @@ const FLOW_TABLE: u32 = 1 << 20;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 
 /// How long to measure.
 #[derive(Clone, Debug)]
@@ -119,13 +129,45 @@ pub const METHOD: &str = "BPF_PROG_TEST_RUN, repeat=1 per call on a fresh copy o
 #[derive(Clone, Copy, Debug)]
 enum Prog {
     Noop,
+    /// The TC no-op: the floor of the TC arms.
+    TcNoop,
     /// The LRU floor: one lookup and one insert, nothing else (`bench/bpf/baselines.c`).
     FlowInsert,
     KatranV4,
     KatranV6,
     /// `cpn_steer` of the data plane at this index.
     Steer(usize),
+    /// `cpn_steer_tc_ingress` of the first data plane.
+    SteerTc,
     Endpoint,
+}
+
+impl Prog {
+    const fn is_tc(self) -> bool {
+        matches!(self, Self::TcNoop | Self::SteerTc)
+    }
+}
+
+/// A loaded program of either kind, run the same way.
+enum Runnable<'a> {
+    Xdp(&'a Xdp),
+    Tc(&'a SchedClassifier),
+}
+
+impl Runnable<'_> {
+    fn test_run(&self, options: TestRunOptions<'_>) -> Result<TestRunResult, ProgramError> {
+        match self {
+            Self::Xdp(p) => p.test_run(options),
+            Self::Tc(p) => p.test_run(options),
+        }
+    }
+
+    fn info(&self) -> Result<ProgramInfo, ProgramError> {
+        match self {
+            Self::Xdp(p) => p.info(),
+            Self::Tc(p) => p.info(),
+        }
+    }
 }
 
 /// Where an arm's packets come from.
@@ -166,8 +208,22 @@ struct Loaded {
 }
 
 impl Loaded {
+    fn program(&self, prog: Prog) -> Result<Runnable<'_>> {
+        Ok(match prog {
+            Prog::TcNoop => Runnable::Tc(
+                self.noop
+                    .program("tc_noop")
+                    .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+                    .context("no TC program tc_noop")?,
+            ),
+            Prog::SteerTc => Runnable::Tc(self.planes[0].steer_tc(Hook::TcIngress)?),
+            prog => Runnable::Xdp(self.xdp(prog)?),
+        })
+    }
+
     fn xdp(&self, prog: Prog) -> Result<&Xdp> {
         let (ebpf, name) = match prog {
+            Prog::TcNoop | Prog::SteerTc => bail!("{prog:?} is not an XDP program"),
             Prog::Noop => (&self.noop, "xdp_noop"),
             Prog::FlowInsert => (&self.noop, "xdp_flow_insert"),
             Prog::KatranV4 => (&self.katran, "balancer_ingress_v4"),
@@ -443,7 +499,8 @@ fn katran_packets() -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((v4, v6))
 }
 
-fn load_object(path: &Path, programs: &[&str]) -> Result<Ebpf> {
+/// Loads `programs` (XDP) and `tc_programs` (TC) from the object at `path`.
+fn load_object(path: &Path, programs: &[&str], tc_programs: &[&str]) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .load_file(path)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -453,6 +510,14 @@ fn load_object(path: &Path, programs: &[&str]) -> Result<Ebpf> {
             .with_context(|| format!("{} has no program {name}", path.display()))?
             .try_into()?;
         xdp.load()
+            .with_context(|| format!("verifying {name} from {}", path.display()))?;
+    }
+    for name in tc_programs {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{} has no program {name}", path.display()))?
+            .try_into()?;
+        tc.load()
             .with_context(|| format!("verifying {name} from {}", path.display()))?;
     }
     Ok(ebpf)
@@ -539,6 +604,50 @@ fn arms(settings: &Settings, dut: &Dut, katran: &(Vec<u8>, Vec<u8>)) -> Vec<Arm>
             XDP_REDIRECT,
         ));
     }
+    // The TC program on the same packets as XDP's "1 SID" arms.
+    let one_sid = encaps()
+        .iter()
+        .position(|(label, _, _)| label == "1 SID")
+        .map_or(1, |i| i + 1);
+    let one_sid = u16::try_from(one_sid).expect("few encaps");
+    arms.extend([
+        arm(
+            "TC no-op".into(),
+            "baseline",
+            Prog::TcNoop,
+            "IPv6",
+            dut.eth0,
+            Packets::Fixed(udp6(svc6(1))),
+            TC_ACT_OK,
+        ),
+        arm(
+            "TC: parse only (no service: pass)".into(),
+            "parse",
+            Prog::SteerTc,
+            "IPv6",
+            dut.eth0,
+            Packets::Fixed(udp6(Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 9))),
+            TC_ACT_OK,
+        ),
+        arm(
+            "TC: steer, IPv6 inner, 1 SID".into(),
+            "steer",
+            Prog::SteerTc,
+            "IPv6",
+            dut.eth0,
+            Packets::Fixed(udp6(svc6(one_sid))),
+            TC_ACT_REDIRECT,
+        ),
+        arm(
+            "TC: steer, IPv4 inner, 1 SID".into(),
+            "steer",
+            Prog::SteerTc,
+            "IPv4",
+            dut.eth0,
+            Packets::Fixed(udp4(svc4(u8::try_from(one_sid).expect("few")))),
+            TC_ACT_REDIRECT,
+        ),
+    ]);
     let template = Frame::ethernet().ipv6_udp(flow_src(0), AFFINITY_SVC, FLOW_PORTS, &PAYLOAD);
     for (table, &n) in settings.flow_counts.iter().enumerate() {
         let flows = flow_count_label(n);
@@ -630,8 +739,13 @@ fn flow_count_label(n: u32) -> String {
 }
 
 /// One call: the kernel's duration in ns and the verdict.
-fn run_once(xdp: &Xdp, input: &[u8], ctx: &[u8], out: &mut [u8]) -> Result<(u64, u32, usize)> {
-    let result = xdp.test_run(TestRunOptions {
+fn run_once(
+    program: &Runnable<'_>,
+    input: &[u8],
+    ctx: &[u8],
+    out: &mut [u8],
+) -> Result<(u64, u32, usize)> {
+    let result = program.test_run(TestRunOptions {
         data_in: Some(input),
         data_out: Some(out),
         ctx_in: Some(ctx),
@@ -642,6 +756,19 @@ fn run_once(xdp: &Xdp, input: &[u8], ctx: &[u8], out: &mut [u8]) -> Result<(u64,
         result.return_value,
         usize::try_from(result.data_size_out)?,
     ))
+}
+
+/// The context of one run of `prog` on a `len`-byte frame arriving on `ifindex`.
+fn context(prog: Prog, ifindex: u32, len: usize) -> Vec<u8> {
+    if prog.is_tc() {
+        // struct __sk_buff with only `ifindex` (offset 40) set: the kernel gives the socket
+        // buffer that device.
+        let mut skb = vec![0u8; 192];
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        skb
+    } else {
+        xdp_md(ifindex, len)
+    }
 }
 
 fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
@@ -668,7 +795,7 @@ fn batch(
     cursor: &mut u32,
     scratch: &mut (Vec<u8>, Vec<u8>),
 ) -> Result<f64> {
-    let xdp = loaded.xdp(arm.prog)?;
+    let program = loaded.program(arm.prog)?;
     let mut times = Vec::with_capacity(size);
     let (frame, out) = scratch;
     let mut misses = Vec::new();
@@ -691,8 +818,8 @@ fn batch(
             }
         };
         out.resize(input.len() + HEADROOM, 0);
-        let ctx = xdp_md(arm.ifindex, input.len());
-        let (ns, verdict, _) = run_once(xdp, input, &ctx, out)?;
+        let ctx = context(arm.prog, arm.ifindex, input.len());
+        let (ns, verdict, _) = run_once(&program, input, &ctx, out)?;
         ensure!(
             verdict == arm.expect,
             "{}: verdict {verdict}, expected {}",
@@ -710,7 +837,7 @@ fn batch(
                 }
             }
             Prog::FlowInsert => {
-                let mut flows = floor_table(xdp)?;
+                let mut flows = floor_table(loaded.xdp(Prog::FlowInsert)?)?;
                 for i in misses {
                     flows.remove(&floor_key(&flow_src(i)))?;
                 }
@@ -721,8 +848,8 @@ fn batch(
     Ok(crate::stats::median(&mut times))
 }
 
-fn program_size(name: &str, xdp: &Xdp) -> Result<ProgramSize> {
-    let info = xdp.info()?;
+fn program_size(name: &str, program: &Runnable<'_>) -> Result<ProgramSize> {
+    let info = program.info()?;
     Ok(ProgramSize {
         program: name.to_owned(),
         xlated_insns: info.size_translated().map(|b| b / 8),
@@ -731,14 +858,50 @@ fn program_size(name: &str, xdp: &Xdp) -> Result<ProgramSize> {
     })
 }
 
+/// The size of every measured program, as the kernel reports it.
+fn program_sizes(loaded: &Loaded) -> Result<Vec<ProgramSize>> {
+    let mut programs = vec![
+        program_size("xdp_noop", &loaded.program(Prog::Noop)?)?,
+        program_size("tc_noop", &loaded.program(Prog::TcNoop)?)?,
+        program_size(
+            "katran-like balancer_ingress_v4",
+            &loaded.program(Prog::KatranV4)?,
+        )?,
+        program_size(
+            "katran-like balancer_ingress_v6",
+            &loaded.program(Prog::KatranV6)?,
+        )?,
+    ];
+    for program in Program::ALL {
+        let (xlated, verified) = loaded.planes[0].verified_size(program)?;
+        let jited = loaded.planes[0].program(program)?.info()?.size_jitted();
+        programs.push(ProgramSize {
+            program: program.name().to_owned(),
+            xlated_insns: xlated,
+            jited_bytes: Some(jited),
+            verified_insns: verified,
+        });
+    }
+    programs.push(program_size(
+        Hook::TcIngress.program(),
+        &loaded.program(Prog::SteerTc)?,
+    )?);
+    Ok(programs)
+}
+
 /// Runs part 1 inside a fresh fixture namespace.
 pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     let dut = Dut::new()?;
     let _inside = dut.enter()?;
-    let noop = load_object(&peers.baselines, &["xdp_noop", "xdp_flow_insert"])?;
+    let noop = load_object(
+        &peers.baselines,
+        &["xdp_noop", "xdp_flow_insert"],
+        &["tc_noop"],
+    )?;
     let mut katran = load_object(
         &peers.katran,
         &["balancer_ingress_v4", "balancer_ingress_v6"],
+        &[],
     )?;
     configure_katran(&mut katran)?;
     let mut planes = Vec::new();
@@ -754,6 +917,9 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
         )
         .context("loading cpn's data plane (build it with `cargo xtask build-ebpf`)")?;
         configure(&mut dp)?;
+        if planes.is_empty() {
+            dp.load_tc(Hook::TcIngress)?;
+        }
         let resident = fill_flows(&dp, n)?;
         eprintln!(
             "bench: data plane with {n} flows ready in {:.1} s ({:.1}% of sampled flows resident)",
@@ -802,27 +968,7 @@ pub fn run(settings: &Settings, peers: &Peers) -> Result<PerPacket> {
     );
     let amortized = amortized(&arms, &per_round, &amortized_rounds)?;
     let results = summarize(&arms, &per_round, &loaded)?;
-    let mut programs = vec![
-        program_size("xdp_noop", loaded.xdp(Prog::Noop)?)?,
-        program_size(
-            "katran-like balancer_ingress_v4",
-            loaded.xdp(Prog::KatranV4)?,
-        )?,
-        program_size(
-            "katran-like balancer_ingress_v6",
-            loaded.xdp(Prog::KatranV6)?,
-        )?,
-    ];
-    for program in Program::ALL {
-        let (xlated, verified) = loaded.planes[0].verified_size(program)?;
-        let jited = loaded.planes[0].program(program)?.info()?.size_jitted();
-        programs.push(ProgramSize {
-            program: program.name().to_owned(),
-            xlated_insns: xlated,
-            jited_bytes: Some(jited),
-            verified_insns: verified,
-        });
-    }
+    let programs = program_sizes(&loaded)?;
     Ok(PerPacket {
         method: METHOD,
         rounds: settings.rounds,
@@ -852,8 +998,8 @@ fn check_outputs(loaded: &Loaded, arms: &[Arm]) -> Result<()> {
             }
         };
         let mut out = vec![0u8; input.len() + HEADROOM];
-        let ctx = xdp_md(arm.ifindex, input.len());
-        let (_, verdict, len) = run_once(loaded.xdp(arm.prog)?, input, &ctx, &mut out)?;
+        let ctx = context(arm.prog, arm.ifindex, input.len());
+        let (_, verdict, len) = run_once(&loaded.program(arm.prog)?, input, &ctx, &mut out)?;
         ensure!(
             verdict == arm.expect,
             "{}: verdict {verdict}, expected {}",
@@ -870,7 +1016,9 @@ fn check_outputs(loaded: &Loaded, arms: &[Arm]) -> Result<()> {
                 out[..4] == KATRAN_REAL6.octets()[..4] && len == input.len() + 40,
                 "Katran-like IPv6 did not encapsulate towards its real"
             ),
-            Prog::Steer(_) if arm.expect == XDP_REDIRECT => {
+            Prog::Steer(_) | Prog::SteerTc
+                if arm.expect == XDP_REDIRECT || arm.expect == TC_ACT_REDIRECT =>
+            {
                 ensure!(len > input.len(), "{}: nothing was pushed", arm.name);
                 cpn_tests::packet::verify(&out)
                     .map_err(|e| anyhow::anyhow!("{}: output does not decode: {e}", arm.name))?;
@@ -902,9 +1050,9 @@ fn amortized_once(loaded: &Loaded, arm: &Arm) -> Result<f64> {
     let Packets::Fixed(input) = &arm.packets else {
         bail!("{} changes its packets", arm.name);
     };
-    let ctx = xdp_md(arm.ifindex, input.len());
+    let ctx = context(arm.prog, arm.ifindex, input.len());
     let mut out = vec![0u8; input.len() + HEADROOM];
-    let result = loaded.xdp(arm.prog)?.test_run(TestRunOptions {
+    let result = loaded.program(arm.prog)?.test_run(TestRunOptions {
         data_in: Some(input),
         data_out: Some(&mut out),
         ctx_in: Some(&ctx),
@@ -919,15 +1067,18 @@ fn amortized(
     per_round: &[Vec<f64>],
     amortized_rounds: &[Vec<f64>],
 ) -> Result<Vec<Amortized>> {
-    let noop = arms
-        .iter()
-        .position(|a| matches!(a.prog, Prog::Noop))
-        .context("no no-op arm")?;
+    let noop = |tc: bool| {
+        arms.iter()
+            .position(|a| matches!(a.prog, Prog::Noop | Prog::TcNoop) && a.prog.is_tc() == tc)
+            .context("no no-op arm")
+    };
+    let (noop, tc_noop) = (noop(false)?, noop(true)?);
     Ok(arms
         .iter()
         .enumerate()
         .filter(|(_, arm)| amortizable(arm))
         .map(|(i, arm)| {
+            let noop = if arm.prog.is_tc() { tc_noop } else { noop };
             let net: Vec<f64> = per_round[i]
                 .iter()
                 .zip(&per_round[noop])
@@ -956,6 +1107,7 @@ fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Ve
             .context("baseline arm missing")
     };
     let noop = index(|p| matches!(p, Prog::Noop))?;
+    let tc_noop = index(|p| matches!(p, Prog::TcNoop))?;
     let katran6 = index(|p| matches!(p, Prog::KatranV6))?;
     let katran4 = index(|p| matches!(p, Prog::KatranV4))?;
     let pairwise = |a: &[f64], b: &[f64], f: fn(f64, f64) -> f64| -> Vec<f64> {
@@ -964,14 +1116,15 @@ fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Ve
     let mut results = Vec::new();
     for (i, arm) in arms.iter().enumerate() {
         let mine = &per_round[i];
-        let base = &per_round[noop];
+        let base = &per_round[if arm.prog.is_tc() { tc_noop } else { noop }];
         let peer = &per_round[if arm.family == "IPv4" {
             katran4
         } else {
             katran6
         }];
         let net: Vec<f64> = pairwise(mine, base, |x, y| x - y);
-        let peer_net: Vec<f64> = pairwise(peer, base, |x, y| x - y);
+        // The peer is XDP: its net cost is taken from the XDP no-op.
+        let peer_net: Vec<f64> = pairwise(peer, &per_round[noop], |x, y| x - y);
         let frame_bytes = match &arm.packets {
             Packets::Fixed(b) => b.len(),
             Packets::Hit { template, .. } | Packets::Miss { template, .. } => template.len(),
@@ -981,11 +1134,12 @@ fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Ve
             group: arm.group,
             program: match arm.prog {
                 Prog::Noop => "xdp_noop".to_owned(),
+                Prog::TcNoop => "tc_noop".to_owned(),
                 Prog::FlowInsert => "xdp_flow_insert".to_owned(),
                 Prog::KatranV4 => "balancer_ingress_v4".to_owned(),
                 Prog::KatranV6 => "balancer_ingress_v6".to_owned(),
                 p => loaded
-                    .xdp(p)?
+                    .program(p)?
                     .info()?
                     .name_as_str()
                     .unwrap_or("?")
@@ -993,10 +1147,10 @@ fn summarize(arms: &[Arm], per_round: &[Vec<f64>], loaded: &Loaded) -> Result<Ve
             },
             family: arm.family,
             frame_bytes,
-            verdict: match arm.expect {
-                XDP_DROP => "drop",
-                XDP_PASS => "pass",
-                XDP_REDIRECT => "redirect",
+            verdict: match (arm.prog.is_tc(), arm.expect) {
+                (false, XDP_DROP) => "drop",
+                (false, XDP_PASS) | (true, TC_ACT_OK) => "pass",
+                (false, XDP_REDIRECT) | (true, TC_ACT_REDIRECT) => "redirect",
                 _ => "other",
             },
             ns: Spread::of(mine),
