@@ -6,8 +6,12 @@
 //!   client1 ─┐                      ┌─ [wan1] ── compute1     [wanN]: a delay line giving
 //!   client2 ─┼─ ingress ── transit ─┼─ [wan2] ── compute2     computeN's path its configured
 //!      …     ┘  cpn_steer  endpoint └─    …         …         latency (the kernel here has no
-//!                                                              netem)
+//!               + tc-egress                                    netem)
 //! ```
+//!
+//! The ingress steers what its clients send in XDP, and what it sends itself with
+//! `cpn_steer_tc_egress` on its uplink (its route to a service address points at the transit,
+//! which would send an unsteered packet straight back: only a steered one arrives).
 //!
 //! Addresses are derived from positions: client `i` is `2001:db8:i::1` and `10.0.i.1` behind
 //! the ingress's `eth{i}`; the ingress-transit link is `2001:db8:100::/64` and
@@ -420,6 +424,14 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
     ingress.add_address("eth0", "2001:db8:100::1/64")?;
     ingress.add_address("eth0", "10.100.0.1/24")?;
     ingress.enable_forwarding()?;
+    for service in &topology.services {
+        let (prefix, via) = if service.address.is_ipv6() {
+            (128, "2001:db8:100::2")
+        } else {
+            (32, "10.100.0.2")
+        };
+        ingress.add_route(&[&format!("{}/{prefix}", service.address), "via", via])?;
+    }
     if topology.mode == Mode::Reflector {
         // The compute nodes' links, through the transit: the next hops of their routes.
         ingress.add_route(&["2001:db8:200::/40", "via", "2001:db8:100::2"])?;
@@ -498,6 +510,7 @@ fn ingress_config(topology: &Topology, explain: &Path) -> String {
             "[[interface]]\nname = \"eth{i}\"\nprogram = \"steer\"\n\n"
         );
     }
+    text.push_str("[[interface]]\nname = \"eth0\"\nprogram = \"steer\"\nhook = \"tc-egress\"\n\n");
     text.push_str("[srv6]\nsource = \"2001:db8:100::1\"\n\n");
     for s in &topology.services {
         let _ = write!(

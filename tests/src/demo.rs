@@ -1,7 +1,9 @@
 //! The demo's story (`cargo xtask demo`): a lab from a topology file, real traffic from every
 //! client, and four acts, each checked against what the traffic measured:
 //!
-//! 1. steady state: the node with the highest weight takes the largest share of new flows;
+//! 1. steady state: the node with the highest weight takes the largest share of new flows, and
+//!    the ingress's own new flows (it is a client too, steered by `cpn_steer_tc_egress`) are
+//!    answered;
 //! 2. a load surge on that node: its share of new flows falls, its open connections stay;
 //! 3. it fails: no new flow reaches it (or fails) later than [`FAILOVER_BOUND`] after;
 //! 4. it recovers: it takes new flows again, and no new flow is lost on the way.
@@ -32,6 +34,9 @@ const RATE_PER_CLIENT: u32 = 50;
 const HELD: usize = 30;
 /// How far back the live view's shares and rates look.
 const WINDOW: Duration = Duration::from_secs(2);
+
+/// The node whose own traffic is steered on its way out (`tc-egress`), not on arrival.
+const HOST_CLIENT: &str = "ingress";
 
 /// Set by Ctrl-C: the demo stops at the next refresh and cleans up.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -80,11 +85,15 @@ pub struct Record {
 pub fn run(lab: &mut CpnLab, act_length: Duration) -> Result<Record> {
     let service = lab.topology.services[0].clone();
     let target = SocketAddr::new(service.address, service.listen_port());
+    // The clients, and the ingress itself: a host sending to the service (its first client
+    // stays the one that holds connections).
     let clients = lab
         .topology
         .clients
         .iter()
-        .map(|c| lab.lab.node(&c.name).cloned())
+        .map(|c| c.name.as_str())
+        .chain([HOST_CLIENT])
+        .map(|name| lab.lab.node(name).cloned())
         .collect::<Result<Vec<_>>>()?;
     let computes: Vec<String> = lab
         .topology
@@ -141,8 +150,34 @@ impl Show<'_> {
             observed: describe(&steady),
             passed: largest.as_deref() == Some(preferred.as_str()),
         });
+        self.record.verdicts.push(self.host_originated(start));
         let share = steady.get(&preferred).copied().unwrap_or(0.0);
         Ok((preferred, share))
+    }
+
+    /// The ingress's own new flows since `start`: all answered, by the compute nodes (its
+    /// route to the service leads back to itself unless the flow is steered).
+    fn host_originated(&self, start: Duration) -> Verdict {
+        let own: Vec<Request> = self
+            .traffic
+            .between(start, self.traffic.now())
+            .into_iter()
+            .filter(|r| r.client == HOST_CLIENT)
+            .collect();
+        let answered = own.iter().filter(|r| r.node.is_some()).count();
+        Verdict {
+            act: "host",
+            expected: format!(
+                "the new flows {HOST_CLIENT} sends itself are steered (tc-egress) and answered \
+                 (at least 99 %)"
+            ),
+            observed: format!(
+                "{answered} of {} answered: {}",
+                own.len(),
+                describe(&shares(&own))
+            ),
+            passed: !own.is_empty() && answered * 100 >= own.len() * 99,
+        }
     }
 
     /// Act 2: a load surge on the preferred node.
