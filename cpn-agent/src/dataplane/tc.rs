@@ -122,16 +122,19 @@ fn tcx(
         tracing::info!(program = name, %interface, %hook, "took over the pinned link: program replaced in place");
         id
     } else {
-        if let Some(path) = pin.filter(|p| p.exists()) {
-            // A clsact attachment of an earlier agent: it goes, the link takes its place.
-            remove_clsact(interface, hook);
-            let _ = std::fs::remove_file(path);
-        }
-        tc.attach_with_options(
+        let id = tc.attach_with_options(
             interface,
             attach_type(hook),
             TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )?
+        )?;
+        // A clsact attachment of an earlier agent goes only once the link is in its place:
+        // where the kernel has no TCX, the attach above fails and `auto` takes the filter
+        // over instead, without a moment unsteered.
+        if let Some(path) = pin.filter(|p| p.exists()) {
+            remove_clsact(interface, hook);
+            let _ = std::fs::remove_file(path);
+        }
+        id
     };
     let link = FdLink::try_from(tc.take_link(id)?)
         .map_err(|e| ProgramError::IOError(std::io::Error::other(e.to_string())))?;
