@@ -122,7 +122,7 @@ fn main() -> Result<()> {
     };
     let host_tcp = if wanted(Part::HostTcp) {
         Some(host_tcp::run(&host_tcp::Settings {
-            rounds: if quick { 2 } else { 8 },
+            rounds: if quick { 2 } else { 16 },
             window: std::time::Duration::from_millis(if quick { 500 } else { 2000 }),
         })?)
     } else {

@@ -31,7 +31,12 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use cpn_common::{headers::ether_type, maps::Seen, programs::Hook, stats::ProtoCounter};
+use cpn_common::{
+    headers::{ether_type, proto},
+    maps::Seen,
+    programs::Hook,
+    stats::ProtoCounter,
+};
 
 use crate::parse::{Frame, L2};
 
@@ -94,9 +99,9 @@ fn steer_entry(ctx: &XdpContext) -> u32 {
     icmp::answer(ctx, l2.l3, verdict)
 }
 
-/// The headers the TC program reads in place are pulled into the socket buffer's linear part
-/// first (a local socket's packet may hold them in its fragments): up to the deepest header
-/// parsing follows, plus an ICMP error's quote.
+/// The headers the TC program reads in place must lie in the socket buffer's linear part;
+/// where they may not, up to the deepest header parsing follows is pulled in first, plus an
+/// ICMP error's quote (which quotes flows in its own headers).
 const TC_PULL: u32 = (parse::MAX_HEADER_OFFSET + 128) as u32;
 
 const ETH: usize = core::mem::size_of::<cpn_common::headers::EthHdr>();
@@ -104,7 +109,7 @@ const ETH: usize = core::mem::size_of::<cpn_common::headers::EthHdr>();
 #[inline(always)]
 fn steer_tc_entry(ctx: &TcContext, hook: Hook) -> i32 {
     let pull = ctx.len().min(TC_PULL);
-    if ctx.pull_data(pull).is_err() {
+    if !headers_in_head(ctx) && ctx.pull_data(pull).is_err() {
         return TC_ACT_OK;
     }
     let skb = ctx.skb.skb;
@@ -153,6 +158,33 @@ fn steer_tc_entry(ctx: &TcContext, hook: Hook) -> i32 {
         // SAFETY: plain helper call.
         xdp_action::XDP_TX => unsafe { bpf_redirect(ifindex, reply_flags) as i32 },
         _ => TC_ACT_SHOT,
+    }
+}
+
+/// Whether the linear part already holds every header steering reads: IPv4 or IPv6 without
+/// options or extension headers, then the whole TCP header or UDP's. A local socket's packet
+/// is like that, its payload in page fragments. Pulling payload in as well would cost a second
+/// copy of the head per packet (the verifier's prologue has unshared it already), which shows
+/// in bulk TCP; a packet with more headers, or none of these, is pulled.
+#[inline(always)]
+fn headers_in_head(ctx: &TcContext) -> bool {
+    let linear = ctx.data_end() - ctx.data();
+    let (l4, protocol) = match parse::read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) {
+        Some(ether_type::IPV6) => match parse::read::<[u8; 2]>(ctx, ETH + 6) {
+            Some([next_header, _]) => (ETH + 40, next_header),
+            None => return false,
+        },
+        Some(ether_type::IPV4) => match parse::read::<[u8; 10]>(ctx, ETH) {
+            Some(header) if header[0] == 0x45 => (ETH + 20, header[9]),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    match protocol {
+        proto::TCP => parse::read::<[u8; 14]>(ctx, l4)
+            .is_some_and(|tcp| l4 + usize::from(tcp[12] >> 4) * 4 <= linear),
+        proto::UDP => l4 + 8 <= linear,
+        _ => false,
     }
 }
 
