@@ -55,11 +55,8 @@ impl Reply for TcContext {
         if unsafe { bpf_skb_change_tail(self.skb.skb, (l3 + quote) as u32, 0) } != 0 {
             return false;
         }
-        // The checksum reads the quote in place: all of it into the linear part (the entry
-        // pulls only the headers of a TCP or UDP packet).
         self.adjust_room((front - ETH) as i32, BPF_ADJ_ROOM_MAC, 0)
             .is_ok()
-            && self.pull_data(self.len()).is_ok()
     }
 }
 
