@@ -182,7 +182,8 @@ fn headers_in_head(ctx: &TcContext) -> bool {
     };
     match protocol {
         proto::TCP => parse::read::<[u8; 14]>(ctx, l4)
-            .is_some_and(|tcp| l4 + usize::from(tcp[12] >> 4) * 4 <= linear),
+            // The fixed 20 bytes at least, whatever a (malformed) data offset claims.
+            .is_some_and(|tcp| l4 + (usize::from(tcp[12] >> 4) * 4).max(20) <= linear),
         proto::UDP => l4 + 8 <= linear,
         _ => false,
     }

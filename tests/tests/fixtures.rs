@@ -185,8 +185,8 @@ fn a_wrong_expectation_fails_with_a_hex_diff() {
 }
 
 /// Every program, XDP and TC, passes the verifier on this kernel; prints their size and the
-/// verifier's work (run with `--nocapture` to see it; the README records it): the verifier
-/// gives up at 1 000 000 processed instructions.
+/// verifier's work (run with `--nocapture` to see it): the verifier gives up at 1 000 000
+/// processed instructions.
 #[test]
 fn programs_load_and_report_their_verified_size() {
     let mut runner = Runner::new().expect("load the data plane");
