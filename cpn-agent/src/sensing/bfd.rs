@@ -140,7 +140,8 @@ pub enum Discard {
     Truncated(usize),
     #[error("version {0}, not 1")]
     Version(u8),
-    #[error("Length {length} is below {minimum} (the A bit is {authenticated})")]
+    /// `minimum` is 26 when the A bit says an authentication section follows.
+    #[error("Length {length} is below the {minimum} bytes it needs")]
     LengthTooSmall {
         length: u8,
         minimum: usize,
