@@ -156,6 +156,39 @@ pub struct NeighborConfig {
     pub max_prefixes: Option<usize>,
     /// TCP MD5 signature key (RFC 2385), 1 to 80 bytes; the neighbor must use the same.
     pub password: Option<Spanned<String>>,
+    /// BFD with this neighbor (default: none).
+    pub bfd: Option<Spanned<BfdConfig>>,
+}
+
+/// `bfd = { interval_ms, multiplier, multihop }` of a `[[bgp.neighbor]]`: a BFD session with
+/// the neighbor (RFC 5880), tied to its BGP session, which closes with its routes as soon as
+/// BFD goes down (RFC 5882 §4.3).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdConfig {
+    /// Desired Min TX and Required Min RX once up, 10 ms or more (default 100).
+    #[serde(default = "default_bfd_interval")]
+    pub interval_ms: u64,
+    /// Detect Mult: intervals of silence that make the neighbor dead, 1 to 255 (default 3).
+    #[serde(default = "default_bfd_multiplier")]
+    pub multiplier: u32,
+    /// A neighbor that is not on a shared link: RFC 5883 (UDP 4784, any TTL) instead of RFC
+    /// 5881 (UDP 3784, TTL 255). Default false.
+    #[serde(default)]
+    pub multihop: bool,
+}
+
+/// The shortest BFD interval the agent runs (its timers are millisecond-grained).
+pub const MIN_BFD_INTERVAL_MS: u64 = 10;
+/// The longest: Desired Min TX is a 32-bit count of microseconds.
+pub const MAX_BFD_INTERVAL_MS: u64 = 4_294_967;
+
+fn default_bfd_interval() -> u64 {
+    100
+}
+
+fn default_bfd_multiplier() -> u32 {
+    3
 }
 
 fn bgp_port() -> u16 {
@@ -872,6 +905,31 @@ fn validate_bgp(
     let Some(bgp) = &config.bgp else {
         return Ok(());
     };
+    for neighbor in &bgp.neighbors {
+        let Some(bfd) = &neighbor.bfd else { continue };
+        let at = Some(bfd.span().start);
+        let b = bfd.get_ref();
+        if !(MIN_BFD_INTERVAL_MS..=MAX_BFD_INTERVAL_MS).contains(&b.interval_ms) {
+            return Err(error(
+                at,
+                format!(
+                    "[[bgp.neighbor]] {}: bfd interval_ms = {} is out of range; use \
+                     {MIN_BFD_INTERVAL_MS} to {MAX_BFD_INTERVAL_MS} ms",
+                    neighbor.address, b.interval_ms
+                ),
+            ));
+        }
+        if !(1..=255).contains(&b.multiplier) {
+            return Err(error(
+                at,
+                format!(
+                    "[[bgp.neighbor]] {}: bfd multiplier = {} does not fit Detect Mult; use 1 to \
+                     255 (3 is usual)",
+                    neighbor.address, b.multiplier
+                ),
+            ));
+        }
+    }
     let restart = &bgp.graceful_restart_s;
     let max = crate::bgp::graceful::MAX_RESTART_TIME.as_secs();
     if *restart.get_ref() > max {
@@ -1509,5 +1567,41 @@ mode = "generic"
             err.contains("at most 4095 s") && err.starts_with("agent.toml:20: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bfd_timers_are_checked_at_load() {
+        let neighbor = "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n\n[[bgp.neighbor]]\n\
+                        address = \"2001:db8::2\"\nasn = 65001\n";
+        let config = with(&format!("{neighbor}bfd = {{}}\n")).unwrap();
+        let bfd = config.bgp.as_ref().unwrap().neighbors[0]
+            .bfd
+            .as_ref()
+            .unwrap();
+        let bfd = bfd.get_ref();
+        assert_eq!(
+            (bfd.interval_ms, bfd.multiplier, bfd.multihop),
+            (100, 3, false),
+            "defaults"
+        );
+        assert!(
+            with(&format!(
+                "{neighbor}bfd = {{ interval_ms = 10, multiplier = 3 }}\n"
+            ))
+            .is_ok()
+        );
+        let err = with(&format!("{neighbor}bfd = {{ interval_ms = 5 }}\n")).unwrap_err();
+        assert!(
+            err.contains("interval_ms = 5 is out of range; use 10 to"),
+            "{err}"
+        );
+        assert!(err.starts_with("agent.toml:24: "), "names the line: {err}");
+        let err = with(&format!("{neighbor}bfd = {{ multiplier = 0 }}\n")).unwrap_err();
+        assert!(
+            err.contains("multiplier = 0 does not fit Detect Mult; use 1 to 255"),
+            "{err}"
+        );
+        let err = with(&format!("{neighbor}bfd = {{ interval = 5 }}\n")).unwrap_err();
+        assert!(err.contains("unknown field `interval`"), "{err}");
     }
 }

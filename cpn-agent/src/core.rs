@@ -5,8 +5,9 @@
 //! ```text
 //!   BGP sessions ──Event::Bgp──────────────┐
 //!   [[remote]] files ──Event::RemoteMetrics┼──▶ core task ──Snapshot (watch)──▶ steering,
-//!   operator (api) ──Event::Drain──────────┤   (owns RIB, links,              sessions (export),
-//!   link sensing ──LinkTable (watch)───────┘    remote metrics, drains)       locators, api
+//!   operator (api) ──Event::Drain──────────┤   (owns RIB, links, BFD,         sessions (export,
+//!   BFD ──Event::Bfd───────────────────────┤    remote metrics, drains)       BFD down), locators,
+//!   link probes ──LinkTable (watch)────────┘                                  api
 //! ```
 //!
 //! Everything that changes this state is a typed event, applied in the order it arrives; a
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     bgp::rib::{RibCommand, RibIn},
     metrics::files::RemoteMetrics,
-    sensing::probe::LinkStats,
+    sensing::{bfd, probe::LinkStats},
 };
 
 /// What link sensing measured of each probed neighbor, as it last published it.
@@ -45,6 +46,11 @@ pub enum Event {
     RemoteMetrics {
         metrics: RemoteMetrics,
         published: Option<oneshot::Sender<u64>>,
+    },
+    /// The BFD session with `neighbor` changed state (or its intervals).
+    Bfd {
+        neighbor: IpAddr,
+        status: bfd::Status,
     },
     /// The operator drains `node` (no new flows; its open flows stay) or, with `drain` false,
     /// gives it new flows again. Answered with the version of the first snapshot that says so.
@@ -63,6 +69,8 @@ pub struct Snapshot {
     pub version: u64,
     pub rib: Arc<RibIn>,
     pub links: Arc<LinkTable>,
+    /// Each BFD session, by neighbor.
+    pub bfd: Arc<bfd::Statuses>,
     /// What the `[[remote]]` metrics files hold.
     pub remote: Arc<RemoteMetrics>,
     /// The nodes the operator drained, by name.
@@ -108,6 +116,7 @@ pub fn spawn(
             .as_ref()
             .map(|l| Arc::new(l.borrow().clone()))
             .unwrap_or_default(),
+        bfd: bfd::Statuses::new(),
         remote: Arc::default(),
         drained: BTreeSet::new(),
     };
@@ -120,6 +129,7 @@ pub fn spawn(
 struct State {
     rib: RibIn,
     links: Arc<LinkTable>,
+    bfd: bfd::Statuses,
     remote: Arc<RemoteMetrics>,
     drained: BTreeSet<String>,
 }
@@ -130,6 +140,7 @@ impl State {
             version,
             rib: Arc::new(self.rib.clone()),
             links: self.links.clone(),
+            bfd: Arc::new(self.bfd.clone()),
             remote: self.remote.clone(),
             drained: Arc::new(self.drained.clone()),
         }
@@ -138,9 +149,14 @@ impl State {
 
 /// What changed in one burst of events, to publish.
 #[derive(Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per part of the snapshot"
+)]
 struct Changed {
     rib: bool,
     drained: bool,
+    bfd: bool,
     /// Links and remote metrics, shared as they are kept.
     shared: bool,
     /// Requests to answer with the version that publishes them.
@@ -149,7 +165,7 @@ struct Changed {
 
 impl Changed {
     const fn any(&self) -> bool {
-        self.rib || self.drained || self.shared
+        self.rib || self.drained || self.bfd || self.shared
     }
 }
 
@@ -207,6 +223,11 @@ impl State {
                 }
                 changed.answers.extend(published);
             }
+            Event::Bfd { neighbor, status } => {
+                if self.bfd.insert(neighbor, status) != Some(status) {
+                    changed.bfd = true;
+                }
+            }
             Event::Drain {
                 node,
                 drain,
@@ -240,6 +261,11 @@ impl State {
                 last.rib
             },
             links: self.links.clone(),
+            bfd: if changed.bfd {
+                Arc::new(self.bfd.clone())
+            } else {
+                last.bfd
+            },
             remote: self.remote.clone(),
             drained: if changed.drained {
                 Arc::new(self.drained.clone())

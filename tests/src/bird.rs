@@ -23,6 +23,8 @@ use crate::lab::{Lab, wait_for};
 #[derive(Clone, Debug)]
 pub struct BirdConfig {
     text: String,
+    /// The BGP sessions written from now on ask BFD for their neighbor (`bfd on`).
+    bgp_bfd: bool,
 }
 
 impl BirdConfig {
@@ -37,7 +39,20 @@ impl BirdConfig {
                  protocol device {{ scan time 2; }}\n\
                  protocol direct {{ ipv6 {{ table igp6; }}; }}\n"
             ),
+            bgp_bfd: false,
         }
+    }
+
+    /// A `bfd` protocol with these timers on every interface; the BGP sessions added after
+    /// this ask it for a session with their neighbor and go down with it (`bfd on`).
+    #[must_use]
+    pub fn bfd(mut self, interval_ms: u64, multiplier: u32) -> Self {
+        let _ = writeln!(
+            self.text,
+            "protocol bfd {{ debug {{ states, events }}; interface \"*\" {{ interval {interval_ms} ms; multiplier {multiplier}; }}; }}"
+        );
+        self.bgp_bfd = true;
+        self
     }
 
     /// A default route via `gateway` for resolving next hops (not exported).
@@ -97,6 +112,7 @@ impl BirdConfig {
         } else {
             ""
         };
+        let bfd = if self.bgp_bfd { "  bfd on;\n" } else { "" };
         let _ = write!(
             self.text,
             "protocol bgp {name} {{\n  \
@@ -104,7 +120,7 @@ impl BirdConfig {
              neighbor {address} as {asn};\n  \
              hold time 3;\n  keepalive time 1;\n  passive on;\n  \
              ipv6 {{ import all; export all; aigp on; add paths on; igp table igp6; }};\n\
-             {ipv4}}}\n"
+             {ipv4}{bfd}}}\n"
         );
         self
     }

@@ -5,8 +5,10 @@
 //!                             └──▶ publish_file (JSON), own routes (watch) ──▶ BGP
 //!
 //!   BGP sessions ── RibCommand ──┐                                         (ingress role)
-//!   link probes ── LinkTable ────┼──▶ routing core ── Snapshot (watch) ──┬──▶ sessions (export)
-//!   control socket: drain ───────┘    (crate::core)                      ├──▶ locators ──▶ kernel
+//!   link probes ── LinkTable ────┤
+//!   BFD ── Event::Bfd ───────────┼──▶ routing core ── Snapshot (watch) ──┬──▶ sessions (export,
+//!   control socket: drain ───────┘    (crate::core)                      │    BFD down)
+//!                                                                        ├──▶ locators ──▶ kernel
 //!                                                                        ▼
 //!   [[remote]] + metrics files ─────▶ steering ── Command (mpsc, in order) ──┐
 //!   config at start / on SIGHUP ──▶ reconcile ──(owns node ids)─────────────┼──▶ owner
@@ -68,23 +70,17 @@ pub struct Agent {
     sessions: BTreeMap<IpAddr, watch::Receiver<crate::bgp::session::SessionStats>>,
 }
 
-/// Starts link sensing (with BGP) and the routing core it feeds, which every other task talks
-/// to: the core, the links' liveness for the BGP sessions, and the tasks (the core's among
-/// them).
+/// Starts the routing core, which every other task talks to, and link sensing (with BGP),
+/// which feeds it: the core and the tasks (the core's among them).
 async fn start_core(
     config: &Config,
-) -> Result<(
-    crate::core::Core,
-    crate::sensing::probe::Liveness,
-    Vec<tokio::task::JoinHandle<()>>,
-)> {
+) -> Result<(crate::core::Core, Vec<tokio::task::JoinHandle<()>>)> {
     let mut tasks = Vec::new();
-    let mut liveness = crate::sensing::probe::Liveness::new();
     let mut links = None;
     let mut rib = RibIn::default();
     if let Some(bgp) = &config.bgp {
         let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
-        let (table, alive, prober) = crate::sensing::probe::spawn(
+        let (table, prober) = crate::sensing::probe::spawn(
             bgp.probe_port,
             &neighbors,
             Duration::from_millis(bgp.probe_interval_ms.max(1)),
@@ -93,12 +89,35 @@ async fn start_core(
         .await
         .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
         tasks.push(prober);
-        (links, liveness) = (Some(table), alive);
+        links = Some(table);
         rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
     }
     let (core, task) = crate::core::spawn(rib, links);
     tasks.push(task);
-    Ok((core, liveness, tasks))
+    if let Some(bgp) = &config.bgp {
+        let peers: Vec<crate::sensing::bfd::Peer> = bgp
+            .neighbors
+            .iter()
+            .filter_map(|n| {
+                let bfd = n.bfd.as_ref()?.get_ref();
+                Some(crate::sensing::bfd::Peer {
+                    address: n.address,
+                    multihop: bfd.multihop,
+                    timers: crate::sensing::bfd::session::Timers {
+                        interval: Duration::from_millis(bfd.interval_ms),
+                        // Checked at load: 1 to 255.
+                        multiplier: u8::try_from(bfd.multiplier).unwrap_or(u8::MAX),
+                    },
+                })
+            })
+            .collect();
+        if !peers.is_empty() {
+            crate::sensing::bfd::spawn(&peers, core.events.clone())
+                .await
+                .context("starting BFD on UDP ports 3784 and 4784")?;
+        }
+    }
+    Ok((core, tasks))
 }
 
 /// What steering shows the operator's interfaces.
@@ -125,7 +144,7 @@ impl Agent {
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
-        let (core, liveness, tasks) = start_core(config).await?;
+        let (core, tasks) = start_core(config).await?;
         let mut agent = Self {
             commands,
             core: core.events.clone(),
@@ -153,7 +172,6 @@ impl Agent {
                 speaker_config(config, bgp),
                 (core.events.clone(), core.view.clone()),
                 routes,
-                liveness,
             )
             .await
             .with_context(|| format!("starting BGP on port {}", bgp.port))?;

@@ -98,12 +98,14 @@ pub struct Neighbor {
     pub stale_paths: usize,
     /// The families whose End-of-RIB it sent in this session: its routes there are complete.
     pub end_of_rib: Vec<Family>,
-    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1), liveness;
-    /// `None` while unknown (not probed, or it never answered a probe).
+    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1); `None`
+    /// while unknown (not probed, or it never answered a probe).
     pub rtt_us: Option<u64>,
     pub jitter_us: Option<u64>,
     pub loss: Option<f64>,
-    pub link_alive: Option<bool>,
+    /// Its BFD session, when it is configured (`cpnctl show bfd`).
+    #[serde(default)]
+    pub bfd: Option<crate::sensing::bfd::Status>,
     /// BGP messages received and sent, by type.
     pub messages: MessageCounts,
     /// Paths it sent that the import policy dropped (neither services nor cpn locators).
@@ -239,7 +241,7 @@ impl AgentState {
     /// The configured neighbors with their sessions and links now.
     pub fn neighbors(&self) -> Vec<Neighbor> {
         let snapshot = self.core.borrow().clone();
-        let (rib, links) = (snapshot.rib, snapshot.links);
+        let (rib, links, bfd) = (snapshot.rib, snapshot.links, snapshot.bfd);
         self.neighbors
             .iter()
             .map(|&(address, asn)| {
@@ -259,7 +261,7 @@ impl AgentState {
                     rtt_us: link.and_then(|l| l.rtt.known()).map(micros),
                     jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
                     loss: link.and_then(|l| l.loss.known()),
-                    link_alive: link.and_then(|l| l.alive.known()),
+                    bfd: bfd.get(&address).copied(),
                     messages: session.messages,
                     filtered: session.filtered,
                 }

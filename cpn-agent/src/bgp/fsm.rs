@@ -64,8 +64,8 @@ pub enum Event {
     /// The TCP connection failed or closed.
     TcpFailed,
     Message(BgpMessage),
-    /// Link sensing (probe.rs) lost the neighbor: tear the session down now, as BGP does on a
-    /// BFD down (RFC 5882 §4.1), instead of waiting for the hold timer.
+    /// BFD lost the neighbor: tear the session down now (RFC 5882 §4.3) instead of waiting
+    /// for the hold timer.
     PeerDead,
     /// The neighbor sent more prefixes than its configured maximum (RFC 4486 §4).
     TooManyPrefixes(usize),
@@ -127,7 +127,7 @@ pub enum DownReason {
     HoldTimerExpires,
     /// Event 18, `TcpConnectionFails`: the connection failed or closed.
     TcpConnectionFails,
-    /// Link sensing lost the neighbor (probe.rs), ended with Cease / BFD Down (RFC 9384).
+    /// BFD lost the neighbor, ended with Cease / BFD Down (RFC 9384).
     PeerDead,
     /// Events 24 and 25, `NotifMsgVerErr` / `NotifMsg`: the peer's NOTIFICATION.
     NotificationReceived(String),
@@ -153,7 +153,7 @@ impl std::fmt::Display for Down {
             DownReason::ManualStop => f.write_str("stopped by the operator"),
             DownReason::HoldTimerExpires => f.write_str("hold timer expired"),
             DownReason::TcpConnectionFails => f.write_str("the TCP connection closed"),
-            DownReason::PeerDead => f.write_str("link probe: the neighbor stopped answering"),
+            DownReason::PeerDead => f.write_str("BFD: the neighbor's session went down"),
             DownReason::NotificationReceived(n) => write!(f, "the peer sent {n}"),
             DownReason::MalformedMessage(why) => write!(f, "malformed message: {why}"),
             DownReason::OpenRefused(why) => write!(f, "OPEN refused: {why}"),
@@ -252,7 +252,7 @@ enum Ending {
     /// The TCP connection closed or failed without a NOTIFICATION: a restarting peer's paths
     /// stay.
     ConnectionLost,
-    /// A NOTIFICATION went one way or the other (hold timer and link probe expiries included:
+    /// A NOTIFICATION went one way or the other (hold timer expiries and BFD downs included:
     /// without RFC 8538 they are not graceful): the normal procedures apply.
     Notification,
     /// The operator stopped the session (with a Cease when it was open).

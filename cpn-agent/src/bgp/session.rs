@@ -98,8 +98,10 @@ pub(super) struct Session {
     exported: Arc<RibIn>,
     /// The routes this node originates.
     local: watch::Receiver<Vec<Route>>,
-    /// The neighbor's link liveness, when it is probed.
-    alive: Option<watch::Receiver<bool>>,
+    /// The neighbor's BFD session as the core's snapshot last said (none without BFD).
+    bfd: Option<crate::sensing::bfd::Status>,
+    /// The core is gone (the agent is stopping): no snapshots to wait for.
+    core_gone: bool,
     stats: watch::Sender<SessionStats>,
     conn: Option<Framed<TcpStream, errors::Codec>>,
     /// A second connection to the same peer, held until its OPEN settles the collision
@@ -122,7 +124,6 @@ impl Session {
         peer: PeerState,
         core: (mpsc::Sender<CoreEvent>, CoreView),
         local: watch::Receiver<Vec<Route>>,
-        alive: Option<watch::Receiver<bool>>,
     ) -> (Self, watch::Receiver<SessionStats>) {
         let (stats, seen) = watch::channel(SessionStats::default());
         let (core, view) = core;
@@ -135,7 +136,8 @@ impl Session {
             exported,
             view,
             local,
-            alive,
+            bfd: None,
+            core_gone: false,
             stats,
             conn: None,
             colliding: None,
@@ -148,6 +150,14 @@ impl Session {
 
     const fn address(&self) -> IpAddr {
         self.neighbor.address
+    }
+
+    /// Whether the neighbor's BFD session went from Up to Down since the last snapshot (not
+    /// by its operator's `AdminDown`, RFC 5882 §3.2).
+    fn bfd_failed(&mut self) -> bool {
+        let now = self.view.borrow().bfd.get(&self.address()).copied();
+        let before = std::mem::replace(&mut self.bfd, now);
+        matches!((before, now), (Some(before), Some(now)) if now.failed_since(&before))
     }
 
     pub async fn run(mut self, mut accepted: mpsc::Receiver<TcpStream>) {
@@ -230,19 +240,26 @@ impl Session {
                     }
                     continue;
                 }
-                dead = link_died(&mut self.alive) => {
-                    if !dead {
+                // A new snapshot: BFD may have lost the neighbor; the RIB may have changed (or
+                // the wait for the peers' End-of-RIB ended), to export.
+                changed = self.view.changed(), if !self.core_gone => {
+                    if changed.is_err() {
+                        self.core_gone = true;
                         continue;
                     }
-                    tracing::warn!(neighbor = %self.address(), "link probe: neighbor lost, closing the session");
-                    Event::PeerDead
-                }
-                // The RIB changed (or the wait for the peers' End-of-RIB ended): export.
-                changed = self.view.changed(), if self.fsm.state() == State::Established => {
-                    if changed.is_ok() && !Arc::ptr_eq(&self.view.borrow().rib, &self.exported) {
-                        actions = self.advertise().await;
+                    if self.bfd_failed() {
+                        if matches!(self.fsm.state(), State::OpenSent | State::OpenConfirm | State::Established) {
+                            tracing::warn!(neighbor = %self.address(), "BFD: the neighbor's session went down, closing the BGP session (RFC 5882 §4.3)");
+                        }
+                        Event::PeerDead
+                    } else {
+                        if self.fsm.state() == State::Established
+                            && !Arc::ptr_eq(&self.view.borrow().rib, &self.exported)
+                        {
+                            actions = self.advertise().await;
+                        }
+                        continue;
                     }
-                    continue;
                 }
             };
             actions = self.fsm.handle(Instant::now(), event);
@@ -545,17 +562,6 @@ async fn connect(target: SocketAddr, key: Option<Vec<u8>>) -> std::io::Result<Tc
         super::md5::set_key(&socket, target.ip(), &key)?;
     }
     socket.connect(target).await
-}
-
-/// Resolves with `true` when the probed link dies (`false` when it comes back).
-async fn link_died(alive: &mut Option<watch::Receiver<bool>>) -> bool {
-    let Some(rx) = alive else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        return std::future::pending().await;
-    }
-    !*rx.borrow_and_update()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -27,10 +27,7 @@ use super::{
     route::{AddPath, Route},
     session::{Session, SessionStats},
 };
-use crate::{
-    core::{Event as CoreEvent, View as CoreView},
-    sensing::probe::Liveness,
-};
+use crate::core::{Event as CoreEvent, View as CoreView};
 
 /// The speaker's configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,13 +87,11 @@ pub fn deferral(config: &SpeakerConfig) -> Deferral {
 }
 
 /// Starts the listener and the sessions, which report to the routing core `core` (its inbox
-/// and its snapshots). `local` holds the routes this node originates; `liveness` comes from
-/// link sensing (probe.rs).
+/// and its snapshots, BFD's among them). `local` holds the routes this node originates.
 pub async fn spawn(
     config: SpeakerConfig,
     core: (mpsc::Sender<CoreEvent>, CoreView),
     local: watch::Receiver<Vec<Route>>,
-    mut liveness: Liveness,
 ) -> std::io::Result<Speaker> {
     let listener = TcpListener::bind(config.listen).await?;
     for neighbor in &config.neighbors {
@@ -136,14 +131,8 @@ pub async fn spawn(
             config.metric_code,
             config.import.clone(),
         );
-        let (session, stats) = Session::new(
-            neighbor.clone(),
-            fsm,
-            peer,
-            core.clone(),
-            local.clone(),
-            liveness.remove(&neighbor.address),
-        );
+        let (session, stats) =
+            Session::new(neighbor.clone(), fsm, peer, core.clone(), local.clone());
         sessions.insert(neighbor.address, stats);
         tasks.push(tokio::spawn(session.run(rx)));
     }
@@ -247,7 +236,7 @@ mod tests {
         let (tx, local) = watch::channel(Vec::new());
         let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config)), None);
         let view = core.view.clone();
-        let speaker = spawn(config, (core.events, core.view), local, Liveness::default())
+        let speaker = spawn(config, (core.events, core.view), local)
             .await
             .unwrap();
         (Running { speaker, view }, listen, tx)

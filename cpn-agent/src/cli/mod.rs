@@ -97,8 +97,11 @@ pub enum Maps {
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Show {
-    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss, messages.
+    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss, BFD,
+    /// messages.
     Neighbors,
+    /// The BFD session with each neighbor that has one: states, diagnostic, intervals in force.
+    Bfd,
     /// The Adj-RIB-In: every path from every neighbor, with SID, AIGP and compute metrics.
     Routes,
     /// Each steered service: its candidates, their scores and weights, and why any is excluded.
@@ -146,7 +149,7 @@ pub fn run(cli: &Cli) -> Result<String> {
                 .join("\n"));
         }
         Command::Show { what } => match what {
-            Show::Neighbors => Request::Neighbors,
+            Show::Neighbors | Show::Bfd => Request::Neighbors,
             Show::Routes => Request::Routes,
             Show::Services => Request::Services,
             Show::Nodes => Request::Nodes,
@@ -196,6 +199,9 @@ pub fn run(cli: &Cli) -> Result<String> {
         return Ok(serde_json::to_string_pretty(&answer)? + "\n");
     }
     Ok(match request {
+        Request::Neighbors if matches!(cli.command, Command::Show { what: Show::Bfd }) => {
+            neighbors::bfd_table(serde_json::from_value(answer)?)
+        }
         Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
         Request::Routes => routes::table(serde_json::from_value(answer)?),
         Request::Services => services::table(&answer),

@@ -1,5 +1,7 @@
 //! `cpnctl show neighbors`.
 
+use std::time::Duration;
+
 use super::{columns, millis, or_unknown};
 use crate::api::Neighbor;
 
@@ -29,7 +31,8 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                 or_unknown(n.rtt_us.map(millis)),
                 or_unknown(n.jitter_us.map(millis)),
                 or_unknown(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
-                or_unknown(n.link_alive.map(|a| if a { "up" } else { "down" })),
+                n.bfd
+                    .map_or_else(|| "-".to_owned(), |b| b.state.to_string()),
                 n.messages.received.values().sum::<u64>().to_string(),
                 n.messages.sent.values().sum::<u64>().to_string(),
             ]
@@ -46,9 +49,60 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
             "RTT",
             "JITTER",
             "LOSS",
-            "LINK",
+            "BFD",
             "MSG RCVD",
             "MSG SENT",
+        ],
+        &rows,
+    )
+}
+
+/// `cpnctl show bfd`: the neighbors with a BFD session.
+pub fn bfd_table(neighbors: Vec<Neighbor>) -> String {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let rows: Vec<Vec<String>> = neighbors
+        .into_iter()
+        .filter_map(|n| {
+            let b = n.bfd?;
+            Some(vec![
+                n.address.to_string(),
+                b.state.to_string(),
+                b.changed_at_unix_us.map_or_else(
+                    || "-".to_owned(),
+                    |at| {
+                        format!(
+                            "{:.1} s",
+                            Duration::from_micros(now_us.saturating_sub(at)).as_secs_f64()
+                        )
+                    },
+                ),
+                b.remote_state.to_string(),
+                b.diagnostic.to_string(),
+                if b.multihop { "multihop" } else { "single hop" }.to_owned(),
+                format!("{} × {}", millis(b.interval_us), b.multiplier),
+                millis(b.transmit_interval_us),
+                b.detection_time_us.map_or_else(|| "-".to_owned(), millis),
+                format!(
+                    "{:#010x}/{:#010x}",
+                    b.local_discriminator, b.remote_discriminator
+                ),
+            ])
+        })
+        .collect();
+    columns(
+        &[
+            "NEIGHBOR",
+            "STATE",
+            "SINCE",
+            "REMOTE",
+            "DIAGNOSTIC",
+            "MODE",
+            "CONFIGURED",
+            "TX",
+            "DETECT",
+            "DISCRIMINATORS",
         ],
         &rows,
     )
@@ -70,7 +124,7 @@ mod tests {
             rtt_us: answered.then_some(1_500),
             jitter_us: answered.then_some(100),
             loss: answered.then_some(0.02),
-            link_alive: answered.then_some(true),
+            bfd: None,
             messages: crate::bgp::session::MessageCounts::default(),
             filtered: 0,
         };
@@ -89,8 +143,8 @@ mod tests {
                 cells[6..10].to_vec()
             })
             .collect();
-        assert_eq!(links[0], ["RTT", "JITTER", "LOSS", "LINK"], "{text}");
-        assert_eq!(links[1], ["1.50 ms", "0.10 ms", "2 %", "up"], "{text}");
-        assert_eq!(links[2], ["unknown"; 4], "{text}");
+        assert_eq!(links[0], ["RTT", "JITTER", "LOSS", "BFD"], "{text}");
+        assert_eq!(links[1], ["1.50 ms", "0.10 ms", "2 %", "-"], "{text}");
+        assert_eq!(links[2], ["unknown", "unknown", "unknown", "-"], "{text}");
     }
 }

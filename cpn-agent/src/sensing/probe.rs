@@ -211,37 +211,31 @@ impl Link {
 /// task publishes on every probe interval.
 pub type Links = watch::Receiver<HashMap<IpAddr, LinkStats>>;
 
-/// Liveness per neighbor: becomes `false` when a live link dies.
-pub type Liveness = HashMap<IpAddr, watch::Receiver<bool>>;
-
 /// Binds `port` and probes `neighbors` every `interval`; answers their probes too.
 pub async fn spawn(
     port: u16,
     neighbors: &[IpAddr],
     interval: Duration,
     multiplier: u32,
-) -> std::io::Result<(Links, Liveness, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<(Links, tokio::task::JoinHandle<()>)> {
     let socket = UdpSocket::bind(SocketAddr::new(
         IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         port,
     ))
     .await?;
     let (publish, links) = watch::channel(HashMap::new());
-    let mut liveness = Liveness::new();
-    let mut watched = HashMap::new();
-    for &neighbor in neighbors {
-        let (tx, rx) = watch::channel(true);
-        liveness.insert(neighbor, rx);
-        watched.insert(neighbor, (Link::new(interval, multiplier), tx));
-    }
+    let watched = neighbors
+        .iter()
+        .map(|&neighbor| (neighbor, Link::new(interval, multiplier)))
+        .collect();
     let task = tokio::spawn(run(socket, port, watched, publish, interval));
-    Ok((links, liveness, task))
+    Ok((links, task))
 }
 
 async fn run(
     socket: UdpSocket,
     port: u16,
-    mut watched: HashMap<IpAddr, (Link, watch::Sender<bool>)>,
+    mut watched: HashMap<IpAddr, Link>,
     links: watch::Sender<HashMap<IpAddr, LinkStats>>,
     interval: Duration,
 ) {
@@ -253,22 +247,21 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
-                for (neighbor, (link, alive)) in &mut watched {
+                for (neighbor, link) in &mut watched {
                     if link.poll(now) {
-                        tracing::warn!(%neighbor, "link probe: neighbor stopped answering");
-                        alive.send_replace(false);
+                        tracing::info!(%neighbor, "link probe: neighbor stopped answering");
                     }
                     let probe = link.request(now, epoch);
                     // A send error (no route yet) is just a lost probe.
                     let _ = socket.send_to(&probe.encode(), SocketAddr::new(*neighbor, port)).await;
                 }
-                let stats = watched.iter().map(|(n, (link, _))| (*n, link.stats())).collect();
+                let stats = watched.iter().map(|(n, link)| (*n, link.stats())).collect();
                 links.send_replace(stats);
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, from)) = received else { continue };
                 let from_ip = canonical(from.ip());
-                let (Some(probe), Some((link, alive))) =
+                let (Some(probe), Some(link)) =
                     (Probe::decode(&buf[..len]), watched.get_mut(&from_ip))
                 else {
                     continue; // not a probe, or not from a neighbor: no answer, no reflection
@@ -278,7 +271,6 @@ async fn run(
                     link.reply(&probe, Instant::now());
                     if !was_alive {
                         tracing::info!(neighbor = %from_ip, "link probe: neighbor answering");
-                        alive.send_replace(true);
                     }
                 } else {
                     let answer = Probe { reply: true, ..probe };

@@ -20,7 +20,8 @@ pub const MANDATORY_LEN: usize = 24;
 const VERSION: u8 = 1;
 
 /// A session's state (§4.1, §6.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum State {
     AdminDown = 0,
     Down = 1,
@@ -51,7 +52,8 @@ impl fmt::Display for State {
 }
 
 /// Why the local system last left Up (§4.1); codes 9–31 are unassigned and kept as they came.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Diagnostic {
     None,
     DetectionTimeExpired,
@@ -63,6 +65,23 @@ pub enum Diagnostic {
     AdminDown,
     ReverseConcatenatedPathDown,
     Unassigned(u8),
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::DetectionTimeExpired => "detection time expired",
+            Self::EchoFailed => "echo failed",
+            Self::NeighborSignaledDown => "neighbor signaled down",
+            Self::ForwardingPlaneReset => "forwarding plane reset",
+            Self::PathDown => "path down",
+            Self::ConcatenatedPathDown => "concatenated path down",
+            Self::AdminDown => "administratively down",
+            Self::ReverseConcatenatedPathDown => "reverse concatenated path down",
+            Self::Unassigned(code) => return write!(f, "unassigned code {code}"),
+        })
+    }
 }
 
 impl Diagnostic {
