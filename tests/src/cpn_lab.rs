@@ -51,7 +51,8 @@ pub struct Topology {
     pub clients: Vec<ClientSpec>,
     #[serde(rename = "compute")]
     pub computes: Vec<ComputeSpec>,
-    /// Link probes between the agents (default: the agent's, 3 × 100 ms).
+    /// How fast the agents find a dead neighbor: BFD between them (default 3 × 100 ms), and
+    /// the link probes at the same interval.
     pub detection: Option<Detection>,
     /// How routes travel (default: distributed).
     #[serde(default)]
@@ -74,7 +75,7 @@ pub enum Mode {
 /// The AS of every agent in [`Mode::Reflector`].
 const LAB_AS: u32 = 4_200_000_000;
 
-/// How fast neighbouring agents notice a dead link: a probe every `interval_ms`, dead after
+/// How fast neighbouring agents notice a dead link: BFD every `interval_ms`, dead after
 /// `multiplier` silent intervals.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +120,18 @@ impl Topology {
                 d.interval_ms, d.multiplier
             )
         })
+    }
+
+    /// The line every neighbor gets: all of them are agents, which run BFD with each other.
+    fn bfd_line(&self) -> String {
+        let d = self.detection.unwrap_or(Detection {
+            interval_ms: 100,
+            multiplier: 3,
+        });
+        format!(
+            "bfd = {{ interval_ms = {}, multiplier = {} }}\n",
+            d.interval_ms, d.multiplier
+        )
     }
 }
 
@@ -327,7 +340,7 @@ impl CpnLab {
     }
 
     /// `compute` crashes: its link goes down, then its agent is killed (SIGKILL), so nothing
-    /// it says on the way out reaches anyone; its neighbor's link probes must notice.
+    /// it says on the way out reaches anyone; its neighbor's BFD must notice.
     pub fn fail(&mut self, compute: &str) -> Result<()> {
         let agent = self
             .agents
@@ -483,18 +496,22 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// A `[bgp]` section for `topology`: its detection lines, and BFD with every neighbor.
 fn bgp_section(
+    topology: &Topology,
     asn: u32,
     router_id: &str,
-    extra: &str,
     neighbors: &[(String, u32, &str)],
 ) -> String {
-    let mut text =
-        format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n{extra}");
+    let mut text = format!(
+        "[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n{}",
+        topology.detection_lines()
+    );
+    let bfd = topology.bfd_line();
     for (address, asn, more) in neighbors {
         let _ = write!(
             text,
-            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{more}"
+            "\n[[bgp.neighbor]]\naddress = \"{address}\"\nasn = {asn}\n{more}{bfd}"
         );
     }
     text
@@ -539,9 +556,9 @@ fn ingress_config(topology: &Topology, explain: &Path) -> String {
         explain.display()
     );
     text.push_str(&bgp_section(
+        topology,
         topology.ingress_as(),
         "10.0.0.100",
-        &topology.detection_lines(),
         &[("2001:db8:100::2".into(), topology.transit_as(), "")],
     ));
     text
@@ -560,12 +577,7 @@ fn transit_config(topology: &Topology) -> String {
     format!(
         "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
-        bgp_section(
-            topology.transit_as(),
-            "10.0.0.50",
-            &topology.detection_lines(),
-            &neighbors
-        )
+        bgp_section(topology, topology.transit_as(), "10.0.0.50", &neighbors)
     )
 }
 
@@ -599,9 +611,9 @@ fn compute_config(
     }
     text.push_str("[metrics]\ninterval_ms = 200\nsample_host = false\n\n");
     text.push_str(&bgp_section(
+        topology,
         topology.compute_as(n),
         &format!("10.0.1.{n}"),
-        &topology.detection_lines(),
         &[(format!("2001:db8:2{n:02}::1"), topology.transit_as(), "")],
     ));
     text

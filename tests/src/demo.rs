@@ -25,7 +25,7 @@ use crate::{
     traffic::{Held, Request, Traffic},
 };
 
-/// The longest a failed node may keep getting new flows: link probes declare it dead after
+/// The longest a failed node may keep getting new flows: BFD declares it dead after
 /// 3 × 100 ms, then BGP withdraws its routes and the ingress publishes a ring without it.
 pub const FAILOVER_BOUND: Duration = Duration::from_secs(1);
 /// New connections per second from each client.

@@ -19,9 +19,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_agent::{
-    api::{Neighbor, Request},
+    api::{BfdView, Neighbor, Request},
     bgp::fsm::State as BgpState,
-    sensing::bfd::{Status, packet::Diagnostic, packet::State},
+    sensing::bfd::{Dropped, Status, packet::Diagnostic, packet::State},
 };
 use cpn_tests::{
     bgp_lab::compute_config,
@@ -83,6 +83,22 @@ fn wait_up(lab: &Lab, what: &str) -> Result<Status> {
             .filter(|b| b.transmit_interval_us == INTERVAL_MS * 1000))
     })
     .with_context(|| lab.logs(["compute1"]))
+}
+
+/// What `cpnctl show bfd` prints for the agent.
+fn cpnctl_show_bfd(lab: &Lab) -> Result<String> {
+    let cpnctl = cpn_tests::lab::agent_binary()?.with_file_name("cpnctl");
+    let out = std::process::Command::new(cpnctl)
+        .arg("--socket")
+        .arg(lab.control_socket("compute1"))
+        .args(["show", "bfd"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -280,6 +296,30 @@ fn bfd_with_frr_bfdd_finds_a_link_cut_within_3_intervals_and_bgp_follows() -> Re
     ensure!(
         ours.detection_time_us == Some(INTERVAL_MS * MULTIPLIER * 1000),
         "{ours:?}"
+    );
+
+    // A packet that crossed a router (Hop Limit below 255) is not single-hop BFD (RFC 5881
+    // §5): dropped and counted, the session untouched.
+    let forged = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 254)\n\
+         s.sendto(bytes([0x20, 0x40, 3, 24, 0, 0, 0, 9] + [0] * 4 + [0, 0x0f, 0x42, 0x40] * 2 + [0] * 4), \
+         ('{AGENT_ADDRESS}', 3784))\n"
+    );
+    lab.node("peer")?.run(&["python3", "-c", &forged])?;
+    let view = wait_for("the forged packet counted", Duration::from_secs(5), || {
+        let view: BfdView = lab.ask("compute1", &Request::Bfd)?;
+        Ok((view.dropped.get(&Dropped::Ttl) == Some(&1)).then_some(view))
+    })?;
+    ensure!(
+        view.sessions.len() == 1 && view.sessions[0].status.state == State::Up,
+        "{view:?}"
+    );
+    let shown = cpnctl_show_bfd(&lab)?;
+    ensure!(
+        shown.contains("dropped: ttl 1") && shown.contains("10.00 ms × 3"),
+        "cpnctl show bfd: {shown}"
     );
 
     // Our detection time: 3 intervals from the last packet, which came before the cut.

@@ -27,6 +27,9 @@ use cpn_tests::{
 const CORE_AS: u32 = 4_200_000_100;
 /// The reflector node's address (on the ingress's eth3).
 const REFLECTOR: &str = "2001:db8:13::2";
+/// The direct sessions between agents run BFD (the agent's default 3 × 100 ms).
+const BFD: &str = "bfd = {}\n";
+const PASSIVE_BFD: &str = "passive = true\nbfd = {}\n";
 
 /// How the ingress hears of the compute nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +52,7 @@ fn compute_bgp(n: u32, control: ControlPlane) -> String {
         ControlPlane::Direct => bgp_section(
             4_200_000_000 + n,
             &router_id,
-            &[(&format!("2001:db8:1{n}::1"), CORE_AS, "")],
+            &[(&format!("2001:db8:1{n}::1"), CORE_AS, BFD)],
         ),
         ControlPlane::Reflector(_) => bgp_section(CORE_AS, &router_id, &[(REFLECTOR, CORE_AS, "")]),
     }
@@ -61,8 +64,8 @@ fn ingress_config(control: ControlPlane) -> String {
             CORE_AS,
             "10.0.0.100",
             &[
-                ("2001:db8:11::2", 4_200_000_001, "passive = true\n"),
-                ("2001:db8:12::2", 4_200_000_002, "passive = true\n"),
+                ("2001:db8:11::2", 4_200_000_001, PASSIVE_BFD),
+                ("2001:db8:12::2", 4_200_000_002, PASSIVE_BFD),
             ],
         ),
         ControlPlane::Reflector(_) => {
@@ -367,14 +370,28 @@ fn an_agent_reflects_routes_between_agents() -> Result<()> {
     steers_by_capacity(&bgp.lab)
 }
 
-/// Link sensing: compute2's host stops answering the ingress (its packets to the ingress are
-/// blackholed), which the BGP session would notice only at the hold timer (30 s here). The
-/// link probes notice within 3 × 100 ms, the session is torn down, compute2's routes are
+/// BFD between agents: compute2's host stops answering the ingress (its packets to the
+/// ingress are blackholed), which the BGP session would notice only at the hold timer (30 s
+/// here). BFD notices within 3 × 100 ms, the session is torn down, compute2's routes are
 /// withdrawn and new flows leave it.
 #[test]
-fn a_silent_neighbor_is_found_by_link_probes_long_before_the_hold_timer() -> Result<()> {
-    let bgp = start("bgp-probe", ControlPlane::Direct, 30)?;
+fn a_silent_neighbor_is_found_by_bfd_long_before_the_hold_timer() -> Result<()> {
+    let bgp = start("bgp-bfd", ControlPlane::Direct, 30)?;
     steers_by_capacity(&bgp.lab)?;
+    // BFD leaves its slow start (a packet a second until Up, RFC 5880 §6.8.3).
+    wait_for("BFD up with compute2", Duration::from_secs(10), || {
+        let view: cpn_agent::api::BfdView =
+            bgp.lab.ask("ingress", &cpn_agent::api::Request::Bfd)?;
+        Ok(view
+            .sessions
+            .iter()
+            .any(|s| {
+                s.neighbor.to_string() == "2001:db8:12::2"
+                    && s.status.state == cpn_agent::sensing::bfd::packet::State::Up
+            })
+            .then_some(()))
+    })
+    .with_context(|| logs(&bgp.lab))?;
     bgp.lab
         .node("compute2")?
         .add_route(&["blackhole", "2001:db8:12::1/128"])?;
@@ -391,8 +408,8 @@ fn a_silent_neighbor_is_found_by_link_probes_long_before_the_hold_timer() -> Res
     eprintln!("silent neighbor withdrawn within {:?}", cut.elapsed());
     let log = fs::read_to_string(bgp.lab.workdir().join("ingress.log"))?;
     ensure!(
-        log.contains("link probe: neighbor lost"),
-        "the probes, not the hold timer, ended the session: {log}"
+        log.contains("BFD: the neighbor's session went down, closing the BGP session"),
+        "BFD, not the hold timer, ended the session: {log}"
     );
     Ok(())
 }

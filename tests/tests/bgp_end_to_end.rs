@@ -32,7 +32,7 @@ fn compute_config(n: u32, capacity: f64, inflight: &std::path::Path) -> String {
     let bgp = bgp_section(
         4_200_000_000 + n,
         &format!("10.0.0.{n}"),
-        &[(&format!("2001:db8:1{n}::1"), TRANSIT_AS, "")],
+        &[(&format!("2001:db8:1{n}::1"), TRANSIT_AS, "bfd = {}\n")],
     );
     bgp_lab::compute_config(n, capacity, inflight, &bgp)
 }
@@ -43,12 +43,14 @@ fn transit_config() -> String {
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
          [bgp]\nasn = {TRANSIT_AS}\nrouter_id = \"10.0.0.50\"\nhold_time_s = 3\n\
          next_hop = \"2001:db8:20::2\"\n\n\
-         [[bgp.neighbor]]\naddress = \"2001:db8:20::1\"\nasn = {INGRESS_AS}\npassive = true\n"
+         [[bgp.neighbor]]\naddress = \"2001:db8:20::1\"\nasn = {INGRESS_AS}\npassive = true\n\
+         bfd = {{}}\n"
     );
     for (n, _) in COMPUTES {
         let _ = write!(
             text,
-            "\n[[bgp.neighbor]]\naddress = \"2001:db8:1{n}::2\"\nasn = {}\npassive = true\n",
+            "\n[[bgp.neighbor]]\naddress = \"2001:db8:1{n}::2\"\nasn = {}\npassive = true\n\
+             bfd = {{}}\n",
             4_200_000_000 + n
         );
     }
@@ -63,7 +65,7 @@ fn ingress_config() -> String {
          [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\nobjective = {{ latency = 0, load = 1 }}\n\n\
          [selection]\ninterval_ms = 200\nmin_dwell_ms = 500\nmax_churn = 1.0\n\n\
          [bgp]\nasn = {INGRESS_AS}\nrouter_id = \"10.0.0.100\"\nhold_time_s = 3\n\n\
-         [[bgp.neighbor]]\naddress = \"2001:db8:20::2\"\nasn = {TRANSIT_AS}\n"
+         [[bgp.neighbor]]\naddress = \"2001:db8:20::2\"\nasn = {TRANSIT_AS}\nbfd = {{}}\n"
     )
 }
 

@@ -25,6 +25,9 @@ use cpn_tests::{
 const INGRESS_AS: u32 = 4_200_000_100;
 const COMPUTE: &str = "2001:db8:11::2";
 const GOBGP: &str = "2001:db8:50::2";
+/// The agents are two hops apart: multihop BFD (RFC 5883) between them.
+const MULTIHOP_BFD: &str = "bfd = { interval_ms = 50, multihop = true }\n";
+const PASSIVE_MULTIHOP_BFD: &str = "passive = true\nbfd = { interval_ms = 50, multihop = true }\n";
 
 fn topology() -> Result<Lab> {
     let lab = Lab::builder("nexthop")
@@ -125,7 +128,7 @@ fn start_agents(lab: &mut Lab) -> Result<()> {
         INGRESS_AS,
         "10.0.0.100",
         &[
-            (COMPUTE, 4_200_000_001, "passive = true\n"),
+            (COMPUTE, 4_200_000_001, PASSIVE_MULTIHOP_BFD),
             (GOBGP, 4_200_000_200, ""),
         ],
     );
@@ -146,7 +149,7 @@ fn start_agents(lab: &mut Lab) -> Result<()> {
     let compute_bgp = bgp_section(
         4_200_000_001,
         "10.0.0.1",
-        &[("2001:db8:50::1", INGRESS_AS, "")],
+        &[("2001:db8:50::1", INGRESS_AS, MULTIHOP_BFD)],
     );
     lab.start_agent(
         "compute1",
@@ -185,7 +188,7 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
     .with_context(|| logs(&lab))?;
 
     // The path to the next hop moves to eth2: the locator follows it, no BGP change needed.
-    // (The same source address: the agents' link probes know each other by address.)
+    // (The same source address: BFD and the link probes know the agents by address.)
     lab.node("ingress")?.run(&[
         "ip",
         "-6",
@@ -250,6 +253,15 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
     ensure!(
         compute.state == cpn_agent::bgp::fsm::State::Established,
         "{compute:?}\n{}",
+        logs(&lab)
+    );
+    // Multihop BFD came up across the router and stayed up while the path moved.
+    ensure!(
+        compute.bfd.is_some_and(|b| b.multihop
+            && b.state == cpn_agent::sensing::bfd::packet::State::Up
+            && b.down_at_unix_us.is_none()),
+        "multihop BFD up all along: {:?}\n{}",
+        compute.bfd,
         logs(&lab)
     );
     Ok(())

@@ -68,13 +68,22 @@ pub struct Agent {
     learned_locators: locators::Installed,
     /// Each BGP session's state and counters, for operators.
     sessions: BTreeMap<IpAddr, watch::Receiver<crate::bgp::session::SessionStats>>,
+    /// BFD's dropped packets, when it runs.
+    bfd_drops: Option<watch::Receiver<crate::sensing::bfd::Drops>>,
+}
+
+/// What the routing core and the sensing around it give the rest of the agent.
+struct Started {
+    core: crate::core::Core,
+    /// The core's task and link sensing's.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// BFD's dropped packets, when it runs.
+    bfd_drops: Option<watch::Receiver<crate::sensing::bfd::Drops>>,
 }
 
 /// Starts the routing core, which every other task talks to, and link sensing (with BGP),
-/// which feeds it: the core and the tasks (the core's among them).
-async fn start_core(
-    config: &Config,
-) -> Result<(crate::core::Core, Vec<tokio::task::JoinHandle<()>>)> {
+/// which feeds it.
+async fn start_core(config: &Config) -> Result<Started> {
     let mut tasks = Vec::new();
     let mut links = None;
     let mut rib = RibIn::default();
@@ -94,6 +103,7 @@ async fn start_core(
     }
     let (core, task) = crate::core::spawn(rib, links);
     tasks.push(task);
+    let mut bfd_drops = None;
     if let Some(bgp) = &config.bgp {
         let peers: Vec<crate::sensing::bfd::Peer> = bgp
             .neighbors
@@ -112,12 +122,17 @@ async fn start_core(
             })
             .collect();
         if !peers.is_empty() {
-            crate::sensing::bfd::spawn(&peers, core.events.clone())
+            let drops = crate::sensing::bfd::spawn(&peers, core.events.clone())
                 .await
                 .context("starting BFD on UDP ports 3784 and 4784")?;
+            bfd_drops = Some(drops);
         }
     }
-    Ok((core, tasks))
+    Ok(Started {
+        core,
+        tasks,
+        bfd_drops,
+    })
 }
 
 /// What steering shows the operator's interfaces.
@@ -144,7 +159,11 @@ impl Agent {
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
         let (settle, settled) = watch::channel(0);
-        let (core, tasks) = start_core(config).await?;
+        let Started {
+            core,
+            tasks,
+            bfd_drops,
+        } = start_core(config).await?;
         let mut agent = Self {
             commands,
             core: core.events.clone(),
@@ -161,6 +180,7 @@ impl Agent {
             // Nothing learned until a locators task publishes.
             learned_locators: watch::channel(locators::Locators::new()).1,
             sessions: BTreeMap::new(),
+            bfd_drops,
         };
         let nexthop_answers = agent.spawn_nexthop_cache(nodes);
         let mut local_routes = None;
@@ -308,6 +328,7 @@ impl Agent {
             reports,
             steered,
             sessions: self.sessions.clone(),
+            bfd_drops: self.bfd_drops.clone(),
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
             nexthops,

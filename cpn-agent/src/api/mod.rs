@@ -49,6 +49,8 @@ pub const DEFAULT_SOCKET: &str = "/run/cpn/cpn-agent.sock";
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Neighbors,
+    /// The BFD sessions and the packets BFD dropped.
+    Bfd,
     Routes,
     Services,
     /// The data plane's node entries, named, with ring slots and counters.
@@ -113,6 +115,21 @@ pub struct Neighbor {
     pub filtered: u64,
 }
 
+/// `cpnctl show bfd`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BfdView {
+    pub sessions: Vec<BfdSession>,
+    /// Received packets that reached no session, by reason.
+    pub dropped: crate::sensing::bfd::Drops,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BfdSession {
+    pub neighbor: IpAddr,
+    #[serde(flatten)]
+    pub status: crate::sensing::bfd::Status,
+}
+
 /// One path in the Adj-RIB-In (`cpnctl show routes`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LearnedPath {
@@ -158,6 +175,8 @@ pub struct AgentState {
     pub steered: watch::Receiver<u64>,
     /// Each BGP session's state and counters.
     pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
+    /// BFD's dropped packets, when it runs.
+    pub bfd_drops: Option<watch::Receiver<crate::sensing::bfd::Drops>>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
     pub locators: Option<crate::dataplane::locators::Installed>,
     /// The latest selection explanations, one per service.
@@ -175,6 +194,7 @@ impl AgentState {
     fn answer(&self, request: &Request) -> anyhow::Result<serde_json::Value> {
         Ok(match request {
             Request::Neighbors => serde_json::to_value(self.neighbors())?,
+            Request::Bfd => serde_json::to_value(self.bfd())?,
             Request::Routes => serde_json::to_value(self.paths())?,
             Request::Services => serde_json::to_value(&*self.explanations.borrow())?,
             Request::Nodes => serde_json::to_value(self.nodes()?)?,
@@ -236,6 +256,24 @@ impl AgentState {
             .blocking_recv()
             .map_err(|_| anyhow::anyhow!("the reporting loop stopped"))?
             .map_err(anyhow::Error::msg)
+    }
+
+    /// Every BFD session, by neighbor, and what BFD dropped.
+    pub fn bfd(&self) -> BfdView {
+        let statuses = self.core.borrow().bfd.clone();
+        let mut sessions: Vec<BfdSession> = statuses
+            .iter()
+            .map(|(&neighbor, &status)| BfdSession { neighbor, status })
+            .collect();
+        sessions.sort_by_key(|s| s.neighbor);
+        BfdView {
+            sessions,
+            dropped: self
+                .bfd_drops
+                .as_ref()
+                .map(|d| d.borrow().clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// The configured neighbors with their sessions and links now.

@@ -90,6 +90,7 @@ fn render(sources: &Sources) -> String {
     scrapes.inc_by(sources.scrapes.load(Ordering::Relaxed));
     registry.register("scrapes", "Scrapes of this endpoint", scrapes);
     bgp(&mut registry, &sources.state);
+    bfd(&mut registry, &sources.state);
     selection(&mut registry, &sources.state);
     dataplane(&mut registry, &sources.state);
     let mut text = String::new();
@@ -161,6 +162,43 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
         "link_loss_ratio",
         "Share of recent link probes without an answer",
         loss,
+    );
+}
+
+fn bfd(registry: &mut Registry, state: &AgentState) {
+    let view = state.bfd();
+    let up = Family::<Labels, Gauge>::default();
+    let detection = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for s in &view.sessions {
+        let l = labels(&[("neighbor", s.neighbor.to_string())]);
+        up.get_or_create(&l).set(i64::from(
+            s.status.state == crate::sensing::bfd::packet::State::Up,
+        ));
+        if let Some(us) = s.status.detection_time_us {
+            #[expect(clippy::cast_precision_loss, reason = "microseconds")]
+            detection.get_or_create(&l).set(us as f64 / 1e6);
+        }
+    }
+    let dropped = Family::<Labels, Counter>::default();
+    for (reason, count) in &view.dropped {
+        dropped
+            .get_or_create(&labels(&[("reason", reason.name().to_owned())]))
+            .inc_by(*count);
+    }
+    registry.register(
+        "bfd_session_up",
+        "1 while the BFD session with the neighbor is Up",
+        up,
+    );
+    registry.register(
+        "bfd_detection_time_seconds",
+        "How long the neighbor may be silent before its BFD session goes down",
+        detection,
+    );
+    registry.register(
+        "bfd_dropped_packets",
+        "Received BFD packets that reached no session, by reason",
+        dropped,
     );
 }
 
@@ -310,6 +348,13 @@ mod tests {
                 reports: tokio::sync::mpsc::channel(1).0,
                 steered: tokio::sync::watch::channel(0).1,
                 sessions: std::collections::BTreeMap::new(),
+                bfd_drops: Some(
+                    tokio::sync::watch::channel(crate::sensing::bfd::Drops::from([(
+                        crate::sensing::bfd::Dropped::Ttl,
+                        3,
+                    )]))
+                    .1,
+                ),
                 locators: None,
                 explanations,
                 nexthops: tokio::sync::watch::channel(std::collections::BTreeMap::new()).1,
@@ -338,6 +383,11 @@ mod tests {
             samples("cpn_bgp_paths{").len(),
             2,
             "both neighbors are there"
+        );
+        assert_eq!(
+            samples("cpn_bfd_dropped_packets_total"),
+            ["cpn_bfd_dropped_packets_total{reason=\"ttl\"} 3"],
+            "{text}"
         );
     }
 }

@@ -149,7 +149,8 @@ pub fn run(cli: &Cli) -> Result<String> {
                 .join("\n"));
         }
         Command::Show { what } => match what {
-            Show::Neighbors | Show::Bfd => Request::Neighbors,
+            Show::Neighbors => Request::Neighbors,
+            Show::Bfd => Request::Bfd,
             Show::Routes => Request::Routes,
             Show::Services => Request::Services,
             Show::Nodes => Request::Nodes,
@@ -199,9 +200,7 @@ pub fn run(cli: &Cli) -> Result<String> {
         return Ok(serde_json::to_string_pretty(&answer)? + "\n");
     }
     Ok(match request {
-        Request::Neighbors if matches!(cli.command, Command::Show { what: Show::Bfd }) => {
-            neighbors::bfd_table(serde_json::from_value(answer)?)
-        }
+        Request::Bfd => neighbors::bfd_table(&serde_json::from_value(answer)?),
         Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
         Request::Routes => routes::table(serde_json::from_value(answer)?),
         Request::Services => services::table(&answer),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{columns, millis, or_unknown};
-use crate::api::Neighbor;
+use crate::api::{BfdView, Neighbor};
 
 pub fn table(neighbors: Vec<Neighbor>) -> String {
     let rows: Vec<Vec<String>> = neighbors
@@ -57,27 +57,24 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
     )
 }
 
-/// `cpnctl show bfd`: the neighbors with a BFD session.
-pub fn bfd_table(neighbors: Vec<Neighbor>) -> String {
+/// `cpnctl show bfd`: the sessions, then what BFD dropped.
+pub fn bfd_table(view: &BfdView) -> String {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let rows: Vec<Vec<String>> = neighbors
-        .into_iter()
-        .filter_map(|n| {
-            let b = n.bfd?;
-            Some(vec![
-                n.address.to_string(),
+    let since = |at: u64| {
+        let ago = Duration::from_micros(now_us.saturating_sub(at));
+        format!("{:.1} s", ago.as_secs_f64())
+    };
+    let rows: Vec<Vec<String>> = view
+        .sessions
+        .iter()
+        .map(|s| {
+            let b = s.status;
+            vec![
+                s.neighbor.to_string(),
                 b.state.to_string(),
-                b.changed_at_unix_us.map_or_else(
-                    || "-".to_owned(),
-                    |at| {
-                        format!(
-                            "{:.1} s",
-                            Duration::from_micros(now_us.saturating_sub(at)).as_secs_f64()
-                        )
-                    },
-                ),
+                b.changed_at_unix_us.map_or_else(|| "-".to_owned(), since),
                 b.remote_state.to_string(),
                 b.diagnostic.to_string(),
                 if b.multihop { "multihop" } else { "single hop" }.to_owned(),
@@ -88,10 +85,10 @@ pub fn bfd_table(neighbors: Vec<Neighbor>) -> String {
                     "{:#010x}/{:#010x}",
                     b.local_discriminator, b.remote_discriminator
                 ),
-            ])
+            ]
         })
         .collect();
-    columns(
+    let table = columns(
         &[
             "NEIGHBOR",
             "STATE",
@@ -105,7 +102,17 @@ pub fn bfd_table(neighbors: Vec<Neighbor>) -> String {
             "DISCRIMINATORS",
         ],
         &rows,
-    )
+    );
+    let dropped: Vec<String> = view
+        .dropped
+        .iter()
+        .map(|(reason, n)| format!("{} {n}", reason.name()))
+        .collect();
+    if dropped.is_empty() {
+        table + "dropped: none\n"
+    } else {
+        format!("{table}dropped: {}\n", dropped.join(", "))
+    }
 }
 
 #[cfg(test)]

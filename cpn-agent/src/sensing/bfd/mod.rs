@@ -31,7 +31,11 @@ use nix::sys::socket::{
     self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{io::Interest, net::UdpSocket, sync::mpsc};
+use tokio::{
+    io::Interest,
+    net::UdpSocket,
+    sync::{mpsc, watch},
+};
 
 use self::{
     packet::{Control, Diagnostic, MULTIHOP_PORT, SINGLE_HOP_PORT, State},
@@ -87,7 +91,7 @@ impl Status {
 }
 
 /// Why a received packet went no further, counted per reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dropped {
     /// A single-hop packet whose TTL was not 255: it crossed a router (RFC 5881 §5).
@@ -100,9 +104,25 @@ pub enum Dropped {
     Authenticated,
 }
 
+impl Dropped {
+    /// As `cpnctl` and Prometheus name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ttl => "ttl",
+            Self::Malformed => "malformed",
+            Self::NoSession => "no_session",
+            Self::Authenticated => "authenticated",
+        }
+    }
+}
+
 /// Starts one session per peer on the BFD thread; each state change goes to `core`. The
-/// thread ends with the core.
-pub async fn spawn(peers: &[Peer], core: mpsc::Sender<CoreEvent>) -> io::Result<()> {
+/// thread ends with the core. Answers the counts of dropped packets, as they grow.
+pub async fn spawn(
+    peers: &[Peer],
+    core: mpsc::Sender<CoreEvent>,
+) -> io::Result<watch::Receiver<Drops>> {
+    let (drops, counted) = watch::channel(Drops::new());
     let single_hop = if peers.iter().any(|p| !p.multihop) {
         Some(listen(SINGLE_HOP_PORT)?)
     } else {
@@ -170,12 +190,12 @@ pub async fn spawn(peers: &[Peer], core: mpsc::Sender<CoreEvent>) -> io::Result<
                 let bfd = Bfd {
                     sessions: running,
                     core,
-                    dropped: BTreeMap::new(),
+                    drops,
                 };
                 bfd.run(single_hop, multihop).await;
             });
         })?;
-    Ok(())
+    Ok(counted)
 }
 
 struct Running {
@@ -209,7 +229,7 @@ impl Running {
 struct Bfd {
     sessions: Vec<Running>,
     core: mpsc::Sender<CoreEvent>,
-    dropped: BTreeMap<Dropped, u64>,
+    drops: watch::Sender<Drops>,
 }
 
 impl Bfd {
@@ -280,10 +300,14 @@ impl Bfd {
     }
 
     fn drop_packet(&mut self, reason: Dropped, from: IpAddr, why: &str) {
-        let count = self.dropped.entry(reason).or_default();
-        *count += 1;
+        let mut first = false;
+        self.drops.send_modify(|drops| {
+            let count = drops.entry(reason).or_default();
+            *count += 1;
+            first = *count == 1;
+        });
         // The first of each kind is worth a line; the rest only count.
-        if *count == 1 {
+        if first {
             tracing::warn!(%from, why, "BFD packet dropped (further ones only counted)");
         }
     }
@@ -455,3 +479,6 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Each neighbor's BFD session, as the routing core last heard of it.
 pub type Statuses = HashMap<IpAddr, Status>;
+
+/// The packets BFD dropped so far, by reason.
+pub type Drops = BTreeMap<Dropped, u64>;
