@@ -159,6 +159,91 @@ fn bfd_closed_our_session(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// Starts bfdd and bgpd on the peer node; answers their vty directory and bfdd's logs.
+fn start_frr(lab: &mut Lab) -> Result<(String, Vec<std::path::PathBuf>)> {
+    let dir = lab.workdir().join("frr");
+    fs::create_dir_all(&dir)?;
+    let bfdd_log = dir.join("bfdd.log");
+    let bfdd_conf = dir.join("bfdd.conf");
+    fs::write(&bfdd_conf, bfdd_config(&bfdd_log))?;
+    let bgpd_conf = dir.join("bgpd.conf");
+    fs::write(&bgpd_conf, bgpd_config(&dir.join("bgpd.log")))?;
+    // bfdd gives up root for the frr user, which must own what it writes.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(&dir)
+        .status()?;
+    ensure!(chown.success(), "chown frr {}", dir.display());
+    let vty_dir = dir.to_str().context("path")?.to_owned();
+    let path = |p: &Path| p.to_str().map(str::to_owned).context("path");
+    let bfdd_out = lab.workdir().join("bfdd.out");
+    lab.spawn(
+        "peer",
+        &[
+            "/usr/lib/frr/bfdd",
+            "--config_file",
+            &path(&bfdd_conf)?,
+            "--pid_file",
+            &path(&dir.join("bfdd.pid"))?,
+            "--vty_socket",
+            &vty_dir,
+            "--bfdctl",
+            &path(&dir.join("bfdd.sock"))?,
+            // No zebra here: bfdd runs its configured peers without it.
+            "--socket",
+            &path(&dir.join("zserv.api"))?,
+        ],
+        Some(&bfdd_out),
+    )?;
+    lab.spawn(
+        "peer",
+        &[
+            "/usr/lib/frr/bgpd",
+            "--no_zebra",
+            "--no_kernel",
+            "--skip_runas",
+            "--vty_port",
+            "0",
+            "--config_file",
+            &path(&bgpd_conf)?,
+            "--pid_file",
+            &path(&lab.workdir().join("bgpd.pid"))?,
+            "--vty_socket",
+            &vty_dir,
+        ],
+        Some(&lab.workdir().join("bgpd.out")),
+    )?;
+    Ok((vty_dir, vec![bfdd_out, bfdd_log]))
+}
+
+/// A packet that crossed a router (Hop Limit below 255) is not single-hop BFD (RFC 5881 §5):
+/// dropped and counted, the session untouched; `cpnctl show bfd` shows both.
+fn a_packet_that_crossed_a_router_is_dropped(lab: &Lab) -> Result<()> {
+    let forged = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 254)\n\
+         s.sendto(bytes([0x20, 0x40, 3, 24, 0, 0, 0, 9] + [0] * 4 + [0, 0x0f, 0x42, 0x40] * 2 + [0] * 4), \
+         ('{AGENT_ADDRESS}', 3784))\n"
+    );
+    lab.node("peer")?.run(&["python3", "-c", &forged])?;
+    let view = wait_for("the forged packet counted", Duration::from_secs(5), || {
+        let view: BfdView = lab.ask("compute1", &Request::Bfd)?;
+        Ok((view.dropped.get(&Dropped::Ttl) == Some(&1)).then_some(view))
+    })?;
+    ensure!(
+        view.sessions.len() == 1 && view.sessions[0].status.state == State::Up,
+        "{view:?}"
+    );
+    let shown = cpnctl_show_bfd(lab)?;
+    ensure!(
+        shown.contains("dropped: ttl 1") && shown.contains("10.00 ms × 3"),
+        "cpnctl show bfd: {shown}"
+    );
+
+    Ok(())
+}
+
 /// bfdd's configuration: one single-hop peer at our interval.
 fn bfdd_config(log: &Path) -> String {
     format!(
@@ -221,62 +306,12 @@ fn frr_peer(lab: &Lab, vty_dir: &str) -> Result<Option<Value>> {
 #[test]
 fn bfd_with_frr_bfdd_finds_a_link_cut_within_3_intervals_and_bgp_follows() -> Result<()> {
     let mut lab = lab("bfd-frr")?;
-    let dir = lab.workdir().join("frr");
-    fs::create_dir_all(&dir)?;
-    let bfdd_log = dir.join("bfdd.log");
-    let bfdd_conf = dir.join("bfdd.conf");
-    fs::write(&bfdd_conf, bfdd_config(&bfdd_log))?;
-    let bgpd_conf = dir.join("bgpd.conf");
-    fs::write(&bgpd_conf, bgpd_config(&dir.join("bgpd.log")))?;
-    // bfdd gives up root for the frr user, which must own what it writes.
-    let chown = std::process::Command::new("chown")
-        .args(["-R", "frr:frr"])
-        .arg(&dir)
-        .status()?;
-    ensure!(chown.success(), "chown frr {}", dir.display());
-    let vty_dir = dir.to_str().context("path")?.to_owned();
-    let path = |p: &Path| p.to_str().map(str::to_owned).context("path");
-    let bfdd_out = lab.workdir().join("bfdd.out");
-    lab.spawn(
-        "peer",
-        &[
-            "/usr/lib/frr/bfdd",
-            "--config_file",
-            &path(&bfdd_conf)?,
-            "--pid_file",
-            &path(&dir.join("bfdd.pid"))?,
-            "--vty_socket",
-            &vty_dir,
-            "--bfdctl",
-            &path(&dir.join("bfdd.sock"))?,
-            // No zebra here: bfdd runs its configured peers without it.
-            "--socket",
-            &path(&dir.join("zserv.api"))?,
-        ],
-        Some(&bfdd_out),
-    )?;
-    lab.spawn(
-        "peer",
-        &[
-            "/usr/lib/frr/bgpd",
-            "--no_zebra",
-            "--no_kernel",
-            "--skip_runas",
-            "--vty_port",
-            "0",
-            "--config_file",
-            &path(&bgpd_conf)?,
-            "--pid_file",
-            &path(&lab.workdir().join("bgpd.pid"))?,
-            "--vty_socket",
-            &vty_dir,
-        ],
-        Some(&lab.workdir().join("bgpd.out")),
-    )?;
-
+    let (vty_dir, bfdd_logs) = start_frr(&mut lab)?;
     let ours = wait_up(&lab, "BFD and BGP up with FRR").with_context(|| {
-        fs::read_to_string(&bfdd_out).unwrap_or_default()
-            + &fs::read_to_string(&bfdd_log).unwrap_or_default()
+        bfdd_logs
+            .iter()
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .collect::<String>()
     })?;
     let theirs = wait_for("FRR's session up", Duration::from_secs(10), || {
         Ok(frr_peer(&lab, &vty_dir)?.filter(|p| p["status"] == "up"))
@@ -298,29 +333,7 @@ fn bfd_with_frr_bfdd_finds_a_link_cut_within_3_intervals_and_bgp_follows() -> Re
         "{ours:?}"
     );
 
-    // A packet that crossed a router (Hop Limit below 255) is not single-hop BFD (RFC 5881
-    // §5): dropped and counted, the session untouched.
-    let forged = format!(
-        "import socket\n\
-         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
-         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 254)\n\
-         s.sendto(bytes([0x20, 0x40, 3, 24, 0, 0, 0, 9] + [0] * 4 + [0, 0x0f, 0x42, 0x40] * 2 + [0] * 4), \
-         ('{AGENT_ADDRESS}', 3784))\n"
-    );
-    lab.node("peer")?.run(&["python3", "-c", &forged])?;
-    let view = wait_for("the forged packet counted", Duration::from_secs(5), || {
-        let view: BfdView = lab.ask("compute1", &Request::Bfd)?;
-        Ok((view.dropped.get(&Dropped::Ttl) == Some(&1)).then_some(view))
-    })?;
-    ensure!(
-        view.sessions.len() == 1 && view.sessions[0].status.state == State::Up,
-        "{view:?}"
-    );
-    let shown = cpnctl_show_bfd(&lab)?;
-    ensure!(
-        shown.contains("dropped: ttl 1") && shown.contains("10.00 ms × 3"),
-        "cpnctl show bfd: {shown}"
-    );
+    a_packet_that_crossed_a_router_is_dropped(&lab)?;
 
     // Our detection time: 3 intervals from the last packet, which came before the cut.
     let peer = lab.node("peer")?;
