@@ -39,16 +39,23 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
     let topology = Topology::parse(&path, &std::fs::read_to_string(&path)?)?;
     let mut lab = CpnLab::start("cpnctl", topology)?;
 
-    // The ingress's one neighbor, the transit: up, with its link measured.
+    // The ingress's one neighbor, the transit: up, with its link measured and a BFD session.
     let neighbors = json(&lab, "ingress", "neighbors")?;
     let transit = &neighbors[0];
     ensure!(
         transit["address"] == "2001:db8:100::2"
             && transit["asn"] == 4_200_000_050_u32
             && transit["state"] == "Established"
-            && transit["link_alive"] == true
+            && transit["bfd"]["multiplier"] == 3
             && transit["rtt_us"].as_u64().is_some(),
         "{neighbors:#}"
+    );
+    let text = cpnctl(&lab, "ingress", &["show", "bfd"])?;
+    ensure!(
+        text.starts_with("NEIGHBOR")
+            && text.contains("2001:db8:100::2  ")
+            && text.contains("dropped:"),
+        "{text}"
     );
     let text = cpnctl(&lab, "ingress", &["show", "neighbors"])?;
     ensure!(

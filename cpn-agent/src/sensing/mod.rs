@@ -1,5 +1,5 @@
-//! Sensing the network between agents (the C-NMA): link probes to each BGP neighbor, and BFD
-//! control packets (RFC 5880).
+//! Sensing the network between agents (the C-NMA): BFD with the BGP neighbors for liveness
+//! (RFC 5880), and link probes between agents for round-trip time, jitter and loss.
 
 pub mod bfd;
 pub mod probe;
