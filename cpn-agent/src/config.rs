@@ -53,6 +53,56 @@ pub struct Config {
     pub bgp: Option<BgpConfig>,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub stamp: StampConfig,
+}
+
+/// `[stamp]`: path measurement (RFC 8762). An ingress sends each candidate a test packet
+/// every `interval_ms` inside the candidate's own encapsulation; a compute node reflects them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StampConfig {
+    /// 10 to 60000 ms (default 100).
+    #[serde(default = "default_stamp_interval")]
+    pub interval_ms: Spanned<u64>,
+    /// A reflected packet later than this is a lost one; 1 to 60000 ms (default 1000).
+    #[serde(default = "default_stamp_timeout")]
+    pub timeout_ms: Spanned<u64>,
+    /// The reflectors' UDP port (default 862, RFC 8762 §4.1).
+    #[serde(default = "default_stamp_port")]
+    pub port: u16,
+}
+
+impl Default for StampConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_stamp_interval(),
+            timeout_ms: default_stamp_timeout(),
+            port: default_stamp_port(),
+        }
+    }
+}
+
+impl StampConfig {
+    pub fn settings(&self) -> crate::sensing::stamp::Settings {
+        crate::sensing::stamp::Settings {
+            interval: std::time::Duration::from_millis(*self.interval_ms.get_ref()),
+            timeout: std::time::Duration::from_millis(*self.timeout_ms.get_ref()),
+            port: self.port,
+        }
+    }
+}
+
+fn default_stamp_interval() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
+}
+
+fn default_stamp_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_stamp_port() -> u16 {
+    crate::sensing::stamp::packet::PORT
 }
 
 /// `[control]`: where `cpnctl` reaches the agent.
@@ -845,7 +895,30 @@ fn validate(config: &Config, error: &impl Fn(Option<usize>, String) -> Error) ->
     validate_icmp_rate_limit(config, error)?;
     validate_ingress(config, error)?;
     validate_selection(config, error)?;
+    validate_stamp(config, error)?;
     validate_bgp(config, error)
+}
+
+/// `[stamp]`.
+fn validate_stamp(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    for (name, value, min) in [
+        ("interval_ms", &config.stamp.interval_ms, 10),
+        ("timeout_ms", &config.stamp.timeout_ms, 1),
+    ] {
+        if !(min..=60_000).contains(value.get_ref()) {
+            return Err(error(
+                Some(value.span().start),
+                format!(
+                    "[stamp] {name} = {}: use {min} to 60000 ms",
+                    value.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[[interface]]`: names, and one program per interface and hook.

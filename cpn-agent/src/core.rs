@@ -6,8 +6,9 @@
 //!   BGP sessions ──Event::Bgp──────────────┐
 //!   [[remote]] files ──Event::RemoteMetrics┼──▶ core task ──Snapshot (watch)──▶ steering,
 //!   operator (api) ──Event::Drain──────────┤   (owns RIB, links, BFD,         sessions (export,
-//!   BFD ──Event::Bfd───────────────────────┤    remote metrics, drains)       BFD down), locators,
-//!   link probes ──LinkTable (watch)────────┘                                  api
+//!   BFD ──Event::Bfd───────────────────────┤    paths, remote metrics,        BFD down), locators,
+//!   link probes ──LinkTable (watch)────────┤    drains)                       api
+//!   STAMP ──Paths (watch)──────────────────┘
 //! ```
 //!
 //! Everything that changes this state is a typed event, applied in the order it arrives; a
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     bgp::rib::{RibCommand, RibIn},
     metrics::files::RemoteMetrics,
-    sensing::{bfd, probe::LinkStats},
+    sensing::{bfd, probe::LinkStats, stamp},
 };
 
 /// What link sensing measured of each probed neighbor, as it last published it.
@@ -71,6 +72,8 @@ pub struct Snapshot {
     pub links: Arc<LinkTable>,
     /// Each BFD session, by neighbor.
     pub bfd: Arc<bfd::Statuses>,
+    /// What STAMP measured of each candidate's path, by node name.
+    pub paths: Arc<stamp::Paths>,
     /// What the `[[remote]]` metrics files hold.
     pub remote: Arc<RemoteMetrics>,
     /// The nodes the operator drained, by name.
@@ -102,26 +105,31 @@ pub struct Core {
     pub view: View,
 }
 
+/// What sensing publishes as tables for the core to take up (each when there is any).
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub links: Option<watch::Receiver<LinkTable>>,
+    pub paths: Option<watch::Receiver<stamp::Paths>>,
+}
+
 /// Starts the core with `rib` (empty, or waiting for the peers' End-of-RIB after our restart)
-/// and the link statistics of link sensing, when there is any. It runs until every sender of
-/// events is gone.
-pub fn spawn(
-    rib: RibIn,
-    links: Option<watch::Receiver<LinkTable>>,
-) -> (Core, tokio::task::JoinHandle<()>) {
+/// and what sensing measures. It runs until every sender of events is gone.
+pub fn spawn(rib: RibIn, measured: Measured) -> (Core, tokio::task::JoinHandle<()>) {
     let (events, inbox) = mpsc::channel(256);
+    let Measured { links, paths } = measured;
     let state = State {
         rib,
         links: links
             .as_ref()
             .map(|l| Arc::new(l.borrow().clone()))
             .unwrap_or_default(),
+        paths: Arc::default(),
         bfd: bfd::Statuses::new(),
         remote: Arc::default(),
         drained: BTreeSet::new(),
     };
     let (publish, view) = watch::channel(state.snapshot(0));
-    let task = tokio::spawn(run(state, inbox, links, publish));
+    let task = tokio::spawn(run(state, inbox, (links, paths), publish));
     (Core { events, view }, task)
 }
 
@@ -129,6 +137,7 @@ pub fn spawn(
 struct State {
     rib: RibIn,
     links: Arc<LinkTable>,
+    paths: Arc<stamp::Paths>,
     bfd: bfd::Statuses,
     remote: Arc<RemoteMetrics>,
     drained: BTreeSet<String>,
@@ -140,6 +149,7 @@ impl State {
             version,
             rib: Arc::new(self.rib.clone()),
             links: self.links.clone(),
+            paths: self.paths.clone(),
             bfd: Arc::new(self.bfd.clone()),
             remote: self.remote.clone(),
             drained: Arc::new(self.drained.clone()),
@@ -172,7 +182,10 @@ impl Changed {
 async fn run(
     mut state: State,
     mut inbox: mpsc::Receiver<Event>,
-    mut links: Option<watch::Receiver<LinkTable>>,
+    (mut links, mut paths): (
+        Option<watch::Receiver<LinkTable>>,
+        Option<watch::Receiver<stamp::Paths>>,
+    ),
     publish: watch::Sender<Snapshot>,
 ) {
     loop {
@@ -189,10 +202,12 @@ async fn run(
                 }
             }
             measured = changed_or_gone(&mut links) => {
-                if let Some(table) = measured {
-                    state.links = Arc::new(table);
-                    changed.shared = true;
-                }
+                state.links = Arc::new(measured);
+                changed.shared = true;
+            }
+            measured = changed_or_gone(&mut paths) => {
+                state.paths = Arc::new(measured);
+                changed.shared = true;
             }
             () = sleep_until(deadline) => {
                 tracing::info!("the wait for the peers' End-of-RIB is over: its deadline passed (RFC 4724 §4.1)");
@@ -261,6 +276,7 @@ impl State {
                 last.rib
             },
             links: self.links.clone(),
+            paths: self.paths.clone(),
             bfd: if changed.bfd {
                 Arc::new(self.bfd.clone())
             } else {
@@ -281,13 +297,13 @@ impl State {
     }
 }
 
-/// The next table link sensing publishes; never, once it is gone (or there is none).
-async fn changed_or_gone(links: &mut Option<watch::Receiver<LinkTable>>) -> Option<LinkTable> {
-    if let Some(receiver) = links {
+/// The next table a sensing task publishes; never, once it is gone (or there is none).
+async fn changed_or_gone<T: Clone>(table: &mut Option<watch::Receiver<T>>) -> T {
+    if let Some(receiver) = table {
         if receiver.changed().await.is_ok() {
-            return Some(receiver.borrow_and_update().clone());
+            return receiver.borrow_and_update().clone();
         }
-        *links = None;
+        *table = None;
     }
     std::future::pending().await
 }

@@ -707,10 +707,14 @@ print(json.dumps(seen))
 "#;
 
 /// A delay line: copies every frame between `eth0` and `eth1` after the given one-way delay,
-/// as a long link would (a lab stand-in for netem, which this kernel does not have).
+/// as a long link would (a lab stand-in for netem, which this kernel does not have). With a
+/// second argument N > 0 it also loses every Nth SRv6 frame (IPv6 with a Routing header) on its
+/// way from `eth0` to `eth1`: the steered traffic, and only that, crosses a lossy link.
 const DELAY_LINE: &str = r#"
 import heapq, select, socket, sys, time
 delay = float(sys.argv[1]) / 1000
+drop_every = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+srv6_seen = 0
 ends = {}
 for name in ("eth0", "eth1"):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
@@ -730,6 +734,10 @@ while True:
                 break
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
+            if drop_every and by_fd[fd] is ends["eth0"] and frame[12:14] == b"\x86\xdd" and frame[20] == 43:
+                srv6_seen += 1
+                if srv6_seen % drop_every == 0:
+                    continue
             seq += 1
             heapq.heappush(queue, (time.monotonic() + delay, seq, other[fd], frame))
     now = time.monotonic()
@@ -766,9 +774,21 @@ fn start_service(
 }
 
 fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
+    start_lossy_line(lab, node, latency_ms, 0)
+}
+
+/// A delay line in `node` (between its `eth0` and `eth1`) that also loses every
+/// `drop_every`-th SRv6 frame from `eth0` to `eth1` (0: none).
+pub fn start_lossy_line(lab: &mut Lab, node: &str, latency_ms: f64, drop_every: u32) -> Result<()> {
     lab.spawn(
         node,
-        &["python3", "-c", DELAY_LINE, &latency_ms.to_string()],
+        &[
+            "python3",
+            "-c",
+            DELAY_LINE,
+            &latency_ms.to_string(),
+            &drop_every.to_string(),
+        ],
         None,
     )?;
     Ok(())

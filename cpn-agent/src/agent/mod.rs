@@ -79,6 +79,8 @@ struct Started {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// BFD's dropped packets, when it runs.
     bfd_drops: Option<watch::Receiver<crate::sensing::bfd::Drops>>,
+    /// Where steering names the candidates STAMP measures.
+    stamp_targets: watch::Sender<crate::sensing::stamp::Targets>,
 }
 
 /// Starts the routing core, which every other task talks to, and link sensing (with BGP),
@@ -101,7 +103,24 @@ async fn start_core(config: &Config) -> Result<Started> {
         links = Some(table);
         rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
     }
-    let (core, task) = crate::core::spawn(rib, links);
+    let (stamp_targets, targets) = watch::channel(crate::sensing::stamp::Targets::new());
+    let mut paths = None;
+    // An ingress measures its candidates' paths from its encapsulation source; a compute node
+    // reflects.
+    if let (false, Some(source)) = (config.policies.is_empty(), config.srv6.source) {
+        let (measured, sender) =
+            crate::sensing::stamp::spawn_sender(config.stamp.settings(), source, targets)
+                .context("starting STAMP (a raw IPv6 socket: the agent needs CAP_NET_RAW)")?;
+        tasks.push(sender);
+        paths = Some(measured);
+    }
+    if !config.services.is_empty() {
+        let port = config.stamp.port;
+        let reflector = crate::sensing::stamp::spawn_reflector(port)
+            .with_context(|| format!("starting the STAMP reflector on UDP port {port}"))?;
+        tasks.push(reflector);
+    }
+    let (core, task) = crate::core::spawn(rib, crate::core::Measured { links, paths });
     tasks.push(task);
     let mut bfd_drops = None;
     if let Some(bgp) = &config.bgp {
@@ -132,6 +151,7 @@ async fn start_core(config: &Config) -> Result<Started> {
         core,
         tasks,
         bfd_drops,
+        stamp_targets,
     })
 }
 
@@ -163,6 +183,7 @@ impl Agent {
             core,
             tasks,
             bfd_drops,
+            stamp_targets,
         } = start_core(config).await?;
         let mut agent = Self {
             commands,
@@ -225,7 +246,13 @@ impl Agent {
             });
             local_routes = Some(local);
         }
-        let steering = agent.spawn_steering(plans, core.view.clone(), applied, settle, in_use);
+        let steering = agent.spawn_steering(
+            plans,
+            core.view.clone(),
+            applied,
+            settle,
+            (in_use, stamp_targets),
+        );
         let (reports, report_inbox) = mpsc::channel(64);
         let state = agent.control_state(
             config,
@@ -277,7 +304,10 @@ impl Agent {
         core: crate::core::View,
         applied: watch::Receiver<u64>,
         settled: watch::Sender<u64>,
-        in_use: watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
+        (in_use, targets): (
+            watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
+            watch::Sender<crate::sensing::stamp::Targets>,
+        ),
     ) -> SteeringViews {
         let (explained, explanations) = watch::channel(Vec::new());
         let (names, node_names) = watch::channel(BTreeMap::new());
@@ -288,6 +318,7 @@ impl Agent {
             explained,
             in_use,
             names,
+            targets,
         };
         self.tasks.push(tokio::spawn(steering::run(
             plans,

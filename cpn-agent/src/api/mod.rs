@@ -51,6 +51,8 @@ pub enum Request {
     Neighbors,
     /// The BFD sessions and the packets BFD dropped.
     Bfd,
+    /// What STAMP measured of each candidate's path.
+    Paths,
     Routes,
     Services,
     /// The data plane's node entries, named, with ring slots and counters.
@@ -113,6 +115,14 @@ pub struct Neighbor {
     /// Paths it sent that the import policy dropped (neither services nor cpn locators).
     #[serde(default)]
     pub filtered: u64,
+}
+
+/// `cpnctl show paths`: one candidate node's path, as STAMP measured it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathView {
+    pub node: String,
+    #[serde(flatten)]
+    pub stats: crate::sensing::stamp::session::PathStats,
 }
 
 /// `cpnctl show bfd`.
@@ -195,6 +205,7 @@ impl AgentState {
         Ok(match request {
             Request::Neighbors => serde_json::to_value(self.neighbors())?,
             Request::Bfd => serde_json::to_value(self.bfd())?,
+            Request::Paths => serde_json::to_value(self.paths_measured())?,
             Request::Routes => serde_json::to_value(self.paths())?,
             Request::Services => serde_json::to_value(&*self.explanations.borrow())?,
             Request::Nodes => serde_json::to_value(self.nodes()?)?,
@@ -256,6 +267,20 @@ impl AgentState {
             .blocking_recv()
             .map_err(|_| anyhow::anyhow!("the reporting loop stopped"))?
             .map_err(anyhow::Error::msg)
+    }
+
+    /// What STAMP measured, by candidate node.
+    pub fn paths_measured(&self) -> Vec<PathView> {
+        let paths = self.core.borrow().paths.clone();
+        let mut views: Vec<PathView> = paths
+            .iter()
+            .map(|(node, stats)| PathView {
+                node: node.clone(),
+                stats: *stats,
+            })
+            .collect();
+        views.sort_by(|a, b| a.node.cmp(&b.node));
+        views
     }
 
     /// Every BFD session, by neighbor, and what BFD dropped.

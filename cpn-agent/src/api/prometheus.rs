@@ -91,6 +91,7 @@ fn render(sources: &Sources) -> String {
     registry.register("scrapes", "Scrapes of this endpoint", scrapes);
     bgp(&mut registry, &sources.state);
     bfd(&mut registry, &sources.state);
+    paths(&mut registry, &sources.state);
     selection(&mut registry, &sources.state);
     dataplane(&mut registry, &sources.state);
     let mut text = String::new();
@@ -199,6 +200,54 @@ fn bfd(registry: &mut Registry, state: &AgentState) {
         "bfd_dropped_packets",
         "Received BFD packets that reached no session, by reason",
         dropped,
+    );
+}
+
+/// What STAMP measured; a path part nobody measured is left out, not 0 or 1.
+fn paths(registry: &mut Registry, state: &AgentState) {
+    let delay = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let jitter = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let sent = Family::<Labels, Counter>::default();
+    let received = Family::<Labels, Counter>::default();
+    for p in state.paths_measured() {
+        let l = labels(&[("node", p.node.clone())]);
+        if let Some(d) = p.stats.delay.known() {
+            delay.get_or_create(&l).set(d.as_secs_f64());
+        }
+        if let Some(j) = p.stats.jitter.known() {
+            jitter.get_or_create(&l).set(j.as_secs_f64());
+        }
+        if let Some(v) = p.stats.loss.known() {
+            loss.get_or_create(&l).set(v);
+        }
+        sent.get_or_create(&l).inc_by(p.stats.sent);
+        received.get_or_create(&l).inc_by(p.stats.received);
+    }
+    registry.register(
+        "path_delay_seconds",
+        "One-way delay to the candidate node along its encapsulation (STAMP, half the round trip)",
+        delay,
+    );
+    registry.register(
+        "path_jitter_seconds",
+        "Mean deviation of successive STAMP round trips to the candidate node",
+        jitter,
+    );
+    registry.register(
+        "path_loss_ratio",
+        "Share of recent STAMP test packets to the candidate node without an answer",
+        loss,
+    );
+    registry.register(
+        "path_test_packets_sent",
+        "STAMP test packets sent to the candidate node",
+        sent,
+    );
+    registry.register(
+        "path_test_packets_received",
+        "STAMP test packets the candidate node reflected back",
+        received,
     );
 }
 

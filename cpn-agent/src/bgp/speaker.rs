@@ -234,7 +234,10 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config)), None);
+        let (core, _task) = crate::core::spawn(
+            RibIn::new(deferral(&config)),
+            crate::core::Measured::default(),
+        );
         let view = core.view.clone();
         let speaker = spawn(config, (core.events, core.view), local)
             .await

@@ -8,6 +8,7 @@ mod maps;
 mod neighbors;
 mod nexthops;
 mod nodes;
+mod paths;
 mod routes;
 mod services;
 mod sids;
@@ -102,6 +103,9 @@ pub enum Show {
     Neighbors,
     /// The BFD session with each neighbor that has one: states, diagnostic, intervals in force.
     Bfd,
+    /// What STAMP measured along each candidate's own encapsulation: delay, round trip,
+    /// jitter, loss.
+    Paths,
     /// The Adj-RIB-In: every path from every neighbor, with SID, AIGP and compute metrics.
     Routes,
     /// Each steered service: its candidates, their scores and weights, and why any is excluded.
@@ -151,6 +155,7 @@ pub fn run(cli: &Cli) -> Result<String> {
         Command::Show { what } => match what {
             Show::Neighbors => Request::Neighbors,
             Show::Bfd => Request::Bfd,
+            Show::Paths => Request::Paths,
             Show::Routes => Request::Routes,
             Show::Services => Request::Services,
             Show::Nodes => Request::Nodes,
@@ -201,6 +206,7 @@ pub fn run(cli: &Cli) -> Result<String> {
     }
     Ok(match request {
         Request::Bfd => neighbors::bfd_table(&serde_json::from_value(answer)?),
+        Request::Paths => paths::table(&serde_json::from_value::<Vec<api::PathView>>(answer)?),
         Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
         Request::Routes => routes::table(serde_json::from_value(answer)?),
         Request::Services => services::table(&answer),

@@ -43,7 +43,7 @@ fn link(alive: bool, rtt_ms: u64) -> LinkStats {
 
 #[tokio::test]
 async fn events_apply_in_order_and_a_burst_is_one_snapshot() {
-    let (core, _task) = spawn(RibIn::default(), None);
+    let (core, _task) = spawn(RibIn::default(), Measured::default());
     let mut view = core.view;
     let (fresh, answer) = oneshot::channel();
     // Queued before the task runs: one burst.
@@ -88,7 +88,13 @@ async fn events_apply_in_order_and_a_burst_is_one_snapshot() {
 #[tokio::test]
 async fn a_link_measurement_is_published_but_only_liveness_is_news() {
     let (measure, links) = watch::channel(LinkTable::from([(A, link(true, 2))]));
-    let (core, _task) = spawn(RibIn::default(), Some(links));
+    let (core, _task) = spawn(
+        RibIn::default(),
+        Measured {
+            links: Some(links),
+            ..Measured::default()
+        },
+    );
     let mut view = core.view;
     let first = view.borrow_and_update().clone();
     assert_eq!(first.links[&A], link(true, 2), "the table at start");
@@ -116,7 +122,10 @@ async fn a_link_measurement_is_published_but_only_liveness_is_news() {
 async fn the_wait_for_end_of_rib_ends_at_its_deadline_or_when_every_peer_sent_its_own() {
     let wait = Duration::from_millis(200);
     let until = Instant::now() + wait;
-    let (core, _task) = spawn(RibIn::new(Deferral::new([A, B], until)), None);
+    let (core, _task) = spawn(
+        RibIn::new(Deferral::new([A, B], until)),
+        Measured::default(),
+    );
     let mut view = core.view;
     assert!(!view.borrow().rib.deferral_over());
     let up = |neighbor, awaited| Event::Bgp(RibCommand::Up { neighbor, awaited });
@@ -140,7 +149,10 @@ async fn the_wait_for_end_of_rib_ends_at_its_deadline_or_when_every_peer_sent_it
 
     // A peer that never comes up: the wait ends at the deadline.
     let started = Instant::now();
-    let (core, _task) = spawn(RibIn::new(Deferral::new([A], started + wait)), None);
+    let (core, _task) = spawn(
+        RibIn::new(Deferral::new([A], started + wait)),
+        Measured::default(),
+    );
     let mut view = core.view;
     view.changed().await.unwrap();
     assert!(view.borrow().rib.deferral_over());

@@ -206,6 +206,8 @@ pub struct Outputs {
     pub in_use: watch::Sender<BTreeSet<Ipv6Addr>>,
     /// Node id → name, for the operator's views.
     pub names: watch::Sender<BTreeMap<u32, String>>,
+    /// The candidates' nodes, for STAMP to measure their paths.
+    pub targets: watch::Sender<crate::sensing::stamp::Targets>,
 }
 
 /// Publishes why each service's ring is what it is (and writes it to the explain file).
@@ -346,9 +348,10 @@ impl Steering {
             .collect();
         sent |= program_nodes(&nodes, &vanished, &mut self.programmed, &self.commands).await?;
         let now = SystemTime::now();
+        let mut targets = crate::sensing::stamp::Targets::new();
         for service in &plan.services {
             let state = self.states.entry(service.id).or_default();
-            let candidates: Vec<Candidate> = service
+            let mut candidates: Vec<Candidate> = service
                 .candidates
                 .iter()
                 .map(|c| c.resolve(self.ids.get(&c.name), &snapshot.remote, now))
@@ -359,6 +362,19 @@ impl Steering {
                         .map(|(_, _, c)| c.1.clone()),
                 )
                 .collect();
+            for c in &mut candidates {
+                measured_path(&mut c.path, snapshot.paths.get(&c.name));
+                if let (IpAddr::V6(address), Some((node, _))) =
+                    (service.key.addr, nodes.get(&c.node))
+                {
+                    targets.entry(c.name.clone()).or_insert_with(|| {
+                        crate::sensing::stamp::Target {
+                            node: (*node).clone(),
+                            address,
+                        }
+                    });
+                }
+            }
             if let Some(ring) = step(plan, service, &candidates, &snapshot.drained, state) {
                 let publish = Command::PublishRing {
                     service: service.id,
@@ -379,6 +395,11 @@ impl Steering {
         if sent && !applied_by_owner(&self.commands, &mut self.applied, &mut self.barriers).await {
             return None;
         }
+        self.outputs.targets.send_if_modified(|old| {
+            let changed = *old != targets;
+            *old = targets;
+            changed
+        });
         self.report(plan, snapshot.version);
         Some(())
     }
@@ -543,6 +564,18 @@ fn learned_path(neighbor: IpAddr, route: &Route, link: Option<&LinkStats>) -> Pa
     Path {
         latency: latency_us.map(Duration::from_micros),
         loss: link.loss,
+    }
+}
+
+/// What STAMP measured along the candidate's own encapsulation replaces what AIGP, the link
+/// probes or the configuration said, part by part: a part it has not measured stays as it was.
+fn measured_path(path: &mut Path, measured: Option<&crate::sensing::stamp::session::PathStats>) {
+    let Some(m) = measured else { return };
+    if m.delay.is_known() {
+        path.latency = m.delay;
+    }
+    if m.loss.is_known() {
+        path.loss = m.loss;
     }
 }
 

@@ -3,3 +3,5 @@
 
 pub mod bfd;
 pub mod probe;
+pub mod stamp;
+mod udp;

@@ -23,16 +23,12 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
-use nix::sys::socket::{
-    self as nix_socket, ControlMessageOwned, MsgFlags, SockaddrStorage, sockopt,
-};
+use nix::sys::socket::{self as nix_socket, sockopt};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::Interest,
     net::UdpSocket,
     sync::{mpsc, watch},
 };
@@ -41,6 +37,7 @@ use self::{
     packet::{Control, Diagnostic, MULTIHOP_PORT, SINGLE_HOP_PORT, State},
     session::{Session, Timers, Transition},
 };
+use super::udp::Received;
 use crate::core::Event as CoreEvent;
 
 /// Single-hop packets that left their sender with TTL 255 and crossed no router (RFC 5881 §5,
@@ -124,12 +121,12 @@ pub async fn spawn(
 ) -> io::Result<watch::Receiver<Drops>> {
     let (drops, counted) = watch::channel(Drops::new());
     let single_hop = if peers.iter().any(|p| !p.multihop) {
-        Some(listen(SINGLE_HOP_PORT)?)
+        Some(super::udp::listen(SINGLE_HOP_PORT, false)?)
     } else {
         None
     };
     let multihop = if peers.iter().any(|p| p.multihop) {
-        Some(listen(MULTIHOP_PORT)?)
+        Some(super::udp::listen(MULTIHOP_PORT, false)?)
     } else {
         None
     };
@@ -245,10 +242,15 @@ impl Bfd {
             tokio::select! {
                 () = self.core.closed() => return, // the agent is stopping
                 received = receive(single_hop.as_ref(), &mut single_buf) => {
-                    self.received(false, received, &single_buf);
+                    // An error is one from an earlier send (ICMP), or the like: nothing to read.
+                    if let Ok(received) = received {
+                        self.received(false, received, &single_buf);
+                    }
                 }
                 received = receive(multihop.as_ref(), &mut multi_buf) => {
-                    self.received(true, received, &multi_buf);
+                    if let Ok(received) = received {
+                        self.received(true, received, &multi_buf);
+                    }
                 }
                 () = sleep_until(wake) => {}
             }
@@ -256,24 +258,25 @@ impl Bfd {
         }
     }
 
-    fn received(&mut self, multihop: bool, received: io::Result<Received>, buf: &[u8]) {
-        let Ok(received) = received else {
-            return; // an ICMP error from an earlier send, or the like: nothing to read
-        };
+    fn received(&mut self, multihop: bool, received: Received, buf: &[u8]) {
         let now = Instant::now();
         let payload = &buf[..received.len];
         if !multihop && received.ttl != Some(SINGLE_HOP_TTL) {
-            self.drop_packet(Dropped::Ttl, received.from, "TTL is not 255 (RFC 5881 §5)");
+            self.drop_packet(
+                Dropped::Ttl,
+                received.from.ip(),
+                "TTL is not 255 (RFC 5881 §5)",
+            );
             return;
         }
         let packet = match Control::decode(payload) {
             Ok(packet) => packet,
             Err(discard) => {
-                self.drop_packet(Dropped::Malformed, received.from, &discard.to_string());
+                self.drop_packet(Dropped::Malformed, received.from.ip(), &discard.to_string());
                 return;
             }
         };
-        let from = received.from.to_canonical();
+        let from = received.from.ip().to_canonical();
         let Some(running) = self
             .sessions
             .iter_mut()
@@ -281,7 +284,7 @@ impl Bfd {
         else {
             self.drop_packet(
                 Dropped::NoSession,
-                received.from,
+                received.from.ip(),
                 "no session with this address",
             );
             return;
@@ -294,7 +297,7 @@ impl Bfd {
                     session::Ignored::Authenticated => Dropped::Authenticated,
                     session::Ignored::NotOurs(_) => Dropped::NoSession,
                 };
-                self.drop_packet(reason, received.from, &ignored.to_string());
+                self.drop_packet(reason, received.from.ip(), &ignored.to_string());
             }
         }
     }
@@ -377,17 +380,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The receiving socket of one port, both families, with the TTL of each packet read.
-fn listen(port: u16) -> io::Result<std::net::UdpSocket> {
-    let socket =
-        std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))?;
-    nix_socket::setsockopt(&socket, sockopt::Ipv6RecvHopLimit, &true)?;
-    // IPv4 packets to the dual-stack socket report their TTL at the IP level.
-    nix_socket::setsockopt(&socket, sockopt::Ipv4RecvTtl, &true)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
 /// A session's own socket: connected to the neighbor's port, from a source port of the
 /// range, sending with TTL 255.
 fn sender(peer: &Peer) -> io::Result<std::net::UdpSocket> {
@@ -420,54 +412,12 @@ fn sender(peer: &Peer) -> io::Result<std::net::UdpSocket> {
     Err(last_error.unwrap_or_else(|| io::Error::other("no free source port")))
 }
 
-struct Received {
-    len: usize,
-    from: IpAddr,
-    /// The packet's TTL or Hop Limit, when the kernel said.
-    ttl: Option<u8>,
-}
-
 /// The next packet on `socket`; never, without one.
 async fn receive(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<Received> {
-    let Some(socket) = socket else {
-        return std::future::pending().await;
-    };
-    socket
-        .async_io(Interest::READABLE, || {
-            let mut iov = [io::IoSliceMut::new(buf)];
-            let mut space = nix::cmsg_space!(libc::c_int, libc::c_int);
-            let message = nix_socket::recvmsg::<SockaddrStorage>(
-                socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)?;
-            let mut ttl = None;
-            for cmsg in message.cmsgs().map_err(io::Error::from)? {
-                match cmsg {
-                    ControlMessageOwned::Ipv6HopLimit(hops)
-                    | ControlMessageOwned::Ipv4Ttl(hops) => {
-                        ttl = u8::try_from(hops).ok();
-                    }
-                    _ => {}
-                }
-            }
-            let from = message
-                .address
-                .and_then(|a| {
-                    a.as_sockaddr_in6()
-                        .map(|v6| IpAddr::V6(v6.ip()))
-                        .or_else(|| a.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
-                })
-                .ok_or_else(|| io::Error::other("no source address"))?;
-            Ok(Received {
-                len: message.bytes,
-                from,
-                ttl,
-            })
-        })
-        .await
+    match socket {
+        Some(socket) => super::udp::receive(socket, buf).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
