@@ -501,6 +501,148 @@ pub struct ServedService {
     pub max_in_flight: Option<f64>,
     pub power_watts: Option<f64>,
     pub price_per_hour: Option<f64>,
+    /// Checks that the service answers at its own address; it is advertised only while it
+    /// does (default: no check, always advertised).
+    pub health: Option<Spanned<HealthConfig>>,
+}
+
+/// `health = { check, ... }` of a `[[service]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub check: HealthCheckKind,
+    /// For `tcp` and `http`: the port (default the service's).
+    pub port: Option<u16>,
+    /// For `http`: the path to GET (default `/`) and the status that passes (default 200).
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_status")]
+    pub status: u16,
+    /// For `command`: the program and its arguments (no shell); exit status 0 passes.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// 10 to 3600000 ms (default 1000).
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    /// Longer is a failure; 1 ms to the interval (default 500, or the interval if shorter).
+    pub timeout_ms: Option<u64>,
+    /// Passes in a row that make an unhealthy service healthy again, 1 to 100 (default 2).
+    #[serde(default = "default_health_rise")]
+    pub rise: u32,
+    /// Failures in a row that make it unhealthy, 1 to 100 (default 3).
+    #[serde(default = "default_health_fall")]
+    pub fall: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    Tcp,
+    Http,
+    Command,
+}
+
+fn default_health_path() -> String {
+    "/".to_owned()
+}
+
+fn default_health_status() -> u16 {
+    200
+}
+
+fn default_health_interval() -> u64 {
+    1000
+}
+
+fn default_health_rise() -> u32 {
+    2
+}
+
+fn default_health_fall() -> u32 {
+    3
+}
+
+impl ServedService {
+    /// The service's health check, if it has one (its fields checked at load).
+    pub fn check(&self) -> Option<crate::metrics::health::Check> {
+        use crate::metrics::health::{Check, Probe};
+        let health = self.health.as_ref()?.get_ref();
+        let to = || std::net::SocketAddr::new(self.address, health.port.or(self.port).unwrap_or(0));
+        let probe = match health.check {
+            HealthCheckKind::Tcp => Probe::Tcp(to()),
+            HealthCheckKind::Http => Probe::Http {
+                to: to(),
+                path: health.path.clone(),
+                status: health.status,
+            },
+            HealthCheckKind::Command => Probe::Command(health.command.clone()),
+        };
+        let interval = std::time::Duration::from_millis(health.interval_ms);
+        let timeout = health.timeout_ms.map_or_else(
+            || interval.min(std::time::Duration::from_millis(500)),
+            std::time::Duration::from_millis,
+        );
+        Some(Check {
+            service: self.key(),
+            probe,
+            interval,
+            timeout,
+            rise: health.rise,
+            fall: health.fall,
+        })
+    }
+}
+
+/// `health` of one `[[service]]`.
+fn validate_health(service: &ServedService) -> Result<(), (usize, String)> {
+    let Some(spanned) = &service.health else {
+        return Ok(());
+    };
+    let (at, h) = (spanned.span().start, spanned.get_ref());
+    let name = format!("[[service]] {} health", service.address);
+    let fail = |why: String| Err((at, format!("{name}: {why}")));
+    match h.check {
+        HealthCheckKind::Tcp | HealthCheckKind::Http if h.port.or(service.port).is_none() => {
+            return fail(
+                "a tcp or http check needs a port: give the service one, or `port` here".to_owned(),
+            );
+        }
+        HealthCheckKind::Command if h.command.is_empty() => {
+            return fail(
+                "check = \"command\" needs `command = [\"program\", \"arg\", ...]`".to_owned(),
+            );
+        }
+        HealthCheckKind::Http if !h.path.starts_with('/') => {
+            return fail(format!("path = {:?}: an HTTP path starts with /", h.path));
+        }
+        _ => {}
+    }
+    if !(10..=3_600_000).contains(&h.interval_ms) {
+        return fail(format!(
+            "interval_ms = {}: use 10 to 3600000",
+            h.interval_ms
+        ));
+    }
+    if let Some(t) = h.timeout_ms
+        && !(1..=h.interval_ms).contains(&t)
+    {
+        return fail(format!(
+            "timeout_ms = {t}: use 1 to the interval ({} ms)",
+            h.interval_ms
+        ));
+    }
+    for (field, value) in [("rise", h.rise), ("fall", h.fall)] {
+        if !(1..=100).contains(&value) {
+            return fail(format!("{field} = {value}: use 1 to 100"));
+        }
+    }
+    if !(100..=599).contains(&h.status) {
+        return fail(format!(
+            "status = {}: an HTTP status is 100 to 599",
+            h.status
+        ));
+    }
+    Ok(())
 }
 
 /// `[[policy]]`: how the ingress steers one service.
@@ -1032,6 +1174,7 @@ fn validate_compute(
         })?;
     }
     for service in &config.services {
+        validate_health(service).map_err(|(at, why)| error(Some(at), why))?;
         let Some(sid) = config
             .srv6
             .sids
@@ -1638,6 +1781,56 @@ mode = "generic"
         let err = with(&format!("{bgp}graceful_restart_s = 4096\n")).unwrap_err();
         assert!(
             err.contains("at most 4095 s") && err.starts_with("agent.toml:20: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_checks_and_stamp_are_checked_at_load() {
+        let service = "[srv6]\n[[srv6.sid]]\nsid = \"fc00:1::d6\"\nbehavior = \"End.DT6\"\n\n\
+                       [[service]]\naddress = \"2001:db8:cafe::1\"\nsid = \"fc00:1::d6\"\n\
+                       capacity = { cpu = 1e12 }\n";
+        let config = with(&format!(
+            "{service}health = {{ check = \"tcp\", port = 80 }}\n"
+        ))
+        .unwrap();
+        let check = config.services[0].check().unwrap();
+        assert_eq!(
+            (check.interval, check.timeout, check.rise, check.fall),
+            (
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_millis(500),
+                2,
+                3
+            ),
+            "defaults"
+        );
+        assert_eq!(
+            check.probe,
+            crate::metrics::health::Probe::Tcp("[2001:db8:cafe::1]:80".parse().unwrap()),
+            "to the service's own address"
+        );
+        let err = with(&format!("{service}health = {{ check = \"tcp\" }}\n")).unwrap_err();
+        assert!(
+            err.contains("needs a port: give the service one, or `port` here"),
+            "{err}"
+        );
+        assert!(err.starts_with("agent.toml:26: "), "names the line: {err}");
+        let err = with(&format!("{service}health = {{ check = \"command\" }}\n")).unwrap_err();
+        assert!(err.contains("needs `command = [\"program\""), "{err}");
+        let err = with(&format!(
+            "{service}health = {{ check = \"http\", port = 80, interval_ms = 100, timeout_ms = 200 }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("timeout_ms = 200: use 1 to the interval (100 ms)"),
+            "{err}"
+        );
+        let err = with(&format!("{service}health = {{ check = \"ping\" }}\n")).unwrap_err();
+        assert!(err.contains("unknown variant `ping`"), "{err}");
+        let err = with("[stamp]\ninterval_ms = 5\n").unwrap_err();
+        assert!(
+            err.contains("[stamp] interval_ms = 5: use 10 to 60000 ms"),
             "{err}"
         );
     }

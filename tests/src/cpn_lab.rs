@@ -57,6 +57,18 @@ pub struct Topology {
     /// How routes travel (default: distributed).
     #[serde(default)]
     pub mode: Mode,
+    /// A TCP health check of every service on every compute node (default: none).
+    pub health: Option<HealthSpec>,
+}
+
+/// The compute agents' check of their services: a TCP connect to the service's own address
+/// every `interval_ms`; `fall` failures withdraw it, `rise` passes bring it back.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub interval_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
 }
 
 /// The lab's BGP design.
@@ -227,6 +239,8 @@ pub struct CpnLab {
     pub agents: BTreeMap<String, Agent>,
     /// Each compute node's load knob: extra requests its services report in flight.
     knobs: BTreeMap<String, PathBuf>,
+    /// The service processes, by compute node and service name.
+    services: BTreeMap<(String, String), u32>,
 }
 
 impl CpnLab {
@@ -267,6 +281,7 @@ impl CpnLab {
             lab.start_agent("ingress", &ingress_config(&topology, &explain))?,
         );
         let mut knobs = BTreeMap::new();
+        let mut services = BTreeMap::new();
         for (i, compute) in topology.computes.iter().enumerate() {
             let n = i + 1;
             if compute.latency_ms > 0.0 {
@@ -279,7 +294,8 @@ impl CpnLab {
                 let inflight = lab
                     .workdir()
                     .join(format!("{}-{}.inflight", compute.name, service.name));
-                start_service(&mut lab, &compute.name, service, &inflight, &knob)?;
+                let pid = start_service(&mut lab, &compute.name, service, &inflight, &knob)?;
+                services.insert((compute.name.clone(), service.name.clone()), pid);
                 served.push((service, inflight));
             }
             let config = compute_config(n, compute, &served, &topology);
@@ -294,6 +310,7 @@ impl CpnLab {
             topology,
             agents,
             knobs,
+            services,
         };
         lab.wait_until_serving()?;
         Ok(lab)
@@ -330,6 +347,15 @@ impl CpnLab {
             service.listen_port(),
             count,
         )
+    }
+
+    /// `service`'s process on `compute` dies (SIGKILL); the node and its agent stay up.
+    pub fn kill_service(&mut self, compute: &str, service: &str) -> Result<()> {
+        let pid = self
+            .services
+            .remove(&(compute.to_owned(), service.to_owned()))
+            .with_context(|| format!("{compute} runs no {service}"))?;
+        self.lab.kill(pid)
     }
 
     /// Makes `compute`'s services report `percent` % of their maximum in flight as extra load.
@@ -604,10 +630,21 @@ fn compute_config(
         let _ = write!(
             text,
             "[[service]]\naddress = \"{}\"\nsid = \"fc00:{n}::d6\"\ncapacity = {{ {capacity} }}\n\
-             in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n\n",
+             in_flight_file = \"{}\"\nmax_in_flight = {MAX_IN_FLIGHT}\n",
             service.address,
             inflight.display()
         );
+        if let Some(h) = topology.health {
+            let _ = writeln!(
+                text,
+                "health = {{ check = \"tcp\", port = {}, interval_ms = {}, fall = {}, rise = {} }}",
+                service.listen_port(),
+                h.interval_ms,
+                h.fall,
+                h.rise
+            );
+        }
+        text.push('\n');
     }
     text.push_str("[metrics]\ninterval_ms = 200\nsample_host = false\n\n");
     text.push_str(&bgp_section(
@@ -749,13 +786,14 @@ while True:
             pass
 "#;
 
+/// Starts `service` in `node`; answers its pid.
 fn start_service(
     lab: &mut Lab,
     node: &str,
     service: &ServiceSpec,
     inflight: &Path,
     knob: &Path,
-) -> Result<()> {
+) -> Result<u32> {
     lab.spawn(
         node,
         &[
@@ -769,8 +807,7 @@ fn start_service(
             knob.to_str().context("path")?,
         ],
         None,
-    )?;
-    Ok(())
+    )
 }
 
 fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {

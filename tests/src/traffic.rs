@@ -161,7 +161,7 @@ pub struct Held {
 }
 
 /// What happened to held connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeldReport {
     pub connections: usize,
     /// Requests answered on them.
@@ -170,6 +170,10 @@ pub struct HeldReport {
     pub broken: u64,
     /// Connections answered by another node than at first.
     pub moved: u64,
+    /// Connections by the node that answered them first ...
+    pub on: std::collections::BTreeMap<String, usize>,
+    /// ... and of those, the ones broken or moved.
+    pub lost_on: std::collections::BTreeMap<String, u64>,
 }
 
 impl Held {
@@ -194,6 +198,9 @@ impl Held {
                 connections: count,
                 ..HeldReport::default()
             };
+            for (_, _, first, _) in &conns {
+                *report.on.entry(first.clone()).or_default() += 1;
+            }
             while !stop_flag.load(Ordering::Relaxed) {
                 for (stream, reader, first, alive) in &mut conns {
                     if !*alive {
@@ -203,10 +210,12 @@ impl Held {
                         Ok(node) if node == *first => report.answered += 1,
                         Ok(_) => {
                             report.moved += 1;
+                            *report.lost_on.entry(first.clone()).or_default() += 1;
                             *alive = false;
                         }
                         Err(_) => {
                             report.broken += 1;
+                            *report.lost_on.entry(first.clone()).or_default() += 1;
                             *alive = false;
                         }
                     }

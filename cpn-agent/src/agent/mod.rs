@@ -254,21 +254,41 @@ impl Agent {
             (in_use, stamp_targets),
         );
         let (reports, report_inbox) = mpsc::channel(64);
-        let state = agent.control_state(
+        let health = agent.spawn_health_checks(config);
+        let mut state = agent.control_state(
             config,
             (core.events, core.view),
             steering,
             nexthop_answers,
             reports,
         );
+        state.health.clone_from(&health);
         agent
             .tasks
             .extend(operator_interfaces(config, state).await?);
         agent.reconcile(config).await?;
-        if let Some(task) = reporting::spawn(config, local_routes, report_inbox) {
+        if let Some(task) = reporting::spawn(config, local_routes, report_inbox, health) {
             agent.tasks.push(task);
         }
         Ok(agent)
+    }
+
+    /// Starts the health checks of this node's services, if any has one; their health.
+    fn spawn_health_checks(
+        &mut self,
+        config: &Config,
+    ) -> Option<watch::Receiver<crate::metrics::health::Healths>> {
+        let checks: Vec<_> = config
+            .services
+            .iter()
+            .filter_map(crate::config::ServedService::check)
+            .collect();
+        if checks.is_empty() {
+            return None;
+        }
+        let (healths, tasks) = crate::metrics::health::spawn(checks);
+        self.tasks.extend(tasks);
+        Some(healths)
     }
 
     /// Starts the caches that follow the kernel's routing: the next-hop cache on the nodes the
@@ -360,6 +380,7 @@ impl Agent {
             steered,
             sessions: self.sessions.clone(),
             bfd_drops: self.bfd_drops.clone(),
+            health: None,
             locators: self.learning.as_ref().and_then(|l| l.locators.clone()),
             explanations,
             nexthops,

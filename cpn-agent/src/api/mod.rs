@@ -53,6 +53,8 @@ pub enum Request {
     Bfd,
     /// What STAMP measured of each candidate's path.
     Paths,
+    /// The health of this node's checked services, with their latest outcomes.
+    Health,
     Routes,
     Services,
     /// The data plane's node entries, named, with ring slots and counters.
@@ -115,6 +117,15 @@ pub struct Neighbor {
     /// Paths it sent that the import policy dropped (neither services nor cpn locators).
     #[serde(default)]
     pub filtered: u64,
+}
+
+/// `cpnctl show health`: one checked service of this node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    #[serde(flatten)]
+    pub service: crate::dataplane::ServiceAddr,
+    #[serde(flatten)]
+    pub health: crate::metrics::health::Health,
 }
 
 /// `cpnctl show paths`: one candidate node's path, as STAMP measured it.
@@ -187,6 +198,8 @@ pub struct AgentState {
     pub sessions: BTreeMap<IpAddr, watch::Receiver<SessionStats>>,
     /// BFD's dropped packets, when it runs.
     pub bfd_drops: Option<watch::Receiver<crate::sensing::bfd::Drops>>,
+    /// The health checks of this node's services, when it has any.
+    pub health: Option<watch::Receiver<crate::metrics::health::Healths>>,
     /// The learned locators and what the kernel has for each, when this agent installs them.
     pub locators: Option<crate::dataplane::locators::Installed>,
     /// The latest selection explanations, one per service.
@@ -206,6 +219,7 @@ impl AgentState {
             Request::Neighbors => serde_json::to_value(self.neighbors())?,
             Request::Bfd => serde_json::to_value(self.bfd())?,
             Request::Paths => serde_json::to_value(self.paths_measured())?,
+            Request::Health => serde_json::to_value(self.health())?,
             Request::Routes => serde_json::to_value(self.paths())?,
             Request::Services => serde_json::to_value(&*self.explanations.borrow())?,
             Request::Nodes => serde_json::to_value(self.nodes()?)?,
@@ -267,6 +281,22 @@ impl AgentState {
             .blocking_recv()
             .map_err(|_| anyhow::anyhow!("the reporting loop stopped"))?
             .map_err(anyhow::Error::msg)
+    }
+
+    /// Each checked service's health.
+    pub fn health(&self) -> Vec<ServiceHealth> {
+        self.health
+            .as_ref()
+            .map(|h| {
+                h.borrow()
+                    .iter()
+                    .map(|(service, health)| ServiceHealth {
+                        service: *service,
+                        health: health.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// What STAMP measured, by candidate node.

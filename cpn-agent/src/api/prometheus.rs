@@ -92,6 +92,7 @@ fn render(sources: &Sources) -> String {
     bgp(&mut registry, &sources.state);
     bfd(&mut registry, &sources.state);
     paths(&mut registry, &sources.state);
+    health(&mut registry, &sources.state);
     selection(&mut registry, &sources.state);
     dataplane(&mut registry, &sources.state);
     let mut text = String::new();
@@ -200,6 +201,38 @@ fn bfd(registry: &mut Registry, state: &AgentState) {
         "bfd_dropped_packets",
         "Received BFD packets that reached no session, by reason",
         dropped,
+    );
+}
+
+/// This node's checked services; one still checking has no `healthy` sample (unknown).
+fn health(registry: &mut Registry, state: &AgentState) {
+    let healthy = Family::<Labels, Gauge>::default();
+    let checks = Family::<Labels, Counter>::default();
+    for s in state.health() {
+        let service = s.service.to_string();
+        if s.health.state != crate::metrics::health::State::Checking {
+            healthy
+                .get_or_create(&labels(&[("service", service.clone())]))
+                .set(i64::from(s.health.healthy()));
+        }
+        for (result, count) in [("passed", s.health.passed), ("failed", s.health.failed)] {
+            checks
+                .get_or_create(&labels(&[
+                    ("service", service.clone()),
+                    ("result", result.to_owned()),
+                ]))
+                .inc_by(count);
+        }
+    }
+    registry.register(
+        "service_healthy",
+        "1 while this node's service passes its health check and is advertised",
+        healthy,
+    );
+    registry.register(
+        "health_checks",
+        "Health checks of this node's service, by result",
+        checks,
     );
 }
 
@@ -397,6 +430,7 @@ mod tests {
                 reports: tokio::sync::mpsc::channel(1).0,
                 steered: tokio::sync::watch::channel(0).1,
                 sessions: std::collections::BTreeMap::new(),
+                health: None,
                 bfd_drops: Some(
                     tokio::sync::watch::channel(crate::sensing::bfd::Drops::from([(
                         crate::sensing::bfd::Dropped::Ttl,

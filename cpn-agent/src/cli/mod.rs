@@ -4,6 +4,7 @@
 
 mod explain;
 mod flows;
+mod health;
 mod maps;
 mod neighbors;
 mod nexthops;
@@ -106,6 +107,8 @@ pub enum Show {
     /// What STAMP measured along each candidate's own encapsulation: delay, round trip,
     /// jitter, loss.
     Paths,
+    /// This node's checked services: health, since when, the latest outcomes.
+    Health,
     /// The Adj-RIB-In: every path from every neighbor, with SID, AIGP and compute metrics.
     Routes,
     /// Each steered service: its candidates, their scores and weights, and why any is excluded.
@@ -156,6 +159,7 @@ pub fn run(cli: &Cli) -> Result<String> {
             Show::Neighbors => Request::Neighbors,
             Show::Bfd => Request::Bfd,
             Show::Paths => Request::Paths,
+            Show::Health => Request::Health,
             Show::Routes => Request::Routes,
             Show::Services => Request::Services,
             Show::Nodes => Request::Nodes,
@@ -207,9 +211,12 @@ pub fn run(cli: &Cli) -> Result<String> {
     Ok(match request {
         Request::Bfd => neighbors::bfd_table(&serde_json::from_value(answer)?),
         Request::Paths => paths::table(&serde_json::from_value::<Vec<api::PathView>>(answer)?),
+        Request::Health => {
+            health::table(&serde_json::from_value::<Vec<api::ServiceHealth>>(answer)?)
+        }
         Request::Neighbors => neighbors::table(serde_json::from_value(answer)?),
         Request::Routes => routes::table(serde_json::from_value(answer)?),
-        Request::Services => services::table(&answer),
+        Request::Services => services_and_health(cli, &answer)?,
         Request::Nodes => nodes::table_and_warnings(serde_json::from_value(answer)?),
         Request::Flows(_) => flows::table(serde_json::from_value(answer)?),
         Request::Sids => sids::table(serde_json::from_value(answer)?),
@@ -232,6 +239,18 @@ pub fn run(cli: &Cli) -> Result<String> {
             )
         }
     })
+}
+
+/// The steered services, then (on a compute node) its own with their health checks.
+fn services_and_health(cli: &Cli, explanations: &serde_json::Value) -> Result<String> {
+    let checked: Vec<api::ServiceHealth> =
+        serde_json::from_value(api::ask(&cli.socket, &Request::Health)?)?;
+    let mut text = services::table(explanations);
+    if !checked.is_empty() {
+        text.push_str("served here\n");
+        text.push_str(&health::table(&checked));
+    }
+    Ok(text)
 }
 
 /// Left-aligned columns, two spaces apart.

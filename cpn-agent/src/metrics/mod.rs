@@ -2,6 +2,7 @@
 //! with its unit, source, statistic and timestamp so that a receiver can judge them.
 
 pub mod files;
+pub mod health;
 pub mod host;
 pub mod reporting;
 

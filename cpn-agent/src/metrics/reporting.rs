@@ -25,7 +25,9 @@ use crate::{
     config::{CapacityConfig, Config, PolicyConfig},
     dataplane::ServiceAddr,
     metrics::{
-        Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Source, Unit, host,
+        Capacity, ComputeKind, NodeMetrics, Published, PublishedService, Sample, Source, Unit,
+        health::{Health, Healths},
+        host,
     },
     selection::{Admin, Candidate, Path, Policy, score},
 };
@@ -70,11 +72,13 @@ pub struct LoadReport {
 }
 
 /// Starts the loop if this node serves anything and has somewhere to report it; it also takes
-/// the services' own `reports`.
+/// the services' own `reports`, and follows their `health` (a service with a check is reported
+/// only while it passes).
 pub fn spawn(
     config: &Config,
     routes: Option<watch::Sender<Vec<Route>>>,
     mut reports: mpsc::Receiver<LoadReport>,
+    mut health: Option<watch::Receiver<Healths>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let file = config.metrics.publish_file.clone();
     if config.services.is_empty() || (file.is_none() && routes.is_none()) {
@@ -97,7 +101,8 @@ pub fn spawn(
     let sample_host = config.metrics.sample_host;
     Some(tokio::spawn(async move {
         let mut sampler = host::HostSampler::new();
-        let mut last_sent: Option<(Vec<NodeMetrics>, Instant)> = None;
+        // What went out last: each service's metrics, whether it was in, and when.
+        let mut last_sent: Option<(Vec<NodeMetrics>, Vec<bool>, Instant)> = None;
         let files: Vec<&FsPath> = services
             .iter()
             .filter_map(|s| s.in_flight_file.as_deref())
@@ -120,25 +125,17 @@ pub fn spawn(
                 .iter()
                 .map(|s| sample(s, &host, pushed.get(&s.key).copied(), now))
                 .collect();
+            let healthy: Vec<bool> = services
+                .iter()
+                .map(|s| advertised(health.as_ref(), &s.key))
+                .collect();
             if let Some(file) = &file {
-                let published = Published {
-                    node: node.clone(),
-                    services: services
-                        .iter()
-                        .zip(&metrics)
-                        .map(|(s, m)| PublishedService {
-                            service: s.key,
-                            metrics: m.clone(),
-                        })
-                        .collect(),
-                };
-                if let Err(e) = crate::write_json(file, &published) {
-                    tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
-                }
+                publish(file, &node, &services, &metrics, &healthy);
             }
             if let Some(origin) = &origin {
-                let due = last_sent.as_ref().is_none_or(|(sent, at)| {
+                let due = last_sent.as_ref().is_none_or(|(sent, was_healthy, at)| {
                     at.elapsed() >= origin.refresh
+                        || *was_healthy != healthy
                         || sent
                             .iter()
                             .zip(&metrics)
@@ -147,7 +144,7 @@ pub fn spawn(
                 // At most one advertisement per gap: a change inside it waits for its end.
                 let held = last_sent
                     .as_ref()
-                    .map(|(_, at)| *at + ADVERTISE_GAP)
+                    .map(|(_, _, at)| *at + ADVERTISE_GAP)
                     .filter(|end| *end > Instant::now());
                 if due && let Some(end) = held {
                     next_sample = next_sample.min(end);
@@ -160,11 +157,13 @@ pub fn spawn(
                             services
                                 .iter()
                                 .zip(&metrics)
-                                .map(|(s, m)| route(origin, &node, s, m.clone())),
+                                .zip(&healthy)
+                                .filter(|(_, healthy)| **healthy)
+                                .map(|((s, m), _)| route(origin, &node, s, m.clone())),
                         )
                         .collect();
                     origin.routes.send_replace(routes);
-                    last_sent = Some((metrics.clone(), Instant::now()));
+                    last_sent = Some((metrics.clone(), healthy, Instant::now()));
                 }
             }
             let woke = Instant::now();
@@ -175,9 +174,53 @@ pub fn spawn(
                 () = tokio::time::sleep_until(next_sample.into()) => {}
                 () = written.next() => {}
                 Some(report) = reports.recv() => take(report, &services, &mut pushed),
+                () = health_changed(&mut health) => {}
             }
         }
     }))
+}
+
+/// Writes the metrics of the services that go out to `file`, for static peers.
+fn publish(
+    file: &FsPath,
+    node: &str,
+    services: &[Served],
+    metrics: &[NodeMetrics],
+    healthy: &[bool],
+) {
+    let published = Published {
+        node: node.to_owned(),
+        services: services
+            .iter()
+            .zip(metrics)
+            .zip(healthy)
+            .filter(|(_, healthy)| **healthy)
+            .map(|((s, m), _)| PublishedService {
+                service: s.key,
+                metrics: m.clone(),
+            })
+            .collect(),
+    };
+    if let Err(e) = crate::write_json(file, &published) {
+        tracing::warn!(path = %file.display(), error = %e, "publishing metrics");
+    }
+}
+
+/// Whether the service goes out: it passes its health check, or has none.
+fn advertised(health: Option<&watch::Receiver<Healths>>, service: &ServiceAddr) -> bool {
+    health.is_none_or(|h| h.borrow().get(service).is_none_or(Health::healthy))
+}
+
+/// The next change of the services' health; never, once the checks are gone (or there are
+/// none).
+async fn health_changed(health: &mut Option<watch::Receiver<Healths>>) {
+    if let Some(receiver) = health {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *health = None;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// The shortest time between two advertisements of this node's routes.
