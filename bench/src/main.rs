@@ -23,6 +23,7 @@ mod host_tcp;
 mod labs;
 mod peers;
 mod report;
+mod sensing;
 mod sim;
 mod stats;
 mod table;
@@ -61,6 +62,7 @@ enum Part {
     Simulation,
     Labs,
     Bigtable,
+    Sensing,
 }
 
 #[expect(clippy::too_many_lines, reason = "one block per part, in order")]
@@ -184,6 +186,14 @@ fn main() -> Result<()> {
         None
     };
 
+    let sensing = if wanted(Part::Sensing) {
+        let measured = sensing::run(quick)?;
+        eprintln!("bench: sensing (BFD, health checks, STAMP) done");
+        Some(measured)
+    } else {
+        None
+    };
+
     let report = report::Report {
         quick,
         profile: if cfg!(debug_assertions) {
@@ -201,6 +211,7 @@ fn main() -> Result<()> {
         simulation,
         labs: lab_runs,
         bigtable,
+        sensing,
         not_measured,
     };
     let charts = report::write(&report, &args.out)?;

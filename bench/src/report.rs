@@ -11,6 +11,7 @@ use crate::{
     control::Control,
     host_tcp::HostTcp,
     labs::LabRun,
+    sensing::Sensing,
     sim::Simulation,
     stats::Spread,
     testrun::PerPacket,
@@ -71,6 +72,7 @@ pub struct Report {
     pub simulation: Option<Simulation>,
     pub labs: Vec<LabRun>,
     pub bigtable: Option<BigTable>,
+    pub sensing: Option<Sensing>,
     /// Parts of the issue this run did not measure, and why.
     pub not_measured: Vec<String>,
 }
@@ -313,6 +315,9 @@ pub fn markdown(report: &Report) -> String {
             );
         }
         let _ = writeln!(md);
+    }
+    if let Some(s) = &report.sensing {
+        sensing_tables(&mut md, s);
     }
     if let Some(s) = &report.simulation {
         let _ = writeln!(md, "## Announcement modes, simulated\n");
@@ -565,4 +570,62 @@ fn chart(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<()> {
 
 fn plot_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
     anyhow!("drawing the chart: {e}")
+}
+
+/// BFD and health-check detection as ratios to their intervals; STAMP against the lines.
+fn sensing_tables(md: &mut String, s: &Sensing) {
+    let _ = writeln!(md, "## Sensing\n");
+    let _ = writeln!(
+        md,
+        "Detection: from the cut (BFD: the link taken down on the far side) or the kill (health: \
+         the service process) to the agent's own timestamp of the change, over the configured \
+         interval. BFD finds a neighbour silent for its multiplier's intervals after the last \
+         packet it heard (at most 3 × here); a check with fall 3 fails its third time within \
+         2-3 intervals of the death.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| what | interval ms | × | rounds | detection ms | detection / interval |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (what, rows) in [("BFD", &s.bfd), ("health check (TCP)", &s.health)] {
+        for d in rows {
+            let _ = writeln!(
+                md,
+                "| {what} | {} | {} | {} | {} | {} |",
+                d.interval_ms,
+                d.multiplier,
+                d.rounds,
+                d.took_ms.show(1),
+                d.ratio.show(2)
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nSTAMP through a plain router and delay lines (one way each), test packets every 20 ms \
+         inside each node's encapsulation; samples 500 ms apart once every path has a full loss \
+         window:\n"
+    );
+    let _ = writeln!(
+        md,
+        "| line | measured delay ms | error ms | measured loss | error, points |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for a in &s.stamp {
+        let line = if a.drop_every == 0 {
+            format!("{} ms", a.delay_ms)
+        } else {
+            format!("{} ms, loses 1 in {}", a.delay_ms, a.drop_every)
+        };
+        let _ = writeln!(
+            md,
+            "| {line} | {} | {} | {} | {} |",
+            a.measured_delay_ms.show(2),
+            a.delay_error_ms.show(2),
+            a.measured_loss.show(3),
+            a.loss_error_points.show(1)
+        );
+    }
+    let _ = writeln!(md);
 }

@@ -16,5 +16,6 @@ pub mod fixture;
 pub mod golden;
 pub mod lab;
 pub mod packet;
+pub mod stamp_lab;
 pub mod steering_lab;
 pub mod traffic;

@@ -7,98 +7,21 @@
 //!   (AS 4200000100)    eth2 ── line2 (5 ms each way, loses every 10th SRv6 frame) ── compute2
 //!   ingress 2001:db8:1::2, router 2001:db8:1::1 / 2001:db8:1N::1, computeN 2001:db8:1N::2
 //! ```
-//! The router forwards on static routes (the compute subnets and locators: what an IGP would
-//! give it); the ingress reaches the compute subnets through it and peers with each compute
-//! node in eBGP multihop, learning their SIDs and locators.
+//! (`cpn_tests::stamp_lab`.)
 
-use std::{fs, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_agent::api::{PathView, Request};
 use cpn_tests::{
-    bgp_lab::{bgp_section, compute_config},
-    cpn_lab::start_lossy_line,
     lab::{Lab, wait_for},
-    steering_lab::VIP,
+    stamp_lab::{self, Line},
 };
 
-const INGRESS_AS: u32 = 4_200_000_100;
 /// One-way delay of each line, ms.
 const DELAY_MS: [f64; 2] = [20.0, 5.0];
 /// compute2's line loses every 10th test packet on its way there.
 const DROP_EVERY: u32 = 10;
-
-fn lab() -> Result<Lab> {
-    let mut lab = Lab::builder("stamp")
-        .node("ingress")
-        .node("router")
-        .node("line1")
-        .node("line2")
-        .node("compute1")
-        .node("compute2")
-        .link(("ingress", "eth0"), ("router", "eth0"))
-        .link(("router", "eth1"), ("line1", "eth0"))
-        .link(("line1", "eth1"), ("compute1", "eth0"))
-        .link(("router", "eth2"), ("line2", "eth0"))
-        .link(("line2", "eth1"), ("compute2", "eth0"))
-        .build()?;
-    let ingress = lab.node("ingress")?;
-    ingress.add_address("eth0", "2001:db8:1::2/64")?;
-    let router = lab.node("router")?;
-    router.add_address("eth0", "2001:db8:1::1/64")?;
-    router.enable_forwarding()?;
-    for n in 1..=2 {
-        ingress.add_route(&[&format!("2001:db8:1{n}::/64"), "via", "2001:db8:1::1"])?;
-        router.add_address(&format!("eth{n}"), &format!("2001:db8:1{n}::1/64"))?;
-        router.add_route(&[
-            &format!("fc00:{n}::/32"),
-            "via",
-            &format!("2001:db8:1{n}::2"),
-        ])?;
-        // The lines copy frames as they are: both ends must send complete checksums.
-        router.checksum_in_software(&format!("eth{n}"))?;
-        let compute = lab.node(&format!("compute{n}"))?;
-        compute.checksum_in_software("eth0")?;
-        compute.add_address("eth0", &format!("2001:db8:1{n}::2/64"))?;
-        compute.add_address("lo", &format!("{VIP}/128"))?;
-        compute.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
-    }
-    start_lossy_line(&mut lab, "line1", DELAY_MS[0], 0)?;
-    start_lossy_line(&mut lab, "line2", DELAY_MS[1], DROP_EVERY)?;
-    Ok(lab)
-}
-
-fn start_agents(lab: &mut Lab) -> Result<()> {
-    let neighbors = [
-        ("2001:db8:11::2", 4_200_000_001, "passive = true\n"),
-        ("2001:db8:12::2", 4_200_000_002, "passive = true\n"),
-    ];
-    let bgp = bgp_section(INGRESS_AS, "10.0.0.100", &neighbors);
-    lab.start_agent(
-        "ingress",
-        &format!(
-            "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
-             [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\
-             [srv6]\nsource = \"2001:db8:1::2\"\n\n\
-             [stamp]\ninterval_ms = 20\n\n\
-             [[policy]]\nservice = \"{VIP}\"\nkind = \"cpu\"\n\n{bgp}"
-        ),
-    )?;
-    for n in 1..=2u32 {
-        let inflight = lab.workdir().join(format!("compute{n}.inflight"));
-        fs::write(&inflight, "0\n")?;
-        let bgp = bgp_section(
-            4_200_000_000 + n,
-            &format!("10.0.0.{n}"),
-            &[("2001:db8:1::2", INGRESS_AS, "")],
-        );
-        lab.start_agent(
-            &format!("compute{n}"),
-            &compute_config(n, 1e12, &inflight, &bgp),
-        )?;
-    }
-    Ok(())
-}
 
 fn paths(lab: &Lab) -> Result<Vec<PathView>> {
     lab.ask("ingress", &Request::Paths)
@@ -109,8 +32,17 @@ fn paths(lab: &Lab) -> Result<Vec<PathView>> {
 /// of STAMP or of us, the test packets decapsulated by each node's own SID.
 #[test]
 fn stamp_measures_delay_and_loss_along_each_nodes_encapsulation() -> Result<()> {
-    let mut lab = lab()?;
-    start_agents(&mut lab)?;
+    let lines = [
+        Line {
+            delay_ms: DELAY_MS[0],
+            drop_every: 0,
+        },
+        Line {
+            delay_ms: DELAY_MS[1],
+            drop_every: DROP_EVERY,
+        },
+    ];
+    let lab = stamp_lab::start("stamp", &lines, 20)?;
     let logs = |lab: &Lab| lab.logs(["ingress", "compute1", "compute2"]);
     // A full loss window (100 packets at 20 ms) past the first answers, and a timeout.
     let measured = wait_for("both paths measured", Duration::from_secs(40), || {
