@@ -58,3 +58,18 @@ pub fn compute_config(n: u32, capacity: f64, inflight: &Path, bgp: &str) -> Stri
         inflight.display()
     )
 }
+
+/// Two nodes on one link, `eth0` to `eth0`, each with its address (`/64`): a compute node
+/// and the peer it tests against.
+pub fn pair(name: &str, (a, a_address): (&str, &str), (b, b_address): (&str, &str)) -> Result<Lab> {
+    let lab = Lab::builder(name)
+        .node(a)
+        .node(b)
+        .link((a, "eth0"), (b, "eth0"))
+        .build()?;
+    lab.node(a)?
+        .add_address("eth0", &format!("{a_address}/64"))?;
+    lab.node(b)?
+        .add_address("eth0", &format!("{b_address}/64"))?;
+    Ok(lab)
+}

@@ -24,7 +24,7 @@ use cpn_agent::{
     sensing::bfd::{Dropped, Status, packet::Diagnostic, packet::State},
 };
 use cpn_tests::{
-    bgp_lab::compute_config,
+    bgp_lab::{compute_config, pair},
     bird::{Bird, BirdConfig},
     lab::{Lab, wait_for},
 };
@@ -44,15 +44,7 @@ const SLACK: Duration = Duration::from_millis(10);
 /// compute1 and one peer on a link; the agent peers with `PEER_ADDRESS` in BGP (hold time 30
 /// s, so that only BFD can end the session quickly) and BFD.
 fn lab(name: &str) -> Result<Lab> {
-    let mut lab = Lab::builder(name)
-        .node("compute1")
-        .node("peer")
-        .link(("compute1", "eth0"), ("peer", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", &format!("{AGENT_ADDRESS}/64"))?;
-    lab.node("peer")?
-        .add_address("eth0", &format!("{PEER_ADDRESS}/64"))?;
+    let mut lab = pair(name, ("compute1", AGENT_ADDRESS), ("peer", PEER_ADDRESS))?;
     let inflight = lab.workdir().join("compute1.inflight");
     fs::write(&inflight, "0\n")?;
     let bgp = format!(

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use base64::Engine as _;
 use cpn_tests::{
-    bgp_lab::{address_star, bgp_section, compute_config},
+    bgp_lab::{address_star, bgp_section, compute_config, pair},
     lab::{Lab, wait_for},
     steering_lab::VIP,
     steering_lab::{split, start_name_server},
@@ -260,15 +260,11 @@ fn agents_learn_each_other_over_bgp_and_a_lost_node_is_withdrawn() -> Result<()>
 /// Two nodes, compute1 (`2001:db8:11::2`) and gobgp (`2001:db8:11::1`), and compute1's in-flight
 /// file.
 fn compute_and_gobgp(name: &str) -> Result<(Lab, std::path::PathBuf)> {
-    let lab = Lab::builder(name)
-        .node("compute1")
-        .node("gobgp")
-        .link(("compute1", "eth0"), ("gobgp", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", "2001:db8:11::2/64")?;
-    lab.node("gobgp")?
-        .add_address("eth0", "2001:db8:11::1/64")?;
+    let lab = pair(
+        name,
+        ("compute1", "2001:db8:11::2"),
+        ("gobgp", "2001:db8:11::1"),
+    )?;
     let inflight = lab.workdir().join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
     Ok((lab, inflight))

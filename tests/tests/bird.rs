@@ -20,7 +20,7 @@ use std::{fmt::Write as _, fs, net::IpAddr, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use cpn_agent::api::{LearnedPath, Neighbor, Request};
 use cpn_tests::{
-    bgp_lab::{address_star, bgp_section, compute_config},
+    bgp_lab::{address_star, bgp_section, compute_config, pair},
     bird::{Bird, BirdConfig},
     lab::{Lab, wait_for},
     steering_lab::{VIP, split, start_name_server},
@@ -160,14 +160,11 @@ fn protocol_since(text: &str) -> Option<(String, u64)> {
 
 #[test]
 fn bird_ebgp_peer_reads_our_service_route_and_its_routes_are_filtered() -> Result<()> {
-    let mut lab = Lab::builder("bird-ebgp")
-        .node("compute1")
-        .node("bird")
-        .link(("compute1", "eth0"), ("bird", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", "2001:db8:11::2/64")?;
-    lab.node("bird")?.add_address("eth0", "2001:db8:11::1/64")?;
+    let mut lab = pair(
+        "bird-ebgp",
+        ("compute1", "2001:db8:11::2"),
+        ("bird", "2001:db8:11::1"),
+    )?;
     let inflight = lab.workdir().join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
 

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
-    bgp_lab::{bgp_section, compute_config},
+    bgp_lab::{bgp_section, compute_config, pair},
     lab::{Lab, wait_for},
     steering_lab::VIP,
 };
@@ -102,15 +102,7 @@ struct FrrLab {
 impl FrrLab {
     /// `ipv4`: the agent also serves an IPv4 service and bgpd takes IPv4 over IPv6 next hops.
     fn start(name: &str, addpath_tx: bool, ipv4: bool) -> Result<Self> {
-        let mut lab = Lab::builder(name)
-            .node("compute1")
-            .node("frr")
-            .link(("compute1", "eth0"), ("frr", "eth0"))
-            .build()?;
-        lab.node("compute1")?
-            .add_address("eth0", &format!("{AGENT_ADDRESS}/64"))?;
-        lab.node("frr")?
-            .add_address("eth0", &format!("{FRR_ADDRESS}/64"))?;
+        let mut lab = pair(name, ("compute1", AGENT_ADDRESS), ("frr", FRR_ADDRESS))?;
         let work = lab.workdir().to_path_buf();
         let inflight = work.join("compute1.inflight");
         fs::write(&inflight, "3\n")?;

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use cpn_tests::{
-    bgp_lab::{address_star, bgp_section, compute_config},
+    bgp_lab::{self, address_star, bgp_section, compute_config},
     lab::{Agent, Lab, wait_for},
     steering_lab::{PORT, VIP, split, start_name_server},
     traffic::{Held, Traffic},
@@ -544,15 +544,11 @@ impl Bgpd {
 /// takes it fresh again after.
 #[test]
 fn graceful_restart_frr_keeps_our_route_through_an_agent_restart() -> Result<()> {
-    let mut lab = Lab::builder("graceful-frr")
-        .node("compute1")
-        .node("frr")
-        .link(("compute1", "eth0"), ("frr", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", &format!("{AGENT_ADDRESS}/64"))?;
-    lab.node("frr")?
-        .add_address("eth0", &format!("{FRR_ADDRESS}/64"))?;
+    let mut lab = bgp_lab::pair(
+        "graceful-frr",
+        ("compute1", AGENT_ADDRESS),
+        ("frr", FRR_ADDRESS),
+    )?;
     let inflight = lab.workdir().join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
     let bgp = bgp_section(4_200_000_001, "10.0.0.1", &[(FRR_ADDRESS, FRR_AS, "")]);
@@ -644,15 +640,11 @@ fn graceful_restart_frr_keeps_our_route_through_an_agent_restart() -> Result<()>
 /// GoBGP with Graceful Restart (helper) reads our capability and our End-of-RIB.
 #[test]
 fn graceful_restart_gobgp_reads_our_capability_and_end_of_rib() -> Result<()> {
-    let mut lab = Lab::builder("graceful-gobgp")
-        .node("compute1")
-        .node("gobgp")
-        .link(("compute1", "eth0"), ("gobgp", "eth0"))
-        .build()?;
-    lab.node("compute1")?
-        .add_address("eth0", &format!("{AGENT_ADDRESS}/64"))?;
-    lab.node("gobgp")?
-        .add_address("eth0", &format!("{FRR_ADDRESS}/64"))?;
+    let mut lab = bgp_lab::pair(
+        "graceful-gobgp",
+        ("compute1", AGENT_ADDRESS),
+        ("gobgp", FRR_ADDRESS),
+    )?;
     let work = lab.workdir().to_path_buf();
     let inflight = work.join("compute1.inflight");
     fs::write(&inflight, "3\n")?;
