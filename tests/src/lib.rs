@@ -13,6 +13,7 @@ pub mod demo;
 pub mod differential;
 pub mod dut;
 pub mod fixture;
+pub mod frr;
 pub mod golden;
 pub mod lab;
 pub mod packet;

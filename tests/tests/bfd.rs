@@ -167,44 +167,8 @@ fn start_frr(lab: &mut Lab) -> Result<(String, Vec<std::path::PathBuf>)> {
         .status()?;
     ensure!(chown.success(), "chown frr {}", dir.display());
     let vty_dir = dir.to_str().context("path")?.to_owned();
-    let path = |p: &Path| p.to_str().map(str::to_owned).context("path");
-    let bfdd_out = lab.workdir().join("bfdd.out");
-    lab.spawn(
-        "peer",
-        &[
-            "/usr/lib/frr/bfdd",
-            "--config_file",
-            &path(&bfdd_conf)?,
-            "--pid_file",
-            &path(&dir.join("bfdd.pid"))?,
-            "--vty_socket",
-            &vty_dir,
-            "--bfdctl",
-            &path(&dir.join("bfdd.sock"))?,
-            // No zebra here: bfdd runs its configured peers without it.
-            "--socket",
-            &path(&dir.join("zserv.api"))?,
-        ],
-        Some(&bfdd_out),
-    )?;
-    lab.spawn(
-        "peer",
-        &[
-            "/usr/lib/frr/bgpd",
-            "--no_zebra",
-            "--no_kernel",
-            "--skip_runas",
-            "--vty_port",
-            "0",
-            "--config_file",
-            &path(&bgpd_conf)?,
-            "--pid_file",
-            &path(&lab.workdir().join("bgpd.pid"))?,
-            "--vty_socket",
-            &vty_dir,
-        ],
-        Some(&lab.workdir().join("bgpd.out")),
-    )?;
+    let bfdd_out = cpn_tests::frr::spawn_bfdd(lab, "peer", &bfdd_conf, &dir)?;
+    cpn_tests::frr::spawn_bgpd(lab, "peer", &bgpd_conf, &dir)?;
     Ok((vty_dir, vec![bfdd_out, bfdd_log]))
 }
 

@@ -123,27 +123,8 @@ impl FrrLab {
         let bgpd_log = work.join("bgpd.log");
         let config = work.join("bgpd.conf");
         fs::write(&config, bgpd_config(&bgpd_log, addpath_tx, ipv4))?;
-        let pid_file = work.join("bgpd.pid");
-        let bgpd_output = work.join("bgpd.out");
-        lab.spawn(
-            "frr",
-            &[
-                "/usr/lib/frr/bgpd",
-                "--no_zebra",
-                "--no_kernel",
-                // Stay root: the frr user could not write to the lab's directory.
-                "--skip_runas",
-                "--vty_port",
-                "0",
-                "--config_file",
-                config.to_str().context("path")?,
-                "--pid_file",
-                pid_file.to_str().context("path")?,
-                "--vty_socket",
-                &vty_dir,
-            ],
-            Some(&bgpd_output),
-        )?;
+        let bgpd_output =
+            cpn_tests::frr::spawn_bgpd(&mut lab, "frr", &config, std::path::Path::new(&vty_dir))?;
         Ok(Self {
             lab,
             vty_dir,

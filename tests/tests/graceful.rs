@@ -478,27 +478,9 @@ impl Bgpd {
                 log.display()
             ),
         )?;
-        let path = |p: &Path| p.to_str().map(str::to_owned).context("path");
-        lab.spawn(
-            "frr",
-            &[
-                "/usr/lib/frr/bgpd",
-                "--no_zebra",
-                "--no_kernel",
-                "--skip_runas",
-                "--vty_port",
-                "0",
-                "--config_file",
-                &path(&config)?,
-                "--pid_file",
-                &path(&work.join("bgpd.pid"))?,
-                "--vty_socket",
-                &path(&vty_dir)?,
-            ],
-            Some(&work.join("bgpd.out")),
-        )?;
+        cpn_tests::frr::spawn_bgpd(lab, "frr", &config, &vty_dir)?;
         Ok(Self {
-            vty_dir: path(&vty_dir)?,
+            vty_dir: vty_dir.to_str().context("path")?.to_owned(),
             log,
         })
     }
