@@ -152,46 +152,36 @@ pub async fn spawn(
             .await;
         sessions.push((*peer, session, socket, status));
     }
+    // The thread's runtime, and its sockets registered with it, before the thread: whatever
+    // fails, fails here, for the agent to report.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (single_hop, multihop) = {
+        let _in_runtime = runtime.enter();
+        (
+            single_hop.map(UdpSocket::from_std).transpose()?,
+            multihop.map(UdpSocket::from_std).transpose()?,
+        )
+    };
+    let sessions = sessions
+        .into_iter()
+        .map(|(peer, session, socket, status)| Running {
+            peer,
+            session,
+            socket,
+            status,
+            changes: Changes::default(),
+        })
+        .collect();
+    let bfd = Bfd {
+        sessions,
+        core,
+        drops,
+    };
     std::thread::Builder::new()
         .name("bfd".to_owned())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "BFD: no runtime for its thread; no BFD sessions");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let sockets = (
-                    single_hop.map(UdpSocket::from_std).transpose(),
-                    multihop.map(UdpSocket::from_std).transpose(),
-                );
-                let (Ok(single_hop), Ok(multihop)) = sockets else {
-                    tracing::error!("BFD: its sockets cannot be polled; no BFD sessions");
-                    return;
-                };
-                let running = sessions
-                    .into_iter()
-                    .map(|(peer, session, socket, status)| Running {
-                        peer,
-                        session,
-                        socket,
-                        status,
-                        changes: Changes::default(),
-                    })
-                    .collect();
-                let bfd = Bfd {
-                    sessions: running,
-                    core,
-                    drops,
-                };
-                bfd.run(single_hop, multihop).await;
-            });
-        })?;
+        .spawn(move || runtime.block_on(bfd.run(single_hop, multihop)))?;
     Ok(counted)
 }
 
@@ -254,7 +244,7 @@ impl Bfd {
                 }
                 () = sleep_until(wake) => {}
             }
-            self.step().await;
+            self.step();
         }
     }
 
@@ -316,7 +306,7 @@ impl Bfd {
     }
 
     /// Detection times, packets due, and what the core should hear.
-    async fn step(&mut self) {
+    fn step(&mut self) {
         let now = Instant::now();
         for running in &mut self.sessions {
             if let Some(transition) = running.session.expire(now) {
@@ -329,13 +319,16 @@ impl Bfd {
             }
             let status = status(&running.peer, &running.session, running.changes);
             if status != running.status {
-                running.status = status;
                 let event = CoreEvent::Bfd {
                     neighbor: running.peer.address,
                     status,
                 };
-                if self.core.send(event).await.is_err() {
-                    return; // the agent is stopping
+                // Never wait for a busy core (a full table arriving fills its inbox): the
+                // packets must go on. A change it had no room for goes again next step.
+                match self.core.try_send(event) {
+                    Ok(()) => running.status = status,
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return, // the agent is stopping
                 }
             }
         }
