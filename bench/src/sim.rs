@@ -377,7 +377,6 @@ impl World {
                     agent.rib_in.remove(&(session, w.prefix, w.path_id));
                 }
                 let from = agent.sessions[session].peer;
-                let delay_us = agent.sessions[session].delay_ms * 1e3;
                 for r in parsed.announced {
                     let key = (session, r.prefix, r.path_id);
                     if policy::accept(&agent.local, &r).is_err() {
@@ -390,12 +389,6 @@ impl World {
                             from,
                             from_id: router_id_of(&from),
                             route: r,
-                            #[expect(
-                                clippy::cast_possible_truncation,
-                                clippy::cast_sign_loss,
-                                reason = "delays are a few ms"
-                            )]
-                            link_us: delay_us as u64,
                         },
                     );
                 }

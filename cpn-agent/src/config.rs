@@ -136,14 +136,13 @@ pub struct BgpConfig {
     pub next_hop: Option<Ipv6Addr>,
     /// RFC 4456 cluster id when this node reflects routes (default: `router_id`).
     pub cluster_id: Option<std::net::Ipv4Addr>,
-    /// Link sensing (UDP echo between neighbors): port, interval, and how many intervals
-    /// without a reply make a neighbor dead (defaults 4179, 100 ms, 3).
-    #[serde(default = "default_probe_port")]
-    pub probe_port: u16,
-    #[serde(default = "default_probe_interval")]
-    pub probe_interval_ms: u64,
-    #[serde(default = "default_probe_multiplier")]
-    pub probe_multiplier: u32,
+    /// The link probes of earlier versions, gone: read only to say what replaced them.
+    #[serde(default)]
+    pub probe_port: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub probe_interval_ms: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub probe_multiplier: Option<Spanned<toml::Value>>,
     /// Re-send our metrics when a value moves by more than this share (default 0.05) ...
     #[serde(default = "default_metric_threshold")]
     pub metric_threshold: f64,
@@ -243,18 +242,6 @@ fn default_bfd_multiplier() -> u32 {
 
 fn bgp_port() -> u16 {
     179
-}
-
-fn default_probe_port() -> u16 {
-    4179
-}
-
-fn default_probe_interval() -> u64 {
-    100
-}
-
-fn default_probe_multiplier() -> u32 {
-    3
 }
 
 fn default_hold_time() -> u64 {
@@ -1145,6 +1132,23 @@ fn validate_bgp(
             ));
         }
     }
+    for (name, gone) in [
+        ("probe_port", &bgp.probe_port),
+        ("probe_interval_ms", &bgp.probe_interval_ms),
+        ("probe_multiplier", &bgp.probe_multiplier),
+    ] {
+        if let Some(gone) = gone {
+            return Err(error(
+                Some(gone.span().start),
+                format!(
+                    "[bgp] {name}: the link probes are gone. A neighbor's liveness is BFD's now \
+                     (`bfd = {{ interval_ms = 100, multiplier = 3 }}` in its [[bgp.neighbor]]), \
+                     a candidate's path delay and loss STAMP's ([stamp] interval_ms); remove \
+                     the line"
+                ),
+            ));
+        }
+    }
     let restart = &bgp.graceful_restart_s;
     let max = crate::bgp::graceful::MAX_RESTART_TIME.as_secs();
     if *restart.get_ref() > max {
@@ -1833,6 +1837,18 @@ mode = "generic"
             err.contains("[stamp] interval_ms = 5: use 10 to 60000 ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_link_probes_settings_are_gone_and_say_what_replaced_them() {
+        let err = with("[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\nprobe_interval_ms = 30\n")
+            .unwrap_err();
+        assert!(
+            err.contains("[bgp] probe_interval_ms: the link probes are gone")
+                && err.contains("bfd = { interval_ms = 100, multiplier = 3 }"),
+            "{err}"
+        );
+        assert!(err.starts_with("agent.toml:20: "), "names the line: {err}");
     }
 
     #[test]

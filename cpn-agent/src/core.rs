@@ -1,14 +1,13 @@
 //! The routing core: the one task that owns what this agent knows of the network (the
-//! Adj-RIB-In, the state of its links, the metrics static nodes publish, the nodes the
-//! operator drained) and publishes it as snapshots.
+//! Adj-RIB-In, BFD's sessions, the paths STAMP measured, the metrics static nodes publish, the
+//! nodes the operator drained) and publishes it as snapshots.
 //!
 //! ```text
 //!   BGP sessions ──Event::Bgp──────────────┐
 //!   [[remote]] files ──Event::RemoteMetrics┼──▶ core task ──Snapshot (watch)──▶ steering,
 //!   operator (api) ──Event::Drain──────────┤   (owns RIB, links, BFD,         sessions (export,
 //!   BFD ──Event::Bfd───────────────────────┤    paths, remote metrics,        BFD down), locators,
-//!   link probes ──LinkTable (watch)────────┤    drains)                       api
-//!   STAMP ──Paths (watch)──────────────────┘
+//!   STAMP ──Paths (watch)──────────────────┘    drains)                       api
 //! ```
 //!
 //! Everything that changes this state is a typed event, applied in the order it arrives; a
@@ -19,23 +18,15 @@
 //! Node ids are not here: an id is a slot in the data plane's node map, free again only once
 //! no ring names it, and only selection, which writes the rings, knows when that is.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     bgp::rib::{RibCommand, RibIn},
     metrics::files::RemoteMetrics,
-    sensing::{bfd, probe::LinkStats, stamp},
+    sensing::{bfd, stamp},
 };
-
-/// What link sensing measured of each probed neighbor, as it last published it.
-pub type LinkTable = HashMap<IpAddr, LinkStats>;
 
 /// A change to the core's state, from whoever saw it.
 #[derive(Debug)]
@@ -69,7 +60,6 @@ pub struct Snapshot {
     /// event the core took before publishing it.
     pub version: u64,
     pub rib: Arc<RibIn>,
-    pub links: Arc<LinkTable>,
     /// Each BFD session, by neighbor.
     pub bfd: Arc<bfd::Statuses>,
     /// What STAMP measured of each candidate's path, by node name.
@@ -81,17 +71,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Whether the routes, the remote metrics, the drains or a link's liveness changed since
-    /// `seen`. Link measurements alone (a new round-trip time every probe interval) are not
-    /// news: readers take them up at their next regular step.
+    /// Whether the routes, the remote metrics, the drains or the set of measured paths changed
+    /// since `seen`. New measurements of paths already measured (every STAMP interval) are not
+    /// news: readers take them up at their next regular step. A path measured for the first
+    /// time is: its node may be waiting for it to join.
     pub fn news_since(&self, seen: &Self) -> bool {
+        let measured = |s: &Self| {
+            s.paths
+                .iter()
+                .filter(|(_, p)| p.delay.is_known())
+                .map(|(node, _)| node.clone())
+                .collect::<BTreeSet<String>>()
+        };
         !Arc::ptr_eq(&self.rib, &seen.rib)
             || !Arc::ptr_eq(&self.remote, &seen.remote)
             || !Arc::ptr_eq(&self.drained, &seen.drained)
-            || self.links.len() != seen.links.len()
-            || self.links.iter().any(|(neighbor, link)| {
-                seen.links.get(neighbor).map(|l| l.alive) != Some(link.alive)
-            })
+            || (!Arc::ptr_eq(&self.paths, &seen.paths) && measured(self) != measured(seen))
     }
 }
 
@@ -105,38 +100,31 @@ pub struct Core {
     pub view: View,
 }
 
-/// What sensing publishes as tables for the core to take up (each when there is any).
-#[derive(Debug, Default)]
-pub struct Measured {
-    pub links: Option<watch::Receiver<LinkTable>>,
-    pub paths: Option<watch::Receiver<stamp::Paths>>,
-}
-
 /// Starts the core with `rib` (empty, or waiting for the peers' End-of-RIB after our restart)
-/// and what sensing measures. It runs until every sender of events is gone.
-pub fn spawn(rib: RibIn, measured: Measured) -> (Core, tokio::task::JoinHandle<()>) {
+/// and the paths STAMP measures, when it runs. It runs until every sender of events is gone.
+pub fn spawn(
+    rib: RibIn,
+    paths: Option<watch::Receiver<stamp::Paths>>,
+) -> (Core, tokio::task::JoinHandle<()>) {
     let (events, inbox) = mpsc::channel(256);
-    let Measured { links, paths } = measured;
     let state = State {
         rib,
-        links: links
+        paths: paths
             .as_ref()
-            .map(|l| Arc::new(l.borrow().clone()))
+            .map(|p| Arc::new(p.borrow().clone()))
             .unwrap_or_default(),
-        paths: Arc::default(),
         bfd: bfd::Statuses::new(),
         remote: Arc::default(),
         drained: BTreeSet::new(),
     };
     let (publish, view) = watch::channel(state.snapshot(0));
-    let task = tokio::spawn(run(state, inbox, (links, paths), publish));
+    let task = tokio::spawn(run(state, inbox, paths, publish));
     (Core { events, view }, task)
 }
 
 /// The core's own state between events.
 struct State {
     rib: RibIn,
-    links: Arc<LinkTable>,
     paths: Arc<stamp::Paths>,
     bfd: bfd::Statuses,
     remote: Arc<RemoteMetrics>,
@@ -148,7 +136,6 @@ impl State {
         Snapshot {
             version,
             rib: Arc::new(self.rib.clone()),
-            links: self.links.clone(),
             paths: self.paths.clone(),
             bfd: Arc::new(self.bfd.clone()),
             remote: self.remote.clone(),
@@ -182,10 +169,7 @@ impl Changed {
 async fn run(
     mut state: State,
     mut inbox: mpsc::Receiver<Event>,
-    (mut links, mut paths): (
-        Option<watch::Receiver<LinkTable>>,
-        Option<watch::Receiver<stamp::Paths>>,
-    ),
+    mut paths: Option<watch::Receiver<stamp::Paths>>,
     publish: watch::Sender<Snapshot>,
 ) {
     loop {
@@ -200,10 +184,6 @@ async fn run(
                 while let Ok(event) = inbox.try_recv() {
                     state.apply(event, &mut changed);
                 }
-            }
-            measured = changed_or_gone(&mut links) => {
-                state.links = Arc::new(measured);
-                changed.shared = true;
             }
             measured = changed_or_gone(&mut paths) => {
                 state.paths = Arc::new(measured);
@@ -275,7 +255,6 @@ impl State {
             } else {
                 last.rib
             },
-            links: self.links.clone(),
             paths: self.paths.clone(),
             bfd: if changed.bfd {
                 Arc::new(self.bfd.clone())

@@ -3,7 +3,7 @@
 //! part of DESIGN.md "How data flows":
 //!
 //! - `metrics/`: samplers of host and service load, and the reporting task that advertises
-//!   them; `sensing/`: BFD, STAMP and link probes;
+//!   them; `sensing/`: BFD and STAMP;
 //! - `bgp/`: sessions (I/O), peer logic (sans-I/O), the FSM and the RIB;
 //! - `core`: the routing core, the one task that owns the RIB, the links and the drains and
 //!   publishes them as snapshots;

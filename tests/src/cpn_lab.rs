@@ -51,8 +51,7 @@ pub struct Topology {
     pub clients: Vec<ClientSpec>,
     #[serde(rename = "compute")]
     pub computes: Vec<ComputeSpec>,
-    /// How fast the agents find a dead neighbor: BFD between them (default 3 × 100 ms), and
-    /// the link probes at the same interval.
+    /// How fast the agents find a dead neighbor: BFD between them (default 3 × 100 ms).
     pub detection: Option<Detection>,
     /// How routes travel (default: distributed).
     #[serde(default)]
@@ -122,16 +121,6 @@ impl Topology {
             Mode::Distributed => "passive = true\n",
             Mode::Reflector => "passive = true\nroute_reflector_client = true\n",
         }
-    }
-
-    /// The `[bgp]` lines every agent gets for [`Detection`].
-    fn detection_lines(&self) -> String {
-        self.detection.map_or_else(String::new, |d| {
-            format!(
-                "probe_interval_ms = {}\nprobe_multiplier = {}\n",
-                d.interval_ms, d.multiplier
-            )
-        })
     }
 
     /// The line every neighbor gets: all of them are agents, which run BFD with each other.
@@ -522,17 +511,14 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// A `[bgp]` section for `topology`: its detection lines, and BFD with every neighbor.
+/// A `[bgp]` section for `topology`, with BFD at its detection timers for every neighbor.
 fn bgp_section(
     topology: &Topology,
     asn: u32,
     router_id: &str,
     neighbors: &[(String, u32, &str)],
 ) -> String {
-    let mut text = format!(
-        "[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n{}",
-        topology.detection_lines()
-    );
+    let mut text = format!("[bgp]\nasn = {asn}\nrouter_id = \"{router_id}\"\nhold_time_s = 3\n");
     let bfd = topology.bfd_line();
     for (address, asn, more) in neighbors {
         let _ = write!(

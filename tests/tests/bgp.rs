@@ -72,9 +72,8 @@ fn ingress_config(control: ControlPlane) -> String {
             bgp_section(CORE_AS, "10.0.0.100", &[(REFLECTOR, CORE_AS, "")])
         }
     };
-    // The maxima must not exclude paths learned through a reflector: GoBGP answers no link
-    // probe, and an agent reflector is not on the data path; either way their paths' loss is
-    // unknown, not 100 %.
+    // The maxima apply to the paths STAMP measures from the ingress to each node, whether the
+    // routes came through a reflector (GoBGP or an agent, off the data path) or not.
     format!(
         "[node]\nname = \"ingress\"\nroles = [\"ingress\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"steer\"\n\n\

@@ -363,8 +363,8 @@ fn wait_for_both_nodes(lab: &Lab) -> Result<()> {
 /// Centralized mode with BIRD as the route reflector, off the data path: the ingress and
 /// both compute agents are its clients, ADD-PATH gives the ingress both sites, and the flows
 /// go straight from the ingress to the compute nodes. The ingress's policy bounds loss and
-/// latency and weighs latency: BIRD answers no link probes, which must not make the paths
-/// through it count as lossy.
+/// latency and weighs latency: the paths are STAMP's, measured from the ingress to each node
+/// along its encapsulation, whatever the reflector in between.
 #[test]
 fn bird_route_reflector_off_the_data_path() -> Result<()> {
     const REFLECTOR: &str = "2001:db8:13::2";

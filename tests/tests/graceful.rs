@@ -207,7 +207,7 @@ impl Ingress {
 
     /// A map read from its pin directory, by cpnctl itself: reading the 65537 ring slots
     /// through the agent (`show nodes`) would hold the agent's runtime for a good part of a
-    /// second in a debug build, long enough for its neighbors' link probes to give up.
+    /// second in a debug build, longer than its neighbors' BFD waits.
     fn map(&self, name: &str) -> Result<Vec<Value>> {
         let dump = cpnctl(&[
             "maps".as_ref(),

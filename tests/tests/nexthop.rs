@@ -188,7 +188,7 @@ fn a_next_hop_behind_a_router_is_resolved_and_followed() -> Result<()> {
     .with_context(|| logs(&lab))?;
 
     // The path to the next hop moves to eth2: the locator follows it, no BGP change needed.
-    // (The same source address: BFD and the link probes know the agents by address.)
+    // (The same source address: BFD knows the agents by address.)
     lab.node("ingress")?.run(&[
         "ip",
         "-6",

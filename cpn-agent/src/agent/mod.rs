@@ -5,7 +5,7 @@
 //!                             └──▶ publish_file (JSON), own routes (watch) ──▶ BGP
 //!
 //!   BGP sessions ── RibCommand ──┐                                         (ingress role)
-//!   link probes ── LinkTable ────┤
+//!   STAMP ── Paths ──────────────┤
 //!   BFD ── Event::Bfd ───────────┼──▶ routing core ── Snapshot (watch) ──┬──▶ sessions (export,
 //!   control socket: drain ───────┘    (crate::core)                      │    BFD down)
 //!                                                                        ├──▶ locators ──▶ kernel
@@ -83,26 +83,13 @@ struct Started {
     stamp_targets: watch::Sender<crate::sensing::stamp::Targets>,
 }
 
-/// Starts the routing core, which every other task talks to, and link sensing (with BGP),
-/// which feeds it.
+/// Starts the routing core, which every other task talks to, and sensing (STAMP, BFD), which
+/// feeds it.
 async fn start_core(config: &Config) -> Result<Started> {
     let mut tasks = Vec::new();
-    let mut links = None;
-    let mut rib = RibIn::default();
-    if let Some(bgp) = &config.bgp {
-        let neighbors: Vec<IpAddr> = bgp.neighbors.iter().map(|n| n.address).collect();
-        let (table, prober) = crate::sensing::probe::spawn(
-            bgp.probe_port,
-            &neighbors,
-            Duration::from_millis(bgp.probe_interval_ms.max(1)),
-            bgp.probe_multiplier.max(1),
-        )
-        .await
-        .with_context(|| format!("starting link probes on UDP port {}", bgp.probe_port))?;
-        tasks.push(prober);
-        links = Some(table);
-        rib = RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)));
-    }
+    let rib = config.bgp.as_ref().map_or_else(RibIn::default, |bgp| {
+        RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)))
+    });
     let (stamp_targets, targets) = watch::channel(crate::sensing::stamp::Targets::new());
     let mut paths = None;
     // An ingress measures its candidates' paths from its encapsulation source; a compute node
@@ -120,7 +107,7 @@ async fn start_core(config: &Config) -> Result<Started> {
             .with_context(|| format!("starting the STAMP reflector on UDP port {port}"))?;
         tasks.push(reflector);
     }
-    let (core, task) = crate::core::spawn(rib, crate::core::Measured { links, paths });
+    let (core, task) = crate::core::spawn(rib, paths);
     tasks.push(task);
     let mut bfd_drops = None;
     if let Some(bgp) = &config.bgp {
@@ -243,6 +230,8 @@ impl Agent {
                 encap_src: config.srv6.source.unwrap_or(Ipv6Addr::UNSPECIFIED),
                 locators,
                 import: bgp.import(),
+                // The first test packet goes out at once; its answer is late after this.
+                measure_wait: config.stamp.settings().interval + config.stamp.settings().timeout,
             });
             local_routes = Some(local);
         }

@@ -104,11 +104,6 @@ pub struct Neighbor {
     pub stale_paths: usize,
     /// The families whose End-of-RIB it sent in this session: its routes there are complete.
     pub end_of_rib: Vec<Family>,
-    /// Link probes: smoothed round-trip time, jitter (microseconds), loss (0..=1); `None`
-    /// while unknown (not probed, or it never answered a probe).
-    pub rtt_us: Option<u64>,
-    pub jitter_us: Option<u64>,
-    pub loss: Option<f64>,
     /// Its BFD session, when it is configured (`cpnctl show bfd`).
     #[serde(default)]
     pub bfd: Option<crate::sensing::bfd::Status>,
@@ -334,11 +329,10 @@ impl AgentState {
     /// The configured neighbors with their sessions and links now.
     pub fn neighbors(&self) -> Vec<Neighbor> {
         let snapshot = self.core.borrow().clone();
-        let (rib, links, bfd) = (snapshot.rib, snapshot.links, snapshot.bfd);
+        let (rib, bfd) = (snapshot.rib, snapshot.bfd);
         self.neighbors
             .iter()
             .map(|&(address, asn)| {
-                let link = links.get(&address);
                 let session = self
                     .sessions
                     .get(&address)
@@ -351,9 +345,6 @@ impl AgentState {
                     paths: rib.paths_from(address),
                     stale_paths: rib.stale_from(address),
                     end_of_rib: rib.end_of_rib(address).iter().collect(),
-                    rtt_us: link.and_then(|l| l.rtt.known()).map(micros),
-                    jitter_us: link.and_then(|l| l.jitter.known()).map(micros),
-                    loss: link.and_then(|l| l.loss.known()),
                     bfd: bfd.get(&address).copied(),
                     messages: session.messages,
                     filtered: session.filtered,
@@ -403,10 +394,6 @@ impl AgentState {
     }
 }
 
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// Listens on `path` (replacing a stale socket file) and answers until the task is dropped.
 pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent() {
@@ -440,7 +427,7 @@ async fn serve(stream: UnixStream, state: AgentState) -> std::io::Result<()> {
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
         // Off the runtime thread: reading a ring is 65 537 map lookups, and the BGP sessions
-        // and link probes this thread serves must not wait for them.
+        // and STAMP reflections this thread serves must not wait for them.
         Ok(request) => match tokio::task::spawn_blocking(move || state.answer(&request)).await {
             Ok(Ok(answer)) => serde_json::json!({ "ok": answer }),
             Ok(Err(e)) => serde_json::json!({ "error": format!("{e:#}") }),

@@ -105,8 +105,6 @@ fn render(sources: &Sources) -> String {
 fn bgp(registry: &mut Registry, state: &AgentState) {
     let established = Family::<Labels, Gauge>::default();
     let paths = Family::<Labels, Gauge>::default();
-    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let messages = Family::<Labels, Counter>::default();
     let filtered = Family::<Labels, Counter>::default();
     for n in state.neighbors() {
@@ -131,13 +129,6 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
         paths
             .get_or_create(&l)
             .set(i64::try_from(n.paths).unwrap_or(i64::MAX));
-        if let Some(us) = n.rtt_us {
-            #[expect(clippy::cast_precision_loss, reason = "microseconds")]
-            rtt.get_or_create(&l).set(us as f64 / 1e6);
-        }
-        if let Some(v) = n.loss {
-            loss.get_or_create(&l).set(v);
-        }
     }
     registry.register(
         "bgp_session_established",
@@ -154,16 +145,6 @@ fn bgp(registry: &mut Registry, state: &AgentState) {
         "bgp_messages",
         "BGP messages exchanged with the neighbor, by direction and type",
         messages,
-    );
-    registry.register(
-        "link_rtt_seconds",
-        "Smoothed round-trip time to the neighbor, from the link probes",
-        rtt,
-    );
-    registry.register(
-        "link_loss_ratio",
-        "Share of recent link probes without an answer",
-        loss,
     );
 }
 
@@ -398,31 +379,43 @@ mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::{metrics::Measure, sensing::probe::LinkStats};
+    use crate::{metrics::Measure, sensing::stamp::session::PathStats};
 
-    /// A neighbor that never answered a probe exports no RTT or loss at all (not 0, not 1).
+    /// A path STAMP never measured (its node reflects nothing) exports no delay or loss at all
+    /// (not 0, not 1), only what was sent.
     #[test]
-    fn unknown_link_gauges_are_left_out() {
-        let measured: IpAddr = "2001:db8::1".parse().unwrap();
-        let silent: IpAddr = "2001:db8::2".parse().unwrap();
-        let links = std::sync::Arc::new(std::collections::HashMap::from([
+    fn unknown_path_gauges_are_left_out() {
+        let (measured, silent): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let paths = std::sync::Arc::new(crate::sensing::stamp::Paths::from([
             (
-                measured,
-                LinkStats {
-                    rtt: Measure::Known(Duration::from_millis(4)),
+                "near".to_owned(),
+                PathStats {
+                    rtt: Measure::Known(Duration::from_millis(8)),
+                    delay: Measure::Known(Duration::from_millis(4)),
                     jitter: Measure::Known(Duration::ZERO),
                     loss: Measure::Known(0.0),
-                    alive: Measure::Known(true),
+                    inner_hops: Measure::Known(0),
+                    sent: 20,
+                    received: 20,
                 },
             ),
-            (silent, LinkStats::default()),
+            (
+                "legacy".to_owned(),
+                PathStats {
+                    sent: 20,
+                    ..PathStats::default()
+                },
+            ),
         ]));
         let (_explained, explanations) = tokio::sync::watch::channel(Vec::new());
         let sources = Sources {
             state: AgentState {
                 neighbors: vec![(measured, 65001), (silent, 65002)],
                 core: tokio::sync::watch::channel(crate::core::Snapshot {
-                    links,
+                    paths,
                     ..crate::core::Snapshot::default()
                 })
                 .1,
@@ -453,14 +446,19 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            samples("cpn_link_rtt_seconds"),
-            ["cpn_link_rtt_seconds{neighbor=\"2001:db8::1\"} 0.004"],
+            samples("cpn_path_delay_seconds"),
+            ["cpn_path_delay_seconds{node=\"near\"} 0.004"],
             "{text}"
         );
         assert_eq!(
-            samples("cpn_link_loss_ratio"),
-            ["cpn_link_loss_ratio{neighbor=\"2001:db8::1\"} 0.0"],
+            samples("cpn_path_loss_ratio"),
+            ["cpn_path_loss_ratio{node=\"near\"} 0.0"],
             "{text}"
+        );
+        assert_eq!(
+            samples("cpn_path_test_packets_sent_total").len(),
+            2,
+            "both paths count what was sent: {text}"
         );
         assert_eq!(
             samples("cpn_bgp_paths{").len(),

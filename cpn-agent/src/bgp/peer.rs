@@ -3,10 +3,7 @@
 //! routes or the RIB change (export policy, then the UPDATE diff). session.rs moves the
 //! bytes; these functions are tested with plain values.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use netgauze_bgp_pkt::{
@@ -21,7 +18,6 @@ use super::{
     rib::{PathChange, RibIn},
     route::{self, Route},
 };
-use crate::sensing::probe::LinkStats;
 
 /// What an UPDATE does.
 #[derive(Debug, PartialEq)]
@@ -144,7 +140,6 @@ impl PeerState {
                     from: self.peer,
                     from_id: self.peer_id,
                     route: r,
-                    link_us: 0, // filled in when exported
                 })));
             }
         }
@@ -152,25 +147,9 @@ impl PeerState {
     }
 
     /// The UPDATEs that bring the peer from what we announced to what we export now: our
-    /// `originated` routes and those of `rib` we pass on, each with the AIGP of the link it
-    /// came over (`links`).
-    pub fn export(
-        &mut self,
-        originated: &[Route],
-        rib: &RibIn,
-        links: &HashMap<IpAddr, LinkStats>,
-    ) -> Vec<BgpMessage> {
-        let received: Vec<Received> = rib
-            .received()
-            .map(|r| Received {
-                // AIGP has no "unknown": an unmeasured link adds nothing to it.
-                link_us: links
-                    .get(&r.from.address)
-                    .and_then(|l| l.one_way_us().known())
-                    .unwrap_or(0),
-                ..r.clone()
-            })
-            .collect();
+    /// `originated` routes and those of `rib` we pass on.
+    pub fn export(&mut self, originated: &[Route], rib: &RibIn) -> Vec<BgpMessage> {
+        let received: Vec<Received> = rib.received().cloned().collect();
         let mut current = policy::export(
             &self.me,
             originated,
@@ -306,20 +285,13 @@ mod tests {
             ..Route::for_test("fc00:1::/32")
         };
         let rib = RibIn::default();
-        let links = HashMap::new();
-        let first = peer.export(std::slice::from_ref(&locator), &rib, &links);
+        let first = peer.export(std::slice::from_ref(&locator), &rib);
         assert_eq!(first.len(), 1, "{first:?}");
-        assert!(
-            peer.export(std::slice::from_ref(&locator), &rib, &links)
-                .is_empty()
-        );
+        assert!(peer.export(std::slice::from_ref(&locator), &rib).is_empty());
         peer.forget_advertised();
-        assert_eq!(
-            peer.export(std::slice::from_ref(&locator), &rib, &links),
-            first
-        );
+        assert_eq!(peer.export(std::slice::from_ref(&locator), &rib), first);
         // Withdrawn when we stop originating it.
-        let gone = peer.export(&[], &rib, &links);
+        let gone = peer.export(&[], &rib);
         let [BgpMessage::Update(update)] = &gone[..] else {
             panic!("{gone:?}")
         };

@@ -101,9 +101,6 @@ pub struct Received {
     /// The sending neighbor's BGP identifier (becomes `ORIGINATOR_ID` when we reflect).
     pub from_id: Ipv4Addr,
     pub route: Route,
-    /// One-way latency of the link it came over, microseconds (probe.rs): added to AIGP when
-    /// we pass the route on with ourselves as next hop (RFC 7311 §3.4).
-    pub link_us: u64,
 }
 
 /// Why a received route is not taken.
@@ -203,7 +200,8 @@ pub fn export(
             }
             r.as_path.insert(0, local.asn);
             r.next_hop = local.next_hop;
-            r.aigp = r.aigp.map(|aigp| aigp.saturating_add(rx.link_us));
+            // AIGP as it came: RFC 7311 §3.4 adds the IGP distance to the previous next hop,
+            // and the agent runs no IGP. Path delay is STAMP's, measured at the ingress.
             r.originator_id = None;
             r.cluster_list.clear();
         } else if reflect {
@@ -336,7 +334,6 @@ mod tests {
             from,
             from_id: Ipv4Addr::new(10, 0, 0, 9),
             route,
-            link_us: 0,
         }
     }
 
@@ -359,17 +356,18 @@ mod tests {
     fn ebgp_hop_prepends_our_as_sets_next_hop_self_and_keeps_sid_aigp_metrics() {
         let a = peer(1, 65001, false);
         let b = peer(2, 65002, false);
-        let learned = [Received {
-            link_us: 120,
-            ..received(a, route(7, vec![65001]))
-        }];
+        let learned = [received(a, route(7, vec![65001]))];
         let mut ids = PathIds::default();
         let out = export(&ME, &[], &learned, &b, &mut ids);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].as_path, vec![65000, 65001]);
         assert_eq!(out[0].next_hop, ME.next_hop);
         assert_eq!(out[0].service, learned[0].route.service);
-        assert_eq!(out[0].aigp, Some(620), "AIGP grows by the link's latency");
+        assert_eq!(
+            out[0].aigp,
+            Some(500),
+            "AIGP as it came: we add no IGP distance"
+        );
         // Never back to where it came from, nor to an AS already on the path.
         assert!(export(&ME, &[], &learned, &a, &mut ids).is_empty());
         let c = peer(3, 65001, false);

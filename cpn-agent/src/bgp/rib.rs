@@ -290,7 +290,6 @@ impl RibIn {
                 from,
                 from_id: std::net::Ipv4Addr::UNSPECIFIED,
                 route,
-                link_us: 0,
             },
         );
     }
@@ -310,7 +309,6 @@ impl PathChange {
             },
             from_id: std::net::Ipv4Addr::UNSPECIFIED,
             route,
-            link_us: 0,
         }))
     }
 }

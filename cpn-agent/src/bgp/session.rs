@@ -478,7 +478,7 @@ impl Session {
         let snapshot = self.view.borrow_and_update().clone();
         self.exported = snapshot.rib.clone();
         let rib = snapshot.rib;
-        let messages = self.peer.export(&originated, &rib, &snapshot.links);
+        let messages = self.peer.export(&originated, &rib);
         let mut actions = Vec::new();
         for message in messages {
             actions.extend(self.send(message).await);

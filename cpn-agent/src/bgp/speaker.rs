@@ -234,10 +234,7 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let (core, _task) = crate::core::spawn(
-            RibIn::new(deferral(&config)),
-            crate::core::Measured::default(),
-        );
+        let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config)), None);
         let view = core.view.clone();
         let speaker = spawn(config, (core.events, core.view), local)
             .await

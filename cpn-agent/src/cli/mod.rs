@@ -99,8 +99,7 @@ pub enum Maps {
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Show {
-    /// BGP neighbors: session state, paths received, link probe RTT, jitter and loss, BFD,
-    /// messages.
+    /// BGP neighbors: session state, paths received, BFD, messages.
     Neighbors,
     /// The BFD session with each neighbor that has one: states, diagnostic, intervals in force.
     Bfd,

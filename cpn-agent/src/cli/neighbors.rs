@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{columns, millis, or_unknown};
+use super::{columns, millis};
 use crate::api::{BfdView, Neighbor};
 
 pub fn table(neighbors: Vec<Neighbor>) -> String {
@@ -28,9 +28,6 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
                         .collect::<Vec<_>>()
                         .join(",")
                 },
-                or_unknown(n.rtt_us.map(millis)),
-                or_unknown(n.jitter_us.map(millis)),
-                or_unknown(n.loss.map(|l| format!("{:.0} %", l * 100.0))),
                 n.bfd
                     .map_or_else(|| "-".to_owned(), |b| b.state.to_string()),
                 n.messages.received.values().sum::<u64>().to_string(),
@@ -46,9 +43,6 @@ pub fn table(neighbors: Vec<Neighbor>) -> String {
             "PATHS",
             "FILTERED",
             "END-OF-RIB",
-            "RTT",
-            "JITTER",
-            "LOSS",
             "BFD",
             "MSG RCVD",
             "MSG SENT",
@@ -118,40 +112,92 @@ pub fn bfd_table(view: &BfdView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensing::bfd::{
+        Dropped, Status,
+        packet::{Diagnostic, State},
+    };
+
+    fn status(state: State) -> Status {
+        Status {
+            state,
+            remote_state: state,
+            diagnostic: Diagnostic::None,
+            multihop: false,
+            local_discriminator: 0x1234,
+            remote_discriminator: 0xabcd,
+            interval_us: 10_000,
+            multiplier: 3,
+            transmit_interval_us: 10_000,
+            detection_time_us: Some(30_000),
+            changed_at_unix_us: None,
+            down_at_unix_us: None,
+        }
+    }
 
     #[test]
-    fn a_neighbor_that_never_answered_reads_unknown_not_down() {
-        let neighbor = |address: &str, answered: bool| Neighbor {
+    fn a_neighbor_without_bfd_reads_a_dash_not_down() {
+        let neighbor = |address: &str, bfd: Option<Status>| Neighbor {
             address: address.parse().unwrap(),
             asn: 65000,
             state: crate::bgp::fsm::State::Established,
             paths: 2,
             stale_paths: 0,
             end_of_rib: Vec::new(),
-            rtt_us: answered.then_some(1_500),
-            jitter_us: answered.then_some(100),
-            loss: answered.then_some(0.02),
-            bfd: None,
+            bfd,
             messages: crate::bgp::session::MessageCounts::default(),
             filtered: 0,
         };
         let text = table(vec![
-            neighbor("2001:db8::1", true),
-            neighbor("2001:db8::2", false),
+            neighbor("2001:db8::1", Some(status(State::Up))),
+            neighbor("2001:db8::2", None),
         ]);
-        let links: Vec<Vec<&str>> = text
+        let bfd: Vec<&str> = text
             .lines()
             .map(|l| {
-                let cells: Vec<&str> = l
-                    .split("  ")
+                l.split("  ")
                     .map(str::trim)
                     .filter(|c| !c.is_empty())
-                    .collect();
-                cells[6..10].to_vec()
+                    .nth(6)
+                    .unwrap()
             })
             .collect();
-        assert_eq!(links[0], ["RTT", "JITTER", "LOSS", "BFD"], "{text}");
-        assert_eq!(links[1], ["1.50 ms", "0.10 ms", "2 %", "-"], "{text}");
-        assert_eq!(links[2], ["unknown", "unknown", "unknown", "-"], "{text}");
+        assert_eq!(bfd, ["BFD", "up", "-"], "{text}");
+    }
+
+    #[test]
+    fn the_bfd_table_shows_timers_discriminators_and_drops() {
+        let view = BfdView {
+            sessions: vec![crate::api::BfdSession {
+                neighbor: "2001:db8::1".parse().unwrap(),
+                status: status(State::Up),
+            }],
+            dropped: [(Dropped::Ttl, 2)].into(),
+        };
+        let text = bfd_table(&view);
+        let row: Vec<&str> = text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            row,
+            [
+                "2001:db8::1",
+                "up",
+                "-",
+                "up",
+                "none",
+                "single hop",
+                "10.00 ms × 3",
+                "10.00 ms",
+                "30.00 ms",
+                "0x00001234/0x0000abcd"
+            ],
+            "{text}"
+        );
+        assert!(text.ends_with("dropped: ttl 2\n"), "{text}");
     }
 }

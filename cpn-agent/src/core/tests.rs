@@ -9,6 +9,7 @@ use crate::{
         route::Route,
     },
     metrics::Measure,
+    sensing::stamp::{Paths, session::PathStats},
 };
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -33,17 +34,20 @@ fn drain(node: &str, drain: bool) -> (Event, oneshot::Receiver<u64>) {
     (event, version)
 }
 
-fn link(alive: bool, rtt_ms: u64) -> LinkStats {
-    LinkStats {
-        rtt: Measure::Known(Duration::from_millis(rtt_ms)),
-        alive: Measure::Known(alive),
-        ..LinkStats::default()
+/// A STAMP measurement of `delay_ms`, or one that has not come back yet (`None`).
+fn path(delay_ms: Option<u64>) -> PathStats {
+    PathStats {
+        delay: delay_ms.map_or(Measure::Unknown, |ms| {
+            Measure::Known(Duration::from_millis(ms))
+        }),
+        sent: 1,
+        ..PathStats::default()
     }
 }
 
 #[tokio::test]
 async fn events_apply_in_order_and_a_burst_is_one_snapshot() {
-    let (core, _task) = spawn(RibIn::default(), Measured::default());
+    let (core, _task) = spawn(RibIn::default(), None);
     let mut view = core.view;
     let (fresh, answer) = oneshot::channel();
     // Queued before the task runs: one burst.
@@ -86,35 +90,34 @@ async fn events_apply_in_order_and_a_burst_is_one_snapshot() {
 }
 
 #[tokio::test]
-async fn a_link_measurement_is_published_but_only_liveness_is_news() {
-    let (measure, links) = watch::channel(LinkTable::from([(A, link(true, 2))]));
-    let (core, _task) = spawn(
-        RibIn::default(),
-        Measured {
-            links: Some(links),
-            ..Measured::default()
-        },
-    );
+async fn a_path_measured_is_published_but_only_a_first_measurement_is_news() {
+    let table = |entries: &[(&str, Option<u64>)]| -> Paths {
+        entries
+            .iter()
+            .map(|(node, ms)| ((*node).to_owned(), path(*ms)))
+            .collect()
+    };
+    let (measure, paths) = watch::channel(table(&[("c1", Some(2)), ("c2", None)]));
+    let (core, _task) = spawn(RibIn::default(), Some(paths));
     let mut view = core.view;
     let first = view.borrow_and_update().clone();
-    assert_eq!(first.links[&A], link(true, 2), "the table at start");
+    assert_eq!(first.paths["c1"], path(Some(2)), "the table at start");
 
-    measure.send_replace(LinkTable::from([(A, link(true, 3))]));
+    measure.send_replace(table(&[("c1", Some(3)), ("c2", None)]));
     view.changed().await.unwrap();
     let measured = view.borrow_and_update().clone();
-    assert_eq!(measured.links[&A], link(true, 3));
-    assert!(!measured.news_since(&first), "a new round-trip time alone");
-
-    measure.send_replace(LinkTable::from([(A, link(false, 3))]));
-    view.changed().await.unwrap();
+    assert_eq!(measured.paths["c1"], path(Some(3)));
     assert!(
-        view.borrow_and_update().news_since(&measured),
-        "the link died"
+        !measured.news_since(&first),
+        "a new delay of a measured path alone"
     );
 
-    measure.send_replace(LinkTable::from([(A, link(false, 3)), (B, link(true, 1))]));
+    measure.send_replace(table(&[("c1", Some(3)), ("c2", Some(9))]));
     view.changed().await.unwrap();
-    assert!(view.borrow().news_since(&measured), "a new neighbor");
+    assert!(
+        view.borrow().news_since(&measured),
+        "c2 measured for the first time: it may be waiting to join"
+    );
     drop(core.events);
 }
 
@@ -122,10 +125,7 @@ async fn a_link_measurement_is_published_but_only_liveness_is_news() {
 async fn the_wait_for_end_of_rib_ends_at_its_deadline_or_when_every_peer_sent_its_own() {
     let wait = Duration::from_millis(200);
     let until = Instant::now() + wait;
-    let (core, _task) = spawn(
-        RibIn::new(Deferral::new([A, B], until)),
-        Measured::default(),
-    );
+    let (core, _task) = spawn(RibIn::new(Deferral::new([A, B], until)), None);
     let mut view = core.view;
     assert!(!view.borrow().rib.deferral_over());
     let up = |neighbor, awaited| Event::Bgp(RibCommand::Up { neighbor, awaited });
@@ -149,10 +149,7 @@ async fn the_wait_for_end_of_rib_ends_at_its_deadline_or_when_every_peer_sent_it
 
     // A peer that never comes up: the wait ends at the deadline.
     let started = Instant::now();
-    let (core, _task) = spawn(
-        RibIn::new(Deferral::new([A], started + wait)),
-        Measured::default(),
-    );
+    let (core, _task) = spawn(RibIn::new(Deferral::new([A], started + wait)), None);
     let mut view = core.view;
     view.changed().await.unwrap();
     assert!(view.borrow().rib.deferral_over());

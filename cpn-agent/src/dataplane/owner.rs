@@ -1,7 +1,7 @@
 //! The single owner of the data plane: every map write goes through its channel, in order, so
 //! "nodes before the ring that names them" holds by construction. It runs on a thread of its
 //! own (`spawn_blocking`): a ring is 65 537 map writes, and the async tasks (BGP keepalives,
-//! link probe answers) must not wait for them.
+//! STAMP reflections) must not wait for them.
 
 use std::{collections::BTreeMap, net::Ipv6Addr};
 

@@ -125,6 +125,8 @@ pub enum Admin {
     Up,
     /// Weight 0: no new flows; flows it has stay (affinity).
     Drained,
+    /// Weight 0 until STAMP has measured its path (or given up waiting): a node just learned.
+    Measuring,
 }
 
 /// A node that serves the service, with what is known about it.
@@ -164,6 +166,8 @@ pub enum Exclusion {
     },
     /// Drained by the operator.
     Drained,
+    /// Just learned: its path is being measured (STAMP) before it takes flows.
+    Measuring,
     /// Its score came out 0 (e.g. fully loaded).
     NoScore,
 }
@@ -266,8 +270,10 @@ fn exclusion(
     candidate: &Candidate,
     metric_age: Option<Duration>,
 ) -> Option<Exclusion> {
-    if candidate.admin == Admin::Drained {
-        return Some(Exclusion::Drained);
+    match candidate.admin {
+        Admin::Drained => return Some(Exclusion::Drained),
+        Admin::Measuring => return Some(Exclusion::Measuring),
+        Admin::Up => {}
     }
     let age = metric_age.unwrap_or(Duration::MAX);
     if age > policy.max_metric_age {

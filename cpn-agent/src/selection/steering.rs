@@ -13,10 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::dataplane::{Ids, locators, owner::Command};
 use crate::{
-    bgp::{
-        rib::{Learned, RibIn},
-        route::Route,
-    },
+    bgp::rib::{Learned, RibIn},
     config::{CapacityConfig, Config, PolicyConfig},
     core::{Snapshot, View},
     dataplane::{Node, NodeState, ServiceAddr},
@@ -26,7 +23,6 @@ use crate::{
         hysteresis::{Hysteresis, Settings, Verdict},
         maglev,
     },
-    sensing::probe::LinkStats,
 };
 
 /// What to steer, derived from the configuration.
@@ -57,6 +53,10 @@ pub struct Learning {
     pub locators: Option<locators::Installed>,
     /// Which learned routes are cpn locators.
     pub import: crate::bgp::policy::Import,
+    /// How long a learned node waits for STAMP's first measurement of its path before it
+    /// joins unmeasured (a node that reflects nothing): its delay could be anything, and a far
+    /// node must not take flows for looking unknown.
+    pub measure_wait: Duration,
 }
 
 /// A `[[remote]]` and its data-plane node.
@@ -303,6 +303,8 @@ struct Steering {
     /// unused: a zeroed ring slot then never names a real node). Steering owns them, not the
     /// routing core: an id is free again only once no ring names it.
     ids: Ids<String>,
+    /// When each learned node was first seen: it waits for STAMP from then on.
+    appeared: HashMap<String, Instant>,
 }
 
 impl Steering {
@@ -316,6 +318,7 @@ impl Steering {
             states: HashMap::new(),
             programmed: BTreeMap::new(),
             ids: Ids::starting_at(1),
+            appeared: HashMap::new(),
         }
     }
 
@@ -329,6 +332,22 @@ impl Steering {
             Some(learning) => learned_candidates(learning, snapshot, &mut self.ids),
             None => Vec::new(),
         };
+        // A learned node that serves an IPv6 service is measured by STAMP: it waits for that.
+        let started = Instant::now();
+        self.appeared.retain(|name, _| {
+            learned
+                .iter()
+                .any(|(_, _, (address, c))| &c.name == name && address.is_ipv6())
+        });
+        for (_, _, (address, c)) in &learned {
+            if address.is_ipv6() {
+                self.appeared.entry(c.name.clone()).or_insert(started);
+            }
+        }
+        let measure_wait = plan
+            .learned
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.measure_wait);
         // Every node the rings may name: the configured ones, then the learned ones (a name
         // both configured and learned is the configured node).
         let mut nodes: BTreeMap<u32, (&Node, &str)> = BTreeMap::new();
@@ -364,6 +383,13 @@ impl Steering {
                 .collect();
             for c in &mut candidates {
                 measured_path(&mut c.path, snapshot.paths.get(&c.name));
+                let waiting = self
+                    .appeared
+                    .get(&c.name)
+                    .is_some_and(|at| started.duration_since(*at) < measure_wait);
+                if waiting && !c.path.latency.is_known() && c.admin == Admin::Up {
+                    c.admin = Admin::Measuring;
+                }
                 if let (IpAddr::V6(address), Some((node, _))) =
                     (service.key.addr, nodes.get(&c.node))
                 {
@@ -497,7 +523,9 @@ pub fn warn_if_path_too_small(name: String, node: &Node) {
 
 /// Candidates from the snapshot's Adj-RIB-In: (node id, its node entry, (service address,
 /// candidate)). A node is named by the name in its CPN metric attribute, else by its SID. A
-/// site heard over several paths is one candidate, by its best-known path (`best_known_first`).
+/// site heard over several paths is one candidate (its packets follow the SID's route
+/// whichever path brought it), by the path of lowest AIGP. Its path is unknown until STAMP has
+/// measured it (`measured_path`).
 fn learned_candidates(
     learning: &Learning,
     snapshot: &Snapshot,
@@ -508,17 +536,16 @@ fn learned_candidates(
         .routes()
         .filter(|l| l.route.is_service())
         .collect();
-    let links = &snapshot.links;
     let unrouted = unrouted_locators(learning, &snapshot.rib);
     let mut candidates: Vec<_> = routes
         .into_iter()
-        .filter_map(|Learned { neighbor, route }| {
+        .filter_map(|Learned { route, .. }| {
             let sid = route.service?.sid;
             if unrouted.iter().any(|net| net.contains(&sid)) {
                 tracing::debug!(%sid, "waiting for the locator route of a learned node");
                 return None;
             }
-            let path = learned_path(neighbor, &route, links.get(&neighbor));
+            let aigp = route.aigp.unwrap_or(u64::MAX);
             let (name, metrics) = match route.metrics {
                 Some(m) => (m.node, m.metrics),
                 None => (sid.to_string(), NodeMetrics::default()),
@@ -534,41 +561,20 @@ fn learned_candidates(
                 node: id,
                 name,
                 metrics,
-                path,
+                path: Path::default(),
                 admin: Admin::Up,
             };
-            Some((id, node, (route.prefix.addr(), candidate)))
+            Some((aigp, (id, node, (route.prefix.addr(), candidate))))
         })
         .collect();
-    candidates.sort_by_key(|(id, _, (prefix, c))| (*prefix, *id, best_known_first(&c.path)));
-    candidates.dedup_by_key(|(id, _, (prefix, _))| (*prefix, *id));
-    candidates
+    candidates.sort_by_key(|(aigp, (id, _, (prefix, _)))| (*prefix, *id, *aigp));
+    candidates.dedup_by_key(|(_, (id, _, (prefix, _)))| (*prefix, *id));
+    candidates.into_iter().map(|(_, c)| c).collect()
 }
 
-/// The path to a candidate learned from `neighbor`: AIGP up to the route's next hop, plus the
-/// neighbor's link when the neighbor is that next hop. A neighbor that is not (a route
-/// reflector off the data path) says nothing about the path with its own link: latency is
-/// then AIGP alone, loss unknown. Without AIGP or a measured link, latency is unknown too.
-fn learned_path(neighbor: IpAddr, route: &Route, link: Option<&LinkStats>) -> Path {
-    let on_path = neighbor.to_canonical() == IpAddr::V6(route.next_hop).to_canonical();
-    let link = match link {
-        Some(link) if on_path => *link,
-        _ => LinkStats::default(),
-    };
-    let latency_us = match (route.aigp, link.one_way_us()) {
-        (Some(aigp), Measure::Known(link_us)) => Measure::Known(aigp.saturating_add(link_us)),
-        // What AIGP measured stays known; the unmeasured last hop adds nothing to it.
-        (Some(aigp), Measure::Unknown) => Measure::Known(aigp),
-        (None, link_us) => link_us,
-    };
-    Path {
-        latency: latency_us.map(Duration::from_micros),
-        loss: link.loss,
-    }
-}
-
-/// What STAMP measured along the candidate's own encapsulation replaces what AIGP, the link
-/// probes or the configuration said, part by part: a part it has not measured stays as it was.
+/// What STAMP measured along the candidate's own encapsulation replaces what the configuration
+/// said (a `[[remote]]`'s `latency_ms` and `loss`), part by part: a part it has not measured
+/// stays as it was.
 fn measured_path(path: &mut Path, measured: Option<&crate::sensing::stamp::session::PathStats>) {
     let Some(m) = measured else { return };
     if m.delay.is_known() {
@@ -577,12 +583,6 @@ fn measured_path(path: &mut Path, measured: Option<&crate::sensing::stamp::sessi
     if m.loss.is_known() {
         path.loss = m.loss;
     }
-}
-
-/// Among the paths to one site: the one with the fewest unknown parts, then the lowest latency.
-fn best_known_first(path: &Path) -> (usize, Option<Duration>) {
-    let unknown = usize::from(!path.latency.is_known()) + usize::from(!path.loss.is_known());
-    (unknown, path.latency.known())
 }
 
 /// The locators learned in BGP whose kernel route is not installed yet (none when this agent
@@ -729,14 +729,13 @@ mod tests {
         }
     }
 
-    /// A reflector off the data path (its routes' next hop is the compute node, not itself)
-    /// says nothing about the path with its own link, even a measured one; a neighbor on the
-    /// path does, once it has answered a probe. AIGP counts either way.
+    /// A site heard over several paths is one candidate; its path is unknown until STAMP
+    /// measures it, whatever AIGP says (agents add no IGP distance to it), and then STAMP's,
+    /// part by part.
     #[test]
-    fn only_a_neighbor_on_the_data_path_measures_the_path() {
+    fn a_learned_path_is_what_stamp_measured_and_unknown_before() {
         let direct: IpAddr = "2001:db8:11::2".parse().unwrap();
         let reflector: IpAddr = "2001:db8:13::2".parse().unwrap();
-        let silent: IpAddr = "2001:db8:14::2".parse().unwrap();
         let via = |path_id, sid, next_hop: &str, aigp| Route {
             path_id,
             next_hop: next_hop.parse().unwrap(),
@@ -746,51 +745,61 @@ mod tests {
         let rib = {
             let mut rib = crate::bgp::rib::RibIn::default();
             rib.insert_for_test(direct, via(1, "fc00:1::d6", "2001:db8:11::2", Some(100)));
-            // compute1 again through the reflector: the measured path above wins.
             rib.insert_for_test(reflector, via(1, "fc00:1::d6", "2001:db8:11::2", Some(0)));
             rib.insert_for_test(reflector, via(2, "fc00:2::d6", "2001:db8:12::2", Some(300)));
-            rib.insert_for_test(reflector, via(3, "fc00:3::d6", "2001:db8:15::2", None));
-            rib.insert_for_test(silent, via(1, "fc00:4::d6", "2001:db8:14::2", None));
             std::sync::Arc::new(rib)
         };
-        let measured = |rtt_ms, loss| LinkStats {
-            rtt: Measure::Known(Duration::from_millis(rtt_ms)),
-            jitter: Measure::Known(Duration::ZERO),
-            loss: Measure::Known(loss),
-            alive: Measure::Known(true),
-        };
-        let links = std::sync::Arc::new(HashMap::from([
-            (direct, measured(2, 0.02)),
-            (reflector, measured(40, 1.0)),
-            (silent, LinkStats::default()),
-        ]));
         let snapshot = Snapshot {
             rib,
-            links,
             ..Snapshot::default()
         };
         let learning = Learning {
             encap_src: Ipv6Addr::LOCALHOST,
             locators: None,
             import: crate::bgp::policy::Import::default(),
+            measure_wait: Duration::from_secs(1),
         };
-        let paths: BTreeMap<String, Path> =
-            learned_candidates(&learning, &snapshot, &mut Ids::starting_at(1))
-                .into_iter()
-                .map(|(_, _, (_, c))| (c.name, c.path))
-                .collect();
-        let us = |us| Measure::Known(Duration::from_micros(us));
-        let expected = [
-            // AIGP plus the measured one-way link.
-            ("fc00:1::d6", us(100 + 1000), Measure::Known(0.02)),
-            // Through the reflector: AIGP alone, loss unknown (not the reflector's 100 %).
-            ("fc00:2::d6", us(300), Measure::Unknown),
-            ("fc00:3::d6", Measure::Unknown, Measure::Unknown),
-            // On the path but never answered a probe.
-            ("fc00:4::d6", Measure::Unknown, Measure::Unknown),
-        ]
-        .map(|(name, latency, loss)| (name.to_owned(), Path { latency, loss }));
-        assert_eq!(paths, BTreeMap::from(expected));
+        let learned = learned_candidates(&learning, &snapshot, &mut Ids::starting_at(1));
+        let names: Vec<&str> = learned
+            .iter()
+            .map(|(_, _, (_, c))| c.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["fc00:1::d6", "fc00:2::d6"],
+            "one candidate per site"
+        );
+        assert!(
+            learned
+                .iter()
+                .all(|(_, _, (_, c))| c.path == Path::default()),
+            "unknown until measured: {learned:?}"
+        );
+
+        let mut path = Path::default();
+        let mut stats = crate::sensing::stamp::session::PathStats {
+            loss: Measure::Known(0.1),
+            ..Default::default()
+        };
+        measured_path(&mut path, Some(&stats));
+        assert_eq!(
+            (path.latency, path.loss),
+            (Measure::Unknown, Measure::Known(0.1)),
+            "part by part"
+        );
+        stats.delay = Measure::Known(Duration::from_millis(20));
+        measured_path(&mut path, Some(&stats));
+        assert_eq!(path.latency, Measure::Known(Duration::from_millis(20)));
+        let configured = Path {
+            latency: Measure::Known(Duration::from_millis(5)),
+            loss: Measure::Unknown,
+        };
+        let mut kept = configured;
+        measured_path(&mut kept, None);
+        assert_eq!(
+            kept, configured,
+            "nothing measured: the configured path stays"
+        );
     }
 
     #[test]
@@ -810,6 +819,7 @@ mod tests {
             encap_src: Ipv6Addr::LOCALHOST,
             locators: Some(installed.clone()),
             import: crate::bgp::policy::Import::default(),
+            measure_wait: Duration::from_secs(1),
         };
         assert!(
             learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).is_empty(),
