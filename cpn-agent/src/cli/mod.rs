@@ -252,6 +252,19 @@ fn services_and_health(cli: &Cli, explanations: &serde_json::Value) -> Result<St
     Ok(text)
 }
 
+/// A table's cells, row by row, as `columns` lays them out (for the tables' tests).
+#[cfg(test)]
+fn cells(text: &str) -> Vec<Vec<&str>> {
+    text.lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect()
+}
+
 /// Left-aligned columns, two spaces apart.
 fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -151,16 +151,7 @@ mod tests {
             neighbor("2001:db8::1", Some(status(State::Up))),
             neighbor("2001:db8::2", None),
         ]);
-        let bfd: Vec<&str> = text
-            .lines()
-            .map(|l| {
-                l.split("  ")
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .nth(6)
-                    .unwrap()
-            })
-            .collect();
+        let bfd: Vec<&str> = super::super::cells(&text).iter().map(|r| r[6]).collect();
         assert_eq!(bfd, ["BFD", "up", "-"], "{text}");
     }
 
@@ -174,16 +165,8 @@ mod tests {
             dropped: [(Dropped::Ttl, 2)].into(),
         };
         let text = bfd_table(&view);
-        let row: Vec<&str> = text
-            .lines()
-            .nth(1)
-            .unwrap()
-            .split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
         assert_eq!(
-            row,
+            super::super::cells(&text)[1],
             [
                 "2001:db8::1",
                 "up",

@@ -61,15 +61,7 @@ mod tests {
                 stats: silent,
             },
         ]);
-        let rows: Vec<Vec<&str>> = text
-            .lines()
-            .map(|l| {
-                l.split("  ")
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .collect();
+        let rows = super::super::cells(&text);
         assert_eq!(
             rows[1],
             [

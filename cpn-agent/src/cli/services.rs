@@ -105,15 +105,7 @@ mod tests {
             ]},
         });
         let text = candidates(&explanation);
-        let rows: Vec<Vec<&str>> = text
-            .lines()
-            .map(|l| {
-                l.split("  ")
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .collect();
+        let rows = super::super::cells(&text);
         let column = |name: &str| rows[0].iter().position(|h| *h == name).unwrap();
         let (latency, loss) = (column("LATENCY"), column("LOSS"));
         assert_eq!(

@@ -88,13 +88,18 @@ fn half(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// Sequence, timestamp and error estimate: how both packets begin.
+fn head(sequence: u32, timestamp: Timestamp, error_estimate: u16) -> [u8; LEN] {
+    let mut out = [0; LEN];
+    out[0..4].copy_from_slice(&sequence.to_be_bytes());
+    out[4..12].copy_from_slice(&timestamp.0.to_be_bytes());
+    out[12..14].copy_from_slice(&error_estimate.to_be_bytes());
+    out
+}
+
 impl Test {
     pub fn encode(&self) -> [u8; LEN] {
-        let mut out = [0; LEN];
-        out[0..4].copy_from_slice(&self.sequence.to_be_bytes());
-        out[4..12].copy_from_slice(&self.timestamp.0.to_be_bytes());
-        out[12..14].copy_from_slice(&self.error_estimate.to_be_bytes());
-        out
+        head(self.sequence, self.timestamp, self.error_estimate)
     }
 
     /// A test packet; what follows its first 14 bytes is not read (MBZ, or padding).
@@ -112,10 +117,7 @@ impl Test {
 
 impl Reflected {
     pub fn encode(&self) -> [u8; LEN] {
-        let mut out = [0; LEN];
-        out[0..4].copy_from_slice(&self.sequence.to_be_bytes());
-        out[4..12].copy_from_slice(&self.timestamp.0.to_be_bytes());
-        out[12..14].copy_from_slice(&self.error_estimate.to_be_bytes());
+        let mut out = head(self.sequence, self.timestamp, self.error_estimate);
         out[16..24].copy_from_slice(&self.receive_timestamp.0.to_be_bytes());
         out[24..28].copy_from_slice(&self.sender.sequence.to_be_bytes());
         out[28..36].copy_from_slice(&self.sender.timestamp.0.to_be_bytes());
