@@ -25,6 +25,27 @@ fn cpnctl(lab: &CpnLab, node: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Another user is refused by its credentials (`SO_PEERCRED`), even with the socket's mode
+/// loosened for it.
+fn another_user_is_refused(lab: &CpnLab) -> Result<()> {
+    let socket = lab.lab.control_socket("ingress");
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+    let binary = cpn_tests::lab::agent_binary()?.with_file_name("cpnctl");
+    let nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["show", "neighbors"])
+        .output()?;
+    let said = String::from_utf8_lossy(&nobody.stderr);
+    ensure!(
+        !nobody.status.success() && said.contains("refused") && said.contains("uid 65534"),
+        "a non-root cpnctl: {said}"
+    );
+    Ok(())
+}
+
 fn json(lab: &CpnLab, node: &str, what: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&cpnctl(
         lab,
@@ -50,6 +71,7 @@ fn cpnctl_shows_neighbors_routes_and_services() -> Result<()> {
             && transit["bfd"]["interval_us"] == 100_000,
         "{neighbors:#}"
     );
+    another_user_is_refused(&lab)?;
     let text = cpnctl(&lab, "ingress", &["show", "bfd"])?;
     ensure!(
         text.starts_with("NEIGHBOR")

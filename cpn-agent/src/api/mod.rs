@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
@@ -404,13 +404,22 @@ pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::Joi
         _ => {}
     }
     let listener = UnixListener::bind(path)?;
-    // Root-only: the socket shows the whole routing state and (later) changes it.
+    // Root-only: the socket shows the whole routing state and changes it (drains, loads).
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            // The file mode can be loosened by anyone who owns it; the peer's credentials,
+            // which the kernel vouches for, cannot.
+            let peer = stream.peer_cred().map(|c| c.uid());
+            if !matches!(peer, Ok(uid) if uid == 0 || uid == me) {
+                tokio::spawn(refuse(stream, peer.ok()));
+                continue;
+            }
             let state = state.clone();
             tokio::spawn(async move {
                 if let Err(error) = serve(stream, state).await {
@@ -419,6 +428,24 @@ pub fn spawn(path: &Path, state: AgentState) -> std::io::Result<tokio::task::Joi
             });
         }
     }))
+}
+
+/// Tells a peer that is neither root nor the agent's own user why it gets nothing.
+async fn refuse(stream: UnixStream, uid: Option<u32>) {
+    let who = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+    tracing::warn!(uid = %who, "control socket: a connection from another user refused");
+    let reply = serde_json::json!({
+        "error": format!(
+            "refused: the control socket answers root (and the agent's own user) only, not \
+             uid {who}; run cpnctl as root"
+        )
+    });
+    let (read, mut write) = stream.into_split();
+    // Its request is read (4 KiB at most) and dropped, so that the answer reaches it rather
+    // than a broken pipe.
+    let mut line = String::new();
+    let _ = BufReader::new(read.take(4096)).read_line(&mut line).await;
+    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
 }
 
 async fn serve(stream: UnixStream, state: AgentState) -> std::io::Result<()> {
