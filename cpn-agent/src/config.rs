@@ -189,7 +189,7 @@ impl BgpConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NeighborConfig {
-    pub address: IpAddr,
+    pub address: Spanned<IpAddr>,
     pub asn: u32,
     #[serde(default = "bgp_port")]
     pub port: u16,
@@ -934,7 +934,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
                 Some(password.span().start),
                 format!(
                     "[[bgp.neighbor]] {}: password: a TCP MD5 key has 1 to {} bytes",
-                    neighbor.address,
+                    neighbor.address.get_ref(),
                     crate::bgp::md5::MAX_KEY_LEN
                 ),
             ));
@@ -1107,6 +1107,19 @@ fn validate_bgp(
     let Some(bgp) = &config.bgp else {
         return Ok(());
     };
+    let mut addresses = std::collections::HashSet::new();
+    for neighbor in &bgp.neighbors {
+        let address = neighbor.address.get_ref();
+        if !addresses.insert(address.to_canonical()) {
+            return Err(error(
+                Some(neighbor.address.span().start),
+                format!(
+                    "[[bgp.neighbor]] address = \"{address}\" is configured twice: one \
+                     [[bgp.neighbor]] per address"
+                ),
+            ));
+        }
+    }
     for neighbor in &bgp.neighbors {
         let Some(bfd) = &neighbor.bfd else { continue };
         let at = Some(bfd.span().start);
@@ -1117,7 +1130,8 @@ fn validate_bgp(
                 format!(
                     "[[bgp.neighbor]] {}: bfd interval_ms = {} is out of range; use \
                      {MIN_BFD_INTERVAL_MS} to {MAX_BFD_INTERVAL_MS} ms",
-                    neighbor.address, b.interval_ms
+                    neighbor.address.get_ref(),
+                    b.interval_ms
                 ),
             ));
         }
@@ -1127,7 +1141,8 @@ fn validate_bgp(
                 format!(
                     "[[bgp.neighbor]] {}: bfd multiplier = {} does not fit Detect Mult; use 1 to \
                      255 (3 is usual)",
-                    neighbor.address, b.multiplier
+                    neighbor.address.get_ref(),
+                    b.multiplier
                 ),
             ));
         }
@@ -1169,6 +1184,31 @@ fn validate_compute(
     config: &Config,
     error: &impl Fn(Option<usize>, String) -> Error,
 ) -> Result<(), Error> {
+    let mut sids = std::collections::HashSet::new();
+    for sid in &config.srv6.sids {
+        if !sids.insert(sid.sid) {
+            return Err(error(
+                Some(sid.behavior.span().start),
+                format!(
+                    "[[srv6.sid]] sid = \"{}\" is configured twice: one behavior per SID",
+                    sid.sid
+                ),
+            ));
+        }
+    }
+    let mut served = std::collections::HashSet::new();
+    for service in &config.services {
+        if !served.insert(service.key()) {
+            return Err(error(
+                Some(service.sid.span().start),
+                format!(
+                    "[[service]] {} is configured twice: one [[service]] per address, protocol \
+                     and port",
+                    service.key()
+                ),
+            ));
+        }
+    }
     for sid in &config.srv6.sids {
         sid.spec().map_err(|m| {
             error(
@@ -1837,6 +1877,34 @@ mode = "generic"
             err.contains("[stamp] interval_ms = 5: use 10 to 60000 ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_same_neighbor_sid_or_service_twice_is_refused_with_its_line() {
+        let bgp = "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n\n\
+                   [[bgp.neighbor]]\naddress = \"2001:db8::2\"\nasn = 65001\n\n\
+                   [[bgp.neighbor]]\naddress = \"2001:db8::2\"\nasn = 65002\n";
+        let err = with(bgp).unwrap_err();
+        assert!(
+            err.contains("address = \"2001:db8::2\" is configured twice")
+                && err.starts_with("agent.toml:26: "),
+            "{err}"
+        );
+        let sid = "[[srv6.sid]]\nsid = \"fc00:1::d6\"\nbehavior = \"End.DT6\"\n";
+        let err = with(&format!("[srv6]\n{sid}\n{sid}")).unwrap_err();
+        assert!(
+            err.contains("sid = \"fc00:1::d6\" is configured twice")
+                && err.starts_with("agent.toml:24: "),
+            "{err}"
+        );
+        let service = "[[service]]\naddress = \"2001:db8:cafe::1\"\nsid = \"fc00:1::d6\"\n\
+                       capacity = { cpu = 1e12 }\n";
+        let err = with(&format!("[srv6]\n{sid}\n{service}\n{service}")).unwrap_err();
+        assert!(
+            err.contains("[[service]] 2001:db8:cafe::1 is configured twice"),
+            "{err}"
+        );
+        assert!(err.starts_with("agent.toml:29: "), "{err}");
     }
 
     #[test]

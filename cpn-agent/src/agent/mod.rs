@@ -117,7 +117,7 @@ async fn start_core(config: &Config) -> Result<Started> {
             .filter_map(|n| {
                 let bfd = n.bfd.as_ref()?.get_ref();
                 Some(crate::sensing::bfd::Peer {
-                    address: n.address,
+                    address: *n.address.get_ref(),
                     multihop: bfd.multihop,
                     timers: crate::sensing::bfd::session::Timers {
                         interval: Duration::from_millis(bfd.interval_ms),
@@ -361,7 +361,7 @@ impl Agent {
                 .bgp
                 .iter()
                 .flat_map(|b| &b.neighbors)
-                .map(|n| (n.address, n.asn))
+                .map(|n| (*n.address.get_ref(), n.asn))
                 .collect(),
             core: core.1,
             operator: core.0,
@@ -683,7 +683,7 @@ fn speaker_config(
             .neighbors
             .iter()
             .map(|n| crate::bgp::speaker::NeighborConfig {
-                address: n.address,
+                address: *n.address.get_ref(),
                 port: n.port,
                 asn: n.asn,
                 passive: n.passive,
