@@ -97,6 +97,15 @@ fn head(sequence: u32, timestamp: Timestamp, error_estimate: u16) -> [u8; LEN] {
     out
 }
 
+/// The same three fields read back from `at`.
+fn read_head(bytes: &[u8], at: usize) -> (u32, Timestamp, u16) {
+    (
+        word(bytes, at),
+        Timestamp(double(bytes, at + 4)),
+        half(bytes, at + 12),
+    )
+}
+
 impl Test {
     pub fn encode(&self) -> [u8; LEN] {
         head(self.sequence, self.timestamp, self.error_estimate)
@@ -107,10 +116,11 @@ impl Test {
         if bytes.len() < LEN {
             return Err(Malformed::Truncated(bytes.len()));
         }
+        let (sequence, timestamp, error_estimate) = read_head(bytes, 0);
         Ok(Self {
-            sequence: word(bytes, 0),
-            timestamp: Timestamp(double(bytes, 4)),
-            error_estimate: half(bytes, 12),
+            sequence,
+            timestamp,
+            error_estimate,
         })
     }
 }
@@ -119,9 +129,7 @@ impl Reflected {
     pub fn encode(&self) -> [u8; LEN] {
         let mut out = head(self.sequence, self.timestamp, self.error_estimate);
         out[16..24].copy_from_slice(&self.receive_timestamp.0.to_be_bytes());
-        out[24..28].copy_from_slice(&self.sender.sequence.to_be_bytes());
-        out[28..36].copy_from_slice(&self.sender.timestamp.0.to_be_bytes());
-        out[36..38].copy_from_slice(&self.sender.error_estimate.to_be_bytes());
+        out[24..38].copy_from_slice(&self.sender.encode()[..14]);
         out[40] = self.sender_ttl;
         out
     }
@@ -130,15 +138,19 @@ impl Reflected {
         if bytes.len() < LEN {
             return Err(Malformed::Truncated(bytes.len()));
         }
+        let (sequence, timestamp, error_estimate) = read_head(bytes, 0);
+        // The sender's fields lie as in its own packet, 24 bytes on (the Receive Timestamp
+        // and an MBZ in between the two heads).
+        let (sender_sequence, sender_timestamp, sender_error) = read_head(bytes, 24);
         Ok(Self {
-            sequence: word(bytes, 0),
-            timestamp: Timestamp(double(bytes, 4)),
-            error_estimate: half(bytes, 12),
+            sequence,
+            timestamp,
+            error_estimate,
             receive_timestamp: Timestamp(double(bytes, 16)),
             sender: Test {
-                sequence: word(bytes, 24),
-                timestamp: Timestamp(double(bytes, 28)),
-                error_estimate: half(bytes, 36),
+                sequence: sender_sequence,
+                timestamp: sender_timestamp,
+                error_estimate: sender_error,
             },
             sender_ttl: bytes[40],
         })
