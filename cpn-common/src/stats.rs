@@ -129,10 +129,17 @@ pub enum Reason {
     /// node in a re-hashed slot (`maps::ring_slot`) until the agent publishes a ring without
     /// the dead node.
     DownNodeRehashed = 25,
+    /// Not sent: an ICMP error about a packet from a multicast or unspecified source, or about
+    /// an IPv4 fragment other than the first, which no error may answer (RFC 4443 §2.4 e,
+    /// RFC 1812 §4.3.2.7); the invoking packet is dropped.
+    IcmpSuppressed = 26,
+    /// Dropped: an IPv4 packet decapsulated to be forwarded has a wrong header checksum
+    /// (RFC 1812 §5.2.2: a router discards it).
+    InnerChecksumBad = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 28;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoUsableNode,
@@ -161,6 +168,8 @@ impl Reason {
         Self::SidToKernel,
         Self::MtuBelowMinimum,
         Self::DownNodeRehashed,
+        Self::IcmpSuppressed,
+        Self::InnerChecksumBad,
     ];
 
     /// The stable name operators see.
@@ -192,6 +201,8 @@ impl Reason {
             Self::SidToKernel => "sid_to_kernel",
             Self::MtuBelowMinimum => "mtu_below_minimum",
             Self::DownNodeRehashed => "down_node_rehashed",
+            Self::IcmpSuppressed => "icmp_suppressed",
+            Self::InnerChecksumBad => "inner_checksum_bad",
         }
     }
 }

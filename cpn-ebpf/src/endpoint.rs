@@ -86,6 +86,12 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
     };
     let len = parse::frame_len(ctx) as u64;
     stats::add(&SID_STATS, sid.stats_index, len);
+    if l2.l3 != ETH {
+        // A VLAN tag: the packet belongs to the VLAN's interface, whose routes and neighbours
+        // the kernel's route for the SID uses there; forwarded from here, it would leave with
+        // the wrong link layer (and a redirect cannot name that interface).
+        return to_kernel(Reason::SidToKernel, len);
+    }
     let payload_len = match (
         parse::read::<u8>(ctx, l2.l3 + 4),
         parse::read::<u8>(ctx, l2.l3 + 5),
@@ -151,7 +157,7 @@ fn to_kernel(reason: Reason, len: u64) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Walks the extension headers up to the upper layer, remembering the SRH; every header must
+/// Walks the extension headers up to the upper layer, remembering the first SRH; every header must
 /// end within `end`, the packet's end by its payload length.
 #[inline(always)]
 fn walk(ctx: &XdpContext, l3: usize, first: u8, end: usize) -> Result<Chain, ChainError> {
@@ -186,8 +192,12 @@ fn walk(ctx: &XdpContext, l3: usize, first: u8, end: usize) -> Result<Chain, Cha
                     if next > end {
                         return Err(ChainError::SrhTruncated);
                     }
-                    chain.srh_at = at;
-                    chain.srh = srh;
+                    // The first SRH is the one the SID acts on, as Linux's seg6 takes it; a
+                    // second one (RFC 8200 §4.1 allows one) is the upper layer's business.
+                    if chain.srh_at == 0 {
+                        chain.srh_at = at;
+                        chain.srh = srh;
+                    }
                 } else if srh.segments_left != 0 {
                     return Err(ChainError::UnknownRoutingType(at + 2));
                 }
@@ -369,6 +379,20 @@ fn decapsulate(packet: &Packet<'_>, chain: &Chain, sid: &SidEntry, behavior: Beh
             if !inner_hop_limit_left(ctx, chain.upper, inner.v6) {
                 return to_kernel(Reason::InnerHopLimitExpired, len);
             }
+            if !inner.v6 {
+                match ipv4_checksum_ok(ctx, chain.upper) {
+                    Some(true) => {}
+                    // RFC 1812 §5.2.2: a router verifies the checksum and discards the packet
+                    // (found by the data-plane fuzzer: the TTL's incremental update kept a
+                    // wrong checksum wrong, and the packet went out).
+                    Some(false) => {
+                        stats::reason(Reason::InnerChecksumBad, len);
+                        return xdp_action::XDP_DROP;
+                    }
+                    // Options: the kernel's route forwards (and processes) them.
+                    None => return to_kernel(Reason::SidToKernel, len),
+                }
+            }
             if !(strip(ctx, chain.upper, inner.v6)
                 && decrement_ttl(ctx, inner.v6)
                 && set_macs(ctx, ETH, src_mac, dst_mac))
@@ -418,6 +442,17 @@ fn strip(ctx: &XdpContext, upper: usize, v6: bool) -> bool {
         return false;
     }
     parse::write(ctx, 0, macs) && parse::write(ctx, 12, inner_type.to_be_bytes())
+}
+
+/// Whether the IPv4 header at `at` (without options) sums right; `None` when it has options
+/// (or is cut short).
+#[inline(always)]
+fn ipv4_checksum_ok(ctx: &XdpContext, at: usize) -> Option<bool> {
+    let header = parse::read::<[u8; 20]>(ctx, at)?;
+    if header[0] != 0x45 {
+        return None;
+    }
+    Some(crate::csum::finish(crate::csum::add_bytes(0, &header)) == [0, 0])
 }
 
 /// Whether the inner packet at `at` may be forwarded once more (hop limit / TTL above 1).

@@ -164,7 +164,10 @@ enum NotSent {
 fn verdict(sent: Result<(), NotSent>) -> u32 {
     match sent {
         Ok(()) => xdp_action::XDP_TX,
-        Err(NotSent::Suppressed) => xdp_action::XDP_DROP,
+        Err(NotSent::Suppressed) => {
+            crate::stats::reason(Reason::IcmpSuppressed, 0);
+            xdp_action::XDP_DROP
+        }
         Err(NotSent::RateLimited) => {
             crate::stats::reason(Reason::IcmpRateLimited, 0);
             xdp_action::XDP_DROP
@@ -257,7 +260,10 @@ fn build_v4_frag_needed(ctx: &impl Reply, l3: usize, mtu: u16) -> Result<(), Not
     let macs: [u16; 6] = parse::read(ctx, 0).ok_or(NotSent::NoRoom)?;
     let orig_src: [u8; 4] = parse::read(ctx, l3 + 12).ok_or(NotSent::NoRoom)?;
     let orig_dst: [u8; 4] = parse::read(ctx, l3 + 16).ok_or(NotSent::NoRoom)?;
-    if orig_src[0] >= 224 || orig_src == [0; 4] {
+    let fragment: [u8; 2] = parse::read(ctx, l3 + 6).ok_or(NotSent::NoRoom)?;
+    // Nor a fragment other than the first (RFC 1812 §4.3.2.7; Linux's icmp_send too).
+    let later_fragment = u16::from_be_bytes(fragment) & 0x1fff != 0;
+    if orig_src[0] >= 224 || orig_src == [0; 4] || later_fragment {
         return Err(NotSent::Suppressed);
     }
     if !within_rate(&parse::Addr::v4_mapped(orig_src)) {

@@ -280,7 +280,7 @@ impl Runner {
 
 /// Whether `BPF_PROG_TEST_RUN` of a TC program takes `frame`: Ethernet, and a whole network
 /// header when it is IPv4 or IPv6.
-fn builds_socket_buffer(frame: &[u8]) -> bool {
+pub fn builds_socket_buffer(frame: &[u8]) -> bool {
     let Some(ether_type) = frame.get(12..14) else {
         return false;
     };

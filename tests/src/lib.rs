@@ -9,6 +9,7 @@ pub mod bgp_lab;
 pub mod bird;
 pub mod chart;
 pub mod cpn_lab;
+pub mod dataplane_fuzz;
 pub mod demo;
 pub mod differential;
 pub mod dut;

@@ -259,6 +259,70 @@ pub fn verify(frame: &[u8]) -> Result<String, String> {
     }
 }
 
+/// Decodes only the link-layer and outer IP headers of a frame (and an outer SRH) with
+/// etherparse, checking their lengths against the frame: what a program writes or rewrites
+/// when it encapsulates, forwards or decapsulates. What lies beyond is the sender's, carried
+/// as it came. Returns the offset of the first byte after those headers.
+pub fn verify_headers(frame: &[u8]) -> Result<usize, String> {
+    verify_link_and_ip(frame, true)
+}
+
+/// [`verify_headers`] without the SRH: the IP header of a packet cpn forwards as it came.
+pub fn verify_ip_header(frame: &[u8]) -> Result<usize, String> {
+    verify_link_and_ip(frame, false)
+}
+
+fn verify_link_and_ip(frame: &[u8], srh: bool) -> Result<usize, String> {
+    use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header};
+    let (eth, rest) = Ethernet2Header::from_slice(frame).map_err(|e| format!("ethernet: {e}"))?;
+    let l3 = frame.len() - rest.len();
+    match eth.ether_type.0 {
+        0x86dd => {
+            let (ip, after) = Ipv6Header::from_slice(rest).map_err(|e| format!("IPv6: {e}"))?;
+            if usize::from(ip.payload_length) != after.len() {
+                return Err(format!(
+                    "IPv6 payload length {} but {} bytes follow",
+                    ip.payload_length,
+                    after.len()
+                ));
+            }
+            if !srh || ip.next_header.0 != 43 {
+                return Ok(l3 + 40);
+            }
+            let len = after
+                .get(1)
+                .map(|l| (usize::from(*l) + 1) * 8)
+                .filter(|len| *len <= after.len())
+                .ok_or("SRH cut short")?;
+            let (kind, segments_left, last_entry) = (after[2], after[3], after[4]);
+            // RFC 8754 §2: Last Entry indexes the last segment of those the length holds.
+            let segments = (len - 8) / 16;
+            if kind == 4 && (usize::from(last_entry) >= segments || segments_left > last_entry + 1)
+            {
+                return Err(format!(
+                    "bad SRH: {segments} segments room, SL {segments_left} LE {last_entry}"
+                ));
+            }
+            Ok(l3 + 40 + len)
+        }
+        0x0800 => {
+            let (ip, _) = Ipv4Header::from_slice(rest).map_err(|e| format!("IPv4: {e}"))?;
+            if ip.header_checksum != ip.calc_header_checksum() {
+                return Err("IPv4 header checksum".into());
+            }
+            if usize::from(ip.total_len) != rest.len() {
+                return Err(format!(
+                    "IPv4 total length {} but {} bytes",
+                    ip.total_len,
+                    rest.len()
+                ));
+            }
+            Ok(l3 + ip.header_len())
+        }
+        other => Err(format!("EtherType {other:#06x} is not IP")),
+    }
+}
+
 fn verify_ipv6(
     frame: &[u8],
     packet: &etherparse::SlicedPacket<'_>,

@@ -181,7 +181,25 @@ fn behaviours() {
     let end2 = srv6(&[END, "fc00:2::d6"], false, &to_client6);
     let end3 = srv6(&[END, "fc00:3::1", "fc00:3::d6"], false, &to_client4);
     let end_x = srv6(&[END_X, "fc00:2::d6"], false, &to_client6);
+    // The same frames with an 802.1Q tag: the VLAN's interface, and the kernel's route for the
+    // SID there, own them (found by the data-plane fuzzer: End wrote the new MACs over the
+    // tag's place, four bytes in).
+    let tagged = |frame: &[u8]| [&frame[..12], &[0x81, 0x00, 0x00, 0x2a], &frame[12..]].concat();
+    let end2_tagged = tagged(&end2);
+    let dt6_tagged = tagged(&srv6(&[DT6], false, &to_client6));
     let fixtures = vec![
+        fixture(
+            "End with a VLAN tag goes to the kernel untouched",
+            end2_tagged.clone(),
+            XdpAction::Pass,
+            end2_tagged,
+        ),
+        fixture(
+            "End.DT6 with a VLAN tag goes to the kernel untouched",
+            dt6_tagged.clone(),
+            XdpAction::Pass,
+            dt6_tagged,
+        ),
         fixture(
             "End, 2 segments",
             end2.clone(),
@@ -273,10 +291,10 @@ fn behaviours() {
     ];
     bench.runner.check_table(&fixtures);
     let dp = bench.runner.dataplane_ref();
-    // SID counters: End (index 0) saw two packets.
+    // SID counters: End (index 0) saw three packets (one of them tagged).
     assert_eq!(
         dp.counter(cpn_common::maps::SID_STATS, 0).unwrap().packets,
-        2
+        3
     );
 }
 
