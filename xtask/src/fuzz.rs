@@ -1,4 +1,5 @@
-//! `cargo xtask fuzz`: runs the BGP decoder fuzz target (`fuzz/`) for a bounded time.
+//! `cargo xtask fuzz`: runs the BGP decoder fuzz target (`fuzz/`) for a bounded time, or
+//! (`--dataplane`) the data-plane fuzzer for a number of packets.
 
 use std::{
     collections::BTreeSet,
@@ -8,19 +9,33 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, setup};
+use crate::{cmd, ebpf, setup};
 
 /// The fuzz target in `fuzz/fuzz_targets/`.
 const TARGET: &str = "bgp_update";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How long the fuzzer runs, in seconds (the build before it is not counted).
+    /// How long the BGP fuzzer runs, in seconds (the build before it is not counted).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Fuzz the XDP and TC programs instead (root): generated and mutated packets through
+    /// BPF_PROG_TEST_RUN, every outcome checked.
+    #[arg(long)]
+    dataplane: bool,
+    /// With `--dataplane`: how many packets.
+    #[arg(long, default_value_t = 1_000_000, requires = "dataplane",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    packets: u64,
+    /// With `--dataplane`: the generator's seed (random if not given).
+    #[arg(long, requires = "dataplane")]
+    seed: Option<u64>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if args.dataplane {
+        return dataplane(args);
+    }
     // cargo-fuzz builds with `-Z sanitizer`, so it needs a nightly; the eBPF build's will do.
     let toolchain = setup::ebpf_toolchain()?;
     ensure_cargo_fuzz()?;
@@ -72,6 +87,29 @@ pub fn run(args: &Args) -> Result<()> {
     }
     eprintln!("fuzz: no crash in {} s of fuzzing {TARGET}", args.seconds);
     Ok(())
+}
+
+/// Builds the eBPF object and runs the data-plane fuzzer, optimised, against it.
+fn dataplane(args: &Args) -> Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the data-plane fuzzer loads BPF programs and builds a network namespace, so it \
+             needs root: run `sudo -E cargo xtask fuzz --dataplane`"
+        );
+    }
+    setup::run(setup::Need::Everything)?;
+    let object = ebpf::build()?;
+    let root = cmd::workspace_root();
+    let mut fuzz = Command::new("cargo");
+    fuzz.current_dir(&root)
+        .env("CPN_EBPF_OBJECT", &object)
+        .args(["run", "--release", "--locked", "-q", "-p", "cpn-tests"])
+        .args(["--bin", "cpn-fuzz-dataplane", "--", "--packets"])
+        .arg(args.packets.to_string());
+    if let Some(seed) = args.seed {
+        fuzz.arg("--seed").arg(seed.to_string());
+    }
+    cmd::run(&mut fuzz).context("the data-plane fuzzer found packets that break an invariant")
 }
 
 /// Installs cargo-fuzz unless `cargo fuzz` already works.

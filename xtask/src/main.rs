@@ -36,7 +36,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the benchmarks and write target/bench/report.{json,md} and charts (root).
     Bench(bench::Args),
-    /// Fuzz the BGP decoding (nightly and cargo-fuzz are installed if missing).
+    /// Fuzz the BGP decoding (nightly and cargo-fuzz are installed if missing), or with
+    /// `--dataplane --packets N` the XDP and TC programs (root).
     Fuzz(fuzz::Args),
 }
 
