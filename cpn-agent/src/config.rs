@@ -399,6 +399,23 @@ pub struct Srv6 {
     pub source: Option<Ipv6Addr>,
     #[serde(rename = "sid", default)]
     pub sids: Vec<SidConfig>,
+    /// The SR domain (RFC 8754 §5.1): the IPv6 prefixes packets to this node's SIDs may come
+    /// from; any other source is dropped (`outside_sr_domain`). Absent: every source.
+    pub domain: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+impl Srv6 {
+    /// The SR domain's prefixes (checked at load); `None` when every source is admitted.
+    pub fn domain_prefixes(&self) -> Option<Vec<ipnet::Ipv6Net>> {
+        self.domain.as_ref().map(|domain| {
+            domain
+                .get_ref()
+                .iter()
+                .filter_map(|p| p.get_ref().parse::<ipnet::Ipv6Net>().ok())
+                .map(|p| p.trunc())
+                .collect()
+        })
+    }
 }
 
 /// `[[srv6.sid]]`.
@@ -1179,11 +1196,55 @@ fn validate_bgp(
     Ok(())
 }
 
+/// `[srv6] domain`: 1 to `SR_DOMAIN_PREFIXES` IPv6 prefixes.
+fn validate_sr_domain(
+    config: &Config,
+    error: &impl Fn(Option<usize>, String) -> Error,
+) -> Result<(), Error> {
+    if let Some(domain) = &config.srv6.domain {
+        let at = Some(domain.span().start);
+        if domain.get_ref().is_empty() {
+            return Err(error(
+                at,
+                "[srv6] domain = []: an empty SR domain admits no source to this node's SIDs; \
+                 list the domain's prefixes (e.g. [\"2001:db8::/32\"]), or leave `domain` out to \
+                 admit every source"
+                    .into(),
+            ));
+        }
+        if domain.get_ref().len() > crate::dataplane::SR_DOMAIN_PREFIXES as usize {
+            return Err(error(
+                at,
+                format!(
+                    "[srv6] domain: at most {} prefixes, got {}",
+                    crate::dataplane::SR_DOMAIN_PREFIXES,
+                    domain.get_ref().len()
+                ),
+            ));
+        }
+        for prefix in domain.get_ref() {
+            if prefix.get_ref().parse::<ipnet::Ipv6Net>().is_err() {
+                let prefix_at = Some(prefix.span().start);
+                let prefix = prefix.get_ref();
+                return Err(error(
+                    prefix_at,
+                    format!(
+                        "[srv6] domain: {prefix:?} is not an IPv6 prefix; write it as \
+                         \"2001:db8::/32\""
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `[[srv6.sid]]` and `[[service]]`.
 fn validate_compute(
     config: &Config,
     error: &impl Fn(Option<usize>, String) -> Error,
 ) -> Result<(), Error> {
+    validate_sr_domain(config, error)?;
     let mut sids = std::collections::HashSet::new();
     for sid in &config.srv6.sids {
         if !sids.insert(sid.sid) {
@@ -1905,6 +1966,32 @@ mode = "generic"
             "{err}"
         );
         assert!(err.starts_with("agent.toml:29: "), "{err}");
+    }
+
+    #[test]
+    fn the_sr_domain_is_checked_at_load() {
+        let err = with("[srv6]\ndomain = []\n").unwrap_err();
+        assert!(
+            err.contains("an empty SR domain admits no source")
+                && err.starts_with("agent.toml:18: "),
+            "{err}"
+        );
+        let err = with("[srv6]\ndomain = [\"2001:db8::/32\", \"10.0.0.0/8\"]\n").unwrap_err();
+        assert!(
+            err.contains("\"10.0.0.0/8\" is not an IPv6 prefix")
+                && err.starts_with("agent.toml:18: "),
+            "{err}"
+        );
+        let config = with("[srv6]\ndomain = [\"2001:db8:1::5/48\", \"fc00::/16\"]\n").unwrap();
+        let prefixes: Vec<String> = config
+            .srv6
+            .domain_prefixes()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(prefixes, ["2001:db8:1::/48", "fc00::/16"]);
+        assert_eq!(with("").unwrap().srv6.domain_prefixes(), None);
     }
 
     #[test]

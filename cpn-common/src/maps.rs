@@ -153,8 +153,15 @@ pub const FIB_GENERATION: &str = "fib_gen";
 /// Slots of the FIB answer cache, per CPU (a power of two).
 pub const FIB_CACHE_ENTRIES: u32 = 4096;
 
+/// LPM trie of IPv6 prefixes (`lpm_trie::Key<[u8; 16]>` → `u8`, unused): the SR domain
+/// (RFC 8754 §5.1). `cpn_endpoint` drops a packet to a local SID whose source matches none;
+/// `::/0` admits every source (what a data plane starts with).
+pub const SR_DOMAIN: &str = "sr_domain";
+/// Prefixes the SR domain may hold.
+pub const SR_DOMAIN_PREFIXES: u32 = 64;
+
 /// Every map the object defines; the agent pins exactly these.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     STEER_PROTO_STATS,
     ENDPOINT_PROTO_STATS,
     SERVICES,
@@ -173,6 +180,7 @@ pub const ALL: [&str; 18] = [
     NEXTHOPS,
     FIB_CACHE,
     FIB_GENERATION,
+    SR_DOMAIN,
 ];
 
 /// `protocol` value of a service key that matches any protocol (with `port == 0`).

@@ -136,10 +136,13 @@ pub enum Reason {
     /// Dropped: an IPv4 packet decapsulated to be forwarded has a wrong header checksum
     /// (RFC 1812 §5.2.2: a router discards it).
     InnerChecksumBad = 27,
+    /// Dropped: a packet to a local SID from a source outside the SR domain (RFC 8754 §5.1,
+    /// `[srv6] domain`).
+    OutsideSrDomain = 28,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoUsableNode,
@@ -170,6 +173,7 @@ impl Reason {
         Self::DownNodeRehashed,
         Self::IcmpSuppressed,
         Self::InnerChecksumBad,
+        Self::OutsideSrDomain,
     ];
 
     /// The stable name operators see.
@@ -203,6 +207,7 @@ impl Reason {
             Self::DownNodeRehashed => "down_node_rehashed",
             Self::IcmpSuppressed => "icmp_suppressed",
             Self::InnerChecksumBad => "inner_checksum_bad",
+            Self::OutsideSrDomain => "outside_sr_domain",
         }
     }
 }

@@ -11,6 +11,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
+    btf_maps::lpm_trie::Key,
     bindings::xdp_action,
     helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
@@ -24,7 +25,7 @@ use cpn_common::{
 use crate::{
     fib::{self, Fib},
     icmp as icmp_error,
-    maps::{LOCAL_SIDS, SID_STATS},
+    maps::{LOCAL_SIDS, SID_STATS, SR_DOMAIN},
     parse::{self, Addr, Ip, L2, MAX_EXT_HEADERS, MAX_HEADER_OFFSET},
     stats,
 };
@@ -86,6 +87,14 @@ pub fn endpoint(ctx: &XdpContext, l2: &L2, ingress_ifindex: u32) -> u32 {
     };
     let len = parse::frame_len(ctx) as u64;
     stats::add(&SID_STATS, sid.stats_index, len);
+    // RFC 8754 §5.1: a SID serves its SR domain only. The fixed header is whole (the entry
+    // counted it), so the source is there.
+    let admitted = parse::read::<[u8; 16]>(ctx, l2.l3 + 8)
+        .is_some_and(|src| SR_DOMAIN.get(&Key::new(128, src)).is_some());
+    if !admitted {
+        stats::reason(Reason::OutsideSrDomain, len);
+        return xdp_action::XDP_DROP;
+    }
     if l2.l3 != ETH {
         // A VLAN tag: the packet belongs to the VLAN's interface, whose routes and neighbours
         // the kernel's route for the SID uses there; forwarded from here, it would leave with

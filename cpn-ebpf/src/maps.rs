@@ -4,7 +4,7 @@
 
 use crate::parse::Addr;
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     macros::btf_map,
 };
 use cpn_common::{
@@ -12,7 +12,7 @@ use cpn_common::{
         FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
         MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
         PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector,
-        SERVICE_KEYS, STEER_PROTO_STATS_ENTRIES, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        SERVICE_KEYS, SR_DOMAIN_PREFIXES, STEER_PROTO_STATS_ENTRIES, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
     },
     stats::Counter,
 };
@@ -75,3 +75,6 @@ pub static FIB_CACHE: PerCpuArray<FibCacheSlot, { FIB_CACHE_ENTRIES as usize }> 
 
 #[btf_map(name = "fib_gen")]
 pub static FIB_GENERATION: Array<u64, 1> = Array::new();
+
+#[btf_map(name = "sr_domain")]
+pub static SR_DOMAIN: LpmTrie<[u8; 16], u8, { SR_DOMAIN_PREFIXES as usize }> = LpmTrie::new();

@@ -488,6 +488,59 @@ fn errors_follow_rfc_8754() {
     assert_eq!(bench.runner.reason_packets(Reason::SidToKernel), 1);
 }
 
+/// RFC 8754 §5.1: with `[srv6] domain`, a packet to a local SID from a source outside the
+/// domain is dropped and counted; inside it, processed as ever; a packet to no SID, from
+/// anywhere, passes.
+#[test]
+fn sids_refuse_sources_outside_the_sr_domain() {
+    let mut bench = bench();
+    let domain: Vec<ipnet::Ipv6Net> = vec!["2001:db8:ff::/48".parse().unwrap()];
+    bench
+        .runner
+        .dataplane()
+        .set_sr_domain(Some(&domain))
+        .unwrap();
+    assert_eq!(bench.runner.dataplane_ref().sr_domain().unwrap(), domain);
+    let inside = srv6(&[END, "fc00:2::d6"], false, &inner6(CLIENT6, CLIENT6, 64));
+    let mut outside = inside.clone();
+    // The outer source (bytes 22..38): 2001:db8:1::1, outside the domain.
+    outside[22..38].copy_from_slice(&CLIENT6.octets());
+    let mut to_no_sid = outside.clone();
+    to_no_sid[38..54].copy_from_slice(&a("fc00:77::1").octets());
+    let fixtures = vec![
+        fixture(
+            "End from inside the domain",
+            inside.clone(),
+            XdpAction::Redirect,
+            after_end(&inside, "fc00:2::d6"),
+        ),
+        fixture(
+            "End from outside the domain",
+            outside.clone(),
+            XdpAction::Drop,
+            outside,
+        ),
+        fixture(
+            "to no SID, from outside the domain",
+            to_no_sid.clone(),
+            XdpAction::Pass,
+            to_no_sid,
+        ),
+    ];
+    let before = bench.runner.reason_packets(Reason::OutsideSrDomain);
+    bench.runner.check_table(&fixtures);
+    assert_eq!(
+        bench.runner.reason_packets(Reason::OutsideSrDomain) - before,
+        1
+    );
+    // Without a domain again: every source.
+    bench.runner.dataplane().set_sr_domain(None).unwrap();
+    assert_eq!(
+        bench.runner.dataplane_ref().sr_domain().unwrap(),
+        vec![ipnet::Ipv6Net::default()]
+    );
+}
+
 #[test]
 fn every_truncation_of_the_srh_is_dropped() {
     let bench = bench();

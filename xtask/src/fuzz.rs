@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Fuzz the XDP and TC programs instead (root): generated and mutated packets through
-    /// BPF_PROG_TEST_RUN, every outcome checked.
+    /// `BPF_PROG_TEST_RUN`, every outcome checked.
     #[arg(long)]
     dataplane: bool,
     /// With `--dataplane`: how many packets.

@@ -383,7 +383,8 @@ impl Agent {
 
     /// Brings the data plane to what `config` describes (at start and on SIGHUP).
     pub async fn reconcile(&mut self, config: &Config) -> Result<()> {
-        let mut commands = Vec::new();
+        // The SR domain first: no SID is ever open to sources outside it.
+        let mut commands = vec![Command::SetSrDomain(config.srv6.domain_prefixes())];
         let sids = sid_commands(config)?;
         let sid_addrs: Vec<Ipv6Addr> = sids.iter().map(|(sid, _)| *sid).collect();
         for (stats_index, (sid, behavior)) in (0..).zip(sids) {

@@ -48,7 +48,7 @@ pub use self::{
     tc::{CLSACT_HANDLE, CLSACT_PRIORITY, TcAttach},
 };
 pub use cpn_common::{
-    maps::{NodeState, Seen},
+    maps::{NodeState, SR_DOMAIN_PREFIXES, Seen},
     programs::Hook,
 };
 
@@ -370,7 +370,19 @@ impl Dataplane {
             }
             Pinning::Unpinned => None,
         };
-        let ring_memory = match ebpf.map(maps::RINGS) {
+        let mut dataplane = Self {
+            ebpf,
+            links_dir,
+            attachments: Vec::new(),
+            tc_attach: options.tc_attach,
+            ring_memory: None,
+        };
+        // A new SR domain admits every source until the agent says otherwise; a pinned one
+        // keeps what the last agent wrote (the next one writes its own).
+        if dataplane.sr_domain()?.is_empty() {
+            dataplane.set_sr_domain(None)?;
+        }
+        let ring_memory = match dataplane.ebpf.map(maps::RINGS) {
             Some(aya::maps::Map::Array(rings)) => ring_memory::RingMemory::map(rings)
                 .inspect_err(|error| {
                     tracing::info!(
@@ -382,13 +394,8 @@ impl Dataplane {
                 .ok(),
             _ => None,
         };
-        Ok(Self {
-            ebpf,
-            links_dir,
-            attachments: Vec::new(),
-            tc_attach: options.tc_attach,
-            ring_memory,
-        })
+        dataplane.ring_memory = ring_memory;
+        Ok(dataplane)
     }
 
     /// Attaches `program` to `interface`. If a previous agent left a pinned link there, the

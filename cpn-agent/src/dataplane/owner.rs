@@ -34,6 +34,8 @@ pub enum Command {
         stats_index: u32,
     },
     RemoveSid(Ipv6Addr),
+    /// Replaces the SR domain (`None`: every source).
+    SetSrDomain(Option<Vec<ipnet::Ipv6Net>>),
     SetService {
         addr: ServiceAddr,
         config: ServiceConfig,
@@ -168,6 +170,7 @@ fn apply(dp: &mut Dataplane, command: &Command) -> Result<(), crate::dataplane::
             stats_index,
         } => dp.set_sid(*sid, *behavior, *stats_index),
         Command::RemoveSid(sid) => dp.remove_sid(*sid),
+        Command::SetSrDomain(prefixes) => dp.set_sr_domain(prefixes.as_deref()),
         Command::SetService { addr, config } => dp.set_service(addr, config),
         Command::RemoveService(addr) => dp.remove_service(addr),
         Command::SetNode { id, node } => dp.set_node(*id, node),

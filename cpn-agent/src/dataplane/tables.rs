@@ -10,16 +10,20 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap, MapError, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, MapError, PerCpuArray,
+    lpm_trie::{Key, LpmTrie},
+};
 use cpn_common::{
     maps::{
         self, ANY_PROTOCOL, Behavior, FlowEntry, FlowKey, MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES,
         MAX_SIDS, NODE_REDUCED, NodeEntry, NodeState, RING_CAPACITY, RingSelector,
-        SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, ServiceEntry, ServiceKey, SidEntry,
-        ring_index,
+        SERVICE_AFFINITY, SERVICE_PORTS, SERVICE_PORTS_ONLY, SR_DOMAIN_PREFIXES, ServiceEntry,
+        ServiceKey, SidEntry, ring_index,
     },
     stats::{Counter, Reason},
 };
+use ipnet::Ipv6Net;
 
 use super::{Dataplane, Error, TickClock};
 
@@ -534,6 +538,49 @@ impl Dataplane {
             .map_err(|source| Error::Map { map: name, source })?;
         sids.remove(&sid.octets())
             .map_err(|source| Error::Map { map: name, source })
+    }
+
+    /// Replaces the SR domain (RFC 8754 §5.1) with `prefixes`; `None` admits every source
+    /// (`::/0`). New prefixes go in before old ones go, so no admitted source is ever refused
+    /// in between.
+    pub fn set_sr_domain(&mut self, prefixes: Option<&[Ipv6Net]>) -> Result<(), Error> {
+        let wanted: Vec<Ipv6Net> = match prefixes {
+            Some(prefixes) => prefixes.iter().map(Ipv6Net::trunc).collect(),
+            None => vec![Ipv6Net::default()],
+        };
+        check(
+            "SR domain prefixes",
+            u32::try_from(wanted.len()).unwrap_or(u32::MAX),
+            SR_DOMAIN_PREFIXES + 1,
+        )?;
+        let present = self.sr_domain()?;
+        let name = maps::SR_DOMAIN;
+        let error = |source| Error::Map { map: name, source };
+        let mut trie: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(error)?;
+        for prefix in &wanted {
+            let key = Key::new(u32::from(prefix.prefix_len()), prefix.addr().octets());
+            trie.insert(&key, 1, 0).map_err(error)?;
+        }
+        for gone in present.iter().filter(|p| !wanted.contains(p)) {
+            let key = Key::new(u32::from(gone.prefix_len()), gone.addr().octets());
+            trie.remove(&key).map_err(error)?;
+        }
+        Ok(())
+    }
+
+    /// The SR domain's prefixes.
+    pub fn sr_domain(&self) -> Result<Vec<Ipv6Net>, Error> {
+        let name = maps::SR_DOMAIN;
+        let error = |source| Error::Map { map: name, source };
+        let trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(self.map(name)?).map_err(error)?;
+        trie.keys()
+            .map(|key| {
+                let key = key.map_err(error)?;
+                let len = u8::try_from(key.prefix_len()).unwrap_or(128);
+                Ok(Ipv6Net::new(Ipv6Addr::from(key.data()), len).unwrap_or_default())
+            })
+            .collect()
     }
 
     /// The affinity entry of a flow, if any.

@@ -95,7 +95,8 @@ impl Effect {
 }
 
 /// Reasons a program drops a packet for.
-const DROPS: [Reason; 13] = [
+const DROPS: [Reason; 14] = [
+    Reason::OutsideSrDomain,
     Reason::IcmpSuppressed,
     Reason::InnerChecksumBad,
     Reason::LengthBeyondFrame,

@@ -2,7 +2,7 @@
 //! routes, neighbours, a small-MTU path, an unresolved next hop, a second table) and maps as an
 //! agent fills them: services of both families, with and without ports and affinity; nodes with
 //! one to six segments, reduced or not, one down, one whose first segment has no route, one
-//! with a cached next hop; a local SID of every behaviour.
+//! with a cached next hop; a local SID of every behaviour, behind an SR domain.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -166,6 +166,12 @@ impl World {
         let mut endpoint = Runner::with_options(&options)?.arriving_on(dut.eth1);
         fill_steering(&mut steer, dut.eth1)?;
         let dp = endpoint.dataplane();
+        // An SR domain (RFC 8754 §5.1) the pools' sources are partly outside of.
+        let domain: Vec<ipnet::Ipv6Net> = ["2001:db8::/32", "fc00::/16"]
+            .iter()
+            .map(|p| p.parse().expect("a literal prefix"))
+            .collect();
+        dp.set_sr_domain(Some(&domain))?;
         for (index, (sid, behavior)) in (0..).zip(sids(dut.eth0, dut.eth1)) {
             dp.set_sid(sid, behavior, index)?;
         }
