@@ -205,6 +205,9 @@ pub struct NeighborConfig {
     pub max_prefixes: Option<usize>,
     /// TCP MD5 signature key (RFC 2385), 1 to 80 bytes; the neighbor must use the same.
     pub password: Option<Spanned<String>>,
+    /// GTSM (RFC 5082): the neighbor is this many routers away (1: on the link); we send at
+    /// TTL 255 and the kernel drops whatever arrives from it with a TTL below `256 - hops`.
+    pub ttl_security_hops: Option<Spanned<u8>>,
     /// BFD with this neighbor (default: none).
     pub bfd: Option<Spanned<BfdConfig>>,
 }
@@ -944,6 +947,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
         ));
     }
     for neighbor in config.bgp.iter().flat_map(|b| &b.neighbors) {
+        if let Some(hops) = &neighbor.ttl_security_hops
+            && !(1..=254).contains(hops.get_ref())
+        {
+            return Err(error(
+                Some(hops.span().start),
+                format!(
+                    "[[bgp.neighbor]] ttl_security_hops = {}: give the neighbor's distance in \
+                     routers, 1 (on the link) to 254",
+                    hops.get_ref()
+                ),
+            ));
+        }
         if let Some(password) = &neighbor.password
             && !(1..=crate::bgp::md5::MAX_KEY_LEN).contains(&password.get_ref().len())
         {
@@ -1966,6 +1981,28 @@ mode = "generic"
             "{err}"
         );
         assert!(err.starts_with("agent.toml:29: "), "{err}");
+    }
+
+    #[test]
+    fn ttl_security_hops_are_checked_at_load() {
+        let neighbor = |hops: &str| {
+            with(&format!(
+                "[bgp]\nasn = 65000\nrouter_id = \"10.0.0.1\"\n[[bgp.neighbor]]\n\
+                 address = \"2001:db8::2\"\nasn = 65001\nttl_security_hops = {hops}\n"
+            ))
+        };
+        let err = neighbor("0").unwrap_err();
+        assert!(
+            err.contains("ttl_security_hops = 0: give the neighbor's distance")
+                && err.starts_with("agent.toml:23: "),
+            "{err}"
+        );
+        // Beyond a byte: the TOML reader names the line.
+        let err = neighbor("100000").unwrap_err();
+        assert!(err.starts_with("agent.toml:23: "), "{err}");
+        let config = neighbor("1").unwrap();
+        let hops = config.bgp.unwrap().neighbors[0].ttl_security_hops.clone();
+        assert_eq!(hops.map(|h| *h.get_ref()), Some(1));
     }
 
     #[test]

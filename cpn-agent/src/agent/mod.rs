@@ -691,6 +691,7 @@ fn speaker_config(
                 rr_client: n.route_reflector_client,
                 max_prefixes: n.max_prefixes,
                 md5_key: n.password.as_ref().map(|p| p.get_ref().as_bytes().to_vec()),
+                ttl_security_hops: n.ttl_security_hops.as_ref().map(|h| *h.get_ref()),
             })
             .collect(),
     }

@@ -4,6 +4,7 @@ pub mod attributes;
 pub mod errors;
 pub mod fsm;
 pub mod graceful;
+pub mod gtsm;
 pub mod md5;
 pub mod metric_attr;
 pub mod peer;

@@ -293,9 +293,11 @@ impl Session {
             Action::Connect => {
                 let target = SocketAddr::new(self.address(), self.neighbor.port);
                 let key = self.neighbor.md5_key.clone();
+                let hops = self.neighbor.ttl_security_hops;
                 let tx = connected.clone();
                 tokio::spawn(async move {
-                    let result = tokio::time::timeout(Duration::from_secs(5), connect(target, key))
+                    let attempt = connect(target, key, hops);
+                    let result = tokio::time::timeout(Duration::from_secs(5), attempt)
                         .await
                         .unwrap_or_else(|_| {
                             Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
@@ -551,8 +553,13 @@ fn collision_cease() -> BgpMessage {
     ))
 }
 
-/// Connects to a neighbor, signing the connection with `key` when there is one.
-async fn connect(target: SocketAddr, key: Option<Vec<u8>>) -> std::io::Result<TcpStream> {
+/// Connects to a neighbor, signing the connection with `key` when there is one, under GTSM
+/// when the neighbor is `ttl_security_hops` away.
+async fn connect(
+    target: SocketAddr,
+    key: Option<Vec<u8>>,
+    ttl_security_hops: Option<u8>,
+) -> std::io::Result<TcpStream> {
     let socket = if target.is_ipv6() {
         tokio::net::TcpSocket::new_v6()?
     } else {
@@ -560,6 +567,9 @@ async fn connect(target: SocketAddr, key: Option<Vec<u8>>) -> std::io::Result<Tc
     };
     if let Some(key) = key {
         super::md5::set_key(&socket, target.ip(), &key)?;
+    }
+    if let Some(hops) = ttl_security_hops {
+        super::gtsm::protect(&socket, target.ip(), hops)?;
     }
     socket.connect(target).await
 }

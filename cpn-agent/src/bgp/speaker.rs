@@ -65,6 +65,8 @@ pub struct NeighborConfig {
     pub max_prefixes: Option<usize>,
     /// TCP MD5 signature key (RFC 2385).
     pub md5_key: Option<Vec<u8>>,
+    /// GTSM (RFC 5082): how many routers away the neighbor is.
+    pub ttl_security_hops: Option<u8>,
 }
 
 /// A running speaker: each session's state, for the rest of the agent; the tasks, for
@@ -105,6 +107,11 @@ pub async fn spawn(
         cluster_id: config.cluster_id.unwrap_or(config.router_id),
         next_hop: config.next_hop,
     };
+    let ttl_security: HashMap<IpAddr, u8> = config
+        .neighbors
+        .iter()
+        .filter_map(|n| Some((n.address, n.ttl_security_hops?)))
+        .collect();
     let mut inboxes = HashMap::new();
     let mut sessions = BTreeMap::new();
     let mut tasks = Vec::new();
@@ -141,7 +148,14 @@ pub async fn spawn(
             let Ok((stream, from)) = listener.accept().await else {
                 continue;
             };
-            if let Some(inbox) = inboxes.get(&canonical(from.ip())) {
+            let peer = canonical(from.ip());
+            if let Some(&hops) = ttl_security.get(&peer)
+                && let Err(error) = super::gtsm::protect(&stream, from.ip(), hops)
+            {
+                tracing::warn!(%from, %error, "GTSM could not be set: connection refused");
+                continue;
+            }
+            if let Some(inbox) = inboxes.get(&peer) {
                 let _ = inbox.send(stream).await;
             } else {
                 tracing::warn!(%from, "BGP connection from an unconfigured address refused");
@@ -231,6 +245,7 @@ mod tests {
                 rr_client: false,
                 max_prefixes,
                 md5_key: None,
+                ttl_security_hops: None,
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
