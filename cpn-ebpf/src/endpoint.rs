@@ -11,8 +11,8 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    btf_maps::lpm_trie::Key,
     bindings::xdp_action,
+    btf_maps::lpm_trie::Key,
     helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };

@@ -12,7 +12,8 @@ use cpn_common::{
         FIB_CACHE_ENTRIES, FLOWS_ENTRIES, FibCacheSlot, FlowEntry, FlowKey, ICMP_PEERS_ENTRIES,
         MAX_LOCAL_SIDS, MAX_NODES, MAX_SERVICES, NextHopEntry, NextHopSelector, NodeEntry,
         PROTO_STATS_ENTRIES, REASON_STATS_ENTRIES, RINGS_ENTRIES, RINGS_FLAGS, RingSelector,
-        SERVICE_KEYS, SR_DOMAIN_PREFIXES, STEER_PROTO_STATS_ENTRIES, ServiceEntry, ServiceKey, SidEntry, TokenBucket,
+        SERVICE_KEYS, SR_DOMAIN_PREFIXES, STEER_PROTO_STATS_ENTRIES, ServiceEntry, ServiceKey,
+        SidEntry, TokenBucket,
     },
     stats::Counter,
 };
