@@ -1,5 +1,5 @@
-//! `cargo xtask fuzz`: runs the BGP decoder fuzz target (`fuzz/`) for a bounded time, or
-//! (`--dataplane`) the data-plane fuzzer for a number of packets.
+//! `cargo xtask fuzz`: runs a BGP fuzz target (`fuzz/`) for a bounded time or number of
+//! executions, or (`--dataplane`) the data-plane fuzzer for a number of packets.
 
 use std::{
     collections::BTreeSet,
@@ -11,14 +11,36 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, ebpf, setup};
 
-/// The fuzz target in `fuzz/fuzz_targets/`.
-const TARGET: &str = "bgp_update";
+/// The BGP fuzz targets in `fuzz/fuzz_targets/`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Target {
+    /// Bytes from a peer through the codec and RFC 7606's checks.
+    BgpUpdate,
+    /// Sequences of events, timer expiries and messages through a session (FSM, import,
+    /// export, RIB).
+    BgpSession,
+}
+
+impl Target {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::BgpUpdate => "bgp_update",
+            Self::BgpSession => "bgp_session",
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The BGP fuzz target.
+    #[arg(long, value_enum, default_value_t = Target::BgpUpdate)]
+    target: Target,
     /// How long the BGP fuzzer runs, in seconds (the build before it is not counted).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Stop the BGP fuzzer after this many executions instead (libFuzzer's `-runs`).
+    #[arg(long, conflicts_with = "seconds", value_parser = clap::value_parser!(u64).range(1..))]
+    runs: Option<u64>,
     /// Fuzz the XDP and TC programs instead (root): generated and mutated packets through
     /// `BPF_PROG_TEST_RUN`, every outcome checked.
     #[arg(long)]
@@ -38,16 +60,17 @@ pub fn run(args: &Args) -> Result<()> {
     }
     // cargo-fuzz builds with `-Z sanitizer`, so it needs a nightly; the eBPF build's will do.
     let toolchain = setup::ebpf_toolchain()?;
+    let target = args.target.name();
     ensure_cargo_fuzz()?;
 
     let root = cmd::workspace_root();
     let fuzz_dir = root.join("fuzz");
     // libFuzzer adds the inputs it finds to the first corpus directory: keep them out of the
     // source tree (in target/, so they grow across runs) and only read the committed seeds.
-    let corpus = root.join("target/fuzz/corpus").join(TARGET);
+    let corpus = root.join("target/fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-    let seeds = fuzz_dir.join("corpus").join(TARGET);
-    let artifacts = fuzz_dir.join("artifacts").join(TARGET);
+    let seeds = fuzz_dir.join("corpus").join(target);
+    let artifacts = fuzz_dir.join("artifacts").join(target);
     let before = files(&artifacts);
 
     let result = cmd::run(
@@ -59,11 +82,16 @@ pub fn run(args: &Args) -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN")
             .arg(format!("+{toolchain}"))
             // Debug assertions also turn on overflow checks: an overflow is a finding too.
-            .args(["fuzz", "run", "--debug-assertions", TARGET])
+            .args(["fuzz", "run", "--debug-assertions", target])
             .arg(&corpus)
             .arg(&seeds)
             .arg("--")
-            .arg(format!("-max_total_time={}", args.seconds)),
+            // An input that takes this long is a hang, and a finding.
+            .arg("-timeout=10")
+            .arg(match args.runs {
+                Some(runs) => format!("-runs={runs}"),
+                None => format!("-max_total_time={}", args.seconds),
+            }),
     );
 
     let found: Vec<PathBuf> = files(&artifacts).difference(&before).cloned().collect();
@@ -73,9 +101,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let inputs: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
         bail!(
-            "the fuzzer found an input that crashes the BGP decoding (panic message above):\n  \
+            "the fuzzer found an input that crashes {target} (panic message above):\n  \
              {}\nreproduce it in {} with `cargo +{toolchain} fuzz run --debug-assertions \
-             {TARGET} {}`",
+             {target} {}`",
             inputs.join("\n  "),
             fuzz_dir.display(),
             inputs[0]
@@ -85,7 +113,10 @@ pub fn run(args: &Args) -> Result<()> {
         // libFuzzer also saves inputs that were merely slow; they do not fail the run.
         eprintln!("fuzz: note: libFuzzer saved {}", path.display());
     }
-    eprintln!("fuzz: no crash in {} s of fuzzing {TARGET}", args.seconds);
+    match args.runs {
+        Some(runs) => eprintln!("fuzz: no crash in {runs} executions of {target}"),
+        None => eprintln!("fuzz: no crash in {} s of fuzzing {target}", args.seconds),
+    }
     Ok(())
 }
 
@@ -100,11 +131,17 @@ fn dataplane(args: &Args) -> Result<()> {
     setup::run(setup::Need::Everything)?;
     let object = ebpf::build()?;
     let root = cmd::workspace_root();
-    let mut fuzz = Command::new("cargo");
-    fuzz.current_dir(&root)
-        .env("CPN_EBPF_OBJECT", &object)
-        .args(["run", "--release", "--locked", "-q", "-p", "cpn-tests"])
-        .args(["--bin", "cpn-fuzz-dataplane", "--", "--packets"])
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("CPN_EBPF_OBJECT", &object)
+            .args(["build", "--release", "--locked", "-q", "-p", "cpn-tests"])
+            .args(["--bin", "cpn-fuzz-dataplane"]),
+    )
+    .context("building the data-plane fuzzer")?;
+    let mut fuzz = Command::new(root.join("target/release/cpn-fuzz-dataplane"));
+    fuzz.env("CPN_EBPF_OBJECT", &object)
+        .arg("--packets")
         .arg(args.packets.to_string());
     if let Some(seed) = args.seed {
         fuzz.arg("--seed").arg(seed.to_string());

@@ -516,6 +516,10 @@ impl Fsm {
 
     fn start(&mut self, now: Instant) -> Vec<Action> {
         self.stopped = false;
+        // A manual start overtakes an automatic restart still pending: left armed, it would
+        // start the session again later, under the one that is up (found by the bgp_session
+        // fuzz target).
+        self.restart_at = None;
         self.connect_retry_at = Some(now + self.config.connect_retry);
         if self.config.passive {
             self.state = State::Active;
@@ -1116,6 +1120,29 @@ mod tests {
         assert!(a.handle(now, Event::TcpFailed).is_empty());
         assert_eq!(a.state(), State::Active);
         assert_eq!(a.poll(now + Duration::from_secs(5)), vec![Action::Connect]);
+    }
+
+    #[test]
+    fn a_manual_start_overtakes_a_pending_automatic_restart() {
+        let now = Instant::now();
+        let mut a = Fsm::new(config(4_200_000_001, 4_200_000_002, [10, 0, 0, 1], false));
+        let mut b = Fsm::new(config(4_200_000_002, 4_200_000_001, [10, 0, 0, 2], true));
+        a.handle(now, Event::ManualStart);
+        a.handle(now, Event::TcpConnected { outgoing: true });
+        // The connection fails before the session is up: an automatic restart is armed ...
+        a.handle(now, Event::TcpFailed);
+        assert_eq!(a.state(), State::Idle);
+        // ... and the operator starts the session first; it comes up.
+        assert_eq!(a.handle(now, Event::ManualStart), vec![Action::Connect]);
+        b.handle(now, Event::ManualStart);
+        let (a_open, _) = split(a.handle(now, Event::TcpConnected { outgoing: true }));
+        let (b_open, _) = split(b.handle(now, Event::TcpConnected { outgoing: false }));
+        pump(&mut a, &mut b, now, a_open, b_open);
+        assert_eq!(a.state(), State::Established);
+        // With the peer's KEEPALIVEs, nothing takes it down: no restart fires under it.
+        let done = run(&mut a, now, now + Duration::from_secs(30));
+        assert!(done.is_empty(), "{done:?}");
+        assert_eq!(a.state(), State::Established);
     }
 
     /// The peer's OPEN from a speaker with identifier `id`.

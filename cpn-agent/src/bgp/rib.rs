@@ -229,7 +229,7 @@ impl RibIn {
     }
 
     /// Applies one command; whether the RIB (or the wait for End-of-RIB) changed.
-    pub(crate) fn apply(&mut self, command: RibCommand) -> bool {
+    pub fn apply(&mut self, command: RibCommand) -> bool {
         match command {
             RibCommand::Up { neighbor, awaited } => {
                 self.session_up(neighbor, awaited);
