@@ -163,3 +163,34 @@ fn multi_queue_link_gives_both_ends_the_queues() -> Result<()> {
     }
     Ok(())
 }
+
+/// The kernel deletes every route over an interface that goes down; the agent puts the
+/// routes its configuration asks for back (the soak's link flaps found a SID route gone for
+/// good after one).
+#[test]
+fn a_sid_route_the_kernel_deleted_with_its_link_comes_back() -> Result<()> {
+    let mut lab = two_nodes("sid-route-kept")?;
+    let _agent = lab.start_agent(
+        "server",
+        "[node]\nname = \"server\"\nroles = [\"compute\"]\n\n\
+         [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
+         [srv6]\nsource = \"2001:db8:1::2\"\nlocator = \"fc00:9::/32\"\n\n\
+         [[srv6.sid]]\nsid = \"fc00:9::d6\"\nbehavior = \"End.DT46\"\n",
+    )?;
+    let server = lab.node("server")?;
+    let sid_route = || -> Result<String> {
+        let out = server.run(&["ip", "-6", "route", "show", "fc00:9::d6/128"])?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    wait_for("the agent's SID route", Duration::from_secs(5), || {
+        Ok(sid_route()?.contains("seg6local").then_some(()))
+    })?;
+    server.ip("link set eth0 down")?;
+    server.ip("link set eth0 up")?;
+    wait_for(
+        "the SID route back after the link flap",
+        Duration::from_secs(5),
+        || Ok(sid_route()?.contains("seg6local").then_some(())),
+    )?;
+    Ok(())
+}

@@ -37,6 +37,7 @@ use crate::{
         Dataplane, Ids, Node, NodeState, ServiceAddr, ServiceConfig, SidBehavior,
         kernel::{KernelRoutes, KernelSid},
         locators, nexthop_cache,
+        owned_routes::{self, OwnedRoute},
         owner::{self, Command, FirstSegments},
     },
     metrics::reporting,
@@ -64,6 +65,9 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Opened on first use: nodes without kernel routes need no netlink socket.
     kernel: Option<KernelRoutes>,
+    /// The kernel routes the configuration asks for, kept in place by their task once there
+    /// are any.
+    owned_routes: Option<watch::Sender<Vec<OwnedRoute>>>,
     /// Locator routes learned in BGP and installed in the kernel.
     learned_locators: locators::Installed,
     /// Each BGP session's state and counters, for operators.
@@ -162,6 +166,12 @@ impl Agent {
     /// Takes ownership of the loaded data plane and applies `config`. Call inside a tokio
     /// runtime.
     pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
+        // What a previous agent left running (a restart over its pins), before anything is
+        // written.
+        let inherited = dataplane.nodes_in_use().unwrap_or_else(|error| {
+            tracing::warn!(%error, "the data plane's nodes could not be read: a previous agent's flows may move");
+            BTreeMap::new()
+        });
         let (commands, receiver) = mpsc::channel(1024);
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
@@ -185,6 +195,7 @@ impl Agent {
             generation: 0,
             tasks,
             kernel: None,
+            owned_routes: None,
             // Nothing learned until a locators task publishes.
             learned_locators: watch::channel(locators::Locators::new()).1,
             sessions: BTreeMap::new(),
@@ -241,6 +252,7 @@ impl Agent {
             applied,
             settle,
             (in_use, stamp_targets),
+            inherited,
         );
         let (reports, report_inbox) = mpsc::channel(64);
         let health = agent.spawn_health_checks(config);
@@ -317,6 +329,7 @@ impl Agent {
             watch::Sender<std::collections::BTreeSet<Ipv6Addr>>,
             watch::Sender<crate::sensing::stamp::Targets>,
         ),
+        inherited: BTreeMap<u32, Vec<Ipv6Addr>>,
     ) -> SteeringViews {
         let (explained, explanations) = watch::channel(Vec::new());
         let (names, node_names) = watch::channel(BTreeMap::new());
@@ -334,6 +347,7 @@ impl Agent {
             core,
             (self.commands.clone(), applied),
             outputs,
+            inherited,
         )));
         SteeringViews {
             explanations,
@@ -536,40 +550,24 @@ impl Agent {
             Some(kernel) => kernel.clone(),
             None => self.kernel.insert(KernelRoutes::connect()?).clone(),
         };
-        if wanted.iter().any(|r| matches!(r, KernelRoute::Sid { .. })) {
+        if wanted.iter().any(|r| matches!(r, OwnedRoute::Sid { .. })) {
             enable_seg6(config);
         }
         let mut installed = Vec::new();
         for route in &wanted {
-            match *route {
-                KernelRoute::Sid {
-                    sid,
-                    what,
-                    dev,
-                    kernel_only,
-                } => {
-                    match kernel.set_seg6local(sid, what, dev).await {
-                        Ok(()) => {}
-                        // End.DT4/DT46 with a table need a VRF bound to it in Linux. XDP does
-                        // the work; the kernel only has to own the SID.
-                        Err(error) if !kernel_only => {
-                            tracing::warn!(
-                                %sid,
-                                error = %format!("{error:#}"),
-                                "the kernel cannot run this SID's behaviour (End.DT4 and \
-                                 End.DT46 with a table need a VRF bound to it: ip link add \
-                                 vrfN type vrf table N); it discards what XDP hands it"
-                            );
-                            kernel.set_seg6local(sid, KernelSid::Discard, dev).await?;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                    installed.push((sid, 128));
-                }
-                KernelRoute::Locator { prefix, len, via } => {
-                    kernel.set_route_via(prefix, len, via).await?;
-                    installed.push((prefix, len));
-                }
+            route.install(&kernel).await?;
+            installed.push(route.destination());
+        }
+        // Kept in place from now on (the kernel deletes a route whose interface goes down).
+        match &self.owned_routes {
+            Some(owned) => {
+                owned.send_replace(wanted);
+            }
+            None => {
+                let (owned, watched) = watch::channel(wanted);
+                self.tasks
+                    .push(tokio::spawn(owned_routes::keep(watched, kernel.clone())));
+                self.owned_routes = Some(owned);
             }
         }
         for (prefix, len) in self
@@ -710,27 +708,10 @@ fn enable_seg6(config: &Config) {
     }
 }
 
-/// A kernel route the agent owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KernelRoute {
-    Sid {
-        sid: Ipv6Addr,
-        what: KernelSid,
-        dev: u32,
-        /// `decap = "kernel"`: the kernel's route is the only implementation of the SID.
-        kernel_only: bool,
-    },
-    Locator {
-        prefix: Ipv6Addr,
-        len: u8,
-        via: Ipv6Addr,
-    },
-}
-
 /// The kernel routes `config` asks for, with interfaces resolved: one for every local SID (the
 /// kernel owns each, so it never forwards a packet addressed to one: with `decap = "xdp"` it
 /// is the kernel's copy of the behaviour, for what XDP hands it), and the static locators.
-fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
+fn kernel_routes(config: &Config) -> Result<Vec<OwnedRoute>> {
     let mut routes = Vec::new();
     for sid in &config.srv6.sids {
         let spec = sid.spec().map_err(anyhow::Error::msg)?;
@@ -752,7 +733,7 @@ fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
                 sid.sid
             );
         }
-        routes.push(KernelRoute::Sid {
+        routes.push(OwnedRoute::Sid {
             sid: sid.sid,
             what,
             dev: ifindex(&dev)?,
@@ -763,7 +744,7 @@ fn kernel_routes(config: &Config) -> Result<Vec<KernelRoute>> {
         if let (Some(locator), Some(via)) = (&remote.locator, remote.via)
             && let Some((prefix, len)) = crate::dataplane::kernel::parse_prefix(locator.get_ref())
         {
-            routes.push(KernelRoute::Locator { prefix, len, via });
+            routes.push(OwnedRoute::Locator { prefix, len, via });
         }
     }
     Ok(routes)

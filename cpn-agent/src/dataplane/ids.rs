@@ -31,6 +31,33 @@ impl<K: Ord + Clone> Ids<K> {
         id
     }
 
+    /// `key`'s id: its own if it has one, else `preferred` if that is free, else the lowest
+    /// free one that `reserved` does not hold back (for another key to prefer).
+    pub fn get_preferring(
+        &mut self,
+        key: &K,
+        preferred: Option<u32>,
+        reserved: impl Fn(u32) -> bool,
+    ) -> u32 {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let id = preferred
+            .filter(|p| *p >= self.first && !self.is_taken(*p))
+            .unwrap_or_else(|| {
+                (self.first..)
+                    .find(|id| !self.is_taken(*id) && !reserved(*id))
+                    .unwrap_or(u32::MAX)
+            });
+        self.ids.insert(key.clone(), id);
+        id
+    }
+
+    /// Whether some key has `id`.
+    pub fn is_taken(&self, id: u32) -> bool {
+        self.ids.values().any(|v| *v == id)
+    }
+
     /// Id → name, for the operator's views.
     pub fn names(&self) -> BTreeMap<u32, K> {
         self.ids.iter().map(|(k, v)| (*v, k.clone())).collect()

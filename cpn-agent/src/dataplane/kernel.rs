@@ -97,6 +97,67 @@ pub fn route_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
     Ok(receiver)
 }
 
+/// What [`route_events`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// The kernel deleted an IPv6 route the agent installed (`proto static`).
+    Removed { prefix: Ipv6Addr, len: u8 },
+    /// An interface changed (went up or down, was added or removed).
+    LinkChanged,
+}
+
+/// A channel of the deletions of IPv6 routes the agent installs and of interface changes
+/// (netlink multicast); its socket lives as long as the receiver.
+pub fn route_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>> {
+    use rtnetlink::{
+        constants::{RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
+        packet_core::NetlinkPayload,
+        packet_route::RouteNetlinkMessage,
+        sys::AsyncSocket as _,
+    };
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            RTMGRP_IPV6_ROUTE | RTMGRP_LINK,
+        ))
+        .context("subscribing to route and link changes")?;
+    tokio::spawn(connection);
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures_util::StreamExt as _;
+        while let Some((message, _)) = messages.next().await {
+            let event = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(route))
+                    if route.header.protocol == RouteProtocol::Static =>
+                {
+                    let Some(prefix) = route.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet6(prefix)) => Some(*prefix),
+                        _ => None,
+                    }) else {
+                        continue;
+                    };
+                    RouteEvent::Removed {
+                        prefix,
+                        len: route.header.destination_prefix_length,
+                    }
+                }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+                ) => RouteEvent::LinkChanged,
+                _ => continue,
+            };
+            if events.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
 /// Where the kernel sends packets to a destination, and the MTU on the way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Egress {

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod locators;
 pub mod nexthop_cache;
 mod nexthops;
+pub mod owned_routes;
 pub mod owner;
 mod pinned;
 pub mod resolver;

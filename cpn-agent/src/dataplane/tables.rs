@@ -431,6 +431,30 @@ impl Dataplane {
         self.write_node(id, entry)
     }
 
+    /// The segments of every node entry in use, by id: after a restart over pinned maps, the
+    /// nodes the previous agent programmed (their flows still name these ids).
+    pub fn nodes_in_use(&self) -> Result<std::collections::BTreeMap<u32, Vec<Ipv6Addr>>, Error> {
+        let name = maps::NODES;
+        let nodes: Array<_, NodeEntry> =
+            Array::try_from(self.map(name)?).map_err(|source| Error::Map { map: name, source })?;
+        let mut in_use = std::collections::BTreeMap::new();
+        for (id, entry) in (0..).zip(nodes.iter()) {
+            let entry = entry.map_err(|source| Error::Map { map: name, source })?;
+            if entry.state == NodeState::Unused as u8 {
+                continue;
+            }
+            let count = usize::from(entry.segment_count).min(MAX_SIDS);
+            // Stored in SRH order (the last segment first).
+            let segments = entry.segments[..count]
+                .iter()
+                .rev()
+                .map(|s| Ipv6Addr::from(*s))
+                .collect();
+            in_use.insert(id, segments);
+        }
+        Ok(in_use)
+    }
+
     fn node_entry(&self, id: u32) -> Result<NodeEntry, Error> {
         let name = maps::NODES;
         let nodes: Array<_, NodeEntry> =

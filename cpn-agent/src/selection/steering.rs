@@ -253,8 +253,15 @@ pub async fn run(
     mut core: View,
     owner: (mpsc::Sender<Command>, watch::Receiver<u64>),
     outputs: Outputs,
+    inherited: BTreeMap<u32, Vec<Ipv6Addr>>,
 ) {
-    let mut steering = Steering::new(owner, outputs);
+    if !inherited.is_empty() {
+        tracing::info!(
+            nodes = inherited.len(),
+            "taking over a data plane that forwards: its nodes keep their ids, and steering waits for the peers' routes before it changes anything (RFC 4724 §4.1)"
+        );
+    }
+    let mut steering = Steering::new(owner, outputs, inherited);
     let mut locator_changes: Option<locators::Installed> = None;
     let mut core_running = true;
     loop {
@@ -305,10 +312,19 @@ struct Steering {
     ids: Ids<String>,
     /// When each learned node was first seen: it waits for STAMP from then on.
     appeared: HashMap<String, Instant>,
+    /// The nodes a previous agent left in the data plane this one took over (a restart over
+    /// its pins), by id, with their segments. A node that leads to the same segments takes
+    /// the same id, so that the flows on it stay there; the others go once this agent has
+    /// the peers' routes.
+    inherited: BTreeMap<u32, Vec<Ipv6Addr>>,
 }
 
 impl Steering {
-    fn new(owner: (mpsc::Sender<Command>, watch::Receiver<u64>), outputs: Outputs) -> Self {
+    fn new(
+        owner: (mpsc::Sender<Command>, watch::Receiver<u64>),
+        outputs: Outputs,
+        inherited: BTreeMap<u32, Vec<Ipv6Addr>>,
+    ) -> Self {
         let (commands, applied) = owner;
         Self {
             commands,
@@ -319,17 +335,28 @@ impl Steering {
             programmed: BTreeMap::new(),
             ids: Ids::starting_at(1),
             appeared: HashMap::new(),
+            inherited,
         }
     }
 
     /// One step on `snapshot`: nodes, rings, removals, then the reports. `None` once the owner
     /// is gone.
     async fn step(&mut self, plan: &Plan, snapshot: &Snapshot) -> Option<()> {
+        // Restarted over a data plane that forwards: it goes on doing so, untouched, until the
+        // peers' End-of-RIB (or the deferral's end) says what the routes are (RFC 4724 §4.1).
+        // Rings built from a half-learned RIB would move new flows, and ids handed out in the
+        // order routes arrive would move the old ones.
+        if !self.inherited.is_empty() && plan.learned.is_some() && !snapshot.rib.deferral_over() {
+            self.report(plan, snapshot.version);
+            return Some(());
+        }
         let mut sent = false;
         self.states
             .retain(|id, _| plan.services.iter().any(|s| s.id == *id));
         let learned = match &plan.learned {
-            Some(learning) => learned_candidates(learning, snapshot, &mut self.ids),
+            Some(learning) => {
+                learned_candidates(learning, snapshot, &mut self.ids, &self.inherited)
+            }
             None => Vec::new(),
         };
         // A learned node that serves an IPv6 service is measured by STAMP: it waits for that.
@@ -352,18 +379,26 @@ impl Steering {
         // both configured and learned is the configured node).
         let mut nodes: BTreeMap<u32, (&Node, &str)> = BTreeMap::new();
         for remote in &plan.remotes {
-            nodes.insert(self.ids.get(&remote.name), (&remote.node, &remote.name));
+            let preferred = inherited_id(&self.inherited, &remote.node.segments);
+            let id = self.ids.get_preferring(&remote.name, preferred, |id| {
+                self.inherited.contains_key(&id)
+            });
+            nodes.insert(id, (&remote.node, &remote.name));
         }
         for (id, node, (_, candidate)) in &learned {
             nodes.entry(*id).or_insert((node, &candidate.name));
         }
         // Nodes no longer there (removed from the configuration, withdrawn, their session or
-        // link down).
+        // link down), and those the previous agent left that did not come back.
+        let inherited = std::mem::take(&mut self.inherited);
         let vanished: Vec<u32> = self
             .programmed
             .keys()
+            .chain(inherited.keys())
             .copied()
             .filter(|id| !nodes.contains_key(id))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
             .collect();
         sent |= program_nodes(&nodes, &vanished, &mut self.programmed, &self.commands).await?;
         let now = SystemTime::now();
@@ -530,6 +565,7 @@ fn learned_candidates(
     learning: &Learning,
     snapshot: &Snapshot,
     ids: &mut Ids<String>,
+    inherited: &BTreeMap<u32, Vec<Ipv6Addr>>,
 ) -> Vec<(u32, Node, (IpAddr, Candidate))> {
     let routes: Vec<Learned> = snapshot
         .rib
@@ -550,7 +586,9 @@ fn learned_candidates(
                 Some(m) => (m.node, m.metrics),
                 None => (sid.to_string(), NodeMetrics::default()),
             };
-            let id = ids.get(&name);
+            let id = ids.get_preferring(&name, inherited_id(inherited, &[sid]), |id| {
+                inherited.contains_key(&id)
+            });
             let node = Node {
                 segments: vec![sid],
                 encap_src: learning.encap_src,
@@ -570,6 +608,14 @@ fn learned_candidates(
     candidates.sort_by_key(|(aigp, (id, _, (prefix, _)))| (*prefix, *id, *aigp));
     candidates.dedup_by_key(|(_, (id, _, (prefix, _)))| (*prefix, *id));
     candidates.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The id of the inherited node that leads to `segments`, if one does.
+fn inherited_id(inherited: &BTreeMap<u32, Vec<Ipv6Addr>>, segments: &[Ipv6Addr]) -> Option<u32> {
+    inherited
+        .iter()
+        .find(|(_, s)| s.as_slice() == segments)
+        .map(|(id, _)| *id)
 }
 
 /// What STAMP measured along the candidate's own encapsulation replaces what the configuration
@@ -729,6 +775,41 @@ mod tests {
         }
     }
 
+    /// After a restart over a running data plane, a learned node that leads where an
+    /// inherited node entry leads takes its id (the flows on it name that id); the others get
+    /// free ones.
+    #[test]
+    fn a_learned_node_takes_the_id_of_the_inherited_node_with_its_segments() {
+        let peer: IpAddr = "2001:db8:11::2".parse().unwrap();
+        let site = |path_id, sid: &str| Route {
+            path_id,
+            next_hop: "2001:db8:11::2".parse().unwrap(),
+            aigp: Some(0),
+            ..route("2001:db8:cafe::1/128", Some(sid))
+        };
+        let mut rib = crate::bgp::rib::RibIn::default();
+        rib.insert_for_test(peer, site(1, "fc00:1::d6"));
+        rib.insert_for_test(peer, site(2, "fc00:2::d6"));
+        let snapshot = Snapshot {
+            rib: std::sync::Arc::new(rib),
+            ..Snapshot::default()
+        };
+        let learning = Learning {
+            encap_src: Ipv6Addr::LOCALHOST,
+            locators: None,
+            import: crate::bgp::policy::Import::default(),
+            measure_wait: Duration::from_secs(1),
+        };
+        let inherited = BTreeMap::from([(1, vec!["fc00:2::d6".parse().unwrap()])]);
+        let learned =
+            learned_candidates(&learning, &snapshot, &mut Ids::starting_at(1), &inherited);
+        let ids: BTreeMap<&str, u32> = learned
+            .iter()
+            .map(|(id, _, (_, c))| (c.name.as_str(), *id))
+            .collect();
+        assert_eq!(ids, BTreeMap::from([("fc00:1::d6", 2), ("fc00:2::d6", 1)]));
+    }
+
     /// A site heard over several paths is one candidate; its path is unknown until STAMP
     /// measures it, whatever AIGP says (agents add no IGP distance to it), and then STAMP's,
     /// part by part.
@@ -759,7 +840,12 @@ mod tests {
             import: crate::bgp::policy::Import::default(),
             measure_wait: Duration::from_secs(1),
         };
-        let learned = learned_candidates(&learning, &snapshot, &mut Ids::starting_at(1));
+        let learned = learned_candidates(
+            &learning,
+            &snapshot,
+            &mut Ids::starting_at(1),
+            &BTreeMap::new(),
+        );
         let names: Vec<&str> = learned
             .iter()
             .map(|(_, _, (_, c))| c.name.as_str())
@@ -822,7 +908,8 @@ mod tests {
             measure_wait: Duration::from_secs(1),
         };
         assert!(
-            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).is_empty(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1), &BTreeMap::new())
+                .is_empty(),
             "no route to fc00:1::/32 yet"
         );
         let next_hop = "2001:db8:100::2".parse().unwrap();
@@ -836,7 +923,8 @@ mod tests {
             );
         });
         assert!(
-            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).is_empty(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1), &BTreeMap::new())
+                .is_empty(),
             "the locator's next hop does not resolve"
         );
         publish.send_modify(|l| {
@@ -851,7 +939,8 @@ mod tests {
                 },
             );
         });
-        let joined = learned_candidates(&learning, &rib, &mut Ids::starting_at(1));
+        let joined =
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1), &BTreeMap::new());
         assert_eq!(joined.len(), 1);
         assert_eq!(
             joined[0].1.segments,
@@ -861,7 +950,7 @@ mod tests {
         publish.send_modify(BTreeMap::clear);
         learning.locators = None;
         assert_eq!(
-            learned_candidates(&learning, &rib, &mut Ids::starting_at(1)).len(),
+            learned_candidates(&learning, &rib, &mut Ids::starting_at(1), &BTreeMap::new()).len(),
             1
         );
     }
