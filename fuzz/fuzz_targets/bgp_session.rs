@@ -18,8 +18,8 @@
 //! | 7, 8 | the peer's OPEN, a KEEPALIVE |
 //! | 9 | f p i: the peer announces (or, f & 1, withdraws) prefix p, path i |
 //!
-//! Checked: nothing panics; every timer that fires moves the next deadline on (else the session
-//! task would spin); a cascade of actions settles; a session that is not up holds no fresh paths
+//! Checked: nothing panics; timers that fire move the next deadline on (else the session task
+//! would spin); a cascade of actions settles; a session that is not up holds no fresh paths
 //! of the peer (only stale ones, RFC 4724); it never holds more than its prefix limit while up;
 //! the RIB's per-neighbor count matches its paths; everything we send decodes.
 
@@ -337,14 +337,10 @@ impl Harness {
                 "timers keep firing at {deadline:?}"
             );
             self.now = self.now.max(deadline);
+            // Timers due at the same time fire one poll each; one that never moves on makes
+            // the session task spin, and trips the count above.
             let actions = self.fsm.poll(self.now);
             self.carry_out(actions);
-            if let Some(next) = self.fsm.next_deadline() {
-                assert!(
-                    next > self.now,
-                    "a timer fired and its deadline did not move on: the session task would spin"
-                );
-            }
         }
         self.now = until;
     }

@@ -58,7 +58,20 @@ pub struct Topology {
     pub mode: Mode,
     /// A TCP health check of every service on every compute node (default: none).
     pub health: Option<HealthSpec>,
+    /// The transit also has a neighbor at [`ROGUE_PEER`] (AS [`ROGUE_AS`], no BFD), on the
+    /// ingress's link, that no agent speaks for: the soak's rogue peer. Not in topology files.
+    #[serde(skip)]
+    pub rogue_peer: bool,
 }
+
+/// The address of the transit's rogue neighbor (see [`Topology::rogue_peer`]).
+pub const ROGUE_PEER: &str = "2001:db8:100::99";
+/// An address on the same link that the transit has no neighbor for.
+pub const UNCONFIGURED_PEER: &str = "2001:db8:100::98";
+/// The rogue neighbor's AS.
+pub const ROGUE_AS: u32 = 65099;
+/// The transit's BGP session address.
+pub const TRANSIT: &str = "2001:db8:100::2";
 
 /// The compute agents' check of their services: a TCP connect to the service's own address
 /// every `interval_ms`; `fall` failures withdraw it, `rise` passes bring it back.
@@ -227,7 +240,7 @@ pub struct CpnLab {
     pub topology: Topology,
     pub agents: BTreeMap<String, Agent>,
     /// Each compute node's load knob: extra requests its services report in flight.
-    knobs: BTreeMap<String, PathBuf>,
+    pub knobs: BTreeMap<String, PathBuf>,
     /// The service processes, by compute node and service name.
     services: BTreeMap<(String, String), u32>,
 }
@@ -368,25 +381,8 @@ impl CpnLab {
 
     /// Brings a failed compute node back: link up, addresses and routes, then its agent.
     pub fn recover(&mut self, compute: &str) -> Result<()> {
-        let n = self.position(compute)?;
-        let node = self.lab.node(compute)?;
-        node.ip("link set eth0 up")?;
-        // IPv6 drops the link's addresses and routes when it goes down.
-        node.ip(&format!(
-            "-6 addr replace 2001:db8:2{n:02}::2/64 dev eth0 nodad"
-        ))?;
-        node.ip(&format!("-6 route replace default via 2001:db8:2{n:02}::1"))?;
-        node.ip(&format!("-4 route replace default via 10.200.{n}.1"))?;
         // As a host boots: its network works before its services (and the agent) start.
-        let transit = format!("2001:db8:2{n:02}::1");
-        wait_for(
-            &format!("{compute} to reach the transit again"),
-            Duration::from_secs(10),
-            || {
-                let ping = node.output(&["ping", "-c", "1", "-W", "0.2", &transit])?;
-                Ok(ping.status.success().then_some(()))
-            },
-        )?;
+        self.link_up(compute)?;
         self.join(compute)
     }
 
@@ -404,25 +400,121 @@ impl CpnLab {
 
     /// A compute node that left (or failed and is reachable again) joins: its agent starts.
     pub fn join(&mut self, compute: &str) -> Result<()> {
-        let n = self.position(compute)?;
-        let spec = &self.topology.computes[n - 1];
-        let served: Vec<(&ServiceSpec, PathBuf)> = self
-            .topology
-            .services
-            .iter()
-            .filter(|s| spec.serves(s))
-            .map(|s| {
-                let inflight = self
-                    .lab
-                    .workdir()
-                    .join(format!("{}-{}.inflight", spec.name, s.name));
-                (s, inflight)
-            })
-            .collect();
-        let config = compute_config(n, spec, &served, &self.topology);
+        let config = self.agent_config(compute)?;
         let agent = self.lab.start_agent(compute, &config)?;
         self.agents.insert(compute.to_owned(), agent);
         Ok(())
+    }
+
+    /// `node`'s agent as the lab configures it.
+    fn agent_config(&self, node: &str) -> Result<String> {
+        match node {
+            "ingress" => Ok(ingress_config(
+                &self.topology,
+                &self.lab.workdir().join("explain.json"),
+            )),
+            "transit" => Ok(transit_config(&self.topology)),
+            compute => {
+                let n = self.position(compute)?;
+                let spec = &self.topology.computes[n - 1];
+                let served: Vec<(&ServiceSpec, PathBuf)> = self
+                    .topology
+                    .services
+                    .iter()
+                    .filter(|s| spec.serves(s))
+                    .map(|s| {
+                        let inflight = self
+                            .lab
+                            .workdir()
+                            .join(format!("{}-{}.inflight", spec.name, s.name));
+                        (s, inflight)
+                    })
+                    .collect();
+                Ok(compute_config(n, spec, &served, &self.topology))
+            }
+        }
+    }
+
+    /// `node`'s agent crashes (SIGKILL): its programs and pinned maps stay, as after a crash.
+    /// Returns the agent, for [`CpnLab::restart`].
+    pub fn kill_agent(&mut self, node: &str) -> Result<Agent> {
+        let agent = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("{node} has no running agent"))?;
+        self.lab.kill(agent.pid)?;
+        Ok(agent)
+    }
+
+    /// Starts `node`'s agent again over the pin directory of the one that crashed: it takes
+    /// over its data plane. The old log is kept next to the new one, numbered.
+    pub fn restart(&mut self, node: &str, crashed: &Agent) -> Result<()> {
+        for k in 1.. {
+            let kept = crashed.log.with_extension(format!("log.{k}"));
+            if !kept.exists() {
+                fs::rename(&crashed.log, kept)?;
+                break;
+            }
+        }
+        let config = self.agent_config(node)?;
+        let agent = self
+            .lab
+            .start_agent_pinned_at(node, &crashed.pin_dir, &config)?;
+        self.agents.insert(node.to_owned(), agent);
+        Ok(())
+    }
+
+    /// `compute`'s link goes down (its agent keeps running).
+    pub fn link_down(&self, compute: &str) -> Result<()> {
+        self.lab.node(compute)?.ip("link set eth0 down").map(drop)
+    }
+
+    /// `compute`'s link comes back with its addresses and routes, as after [`CpnLab::link_down`]
+    /// or [`CpnLab::fail`].
+    pub fn link_up(&self, compute: &str) -> Result<()> {
+        let n = self.position(compute)?;
+        let node = self.lab.node(compute)?;
+        node.ip("link set eth0 up")?;
+        // IPv6 drops the link's addresses and routes when it goes down.
+        node.ip(&format!(
+            "-6 addr replace 2001:db8:2{n:02}::2/64 dev eth0 nodad"
+        ))?;
+        node.ip(&format!("-6 route replace default via 2001:db8:2{n:02}::1"))?;
+        node.ip(&format!("-4 route replace default via 10.200.{n}.1"))?;
+        let transit = format!("2001:db8:2{n:02}::1");
+        wait_for(
+            &format!("{compute} to reach the transit again"),
+            Duration::from_secs(10),
+            || {
+                let ping = node.output(&["ping", "-c", "1", "-W", "0.2", &transit])?;
+                Ok(ping.status.success().then_some(()))
+            },
+        )
+    }
+
+    /// The path to `compute` gains `extra_delay_ms` and loses `loss_percent` % of its frames,
+    /// both ways (0 and 0: as configured). Only for compute nodes behind a delay line.
+    pub fn impair(&self, compute: &str, extra_delay_ms: f64, loss_percent: f64) -> Result<()> {
+        let n = self.position(compute)?;
+        ensure!(
+            self.topology.computes[n - 1].latency_ms > 0.0,
+            "{compute} has no delay line to impair"
+        );
+        let file = impairment_file(&self.lab, &format!("wan{n}"));
+        let tmp = file.with_extension("tmp");
+        fs::write(&tmp, format!("{extra_delay_ms} {loss_percent}\n"))?;
+        fs::rename(tmp, file)?;
+        Ok(())
+    }
+
+    /// Whether `node`'s agent has exited on its own, and how.
+    pub fn agent_exited(&mut self, node: &str) -> Result<Option<std::process::ExitStatus>> {
+        let pid = self
+            .agents
+            .get(node)
+            .with_context(|| format!("{node} has no running agent"))?
+            .pid;
+        self.lab.exited(pid)
     }
 
     /// `compute`'s position in the topology, from 1 (its addresses are derived from it).
@@ -463,6 +555,14 @@ fn address_plan(lab: &Lab, topology: &Topology) -> Result<()> {
     if topology.mode == Mode::Reflector {
         // The compute nodes' links, through the transit: the next hops of their routes.
         ingress.add_route(&["2001:db8:200::/40", "via", "2001:db8:100::2"])?;
+    }
+    if topology.rogue_peer {
+        for address in [ROGUE_PEER, UNCONFIGURED_PEER] {
+            // Deprecated at once, so the ingress never picks them as its own source.
+            ingress.ip(&format!(
+                "-6 addr add {address}/64 dev eth0 nodad preferred_lft 0"
+            ))?;
+        }
     }
     let transit = lab.node("transit")?;
     transit.add_address("eth0", "2001:db8:100::2/64")?;
@@ -586,11 +686,18 @@ fn transit_config(topology: &Topology) -> String {
             client,
         ));
     }
-    format!(
+    let mut text = format!(
         "[node]\nname = \"transit\"\nroles = [\"transit\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n{}",
         bgp_section(topology, topology.transit_as(), "10.0.0.50", &neighbors)
-    )
+    );
+    if topology.rogue_peer {
+        let _ = write!(
+            text,
+            "\n[[bgp.neighbor]]\naddress = \"{ROGUE_PEER}\"\nasn = {ROGUE_AS}\npassive = true\n"
+        );
+    }
+    text
 }
 
 fn compute_config(
@@ -734,9 +841,12 @@ print(json.dumps(seen))
 /// second argument N > 0 it also loses every Nth SRv6 frame (IPv6 with a Routing header) on its
 /// way from `eth0` to `eth1`: the steered traffic, and only that, crosses a lossy link.
 const DELAY_LINE: &str = r#"
-import heapq, select, socket, sys, time
+import heapq, os, random, select, socket, sys, time
 delay = float(sys.argv[1]) / 1000
 drop_every = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+# An impairment file, read again every 50 ms: "<extra delay ms> <loss %>" of every frame.
+impair = sys.argv[3] if len(sys.argv) > 3 else None
+extra, loss, read_at = 0.0, 0.0, 0.0
 srv6_seen = 0
 ends = {}
 for name in ("eth0", "eth1"):
@@ -747,7 +857,16 @@ other = {ends["eth0"].fileno(): ends["eth1"], ends["eth1"].fileno(): ends["eth0"
 by_fd = {s.fileno(): s for s in ends.values()}
 queue, seq = [], 0
 while True:
+    if impair and time.monotonic() >= read_at:
+        read_at = time.monotonic() + 0.05
+        try:
+            extra_ms, loss = (float(x) for x in open(impair).read().split())
+            extra = extra_ms / 1000
+        except (OSError, ValueError):
+            extra, loss = 0.0, 0.0
     timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else None
+    if impair:
+        timeout = 0.05 if timeout is None else min(timeout, 0.05)
     ready, _, _ = select.select(list(by_fd), [], [], timeout)
     for fd in ready:
         while True:
@@ -761,8 +880,10 @@ while True:
                 srv6_seen += 1
                 if srv6_seen % drop_every == 0:
                     continue
+            if loss and random.random() * 100 < loss:
+                continue
             seq += 1
-            heapq.heappush(queue, (time.monotonic() + delay, seq, other[fd], frame))
+            heapq.heappush(queue, (time.monotonic() + delay + extra, seq, other[fd], frame))
     now = time.monotonic()
     while queue and queue[0][0] <= now:
         _, _, out, frame = heapq.heappop(queue)
@@ -796,8 +917,27 @@ fn start_service(
     )
 }
 
+/// A delay line in `node` whose delay and loss [`CpnLab::impair`] can change.
 fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
-    start_lossy_line(lab, node, latency_ms, 0)
+    let impairment = impairment_file(lab, node);
+    lab.spawn(
+        node,
+        &[
+            "python3",
+            "-c",
+            DELAY_LINE,
+            &latency_ms.to_string(),
+            "0",
+            impairment.to_str().context("lab path is not UTF-8")?,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+/// The file the delay line in `wan` reads its extra delay and loss from.
+fn impairment_file(lab: &Lab, wan: &str) -> PathBuf {
+    lab.workdir().join(format!("{wan}.impairment"))
 }
 
 /// A delay line in `node` (between its `eth0` and `eth1`) that also loses every

@@ -240,6 +240,32 @@ impl Lab {
         Ok(())
     }
 
+    /// The exit status of a process started with [`Lab::spawn`], if it has exited (it is
+    /// reaped then, and forgotten).
+    pub fn exited(&mut self, pid: u32) -> Result<Option<std::process::ExitStatus>> {
+        let index = self
+            .processes
+            .iter()
+            .position(|(_, c)| c.id() == pid)
+            .with_context(|| format!("no process {pid} in lab {}", self.name))?;
+        let status = self.processes[index].1.try_wait()?;
+        if status.is_some() {
+            self.processes.remove(index);
+        }
+        Ok(status)
+    }
+
+    /// Every node's network namespace and every pin directory handed out: what must be gone
+    /// once the lab is dropped.
+    pub fn resources(&self) -> Vec<PathBuf> {
+        self.nodes
+            .iter()
+            .map(|n| Path::new(NETNS_DIR).join(&n.netns))
+            .chain(self.pin_dirs.iter().cloned())
+            .chain([self.workdir.clone()])
+            .collect()
+    }
+
     /// Hands out a fresh bpffs directory for one agent's pinned maps, removed on drop.
     pub fn pin_dir(&mut self, node: &str) -> Result<PathBuf> {
         self.node(node)?;

@@ -3,7 +3,8 @@
 //! - [`fixture`]: runs one packet through an XDP program with `BPF_PROG_TEST_RUN` and compares
 //!   the action and the output bytes with the expected ones;
 //! - [`lab`]: builds network-namespace topologies (nodes, veth links, addresses, processes) that
-//!   are removed when dropped, even after a panic.
+//!   are removed when dropped, even after a panic;
+//! - [`soak`]: the chaos soak, faults scheduled on the demo's lab under traffic.
 
 pub mod bgp_lab;
 pub mod bird;
@@ -18,6 +19,7 @@ pub mod frr;
 pub mod golden;
 pub mod lab;
 pub mod packet;
+pub mod soak;
 pub mod stamp_lab;
 pub mod steering_lab;
 pub mod traffic;

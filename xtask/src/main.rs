@@ -9,6 +9,7 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod setup;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -36,9 +37,12 @@ enum Command {
     Demo(demo::Args),
     /// Run the benchmarks and write target/bench/report.{json,md} and charts (root).
     Bench(bench::Args),
-    /// Fuzz the BGP decoding (nightly and cargo-fuzz are installed if missing), or with
+    /// Fuzz BGP (`--target bgp-update` or `bgp-session`; nightly and cargo-fuzz are installed
+    /// if missing), or with
     /// `--dataplane --packets N` the XDP and TC programs (root).
     Fuzz(fuzz::Args),
+    /// Run the chaos soak: the demo's lab under traffic and faults for N minutes (root).
+    Soak(soak::Args),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +56,6 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Soak(args) => soak::run(&args),
     }
 }
