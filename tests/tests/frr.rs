@@ -42,7 +42,12 @@ const CAPACITY: f64 = 1e9;
 ///
 /// FRR always offers ADD-PATH receive; `addpath_tx` also offers send. `ipv4` adds IPv4 unicast
 /// over IPv6 next hops (RFC 8950, `capability extended-nexthop`).
-fn bgpd_config(log: &Path, addpath_tx: bool, ipv4: bool) -> String {
+fn bgpd_config(log: &Path, addpath_tx: bool, ipv4: bool, gtsm: bool) -> String {
+    let ttl_security = if gtsm {
+        format!(" neighbor {AGENT_ADDRESS} ttl-security hops 1\n")
+    } else {
+        String::new()
+    };
     let addpath = if addpath_tx {
         format!("  neighbor {AGENT_ADDRESS} addpath-tx-all-paths\n")
     } else {
@@ -73,6 +78,7 @@ fn bgpd_config(log: &Path, addpath_tx: bool, ipv4: bool) -> String {
          neighbor {AGENT_ADDRESS} remote-as {AGENT_AS}\n \
          neighbor {AGENT_ADDRESS} timers 1 3\n \
          neighbor {AGENT_ADDRESS} passive\n\
+         {ttl_security}\
          {extended_next_hop} \
          !\n \
          address-family ipv6 unicast\n  \
@@ -83,6 +89,13 @@ fn bgpd_config(log: &Path, addpath_tx: bool, ipv4: bool) -> String {
          {ipv4_family}",
         log.display()
     )
+}
+
+/// Which ends run GTSM (RFC 5082) on the session.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gtsm {
+    agent: bool,
+    frr: bool,
 }
 
 /// A lab with a compute agent and bgpd peering.
@@ -102,11 +115,20 @@ struct FrrLab {
 impl FrrLab {
     /// `ipv4`: the agent also serves an IPv4 service and bgpd takes IPv4 over IPv6 next hops.
     fn start(name: &str, addpath_tx: bool, ipv4: bool) -> Result<Self> {
+        Self::start_with(name, addpath_tx, ipv4, Gtsm::default())
+    }
+
+    fn start_with(name: &str, addpath_tx: bool, ipv4: bool, gtsm: Gtsm) -> Result<Self> {
         let mut lab = pair(name, ("compute1", AGENT_ADDRESS), ("frr", FRR_ADDRESS))?;
         let work = lab.workdir().to_path_buf();
         let inflight = work.join("compute1.inflight");
         fs::write(&inflight, "3\n")?;
-        let bgp = bgp_section(AGENT_AS, "10.0.0.1", &[(FRR_ADDRESS, FRR_AS, "")]);
+        let ours = if gtsm.agent {
+            "ttl_security_hops = 1\n"
+        } else {
+            ""
+        };
+        let bgp = bgp_section(AGENT_AS, "10.0.0.1", &[(FRR_ADDRESS, FRR_AS, ours)]);
         let mut config = compute_config(1, CAPACITY, &inflight, &bgp);
         if ipv4 {
             config = config.replace("End.DT6", "End.DT46")
@@ -122,7 +144,7 @@ impl FrrLab {
         let vty_dir = vty_dir.to_str().context("path")?.to_owned();
         let bgpd_log = work.join("bgpd.log");
         let config = work.join("bgpd.conf");
-        fs::write(&config, bgpd_config(&bgpd_log, addpath_tx, ipv4))?;
+        fs::write(&config, bgpd_config(&bgpd_log, addpath_tx, ipv4, gtsm.frr))?;
         let bgpd_output =
             cpn_tests::frr::spawn_bgpd(&mut lab, "frr", &config, std::path::Path::new(&vty_dir))?;
         Ok(Self {
@@ -346,4 +368,43 @@ fn frr_reads_our_ipv4_service_route_over_an_ipv6_next_hop() -> Result<()> {
         "AS path: {text}"
     );
     frr.check_session_clean()
+}
+
+/// GTSM (RFC 5082) against FRR's `ttl-security hops 1`: with it on both ends the session comes
+/// up (each end sends at TTL 255 and takes only 255); with it on our end alone it does not,
+/// because FRR's eBGP segments arrive at TTL 1 and our kernel drops them below 255.
+#[test]
+fn gtsm_with_frrs_ttl_security_comes_up_and_without_it_does_not() -> Result<()> {
+    let both = FrrLab::start_with(
+        "frr-gtsm",
+        false,
+        false,
+        Gtsm {
+            agent: true,
+            frr: true,
+        },
+    )?;
+    both.wait_for_path("our route through a GTSM session", |_| true)?;
+    both.check_session_clean()?;
+    drop(both);
+
+    let ours_only = FrrLab::start_with(
+        "frr-gtsm-ours",
+        false,
+        false,
+        Gtsm {
+            agent: true,
+            frr: false,
+        },
+    )?;
+    // Several connect attempts' worth (the agent retries every second in this lab).
+    std::thread::sleep(Duration::from_secs(5));
+    let neighbors = ours_only.show(&format!("show bgp neighbors {AGENT_ADDRESS} json"))?;
+    let state = &neighbors[AGENT_ADDRESS]["bgpState"];
+    ensure!(
+        state != "Established",
+        "the session came up though FRR sends at TTL 1 and we take only 255: {state}\n{}",
+        ours_only.logs()
+    );
+    Ok(())
 }

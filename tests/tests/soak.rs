@@ -14,7 +14,7 @@ fn soak_two_minutes_of_chaos_break_no_promise() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_261_203);
     let outcome = soak::run(soak::Options {
-        duration: Duration::from_secs(120),
+        duration: Duration::from_mins(2),
         seed,
     })?;
     eprintln!("{}", outcome.report);

@@ -166,12 +166,7 @@ impl Agent {
     /// Takes ownership of the loaded data plane and applies `config`. Call inside a tokio
     /// runtime.
     pub async fn start(dataplane: Dataplane, config: &Config) -> Result<Self> {
-        // What a previous agent left running (a restart over its pins), before anything is
-        // written.
-        let inherited = dataplane.nodes_in_use().unwrap_or_else(|error| {
-            tracing::warn!(%error, "the data plane's nodes could not be read: a previous agent's flows may move");
-            BTreeMap::new()
-        });
+        let inherited = inherited_nodes(&dataplane);
         let (commands, receiver) = mpsc::channel(1024);
         let (owner, nodes, applied) = owner::spawn(dataplane, receiver);
         let (steering, plans) = watch::channel(steering::Plan::default());
@@ -221,13 +216,9 @@ impl Agent {
                 let (publish, installed) = watch::channel(locators::Locators::new());
                 agent.learned_locators = installed.clone();
                 locators = Some(installed);
-                let own = own_locator.and_then(|r| match r.prefix {
-                    ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
-                    ipnet::IpNet::V4(_) => None,
-                });
                 let inputs = locators::Inputs {
                     core: core.view.clone(),
-                    own,
+                    own: own_locator.as_ref().and_then(ipv6_prefix),
                     import: bgp.import(),
                     in_use: nodes_in_use,
                 };
@@ -559,16 +550,13 @@ impl Agent {
             installed.push(route.destination());
         }
         // Kept in place from now on (the kernel deletes a route whose interface goes down).
-        match &self.owned_routes {
-            Some(owned) => {
-                owned.send_replace(wanted);
-            }
-            None => {
-                let (owned, watched) = watch::channel(wanted);
-                self.tasks
-                    .push(tokio::spawn(owned_routes::keep(watched, kernel.clone())));
-                self.owned_routes = Some(owned);
-            }
+        if let Some(owned) = &self.owned_routes {
+            owned.send_replace(wanted);
+        } else {
+            let (owned, watched) = watch::channel(wanted);
+            self.tasks
+                .push(tokio::spawn(owned_routes::keep(watched, kernel.clone())));
+            self.owned_routes = Some(owned);
         }
         for (prefix, len) in self
             .applied
@@ -693,6 +681,23 @@ fn speaker_config(
             })
             .collect(),
     }
+}
+
+/// A route's prefix as address and length, if it is IPv6.
+fn ipv6_prefix(route: &crate::bgp::route::Route) -> Option<(Ipv6Addr, u8)> {
+    match route.prefix {
+        ipnet::IpNet::V6(net) => Some((net.network(), net.prefix_len())),
+        ipnet::IpNet::V4(_) => None,
+    }
+}
+
+/// The nodes a previous agent left in the data plane (a restart over its pins), read before
+/// anything is written.
+fn inherited_nodes(dataplane: &Dataplane) -> BTreeMap<u32, Vec<Ipv6Addr>> {
+    dataplane.nodes_in_use().unwrap_or_else(|error| {
+        tracing::warn!(%error, "the data plane's nodes could not be read: a previous agent's flows may move");
+        BTreeMap::new()
+    })
 }
 
 /// The kernel processes SRH packets only on interfaces with `seg6_enabled`: turn it on for

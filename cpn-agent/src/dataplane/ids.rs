@@ -45,7 +45,7 @@ impl<K: Ord + Clone> Ids<K> {
         let id = preferred
             .filter(|p| *p >= self.first && !self.is_taken(*p))
             .unwrap_or_else(|| {
-                (self.first..)
+                (self.first..u32::MAX)
                     .find(|id| !self.is_taken(*id) && !reserved(*id))
                     .unwrap_or(u32::MAX)
             });

@@ -138,7 +138,7 @@ pub async fn keep(mut owned: watch::Receiver<Vec<OwnedRoute>>, kernel: KernelRou
                     tracing::warn!(route = %format!("{prefix}/{len}"), "the kernel deleted a route the configuration asks for (its interface went down?): installed again");
                 }
                 Err(error) => {
-                    tracing::debug!(route = %format!("{prefix}/{len}"), error = %format!("{error:#}"), "a deleted route cannot be installed again yet; trying at the next interface change")
+                    tracing::debug!(route = %format!("{prefix}/{len}"), error = %format!("{error:#}"), "a deleted route cannot be installed again yet; trying at the next interface change");
                 }
             }
         }

@@ -353,24 +353,11 @@ impl Steering {
         let mut sent = false;
         self.states
             .retain(|id, _| plan.services.iter().any(|s| s.id == *id));
-        let learned = match &plan.learned {
-            Some(learning) => {
-                learned_candidates(learning, snapshot, &mut self.ids, &self.inherited)
-            }
-            None => Vec::new(),
-        };
-        // A learned node that serves an IPv6 service is measured by STAMP: it waits for that.
-        let started = Instant::now();
-        self.appeared.retain(|name, _| {
-            learned
-                .iter()
-                .any(|(_, _, (address, c))| &c.name == name && address.is_ipv6())
+        let learned = plan.learned.as_ref().map_or_else(Vec::new, |learning| {
+            learned_candidates(learning, snapshot, &mut self.ids, &self.inherited)
         });
-        for (_, _, (address, c)) in &learned {
-            if address.is_ipv6() {
-                self.appeared.entry(c.name.clone()).or_insert(started);
-            }
-        }
+        let started = Instant::now();
+        self.note_appearances(&learned, started);
         let measure_wait = plan
             .learned
             .as_ref()
@@ -391,15 +378,13 @@ impl Steering {
         // Nodes no longer there (removed from the configuration, withdrawn, their session or
         // link down), and those the previous agent left that did not come back.
         let inherited = std::mem::take(&mut self.inherited);
-        let vanished: Vec<u32> = self
+        let vanished = self
             .programmed
             .keys()
             .chain(inherited.keys())
             .copied()
             .filter(|id| !nodes.contains_key(id))
-            .collect::<BTreeSet<u32>>()
-            .into_iter()
-            .collect();
+            .collect::<BTreeSet<u32>>();
         sent |= program_nodes(&nodes, &vanished, &mut self.programmed, &self.commands).await?;
         let now = SystemTime::now();
         let mut targets = crate::sensing::stamp::Targets::new();
@@ -465,6 +450,21 @@ impl Steering {
         Some(())
     }
 
+    /// A learned node that serves an IPv6 service is measured by STAMP: it waits for that
+    /// from when it first appeared.
+    fn note_appearances(&mut self, learned: &[(u32, Node, (IpAddr, Candidate))], now: Instant) {
+        self.appeared.retain(|name, _| {
+            learned
+                .iter()
+                .any(|(_, _, (address, c))| &c.name == name && address.is_ipv6())
+        });
+        for (_, _, (address, c)) in learned {
+            if address.is_ipv6() {
+                self.appeared.entry(c.name.clone()).or_insert(now);
+            }
+        }
+    }
+
     fn report(&self, plan: &Plan, version: u64) {
         self.outputs.settled.send_replace(plan.generation);
         let programmed = &self.programmed;
@@ -495,7 +495,7 @@ impl Steering {
 /// written. Whether anything was sent; `None` once the owner is gone.
 async fn program_nodes(
     nodes: &BTreeMap<u32, (&Node, &str)>,
-    vanished: &[u32],
+    vanished: &BTreeSet<u32>,
     programmed: &mut BTreeMap<u32, Node>,
     commands: &mpsc::Sender<Command>,
 ) -> Option<bool> {

@@ -54,7 +54,7 @@ pub const RSS_TOLERANCE: f64 = 0.10;
 /// Warm-up: an agent's RSS is judged from this age on ...
 const RSS_WARMUP: Duration = Duration::from_secs(30);
 /// ... if it lives at least this long.
-const RSS_MIN_LIFE: Duration = Duration::from_secs(60);
+const RSS_MIN_LIFE: Duration = Duration::from_mins(1);
 
 /// What to run.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +74,7 @@ pub struct Outcome {
 /// One fault of the schedule.
 #[derive(Clone, Debug, PartialEq)]
 enum Fault {
-    /// The node's agent is SIGKILLed, and restarted over its pins when the fault ends.
+    /// The node's agent is killed (SIGKILL), and restarted over its pins when the fault ends.
     KillAgent(String),
     /// The compute node's link goes down, and up when the fault ends.
     LinkFlap(String),
@@ -397,7 +397,7 @@ impl<'a> Soak<'a> {
             }
         }
         if let Some(node) = &self.storm {
-            let percent = if self.ticks % 2 == 0 { 100 } else { 0 };
+            let percent = if self.ticks.is_multiple_of(2) { 100 } else { 0 };
             self.lab.set_load(node, percent)?;
         }
         if self
@@ -416,9 +416,11 @@ impl<'a> Soak<'a> {
             let Some(kb) = rss_kb(agent.pid) else {
                 continue;
             };
-            let index = match self.memory.iter().position(|i| i.pid == agent.pid) {
-                Some(index) => index,
-                None => {
+            let index = self
+                .memory
+                .iter()
+                .position(|i| i.pid == agent.pid)
+                .unwrap_or_else(|| {
                     self.memory.push(Incarnation {
                         node: node.clone(),
                         pid: agent.pid,
@@ -426,10 +428,9 @@ impl<'a> Soak<'a> {
                         samples: Vec::new(),
                     });
                     self.memory.len() - 1
-                }
-            };
+                });
             let incarnation = &mut self.memory[index];
-            let age = now - incarnation.born;
+            let age = now.saturating_sub(incarnation.born);
             incarnation.samples.push((age, kb));
         }
     }
@@ -452,8 +453,8 @@ impl<'a> Soak<'a> {
                              {:.2} s after)",
                             r.client,
                             death.node,
-                            (r.at - death.from).as_secs_f64(),
-                            (death.until - death.from).as_secs_f64()
+                            r.at.saturating_sub(death.from).as_secs_f64(),
+                            death.until.saturating_sub(death.from).as_secs_f64()
                         ));
                     }
                 }
@@ -490,7 +491,7 @@ impl<'a> Soak<'a> {
                 .max()
                 .unwrap_or(base);
             let last = i.samples.last().map_or(base, |s| s.1);
-            #[allow(clippy::cast_precision_loss, reason = "kB of a process fit in f64")]
+            #[expect(clippy::cast_precision_loss, reason = "kB of a process fit in f64")]
             let growth = (peak as f64 - base as f64) / base as f64;
             let _ = writeln!(
                 self.outcome.report,

@@ -71,7 +71,7 @@ impl Rogue {
                 if let Err(error) = session(kind, &mut report) {
                     tracing_note(&format!("rogue: session {round}: {error:#}"));
                 }
-                if round % 4 == 0 {
+                if round.is_multiple_of(4) {
                     unconfigured(&mut report);
                 }
                 std::thread::sleep(Duration::from_millis(700));
@@ -181,9 +181,8 @@ fn session(kind: Malformed, report: &mut RogueReport) -> Result<()> {
         match read_message(&mut stream) {
             Ok(Some((NOTIFICATION, _))) => notified = true,
             Ok(Some(_)) => {}
-            Ok(None) => closed = true,
             Err(e) if is_timeout(&e) => {}
-            Err(_) => closed = true,
+            Ok(None) | Err(_) => closed = true,
         }
     }
     if notified {
@@ -305,7 +304,7 @@ fn as_path() -> Vec<u8> {
     vec![0x40, 2, 6, 2, 1, asn[0], asn[1], asn[2], asn[3]]
 }
 
-/// `MP_REACH_NLRI` for IPv6 unicast, a next hop of `next_hop_len` bytes, 2001:db8:bad::/48.
+/// `MP_REACH_NLRI` for IPv6 unicast, a next hop of `next_hop_len` bytes, `2001:db8:bad::/48`.
 fn mp_reach(next_hop_len: u8) -> Vec<u8> {
     let mut value = vec![0, 2, 1, next_hop_len];
     value.extend((0..next_hop_len).map(|i| if i == 0 { 0x20 } else { i }));
