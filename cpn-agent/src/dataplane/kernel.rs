@@ -70,21 +70,7 @@ pub enum Unresolved {
 /// A channel that yields whenever the kernel's IPv6 routes or interfaces change (netlink
 /// multicast), for a task that must follow them; its socket lives as long as the receiver.
 pub fn route_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
-    use rtnetlink::{
-        constants::{RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
-        sys::AsyncSocket as _,
-    };
-    let (mut connection, _handle, mut messages) =
-        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&rtnetlink::sys::SocketAddr::new(
-            0,
-            RTMGRP_IPV6_ROUTE | RTMGRP_LINK,
-        ))
-        .context("subscribing to route and link changes")?;
-    tokio::spawn(connection);
+    let mut messages = subscribe_to_route_and_link_changes()?;
     let (changed, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures_util::StreamExt as _;
@@ -95,6 +81,36 @@ pub fn route_changes() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
         }
     });
     Ok(receiver)
+}
+
+/// The kernel's messages about IPv6 routes and interfaces (netlink multicast), as they come;
+/// the socket lives as long as the stream.
+fn subscribe_to_route_and_link_changes() -> Result<
+    impl futures_util::Stream<
+        Item = (
+            rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+            rtnetlink::sys::SocketAddr,
+        ),
+    > + Send
+    + Unpin
+    + 'static,
+> {
+    use rtnetlink::{
+        constants::{RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
+        sys::AsyncSocket as _,
+    };
+    let (mut connection, _handle, messages) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            RTMGRP_IPV6_ROUTE | RTMGRP_LINK,
+        ))
+        .context("subscribing to route and link changes")?;
+    tokio::spawn(connection);
+    Ok(messages)
 }
 
 /// What [`route_events`] reports.
@@ -109,23 +125,8 @@ pub enum RouteEvent {
 /// A channel of the deletions of IPv6 routes the agent installs and of interface changes
 /// (netlink multicast); its socket lives as long as the receiver.
 pub fn route_events() -> Result<tokio::sync::mpsc::UnboundedReceiver<RouteEvent>> {
-    use rtnetlink::{
-        constants::{RTMGRP_IPV6_ROUTE, RTMGRP_LINK},
-        packet_core::NetlinkPayload,
-        packet_route::RouteNetlinkMessage,
-        sys::AsyncSocket as _,
-    };
-    let (mut connection, _handle, mut messages) =
-        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&rtnetlink::sys::SocketAddr::new(
-            0,
-            RTMGRP_IPV6_ROUTE | RTMGRP_LINK,
-        ))
-        .context("subscribing to route and link changes")?;
-    tokio::spawn(connection);
+    use rtnetlink::{packet_core::NetlinkPayload, packet_route::RouteNetlinkMessage};
+    let mut messages = subscribe_to_route_and_link_changes()?;
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures_util::StreamExt as _;
