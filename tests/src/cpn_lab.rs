@@ -517,6 +517,11 @@ impl CpnLab {
         self.lab.exited(pid)
     }
 
+    /// `compute`'s locator, as `ip route` prints it.
+    pub fn locator(&self, compute: &str) -> Result<String> {
+        Ok(format!("fc00:{}::/32", self.position(compute)?))
+    }
+
     /// `compute`'s position in the topology, from 1 (its addresses are derived from it).
     fn position(&self, compute: &str) -> Result<usize> {
         self.topology

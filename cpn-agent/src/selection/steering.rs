@@ -261,6 +261,12 @@ pub async fn run(
             "taking over a data plane that forwards: its nodes keep their ids, and steering waits for the peers' routes before it changes anything (RFC 4724 §4.1)"
         );
     }
+    // The channel starts with a placeholder (generation 0) until the agent has read its
+    // configuration: a step on it would steer nothing and take down every node a previous
+    // agent left, moving the flows it held.
+    if plans.wait_for(|plan| plan.generation > 0).await.is_err() {
+        return;
+    }
     let mut steering = Steering::new(owner, outputs, inherited);
     let mut locator_changes: Option<locators::Installed> = None;
     let mut core_running = true;
@@ -808,6 +814,56 @@ mod tests {
             .map(|(id, _, (_, c))| (c.name.as_str(), *id))
             .collect();
         assert_eq!(ids, BTreeMap::from([("fc00:1::d6", 2), ("fc00:2::d6", 1)]));
+    }
+
+    /// The soak's finding: steering started before the agent's first plan stepped on the
+    /// channel's placeholder, took every inherited node down and so moved every held flow.
+    #[tokio::test]
+    async fn steering_waits_for_the_first_plan_before_it_touches_inherited_nodes() {
+        let segment: Ipv6Addr = "fc00:2::d6".parse().unwrap();
+        let (plan_sender, plans) = watch::channel(Plan::default());
+        let (_core, view) = watch::channel(Snapshot::default());
+        let (commands, mut received) = mpsc::channel(16);
+        let (_applied_sender, applied) = watch::channel(0);
+        let outputs = Outputs {
+            settled: watch::channel(0).0,
+            stepped: watch::channel(0).0,
+            explained: watch::channel(Vec::new()).0,
+            in_use: watch::channel(BTreeSet::new()).0,
+            names: watch::channel(BTreeMap::new()).0,
+            targets: watch::channel(crate::sensing::stamp::Targets::new()).0,
+        };
+        let inherited = BTreeMap::from([(1, vec![segment])]);
+        let steering = tokio::spawn(run(plans, view, (commands, applied), outputs, inherited));
+        // Steering runs until it waits (one thread: it runs while this test yields).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            received.try_recv().is_err(),
+            "steering acted before it had a plan"
+        );
+        let node = Node {
+            segments: vec![segment],
+            encap_src: Ipv6Addr::LOCALHOST,
+            reduced: false,
+            state: NodeState::Active,
+        };
+        plan_sender.send_replace(Plan {
+            generation: 1,
+            interval: Duration::from_secs(1),
+            remotes: vec![PlannedRemote {
+                name: "edge2".into(),
+                node: node.clone(),
+            }],
+            ..Plan::default()
+        });
+        let first = received.recv().await.expect("steering sends the node");
+        assert!(
+            matches!(&first, Command::SetNode { id: 1, node: n } if *n == node),
+            "the node keeps its id and is not taken down first: {first:?}"
+        );
+        steering.abort();
     }
 
     /// A site heard over several paths is one candidate; its path is unknown until STAMP

@@ -205,6 +205,7 @@ impl<'a> Soak<'a> {
             .iter()
             .map(|c| c.name.clone())
             .collect();
+        wait_for_locators(lab)?;
         let routes = routes(lab)?;
         let pins = pins(lab);
         Ok(Self {
@@ -604,6 +605,32 @@ fn hit(fault: &Fault, compute: &str) -> bool {
         Fault::LinkFlap(node) | Fault::Impair { node, .. } => node == compute,
         Fault::MetricStorm(_) => false,
     }
+}
+
+/// Waits until every agent has learned every other compute node's locator. The lab serves as
+/// soon as one node answers; the routes the soak must find again at its end are those of the
+/// converged lab (a first run took its baseline before one node's session was up).
+fn wait_for_locators(lab: &CpnLab) -> Result<()> {
+    let locators = lab
+        .topology
+        .computes
+        .iter()
+        .map(|c| Ok((c.name.clone(), format!("{} ", lab.locator(&c.name)?))))
+        .collect::<Result<Vec<_>>>()?;
+    wait_for(
+        "every agent to learn every compute node's locator",
+        Duration::from_secs(30),
+        || {
+            let converged = routes(lab)?.iter().all(|(node, routes)| {
+                locators
+                    .iter()
+                    .filter(|(compute, _)| compute != node)
+                    .all(|(_, locator)| routes.iter().any(|r| r.starts_with(locator)))
+            });
+            Ok(converged.then_some(()))
+        },
+    )
+    .with_context(|| tail(&lab.logs()))
 }
 
 /// Every route of every node's namespace (all tables, both families), as `ip` prints them.
