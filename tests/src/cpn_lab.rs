@@ -287,7 +287,7 @@ impl CpnLab {
         for (i, compute) in topology.computes.iter().enumerate() {
             let n = i + 1;
             if compute.latency_ms > 0.0 {
-                start_delay_line(&mut lab, &format!("wan{n}"), compute.latency_ms)?;
+                start_delay_line(&mut lab, &format!("wan{n}"), compute.latency_ms, 0)?;
             }
             let knob = lab.workdir().join(format!("{}.load", compute.name));
             fs::write(&knob, "0\n")?;
@@ -922,8 +922,10 @@ fn start_service(
     )
 }
 
-/// A delay line in `node` whose delay and loss [`CpnLab::impair`] can change.
-fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
+/// A delay line in `node` (between its `eth0` and `eth1`): `latency_ms` one way, every
+/// `drop_every`-th SRv6 frame from `eth0` to `eth1` lost (0: none), and the extra delay and loss
+/// [`CpnLab::impair`] writes to its impairment file (none until it does).
+pub fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64, drop_every: u32) -> Result<()> {
     let impairment = impairment_file(lab, node);
     lab.spawn(
         node,
@@ -932,7 +934,7 @@ fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
             "-c",
             DELAY_LINE,
             &latency_ms.to_string(),
-            "0",
+            &drop_every.to_string(),
             impairment.to_str().context("lab path is not UTF-8")?,
         ],
         None,
@@ -943,21 +945,4 @@ fn start_delay_line(lab: &mut Lab, node: &str, latency_ms: f64) -> Result<()> {
 /// The file the delay line in `wan` reads its extra delay and loss from.
 fn impairment_file(lab: &Lab, wan: &str) -> PathBuf {
     lab.workdir().join(format!("{wan}.impairment"))
-}
-
-/// A delay line in `node` (between its `eth0` and `eth1`) that also loses every
-/// `drop_every`-th SRv6 frame from `eth0` to `eth1` (0: none).
-pub fn start_lossy_line(lab: &mut Lab, node: &str, latency_ms: f64, drop_every: u32) -> Result<()> {
-    lab.spawn(
-        node,
-        &[
-            "python3",
-            "-c",
-            DELAY_LINE,
-            &latency_ms.to_string(),
-            &drop_every.to_string(),
-        ],
-        None,
-    )?;
-    Ok(())
 }

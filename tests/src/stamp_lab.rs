@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::{
     bgp_lab::{bgp_section, compute_config},
-    cpn_lab::start_lossy_line,
+    cpn_lab::start_delay_line,
     lab::Lab,
     steering_lab::VIP,
 };
@@ -68,7 +68,7 @@ pub fn start(name: &str, lines: &[Line], stamp_interval_ms: u64) -> Result<Lab> 
         compute.add_route(&["default", "via", &format!("2001:db8:1{n}::1")])?;
     }
     for (i, line) in lines.iter().enumerate() {
-        start_lossy_line(
+        start_delay_line(
             &mut lab,
             &format!("line{}", i + 1),
             line.delay_ms,

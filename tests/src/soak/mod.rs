@@ -285,8 +285,10 @@ impl<'a> Soak<'a> {
         if !lost.is_empty() {
             self.outcome.failures.push(format!(
                 "epoch {epoch} ({fault}): held connections lost their node on nodes the fault \
-                 spared: {}",
-                lost.join(", ")
+                 spared: {} (of all held: {} answered by another node, {} broken)",
+                lost.join(", "),
+                report.moved,
+                report.broken
             ));
         }
         Ok(())
