@@ -174,6 +174,8 @@ pub struct HeldReport {
     pub on: std::collections::BTreeMap<String, usize>,
     /// ... and of those, the ones broken or moved.
     pub lost_on: std::collections::BTreeMap<String, u64>,
+    /// Why connections broke (a reset, a timeout, a closed connection), by error.
+    pub why_broken: std::collections::BTreeMap<String, u64>,
 }
 
 impl Held {
@@ -213,8 +215,9 @@ impl Held {
                             *report.lost_on.entry(first.clone()).or_default() += 1;
                             *alive = false;
                         }
-                        Err(_) => {
+                        Err(error) => {
                             report.broken += 1;
+                            *report.why_broken.entry(format!("{error:#}")).or_default() += 1;
                             *report.lost_on.entry(first.clone()).or_default() += 1;
                             *alive = false;
                         }

@@ -12,7 +12,9 @@ fn soak_two_minutes_of_chaos_break_no_promise() -> Result<()> {
     let seed = std::env::var("CPN_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_203);
+        // Its third epoch SIGKILLs the ingress's agent under held connections: the takeover
+        // the 30-minute run found broken (held flows cut while the new agent took over).
+        .unwrap_or(20_261_204);
     let outcome = soak::run(soak::Options {
         duration: Duration::from_mins(2),
         seed,

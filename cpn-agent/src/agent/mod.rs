@@ -88,11 +88,13 @@ struct Started {
 }
 
 /// Starts the routing core, which every other task talks to, and sensing (STAMP, BFD), which
-/// feeds it.
-async fn start_core(config: &Config) -> Result<Started> {
+/// feeds it. `took_over`: a previous agent's data plane goes on forwarding under this one.
+async fn start_core(config: &Config, took_over: bool) -> Result<Started> {
     let mut tasks = Vec::new();
     let rib = config.bgp.as_ref().map_or_else(RibIn::default, |bgp| {
-        RibIn::new(crate::bgp::speaker::deferral(&speaker_config(config, bgp)))
+        RibIn::new(crate::bgp::speaker::deferral(&speaker_config(
+            config, bgp, took_over,
+        )))
     });
     let (stamp_targets, targets) = watch::channel(crate::sensing::stamp::Targets::new());
     let mut paths = None;
@@ -176,7 +178,7 @@ impl Agent {
             tasks,
             bfd_drops,
             stamp_targets,
-        } = start_core(config).await?;
+        } = start_core(config, !inherited.is_empty()).await?;
         let mut agent = Self {
             commands,
             core: core.events.clone(),
@@ -203,7 +205,7 @@ impl Agent {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
             let speaker = crate::bgp::speaker::spawn(
-                speaker_config(config, bgp),
+                speaker_config(config, bgp, !inherited.is_empty()),
                 (core.events.clone(), core.view.clone()),
                 routes,
             )
@@ -647,9 +649,11 @@ async fn operator_interfaces(
     Ok(tasks)
 }
 
+/// The speaker's settings; `took_over` as for [`start_core`].
 fn speaker_config(
     config: &Config,
     bgp: &crate::config::BgpConfig,
+    took_over: bool,
 ) -> crate::bgp::speaker::SpeakerConfig {
     crate::bgp::speaker::SpeakerConfig {
         asn: bgp.asn,
@@ -663,7 +667,11 @@ fn speaker_config(
         import: bgp.import(),
         graceful: crate::bgp::graceful::Ours {
             restart_time: Duration::from_secs(*bgp.graceful_restart_s.get_ref()),
-            forwarding_preserved: config.dataplane.keep_attached_on_exit,
+            // Preserved when the programs stay attached on a clean exit, and in fact whenever
+            // this agent took over a data plane that forwards (a crashed or SIGKILLed agent
+            // leaves its pinned links): then the RIB defers selection for the peers'
+            // End-of-RIB and steering holds the inherited nodes until then (RFC 4724 §4.1).
+            forwarding_preserved: config.dataplane.keep_attached_on_exit || took_over,
         },
         selection_deferral: Duration::from_secs(bgp.selection_deferral_s),
         neighbors: bgp

@@ -323,7 +323,15 @@ struct Steering {
     /// the same id, so that the flows on it stay there; the others go once this agent has
     /// the peers' routes.
     inherited: BTreeMap<u32, Vec<Ipv6Addr>>,
+    /// When the peers' routes were in (the deferral's end) while inherited nodes were still
+    /// held: from then on they wait [`LOCATOR_WAIT`] at most for their locator routes.
+    routes_in_at: Option<Instant>,
 }
+
+/// How long inherited nodes wait, once the peers' routes are in, for the kernel routes of their
+/// locators (installed by the locators task on the same snapshot, moments later): a node
+/// without one is no candidate yet, and taking it down would move the flows it holds.
+const LOCATOR_WAIT: Duration = Duration::from_secs(5);
 
 impl Steering {
     fn new(
@@ -342,7 +350,28 @@ impl Steering {
             ids: Ids::starting_at(1),
             appeared: HashMap::new(),
             inherited,
+            routes_in_at: None,
         }
+    }
+
+    /// Whether the inherited nodes (if any, and nodes are learned) are still held: until the peers' End-of-RIB (or the
+    /// deferral's end), then while the locator route of one of them is still to come (at most
+    /// [`LOCATOR_WAIT`]).
+    fn holds_inherited(&mut self, plan: &Plan, snapshot: &Snapshot) -> bool {
+        let Some(learning) = plan.learned.as_ref().filter(|_| !self.inherited.is_empty()) else {
+            return false;
+        };
+        if !snapshot.rib.deferral_over() {
+            return true;
+        }
+        let routes_in_at = *self.routes_in_at.get_or_insert_with(Instant::now);
+        let unrouted = unrouted_locators(learning, &snapshot.rib);
+        let waiting = self
+            .inherited
+            .values()
+            .flatten()
+            .any(|segment| unrouted.iter().any(|net| net.contains(segment)));
+        waiting && routes_in_at.elapsed() < LOCATOR_WAIT
     }
 
     /// One step on `snapshot`: nodes, rings, removals, then the reports. `None` once the owner
@@ -352,7 +381,7 @@ impl Steering {
         // peers' End-of-RIB (or the deferral's end) says what the routes are (RFC 4724 §4.1).
         // Rings built from a half-learned RIB would move new flows, and ids handed out in the
         // order routes arrive would move the old ones.
-        if !self.inherited.is_empty() && plan.learned.is_some() && !snapshot.rib.deferral_over() {
+        if self.holds_inherited(plan, snapshot) {
             self.report(plan, snapshot.version);
             return Some(());
         }

@@ -285,10 +285,11 @@ impl<'a> Soak<'a> {
         if !lost.is_empty() {
             self.outcome.failures.push(format!(
                 "epoch {epoch} ({fault}): held connections lost their node on nodes the fault \
-                 spared: {} (of all held: {} answered by another node, {} broken)",
+                 spared: {} (of all held: {} answered by another node, {} broken: {:?})",
                 lost.join(", "),
                 report.moved,
-                report.broken
+                report.broken,
+                report.why_broken
             ));
         }
         Ok(())
