@@ -92,9 +92,10 @@ struct Started {
 async fn start_core(config: &Config, took_over: bool) -> Result<Started> {
     let mut tasks = Vec::new();
     let rib = config.bgp.as_ref().map_or_else(RibIn::default, |bgp| {
-        RibIn::new(crate::bgp::speaker::deferral(&speaker_config(
-            config, bgp, took_over,
-        )))
+        RibIn::new(crate::bgp::speaker::deferral(
+            &speaker_config(config, bgp),
+            took_over,
+        ))
     });
     let (stamp_targets, targets) = watch::channel(crate::sensing::stamp::Targets::new());
     let mut paths = None;
@@ -205,7 +206,7 @@ impl Agent {
             let own_locator = reporting::locator_route(config);
             let (local, routes) = watch::channel(own_locator.iter().cloned().collect());
             let speaker = crate::bgp::speaker::spawn(
-                speaker_config(config, bgp, !inherited.is_empty()),
+                speaker_config(config, bgp),
                 (core.events.clone(), core.view.clone()),
                 routes,
             )
@@ -649,11 +650,9 @@ async fn operator_interfaces(
     Ok(tasks)
 }
 
-/// The speaker's settings; `took_over` as for [`start_core`].
 fn speaker_config(
     config: &Config,
     bgp: &crate::config::BgpConfig,
-    took_over: bool,
 ) -> crate::bgp::speaker::SpeakerConfig {
     crate::bgp::speaker::SpeakerConfig {
         asn: bgp.asn,
@@ -667,11 +666,7 @@ fn speaker_config(
         import: bgp.import(),
         graceful: crate::bgp::graceful::Ours {
             restart_time: Duration::from_secs(*bgp.graceful_restart_s.get_ref()),
-            // Preserved when the programs stay attached on a clean exit, and in fact whenever
-            // this agent took over a data plane that forwards (a crashed or SIGKILLed agent
-            // leaves its pinned links): then the RIB defers selection for the peers'
-            // End-of-RIB and steering holds the inherited nodes until then (RFC 4724 §4.1).
-            forwarding_preserved: config.dataplane.keep_attached_on_exit || took_over,
+            forwarding_preserved: config.dataplane.keep_attached_on_exit,
         },
         selection_deferral: Duration::from_secs(bgp.selection_deferral_s),
         neighbors: bgp

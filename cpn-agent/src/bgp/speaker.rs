@@ -79,8 +79,11 @@ pub struct Speaker {
 
 /// What the routing core's RIB waits for at start: after our restart with our forwarding
 /// state kept, the neighbors' End-of-RIB, until `selection_deferral` from now (RFC 4724 §4.1).
-pub fn deferral(config: &SpeakerConfig) -> Deferral {
-    if config.graceful.enabled() && config.graceful.forwarding_preserved {
+/// `took_over`: this agent took over a data plane a killed one left forwarding; its state is
+/// kept in fact, though the capability does not promise it to the peers (their stale routes
+/// of an agent that dies for good would outlive it by the restart time).
+pub fn deferral(config: &SpeakerConfig, took_over: bool) -> Deferral {
+    if config.graceful.enabled() && (config.graceful.forwarding_preserved || took_over) {
         let until = Instant::now() + config.selection_deferral;
         Deferral::new(config.neighbors.iter().map(|n| n.address), until)
     } else {
@@ -249,7 +252,7 @@ mod tests {
             }],
         };
         let (tx, local) = watch::channel(Vec::new());
-        let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config)), None);
+        let (core, _task) = crate::core::spawn(RibIn::new(deferral(&config, false)), None);
         let view = core.view.clone();
         let speaker = spawn(config, (core.events, core.view), local)
             .await

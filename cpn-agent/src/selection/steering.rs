@@ -354,9 +354,9 @@ impl Steering {
         }
     }
 
-    /// Whether the inherited nodes (if any, and nodes are learned) are still held: until the peers' End-of-RIB (or the
-    /// deferral's end), then while the locator route of one of them is still to come (at most
-    /// [`LOCATOR_WAIT`]).
+    /// Whether the inherited nodes (if any, and nodes are learned) are still held: until the
+    /// peers' End-of-RIB (or the deferral's end), then while the locator route of one of them
+    /// is still to come (at most [`LOCATOR_WAIT`]).
     fn holds_inherited(&mut self, plan: &Plan, snapshot: &Snapshot) -> bool {
         let Some(learning) = plan.learned.as_ref().filter(|_| !self.inherited.is_empty()) else {
             return false;
