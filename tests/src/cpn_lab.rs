@@ -846,7 +846,8 @@ print(json.dumps(seen))
 /// second argument N > 0 it also loses every Nth SRv6 frame (IPv6 with a Routing header) on its
 /// way from `eth0` to `eth1`: the steered traffic, and only that, crosses a lossy link.
 const DELAY_LINE: &str = r#"
-import heapq, os, random, select, socket, sys, time
+import heapq, os, random, select, socket, struct, sys, time
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 delay = float(sys.argv[1]) / 1000
 drop_every = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 # An impairment file, read again every 50 ms: "<extra delay ms> <loss %>" of every frame.
@@ -856,6 +857,8 @@ srv6_seen = 0
 ends = {}
 for name in ("eth0", "eth1"):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    # The kernel's arrival time, so that a late wake-up of this process adds nothing.
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     s.bind((name, 0)); s.setblocking(False)
     ends[name] = s
 other = {ends["eth0"].fileno(): ends["eth1"], ends["eth1"].fileno(): ends["eth0"]}
@@ -876,9 +879,14 @@ while True:
     for fd in ready:
         while True:
             try:
-                frame, addr = by_fd[fd].recvfrom(65535)
+                frame, ancillary, _, addr = by_fd[fd].recvmsg(65535, socket.CMSG_SPACE(16))
             except BlockingIOError:
                 break
+            arrived = time.monotonic()
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    arrived -= max(0.0, time.time() - (sec + nsec / 1e9))
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
             if drop_every and by_fd[fd] is ends["eth0"] and frame[12:14] == b"\x86\xdd" and frame[20] == 43:
@@ -888,7 +896,7 @@ while True:
             if loss and random.random() * 100 < loss:
                 continue
             seq += 1
-            heapq.heappush(queue, (time.monotonic() + delay + extra, seq, other[fd], frame))
+            heapq.heappush(queue, (arrived + delay + extra, seq, other[fd], frame))
     now = time.monotonic()
     while queue and queue[0][0] <= now:
         _, _, out, frame = heapq.heappop(queue)

@@ -22,12 +22,22 @@ use cpn_tests::{
 const DELAY_MS: [f64; 2] = [20.0, 5.0];
 /// compute2's line loses every 10th test packet on its way there.
 const DROP_EVERY: u32 = 10;
+/// How far a measured one-way delay may lie from its line's, ms. The lines are a Python process
+/// that sends each frame when it wakes after the frame's time: a busy machine adds delay, and
+/// nothing takes any away (CI saw 21.09 ms through the 20 ms line).
+const BELOW_MS: f64 = 0.5;
+const ABOVE_MS: f64 = 2.0;
+
+/// Whether `ms` is what a line of `line_ms` gives.
+fn through_line(ms: f64, line_ms: f64) -> bool {
+    (line_ms - BELOW_MS..=line_ms + ABOVE_MS).contains(&ms)
+}
 
 fn paths(lab: &Lab) -> Result<Vec<PathView>> {
     lab.ask("ingress", &Request::Paths)
 }
 
-/// Delay through each line within 1 ms of the line's, loss on the lossy one within 2 points
+/// Delay through each line as the line's (see `through_line`), loss on the lossy one within 2 points
 /// of its 10 %, none on the other: all measured end to end across a router that knows nothing
 /// of STAMP or of us, the test packets decapsulated by each node's own SID.
 #[test]
@@ -67,8 +77,8 @@ fn stamp_measures_delay_and_loss_along_each_nodes_encapsulation() -> Result<()> 
         let stats = path(&format!("compute{}", n + 1))?.stats;
         let ms = stats.delay.known().context("delay known")?.as_secs_f64() * 1000.0;
         ensure!(
-            (ms - delay).abs() <= 1.0,
-            "compute{}: {ms:.2} ms one way, the line's is {delay} ms",
+            through_line(ms, *delay),
+            "compute{}: {ms:.2} ms one way, the line's is {delay} ms (-{BELOW_MS}/+{ABOVE_MS} ms)",
             n + 1
         );
         ensure!(
@@ -93,13 +103,13 @@ fn stamp_measures_delay_and_loss_along_each_nodes_encapsulation() -> Result<()> 
     for e in evaluations {
         let secs = e["path"]["latency"]["secs"].as_f64().unwrap_or(-1.0)
             + e["path"]["latency"]["nanos"].as_f64().unwrap_or(0.0) / 1e9;
-        let delay = if e["name"] == "compute1" {
-            0.020
+        let line_ms = if e["name"] == "compute1" {
+            DELAY_MS[0]
         } else {
-            0.005
+            DELAY_MS[1]
         };
         ensure!(
-            (secs - delay).abs() <= 0.001,
+            through_line(secs * 1000.0, line_ms),
             "selection's path latency is STAMP's: {e}"
         );
     }

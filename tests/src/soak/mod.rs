@@ -39,6 +39,8 @@ use crate::{
 
 /// The soak's lab: the demo's.
 const TOPOLOGY: &str = include_str!("../../topologies/demo.toml");
+/// The demo topology's transit router, which every path crosses and the rogue peer talks to.
+const TRANSIT_NODE: &str = "transit";
 const EPOCH: Duration = Duration::from_secs(10);
 /// When in its epoch a fault begins.
 const FAULT_AT: Duration = Duration::from_secs(1);
@@ -178,6 +180,8 @@ struct Soak<'a> {
     target: SocketAddr,
     computes: Vec<String>,
     deaths: Vec<Death>,
+    /// When the transit's agent was killed, and restarted (the rogue's sessions end then).
+    transit_down: Vec<(Instant, Option<Instant>)>,
     memory: Vec<Incarnation>,
     /// Routes of every namespace, and pins of every agent, at the start.
     routes: BTreeMap<String, BTreeSet<String>>,
@@ -216,6 +220,7 @@ impl<'a> Soak<'a> {
             target,
             computes,
             deaths: Vec::new(),
+            transit_down: Vec::new(),
             memory: Vec::new(),
             routes,
             pins,
@@ -309,7 +314,7 @@ impl<'a> Soak<'a> {
             3 => Fault::KillAgent(if epoch % 10 == 3 {
                 "ingress".into()
             } else {
-                "transit".into()
+                TRANSIT_NODE.into()
             }),
             4 => Fault::LinkFlap(compute),
             _ => Fault::MetricStorm(compute),
@@ -321,6 +326,9 @@ impl<'a> Soak<'a> {
         let now = self.traffic.now();
         match fault {
             Fault::KillAgent(node) => {
+                if node == TRANSIT_NODE {
+                    self.transit_down.push((Instant::now(), None));
+                }
                 let crashed = self.lab.kill_agent(node)?;
                 if self.computes.contains(node) {
                     self.deaths.push(Death {
@@ -351,12 +359,20 @@ impl<'a> Soak<'a> {
         Ok(None)
     }
 
-    /// Ends a fault: the node comes back.
+    /// Ends a fault: the node comes back. Its death ends as the repair begins, for the node may
+    /// take flows before the lab's call returns (`link_up` waits for a ping through, `restart`
+    /// for the agent's log line): the 30-minute soak saw a flow answered by edge1 30 ms before.
     fn end(&mut self, fault: &Fault, crashed: Option<Agent>) -> Result<()> {
+        let now = self.traffic.now();
         match fault {
             Fault::KillAgent(node) => {
                 let crashed = crashed.context("no crashed agent to restart")?;
                 self.lab.restart(node, &crashed)?;
+                if let Some((_, until)) = self.transit_down.last_mut()
+                    && node == TRANSIT_NODE
+                {
+                    *until = Some(Instant::now());
+                }
             }
             Fault::LinkFlap(node) => self.lab.link_up(node)?,
             Fault::Impair { node, .. } => self.lab.impair(node, 0.0, 0.0)?,
@@ -365,7 +381,6 @@ impl<'a> Soak<'a> {
                 self.lab.set_load(node, 0)?;
             }
         }
-        let now = self.traffic.now();
         for death in &mut self.deaths {
             if death.until == Duration::MAX {
                 death.until = now;
@@ -538,6 +553,27 @@ impl<'a> Soak<'a> {
         self.outcome
             .failures
             .extend(rogue.violations.iter().map(|v| format!("rogue peer: {v}")));
+        let transit_was_down = |at: Instant| {
+            self.transit_down
+                .iter()
+                .any(|(from, until)| *from <= at && until.is_none_or(|until| at <= until))
+        };
+        let (killed, unexplained): (Vec<_>, Vec<_>) = rogue
+            .bare_closes
+            .iter()
+            .partition(|(at, _)| transit_was_down(*at));
+        let _ = writeln!(
+            self.outcome.report,
+            "rogue peer: {} sessions closed by the transit's agent being killed",
+            killed.len()
+        );
+        self.outcome
+            .failures
+            .extend(unexplained.iter().map(|(_, after)| {
+                format!(
+                    "rogue peer: after {after}, the transit closed the session while its agent ran"
+                )
+            }));
         if rogue.sessions == 0 || rogue.refused == 0 {
             self.outcome.failures.push(
                 "the rogue peer never got a session up, or never tried an unconfigured one".into(),
@@ -604,7 +640,7 @@ impl<'a> Soak<'a> {
 /// (BFD may then call it dead), or the transit every path crosses loses its agent.
 fn hit(fault: &Fault, compute: &str) -> bool {
     match fault {
-        Fault::KillAgent(node) => node == compute || node == "transit",
+        Fault::KillAgent(node) => node == compute || node == TRANSIT_NODE,
         Fault::LinkFlap(node) | Fault::Impair { node, .. } => node == compute,
         Fault::MetricStorm(_) => false,
     }

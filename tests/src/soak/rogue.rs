@@ -4,8 +4,9 @@
 //! neighbor for. The bytes are hand-made, as an attacker's would be.
 //!
 //! What the transit must do: answer each session-ending message with a NOTIFICATION (or close),
-//! take the ones RFC 7606 treats as withdraws without ending the session, and never open a
-//! session with the unconfigured address. The soak also checks that it stays up throughout.
+//! take the ones RFC 7606 treats as withdraws without ending the session (a close then counts
+//! only while the soak had the transit's agent killed), and never open a session with the
+//! unconfigured address. The soak also checks that it stays up throughout.
 
 use std::{
     io::{Read as _, Write as _},
@@ -46,6 +47,10 @@ pub struct RogueReport {
     pub refused: u64,
     /// What went against the rules (the soak fails on any).
     pub violations: Vec<String>,
+    /// When a session closed without a NOTIFICATION after a message that must not end it, and
+    /// after which one: the transit's agent died then, or broke the rules (the soak tells
+    /// which, from when it killed that agent).
+    pub bare_closes: Vec<(Instant, &'static str)>,
 }
 
 /// The rogue peer at work, until dropped or [`Rogue::finish`]ed.
@@ -193,10 +198,11 @@ fn session(kind: Malformed, report: &mut RogueReport) -> Result<()> {
             "after {}, the transit kept the session up",
             kind.name
         )),
-        (false, true) => report.violations.push(format!(
-            "after {}, the transit ended the session",
+        (false, true) if notified => report.violations.push(format!(
+            "after {}, the transit ended the session with a NOTIFICATION",
             kind.name
         )),
+        (false, true) => report.bare_closes.push((Instant::now(), kind.name)),
         (false, false) => report.survived += 1,
         (true, true) => {}
     }
