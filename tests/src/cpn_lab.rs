@@ -519,7 +519,7 @@ impl CpnLab {
 
     /// `compute`'s locator, as `ip route` prints it.
     pub fn locator(&self, compute: &str) -> Result<String> {
-        Ok(format!("fc00:{}::/32", self.position(compute)?))
+        Ok(locator(self.position(compute)?))
     }
 
     /// `compute`'s position in the topology, from 1 (its addresses are derived from it).
@@ -705,6 +705,11 @@ fn transit_config(topology: &Topology) -> String {
     text
 }
 
+/// The locator of the compute node at position `n` (from 1).
+fn locator(n: usize) -> String {
+    format!("fc00:{n}::/32")
+}
+
 fn compute_config(
     n: usize,
     spec: &ComputeSpec,
@@ -720,9 +725,10 @@ fn compute_config(
     let mut text = format!(
         "[node]\nname = \"{}\"\nroles = [\"compute\"]\n\n\
          [[interface]]\nname = \"eth0\"\nprogram = \"endpoint\"\n\n\
-         [srv6]\nsource = \"2001:db8:2{n:02}::2\"\nlocator = \"fc00:{n}::/32\"\n\n\
+         [srv6]\nsource = \"2001:db8:2{n:02}::2\"\nlocator = \"{}\"\n\n\
          [[srv6.sid]]\nsid = \"fc00:{n}::d6\"\nbehavior = \"End.DT46\"\n\n",
-        spec.name
+        spec.name,
+        locator(n)
     );
     for (service, inflight) in served {
         let _ = write!(
